@@ -1,0 +1,86 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "baton",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "batond", targets: ["batond"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // libmicrohttpd, seen through a header of fixed-arity wrappers (Swift cannot call C variadics).
+        .systemLibrary(
+            name: "CMicroHTTPD",
+            pkgConfig: "libmicrohttpd",
+            providers: [.apt(["libmicrohttpd-dev"])]
+        ),
+        // The pure core: names, versions, ledger records and their codec, wire types. No I/O.
+        .target(name: "BatonCore"),
+        // The ledger on disk: journal, snapshot, recovery, lock, group commit.
+        .target(
+            name: "BatonLedger",
+            dependencies: ["BatonCore", .product(name: "Logging", package: "swift-log")]
+        ),
+        // An HTTP/1.1 server over libmicrohttpd. Knows nothing of agents.
+        .target(
+            name: "BatonHTTP",
+            dependencies: ["CMicroHTTPD", .product(name: "Logging", package: "swift-log")]
+        ),
+        // Configuration: one TOML file, validated once, errors with file, key and line.
+        .target(
+            name: "BatonConfig",
+            dependencies: ["BatonCore", "TOMLKit"]
+        ),
+        // Routes and handlers of the batond API: auth, status, events, metrics.
+        .target(
+            name: "BatonAPI",
+            dependencies: [
+                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The daemon's parts wired together as services: listeners, sd_notify, shutdown.
+        .target(
+            name: "BatonDaemon",
+            dependencies: [
+                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonAPI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "batond",
+            dependencies: [
+                "BatonDaemon", "BatonConfig", "BatonCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Benchmarks live apart from tests (`make bench`).
+        .executableTarget(
+            name: "baton-bench",
+            dependencies: ["BatonCore", "BatonLedger", .product(name: "Logging", package: "swift-log")],
+            path: "bench/Sources/baton-bench"
+        ),
+        // Helpers shared by the test targets: a raw HTTP client, temp dirs, a batond launcher.
+        .target(
+            name: "BatonTestSupport",
+            path: "Tests/BatonTestSupport"
+        ),
+        .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),
+        .testTarget(name: "BatonLedgerTests", dependencies: ["BatonLedger", "BatonCore", "BatonTestSupport"]),
+        .testTarget(name: "BatonHTTPTests", dependencies: ["BatonHTTP", "BatonTestSupport"]),
+        .testTarget(name: "BatonConfigTests", dependencies: ["BatonConfig", "BatonTestSupport"]),
+        .testTarget(
+            name: "BatondTests",
+            dependencies: ["BatonTestSupport", "BatonCore", "BatonAPI"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

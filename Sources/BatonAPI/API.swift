@@ -1,0 +1,129 @@
+import BatonConfig
+import BatonCore
+import BatonHTTP
+import BatonLedger
+import Foundation
+import Logging
+import Synchronization
+
+/// The batond API: its routes and handlers. Handlers run on libmicrohttpd's threads and
+/// never block: they read published state, or park the request and answer it later.
+public final class API: Sendable {
+    public struct Context: Sendable {
+        public var config: BatondConfig
+        public var startedAt: Timestamp
+        public var listeners: [String]
+        public init(config: BatondConfig, startedAt: Timestamp, listeners: [String]) {
+            self.config = config
+            self.startedAt = startedAt
+            self.listeners = listeners
+        }
+    }
+
+    let context: Context
+    let ledger: Ledger
+    let auth: OperatorAuth
+    let metrics = Metrics()
+    let events: EventWaiters
+    let logger: Logger
+    /// Installed by `attach`; read by /metrics for the parked gauge.
+    private let server = Mutex<HTTPServer?>(nil)
+
+    public init(context: Context, ledger: Ledger, auth: OperatorAuth, logger: Logger) {
+        self.context = context
+        self.ledger = ledger
+        self.auth = auth
+        self.logger = logger
+        self.events = EventWaiters(ledger: ledger)
+        ledger.observeCommits { [events] lastSeq in events.wake(lastSeq: lastSeq) }
+    }
+
+    /// An HTTP server for this API: its routes, its admission (auth) and its metrics.
+    public func makeServer(configuration: HTTPServer.Configuration) -> HTTPServer {
+        let server = HTTPServer(
+            configuration: configuration, router: router,
+            admission: { [auth] request in auth.admit(&request) },
+            observer: { [metrics] route, method, status in metrics.recordRequest(route: route, method: method, status: status) },
+            logger: logger)
+        self.server.withLock { $0 = server }
+        return server
+    }
+
+    public var router: Router {
+        Router([
+            Route(.GET, "/healthz", scope: Scope.probe) { _ in .respond(Self.healthy) },
+            Route(.GET, "/readyz", scope: Scope.probe) { [self] _ in .respond(readiness()) },
+            Route(.GET, "/metrics", scope: Scope.probe) { [self] _ in .respond(metricsPage()) },
+            Route(.GET, "/v1/status", scope: Scope.operator) { [self] _ in .respond(.json(status())) },
+            Route(.GET, "/v1/agents", scope: Scope.operator) { [self] _ in .respond(.json(AgentList(agents: agentViews()))) },
+            Route(.GET, "/v1/agents/{name}", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in
+                .respond(.json(try agentView(request.parameters["name"] ?? "")))
+            },
+            Route(.GET, "/v1/events", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in try events.handle(request, maxWait: context.config.http.maxWait) },
+        ])
+    }
+
+    // MARK: - Probes
+
+    static let healthy = Response.json(bytes: Array(#"{"status":"ok"}"#.utf8))
+
+    func readiness() -> Response {
+        guard ledger.isWritable else {
+            return HTTPError(status: 503, code: "not_ready", message: "the ledger is not writable").response
+        }
+        return .json(bytes: Array(#"{"checks":{"ledger":"ok"},"status":"ready"}"#.utf8))
+    }
+
+    func metricsPage() -> Response {
+        let parked = server.withLock { $0?.parkedCount } ?? 0
+        let text = metrics.render(.init(startedAt: context.startedAt, now: .now(), ledger: ledger.metrics,
+                                        lastSeq: ledger.lastSeq, ledgerWritable: ledger.isWritable,
+                                        parked: parked, agents: context.config.agents.count))
+        return .text(text, contentType: "text/plain; version=0.0.4; charset=utf-8")
+    }
+
+    // MARK: - Operator views
+
+    func status() -> StatusView {
+        StatusView(version: BatonVersion.current, pid: getpid(), stateDir: context.config.stateDir,
+                   startedAt: context.startedAt,
+                   ledger: .init(lastSeq: ledger.lastSeq, snapshotSeq: ledger.snapshotSeq,
+                                 journalRecords: ledger.journalRecords, writable: ledger.isWritable),
+                   listeners: context.listeners, agents: agentViews())
+    }
+
+    func agentViews() -> [AgentView] {
+        let state = ledger.state
+        return context.config.agents.map { AgentView(name: $0.name, ledger: state.agents[$0.name], config: $0.view) }
+    }
+
+    func agentView(_ name: String) throws(HTTPError) -> AgentView {
+        guard Names.isValidAgent(name) else {
+            throw HTTPError(status: 400, code: "invalid_name", message: "\"\(name)\" is not a valid agent name")
+        }
+        guard let config = context.config.agents.first(where: { $0.name == name }) else {
+            throw HTTPError(status: 404, code: "agent_not_found", message: "no agent named \"\(name)\" is configured")
+        }
+        return AgentView(name: name, ledger: ledger.state.agents[name], config: config.view)
+    }
+}
+
+// MARK: - Query parameters
+
+extension Request {
+    func integer(_ name: String, default value: Int, range: ClosedRange<Int>) throws(HTTPError) -> Int {
+        guard let text = query(name) else { return value }
+        guard let number = Int(text), range.contains(number) else {
+            throw HTTPError.badParameter(name, "must be an integer from \(range.lowerBound) to \(range.upperBound), not \"\(text)\"")
+        }
+        return number
+    }
+
+    func seconds(_ name: String, default value: Double) throws(HTTPError) -> Double {
+        guard let text = query(name) else { return value }
+        guard let number = Double(text), number.isFinite, number >= 0 else {
+            throw HTTPError.badParameter(name, "must be a number of seconds >= 0, not \"\(text)\"")
+        }
+        return number
+    }
+}

@@ -1,0 +1,139 @@
+import BatonCore
+import BatonHTTP
+import Foundation
+import Glibc
+
+/// Who a request acts as, once admitted.
+public enum Principal: Sendable, Equatable {
+    case anonymous
+    case `operator`(via: String)
+}
+
+/// The auth scopes routes are tagged with.
+public enum Scope {
+    /// Monitoring: /healthz, /readyz, /metrics. Open unless configured otherwise.
+    public static let probe = "probe"
+    /// People, the CLI and automation.
+    public static let `operator` = "operator"
+}
+
+/// Operator authentication: a bearer token (the state directory's `operator.token`), or,
+/// on the Unix socket only, a peer whose uid is root, batond's own, or in the operator
+/// group. Tokens are compared in constant time and never logged.
+public struct OperatorAuth: Sendable {
+    let token: [UInt8]
+    let daemonUID: uid_t
+    let operatorGID: gid_t?
+    let probesOpen: Bool
+
+    public init(token: String, operatorGID: gid_t?, probesOpen: Bool) {
+        self.token = Array(token.utf8)
+        self.daemonUID = getuid()
+        self.operatorGID = operatorGID
+        self.probesOpen = probesOpen
+    }
+
+    public func admit(_ request: inout Request) -> HTTPError? {
+        if request.route.scope == Scope.probe && probesOpen {
+            request.principal = Principal.anonymous
+            return nil
+        }
+        if let header = request.header("Authorization") {
+            guard let presented = Self.bearer(header) else {
+                return Self.unauthorized("the Authorization header must be \"Bearer <token>\"")
+            }
+            guard Self.constantTimeEqual(Array(presented.utf8), token) else {
+                return Self.unauthorized("the token is not valid")
+            }
+            request.principal = Principal.operator(via: "token")
+            return nil
+        }
+        if case .unix(let credentials?) = request.peer, isOperator(credentials) {
+            request.principal = Principal.operator(via: "uid \(credentials.uid)")
+            return nil
+        }
+        return Self.unauthorized("this route needs the operator token (Authorization: Bearer) or an operator's Unix-socket peer")
+    }
+
+    func isOperator(_ peer: PeerCredentials) -> Bool {
+        if peer.uid == 0 || peer.uid == daemonUID { return true }
+        guard let operatorGID else { return false }
+        return peer.gid == operatorGID || Self.supplementaryGroups(of: peer.pid).contains(operatorGID)
+    }
+
+    static func unauthorized(_ message: String) -> HTTPError {
+        HTTPError(status: 401, code: "unauthorized", message: message, headers: ["WWW-Authenticate": "Bearer realm=\"batond\""])
+    }
+
+    static func bearer(_ header: String) -> String? {
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+        let token = parts[1].trimmingCharacters(in: .whitespaces)
+        return token.isEmpty ? nil : token
+    }
+
+    /// Equal-length comparison whose time depends only on the lengths.
+    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        var difference = UInt8(truncatingIfNeeded: a.count ^ b.count)
+        for index in 0..<max(a.count, b.count) {
+            let x = index < a.count ? a[index] : 0
+            let y = index < b.count ? b[index] : 0
+            difference |= x ^ y
+        }
+        return difference == 0
+    }
+
+    /// The peer's supplementary groups, from /proc (SO_PEERCRED carries the primary gid only).
+    static func supplementaryGroups(of pid: Int32) -> [gid_t] {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Groups:") })
+        else { return [] }
+        return line.dropFirst("Groups:".count).split(whereSeparator: { $0 == " " || $0 == "\t" }).compactMap { gid_t($0) }
+    }
+}
+
+/// The operator token file: `<state_dir>/operator.token`, mode 0600, 256 random bits in
+/// hex, created on first start. The file holds the token alone (a trailing newline is allowed).
+public enum OperatorToken {
+    public struct Failure: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    public static func loadOrCreate(at path: String) throws(Failure) -> String {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd >= 0 {
+            let token = random(bytes: 32).map { String(format: "%02x", $0) }.joined()
+            let bytes = Array((token + "\n").utf8)
+            let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            let synced = fsync(fd)
+            close(fd)
+            guard written == bytes.count, synced == 0 else {
+                unlink(path)
+                throw Failure(description: "cannot write \(path): \(String(cString: strerror(errno)))")
+            }
+            return token
+        }
+        guard errno == EEXIST else {
+            throw Failure(description: "cannot create \(path): \(String(cString: strerror(errno)))")
+        }
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw Failure(description: "cannot stat \(path)") }
+        guard info.st_mode & 0o077 == 0 else {
+            throw Failure(description: "\(path) is readable by others (mode \(String(info.st_mode & 0o777, radix: 8))); chmod 600 it")
+        }
+        guard let contents = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw Failure(description: "cannot read \(path)")
+        }
+        var token = Substring(contents)
+        if token.hasSuffix("\n") { token = token.dropLast() }
+        guard token.utf8.count >= 16, !token.contains(where: { $0.isWhitespace }) else {
+            throw Failure(description: "\(path) must hold one token of at least 16 characters and no spaces")
+        }
+        return String(token)
+    }
+
+    static func random(bytes count: Int) -> [UInt8] {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<count).map { _ in UInt8.random(in: .min ... .max, using: &generator) }
+    }
+}

@@ -1,0 +1,97 @@
+import Foundation
+import BatonCore
+import BatonLedger
+import Synchronization
+
+/// batond's Prometheus metrics. Counters live here; gauges are read when scraped.
+public final class Metrics: Sendable {
+    private struct RequestKey: Hashable {
+        let route: String
+        let method: String
+        let code: Int
+    }
+
+    private let requests = Mutex<[RequestKey: UInt64]>([:])
+
+    public init() {}
+
+    public func recordRequest(route: String, method: String, status: Int) {
+        // Unknown methods would otherwise mint unbounded label values.
+        let method = HTTPMethodLabel.known.contains(method) ? method : "other"
+        requests.withLock { $0[RequestKey(route: route, method: method, code: status), default: 0] += 1 }
+    }
+
+    struct Gauges {
+        var startedAt: Timestamp
+        var now: Timestamp
+        var ledger: Ledger.Metrics
+        var lastSeq: UInt64
+        var ledgerWritable: Bool
+        var parked: Int
+        var agents: Int
+    }
+
+    /// The text exposition format, version 0.0.4.
+    func render(_ gauges: Gauges) -> String {
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+        }
+        family("baton_build_info", "gauge", "batond's version; always 1.")
+        out += "baton_build_info{version=\"\(escape(BatonVersion.current))\",swift=\"\(escape(swiftVersion))\"} 1\n"
+        family("baton_start_time_seconds", "gauge", "When batond started, in seconds since the epoch.")
+        out += "baton_start_time_seconds \(format(gauges.startedAt.seconds))\n"
+        family("baton_uptime_seconds", "gauge", "Seconds since batond started.")
+        out += "baton_uptime_seconds \(format(Double(gauges.now.milliseconds - gauges.startedAt.milliseconds) / 1000))\n"
+        family("baton_http_requests_total", "counter", "HTTP requests answered, by route template, method and status code.")
+        let counts = requests.withLock { $0 }.sorted {
+            ($0.key.route, $0.key.method, $0.key.code) < ($1.key.route, $1.key.method, $1.key.code)
+        }
+        for (key, count) in counts {
+            out += "baton_http_requests_total{route=\"\(escape(key.route))\",method=\"\(key.method)\",code=\"\(key.code)\"} \(count)\n"
+        }
+        family("baton_http_parked_requests", "gauge", "Long-poll requests parked right now.")
+        out += "baton_http_parked_requests \(gauges.parked)\n"
+        family("baton_ledger_appends_total", "counter", "Records appended to the ledger since start.")
+        out += "baton_ledger_appends_total \(gauges.ledger.appends)\n"
+        family("baton_ledger_fsync_batches_total", "counter", "Group-commit batches written (one fdatasync each).")
+        out += "baton_ledger_fsync_batches_total \(gauges.ledger.batches)\n"
+        family("baton_ledger_last_seq", "gauge", "Sequence number of the newest ledger record.")
+        out += "baton_ledger_last_seq \(gauges.lastSeq)\n"
+        family("baton_ledger_writable", "gauge", "1 when the ledger accepts records, 0 after a failed write.")
+        out += "baton_ledger_writable \(gauges.ledgerWritable ? 1 : 0)\n"
+        family("baton_ledger_fsync_seconds", "histogram", "Time to write and fdatasync one ledger batch.")
+        for (bound, count) in gauges.ledger.fsyncSeconds.cumulative {
+            let le = bound.isInfinite ? "+Inf" : format(bound)
+            out += "baton_ledger_fsync_seconds_bucket{le=\"\(le)\"} \(count)\n"
+        }
+        out += "baton_ledger_fsync_seconds_sum \(format(gauges.ledger.fsyncSeconds.sum))\n"
+        out += "baton_ledger_fsync_seconds_count \(gauges.ledger.fsyncSeconds.count)\n"
+        family("baton_agents", "gauge", "Agents declared in the configuration.")
+        out += "baton_agents \(gauges.agents)\n"
+        return out
+    }
+
+    private func escape(_ value: String) -> String {
+        value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+            .replacingOccurrences(of: "\n", with: "\\n")
+    }
+
+    private func format(_ value: Double) -> String {
+        value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+    }
+
+    private var swiftVersion: String {
+        #if swift(>=6.3)
+        "6.3"
+        #elseif swift(>=6.2)
+        "6.2"
+        #else
+        "6"
+        #endif
+    }
+}
+
+enum HTTPMethodLabel {
+    static let known: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+}

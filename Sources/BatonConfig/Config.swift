@@ -1,0 +1,109 @@
+import BatonCore
+
+/// batond's configuration: loaded from one TOML file, validated once at start-up,
+/// then overridden by command-line flags. Every key is documented in config/batond.toml.
+public struct BatondConfig: Sendable, Equatable {
+    /// The file it came from, if any.
+    public var file: String?
+    /// Holds the ledger, the operator token, the releases, logs and the lock.
+    public var stateDir = "/var/lib/baton"
+    /// The control socket; `<state_dir>/batond.sock` when unset.
+    public var socket: String?
+    /// Loopback TCP listener, `HOST:PORT` (port 0 picks one); none when unset.
+    public var listen: ListenAddress?
+    public var logLevel: LogLevel = .info
+    /// Members of this group are operators on the Unix socket (besides root and batond's own uid).
+    public var operatorGroup: String?
+    public var http = HTTPSettings()
+    public var ledger = LedgerSettings()
+    public var agents: [AgentConfig] = []
+
+    public init() {}
+
+    public var socketPath: String { socket ?? stateDir + "/batond.sock" }
+
+    public struct HTTPSettings: Sendable, Equatable {
+        public var maxConnections = 1000
+        public var connectionTimeout: Duration = .seconds(30)
+        public var maxBodyBytes = 1 << 20
+        public var maxWait: Duration = .seconds(300)
+        /// Whether /healthz, /readyz and /metrics answer without credentials.
+        public var probesOpen = true
+        public init() {}
+    }
+
+    public struct LedgerSettings: Sendable, Equatable {
+        public var snapshotEvery = 10_000
+        public var retainRecords = 10_000
+        public init() {}
+    }
+
+    public enum LogLevel: String, Sendable, CaseIterable {
+        case trace, debug, info, notice, warning, error, critical
+    }
+}
+
+public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    /// Parses `HOST:PORT` or `[V6]:PORT`; only numeric loopback hosts are accepted.
+    public init?(_ text: String) {
+        let host: Substring, port: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            port = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            port = text[text.index(after: colon)...]
+        }
+        guard let number = Int(port), (0...65535).contains(number), !host.isEmpty else { return nil }
+        self.host = String(host)
+        self.port = number
+    }
+
+    public var isLoopback: Bool { host == "::1" || host.hasPrefix("127.") }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// One `[agents.NAME]` table.
+public struct AgentConfig: Sendable, Equatable {
+    public var name: String
+    /// argv; `{release}` expands to the agent's release directory.
+    public var command: [String]
+    public var env: [String: String] = [:]
+    public var mode: HandoffMode = .parallel
+    public var readyTimeout: Duration = .seconds(60)
+    public var stopTimeout: Duration = .seconds(30)
+    public var killTimeout: Duration = .seconds(10)
+    public var user: String?
+    public var group: String?
+    /// For agents that do not speak the protocol: ready when this succeeds.
+    public var readiness: Readiness?
+    /// A token an externally started process presents to register as this agent.
+    public var registrationToken: String?
+
+    public enum Readiness: Sendable, Equatable {
+        case command([String])
+        case http(String)
+    }
+
+    public init(name: String, command: [String]) {
+        self.name = name
+        self.command = command
+    }
+
+    public var view: AgentView.Config {
+        AgentView.Config(mode: mode, command: command, readyTimeoutMs: readyTimeout.milliseconds,
+                         stopTimeoutMs: stopTimeout.milliseconds, killTimeoutMs: killTimeout.milliseconds)
+    }
+}
+
+extension Duration {
+    public var milliseconds: Int64 {
+        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+}

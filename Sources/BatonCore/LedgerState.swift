@@ -1,0 +1,139 @@
+/// What the ledger knows, folded from its records: the answer to "for every agent,
+/// desired and running versions with times, the handoff in progress and its phase, the
+/// last error, and the history". Pure: `apply` is the only way it changes, so a
+/// snapshot plus the journal after it always rebuilds the same state.
+public struct LedgerState: Codable, Sendable, Equatable {
+    /// The sequence number of the last record applied (0 for an empty ledger).
+    public var lastSeq: UInt64 = 0
+    public var daemon = DaemonHistory()
+    public var agents: [String: AgentLedger] = [:]
+
+    /// How many finished handoffs each agent keeps in its history.
+    public static let historyLimit = 100
+
+    public init() {}
+
+    public struct DaemonHistory: Codable, Sendable, Equatable {
+        public var starts = 0
+        public var cleanStops = 0
+        public var lastStartedAt: Timestamp?
+        public var lastStoppedAt: Timestamp?
+    }
+
+    public mutating func apply(_ record: Record) {
+        precondition(record.seq > lastSeq, "record \(record.seq) applied after \(lastSeq)")
+        lastSeq = record.seq
+        let at = record.time
+        switch record.event {
+        case .daemonStarted:
+            daemon.starts += 1
+            daemon.lastStartedAt = at
+        case .daemonStopped:
+            daemon.cleanStops += 1
+            daemon.lastStoppedAt = at
+        case .agentDesired(let e):
+            agents[e.agent, default: AgentLedger()].desired = .init(version: e.version, mode: e.mode, setAt: at, setBy: e.by)
+        case .handoffBegan(let e):
+            agents[e.agent, default: AgentLedger()].handoff =
+                .init(id: e.handoff, from: e.from, to: e.to, mode: e.mode, phase: "began", startedAt: at)
+        case .handoffPhase(let e):
+            if agents[e.agent]?.handoff?.id == e.handoff { agents[e.agent]?.handoff?.phase = e.phase }
+        case .handoffEnded(let e):
+            var agent = agents[e.agent, default: AgentLedger()]
+            if let active = agent.handoff, active.id == e.handoff {
+                agent.history.append(.init(id: active.id, from: active.from, to: active.to, mode: active.mode,
+                                           startedAt: active.startedAt, endedAt: at, outcome: e.outcome,
+                                           gapMs: e.gapMs, error: e.error))
+                if agent.history.count > Self.historyLimit { agent.history.removeFirst(agent.history.count - Self.historyLimit) }
+                if e.outcome == .committed { agent.running = .init(version: active.to, since: at) }
+                agent.handoff = nil
+            }
+            agents[e.agent] = agent
+        case .instanceSpawned(let e):
+            agents[e.agent, default: AgentLedger()].instances[e.instance] =
+                .init(id: e.instance, version: e.version, pid: e.pid, startTime: e.startTime, startedAt: at, state: .spawned)
+        case .instanceReady(let e):
+            agents[e.agent]?.instances[e.instance]?.state = .ready
+        case .instanceStopped(let e):
+            agents[e.agent]?.instances[e.instance]?.state = .stopped
+        case .instanceExited(let e):
+            agents[e.agent]?.instances[e.instance] = nil
+        case .agentError(let e):
+            agents[e.agent, default: AgentLedger()].lastError =
+                .init(reason: e.reason, at: at, stderrTail: e.stderrTail, handoff: e.handoff)
+        case .releaseCurrent(let e):
+            agents[e.agent, default: AgentLedger()].current = e.version
+            agents[e.agent, default: AgentLedger()].previous = e.previous
+        case .unknown:
+            break
+        }
+    }
+}
+
+/// One agent as the ledger knows it. `desired` is what was asked; `running` and
+/// `instances` are what was observed: they are kept apart on purpose.
+public struct AgentLedger: Codable, Sendable, Equatable {
+    public var desired: DesiredVersion?
+    public var running: RunningVersion?
+    /// The release `releases/<agent>/current` points at, and the one before it.
+    public var current: String?
+    public var previous: String?
+    public var lastError: LastError?
+    public var handoff: ActiveHandoff?
+    public var history: [HandoffSummary] = []
+    public var instances: [String: InstanceLedger] = [:]
+
+    public init() {}
+}
+
+public struct DesiredVersion: Codable, Sendable, Equatable {
+    public var version: String
+    public var mode: HandoffMode
+    public var setAt: Timestamp
+    public var setBy: String
+}
+
+public struct RunningVersion: Codable, Sendable, Equatable {
+    public var version: String
+    public var since: Timestamp
+}
+
+public struct LastError: Codable, Sendable, Equatable {
+    public var reason: String
+    public var at: Timestamp
+    public var stderrTail: String
+    public var handoff: String?
+}
+
+public struct ActiveHandoff: Codable, Sendable, Equatable {
+    public var id: String
+    public var from: String?
+    public var to: String
+    public var mode: HandoffMode
+    public var phase: String
+    public var startedAt: Timestamp
+}
+
+public struct HandoffSummary: Codable, Sendable, Equatable {
+    public var id: String
+    public var from: String?
+    public var to: String
+    public var mode: HandoffMode
+    public var startedAt: Timestamp
+    public var endedAt: Timestamp
+    public var outcome: HandoffOutcome
+    public var gapMs: Double?
+    public var error: String?
+}
+
+public struct InstanceLedger: Codable, Sendable, Equatable {
+    public enum State: String, Codable, Sendable {
+        case spawned, ready, stopped
+    }
+    public var id: String
+    public var version: String
+    public var pid: Int32
+    public var startTime: UInt64
+    public var startedAt: Timestamp
+    public var state: State
+}

@@ -1,0 +1,182 @@
+import Foundation
+
+/// One ledger record: a numbered, timed, checksummed fact. On disk it is one line of
+/// JSON, `{"seq":N,"time":"…","kind":"…","v":1,"data":{…},"crc":"xxxxxxxx"}`, where
+/// `crc` is the CRC-32C of the line's bytes before `,"crc"`. docs/ledger.md documents
+/// every kind.
+public struct Record: Sendable, Equatable {
+    public let seq: UInt64
+    public let time: Timestamp
+    public let event: LedgerEvent
+
+    public init(seq: UInt64, time: Timestamp, event: LedgerEvent) {
+        self.seq = seq
+        self.time = time
+        self.event = event
+    }
+}
+
+/// What a record says. Each kind has a schema version (`v`); a kind or version this
+/// build does not know is kept as `.unknown` and ignored by the state, never dropped.
+public enum LedgerEvent: Sendable, Equatable {
+    case daemonStarted(DaemonStarted)
+    case daemonStopped(DaemonStopped)
+    case agentDesired(AgentDesired)
+    case handoffBegan(HandoffBegan)
+    case handoffPhase(HandoffPhase)
+    case handoffEnded(HandoffEnded)
+    case instanceSpawned(InstanceSpawned)
+    case instanceReady(InstanceRef)
+    case instanceStopped(InstanceRef)
+    case instanceExited(InstanceExited)
+    case agentError(AgentError)
+    case releaseCurrent(ReleaseCurrent)
+    case unknown(kind: String, version: Int)
+
+    public var kind: String {
+        switch self {
+        case .daemonStarted: "daemon.started"
+        case .daemonStopped: "daemon.stopped"
+        case .agentDesired: "agent.desired"
+        case .handoffBegan: "handoff.began"
+        case .handoffPhase: "handoff.phase"
+        case .handoffEnded: "handoff.ended"
+        case .instanceSpawned: "instance.spawned"
+        case .instanceReady: "instance.ready"
+        case .instanceStopped: "instance.stopped"
+        case .instanceExited: "instance.exited"
+        case .agentError: "agent.error"
+        case .releaseCurrent: "release.current"
+        case .unknown(let kind, _): kind
+        }
+    }
+
+    /// The schema version this build writes for each kind.
+    public var version: Int {
+        if case .unknown(_, let version) = self { return version }
+        return 1
+    }
+
+    public static let knownKinds = [
+        "daemon.started", "daemon.stopped", "agent.desired", "handoff.began", "handoff.phase", "handoff.ended",
+        "instance.spawned", "instance.ready", "instance.stopped", "instance.exited", "agent.error", "release.current",
+    ]
+}
+
+// MARK: - Payloads (v1)
+
+public struct DaemonStarted: Codable, Sendable, Equatable {
+    public var pid: Int32
+    public var version: String
+    public var config: String?
+    public var listeners: [String]
+    public init(pid: Int32, version: String, config: String?, listeners: [String]) {
+        self.pid = pid; self.version = version; self.config = config; self.listeners = listeners
+    }
+}
+
+public struct DaemonStopped: Codable, Sendable, Equatable {
+    public var pid: Int32
+    public var reason: String
+    public init(pid: Int32, reason: String) { self.pid = pid; self.reason = reason }
+}
+
+public enum HandoffMode: String, Codable, Sendable, CaseIterable {
+    case parallel, sequential
+}
+
+public struct AgentDesired: Codable, Sendable, Equatable {
+    public var agent: String
+    public var version: String
+    public var mode: HandoffMode
+    public var by: String
+    public init(agent: String, version: String, mode: HandoffMode, by: String) {
+        self.agent = agent; self.version = version; self.mode = mode; self.by = by
+    }
+}
+
+public struct HandoffBegan: Codable, Sendable, Equatable {
+    public var handoff: String
+    public var agent: String
+    public var from: String?
+    public var to: String
+    public var mode: HandoffMode
+    public init(handoff: String, agent: String, from: String?, to: String, mode: HandoffMode) {
+        self.handoff = handoff; self.agent = agent; self.from = from; self.to = to; self.mode = mode
+    }
+}
+
+public struct HandoffPhase: Codable, Sendable, Equatable {
+    public var handoff: String
+    public var agent: String
+    public var phase: String
+    public init(handoff: String, agent: String, phase: String) {
+        self.handoff = handoff; self.agent = agent; self.phase = phase
+    }
+}
+
+public enum HandoffOutcome: String, Codable, Sendable, CaseIterable {
+    case committed, failed, reverted
+}
+
+public struct HandoffEnded: Codable, Sendable, Equatable {
+    public var handoff: String
+    public var agent: String
+    public var outcome: HandoffOutcome
+    public var gapMs: Double?
+    public var error: String?
+    public init(handoff: String, agent: String, outcome: HandoffOutcome, gapMs: Double?, error: String?) {
+        self.handoff = handoff; self.agent = agent; self.outcome = outcome; self.gapMs = gapMs; self.error = error
+    }
+}
+
+public struct InstanceSpawned: Codable, Sendable, Equatable {
+    public var agent: String
+    public var instance: String
+    public var version: String
+    public var pid: Int32
+    /// The process's start time in clock ticks since boot (/proc/PID/stat field 22):
+    /// with the pid, it tells a re-adopted process from a stranger that reused the pid.
+    public var startTime: UInt64
+    public var handoff: String?
+    public init(agent: String, instance: String, version: String, pid: Int32, startTime: UInt64, handoff: String?) {
+        self.agent = agent; self.instance = instance; self.version = version; self.pid = pid
+        self.startTime = startTime; self.handoff = handoff
+    }
+}
+
+public struct InstanceRef: Codable, Sendable, Equatable {
+    public var agent: String
+    public var instance: String
+    public init(agent: String, instance: String) { self.agent = agent; self.instance = instance }
+}
+
+public struct InstanceExited: Codable, Sendable, Equatable {
+    public var agent: String
+    public var instance: String
+    public var exitCode: Int32?
+    public var signal: Int32?
+    public init(agent: String, instance: String, exitCode: Int32?, signal: Int32?) {
+        self.agent = agent; self.instance = instance; self.exitCode = exitCode; self.signal = signal
+    }
+}
+
+public struct AgentError: Codable, Sendable, Equatable {
+    public var agent: String
+    public var reason: String
+    public var stderrTail: String
+    public var handoff: String?
+    public var instance: String?
+    public init(agent: String, reason: String, stderrTail: String, handoff: String?, instance: String?) {
+        self.agent = agent; self.reason = reason; self.stderrTail = stderrTail; self.handoff = handoff; self.instance = instance
+    }
+}
+
+public struct ReleaseCurrent: Codable, Sendable, Equatable {
+    public var agent: String
+    public var version: String
+    public var previous: String?
+    public init(agent: String, version: String, previous: String?) {
+        self.agent = agent; self.version = version; self.previous = previous
+    }
+}

@@ -1,0 +1,212 @@
+import BatonAPI
+import BatonConfig
+import BatonCore
+import BatonHTTP
+import BatonLedger
+import Foundation
+import Glibc
+import Logging
+import ServiceLifecycle
+
+/// batond's life: lock and load the ledger, bind the listeners, serve, and on SIGTERM or
+/// SIGINT answer every parked request, record the clean stop and exit 0.
+public struct Daemon {
+    /// Exit codes that mean something to a service manager (sysexits.h).
+    public enum Exit: Int32, Sendable {
+        case ok = 0
+        case failure = 1
+        case ioError = 74
+        case stateDirInUse = 75
+        case configError = 78
+    }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public let exit: Exit
+        public let description: String
+    }
+
+    let config: BatondConfig
+    let logger: Logger
+    let notifier = SystemdNotifier()
+
+    public init(config: BatondConfig, logger: Logger) {
+        self.config = config
+        self.logger = logger
+    }
+
+    public func run() async throws(Failure) {
+        raiseFileLimit()
+        let startedAt = Timestamp.now()
+        let ledger: Ledger
+        do {
+            var options = Ledger.Options()
+            options.snapshotEvery = config.ledger.snapshotEvery
+            options.retainRecords = config.ledger.retainRecords
+            ledger = try Ledger(stateDirectory: config.stateDir, options: options, logger: logger)
+        } catch {
+            if case .locked = error { throw Failure(exit: .stateDirInUse, description: error.description) }
+            throw Failure(exit: .ioError, description: error.description)
+        }
+        defer { ledger.close() }
+
+        let token: String
+        do {
+            token = try OperatorToken.loadOrCreate(at: config.stateDir + "/operator.token")
+        } catch {
+            throw Failure(exit: .ioError, description: error.description)
+        }
+        let operatorGID = try resolveOperatorGroup()
+
+        let listeners = try bindListeners(operatorGID: operatorGID)
+        let addressFile = config.stateDir + "/batond.addr"
+        defer {
+            for listener in listeners { listener.close() }
+            unlink(addressFile)
+        }
+        try publishAddress(listeners, to: addressFile)
+
+        let api = API(context: .init(config: config, startedAt: startedAt, listeners: listeners.map(\.description)),
+                      ledger: ledger, auth: OperatorAuth(token: token, operatorGID: operatorGID, probesOpen: config.http.probesOpen),
+                      logger: logger)
+        var httpConfiguration = HTTPServer.Configuration()
+        httpConfiguration.maxBodyBytes = config.http.maxBodyBytes
+        httpConfiguration.connectionLimit = UInt32(config.http.maxConnections)
+        httpConfiguration.connectionTimeoutSeconds = UInt32(max(1, config.http.connectionTimeout.components.seconds))
+        let server = api.makeServer(configuration: httpConfiguration)
+
+        do {
+            try await ledger.append(.daemonStarted(.init(pid: getpid(), version: BatonVersion.current, config: config.file,
+                                                        listeners: listeners.map(\.description))))
+        } catch {
+            throw Failure(exit: .ioError, description: "cannot record the start in the ledger: \(error)")
+        }
+        for listener in listeners {
+            do { try server.serve(listener) } catch {
+                server.shutdown(grace: .zero)
+                throw Failure(exit: .failure, description: error.description)
+            }
+        }
+        logger.info("batond serving", metadata: ["listeners": "\(listeners.map(\.description).joined(separator: ", "))",
+                                                 "state_dir": "\(config.stateDir)", "pid": "\(getpid())"])
+        notifier.send("READY=1\nSTATUS=serving on \(listeners.map(\.description).joined(separator: ", "))\nMAINPID=\(getpid())")
+
+        let services = ServiceGroup(configuration: .init(
+            services: [
+                .init(service: HTTPService(server: server, notifier: notifier, logger: logger)),
+                .init(service: WatchdogService(notifier: notifier)),
+            ],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger))
+        do {
+            try await services.run()
+        } catch {
+            logger.error("service group ended with an error", metadata: ["error": "\(error)"])
+        }
+        do {
+            try await ledger.append(.daemonStopped(.init(pid: getpid(), reason: "signal")))
+        } catch {
+            logger.error("cannot record the stop in the ledger", metadata: ["error": "\(error)"])
+        }
+        logger.info("batond stopped")
+    }
+
+    // MARK: - Start-up steps
+
+    private func resolveOperatorGroup() throws(Failure) -> gid_t? {
+        guard let name = config.operatorGroup else { return nil }
+        if let gid = gid_t(name) { return gid }
+        guard let group = getgrnam(name) else {
+            throw Failure(exit: .configError, description: "daemon.operator_group: no group named \"\(name)\"")
+        }
+        return group.pointee.gr_gid
+    }
+
+    /// systemd's sockets when activated, else the configured socket and TCP address.
+    private func bindListeners(operatorGID: gid_t?) throws(Failure) -> [Listener] {
+        let activated = Listener.activated()
+        var listeners: [Listener] = []
+        if let unix = activated.first(where: \.isUnix) {
+            listeners.append(unix)
+        } else {
+            do {
+                let directory = (config.socketPath as NSString).deletingLastPathComponent
+                try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                listeners.append(try Listener.unix(path: config.socketPath, group: operatorGID))
+            } catch {
+                throw Failure(exit: .failure, description: error.description)
+            }
+        }
+        if let tcp = activated.first(where: { !$0.isUnix }) {
+            listeners.append(tcp)
+        } else if let address = config.listen {
+            do {
+                listeners.append(try Listener.tcp(host: address.host, port: address.port))
+            } catch {
+                listeners.forEach { $0.close() }
+                throw Failure(exit: .failure, description: error.description)
+            }
+        }
+        for extra in activated where !listeners.contains(where: { $0.fd == extra.fd }) {
+            logger.warning("ignoring an extra activated socket", metadata: ["socket": "\(extra)"])
+        }
+        return listeners
+    }
+
+    /// Writes the TCP address (`HOST:PORT`) to `<state_dir>/batond.addr`, atomically, so
+    /// scripts and tests can find a port-0 listener.
+    private func publishAddress(_ listeners: [Listener], to path: String) throws(Failure) {
+        guard let tcp = listeners.first(where: { !$0.isUnix }), case .tcp(let host, let port) = tcp.address else {
+            unlink(path)
+            return
+        }
+        let text = (host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)") + "\n"
+        do {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            throw Failure(exit: .ioError, description: "cannot write \(path): \(error)")
+        }
+    }
+
+    /// Long-polls hold a descriptor each: lift the soft limit to the hard one.
+    private func raiseFileLimit() {
+        var limit = rlimit()
+        guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(RLIMIT_NOFILE_VALUE, &limit)
+    }
+}
+
+private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+
+/// Serves until graceful shutdown, then drains: quiesce, answer parked requests, stop.
+struct HTTPService: Service {
+    let server: HTTPServer
+    let notifier: SystemdNotifier
+    let logger: Logger
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        notifier.send("STOPPING=1\nSTATUS=stopping")
+        logger.info("shutting down: answering parked requests", metadata: ["parked": "\(server.parkedCount)"])
+        // Blocks this task for at most the grace period; nothing else needs the thread then.
+        server.shutdown(grace: .seconds(5))
+    }
+}
+
+/// Pings systemd's watchdog at half its interval while batond runs.
+struct WatchdogService: Service {
+    let notifier: SystemdNotifier
+
+    func run() async throws {
+        guard let interval = notifier.watchdogInterval else {
+            try? await gracefulShutdown()
+            return
+        }
+        try? await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                notifier.send("WATCHDOG=1")
+                try await Task.sleep(for: interval)
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+import Foundation
+import Glibc
+
+public struct ListenerError: Error, Sendable, CustomStringConvertible {
+    public let message: String
+    public let errno: Int32
+
+    public init(message: String, errno: Int32 = 0) {
+        self.message = message
+        self.errno = errno
+    }
+
+    public var description: String {
+        errno == 0 ? message : "\(message): \(String(cString: strerror(errno)))"
+    }
+}
+
+/// A listening socket: a Unix socket, a loopback TCP port, or one handed over by systemd.
+public struct Listener: Sendable, CustomStringConvertible {
+    public enum Address: Sendable, Equatable {
+        case unix(path: String)
+        case tcp(host: String, port: Int)
+    }
+
+    public let fd: Int32
+    public let address: Address
+    /// Whether this process created the socket file (and so removes it on close).
+    let ownsPath: Bool
+    /// Identity of the socket file we created, so close never unlinks a successor's socket.
+    let fileIdentity: (dev: UInt, ino: UInt)?
+
+    public var isUnix: Bool {
+        if case .unix = address { return true }
+        return false
+    }
+
+    public var description: String {
+        switch address {
+        case .unix(let path): return "unix:\(path)"
+        case .tcp(let host, let port): return "\(host):\(port)"
+        }
+    }
+
+    /// The base URL of a TCP listener, e.g. `http://127.0.0.1:7070`.
+    public var url: String? {
+        guard case .tcp(let host, let port) = address else { return nil }
+        return host.contains(":") ? "http://[\(host)]:\(port)" : "http://\(host):\(port)"
+    }
+
+    public func close() {
+        _ = Glibc.close(fd)
+        guard ownsPath, case .unix(let path) = address, let identity = fileIdentity else { return }
+        var info = stat()
+        if lstat(path, &info) == 0, UInt(info.st_dev) == identity.dev, UInt(info.st_ino) == identity.ino {
+            unlink(path)
+        }
+    }
+
+    // MARK: - Unix socket
+
+    /// Binds a Unix socket at `path` with `mode` (and `group`, when given). A stale socket
+    /// file (nobody accepts on it) is replaced atomically; a live one is never touched,
+    /// nor is any file that is not a socket.
+    public static func unix(path: String, mode: mode_t = 0o660, group: gid_t? = nil, backlog: Int32 = 512) throws(ListenerError) -> Listener {
+        guard path.utf8.count < MemoryLayout.size(ofValue: sockaddr_un().sun_path) else {
+            throw ListenerError(message: "socket path is too long (\(path.utf8.count) bytes): \(path)")
+        }
+        var existing = stat()
+        if lstat(path, &existing) == 0 {
+            guard (existing.st_mode & S_IFMT) == S_IFSOCK else {
+                throw ListenerError(message: "\(path) exists and is not a socket; refusing to replace it")
+            }
+            if isAccepting(path) {
+                throw ListenerError(message: "another process is serving on \(path); is a batond already running?")
+            }
+        }
+        // Bind under a temporary name and rename over the path: there is never a moment
+        // with no socket file, nor one with a file of the wrong mode.
+        let temporary = "\(path).\(getpid()).tmp"
+        unlink(temporary)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw ListenerError(message: "socket(AF_UNIX)", errno: errno) }
+        do throws(ListenerError) {
+            var address = unixAddress(temporary)
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard bound == 0 else { throw ListenerError(message: "bind \(temporary)", errno: errno) }
+            guard chmod(temporary, mode) == 0 else { throw ListenerError(message: "chmod \(temporary)", errno: errno) }
+            if let group, chown(temporary, uid_t.max, group) != 0 {
+                throw ListenerError(message: "chown \(temporary) to group \(group)", errno: errno)
+            }
+            guard listen(fd, backlog) == 0 else { throw ListenerError(message: "listen \(temporary)", errno: errno) }
+            guard rename(temporary, path) == 0 else { throw ListenerError(message: "rename \(temporary) to \(path)", errno: errno) }
+        } catch {
+            unlink(temporary)
+            _ = Glibc.close(fd)
+            throw error
+        }
+        var info = stat()
+        let identity: (UInt, UInt)? = lstat(path, &info) == 0 ? (UInt(info.st_dev), UInt(info.st_ino)) : nil
+        return Listener(fd: fd, address: .unix(path: path), ownsPath: true, fileIdentity: identity)
+    }
+
+    /// Whether some process accepts connections on the socket file at `path`.
+    public static func isAccepting(_ path: String) -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { _ = Glibc.close(fd) }
+        var address = unixAddress(path)
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        return result == 0
+    }
+
+    private static func unixAddress(_ path: String) -> sockaddr_un {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array(path.utf8.prefix(raw.count - 1))
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return address
+    }
+
+    // MARK: - TCP
+
+    /// Binds `host:port` (IPv4 or IPv6 literal; port 0 picks a free port, read back here).
+    public static func tcp(host: String, port: Int, backlog: Int32 = 512) throws(ListenerError) -> Listener {
+        var storage = sockaddr_storage()
+        let length: socklen_t
+        let family: Int32
+        if host.contains(":") {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = in_port_t(UInt16(port).bigEndian)
+            guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else {
+                throw ListenerError(message: "not an IPv6 address: \(host)")
+            }
+            withUnsafeMutableBytes(of: &storage) { raw in withUnsafeBytes(of: address) { raw.copyMemory(from: $0) } }
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            family = AF_INET6
+        } else {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
+                throw ListenerError(message: "not an IPv4 address: \(host)")
+            }
+            withUnsafeMutableBytes(of: &storage) { raw in withUnsafeBytes(of: address) { raw.copyMemory(from: $0) } }
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            family = AF_INET
+        }
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw ListenerError(message: "socket", errno: errno) }
+        var on: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        let bound = withUnsafePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
+        guard bound == 0 else {
+            let error = errno
+            _ = Glibc.close(fd)
+            throw ListenerError(message: "bind \(host):\(port)", errno: error)
+        }
+        guard listen(fd, backlog) == 0 else {
+            let error = errno
+            _ = Glibc.close(fd)
+            throw ListenerError(message: "listen \(host):\(port)", errno: error)
+        }
+        return Listener(fd: fd, address: .tcp(host: host, port: boundPort(fd) ?? port), ownsPath: false, fileIdentity: nil)
+    }
+
+    private static func boundPort(_ fd: Int32) -> Int? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard ok == 0 else { return nil }
+        return withUnsafeBytes(of: storage) { raw -> Int? in
+            switch Int32(storage.ss_family) {
+            case AF_INET: return Int(UInt16(bigEndian: raw.load(as: sockaddr_in.self).sin_port))
+            case AF_INET6: return Int(UInt16(bigEndian: raw.load(as: sockaddr_in6.self).sin6_port))
+            default: return nil
+            }
+        }
+    }
+
+    // MARK: - systemd socket activation
+
+    /// The sockets systemd passed (`LISTEN_FDS` for this pid), fds 3 and up; empty when
+    /// not socket-activated. The variables are removed so children do not inherit them.
+    public static func activated() -> [Listener] {
+        defer {
+            unsetenv("LISTEN_PID")
+            unsetenv("LISTEN_FDS")
+            unsetenv("LISTEN_FDNAMES")
+        }
+        guard let pidText = getenv("LISTEN_PID").map({ String(cString: $0) }), Int32(pidText) == getpid(),
+              let countText = getenv("LISTEN_FDS").map({ String(cString: $0) }), let count = Int32(countText), count > 0
+        else { return [] }
+        var listeners: [Listener] = []
+        for fd in 3..<(3 + count) {
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            var storage = sockaddr_storage()
+            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let ok = withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+            }
+            guard ok == 0 else { continue }
+            switch Int32(storage.ss_family) {
+            case AF_UNIX:
+                let path = withUnsafeBytes(of: storage) { raw -> String in
+                    let address = raw.load(as: sockaddr_un.self)
+                    return withUnsafeBytes(of: address.sun_path) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                }
+                listeners.append(Listener(fd: fd, address: .unix(path: path), ownsPath: false, fileIdentity: nil))
+            case AF_INET, AF_INET6:
+                var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+                let host: String = withUnsafeBytes(of: storage) { raw in
+                    if Int32(storage.ss_family) == AF_INET {
+                        var address = raw.load(as: sockaddr_in.self).sin_addr
+                        inet_ntop(AF_INET, &address, &text, socklen_t(text.count))
+                    } else {
+                        var address = raw.load(as: sockaddr_in6.self).sin6_addr
+                        inet_ntop(AF_INET6, &address, &text, socklen_t(text.count))
+                    }
+                    return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                }
+                listeners.append(Listener(fd: fd, address: .tcp(host: host, port: boundPort(fd) ?? 0), ownsPath: false, fileIdentity: nil))
+            default:
+                continue
+            }
+        }
+        return listeners
+    }
+}

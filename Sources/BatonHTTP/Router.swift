@@ -1,0 +1,110 @@
+import Foundation
+
+/// HTTP methods batond routes. Anything else gets 405 on a known path.
+public enum HTTPMethod: String, Sendable, Hashable, CaseIterable {
+    case GET, HEAD, POST, PUT, PATCH, DELETE
+}
+
+/// What a handler does with a request: answer it now, or park it and answer it later
+/// through the `Pending` it got from `Request.park`.
+public enum Reply: Sendable {
+    case respond(Response)
+    case parked
+}
+
+public typealias Handler = @Sendable (Request) throws(HTTPError) -> Reply
+
+/// Decides, from the head of a request alone, whether it may go on; sets the request's
+/// principal. Runs before the body is read, so unauthorised uploads are never buffered.
+public typealias Admission = @Sendable (inout Request) -> HTTPError?
+
+/// One route: a method and a path template whose `{name}` segments are parameters.
+public struct Route: Sendable {
+    public let method: HTTPMethod
+    public let template: String
+    /// Free-form tag the admission hook reads (e.g. the auth scope).
+    public let scope: String
+    /// Whether the route takes a JSON body.
+    public let takesBody: Bool
+    public let handler: Handler
+    let segments: [Segment]
+
+    enum Segment: Sendable, Equatable {
+        case literal(String)
+        case parameter(String)
+    }
+
+    public init(_ method: HTTPMethod, _ template: String, scope: String, takesBody: Bool = false, handler: @escaping Handler) {
+        self.method = method
+        self.template = template
+        self.scope = scope
+        self.takesBody = takesBody
+        self.handler = handler
+        self.segments = template.split(separator: "/", omittingEmptySubsequences: true).map { part in
+            if part.hasPrefix("{") && part.hasSuffix("}") {
+                return .parameter(String(part.dropFirst().dropLast()))
+            }
+            return .literal(String(part))
+        }
+    }
+}
+
+/// The routing table. Literal segments win over parameters; a path that matches
+/// with another method answers 405 with `Allow`.
+public struct Router: Sendable {
+    public private(set) var routes: [Route] = []
+
+    public init(_ routes: [Route] = []) {
+        for route in routes { add(route) }
+    }
+
+    public mutating func add(_ route: Route) {
+        precondition(!routes.contains { $0.method == route.method && $0.segments == route.segments },
+                     "route \(route.method) \(route.template) registered twice")
+        routes.append(route)
+    }
+
+    public enum Match {
+        case found(Route, parameters: [String: String])
+        case wrongMethod(allowed: [String])
+        case notFound
+    }
+
+    public func match(method: String, path: String) -> Match {
+        let parts = path.split(separator: "/", omittingEmptySubsequences: true)
+        var allowed: [String] = []
+        var best: (route: Route, parameters: [String: String], literals: Int)?
+        for route in routes {
+            guard let (parameters, literals) = Self.bind(route.segments, to: parts) else { continue }
+            let effective = method == "HEAD" ? "GET" : method
+            guard route.method.rawValue == effective else {
+                allowed.append(route.method.rawValue)
+                if route.method == .GET { allowed.append("HEAD") }
+                continue
+            }
+            if best == nil || literals > best!.literals {
+                best = (route, parameters, literals)
+            }
+        }
+        if let best { return .found(best.route, parameters: best.parameters) }
+        if !allowed.isEmpty { return .wrongMethod(allowed: Array(Set(allowed)).sorted()) }
+        return .notFound
+    }
+
+    private static func bind(_ segments: [Route.Segment], to parts: [Substring]) -> ([String: String], Int)? {
+        guard segments.count == parts.count else { return nil }
+        var parameters: [String: String] = [:]
+        var literals = 0
+        for (segment, part) in zip(segments, parts) {
+            switch segment {
+            case .literal(let text):
+                guard text == part else { return nil }
+                literals += 1
+            case .parameter(let name):
+                // libmicrohttpd has already percent-decoded the path.
+                parameters[name] = String(part)
+            }
+        }
+        return (parameters, literals)
+    }
+}

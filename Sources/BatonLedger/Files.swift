@@ -1,0 +1,111 @@
+import Glibc
+
+/// Thin, errno-checked file operations for the ledger: every durable step (write,
+/// fsync, rename, directory fsync) in one place.
+enum Files {
+    static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o640) throws(LedgerError) -> Int32 {
+        let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw .io(operation: "open", path: path, errno: errno) }
+        return fd
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(LedgerError) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes.withUnsafeBytes { raw in
+                Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
+            }
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw .io(operation: "write", path: path, errno: errno)
+            }
+            offset += written
+        }
+    }
+
+    static func sync(_ fd: Int32, path: String) throws(LedgerError) {
+        guard fdatasync(fd) == 0 else { throw .io(operation: "fdatasync", path: path, errno: errno) }
+    }
+
+    static func syncDirectory(_ path: String) throws(LedgerError) {
+        let fd = try open(path, O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw .io(operation: "fsync", path: path, errno: errno) }
+    }
+
+    static func readAll(_ path: String) throws(LedgerError) -> [UInt8]? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 {
+            if errno == ENOENT { return nil }
+            throw .io(operation: "open", path: path, errno: errno)
+        }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .io(operation: "read", path: path, errno: errno)
+            }
+            if count == 0 { break }
+            bytes += chunk[0..<count]
+        }
+        return bytes
+    }
+
+    /// Replaces `path` with `bytes` atomically and durably: temp file, fsync, rename, fsync dir.
+    static func replace(_ path: String, with bytes: [UInt8], directory: String, mode: mode_t = 0o640) throws(LedgerError) {
+        let temporary = path + ".tmp"
+        let fd = try open(temporary, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
+        do throws(LedgerError) {
+            try writeAll(fd, bytes, path: temporary)
+            guard fsync(fd) == 0 else { throw .io(operation: "fsync", path: temporary, errno: errno) }
+        } catch {
+            close(fd)
+            unlink(temporary)
+            throw error
+        }
+        close(fd)
+        guard rename(temporary, path) == 0 else { throw .io(operation: "rename", path: temporary, errno: errno) }
+        try syncDirectory(directory)
+    }
+
+    static func makeDirectory(_ path: String, mode: mode_t = 0o750) throws(LedgerError) {
+        if mkdir(path, mode) != 0 && errno != EEXIST {
+            throw .io(operation: "mkdir", path: path, errno: errno)
+        }
+    }
+}
+
+/// The exclusive lock on a state directory (`batond.lock`, flock). Held for the life of
+/// the process; the descriptor is close-on-exec so agents never inherit it.
+public final class StateLock: Sendable {
+    public let path: String
+    private let fd: Int32
+
+    public init(directory: String) throws(LedgerError) {
+        path = directory + "/batond.lock"
+        fd = try Files.open(path, O_RDWR | O_CREAT, mode: 0o600)
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            let holder = (try? Files.readAll(path)).flatMap { $0 }.map { String(decoding: $0, as: UTF8.self) }?
+                .trimmed(" \n")
+            close(fd)
+            throw .locked(directory: directory, holder: holder?.isEmpty == false ? holder : nil)
+        }
+        let pid = Array("\(getpid())\n".utf8)
+        _ = ftruncate(fd, 0)
+        _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+    }
+
+    deinit { close(fd) }
+}
+
+extension String {
+    func trimmed(_ set: String) -> String {
+        var text = Substring(self)
+        while let first = text.first, set.contains(first) { text = text.dropFirst() }
+        while let last = text.last, set.contains(last) { text = text.dropLast() }
+        return String(text)
+    }
+}

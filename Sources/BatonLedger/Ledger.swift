@@ -1,0 +1,379 @@
+import BatonCore
+import Foundation
+import Glibc
+import Logging
+import Synchronization
+
+/// The version ledger: an append-only journal of checksummed records plus an atomic
+/// snapshot, in `<state_dir>/ledger/`. One process at a time (`StateLock`).
+///
+/// Invariant: a record's completion (and so any API answer that depends on it) runs
+/// only after the record is on disk (written and fdatasync'd). Concurrent appends are
+/// written as one batch with one fdatasync (group commit).
+public final class Ledger: Sendable {
+    public struct Options: Sendable {
+        /// Write a snapshot and restart the journal after this many journal records.
+        public var snapshotEvery = 10_000
+        /// How many recent records stay in memory for `/v1/events`.
+        public var retainRecords = 10_000
+        public init() {}
+    }
+
+    public struct Metrics: Sendable {
+        public var appends: UInt64 = 0
+        public var batches: UInt64 = 0
+        public var fsyncSeconds = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1])
+    }
+
+    public typealias Completion = @Sendable (Result<[Record], LedgerError>) -> Void
+
+    public let directory: String
+    public let journalPath: String
+    public let snapshotPath: String
+    let options: Options
+    let logger: Logger
+    private let lock: StateLock
+
+    /// What the writer thread owns: the open journal and the count of its records.
+    private struct Writer {
+        var fd: Int32
+        var journalRecords: Int
+        var snapshotSeq: UInt64
+    }
+
+    private struct Queue {
+        var pending: [(events: [LedgerEvent], completion: Completion)] = []
+        var closing = false
+        var failure: LedgerError?
+    }
+
+    /// Published state: read by any thread, replaced by the writer after each batch.
+    private struct Published {
+        var state: LedgerState
+        var recent: [(seq: UInt64, line: [UInt8])]
+        var journalRecords: Int
+        var snapshotSeq: UInt64
+        var metrics = Metrics()
+    }
+
+    private let queue = Mutex(Queue())
+    private let published: Mutex<Published>
+    private let writer: Mutex<Writer>
+    private let wake = DispatchSemaphore(value: 0)
+    private let finished = DispatchSemaphore(value: 0)
+    private let observers = Mutex<[@Sendable (UInt64) -> Void]>([])
+
+    // MARK: - Opening and recovery
+
+    /// Locks `stateDirectory`, loads the snapshot, replays the journal (dropping a torn or
+    /// corrupt last record with a warning), and starts the writer.
+    public init(stateDirectory: String, options: Options = .init(), logger: Logger) throws(LedgerError) {
+        self.options = options
+        self.logger = logger
+        try Files.makeDirectory(stateDirectory)
+        lock = try StateLock(directory: stateDirectory)
+        directory = stateDirectory + "/ledger"
+        journalPath = directory + "/journal.jsonl"
+        snapshotPath = directory + "/snapshot.json"
+        try Files.makeDirectory(directory)
+        try Files.syncDirectory(stateDirectory)
+
+        var state = LedgerState()
+        var snapshotSeq: UInt64 = 0
+        if let bytes = try Files.readAll(snapshotPath) {
+            state = try Self.decodeSnapshot(bytes[...], path: snapshotPath)
+            snapshotSeq = state.lastSeq
+        }
+        let replay = try Self.replay(path: journalPath, after: snapshotSeq, logger: logger)
+        for record in replay.records { state.apply(record) }
+
+        let fd = try Files.open(journalPath, O_WRONLY | O_APPEND | O_CREAT)
+        if replay.validLength < replay.fileLength {
+            guard ftruncate(fd, off_t(replay.validLength)) == 0 else {
+                throw .io(operation: "ftruncate", path: journalPath, errno: errno)
+            }
+            try Files.sync(fd, path: journalPath)
+        }
+        try Files.syncDirectory(directory)
+        let recent = replay.lines.suffix(options.retainRecords)
+        writer = Mutex(Writer(fd: fd, journalRecords: replay.records.count, snapshotSeq: snapshotSeq))
+        published = Mutex(Published(state: state, recent: Array(recent), journalRecords: replay.records.count,
+                                    snapshotSeq: snapshotSeq))
+        let thread = Thread { [self] in self.runWriter() }
+        thread.name = "baton.ledger"
+        thread.start()
+    }
+
+    struct Replay {
+        var records: [Record] = []
+        var lines: [(seq: UInt64, line: [UInt8])] = []
+        var validLength = 0
+        var fileLength = 0
+    }
+
+    /// Reads the journal. Records at or below `after` (already in the snapshot) are
+    /// skipped. A damaged record is dropped only when no good record follows it.
+    static func replay(path: String, after: UInt64, logger: Logger) throws(LedgerError) -> Replay {
+        var replay = Replay()
+        guard let bytes = try Files.readAll(path) else { return replay }
+        replay.fileLength = bytes.count
+        var lastSeq = after
+        var start = 0
+        var lineNumber = 0
+        var damage: (line: Int, offset: Int, detail: String)?
+        while start < bytes.count {
+            lineNumber += 1
+            let newline = bytes[start...].firstIndex(of: UInt8(ascii: "\n"))
+            let end = newline.map { $0 + 1 } ?? bytes.count
+            let line = bytes[start..<end]
+            defer { start = end }
+            if let damage {
+                // Something good after a damaged record means it was not a torn tail.
+                if (try? RecordCodec.unseal(line)) != nil {
+                    throw .corrupt(path: path, line: damage.line, detail: damage.detail)
+                }
+                continue
+            }
+            guard newline != nil else {
+                damage = (lineNumber, start, "torn: no end of line")
+                continue
+            }
+            let record: Record
+            do {
+                record = try RecordCodec.decode(line)
+            } catch {
+                damage = (lineNumber, start, "\(error)")
+                continue
+            }
+            if record.seq <= after { continue }
+            guard record.seq == lastSeq + 1 else {
+                throw .corrupt(path: path, line: lineNumber, detail: "sequence \(record.seq) follows \(lastSeq)")
+            }
+            lastSeq = record.seq
+            replay.records.append(record)
+            replay.lines.append((record.seq, Array(line)))
+            replay.validLength = end
+        }
+        if let damage {
+            replay.validLength = damage.offset
+            logger.warning("dropping a torn or damaged last record from the journal",
+                           metadata: ["path": "\(path)", "line": "\(damage.line)", "detail": "\(damage.detail)",
+                                      "bytes": "\(bytes.count - damage.offset)"])
+        } else {
+            replay.validLength = bytes.count
+        }
+        return replay
+    }
+
+    // MARK: - Reading
+
+    public var state: LedgerState { published.withLock { $0.state } }
+    public var lastSeq: UInt64 { published.withLock { $0.state.lastSeq } }
+    public var metrics: Metrics { published.withLock { $0.metrics } }
+    public var snapshotSeq: UInt64 { published.withLock { $0.snapshotSeq } }
+    public var journalRecords: Int { published.withLock { $0.journalRecords } }
+
+    /// Whether appends are accepted (no failed write or fsync, not closed).
+    public var isWritable: Bool { queue.withLock { $0.failure == nil && !$0.closing } }
+
+    /// The raw record lines with `seq > after`, up to `limit`, from the in-memory window.
+    public func records(after: UInt64, limit: Int) -> (lines: [[UInt8]], lastSeq: UInt64, oldestSeq: UInt64) {
+        published.withLock { published in
+            let recent = published.recent
+            let oldest = recent.first?.seq ?? (published.state.lastSeq + 1)
+            let firstIndex = recent.firstIndex { $0.seq > after } ?? recent.endIndex
+            let lines = recent[firstIndex...].prefix(limit).map(\.line)
+            return (lines, published.state.lastSeq, oldest)
+        }
+    }
+
+    /// Calls `observer` with the newest seq after every durable batch (on the writer thread).
+    public func observeCommits(_ observer: @escaping @Sendable (UInt64) -> Void) {
+        observers.withLock { $0.append(observer) }
+    }
+
+    // MARK: - Appending
+
+    /// Appends `events` as consecutive records; `completion` runs once they are durable
+    /// (or failed), on the writer thread.
+    public func append(_ events: [LedgerEvent], completion: @escaping Completion) {
+        let refused: LedgerError? = queue.withLock { queue in
+            if let failure = queue.failure { return failure }
+            if queue.closing { return .closed }
+            queue.pending.append((events, completion))
+            return nil
+        }
+        if let refused { completion(.failure(refused)) } else { wake.signal() }
+    }
+
+    @discardableResult
+    public func append(_ event: LedgerEvent) async throws(LedgerError) -> Record {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<[Record], LedgerError>, Never>) in
+            append([event]) { continuation.resume(returning: $0) }
+        }
+        return try result.get()[0]
+    }
+
+    /// Writes what is queued, stops the writer and releases the journal. Appends after
+    /// this fail with `.closed`.
+    public func close() {
+        let alreadyClosing = queue.withLock { queue -> Bool in
+            defer { queue.closing = true }
+            return queue.closing
+        }
+        guard !alreadyClosing else { return }
+        wake.signal()
+        finished.wait()
+    }
+
+    // MARK: - The writer thread
+
+    private func runWriter() {
+        while true {
+            wake.wait()
+            let (batch, closing) = queue.withLock { queue in
+                defer { queue.pending.removeAll(keepingCapacity: true) }
+                return (queue.pending, queue.closing)
+            }
+            if !batch.isEmpty { commit(batch) }
+            if closing && queue.withLock({ $0.pending.isEmpty }) { break }
+        }
+        writer.withLock { writer in
+            _ = Glibc.close(writer.fd)
+            writer.fd = -1
+        }
+        finished.signal()
+    }
+
+    private func commit(_ batch: [(events: [LedgerEvent], completion: Completion)]) {
+        var nextSeq = published.withLock { $0.state.lastSeq } + 1
+        let now = Timestamp.now()
+        var bytes: [UInt8] = []
+        var records: [[Record]] = []
+        var lines: [(seq: UInt64, line: [UInt8])] = []
+        for entry in batch {
+            var group: [Record] = []
+            for event in entry.events {
+                let record = Record(seq: nextSeq, time: now, event: event)
+                guard let line = try? RecordCodec.encode(record) else { continue }
+                nextSeq += 1
+                bytes += line
+                group.append(record)
+                lines.append((record.seq, line))
+            }
+            records.append(group)
+        }
+        let started = DispatchTime.now().uptimeNanoseconds
+        let written: Result<Void, LedgerError> = writer.withLock { writer in
+            do throws(LedgerError) {
+                try Files.writeAll(writer.fd, bytes, path: journalPath)
+                try Files.sync(writer.fd, path: journalPath)
+                writer.journalRecords += lines.count
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        if case .failure(let error) = written {
+            // After a failed write or fsync the kernel may have dropped the dirty pages:
+            // nothing more is accepted until an operator restarts batond.
+            logger.critical("ledger write failed; refusing further records", metadata: ["error": "\(error)"])
+            let failure = LedgerError.failed(error.description)
+            let queued = queue.withLock { queue in
+                queue.failure = failure
+                defer { queue.pending.removeAll() }
+                return queue.pending
+            }
+            for entry in batch + queued { entry.completion(.failure(failure)) }
+            return
+        }
+        let lastSeq = published.withLock { published in
+            for group in records { for record in group { published.state.apply(record) } }
+            published.recent += lines
+            if published.recent.count > options.retainRecords {
+                published.recent.removeFirst(published.recent.count - options.retainRecords)
+            }
+            published.journalRecords += lines.count
+            published.metrics.appends += UInt64(lines.count)
+            published.metrics.batches += 1
+            published.metrics.fsyncSeconds.observe(seconds)
+            return published.state.lastSeq
+        }
+        for (entry, group) in zip(batch, records) { entry.completion(.success(group)) }
+        for observer in observers.withLock({ $0 }) { observer(lastSeq) }
+        if writer.withLock({ $0.journalRecords }) >= options.snapshotEvery {
+            do throws(LedgerError) {
+                try snapshot()
+            } catch {
+                logger.error("snapshot failed; the journal keeps growing", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    // MARK: - Snapshots
+
+    /// Writes the state atomically, then restarts the journal. A crash between the two
+    /// steps is harmless: replay skips journal records the snapshot already holds.
+    private func snapshot() throws(LedgerError) {
+        let state = published.withLock { $0.state }
+        let bytes = try Self.encodeSnapshot(state)
+        try Files.replace(snapshotPath, with: bytes, directory: directory)
+        try writer.withLock { writer throws(LedgerError) in
+            try Files.replace(journalPath, with: [], directory: directory)
+            let fd = try Files.open(journalPath, O_WRONLY | O_APPEND)
+            _ = Glibc.close(writer.fd)
+            writer.fd = fd
+            writer.journalRecords = 0
+            writer.snapshotSeq = state.lastSeq
+        }
+        published.withLock {
+            $0.journalRecords = 0
+            $0.snapshotSeq = state.lastSeq
+        }
+        logger.info("ledger snapshot written", metadata: ["seq": "\(state.lastSeq)"])
+    }
+
+    static let snapshotFormat = 1
+
+    static func encodeSnapshot(_ state: LedgerState) throws(LedgerError) -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        let stateBytes: Data
+        do { stateBytes = try encoder.encode(state) } catch {
+            throw .failed("snapshot encoding: \(error)")
+        }
+        var prefix = Array(#"{"format":\#(snapshotFormat),"seq":\#(state.lastSeq),"state":"#.utf8)
+        prefix += stateBytes
+        return RecordCodec.seal(prefix)
+    }
+
+    static func decodeSnapshot(_ bytes: ArraySlice<UInt8>, path: String) throws(LedgerError) -> LedgerState {
+        struct Snapshot: Decodable {
+            var format: Int
+            var seq: UInt64
+            var state: LedgerState
+        }
+        let json: ArraySlice<UInt8>
+        do { json = try RecordCodec.unseal(bytes) } catch {
+            throw .corruptSnapshot(path: path, detail: "\(error)")
+        }
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        do {
+            let snapshot = try decoder.decode(Snapshot.self, from: Data(json))
+            guard snapshot.format == snapshotFormat else {
+                throw LedgerError.corruptSnapshot(path: path, detail: "unknown format \(snapshot.format)")
+            }
+            guard snapshot.seq == snapshot.state.lastSeq else {
+                throw LedgerError.corruptSnapshot(path: path, detail: "seq \(snapshot.seq) disagrees with its state")
+            }
+            return snapshot.state
+        } catch let error as LedgerError {
+            throw error
+        } catch {
+            throw .corruptSnapshot(path: path, detail: "\(error)")
+        }
+    }
+}

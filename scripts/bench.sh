@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# `make bench`: batond's HTTP throughput against a C libmicrohttpd baseline,
+# and the ledger's group commit (32 writers against 1).
+#
+# Targets (a MISS is reported, not an error):
+#   batond /healthz   >= 0.9x the C server
+#   batond /v1/status >= 0.5x the C server
+#   ledger appends/s with 32 writers >= 5x with 1 writer
+# The exit status is non-zero only when something failed to run or a
+# measurement is invalid (non-2xx answers, a server that did not start).
+#
+# Environment:
+#   BENCH_SECONDS=5          duration of each wrk run and each ledger run
+#   BENCH_SKIP_BUILD=1       use the binaries as they are (no swift build)
+#   BATOND=..., BATON_BENCH=...  binaries to measure (default .build/release/)
+# Temp dirs (batond state, ledger dirs) follow TMPDIR: keep it on a real
+# disk, the ledger numbers are about fsync.
+#
+# The servers run one after the other, never together: the machine has few
+# cores and wrk needs one of them. Everything binds loopback only.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+duration=${BENCH_SECONDS:-5}
+batond=${BATOND:-.build/release/batond}
+baton_bench=${BATON_BENCH:-.build/release/baton-bench}
+config=config/dev.toml
+out=bench/out
+
+die() { echo "bench: error: $*" >&2; exit 1; }
+
+[[ $duration =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer, got '$duration'"
+
+# MARK: - Cleanup
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/baton-bench.XXXXXX")
+server_pid=""
+server_status=""
+
+# stop_server: SIGTERM the running server and wait up to 30 s for it; its exit
+# status goes to server_status. Past 30 s: SIGKILL, and return 1.
+stop_server() {
+    local pid=$server_pid
+    [[ -n $pid ]] || return 0
+    server_pid=""
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)) && kill -0 "$pid" 2>/dev/null; do
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "bench: pid $pid ignored SIGTERM for 30 s; killing it" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        return 1
+    fi
+    local rc=0
+    wait "$pid" 2>/dev/null || rc=$?
+    server_status=$rc
+    return 0
+}
+
+cleanup() {
+    local rc=$?
+    stop_server || true
+    rm -rf "$tmp"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# MARK: - Helpers
+
+# wait_for_file FILE PID WHAT: poll until FILE is non-empty; fail when PID
+# dies first or after 30 s.
+wait_for_file() {
+    local file=$1 pid=$2 what=$3
+    local deadline=$((SECONDS + 30))
+    while ((SECONDS < deadline)); do
+        [[ -s $file ]] && return 0
+        kill -0 "$pid" 2>/dev/null || die "$what exited before it served (see above)"
+        sleep 0.1
+    done
+    die "$what did not write $file within 30 s"
+}
+
+declare -A rps p99 ratio
+
+# run_wrk NAME URL [HEADER]: run wrk, print its output, record req/s and p99.
+run_wrk() {
+    local name=$1 url=$2 header=${3:-}
+    local hdr=()
+    [[ -n $header ]] && hdr=(-H "$header")
+    # A wrong token or route would benchmark error answers: check first.
+    curl -fsS -o /dev/null "${hdr[@]}" "$url" || die "$name: $url does not answer 2xx"
+    # One second of warm-up, discarded: page faults, lazy initialisation and
+    # CPU frequency ramp-up would otherwise count against whoever runs first.
+    wrk -t1 -c32 -d1s "${hdr[@]}" "$url" >/dev/null || die "$name: wrk failed"
+    echo "== wrk $name ($url)"
+    local log="$tmp/wrk.log"
+    wrk -t1 -c32 "-d${duration}s" --latency "${hdr[@]}" "$url" | tee "$log" | sed 's/^/   /' \
+        || die "$name: wrk failed"
+    local bad
+    bad=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$log")
+    [[ -z $bad ]] || die "$name: $bad non-2xx answers during the run; numbers are invalid"
+    rps[$name]=$(awk '$1 == "Requests/sec:" {print $2}' "$log")
+    # wrk prints "99%  1.23ms" (or us, s); normalise to milliseconds.
+    p99[$name]=$(awk '$1 == "99%" {
+            v = $2; u = v; sub(/^[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
+            if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000
+            printf "%.2f", v }' "$log")
+    [[ -n ${rps[$name]} && -n ${p99[$name]} ]] || die "$name: could not parse wrk's output"
+}
+
+# ratio_of A B: A / B with two decimals, for display.
+ratio_of() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
+# verdict A B MIN: PASS when A >= MIN x B (unrounded), else MISS.
+verdict() {
+    if awk -v a="$1" -v b="$2" -v m="$3" 'BEGIN { exit !(a >= m * b) }'; then echo PASS; else echo MISS; fi
+}
+
+# MARK: - Build
+
+scripts/install-deps.sh --bench
+
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+    # `--product` takes one value (a second one replaces the first): two builds,
+    # the second reusing the first's modules.
+    swift build -c release --product batond
+    swift build -c release --product baton-bench
+fi
+[[ -x $batond ]] || die "$batond not found or not executable"
+[[ -x $baton_bench ]] || die "$baton_bench not found or not executable"
+[[ -f $config ]] || die "$config not found"
+
+mkdir -p "$out"
+# shellcheck disable=SC2046 # pkg-config's output is meant to be split
+cc -O2 -Wall -Wextra -o "$out/mhd_fixed" bench/mhd_fixed.c $(pkg-config --cflags --libs libmicrohttpd)
+
+# MARK: - HTTP: the C baseline
+
+# Other load on the machine skews every number below: say how busy it is.
+echo "== $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+
+echo "== C baseline (bench/mhd_fixed.c)"
+"$out/mhd_fixed" >"$tmp/c.port" &
+server_pid=$!
+wait_for_file "$tmp/c.port" "$server_pid" "mhd_fixed"
+c_port=$(head -n1 "$tmp/c.port")
+run_wrk "C /healthz" "http://127.0.0.1:$c_port/healthz"
+stop_server || die "mhd_fixed did not stop on SIGTERM"
+
+# MARK: - HTTP: batond
+
+state="$tmp/state"
+mkdir -m 0700 "$state"
+echo "== batond ($batond, state $state)"
+"$batond" --config "$config" --state-dir "$state" --socket "$state/batond.sock" \
+    --listen 127.0.0.1:0 --log-level warning &
+server_pid=$!
+wait_for_file "$state/batond.addr" "$server_pid" "batond"
+addr=$(head -n1 "$state/batond.addr")
+[[ $addr == 127.0.0.1:* ]] || die "batond.addr holds '$addr', expected 127.0.0.1:PORT"
+[[ -s $state/operator.token ]] || die "batond serves but wrote no $state/operator.token"
+token=$(head -n1 "$state/operator.token")
+
+run_wrk "batond /healthz" "http://$addr/healthz"
+run_wrk "batond /v1/status" "http://$addr/v1/status" "Authorization: Bearer $token"
+
+stop_server || die "batond did not stop within 30 s of SIGTERM"
+[[ $server_status == 0 ]] || die "batond exited $server_status after SIGTERM (expected 0)"
+
+# MARK: - Ledger group commit
+
+fs=$(stat -f -c %T "$tmp")
+[[ $fs != tmpfs ]] || echo "bench: warning: $tmp is on tmpfs: fsync is free there, the ledger ratio means little" >&2
+
+declare -A aps
+for writers in 1 32; do
+    dir=$(mktemp -d "$tmp/ledger.XXXXXX")
+    echo "== baton-bench ledger --writers $writers ($fs)"
+    log="$tmp/ledger.$writers.log"
+    "$baton_bench" ledger --writers "$writers" --seconds "$duration" --dir "$dir" | tee "$log" | sed 's/^/   /' \
+        || die "baton-bench ledger --writers $writers failed"
+    aps[$writers]=$(awk -F= '$1 == "appends_per_second" {print $2; exit}' "$log")
+    [[ -n ${aps[$writers]} ]] || die "baton-bench ledger --writers $writers printed no appends_per_second="
+    rm -rf "$dir"
+done
+
+# MARK: - Report
+
+c=${rps["C /healthz"]}
+echo
+printf '%-20s %12s %10s %8s\n' target req/s p99 "vs C"
+for name in "C /healthz" "batond /healthz" "batond /v1/status"; do
+    ratio[$name]=$(ratio_of "${rps[$name]}" "$c")
+    printf '%-20s %12s %8sms %7sx\n' "$name" "${rps[$name]}" "${p99[$name]}" "${ratio[$name]}"
+done
+echo
+
+printf '%s  batond /healthz   >= 0.9x C  (%sx)\n' \
+    "$(verdict "${rps["batond /healthz"]}" "$c" 0.9)" "${ratio["batond /healthz"]}"
+printf '%s  batond /v1/status >= 0.5x C  (%sx)\n' \
+    "$(verdict "${rps["batond /v1/status"]}" "$c" 0.5)" "${ratio["batond /v1/status"]}"
+
+ledger_ratio=$(ratio_of "${aps[32]}" "${aps[1]}")
+echo
+printf 'ledger appends/s: 1 writer %s, 32 writers %s, ratio %sx\n' "${aps[1]}" "${aps[32]}" "$ledger_ratio"
+printf '%s  ledger 32 writers >= 5x 1 writer  (%sx)\n' "$(verdict "${aps[32]}" "${aps[1]}" 5)" "$ledger_ratio"

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Installs what baton needs on a Debian 12 machine, and only what is missing:
+#   build: pkg-config, libmicrohttpd-dev
+#   tests: curl, systemd (systemd-analyze, systemd-socket-activate),
+#          prometheus (for promtool)
+#   bench (with --bench): wrk, gcc
+# A no-op when everything is there: it only asks dpkg-query and PATH, and
+# touches apt (one `apt-get update`, one `apt-get install`) only when a
+# package is missing. Swift is checked, never installed (swift.org toolchain).
+#
+# usage: scripts/install-deps.sh [--bench]
+set -euo pipefail
+
+usage() { echo "usage: $0 [--bench]" >&2; exit 64; }
+
+bench=0
+for arg in "$@"; do
+    case "$arg" in
+        --bench) bench=1 ;;
+        -h|--help) echo "usage: $0 [--bench]"; exit 0 ;;
+        *) usage ;;
+    esac
+done
+
+missing=()
+
+# need_cmd PACKAGE COMMAND...: PACKAGE is missing when any COMMAND is not on PATH.
+need_cmd() {
+    local pkg=$1; shift
+    local c
+    for c in "$@"; do
+        if ! command -v "$c" >/dev/null 2>&1; then
+            missing+=("$pkg")
+            return
+        fi
+    done
+}
+
+# need_pkg PACKAGE: for packages that ship no command (headers, .pc files).
+need_pkg() {
+    local status
+    status=$(dpkg-query -W -f='${db:Status-Abbrev}' "$1" 2>/dev/null || true)
+    # "ii " is installed and configured; anything else means (re)install.
+    if [[ $status != ii* ]]; then
+        missing+=("$1")
+    fi
+}
+
+# build
+need_cmd pkg-config pkg-config
+need_pkg libmicrohttpd-dev
+# tests
+need_cmd curl curl
+need_cmd systemd systemd-analyze systemd-socket-activate
+# Debian ships promtool only inside the prometheus package. Note that
+# installing it also enables and starts a Prometheus server (port 9090).
+need_cmd prometheus promtool
+# bench
+if (( bench )); then
+    need_cmd wrk wrk
+    need_cmd gcc gcc
+fi
+
+if (( ${#missing[@]} )); then
+    echo "install-deps: missing: ${missing[*]}" >&2
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "install-deps: apt-get not found; install these by hand: ${missing[*]}" >&2
+        exit 1
+    fi
+    if [[ $(id -u) -eq 0 ]]; then
+        as_root=()
+    elif command -v sudo >/dev/null 2>&1; then
+        # `env` rather than `sudo VAR=...`: sudoers may forbid setting
+        # variables on sudo's own command line.
+        as_root=(sudo)
+    else
+        echo "install-deps: need root to install ${missing[*]}: run as root or install sudo" >&2
+        exit 1
+    fi
+    apt_get=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
+    "${apt_get[@]}" update
+    "${apt_get[@]}" install -y --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v swift >/dev/null 2>&1; then
+    cat >&2 <<'EOF'
+install-deps: `swift` is not on PATH.
+  baton needs a Swift 6 toolchain; install it from https://www.swift.org/install/linux/
+  (or with swiftly) and put its usr/bin on PATH. This script does not install Swift.
+EOF
+    exit 1
+fi
