@@ -23,7 +23,9 @@ public final class API: Sendable {
     let context: Context
     let ledger: Ledger
     let auth: OperatorAuth
-    let metrics = Metrics()
+    let metrics: Metrics
+    /// The encoded `/v1/status` body and the ledger position it was built at.
+    private let statusCache = Mutex<(seq: UInt64, writable: Bool, body: [UInt8])?>(nil)
     let events: EventWaiters
     let logger: Logger
     /// Installed by `attach`; read by /metrics for the parked gauge.
@@ -35,6 +37,7 @@ public final class API: Sendable {
         self.auth = auth
         self.logger = logger
         self.events = EventWaiters(ledger: ledger)
+        self.metrics = Metrics()
         ledger.observeCommits { [events] lastSeq in events.wake(lastSeq: lastSeq) }
     }
 
@@ -54,7 +57,7 @@ public final class API: Sendable {
             Route(.GET, "/healthz", scope: Scope.probe) { _ in .respond(Self.healthy) },
             Route(.GET, "/readyz", scope: Scope.probe) { [self] _ in .respond(readiness()) },
             Route(.GET, "/metrics", scope: Scope.probe) { [self] _ in .respond(metricsPage()) },
-            Route(.GET, "/v1/status", scope: Scope.operator) { [self] _ in .respond(.json(status())) },
+            Route(.GET, "/v1/status", scope: Scope.operator) { [self] _ in .respond(statusResponse()) },
             Route(.GET, "/v1/agents", scope: Scope.operator) { [self] _ in .respond(.json(AgentList(agents: agentViews()))) },
             Route(.GET, "/v1/agents/{name}", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in
                 .respond(.json(try agentView(request.parameters["name"] ?? "")))
@@ -83,6 +86,20 @@ public final class API: Sendable {
     }
 
     // MARK: - Operator views
+
+    /// `/v1/status`, encoded once per ledger change: monitoring polls it often and
+    /// everything in it derives from the ledger's published state and fixed facts.
+    func statusResponse() -> Response {
+        let seq = ledger.lastSeq, writable = ledger.isWritable
+        if let cached = statusCache.withLock({ $0 }), cached.seq == seq, cached.writable == writable {
+            return .json(bytes: cached.body)
+        }
+        let response = Response.json(status())
+        if response.status == 200 {
+            statusCache.withLock { $0 = (seq, writable, response.body) }
+        }
+        return response
+    }
 
     func status() -> StatusView {
         StatusView(version: BatonVersion.current, pid: getpid(), stateDir: context.config.stateDir,

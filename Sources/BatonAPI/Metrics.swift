@@ -5,20 +5,31 @@ import Synchronization
 
 /// batond's Prometheus metrics. Counters live here; gauges are read when scraped.
 public final class Metrics: Sendable {
-    private struct RequestKey: Hashable {
-        let route: String
-        let method: String
-        let code: Int
+    /// Requests are counted under one packed integer key (route index, method index,
+    /// status) so the hot path hashes no strings. Route templates are few and fixed.
+    private struct Requests {
+        var routes: [String] = []
+        var counts: [Int: UInt64] = [:]
     }
 
-    private let requests = Mutex<[RequestKey: UInt64]>([:])
+    private static let methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"]
+    private let requests = Mutex(Requests())
 
     public init() {}
 
     public func recordRequest(route: String, method: String, status: Int) {
         // Unknown methods would otherwise mint unbounded label values.
-        let method = HTTPMethodLabel.known.contains(method) ? method : "other"
-        requests.withLock { $0[RequestKey(route: route, method: method, code: status), default: 0] += 1 }
+        let methodIndex = Self.methods.firstIndex(of: method) ?? Self.methods.count - 1
+        requests.withLock { requests in
+            let routeIndex: Int
+            if let index = requests.routes.firstIndex(of: route) {
+                routeIndex = index
+            } else {
+                routeIndex = requests.routes.count
+                requests.routes.append(route)
+            }
+            requests.counts[(routeIndex << 16) | (methodIndex << 10) | (status & 0x3FF), default: 0] += 1
+        }
     }
 
     struct Gauges {
@@ -44,11 +55,12 @@ public final class Metrics: Sendable {
         family("baton_uptime_seconds", "gauge", "Seconds since batond started.")
         out += "baton_uptime_seconds \(format(Double(gauges.now.milliseconds - gauges.startedAt.milliseconds) / 1000))\n"
         family("baton_http_requests_total", "counter", "HTTP requests answered, by route template, method and status code.")
-        let counts = requests.withLock { $0 }.sorted {
-            ($0.key.route, $0.key.method, $0.key.code) < ($1.key.route, $1.key.method, $1.key.code)
-        }
-        for (key, count) in counts {
-            out += "baton_http_requests_total{route=\"\(escape(key.route))\",method=\"\(key.method)\",code=\"\(key.code)\"} \(count)\n"
+        let snapshot = requests.withLock { $0 }
+        let counts = snapshot.counts.map { key, count in
+            (route: snapshot.routes[key >> 16], method: Self.methods[(key >> 10) & 0x3F], code: key & 0x3FF, count: count)
+        }.sorted { ($0.route, $0.method, $0.code) < ($1.route, $1.method, $1.code) }
+        for entry in counts {
+            out += "baton_http_requests_total{route=\"\(escape(entry.route))\",method=\"\(entry.method)\",code=\"\(entry.code)\"} \(entry.count)\n"
         }
         family("baton_http_parked_requests", "gauge", "Long-poll requests parked right now.")
         out += "baton_http_parked_requests \(gauges.parked)\n"
@@ -92,6 +104,3 @@ public final class Metrics: Sendable {
     }
 }
 
-enum HTTPMethodLabel {
-    static let known: Set<String> = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-}

@@ -88,11 +88,10 @@ public struct Daemon {
         }
         logger.info("batond serving", metadata: ["listeners": "\(listeners.map(\.description).joined(separator: ", "))",
                                                  "state_dir": "\(config.stateDir)", "pid": "\(getpid())"])
-        notifier.send("READY=1\nSTATUS=serving on \(listeners.map(\.description).joined(separator: ", "))\nMAINPID=\(getpid())")
 
         let services = ServiceGroup(configuration: .init(
             services: [
-                .init(service: HTTPService(server: server, notifier: notifier, logger: logger)),
+                .init(service: HTTPService(server: server, listeners: listeners.map(\.description), notifier: notifier, logger: logger)),
                 .init(service: WatchdogService(notifier: notifier)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
@@ -181,10 +180,14 @@ private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
 /// Serves until graceful shutdown, then drains: quiesce, answer parked requests, stop.
 struct HTTPService: Service {
     let server: HTTPServer
+    let listeners: [String]
     let notifier: SystemdNotifier
     let logger: Logger
 
     func run() async throws {
+        // Ready only now: the service group traps SIGTERM/SIGINT before it starts services,
+        // so a stop request from here on is always a graceful one.
+        notifier.send("READY=1\nSTATUS=serving on \(listeners.joined(separator: ", "))\nMAINPID=\(getpid())")
         try? await gracefulShutdown()
         notifier.send("STOPPING=1\nSTATUS=stopping")
         logger.info("shutting down: answering parked requests", metadata: ["parked": "\(server.parkedCount)"])

@@ -36,7 +36,7 @@ public final class HTTPServer: Sendable {
 
     private let daemons = Mutex<[DaemonContext]>([])
     private let parked = Mutex<[ObjectIdentifier: Pending]>([:])
-    private let openExchanges = Mutex<Int>(0)
+    private let openExchanges = Atomic<Int>(0)
     private let drained = DispatchSemaphore(value: 0)
     let draining = Atomic<Bool>(false)
 
@@ -85,10 +85,10 @@ public final class HTTPServer: Sendable {
         }
         let deadline = DispatchTime.now() + .nanoseconds(Int(grace.components.seconds * 1_000_000_000
             + grace.components.attoseconds / 1_000_000_000))
-        while openExchanges.withLock({ $0 }) > 0 {
+        while openExchanges.load(ordering: .sequentiallyConsistent) > 0 {
             if drained.wait(timeout: deadline) == .timedOut {
                 logger.warning("shutdown grace ended with requests still open",
-                               metadata: ["open": "\(openExchanges.withLock { $0 })"])
+                               metadata: ["open": "\(openExchanges.load(ordering: .relaxed))"])
                 break
             }
         }
@@ -100,13 +100,10 @@ public final class HTTPServer: Sendable {
 
     // MARK: - Bookkeeping shared by exchanges
 
-    func opened() { openExchanges.withLock { $0 += 1 } }
+    func opened() { openExchanges.add(1, ordering: .sequentiallyConsistent) }
 
     func closed() {
-        let left = openExchanges.withLock { count -> Int in
-            count -= 1
-            return count
-        }
+        let left = openExchanges.subtract(1, ordering: .sequentiallyConsistent).newValue
         if left == 0 && draining.load(ordering: .sequentiallyConsistent) { drained.signal() }
     }
 

@@ -53,6 +53,8 @@ public struct Route: Sendable {
 /// with another method answers 405 with `Allow`.
 public struct Router: Sendable {
     public private(set) var routes: [Route] = []
+    /// Routes without parameters by exact path: the common case costs one lookup.
+    private var literal: [String: [Route]] = [:]
 
     public init(_ routes: [Route] = []) {
         for route in routes { add(route) }
@@ -62,6 +64,9 @@ public struct Router: Sendable {
         precondition(!routes.contains { $0.method == route.method && $0.segments == route.segments },
                      "route \(route.method) \(route.template) registered twice")
         routes.append(route)
+        if !route.segments.contains(where: { if case .parameter = $0 { true } else { false } }) {
+            literal["/" + route.segments.map { if case .literal(let text) = $0 { text } else { "" } }.joined(separator: "/"), default: []].append(route)
+        }
     }
 
     public enum Match {
@@ -71,12 +76,15 @@ public struct Router: Sendable {
     }
 
     public func match(method: String, path: String) -> Match {
+        let effective = method == "HEAD" ? "GET" : method
+        if let candidates = literal[path], let route = candidates.first(where: { $0.method.rawValue == effective }) {
+            return .found(route, parameters: [:])
+        }
         let parts = path.split(separator: "/", omittingEmptySubsequences: true)
         var allowed: [String] = []
         var best: (route: Route, parameters: [String: String], literals: Int)?
         for route in routes {
             guard let (parameters, literals) = Self.bind(route.segments, to: parts) else { continue }
-            let effective = method == "HEAD" ? "GET" : method
             guard route.method.rawValue == effective else {
                 allowed.append(route.method.rawValue)
                 if route.method == .GET { allowed.append("HEAD") }

@@ -1,0 +1,168 @@
+import Foundation
+import Glibc
+
+/// A raw HTTP/1.1 client over TCP or a Unix socket, for tests: it sends exactly the bytes
+/// asked for (so it can send a head without its body) and parses one response.
+public struct HTTPResponse: Sendable {
+    public let status: Int
+    public let headers: [String: String]
+    public let body: [UInt8]
+
+    public var text: String { String(decoding: body, as: UTF8.self) }
+
+    public func json() throws -> [String: Any] {
+        guard let object = try JSONSerialization.jsonObject(with: Data(body)) as? [String: Any] else {
+            throw TestFailure("body is not a JSON object: \(text)")
+        }
+        return object
+    }
+
+    /// The `error.code` of the one error shape, if the body has it.
+    public var errorCode: String? {
+        ((try? json())?["error"] as? [String: Any])?["code"] as? String
+    }
+
+    public func header(_ name: String) -> String? { headers[name.lowercased()] }
+}
+
+public struct TestFailure: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+public enum Endpoint: Sendable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    /// Parses `HOST:PORT` as batond writes it to batond.addr.
+    public init?(address: String) {
+        let trimmed = address.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard let colon = trimmed.lastIndex(of: ":"), let port = Int(trimmed[trimmed.index(after: colon)...]) else { return nil }
+        self = .tcp(host: String(trimmed[..<colon]), port: port)
+    }
+
+    public var description: String {
+        switch self {
+        case .tcp(let host, let port): "\(host):\(port)"
+        case .unix(let path): "unix:\(path)"
+        }
+    }
+}
+
+/// One connection. Requests on it are sent one after another (keep-alive).
+public final class HTTPConnection {
+    let fd: Int32
+    private var buffer: [UInt8] = []
+
+    public init(_ endpoint: Endpoint, timeout: Double = 30) throws {
+        switch endpoint {
+        case .tcp(let host, let port):
+            fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = in_port_t(UInt16(port).bigEndian)
+            inet_pton(AF_INET, host, &address.sin_addr)
+            let result = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard result == 0 else { close(fd); throw TestFailure("connect \(endpoint): \(String(cString: strerror(errno)))") }
+        case .unix(let path):
+            fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                let bytes = Array(path.utf8)
+                raw.copyBytes(from: bytes)
+                raw[bytes.count] = 0
+            }
+            let result = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard result == 0 else { close(fd); throw TestFailure("connect \(endpoint): \(String(cString: strerror(errno)))") }
+        }
+        var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1e6))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    public func send(_ bytes: [UInt8]) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            guard sent > 0 else { throw TestFailure("send: \(String(cString: strerror(errno)))") }
+            offset += sent
+        }
+    }
+
+    /// Sends a request. `extraHead` lets a test claim a body it never sends.
+    public func request(_ method: String, _ path: String, headers: [String: String] = [:], body: [UInt8]? = nil,
+                        sendBody: Bool = true) throws -> HTTPResponse {
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: localhost\r\n"
+        var headers = headers
+        if let body, headers["Content-Length"] == nil { headers["Content-Length"] = "\(body.count)" }
+        for (name, value) in headers.sorted(by: { $0.key < $1.key }) { head += "\(name): \(value)\r\n" }
+        head += "\r\n"
+        try send(Array(head.utf8))
+        if let body, sendBody { try send(body) }
+        return try readResponse(method: method)
+    }
+
+    public func readResponse(method: String = "GET") throws -> HTTPResponse {
+        while true {
+            if let end = find(Array("\r\n\r\n".utf8)) {
+                let head = String(decoding: buffer[..<end], as: UTF8.self)
+                var lines = head.components(separatedBy: "\r\n")
+                let statusLine = lines.removeFirst().split(separator: " ")
+                guard statusLine.count >= 2, let status = Int(statusLine[1]) else { throw TestFailure("bad status line: \(head)") }
+                var headers: [String: String] = [:]
+                for line in lines {
+                    guard let colon = line.firstIndex(of: ":") else { continue }
+                    headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+                }
+                buffer.removeFirst(end + 4)
+                let length = method == "HEAD" ? 0 : Int(headers["content-length"] ?? "0") ?? 0
+                while buffer.count < length { try fill() }
+                let body = Array(buffer[..<length])
+                buffer.removeFirst(length)
+                return HTTPResponse(status: status, headers: headers, body: body)
+            }
+            try fill()
+        }
+    }
+
+    /// Whether the server has closed the connection (reads EOF).
+    public func isClosedByPeer() -> Bool {
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, 0) == 0
+    }
+
+    private func fill() throws {
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        let count = recv(fd, &chunk, chunk.count, 0)
+        guard count > 0 else { throw TestFailure(count == 0 ? "connection closed" : "recv: \(String(cString: strerror(errno)))") }
+        buffer += chunk[..<count]
+    }
+
+    private func find(_ needle: [UInt8]) -> Int? {
+        guard buffer.count >= needle.count else { return nil }
+        for index in 0...(buffer.count - needle.count) where buffer[index..<(index + needle.count)].elementsEqual(needle) {
+            return index
+        }
+        return nil
+    }
+}
+
+extension Endpoint {
+    /// One request on a fresh connection.
+    public func request(_ method: String, _ path: String, token: String? = nil, headers: [String: String] = [:],
+                        body: [UInt8]? = nil, timeout: Double = 30) throws -> HTTPResponse {
+        var headers = headers
+        if let token { headers["Authorization"] = "Bearer \(token)" }
+        return try HTTPConnection(self, timeout: timeout).request(method, path, headers: headers, body: body)
+    }
+
+    public func get(_ path: String, token: String? = nil, timeout: Double = 30) throws -> HTTPResponse {
+        try request("GET", path, token: token, timeout: timeout)
+    }
+}

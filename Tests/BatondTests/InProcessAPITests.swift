@@ -1,0 +1,98 @@
+import BatonAPI
+import BatonConfig
+import BatonCore
+import BatonHTTP
+import BatonLedger
+import BatonTestSupport
+import Foundation
+import Logging
+import Testing
+
+/// The API's parts wired in this process over a real socket, where the test itself can
+/// append ledger records (batond has no mutating route yet).
+@Suite("API in process")
+struct InProcessAPITests {
+    let state = TemporaryDirectory("api")
+    let ledger: Ledger
+    let api: API
+    let server: HTTPServer
+    let listener: Listener
+    let endpoint: Endpoint
+    let token = "test-token-0123456789abcdef"
+
+    init() throws {
+        let logger = Logger(label: "test")
+        ledger = try Ledger(stateDirectory: state.path, logger: logger)
+        var config = BatondConfig()
+        config.stateDir = state.path
+        api = API(context: .init(config: config, startedAt: .now(), listeners: []), ledger: ledger,
+                  auth: OperatorAuth(token: token, operatorGID: nil, probesOpen: true), logger: logger)
+        server = api.makeServer(configuration: .init())
+        listener = try Listener.tcp(host: "127.0.0.1", port: 0)
+        try server.serve(listener)
+        guard case .tcp(let host, let port) = listener.address else { throw TestFailure("not tcp") }
+        endpoint = .tcp(host: host, port: port)
+    }
+
+    func close() {
+        server.shutdown(grace: .seconds(1))
+        listener.close()
+        ledger.close()
+    }
+
+    @Test func theRoutesAreTheSpecsPaths() throws {
+        defer { close() }
+        let routes = Set(api.router.routes.map { "\($0.method.rawValue) \($0.template)" })
+        let spec = Set(try OpenAPISpec.load().operations.map { "\($0.method) \($0.path)" })
+        #expect(routes == spec)
+    }
+
+    @Test func aParkedWaitIsAnsweredWhenARecordIsAppended() throws {
+        defer { close() }
+        let answer = inBackground { [endpoint, token, since = ledger.lastSeq] in
+            try endpoint.get("/v1/events?since=\(since)&wait=30", token: token)
+        }
+        try waitUntil(timeout: 10) { server.parkedCount == 1 }
+        let record = try appendNow(.agentDesired(.init(agent: "web", version: "2.0", mode: .parallel, by: "test")))
+        let response = try answer.wait()
+        #expect(response.status == 200)
+        let records = try #require(try response.json()["records"] as? [[String: Any]])
+        #expect(records.count == 1)
+        #expect(records.first?["seq"] as? Int == Int(record.seq))
+        #expect(records.first?["kind"] as? String == "agent.desired")
+        #expect(server.parkedCount == 0)
+    }
+
+    @Test func eventsAnswerAtOnceWhenNewerRecordsExist() throws {
+        defer { close() }
+        try appendNow(.daemonStarted(.init(pid: 1, version: "t", config: nil, listeners: [])))
+        try appendNow(.daemonStopped(.init(pid: 1, reason: "t")))
+        let response = try endpoint.get("/v1/events?since=1&wait=30&limit=5", token: token)
+        let records = try #require(try response.json()["records"] as? [[String: Any]])
+        #expect(records.map { $0["seq"] as? Int } == [2])
+    }
+
+    @Test func shutdownAnswersParkedWaits() throws {
+        let answer = inBackground { [endpoint, token] in try endpoint.get("/v1/events?since=5&wait=30", token: token) }
+        try waitUntil(timeout: 10) { server.parkedCount == 1 }
+        close()
+        let response = try answer.wait()
+        #expect(response.status == 200)
+        #expect((try response.json()["records"] as? [Any])?.isEmpty == true)
+    }
+}
+
+extension InProcessAPITests {
+    /// Appends and waits until the record is durable.
+    @discardableResult
+    func appendNow(_ event: LedgerEvent) throws -> Record {
+        let done = DispatchSemaphore(value: 0)
+        let result = Locked<Result<[Record], LedgerError>?>(nil)
+        ledger.append([event]) { outcome in
+            result.set(outcome)
+            done.signal()
+        }
+        done.wait()
+        return try result.get()!.get()[0]
+    }
+}

@@ -1,0 +1,178 @@
+import BatonTestSupport
+import Foundation
+import Testing
+
+@Suite("batond lifecycle")
+struct LifecycleTests {
+    @Test func sigtermAnswersParkedWaitsAndExitsZero() throws {
+        let daemon = try BatondProcess()
+        let token = daemon.token
+        let endpoint = daemon.endpoint
+        let waiters = 3
+        let answered = DispatchSemaphore(value: 0)
+        let statuses = LockedArray<Int>()
+        // Each waiter holds its connection open on a long wait; the metrics gauge tells
+        // when all are parked, so SIGTERM lands on parked requests, not racing ones.
+        for _ in 0..<waiters {
+            Thread {
+                let status = (try? endpoint.get("/v1/events?since=1&wait=60", token: token, timeout: 30))?.status ?? -1
+                statuses.append(status)
+                answered.signal()
+            }.start()
+        }
+        try waitUntil(timeout: 20) {
+            (try? endpoint.get("/metrics").text.contains("baton_http_parked_requests \(waiters)\n")) ?? false
+        }
+        let started = Date()
+        daemon.signal(SIGTERM)
+        for _ in 0..<waiters {
+            #expect(answered.wait(timeout: .now() + 20) == .success)
+        }
+        #expect(statuses.values == Array(repeating: 200, count: waiters))
+        #expect(daemon.waitForExit() == 0)
+        #expect(Date().timeIntervalSince(started) < 15)
+        #expect(try daemon.notify.wait(for: "STOPPING=1", timeout: 5).isEmpty == false)
+        let journal = try String(contentsOfFile: daemon.state.file("ledger/journal.jsonl"), encoding: .utf8)
+        #expect(journal.split(separator: "\n").last?.contains("\"kind\":\"daemon.stopped\"") == true)
+        #expect(!FileManager.default.fileExists(atPath: daemon.socketPath), "the socket file is removed on a clean stop")
+    }
+
+    @Test func sigintStopsCleanlyToo() throws {
+        let daemon = try BatondProcess()
+        daemon.signal(SIGINT)
+        #expect(daemon.waitForExit() == 0)
+    }
+
+    @Test func aSecondBatondOnTheSameStateDirRefuses() throws {
+        let first = try BatondProcess()
+        let second = try BatondProcess(state: first.state, tcp: false, waitReady: false)
+        #expect(second.waitForExit() == 75)
+        #expect(second.log.contains("in use by another batond"))
+        #expect(second.log.contains("pid \(first.process.processIdentifier)"))
+        // The first is untouched: still serving on its socket.
+        #expect(try first.unix.get("/healthz").status == 200)
+    }
+
+    @Test func aStaleSocketFileIsReplacedButALiveOneIsNot() throws {
+        let state = TemporaryDirectory("batond")
+        // A stale socket: bound once, nobody listening now.
+        let stale = try NotifySocket(path: state.file("batond.sock"))
+        _ = stale
+        let daemon = try BatondProcess(state: state, tcp: false)
+        #expect(try daemon.unix.get("/healthz").status == 200)
+
+        // A second daemon on another state dir but the same socket path must not steal it.
+        let other = TemporaryDirectory("batond")
+        let intruder = try BatondProcess(state: other, arguments: ["--socket", daemon.socketPath], tcp: false, waitReady: false)
+        #expect(intruder.waitForExit() != 0)
+        #expect(intruder.log.contains("another process is serving"))
+        #expect(try daemon.unix.get("/healthz").status == 200)
+    }
+
+    @Test func readyAndStatusReachTheNotifySocket() throws {
+        let state = TemporaryDirectory("batond")
+        let daemon = try BatondProcess(state: state, waitReady: false)
+        let messages = try daemon.notify.wait(for: "READY=1", timeout: 60)
+        #expect(messages.joined(separator: "\n").contains("STATUS=serving on"))
+        #expect(messages.joined(separator: "\n").contains("MAINPID=\(daemon.process.processIdentifier)"))
+    }
+
+    @Test func theWatchdogIsPingedWhenAsked() throws {
+        let state = TemporaryDirectory("batond")
+        let daemon = try BatondProcess(state: state, environment: ["WATCHDOG_USEC": "200000"])
+        #expect(try daemon.notify.wait(for: "WATCHDOG=1", timeout: 10).isEmpty == false)
+    }
+
+    @Test func checkConfigAcceptsTheBundledConfigs() throws {
+        for name in ["batond.toml", "dev.toml"] {
+            let result = try run([Products.path("batond"), "--check-config", "--config", Products.packageRoot + "/config/" + name])
+            #expect(result.status == 0, "\(name): \(result.output)")
+            #expect(result.output.contains("OK"))
+        }
+    }
+
+    @Test func checkConfigNamesFileKeyAndLine() throws {
+        let state = TemporaryDirectory("batond")
+        let path = state.file("bad.toml")
+        try """
+            [daemon]
+            state_dir = "/tmp/x"
+
+            [agents.web]
+            command = ["/bin/web"]
+            mode = "fast"
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        let result = try run([Products.path("batond"), "--check-config", "--config", path])
+        #expect(result.status == 78)
+        #expect(result.output.contains("\(path):6: agents.web.mode:"), "got: \(result.output)")
+    }
+
+    @Test func socketActivationUsesTheInheritedSockets() throws {
+        guard let activate = which("systemd-socket-activate") else {
+            Issue.record("systemd-socket-activate is not installed; `make test` installs systemd")
+            return
+        }
+        let state = TemporaryDirectory("batond")
+        let socketPath = state.file("activated.sock")
+        let port = try freePort()
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: activate)
+        process.arguments = ["-l", "127.0.0.1:\(port)", "-l", socketPath, "--",
+                             Products.path("batond"), "--state-dir", state.path, "--log-level", "debug"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        defer {
+            if process.isRunning { kill(process.processIdentifier, SIGTERM) }
+            process.waitUntilExit()
+        }
+        // systemd-socket-activate listens before it starts batond; the first connection starts it.
+        try waitUntil(timeout: 10) { FileManager.default.fileExists(atPath: socketPath) }
+        let endpoint = Endpoint.tcp(host: "127.0.0.1", port: port)
+        let health = try endpoint.get("/healthz", timeout: 60)
+        #expect(health.status == 200)
+        let token = try String(contentsOfFile: state.file("operator.token"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let status = try endpoint.get("/v1/status", token: token)
+        let listeners = try #require(try status.json()["listeners"] as? [String])
+        #expect(listeners.contains("unix:\(socketPath)"))
+        #expect(listeners.contains("127.0.0.1:\(port)"))
+        #expect(try Endpoint.unix(path: socketPath).get("/v1/status").status == 200)
+        #expect(!FileManager.default.fileExists(atPath: state.file("batond.sock")), "no socket of its own when activated")
+    }
+}
+
+/// Polls a condition that has no signal to wait on (an external process's state).
+func waitUntil(timeout: Double, _ condition: () -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while !condition() {
+        guard Date() < deadline else { throw TestFailure("condition not met within \(timeout)s") }
+        usleep(20_000)
+    }
+}
+
+/// A port that was free a moment ago (for tools that must be told a port up front).
+func freePort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = 0
+    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+    _ = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+    }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+final class LockedArray<Element: Sendable>: @unchecked Sendable {
+    // @unchecked: every access goes through `lock`.
+    private let lock = NSLock()
+    private var storage: [Element] = []
+    func append(_ element: Element) { lock.lock(); storage.append(element); lock.unlock() }
+    var values: [Element] { lock.lock(); defer { lock.unlock() }; return storage }
+}
