@@ -54,7 +54,9 @@ public enum RecordCodec {
         let trailer = body[trailerStart...]
         guard trailer.starts(with: trailerHead), trailer.suffix(2).elementsEqual(Array("\"}".utf8)) else { throw .torn }
         let hexDigits = trailer.dropFirst(trailerHead.count).prefix(8)
-        guard let stored = UInt32(String(decoding: hexDigits, as: UTF8.self), radix: 16) else { throw .torn }
+        // Lowercase only: one spelling per checksum, so any flipped bit is noticed.
+        guard hexDigits.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) }),
+              let stored = UInt32(String(decoding: hexDigits, as: UTF8.self), radix: 16) else { throw .torn }
         let prefix = body[..<trailerStart]
         guard CRC32C.checksum(prefix) == stored else { throw .checksumMismatch }
         return body

@@ -1,4 +1,5 @@
 import Glibc
+import Synchronization
 
 /// Thin, errno-checked file operations for the ledger: every durable step (write,
 /// fsync, rename, directory fsync) in one place.
@@ -82,11 +83,12 @@ enum Files {
 /// the process; the descriptor is close-on-exec so agents never inherit it.
 public final class StateLock: Sendable {
     public let path: String
-    private let fd: Int32
+    /// The locked descriptor; -1 once released.
+    private let fd: Mutex<Int32>
 
     public init(directory: String) throws(LedgerError) {
         path = directory + "/batond.lock"
-        fd = try Files.open(path, O_RDWR | O_CREAT, mode: 0o600)
+        let fd = try Files.open(path, O_RDWR | O_CREAT, mode: 0o600)
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let holder = (try? Files.readAll(path)).flatMap { $0 }.map { String(decoding: $0, as: UTF8.self) }?
                 .trimmed(" \n")
@@ -96,9 +98,18 @@ public final class StateLock: Sendable {
         let pid = Array("\(getpid())\n".utf8)
         _ = ftruncate(fd, 0)
         _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+        self.fd = Mutex(fd)
     }
 
-    deinit { close(fd) }
+    /// Unlocks the directory (closing the descriptor drops the flock).
+    public func release() {
+        fd.withLock { fd in
+            if fd >= 0 { close(fd) }
+            fd = -1
+        }
+    }
+
+    deinit { release() }
 }
 
 extension String {

@@ -224,6 +224,7 @@ public final class Ledger: Sendable {
         guard !alreadyClosing else { return }
         wake.signal()
         finished.wait()
+        lock.release()
     }
 
     // MARK: - The writer thread
@@ -280,12 +281,8 @@ public final class Ledger: Sendable {
             // nothing more is accepted until an operator restarts batond.
             logger.critical("ledger write failed; refusing further records", metadata: ["error": "\(error)"])
             let failure = LedgerError.failed(error.description)
-            let queued = queue.withLock { queue in
-                queue.failure = failure
-                defer { queue.pending.removeAll() }
-                return queue.pending
-            }
-            for entry in batch + queued { entry.completion(.failure(failure)) }
+            for entry in batch { entry.completion(.failure(failure)) }
+            fail(failure)
             return
         }
         let lastSeq = published.withLock { published in
@@ -300,8 +297,8 @@ public final class Ledger: Sendable {
             published.metrics.fsyncSeconds.observe(seconds)
             return published.state.lastSeq
         }
-        for (entry, group) in zip(batch, records) { entry.completion(.success(group)) }
         for observer in observers.withLock({ $0 }) { observer(lastSeq) }
+        for (entry, group) in zip(batch, records) { entry.completion(.success(group)) }
         if writer.withLock({ $0.journalRecords }) >= options.snapshotEvery {
             do throws(LedgerError) {
                 try snapshot()
@@ -314,24 +311,60 @@ public final class Ledger: Sendable {
     // MARK: - Snapshots
 
     /// Writes the state atomically, then restarts the journal. A crash between the two
-    /// steps is harmless: replay skips journal records the snapshot already holds.
+    /// steps is harmless: replay skips journal records the snapshot already holds. A
+    /// failure before the journal is swapped leaves everything as it was (the journal
+    /// keeps growing); a failure after it fails the ledger, since new records could
+    /// otherwise go to a file whose name is not durable.
     private func snapshot() throws(LedgerError) {
         let state = published.withLock { $0.state }
         let bytes = try Self.encodeSnapshot(state)
         try Files.replace(snapshotPath, with: bytes, directory: directory)
-        try writer.withLock { writer throws(LedgerError) in
-            try Files.replace(journalPath, with: [], directory: directory)
-            let fd = try Files.open(journalPath, O_WRONLY | O_APPEND)
+        let fresh = journalPath + ".tmp"
+        let fd = try Files.open(fresh, O_WRONLY | O_APPEND | O_CREAT | O_TRUNC)
+        do throws(LedgerError) {
+            guard fsync(fd) == 0 else { throw .io(operation: "fsync", path: fresh, errno: errno) }
+        } catch {
+            _ = Glibc.close(fd)
+            unlink(fresh)
+            throw error
+        }
+        let swapped: LedgerError? = writer.withLock { writer in
+            guard rename(fresh, journalPath) == 0 else {
+                let error = LedgerError.io(operation: "rename", path: fresh, errno: errno)
+                _ = Glibc.close(fd)
+                unlink(fresh)
+                return error
+            }
             _ = Glibc.close(writer.fd)
             writer.fd = fd
             writer.journalRecords = 0
             writer.snapshotSeq = state.lastSeq
+            do throws(LedgerError) {
+                try Files.syncDirectory(directory)
+                return nil
+            } catch {
+                return LedgerError.failed("the restarted journal's name is not durable: \(error)")
+            }
+        }
+        if let swapped {
+            if case .failed = swapped { fail(swapped) }
+            throw swapped
         }
         published.withLock {
             $0.journalRecords = 0
             $0.snapshotSeq = state.lastSeq
         }
         logger.info("ledger snapshot written", metadata: ["seq": "\(state.lastSeq)"])
+    }
+
+    /// Refuses every further record, failing what is queued.
+    private func fail(_ failure: LedgerError) {
+        let queued = queue.withLock { queue in
+            queue.failure = failure
+            defer { queue.pending.removeAll() }
+            return queue.pending
+        }
+        for entry in queued { entry.completion(.failure(failure)) }
     }
 
     static let snapshotFormat = 1

@@ -1,0 +1,107 @@
+import BatonCore
+import Testing
+
+/// The state the ledger folds from its records, one transition per row.
+@Suite("ledger state")
+struct LedgerStateTests {
+    func fold(_ events: [LedgerEvent]) -> LedgerState {
+        var state = LedgerState()
+        for (index, event) in events.enumerated() {
+            state.apply(Record(seq: UInt64(index + 1), time: Timestamp(milliseconds: Int64(index) * 1000), event: event))
+        }
+        return state
+    }
+
+    @Test func daemonStartsAndCleanStopsAreCounted() {
+        let state = fold([.daemonStarted(.init(pid: 1, version: "v", config: nil, listeners: [])),
+                          .daemonStopped(.init(pid: 1, reason: "signal")),
+                          .daemonStarted(.init(pid: 2, version: "v", config: nil, listeners: []))])
+        #expect(state.daemon.starts == 2)
+        #expect(state.daemon.cleanStops == 1)
+        #expect(state.daemon.lastStartedAt == Timestamp(milliseconds: 2000))
+        #expect(state.lastSeq == 3)
+    }
+
+    @Test func desiredIsRecordedWithWhoAndWhen() {
+        let state = fold([.agentDesired(.init(agent: "web", version: "2.0", mode: .sequential, by: "alice"))])
+        let desired = state.agents["web"]?.desired
+        #expect(desired?.version == "2.0")
+        #expect(desired?.mode == .sequential)
+        #expect(desired?.setAt == Timestamp(milliseconds: 0))
+        #expect(desired?.setBy == "alice")
+        #expect(state.agents["web"]?.running == nil, "desired is not running")
+    }
+
+    @Test func aCommittedHandoffMakesTheTargetRunningAndEndsUpInHistory() {
+        let state = fold([
+            .handoffBegan(.init(handoff: "h1", agent: "web", from: "1.0", to: "2.0", mode: .parallel)),
+            .handoffPhase(.init(handoff: "h1", agent: "web", phase: "waiting_stopped")),
+            .handoffEnded(.init(handoff: "h1", agent: "web", outcome: .committed, gapMs: 0.3, error: nil)),
+        ])
+        let agent = state.agents["web"]
+        #expect(agent?.handoff == nil)
+        #expect(agent?.running?.version == "2.0")
+        #expect(agent?.history.map(\.outcome) == [.committed])
+        #expect(agent?.history.first?.gapMs == 0.3)
+    }
+
+    @Test func aFailedHandoffLeavesRunningAlone() {
+        let state = fold([
+            .handoffBegan(.init(handoff: "h1", agent: "web", from: "1.0", to: "2.0", mode: .parallel)),
+            .handoffPhase(.init(handoff: "h1", agent: "web", phase: "waiting_ready")),
+            .handoffEnded(.init(handoff: "h1", agent: "web", outcome: .failed, gapMs: nil, error: "never ready")),
+        ])
+        #expect(state.agents["web"]?.running == nil)
+        #expect(state.agents["web"]?.history.first?.error == "never ready")
+    }
+
+    @Test func phasesOfAnotherHandoffAreIgnored() {
+        let state = fold([
+            .handoffBegan(.init(handoff: "h1", agent: "web", from: nil, to: "2.0", mode: .parallel)),
+            .handoffPhase(.init(handoff: "h0", agent: "web", phase: "stale")),
+        ])
+        #expect(state.agents["web"]?.handoff?.phase == "began")
+    }
+
+    @Test func instancesComeAndGo() {
+        let spawned = fold([
+            .instanceSpawned(.init(agent: "web", instance: "web.1", version: "1.0", pid: 10, startTime: 5, handoff: nil)),
+            .instanceReady(.init(agent: "web", instance: "web.1")),
+        ])
+        #expect(spawned.agents["web"]?.instances["web.1"]?.state == .ready)
+        let exited = fold([
+            .instanceSpawned(.init(agent: "web", instance: "web.1", version: "1.0", pid: 10, startTime: 5, handoff: nil)),
+            .instanceStopped(.init(agent: "web", instance: "web.1")),
+            .instanceExited(.init(agent: "web", instance: "web.1", exitCode: 0, signal: nil)),
+        ])
+        #expect(exited.agents["web"]?.instances.isEmpty == true)
+    }
+
+    @Test func errorsAndCurrentReleaseAreKept() {
+        let state = fold([
+            .agentError(.init(agent: "web", reason: "failed self-check", stderrTail: "boom", handoff: "h1", instance: "web.2")),
+            .releaseCurrent(.init(agent: "web", version: "2.0", previous: "1.0")),
+        ])
+        #expect(state.agents["web"]?.lastError?.reason == "failed self-check")
+        #expect(state.agents["web"]?.lastError?.stderrTail == "boom")
+        #expect(state.agents["web"]?.current == "2.0")
+        #expect(state.agents["web"]?.previous == "1.0")
+    }
+
+    @Test func historyIsBounded() {
+        var events: [LedgerEvent] = []
+        for index in 0..<(LedgerState.historyLimit + 5) {
+            events.append(.handoffBegan(.init(handoff: "h\(index)", agent: "web", from: nil, to: "\(index)", mode: .parallel)))
+            events.append(.handoffEnded(.init(handoff: "h\(index)", agent: "web", outcome: .committed, gapMs: 1, error: nil)))
+        }
+        let state = fold(events)
+        #expect(state.agents["web"]?.history.count == LedgerState.historyLimit)
+        #expect(state.agents["web"]?.history.last?.id == "h\(LedgerState.historyLimit + 4)")
+    }
+
+    @Test func unknownKindsChangeNothingButTheSequence() {
+        let state = fold([.unknown(kind: "future.kind", version: 2)])
+        #expect(state.lastSeq == 1)
+        #expect(state.agents.isEmpty)
+    }
+}
