@@ -1,0 +1,185 @@
+import BatonHTTP
+import BatonTestSupport
+import Foundation
+import Logging
+import Testing
+
+/// The HTTP layer on its own, with routes made for the test, over real sockets.
+@Suite("HTTP server")
+final class ServerTests {
+    struct Name: Codable, Sendable { var name: String }
+
+    let parked = Locked<[Pending]>([])
+    let directory = TemporaryDirectory("http")
+    var server: HTTPServer!
+    var tcp: Listener!
+    var unix: Listener!
+    var endpoint: Endpoint!
+
+    init() throws {
+        let parked = self.parked
+        var configuration = HTTPServer.Configuration()
+        configuration.maxBodyBytes = 64 * 1024
+        let router = Router([
+            Route(.POST, "/echo", scope: "open", takesBody: true) { (request) throws(HTTPError) -> Reply in
+                .respond(.json(try request.decodeJSON(Name.self)))
+            },
+            Route(.GET, "/items/{id}", scope: "open") { request in
+                .respond(.json(["id": request.parameters["id"] ?? ""]))
+            },
+            Route(.GET, "/items/special", scope: "open") { _ in .respond(.json(["id": "literal"])) },
+            Route(.GET, "/secret", scope: "locked") { _ in .respond(.json(["ok": true])) },
+            Route(.GET, "/peer", scope: "open") { request in
+                switch request.peer {
+                case .tcp: return .respond(.json(["peer": "tcp"]))
+                case .unix(let credentials): return .respond(.json(["peer": "unix", "uid": "\(credentials?.uid ?? 9999)", "pid": "\(credentials?.pid ?? 0)"]))
+                }
+            },
+            Route(.GET, "/park", scope: "open") { request in
+                let milliseconds = Int64(request.query("deadline_ms") ?? "60000") ?? 60000
+                let pending = request.park(deadline: .milliseconds(milliseconds)) { .json(["answer": "deadline"]) }
+                parked.set(parked.get() + [pending])
+                return .parked
+            },
+            Route(.GET, "/throws", scope: "open") { (_) throws(HTTPError) -> Reply in
+                throw HTTPError(status: 409, code: "conflict", message: "busy")
+            },
+        ])
+        server = HTTPServer(configuration: configuration, router: router, admission: { request in
+            request.route.scope == "locked" && request.header("Authorization") != "Bearer sesame"
+                ? HTTPError(status: 401, code: "unauthorized", message: "no") : nil
+        }, logger: Logger(label: "http-test"))
+        tcp = try Listener.tcp(host: "127.0.0.1", port: 0)
+        unix = try Listener.unix(path: directory.file("http.sock"))
+        try server.serve(tcp)
+        try server.serve(unix)
+        guard case .tcp(let host, let port) = tcp.address else { throw TestFailure("not tcp") }
+        endpoint = .tcp(host: host, port: port)
+    }
+
+    deinit {
+        server.shutdown(grace: .seconds(1))
+        tcp.close()
+        unix.close()
+    }
+
+    @Test func pathParametersAndLiteralPrecedence() throws {
+        #expect(try endpoint.get("/items/42").json()["id"] as? String == "42")
+        #expect(try endpoint.get("/items/special").json()["id"] as? String == "literal")
+    }
+
+    @Test func unknownRouteAndWrongMethod() throws {
+        let missing = try endpoint.get("/nope")
+        #expect(missing.status == 404)
+        #expect(missing.errorCode == "not_found")
+        let wrong = try endpoint.request("PUT", "/items/1")
+        #expect(wrong.status == 405)
+        #expect(wrong.header("Allow") == "GET, HEAD")
+    }
+
+    @Test func jsonBodies() throws {
+        let ok = try endpoint.request("POST", "/echo", headers: ["Content-Type": "application/json"], body: Array(#"{"name":"x"}"#.utf8))
+        #expect(ok.status == 200)
+        #expect(try ok.json()["name"] as? String == "x")
+
+        let malformed = try endpoint.request("POST", "/echo", headers: ["Content-Type": "application/json"], body: Array("{nope".utf8))
+        #expect(malformed.status == 400)
+        #expect(malformed.errorCode == "malformed_json")
+
+        let wrongShape = try endpoint.request("POST", "/echo", headers: ["Content-Type": "application/json"], body: Array(#"{"other":1}"#.utf8))
+        #expect(wrongShape.status == 422)
+        #expect(wrongShape.errorCode == "invalid_body")
+
+        let empty = try endpoint.request("POST", "/echo", headers: ["Content-Type": "application/json"])
+        #expect(empty.status == 400)
+
+        let text = try endpoint.request("POST", "/echo", headers: ["Content-Type": "text/plain"], body: Array("hi".utf8))
+        #expect(text.status == 415)
+        #expect(text.errorCode == "unsupported_media_type")
+    }
+
+    @Test func anOversizedBodyIsRefusedFromItsHeadAlone() throws {
+        let connection = try HTTPConnection(endpoint)
+        let response = try connection.request("POST", "/echo", headers: ["Content-Type": "application/json", "Content-Length": "\(2 << 20)"],
+                                              body: [], sendBody: false)
+        #expect(response.status == 413)
+        #expect(response.errorCode == "payload_too_large")
+        #expect(connection.isClosedByPeer(), "the unread body is not kept: the connection closes")
+    }
+
+    @Test func anOversizedChunkedBodyIsRefused() throws {
+        let connection = try HTTPConnection(endpoint)
+        var head = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        let chunk = String(repeating: "a", count: 16 * 1024)
+        for _ in 0..<5 { head += String(chunk.utf8.count, radix: 16) + "\r\n" + chunk + "\r\n" }
+        head += "0\r\n\r\n"
+        try connection.send(Array(head.utf8))
+        let response = try connection.readResponse()
+        #expect(response.status == 413)
+    }
+
+    @Test func admissionRunsBeforeTheHandler() throws {
+        #expect(try endpoint.get("/secret").status == 401)
+        #expect(try endpoint.request("GET", "/secret", headers: ["Authorization": "Bearer sesame"]).status == 200)
+    }
+
+    @Test func handlerErrorsUseTheErrorShape() throws {
+        let response = try endpoint.get("/throws")
+        #expect(response.status == 409)
+        #expect(response.errorCode == "conflict")
+    }
+
+    @Test func keepAliveServesSeveralRequestsOnOneConnection() throws {
+        let connection = try HTTPConnection(endpoint)
+        for id in 1...3 {
+            let response = try connection.request("GET", "/items/\(id)")
+            #expect(response.status == 200)
+            #expect(response.header("Connection")?.lowercased() != "close")
+        }
+    }
+
+    @Test func unixPeersCarryTheirCredentials() throws {
+        let response = try Endpoint.unix(path: directory.file("http.sock")).get("/peer").json()
+        #expect(response["peer"] as? String == "unix")
+        #expect(response["uid"] as? String == "\(getuid())")
+        #expect(response["pid"] as? String == "\(getpid())")
+        #expect(try endpoint.get("/peer").json()["peer"] as? String == "tcp")
+    }
+
+    @Test func aParkedRequestIsAnsweredFromAnotherThread() throws {
+        let answer = inBackground { [endpoint] in try endpoint!.get("/park") }
+        let pending = try waitForParked()
+        #expect(server.parkedCount == 1)
+        #expect(pending.answer(.json(["answer": "woken"])))
+        #expect(!pending.answer(.json(["answer": "twice"])), "a request is answered once")
+        #expect(try answer.wait().json()["answer"] as? String == "woken")
+        #expect(server.parkedCount == 0)
+    }
+
+    @Test func aParkedRequestIsAnsweredAtItsDeadline() throws {
+        let answer = inBackground { [endpoint] in try endpoint!.get("/park?deadline_ms=50") }
+        _ = try waitForParked()
+        #expect(try answer.wait().json()["answer"] as? String == "deadline")
+    }
+
+    @Test func shutdownAnswersEveryParkedRequest() throws {
+        let answers = (0..<3).map { _ in inBackground { [endpoint] in try endpoint!.get("/park") } }
+        let deadline = Date().addingTimeInterval(10)
+        while server.parkedCount < 3 && Date() < deadline { usleep(5000) }
+        #expect(server.parkedCount == 3)
+        server.shutdown(grace: .seconds(5))
+        for answer in answers {
+            #expect(try answer.wait().json()["answer"] as? String == "deadline")
+        }
+    }
+
+    /// The first request the /park route parked (polled: parking has no event to wait on).
+    func waitForParked() throws -> Pending {
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if let first = parked.get().first { return first }
+            usleep(2000)
+        }
+        throw TestFailure("nothing parked")
+    }
+}
