@@ -11,6 +11,7 @@
 #
 # Environment:
 #   BENCH_SECONDS=5          duration of each wrk run and each ledger run
+#   BENCH_ROUNDS=3           HTTP rounds (C, then batond); medians are compared
 #   BENCH_SKIP_BUILD=1       use the binaries as they are (no swift build)
 #   BATOND=..., BATON_BENCH=...  binaries to measure (default .build/release/)
 # Temp dirs (batond state, ledger dirs) follow TMPDIR: keep it on a real
@@ -23,6 +24,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 duration=${BENCH_SECONDS:-5}
+rounds=${BENCH_ROUNDS:-3}
 batond=${BATOND:-.build/release/batond}
 baton_bench=${BATON_BENCH:-.build/release/baton-bench}
 config=config/dev.toml
@@ -105,14 +107,17 @@ run_wrk() {
     local bad
     bad=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$log")
     [[ -z $bad ]] || die "$name: $bad non-2xx answers during the run; numbers are invalid"
-    rps[$name]=$(awk '$1 == "Requests/sec:" {print $2}' "$log")
+    rps[$name]+="$(awk '$1 == "Requests/sec:" {print $2}' "$log") "
     # wrk prints "99%  1.23ms" (or us, s); normalise to milliseconds.
-    p99[$name]=$(awk '$1 == "99%" {
+    p99[$name]+="$(awk '$1 == "99%" {
             v = $2; u = v; sub(/^[0-9.]+/, "", u); sub(/[a-z]+$/, "", v)
             if (u == "us") v /= 1000; else if (u == "s") v *= 1000; else if (u == "m") v *= 60000
-            printf "%.2f", v }' "$log")
-    [[ -n ${rps[$name]} && -n ${p99[$name]} ]] || die "$name: could not parse wrk's output"
+            printf "%.2f", v }' "$log") "
+    [[ ${rps[$name]} =~ [0-9] && ${p99[$name]} =~ [0-9] ]] || die "$name: could not parse wrk's output"
 }
+
+# median VALUES...: the middle value (the lower middle for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # ratio_of A B: A / B with two decimals, for display.
 ratio_of() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
@@ -144,33 +149,37 @@ cc -O2 -Wall -Wextra -o "$out/mhd_fixed" bench/mhd_fixed.c $(pkg-config --cflags
 # Other load on the machine skews every number below: say how busy it is.
 echo "== $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-echo "== C baseline (bench/mhd_fixed.c)"
-"$out/mhd_fixed" >"$tmp/c.port" &
-server_pid=$!
-wait_for_file "$tmp/c.port" "$server_pid" "mhd_fixed"
-c_port=$(head -n1 "$tmp/c.port")
-run_wrk "C /healthz" "http://127.0.0.1:$c_port/healthz"
-stop_server || die "mhd_fixed did not stop on SIGTERM"
-
-# MARK: - HTTP: batond
-
+# Rounds alternate the C server and batond, so drift in the machine's speed
+# (frequency, neighbours) touches both; medians damp single bad runs.
 state="$tmp/state"
 mkdir -m 0700 "$state"
-echo "== batond ($batond, state $state)"
-"$batond" --config "$config" --state-dir "$state" --socket "$state/batond.sock" \
-    --listen 127.0.0.1:0 --log-level warning &
-server_pid=$!
-wait_for_file "$state/batond.addr" "$server_pid" "batond"
-addr=$(head -n1 "$state/batond.addr")
-[[ $addr == 127.0.0.1:* ]] || die "batond.addr holds '$addr', expected 127.0.0.1:PORT"
-[[ -s $state/operator.token ]] || die "batond serves but wrote no $state/operator.token"
-token=$(head -n1 "$state/operator.token")
+for ((round = 1; round <= rounds; round++)); do
+    echo "== round $round of $rounds: C baseline (bench/mhd_fixed.c)"
+    "$out/mhd_fixed" >"$tmp/c.port" &
+    server_pid=$!
+    wait_for_file "$tmp/c.port" "$server_pid" "mhd_fixed"
+    c_port=$(head -n1 "$tmp/c.port")
+    run_wrk "C /healthz" "http://127.0.0.1:$c_port/healthz"
+    stop_server || die "mhd_fixed did not stop on SIGTERM"
+    rm -f "$tmp/c.port"
 
-run_wrk "batond /healthz" "http://$addr/healthz"
-run_wrk "batond /v1/status" "http://$addr/v1/status" "Authorization: Bearer $token"
+    echo "== round $round of $rounds: batond ($batond, state $state)"
+    "$batond" --config "$config" --state-dir "$state" --socket "$state/batond.sock" \
+        --listen 127.0.0.1:0 --log-level warning &
+    server_pid=$!
+    wait_for_file "$state/batond.addr" "$server_pid" "batond"
+    addr=$(head -n1 "$state/batond.addr")
+    [[ $addr == 127.0.0.1:* ]] || die "batond.addr holds '$addr', expected 127.0.0.1:PORT"
+    [[ -s $state/operator.token ]] || die "batond serves but wrote no $state/operator.token"
+    token=$(head -n1 "$state/operator.token")
 
-stop_server || die "batond did not stop within 30 s of SIGTERM"
-[[ $server_status == 0 ]] || die "batond exited $server_status after SIGTERM (expected 0)"
+    run_wrk "batond /healthz" "http://$addr/healthz"
+    run_wrk "batond /v1/status" "http://$addr/v1/status" "Authorization: Bearer $token"
+
+    stop_server || die "batond did not stop within 30 s of SIGTERM"
+    [[ $server_status == 0 ]] || die "batond exited $server_status after SIGTERM (expected 0)"
+    [[ ! -e $state/batond.addr ]] || die "batond left $state/batond.addr behind after a clean stop"
+done
 
 # MARK: - Ledger group commit
 
@@ -191,12 +200,21 @@ done
 
 # MARK: - Report
 
+declare -A all
+for name in "C /healthz" "batond /healthz" "batond /v1/status"; do
+    all[$name]=${rps[$name]}
+    # shellcheck disable=SC2086 # the lists are space-separated numbers
+    rps[$name]=$(median ${rps[$name]})
+    # shellcheck disable=SC2086
+    p99[$name]=$(median ${p99[$name]})
+done
 c=${rps["C /healthz"]}
 echo
-printf '%-20s %12s %10s %8s\n' target req/s p99 "vs C"
+echo "medians of $rounds rounds of ${duration}s (wrk -t1 -c32):"
+printf '%-20s %12s %10s %8s   %s\n' target req/s p99 "vs C" "each round"
 for name in "C /healthz" "batond /healthz" "batond /v1/status"; do
     ratio[$name]=$(ratio_of "${rps[$name]}" "$c")
-    printf '%-20s %12s %8sms %7sx\n' "$name" "${rps[$name]}" "${p99[$name]}" "${ratio[$name]}"
+    printf '%-20s %12s %8sms %7sx   %s\n' "$name" "${rps[$name]}" "${p99[$name]}" "${ratio[$name]}" "${all[$name]}"
 done
 echo
 

@@ -39,10 +39,10 @@ public struct OperatorAuth: Sendable {
             return nil
         }
         if let header = request.header("Authorization") {
-            guard let presented = Self.bearer(header) else {
+            guard let matches = Self.presents(token, in: header) else {
                 return Self.unauthorized("the Authorization header must be \"Bearer <token>\"")
             }
-            guard Self.constantTimeEqual(Array(presented.utf8), token) else {
+            guard matches else {
                 return Self.unauthorized("the token is not valid")
             }
             request.principal = Principal.operator(via: "token")
@@ -65,18 +65,33 @@ public struct OperatorAuth: Sendable {
         HTTPError(status: 401, code: "unauthorized", message: message, headers: ["WWW-Authenticate": "Bearer realm=\"batond\""])
     }
 
-    static func bearer(_ header: String) -> String? {
-        let parts = header.split(separator: " ", maxSplits: 1)
-        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
-        let token = parts[1].trimmingCharacters(in: .whitespaces)
-        return token.isEmpty ? nil : token
+    /// Whether `header` is `Bearer <token>` for our token: the scheme is
+    /// case-insensitive (RFC 6750) and spaces around the token are allowed. One pass
+    /// over the header's bytes, and the token compare takes time that depends only on
+    /// the lengths: this runs on every operator request.
+    static func presents(_ token: [UInt8], in header: String) -> Bool? {
+        var header = header
+        return header.withUTF8 { bytes -> Bool? in
+            let scheme: StaticString = "bearer "
+            let schemeLength = scheme.utf8CodeUnitCount
+            guard bytes.count > schemeLength else { return nil }
+            for index in 0..<schemeLength {
+                let expected = scheme.utf8Start[index]
+                guard bytes[index] | (expected == 0x20 ? 0 : 0x20) == expected else { return nil }
+            }
+            var start = schemeLength, end = bytes.count
+            while start < end, bytes[start] == 0x20 || bytes[start] == 0x09 { start += 1 }
+            while end > start, bytes[end - 1] == 0x20 || bytes[end - 1] == 0x09 { end -= 1 }
+            guard start < end else { return nil }
+            return constantTimeEqual(UnsafeBufferPointer(rebasing: bytes[start..<end]), token)
+        }
     }
 
     /// Equal-length comparison whose time depends only on the lengths.
-    static func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    static func constantTimeEqual<A: Collection<UInt8>>(_ a: A, _ b: [UInt8]) -> Bool where A.Index == Int {
         var difference = UInt8(truncatingIfNeeded: a.count ^ b.count)
         for index in 0..<max(a.count, b.count) {
-            let x = index < a.count ? a[index] : 0
+            let x = index < a.count ? a[a.startIndex + index] : 0
             let y = index < b.count ? b[index] : 0
             difference |= x ^ y
         }

@@ -42,6 +42,7 @@ extension BatondConfig {
         }
         stateDir = absolute(stateDir)
         socket = socket.map(absolute)
+        file = file.map(absolute)
     }
 }
 
