@@ -1,15 +1,22 @@
 import Foundation
 import BatonCore
+import BatonHTTP
 import BatonLedger
 import Synchronization
 
 /// batond's Prometheus metrics. Counters live here; gauges are read when scraped.
 public final class Metrics: Sendable {
-    /// Requests are counted under one packed integer key (route index, method index,
-    /// status) so the hot path hashes no strings. Route templates are few and fixed.
+    /// Requests are counted by route identity, method and status: the hot path hashes
+    /// a pointer and two small integers, never a string.
+    private struct Key: Hashable {
+        let route: ObjectIdentifier?
+        let method: UInt8
+        let status: UInt16
+    }
+
     private struct Requests {
-        var routes: [String] = []
-        var counts: [Int: UInt64] = [:]
+        var counts: [Key: UInt64] = [:]
+        var templates: [ObjectIdentifier: String] = [:]
     }
 
     private static let methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"]
@@ -17,18 +24,15 @@ public final class Metrics: Sendable {
 
     public init() {}
 
-    public func recordRequest(route: String, method: String, status: Int) {
+    public func recordRequest(route: Route?, method: String, status: Int) {
         // Unknown methods would otherwise mint unbounded label values.
-        let methodIndex = Self.methods.firstIndex(of: method) ?? Self.methods.count - 1
+        let methodIndex = UInt8(Self.methods.firstIndex(of: method) ?? Self.methods.count - 1)
+        let key = Key(route: route.map(ObjectIdentifier.init), method: methodIndex, status: UInt16(clamping: status))
         requests.withLock { requests in
-            let routeIndex: Int
-            if let index = requests.routes.firstIndex(of: route) {
-                routeIndex = index
-            } else {
-                routeIndex = requests.routes.count
-                requests.routes.append(route)
+            requests.counts[key, default: 0] += 1
+            if let route, requests.templates[ObjectIdentifier(route)] == nil {
+                requests.templates[ObjectIdentifier(route)] = route.template
             }
-            requests.counts[(routeIndex << 16) | (methodIndex << 10) | (status & 0x3FF), default: 0] += 1
         }
     }
 
@@ -57,7 +61,8 @@ public final class Metrics: Sendable {
         family("baton_http_requests_total", "counter", "HTTP requests answered, by route template, method and status code.")
         let snapshot = requests.withLock { $0 }
         let counts = snapshot.counts.map { key, count in
-            (route: snapshot.routes[key >> 16], method: Self.methods[(key >> 10) & 0x3F], code: key & 0x3FF, count: count)
+            (route: key.route.flatMap { snapshot.templates[$0] } ?? "unmatched", method: Self.methods[Int(key.method)],
+             code: Int(key.status), count: count)
         }.sorted { ($0.route, $0.method, $0.code) < ($1.route, $1.method, $1.code) }
         for entry in counts {
             out += "baton_http_requests_total{route=\"\(escape(entry.route))\",method=\"\(entry.method)\",code=\"\(entry.code)\"} \(entry.count)\n"

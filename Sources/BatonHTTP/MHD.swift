@@ -26,8 +26,8 @@ public final class HTTPServer: Sendable {
         public init() {}
     }
 
-    /// Called once per answered request, for metrics.
-    public typealias Observer = @Sendable (_ route: String, _ method: String, _ status: Int) -> Void
+    /// Called once per answered request, for metrics; `route` is nil when none matched.
+    public typealias Observer = @Sendable (_ route: Route?, _ method: String, _ status: Int) -> Void
 
     let configuration: Configuration
     let router: Router
@@ -153,6 +153,7 @@ private let completedHandler: MHD_RequestCompletedCallback = { _, _, conCls, _ i
     guard let conCls, let raw = conCls.pointee else { return }
     conCls.pointee = nil
     let exchange = Unmanaged<Exchange>.fromOpaque(raw).takeRetainedValue()
+    exchange.finish()
     exchange.server.closed()
 }
 
@@ -178,7 +179,7 @@ final class Exchange {
         self.isUnix = isUnix
     }
 
-    private var routeName = "unmatched"
+    private var route: Route?
     private var method = ""
 
     /// First call: headers only. Routes and admits. An answer queued now makes
@@ -204,7 +205,7 @@ final class Exchange {
         case .wrongMethod(let allowed):
             return refuse(.methodNotAllowed(method, allowed: allowed))
         case .found(let route, let parameters):
-            routeName = route.template
+            self.route = route
             var request = Request(method: method, path: path, route: route, parameters: parameters,
                                   peer: peer(), exchange: self)
             if let refusal = server.admission(&request) {
@@ -224,6 +225,13 @@ final class Exchange {
             self.request = request
             return .YES
         }
+    }
+
+    /// The request ended (answered, or the client left mid-body): drop the request,
+    /// which refers back to this exchange.
+    func finish() {
+        request = nil
+        body = []
     }
 
     /// Later calls: body chunks, then the final call (size 0), or the call after a resume.
@@ -251,7 +259,10 @@ final class Exchange {
         if tooLarge {
             return queue(HTTPError.payloadTooLarge(limit: server.configuration.maxBodyBytes).response)
         }
-        guard var request else { return queue(HTTPError(status: 500, code: "internal", message: "lost request").response) }
+        // Taken out: a request refers to its exchange, so keeping it here would be a cycle.
+        guard var request = self.request.take() else {
+            return queue(HTTPError(status: 500, code: "internal", message: "lost request").response)
+        }
         request.body = body
         body = []
         return dispatch(request)
@@ -324,7 +335,7 @@ final class Exchange {
         for (name, value) in response.headers {
             _ = MHD_add_response_header(mhdResponse, name, value)
         }
-        server.observer(routeName, method, response.status)
+        server.observer(route, method, response.status)
         return MHD_queue_response(connection, UInt32(response.status), mhdResponse)
     }
 

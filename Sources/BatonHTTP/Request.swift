@@ -141,3 +141,8 @@ extension Request {
         }
     }
 }
+
+extension Request {
+    /// The per-request state object, for tests that check it is released.
+    package var exchangeObject: AnyObject { exchange }
+}

@@ -19,7 +19,8 @@ public typealias Handler = @Sendable (Request) throws(HTTPError) -> Reply
 public typealias Admission = @Sendable (inout Request) -> HTTPError?
 
 /// One route: a method and a path template whose `{name}` segments are parameters.
-public struct Route: Sendable {
+/// A class: requests carry their route by reference, and metrics key on its identity.
+public final class Route: Sendable {
     public let method: HTTPMethod
     public let template: String
     /// Free-form tag the admission hook reads (e.g. the auth scope).

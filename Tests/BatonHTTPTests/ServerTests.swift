@@ -183,3 +183,38 @@ final class ServerTests {
         throw TestFailure("nothing parked")
     }
 }
+
+/// Requests must not outlive their answer: a reference cycle here leaks memory on
+/// every request of a long-running daemon.
+@Suite("HTTP server memory")
+struct ServerMemoryTests {
+    final class Weak: @unchecked Sendable {
+        // @unchecked: written by the server's thread before the answer is sent, read by
+        // the test after it arrives.
+        weak var exchange: AnyObject?
+    }
+
+    @Test func anAnsweredRequestIsReleased() throws {
+        let probe = Weak()
+        let router = Router([
+            Route(.GET, "/probe", scope: "open") { request in
+                probe.exchange = request.exchangeObject
+                return .respond(.json(["ok": true]))
+            },
+        ])
+        let server = HTTPServer(router: router, logger: Logger(label: "memory-test"))
+        let listener = try Listener.tcp(host: "127.0.0.1", port: 0)
+        defer {
+            server.shutdown(grace: .seconds(1))
+            listener.close()
+        }
+        try server.serve(listener)
+        guard case .tcp(let host, let port) = listener.address else { throw TestFailure("not tcp") }
+        let connection = try HTTPConnection(.tcp(host: host, port: port))
+        #expect(try connection.request("GET", "/probe").status == 200)
+        // The completion callback runs just after the answer is sent: give it a moment.
+        let deadline = Date().addingTimeInterval(5)
+        while probe.exchange != nil && Date() < deadline { usleep(1000) }
+        #expect(probe.exchange == nil, "the exchange outlived its request")
+    }
+}
