@@ -2,7 +2,8 @@
 # Installs what baton needs on a Debian 12 machine, and only what is missing:
 #   build: pkg-config, libmicrohttpd-dev
 #   tests: curl, systemd (systemd-analyze, systemd-socket-activate),
-#          prometheus (for promtool)
+#          prometheus (for promtool), python3 with PyYAML and jsonschema
+#          (scripts/check-contract.py)
 #   bench (with --bench): wrk, gcc
 # A no-op when everything is there: it only asks dpkg-query and PATH, and
 # touches apt (one `apt-get update`, one `apt-get install`) only when a
@@ -55,6 +56,17 @@ need_cmd systemd systemd-analyze systemd-socket-activate
 # Debian ships promtool only inside the prometheus package. Note that
 # installing it also enables and starts a Prometheus server (port 9090).
 need_cmd prometheus promtool
+# The contract check needs two Python modules. Debian's python3 takes them from
+# apt; another python3 on PATH (pyenv, a venv) from PyPI, after apt is done.
+need_cmd python3 python3
+python_modules_missing=0
+if ! python3 -c 'import yaml, jsonschema' >/dev/null 2>&1; then
+    if [[ $(command -v python3 || true) == /usr/bin/python3 ]]; then
+        missing+=(python3-yaml python3-jsonschema)
+    else
+        python_modules_missing=1
+    fi
+fi
 # bench
 if (( bench )); then
     need_cmd wrk wrk
@@ -80,6 +92,11 @@ if (( ${#missing[@]} )); then
     apt_get=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
     "${apt_get[@]}" update
     "${apt_get[@]}" install -y --no-install-recommends "${missing[@]}"
+fi
+
+if (( python_modules_missing )); then
+    echo "install-deps: installing PyYAML and jsonschema for $(command -v python3)" >&2
+    python3 -m pip install --quiet pyyaml jsonschema
 fi
 
 if ! command -v swift >/dev/null 2>&1; then

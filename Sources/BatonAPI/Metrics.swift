@@ -52,12 +52,17 @@ public final class Metrics: Sendable {
         func family(_ name: String, _ type: String, _ help: String) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
         }
+        /// A family with one unlabelled sample.
+        func single(_ name: String, _ type: String, _ help: String, _ value: String) {
+            family(name, type, help)
+            out += "\(name) \(value)\n"
+        }
         family("baton_build_info", "gauge", "batond's version; always 1.")
         out += "baton_build_info{version=\"\(escape(BatonVersion.current))\",swift=\"\(escape(swiftVersion))\"} 1\n"
-        family("baton_start_time_seconds", "gauge", "When batond started, in seconds since the epoch.")
-        out += "baton_start_time_seconds \(format(gauges.startedAt.seconds))\n"
-        family("baton_uptime_seconds", "gauge", "Seconds since batond started.")
-        out += "baton_uptime_seconds \(format(Double(gauges.now.milliseconds - gauges.startedAt.milliseconds) / 1000))\n"
+        single("baton_start_time_seconds", "gauge", "When batond started, in seconds since the epoch.",
+               format(gauges.startedAt.seconds))
+        single("baton_uptime_seconds", "gauge", "Seconds since batond started.",
+               format(Double(gauges.now.milliseconds - gauges.startedAt.milliseconds) / 1000))
         family("baton_http_requests_total", "counter", "HTTP requests answered, by route template, method and status code.")
         let snapshot = requests.withLock { $0 }
         let counts = snapshot.counts.map { key, count in
@@ -67,16 +72,13 @@ public final class Metrics: Sendable {
         for entry in counts {
             out += "baton_http_requests_total{route=\"\(escape(entry.route))\",method=\"\(entry.method)\",code=\"\(entry.code)\"} \(entry.count)\n"
         }
-        family("baton_http_parked_requests", "gauge", "Long-poll requests parked right now.")
-        out += "baton_http_parked_requests \(gauges.parked)\n"
-        family("baton_ledger_appends_total", "counter", "Records appended to the ledger since start.")
-        out += "baton_ledger_appends_total \(gauges.ledger.appends)\n"
-        family("baton_ledger_fsync_batches_total", "counter", "Group-commit batches written (one fdatasync each).")
-        out += "baton_ledger_fsync_batches_total \(gauges.ledger.batches)\n"
-        family("baton_ledger_last_seq", "gauge", "Sequence number of the newest ledger record.")
-        out += "baton_ledger_last_seq \(gauges.lastSeq)\n"
-        family("baton_ledger_writable", "gauge", "1 when the ledger accepts records, 0 after a failed write.")
-        out += "baton_ledger_writable \(gauges.ledgerWritable ? 1 : 0)\n"
+        single("baton_http_parked_requests", "gauge", "Long-poll requests parked right now.", "\(gauges.parked)")
+        single("baton_ledger_appends_total", "counter", "Records appended to the ledger since start.", "\(gauges.ledger.appends)")
+        single("baton_ledger_fsync_batches_total", "counter", "Group-commit batches written (one fdatasync each).",
+               "\(gauges.ledger.batches)")
+        single("baton_ledger_last_seq", "gauge", "Sequence number of the newest ledger record.", "\(gauges.lastSeq)")
+        single("baton_ledger_writable", "gauge", "1 when the ledger accepts records, 0 after a failed write.",
+               gauges.ledgerWritable ? "1" : "0")
         family("baton_ledger_fsync_seconds", "histogram", "Time to write and fdatasync one ledger batch.")
         for (bound, count) in gauges.ledger.fsyncSeconds.cumulative {
             let le = bound.isInfinite ? "+Inf" : format(bound)
@@ -84,8 +86,7 @@ public final class Metrics: Sendable {
         }
         out += "baton_ledger_fsync_seconds_sum \(format(gauges.ledger.fsyncSeconds.sum))\n"
         out += "baton_ledger_fsync_seconds_count \(gauges.ledger.fsyncSeconds.count)\n"
-        family("baton_agents", "gauge", "Agents declared in the configuration.")
-        out += "baton_agents \(gauges.agents)\n"
+        single("baton_agents", "gauge", "Agents declared in the configuration.", "\(gauges.agents)")
         return out
     }
 

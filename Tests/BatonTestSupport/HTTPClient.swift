@@ -68,13 +68,7 @@ public final class HTTPConnection {
             guard result == 0 else { close(fd); throw TestFailure("connect \(endpoint): \(String(cString: strerror(errno)))") }
         case .unix(let path):
             fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                let bytes = Array(path.utf8)
-                raw.copyBytes(from: bytes)
-                raw[bytes.count] = 0
-            }
+            var address = unixSocketAddress(path)
             let result = withUnsafePointer(to: &address) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
             }
@@ -165,4 +159,16 @@ extension Endpoint {
     public func get(_ path: String, token: String? = nil, timeout: Double = 30) throws -> HTTPResponse {
         try request("GET", path, token: token, timeout: timeout)
     }
+}
+
+/// A `sockaddr_un` for `path`.
+func unixSocketAddress(_ path: String) -> sockaddr_un {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        let bytes = Array(path.utf8)
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    return address
 }

@@ -67,3 +67,14 @@ struct AuthTests {
         #expect(!daemon.log.contains("not-the-token"))
     }
 }
+
+@Suite("batond closed probes")
+struct ClosedProbesTests {
+    @Test func probesCanBeClosedByConfiguration() throws {
+        let daemon = try BatondProcess(configText: "[http]\nprobes_open = false\n")
+        for path in AuthTests.probeRoutes {
+            #expect(try daemon.endpoint.get(path).status == 401, "\(path)")
+            #expect(try daemon.endpoint.get(path, token: daemon.token).status == 200, "\(path)")
+        }
+    }
+}
