@@ -78,3 +78,36 @@ struct ClosedProbesTests {
         }
     }
 }
+
+/// The operator group on the Unix socket: its members (primary or supplementary)
+/// are operators; everyone else cannot even connect (the socket is 0660, that group).
+@Suite("batond operator group")
+struct OperatorGroupTests {
+    static let group: gid_t = 4242
+
+    func curl(as groups: [String], _ socket: String) throws -> (status: Int32, output: String) {
+        guard let setpriv = which("setpriv"), let curl = which("curl") else { throw TestFailure("setpriv or curl missing") }
+        return try run([setpriv, "--reuid", "65534"] + groups + ["--", curl, "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                        "--unix-socket", socket, "http://localhost/v1/status"])
+    }
+
+    @Test func membersAreOperatorsAndOthersCannotConnect() throws {
+        guard getuid() == 0, which("setpriv") != nil, which("curl") != nil else {
+            Issue.record("needs root, setpriv and curl to act as another user")
+            return
+        }
+        let state = TemporaryDirectory("batond")
+        chmod(state.path, 0o711)
+        let daemon = try BatondProcess(state: state, configText: "[daemon]\noperator_group = \"\(Self.group)\"\n")
+        var info = stat()
+        #expect(stat(daemon.socketPath, &info) == 0)
+        #expect(info.st_gid == Self.group)
+
+        let supplementary = try curl(as: ["--regid", "65534", "--groups", "\(Self.group)"], daemon.socketPath)
+        #expect(supplementary.output == "200", "\(supplementary)")
+        let primary = try curl(as: ["--regid", "\(Self.group)", "--clear-groups"], daemon.socketPath)
+        #expect(primary.output == "200", "\(primary)")
+        let stranger = try curl(as: ["--regid", "65534", "--clear-groups"], daemon.socketPath)
+        #expect(stranger.status == 7, "connecting must be refused: \(stranger)")
+    }
+}
