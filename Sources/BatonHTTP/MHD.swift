@@ -172,15 +172,15 @@ final class Exchange {
     private var pending: Pending?
     /// An error decided from the head of a request without a body, answered at the final call.
     private var refusal: Response?
+    /// For metrics: the matched route (nil for none) and the method as sent.
+    private var route: Route?
+    private var method = ""
 
     init(server: HTTPServer, connection: OpaquePointer, isUnix: Bool) {
         self.server = server
         self.connection = connection
         self.isUnix = isUnix
     }
-
-    private var route: Route?
-    private var method = ""
 
     /// First call: headers only. Routes and admits. An answer queued now makes
     /// libmicrohttpd close the connection afterwards, so only a refusal of a request
