@@ -1,3 +1,5 @@
+import BatonCore
+
 /// Finds the line each dotted key is defined on in a TOML text. TOMLKit reports
 /// positions for syntax errors only, so validation errors look their keys up here.
 /// It understands table headers (`[a.b]`, `[[a]]`), `key = value` lines, dotted and
@@ -74,22 +76,13 @@ struct KeyLines {
             } else if char == "\"" || char == "'" {
                 quote = char
             } else if char == "." {
-                parts.append(current.trimmingSpaces())
+                parts.append(current.trimmed(of: " \t"))
                 current = ""
             } else {
                 current.append(char)
             }
         }
-        parts.append(current.trimmingSpaces())
+        parts.append(current.trimmed(of: " \t"))
         return parts
-    }
-}
-
-extension String {
-    func trimmingSpaces() -> String {
-        var text = Substring(self)
-        while text.first == " " || text.first == "\t" { text = text.dropFirst() }
-        while text.last == " " || text.last == "\t" { text = text.dropLast() }
-        return String(text)
     }
 }

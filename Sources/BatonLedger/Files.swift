@@ -1,3 +1,4 @@
+import BatonCore
 import Glibc
 import Synchronization
 
@@ -91,7 +92,7 @@ public final class StateLock: Sendable {
         let fd = try Files.open(path, O_RDWR | O_CREAT, mode: 0o600)
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             let holder = (try? Files.readAll(path)).flatMap { $0 }.map { String(decoding: $0, as: UTF8.self) }?
-                .trimmed(" \n")
+                .trimmed(of: " \n")
             close(fd)
             throw .locked(directory: directory, holder: holder?.isEmpty == false ? holder : nil)
         }
@@ -110,13 +111,4 @@ public final class StateLock: Sendable {
     }
 
     deinit { release() }
-}
-
-extension String {
-    func trimmed(_ set: String) -> String {
-        var text = Substring(self)
-        while let first = text.first, set.contains(first) { text = text.dropFirst() }
-        while let last = text.last, set.contains(last) { text = text.dropLast() }
-        return String(text)
-    }
 }
