@@ -1,0 +1,166 @@
+import BatonCore
+import Testing
+
+/// The handoff state machine, path by path: each row is a mode, whether an old
+/// instance runs, the events in order, the actions expected for each, and the end.
+@Suite("handoff state machine")
+struct HandoffTests {
+    typealias E = Handoff.Event
+    typealias A = Handoff.Action
+    static let t = Handoff.Timeouts(ready: .seconds(60), stop: .seconds(30), kill: .seconds(10))
+
+    struct Path: Sendable, CustomTestStringConvertible {
+        let name: String
+        let mode: Handoff.Mode
+        let hasOld: Bool
+        let steps: [(E, [A])]
+        let final: Handoff.Phase
+        var testDescription: String { name }
+    }
+
+    static let paths: [Path] = [
+        Path(name: "parallel: ready, old stops, commit", mode: .parallel, hasOld: true, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.ready(.successor), [.cancelTimer(.ready), .recordPhase(.stoppingOld), .signalStop(.old), .startTimer(.stop, t.stop)]),
+            (.stopped(.old), [.cancelTimer(.stop), .cancelTimer(.kill), .commit, .signalGo(.successor), .end(.committed, error: nil)]),
+        ], final: .committed),
+        Path(name: "parallel: old exits instead of reporting stopped", mode: .parallel, hasOld: true, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.ready(.successor), [.cancelTimer(.ready), .recordPhase(.stoppingOld), .signalStop(.old), .startTimer(.stop, t.stop)]),
+            (.exited(.old, description: "exit 0"), [.cancelTimer(.stop), .cancelTimer(.kill), .commit, .signalGo(.successor), .end(.committed, error: nil)]),
+        ], final: .committed),
+        Path(name: "parallel: first start, nothing to stop", mode: .parallel, hasOld: false, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.ready(.successor), [.cancelTimer(.ready), .commit, .signalGo(.successor), .end(.committed, error: nil)]),
+        ], final: .committed),
+        Path(name: "parallel: old ignores stop, TERM then KILL", mode: .parallel, hasOld: true, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.ready(.successor), [.cancelTimer(.ready), .recordPhase(.stoppingOld), .signalStop(.old), .startTimer(.stop, t.stop)]),
+            (.timeout(.stop), [.terminate(.old), .startTimer(.kill, t.kill)]),
+            (.timeout(.kill), [.kill(.old)]),
+            (.exited(.old, description: "signal 9"), [.cancelTimer(.stop), .cancelTimer(.kill), .commit, .signalGo(.successor), .end(.committed, error: nil)]),
+        ], final: .committed),
+        Path(name: "parallel: successor exits before ready", mode: .parallel, hasOld: true, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.exited(.successor, description: "exit 2"), [.cancelTimer(.ready), .recordPhase(.abortingSuccessor),
+                                                        .end(.failed, error: "exited before it was ready (exit 2)")]),
+        ], final: .failed),
+        Path(name: "parallel: successor never ready, TERM, KILL", mode: .parallel, hasOld: true, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.timeout(.ready), [.recordPhase(.abortingSuccessor), .terminate(.successor), .startTimer(.kill, t.kill)]),
+            (.timeout(.kill), [.kill(.successor)]),
+            (.exited(.successor, description: "signal 9"), [.cancelTimer(.kill), .end(.failed, error: "not ready within 60.0 seconds")]),
+        ], final: .failed),
+        Path(name: "parallel: successor reports failure", mode: .parallel, hasOld: true, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.reportedFailure(.successor, reason: "db down"), [.cancelTimer(.ready), .recordPhase(.abortingSuccessor), .terminate(.successor), .startTimer(.kill, t.kill)]),
+            (.ready(.successor), []),
+            (.exited(.successor, description: "exit 3"), [.cancelTimer(.kill), .end(.failed, error: "reported failure: db down")]),
+        ], final: .failed),
+        Path(name: "parallel: the successor cannot be spawned", mode: .parallel, hasOld: true, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawnFailed(.successor, reason: "no such file"), [.end(.failed, error: "no such file")]),
+        ], final: .failed),
+        Path(name: "parallel: old crashes while the successor starts", mode: .parallel, hasOld: true, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.exited(.old, description: "signal 11"), []),
+            (.ready(.successor), [.cancelTimer(.ready), .commit, .signalGo(.successor), .end(.committed, error: nil)]),
+        ], final: .committed),
+        Path(name: "parallel: successor dies while the old one stops", mode: .parallel, hasOld: true, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.ready(.successor), [.cancelTimer(.ready), .recordPhase(.stoppingOld), .signalStop(.old), .startTimer(.stop, t.stop)]),
+            (.exited(.successor, description: "exit 70"), []),
+            (.stopped(.old), [.cancelTimer(.stop), .cancelTimer(.kill), .end(.failed, error: "exited while the old instance was stopping (exit 70)")]),
+        ], final: .failed),
+        Path(name: "sequential: stop first, then start, commit", mode: .sequential, hasOld: true, steps: [
+            (.begin, [.recordPhase(.stoppingFirst), .signalStop(.old), .startTimer(.stop, t.stop)]),
+            (.stopped(.old), [.cancelTimer(.stop), .cancelTimer(.kill), .recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.ready(.successor), [.cancelTimer(.ready), .commit, .signalGo(.successor), .end(.committed, error: nil)]),
+        ], final: .committed),
+        Path(name: "sequential: the successor fails, the previous release comes back", mode: .sequential, hasOld: true, steps: [
+            (.begin, [.recordPhase(.stoppingFirst), .signalStop(.old), .startTimer(.stop, t.stop)]),
+            (.exited(.old, description: "exit 0"), [.cancelTimer(.stop), .cancelTimer(.kill), .recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.exited(.successor, description: "exit 2"), [.cancelTimer(.ready), .recordPhase(.abortingSuccessor), .recordPhase(.revertingSpawn), .spawn(.previous)]),
+            (.spawned(.previous), [.recordPhase(.revertingReady), .startTimer(.ready, t.ready)]),
+            (.ready(.previous), [.cancelTimer(.ready), .recordPhase(.reverted), .signalGo(.previous),
+                                 .end(.reverted, error: "exited before it was ready (exit 2)")]),
+        ], final: .reverted),
+        Path(name: "sequential: old ignores stop", mode: .sequential, hasOld: true, steps: [
+            (.begin, [.recordPhase(.stoppingFirst), .signalStop(.old), .startTimer(.stop, t.stop)]),
+            (.timeout(.stop), [.terminate(.old), .startTimer(.kill, t.kill)]),
+            (.timeout(.kill), [.kill(.old)]),
+            (.exited(.old, description: "signal 9"), [.cancelTimer(.stop), .cancelTimer(.kill), .recordPhase(.spawning), .spawn(.successor)]),
+        ], final: .spawning),
+        Path(name: "sequential: the successor cannot start and the previous release fails too", mode: .sequential, hasOld: true, steps: [
+            (.begin, [.recordPhase(.stoppingFirst), .signalStop(.old), .startTimer(.stop, t.stop)]),
+            (.stopped(.old), [.cancelTimer(.stop), .cancelTimer(.kill), .recordPhase(.spawning), .spawn(.successor)]),
+            (.spawnFailed(.successor, reason: "exec failed"), [.recordPhase(.revertingSpawn), .spawn(.previous)]),
+            (.spawned(.previous), [.recordPhase(.revertingReady), .startTimer(.ready, t.ready)]),
+            (.exited(.previous, description: "exit 1"), [.cancelTimer(.ready),
+                .end(.failed, error: "exec failed; the previous release exited too (exit 1)")]),
+        ], final: .failed),
+        Path(name: "sequential: nothing running, the successor fails", mode: .sequential, hasOld: false, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawnFailed(.successor, reason: "exec failed"), [.end(.failed, error: "exec failed")]),
+        ], final: .failed),
+    ]
+
+    @Test(arguments: paths)
+    func path(_ path: Path) {
+        var handoff = Handoff(mode: path.mode, timeouts: Self.t, hasOld: path.hasOld)
+        for (index, (event, expected)) in path.steps.enumerated() {
+            let actions = handoff.handle(event)
+            #expect(actions == expected, "step \(index): \(event)")
+        }
+        #expect(handoff.phase == path.final)
+    }
+
+    /// Exclusion, from the actions alone: across every path, `signalGo(.successor)`
+    /// comes only after the old instance was seen gone, and `commit` only after ready.
+    @Test(arguments: paths)
+    func goOnlyAfterTheOldIsGone(_ path: Path) {
+        var handoff = Handoff(mode: path.mode, timeouts: Self.t, hasOld: path.hasOld)
+        var oldGone = !path.hasOld
+        var ready = false
+        for (event, _) in path.steps {
+            switch event {
+            case .stopped(.old), .exited(.old, _): oldGone = true
+            case .ready(.successor): ready = true
+            default: break
+            }
+            for action in handoff.handle(event) {
+                if action == .signalGo(.successor) { #expect(oldGone, "\(path.name): go before the old one was gone") }
+                if action == .commit { #expect(ready && oldGone, "\(path.name): commit too early") }
+            }
+        }
+    }
+
+    @Test func finalPhasesIgnoreEverything() {
+        var handoff = Handoff(mode: .parallel, timeouts: Self.t, hasOld: false)
+        _ = handoff.handle(.begin)
+        _ = handoff.handle(.spawnFailed(.successor, reason: "x"))
+        #expect(handoff.isFinished)
+        let late: [E] = [.begin, .ready(.successor), .timeout(.kill), .exited(.successor, description: "x"), .stopped(.old)]
+        for event in late { #expect(handoff.handle(event).isEmpty) }
+    }
+
+    @Test func staleTimersAreIgnored() {
+        var handoff = Handoff(mode: .parallel, timeouts: Self.t, hasOld: true)
+        _ = handoff.handle(.begin)
+        _ = handoff.handle(.spawned(.successor))
+        #expect(handoff.handle(.timeout(.stop)).isEmpty)
+        #expect(handoff.handle(.timeout(.kill)).isEmpty)
+        #expect(handoff.phase == .waitingReady)
+    }
+}
