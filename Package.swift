@@ -32,6 +32,16 @@ let package = Package(
             name: "BatonHTTP",
             dependencies: ["CMicroHTTPD", .product(name: "Logging", package: "swift-log")]
         ),
+        // Process creation in C: fork, switch user and group, exec (posix_spawn cannot).
+        .target(name: "CBatonSpawn"),
+        // Processes: spawn, watch, signal; instances and their signals; handoffs; releases.
+        .target(
+            name: "BatonSupervisor",
+            dependencies: [
+                "BatonCore", "BatonLedger", "BatonConfig", "CBatonSpawn",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Configuration: one TOML file, validated once, errors with file, key and line.
         .target(
             name: "BatonConfig",
@@ -41,7 +51,7 @@ let package = Package(
         .target(
             name: "BatonAPI",
             dependencies: [
-                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig",
+                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonSupervisor",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -49,7 +59,7 @@ let package = Package(
         .target(
             name: "BatonDaemon",
             dependencies: [
-                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonAPI",
+                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonAPI", "BatonSupervisor",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -79,8 +89,12 @@ let package = Package(
         .testTarget(name: "BatonConfigTests", dependencies: ["BatonConfig", "BatonTestSupport"]),
         .testTarget(
             name: "BatondTests",
-            dependencies: ["BatonTestSupport", "BatonCore", "BatonAPI"]
+            dependencies: ["BatonTestSupport", "BatonCore", "BatonAPI", "BatonSupervisor"]
         ),
+        // Client library for Swift agents: the agent side of the protocol. Foundation and Glibc only.
+        .target(name: "BatonAgent"),
+        // An agent with misbehaviour switches, for tests and demos.
+        .executableTarget(name: "baton-testagent", dependencies: ["BatonAgent"]),
     ],
     swiftLanguageModes: [.v6]
 )

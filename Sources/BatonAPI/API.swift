@@ -2,6 +2,7 @@ import BatonConfig
 import BatonCore
 import BatonHTTP
 import BatonLedger
+import BatonSupervisor
 import Foundation
 import Logging
 import Synchronization
@@ -22,18 +23,20 @@ public final class API: Sendable {
 
     let context: Context
     let ledger: Ledger
+    let supervisor: Supervisor
     let auth: OperatorAuth
     let metrics: Metrics
     /// The encoded `/v1/status` body and the ledger position it was built at.
-    private let statusCache = Mutex<(seq: UInt64, writable: Bool, body: [UInt8])?>(nil)
+    private let statusCache = Mutex<(seq: UInt64, instances: Int, writable: Bool, body: [UInt8])?>(nil)
     let events: EventWaiters
     let logger: Logger
     /// Installed by `attach`; read by /metrics for the parked gauge.
     private let server = Mutex<HTTPServer?>(nil)
 
-    public init(context: Context, ledger: Ledger, auth: OperatorAuth, logger: Logger) {
+    public init(context: Context, ledger: Ledger, supervisor: Supervisor, auth: OperatorAuth, logger: Logger) {
         self.context = context
         self.ledger = ledger
+        self.supervisor = supervisor
         self.auth = auth
         self.logger = logger
         self.events = EventWaiters(ledger: ledger)
@@ -63,7 +66,9 @@ public final class API: Sendable {
                 .respond(.json(try agentView(request.parameters["name"] ?? "")))
             },
             Route(.GET, "/v1/events", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in try events.handle(request, maxWait: context.config.http.maxWait) },
-        ])
+        ]
+        + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
+        + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes)
     }
 
     // MARK: - Probes
@@ -90,13 +95,13 @@ public final class API: Sendable {
     /// `/v1/status`, encoded once per ledger change: monitoring polls it often and
     /// everything in it derives from the ledger's published state and fixed facts.
     func statusResponse() -> Response {
-        let seq = ledger.lastSeq, writable = ledger.isWritable
-        if let cached = statusCache.withLock({ $0 }), cached.seq == seq, cached.writable == writable {
+        let seq = ledger.lastSeq, instances = supervisor.registry.generation, writable = ledger.isWritable
+        if let cached = statusCache.withLock({ $0 }), cached.seq == seq, cached.instances == instances, cached.writable == writable {
             return .json(bytes: cached.body)
         }
         let response = Response.json(status())
         if response.status == 200 {
-            statusCache.withLock { $0 = (seq, writable, response.body) }
+            statusCache.withLock { $0 = (seq, instances, writable, response.body) }
         }
         return response
     }
@@ -111,7 +116,24 @@ public final class API: Sendable {
 
     func agentViews() -> [AgentView] {
         let state = ledger.state
-        return context.config.agents.map { AgentView(name: $0.name, ledger: state.agents[$0.name], config: $0.view) }
+        return context.config.agents.map { view(of: $0, ledger: state.agents[$0.name]) }
+    }
+
+    /// What the ledger knows of an agent, with its live instances from the supervisor.
+    func view(of config: AgentConfig, ledger: AgentLedger?) -> AgentView {
+        var view = AgentView(name: config.name, ledger: ledger, config: config.view)
+        let live = supervisor.registry.instances(of: config.name)
+        view.instances = live.map {
+            AgentView.Instance(id: $0.id, pid: $0.pid, version: $0.version, state: $0.stopped ? "stopped" : $0.signal == .go ? "working" : $0.ready ? "ready" : $0.signal == .stop ? "stopping" : "starting", startedAt: $0.startedAt)
+        }
+        if let working = live.first(where: { $0.signal == .go }) {
+            view.running = RunningVersion(version: working.version, since: working.startedAt)
+            view.state = ledger?.handoff != nil ? .handingOff : .running
+        } else {
+            view.running = nil
+            view.state = ledger?.handoff != nil ? .handingOff : live.isEmpty ? .stopped : .starting
+        }
+        return view
     }
 
     func agentView(_ name: String) throws(HTTPError) -> AgentView {
@@ -121,7 +143,7 @@ public final class API: Sendable {
         guard let config = context.config.agents.first(where: { $0.name == name }) else {
             throw HTTPError(status: 404, code: "agent_not_found", message: "no agent named \"\(name)\" is configured")
         }
-        return AgentView(name: name, ledger: ledger.state.agents[name], config: config.view)
+        return view(of: config, ledger: ledger.state.agents[name])
     }
 }
 

@@ -7,6 +7,17 @@ import Glibc
 public enum Principal: Sendable, Equatable {
     case anonymous
     case `operator`(via: String)
+    /// An agent's process, about itself only.
+    case instance(String)
+
+    /// Who did it, for the ledger's `by` fields.
+    public var name: String {
+        switch self {
+        case .anonymous: "anonymous"
+        case .operator(let via): "operator (\(via))"
+        case .instance(let id): "instance \(id)"
+        }
+    }
 }
 
 /// The auth scopes routes are tagged with.
@@ -15,22 +26,35 @@ public enum Scope {
     public static let probe = "probe"
     /// People, the CLI and automation.
     public static let `operator` = "operator"
+    /// An instance, about itself (the `{id}` of its path).
+    public static let instance = "instance"
 }
 
-/// Operator authentication: a bearer token (the state directory's `operator.token`), or,
-/// on the Unix socket only, a peer whose uid is root, batond's own, or in the operator
-/// group. Tokens are compared in constant time and never logged.
+/// Who may call what. Operators: a bearer token (the state directory's
+/// `operator.token`), or, on the Unix socket only, a peer whose uid is root, batond's
+/// own, or in the operator group. Instances: the bearer token batond gave that
+/// instance, for routes about that instance only. A Unix-socket peer that is one of
+/// batond's instances (or a descendant of one) is that instance, never an operator, even
+/// when it runs as batond's user. Tokens are compared in constant time and never logged.
 public struct OperatorAuth: Sendable {
     let token: [UInt8]
     let daemonUID: uid_t
     let operatorGID: gid_t?
     let probesOpen: Bool
+    /// The instance a bearer token belongs to.
+    let instanceForToken: @Sendable (String) -> String?
+    /// The instance a process belongs to (itself or an ancestor).
+    let instanceForProcess: @Sendable (Int32) -> String?
 
-    public init(token: String, operatorGID: gid_t?, probesOpen: Bool) {
+    public init(token: String, operatorGID: gid_t?, probesOpen: Bool,
+                instanceForToken: @escaping @Sendable (String) -> String? = { _ in nil },
+                instanceForProcess: @escaping @Sendable (Int32) -> String? = { _ in nil }) {
         self.token = Array(token.utf8)
         self.daemonUID = getuid()
         self.operatorGID = operatorGID
         self.probesOpen = probesOpen
+        self.instanceForToken = instanceForToken
+        self.instanceForProcess = instanceForProcess
     }
 
     public func admit(_ request: inout Request) -> HTTPError? {
@@ -38,21 +62,54 @@ public struct OperatorAuth: Sendable {
             request.principal = Principal.anonymous
             return nil
         }
+        let principal: Principal
+        switch identify(request) {
+        case .success(let identified): principal = identified
+        case .failure(let error): return error
+        }
+        switch (request.route.scope, principal) {
+        case (Scope.instance, .instance(let id)):
+            guard id == request.parameters["id"] else {
+                return Self.forbidden("instance \(id) may act only on itself")
+            }
+        case (Scope.instance, _):
+            return Self.forbidden("this route is for the instance itself, with its own token")
+        case (_, .instance(let id)):
+            return Self.forbidden("instance \(id) is not an operator")
+        case (_, .operator), (_, .anonymous):
+            break
+        }
+        request.principal = principal
+        return nil
+    }
+
+    private func identify(_ request: Request) -> Result<Principal, HTTPError> {
         if let header = request.header("Authorization") {
             guard let matches = Self.presents(token, in: header) else {
-                return Self.unauthorized("the Authorization header must be \"Bearer <token>\"")
+                return .failure(Self.unauthorized("the Authorization header must be \"Bearer <token>\""))
             }
-            guard matches else {
-                return Self.unauthorized("the token is not valid")
+            if matches { return .success(.operator(via: "token")) }
+            if let presented = Self.bearerToken(header), let id = instanceForToken(presented) {
+                return .success(.instance(id))
             }
-            request.principal = Principal.operator(via: "token")
-            return nil
+            return .failure(Self.unauthorized("the token is not valid"))
         }
-        if case .unix(let credentials?) = request.peer, isOperator(credentials) {
-            request.principal = Principal.operator(via: "uid \(credentials.uid)")
-            return nil
+        if case .unix(let credentials?) = request.peer {
+            if let id = instanceForProcess(credentials.pid) { return .success(.instance(id)) }
+            if isOperator(credentials) { return .success(.operator(via: "uid \(credentials.uid)")) }
         }
-        return Self.unauthorized("this route needs the operator token (Authorization: Bearer) or an operator's Unix-socket peer")
+        return .failure(Self.unauthorized("this route needs a bearer token, or an operator's Unix-socket peer"))
+    }
+
+    static func bearerToken(_ header: String) -> String? {
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2 else { return nil }
+        let token = String(parts[1]).trimmed(of: " \t")
+        return token.isEmpty ? nil : token
+    }
+
+    static func forbidden(_ message: String) -> HTTPError {
+        HTTPError(status: 403, code: "forbidden", message: message)
     }
 
     func isOperator(_ peer: PeerCredentials) -> Bool {

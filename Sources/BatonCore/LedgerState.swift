@@ -34,6 +34,7 @@ public struct LedgerState: Codable, Sendable, Equatable {
         case .agentDesired(let e):
             agents[e.agent, default: AgentLedger()].desired = .init(version: e.version, mode: e.mode, setAt: at, setBy: e.by)
         case .handoffBegan(let e):
+            agents[e.agent, default: AgentLedger()].handoffsBegun += 1
             agents[e.agent, default: AgentLedger()].handoff =
                 .init(id: e.handoff, from: e.from, to: e.to, mode: e.mode, phase: "began", startedAt: at)
         case .handoffPhase(let e):
@@ -50,6 +51,7 @@ public struct LedgerState: Codable, Sendable, Equatable {
             }
             agents[e.agent] = agent
         case .instanceSpawned(let e):
+            agents[e.agent, default: AgentLedger()].spawns += 1
             agents[e.agent, default: AgentLedger()].instances[e.instance] =
                 .init(id: e.instance, version: e.version, pid: e.pid, startTime: e.startTime, startedAt: at, state: .spawned)
         case .instanceReady(let e):
@@ -82,6 +84,10 @@ public struct AgentLedger: Codable, Sendable, Equatable {
     public var handoff: ActiveHandoff?
     public var history: [HandoffSummary] = []
     public var instances: [String: InstanceLedger] = [:]
+    /// Processes spawned so far: the next instance is `<agent>.<spawns + 1>`.
+    public var spawns = 0
+    /// Handoffs begun so far: the next one is `<agent>-<handoffsBegun + 1>`.
+    public var handoffsBegun = 0
 
     public init() {}
 }
@@ -96,6 +102,11 @@ public struct DesiredVersion: Codable, Sendable, Equatable {
 public struct RunningVersion: Codable, Sendable, Equatable {
     public var version: String
     public var since: Timestamp
+
+    public init(version: String, since: Timestamp) {
+        self.version = version
+        self.since = since
+    }
 }
 
 public struct LastError: Codable, Sendable, Equatable {

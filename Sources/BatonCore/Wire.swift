@@ -12,6 +12,10 @@ public struct AgentView: Codable, Sendable, Equatable {
         public var version: String
         public var state: String
         public var startedAt: Timestamp
+
+        public init(id: String, pid: Int32, version: String, state: String, startedAt: Timestamp) {
+            self.id = id; self.pid = pid; self.version = version; self.state = state; self.startedAt = startedAt
+        }
     }
 
     public struct Config: Codable, Sendable, Equatable {
@@ -94,4 +98,97 @@ public struct StatusView: Codable, Sendable, Equatable {
 /// batond's own version, reported by `/v1/status`, `/metrics` and the ledger.
 public enum BatonVersion {
     public static let current = "0.1.0"
+}
+
+// MARK: - The instance protocol
+
+/// What an instance may do, level-triggered: it asks with the last one it saw.
+public enum AgentSignal: String, Codable, Sendable, CaseIterable {
+    /// Not (yet) allowed to work: starting, or ready and held back.
+    case wait
+    /// Work.
+    case go
+    /// Finish the work, report stopped, exit.
+    case stop
+}
+
+/// The answer of every instance route: the instance's signal now.
+public struct SignalView: Codable, Sendable, Equatable {
+    public var instance: String
+    public var signal: AgentSignal
+    public var handoff: String?
+
+    public init(instance: String, signal: AgentSignal, handoff: String?) {
+        self.instance = instance
+        self.signal = signal
+        self.handoff = handoff
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(instance, forKey: .instance)
+        try c.encode(signal, forKey: .signal)
+        try c.encode(handoff, forKey: .handoff)
+    }
+}
+
+public struct FailedReport: Codable, Sendable, Equatable {
+    public var reason: String
+    public init(reason: String) { self.reason = reason }
+}
+
+// MARK: - Handoffs
+
+public struct DesiredRequest: Codable, Sendable, Equatable {
+    public var version: String
+    public var mode: HandoffMode?
+    public init(version: String, mode: HandoffMode?) {
+        self.version = version
+        self.mode = mode
+    }
+}
+
+/// A handoff as the API shows it: `outcome` stays null until it ends.
+public struct HandoffView: Codable, Sendable, Equatable {
+    public struct Step: Codable, Sendable, Equatable {
+        public var phase: String
+        public var at: Timestamp
+        public init(phase: String, at: Timestamp) { self.phase = phase; self.at = at }
+    }
+
+    public var id: String
+    public var agent: String
+    public var from: String?
+    public var to: String
+    public var mode: HandoffMode
+    public var phase: String
+    public var outcome: HandoffOutcome?
+    public var error: String?
+    public var gapMs: Double?
+    public var startedAt: Timestamp
+    public var endedAt: Timestamp?
+    public var steps: [Step]
+
+    public init(id: String, agent: String, from: String?, to: String, mode: HandoffMode, phase: String,
+                outcome: HandoffOutcome?, error: String?, gapMs: Double?, startedAt: Timestamp, endedAt: Timestamp?, steps: [Step]) {
+        self.id = id; self.agent = agent; self.from = from; self.to = to; self.mode = mode; self.phase = phase
+        self.outcome = outcome; self.error = error; self.gapMs = gapMs; self.startedAt = startedAt; self.endedAt = endedAt
+        self.steps = steps
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(agent, forKey: .agent)
+        try c.encode(from, forKey: .from)
+        try c.encode(to, forKey: .to)
+        try c.encode(mode, forKey: .mode)
+        try c.encode(phase, forKey: .phase)
+        try c.encode(outcome, forKey: .outcome)
+        try c.encode(error, forKey: .error)
+        try c.encode(gapMs, forKey: .gapMs)
+        try c.encode(startedAt, forKey: .startedAt)
+        try c.encode(endedAt, forKey: .endedAt)
+        try c.encode(steps, forKey: .steps)
+    }
 }

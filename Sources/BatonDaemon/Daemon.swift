@@ -3,6 +3,7 @@ import BatonConfig
 import BatonCore
 import BatonHTTP
 import BatonLedger
+import BatonSupervisor
 import Foundation
 import Glibc
 import Logging
@@ -65,9 +66,16 @@ public struct Daemon {
         }
         try publishAddress(listeners, to: addressFile)
 
+        guard let control = listeners.first(where: \.isUnix), case .unix(let socketPath) = control.address else {
+            throw Failure(exit: .failure, description: "no control socket")
+        }
+        let supervisor = Supervisor(config: config, ledger: ledger, socketPath: socketPath,
+                                    url: listeners.first { !$0.isUnix }?.url, logger: logger)
+        let auth = OperatorAuth(token: token, operatorGID: operatorGID, probesOpen: config.http.probesOpen,
+                                instanceForToken: { [registry = supervisor.registry] in registry.instance(forToken: $0) },
+                                instanceForProcess: { [supervisor] in supervisor.instance(forProcess: $0) })
         let api = API(context: .init(config: config, startedAt: startedAt, listeners: listeners.map(\.description)),
-                      ledger: ledger, auth: OperatorAuth(token: token, operatorGID: operatorGID, probesOpen: config.http.probesOpen),
-                      logger: logger)
+                      ledger: ledger, supervisor: supervisor, auth: auth, logger: logger)
         var httpConfiguration = HTTPServer.Configuration()
         httpConfiguration.maxBodyBytes = config.http.maxBodyBytes
         httpConfiguration.connectionLimit = UInt32(config.http.maxConnections)
@@ -93,6 +101,8 @@ public struct Daemon {
             services: [
                 .init(service: HTTPService(server: server, listeners: listeners.map(\.description), notifier: notifier, logger: logger)),
                 .init(service: WatchdogService(notifier: notifier)),
+                // Last, so it stops first: agents are stopped while the API still serves them.
+                .init(service: SupervisorService(supervisor: supervisor, logger: logger)),
             ],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger))
@@ -210,6 +220,22 @@ struct WatchdogService: Service {
                 notifier.send("WATCHDOG=1")
                 try await Task.sleep(for: interval)
             }
+        }
+    }
+}
+
+/// Runs the agents; on graceful shutdown stops each the normal way (stop signal, then
+/// TERM and KILL by deadline) before batond goes on to stop its API.
+struct SupervisorService: Service {
+    let supervisor: Supervisor
+    let logger: Logger
+
+    func run() async throws {
+        await withDiscardingTaskGroup { group in
+            group.addTask { await supervisor.run() }
+            try? await gracefulShutdown()
+            logger.info("stopping agents")
+            await supervisor.shutdown()
         }
     }
 }

@@ -3,6 +3,7 @@ import BatonConfig
 import BatonCore
 import BatonHTTP
 import BatonLedger
+import BatonSupervisor
 import BatonTestSupport
 import Foundation
 import Logging
@@ -25,7 +26,8 @@ struct InProcessAPITests {
         ledger = try Ledger(stateDirectory: state.path, logger: logger)
         var config = BatondConfig()
         config.stateDir = state.path
-        api = API(context: .init(config: config, startedAt: .now(), listeners: []), ledger: ledger,
+        let supervisor = Supervisor(config: config, ledger: ledger, socketPath: state.file("none.sock"), url: nil, logger: logger)
+        api = API(context: .init(config: config, startedAt: .now(), listeners: []), ledger: ledger, supervisor: supervisor,
                   auth: OperatorAuth(token: token, operatorGID: nil, probesOpen: true), logger: logger)
         server = api.makeServer(configuration: .init())
         listener = try Listener.tcp(host: "127.0.0.1", port: 0)

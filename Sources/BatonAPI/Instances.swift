@@ -1,0 +1,162 @@
+import BatonCore
+import BatonHTTP
+import BatonSupervisor
+
+/// The instance protocol: an agent's process reports ready, failed or stopped, and
+/// long-polls its signal with the last one it saw.
+struct InstanceRoutes: Sendable {
+    let supervisor: Supervisor
+    let maxWait: Duration
+
+    /// Reports wait for their record to be durable; far longer than that means batond is stuck.
+    static let reportDeadline: Duration = .seconds(30)
+
+    var routes: [Route] {
+        [
+            Route(.POST, "/v1/instances/{id}/ready", scope: Scope.instance, takesBody: true) { request in
+                report(request, .ready)
+            },
+            Route(.POST, "/v1/instances/{id}/failed", scope: Scope.instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
+                let body = try request.decodeJSON(FailedReport.self)
+                return report(request, .failed(reason: String(body.reason.prefix(4096))))
+            },
+            Route(.POST, "/v1/instances/{id}/stopped", scope: Scope.instance, takesBody: true) { request in
+                report(request, .stopped)
+            },
+            Route(.GET, "/v1/instances/{id}/signal", scope: Scope.instance) { (request) throws(HTTPError) -> Reply in
+                try signal(request)
+            },
+        ]
+    }
+
+    /// Answers once the report is recorded and acted on, with the signal that follows.
+    private func report(_ request: Request, _ report: InstanceReport) -> Reply {
+        let id = request.parameters["id"] ?? ""
+        let pending = request.park(deadline: Self.reportDeadline) {
+            HTTPError(status: 503, code: "timeout", message: "the report was not processed in time").response
+        }
+        supervisor.report(instance: id, report) { view in
+            guard let view else {
+                pending.answer(HTTPError(status: 404, code: "instance_not_found", message: "no instance \(id)").response)
+                return
+            }
+            pending.answer(.json(view))
+        }
+        return .parked
+    }
+
+    private func signal(_ request: Request) throws(HTTPError) -> Reply {
+        let id = request.parameters["id"] ?? ""
+        var seen: AgentSignal?
+        if let text = request.query("seen") {
+            guard let value = AgentSignal(rawValue: text) else {
+                throw HTTPError.badParameter("seen", "must be wait, go or stop, not \"\(text)\"")
+            }
+            seen = value
+        }
+        let maxSeconds = Double(maxWait.components.seconds) + Double(maxWait.components.attoseconds) / 1e18
+        let wait = min(try request.seconds("wait", default: 0), maxSeconds)
+        let registry = supervisor.registry
+        guard let now = registry.view(id) else {
+            throw HTTPError(status: 404, code: "instance_not_found", message: "no instance \(id)")
+        }
+        if wait == 0 || seen != now.signal { return .respond(.json(now)) }
+        let pending = request.park(deadline: .milliseconds(Int64(wait * 1000))) {
+            .json(registry.view(id) ?? SignalView(instance: id, signal: .stop, handoff: nil))
+        }
+        let waiter = InstanceRegistry.Waiter(seen: seen, answer: { pending.answer(.json($0)) }, isAnswered: { pending.isAnswered })
+        if let changed = registry.signalOrPark(id, seen: seen, waiter: waiter) {
+            pending.answer(.json(changed))
+        }
+        return .parked
+    }
+}
+
+/// The operator's side of handoffs: ask for a version, roll back, follow a handoff.
+struct HandoffRoutes: Sendable {
+    let supervisor: Supervisor
+    let ledger: @Sendable () -> LedgerState
+
+    var routes: [Route] {
+        [
+            Route(.PUT, "/v1/agents/{name}/desired", scope: Scope.operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
+                let name = try agentName(request)
+                let body = try request.decodeJSON(DesiredRequest.self)
+                guard Names.isValidVersion(body.version) else {
+                    throw HTTPError(status: 422, code: "invalid_version", message: "\"\(body.version)\" is not a valid version")
+                }
+                let by = (request.principal as? Principal)?.name ?? "operator"
+                let pending = request.park(deadline: .seconds(60)) { Self.busy }
+                supervisor.setDesired(agent: name, version: body.version, mode: body.mode, by: by) { result in
+                    pending.answer(Self.answer(result))
+                }
+                return .parked
+            },
+            Route(.POST, "/v1/agents/{name}/rollback", scope: Scope.operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
+                let name = try agentName(request)
+                let by = (request.principal as? Principal)?.name ?? "operator"
+                let pending = request.park(deadline: .seconds(60)) { Self.busy }
+                supervisor.rollback(agent: name, by: by) { result in pending.answer(Self.answer(result)) }
+                return .parked
+            },
+            Route(.GET, "/v1/handoffs/{id}", scope: Scope.operator) { (request) throws(HTTPError) -> Reply in
+                let id = request.parameters["id"] ?? ""
+                if let view = supervisor.handoffs.view(id) { return .respond(.json(view)) }
+                if let view = historical(id) { return .respond(.json(view)) }
+                throw HTTPError(status: 404, code: "handoff_not_found", message: "no handoff \(id)")
+            },
+        ]
+    }
+
+    static let busy = HTTPError(status: 503, code: "timeout", message: "the request was not processed in time").response
+
+    private func agentName(_ request: Request) throws(HTTPError) -> String {
+        let name = request.parameters["name"] ?? ""
+        guard Names.isValidAgent(name) else {
+            throw HTTPError(status: 400, code: "invalid_name", message: "\"\(name)\" is not a valid agent name")
+        }
+        return name
+    }
+
+    /// A handoff of an earlier run of batond, from the ledger's history.
+    private func historical(_ id: String) -> HandoffView? {
+        for (agent, state) in ledger().agents {
+            if let summary = state.history.last(where: { $0.id == id }) {
+                return HandoffView(id: summary.id, agent: agent, from: summary.from, to: summary.to, mode: summary.mode,
+                                   phase: summary.outcome.rawValue, outcome: summary.outcome, error: summary.error,
+                                   gapMs: summary.gapMs, startedAt: summary.startedAt, endedAt: summary.endedAt, steps: [])
+            }
+        }
+        return nil
+    }
+
+    static func answer(_ result: Result<HandoffView, SupervisorError>) -> Response {
+        switch result {
+        case .success(let view):
+            return .json(status: 202, view)
+        case .failure(let error):
+            return error.http.response
+        }
+    }
+}
+
+extension SupervisorError {
+    var http: HTTPError {
+        switch self {
+        case .agentNotFound(let name):
+            HTTPError(status: 404, code: "agent_not_found", message: "no agent named \"\(name)\" is configured")
+        case .invalidVersion(let version):
+            HTTPError(status: 422, code: "invalid_version", message: "\"\(version)\" is not a valid version")
+        case .releaseNotFound(let agent, let version):
+            HTTPError(status: 404, code: "release_not_found", message: "no release \(version) of \(agent) (releases/\(agent)/\(version)/)")
+        case .handoffInProgress(let id):
+            HTTPError(status: 409, code: "handoff_in_progress", message: "handoff \(id) is in progress; see /v1/handoffs/\(id)")
+        case .noPreviousRelease(let agent):
+            HTTPError(status: 409, code: "no_previous_release", message: "\(agent) has no previous release to roll back to")
+        case .shuttingDown:
+            HTTPError.shuttingDown
+        case .ledger(let detail):
+            HTTPError(status: 503, code: "ledger_unavailable", message: detail)
+        }
+    }
+}

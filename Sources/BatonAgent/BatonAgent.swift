@@ -1,0 +1,413 @@
+import Foundation
+import Glibc
+
+/// The agent side of the baton protocol, for Swift agents (see docs/agent-protocol.md).
+///
+/// batond starts an agent with `BATON_SOCKET` (or `BATON_URL`), `BATON_AGENT`,
+/// `BATON_INSTANCE`, `BATON_TOKEN` and `BATON_VERSION` in its environment. The agent
+/// checks itself, calls ``ready()``, and does no work until it holds ``Signal/go``;
+/// then it blocks in ``waitForSignal(seen:wait:)`` until ``Signal/stop``, finishes
+/// its work, calls ``stopped()`` and exits 0.
+///
+/// ```swift
+/// let baton = try BatonAgent()
+/// var signal = try baton.ready()
+/// while signal != .stop {
+///     if signal == .go { startWorking() }
+///     signal = try baton.waitForSignal(seen: signal)
+/// }
+/// finishWork()
+/// try baton.stopped()
+/// exit(0)
+/// ```
+///
+/// Every call blocks the calling thread (plain sockets, no event loop); run them on a
+/// thread of their own when the agent has other things to do. The value is immutable
+/// and can be shared between threads.
+public struct BatonAgent: Sendable {
+    /// What batond tells an instance. Level-triggered: it holds until batond changes it.
+    public enum Signal: String, Sendable, Codable, CaseIterable, CustomStringConvertible {
+        /// Not (yet) allowed to work: before `ready`, or ready while another instance works.
+        case wait
+        /// Work.
+        case go
+        /// Finish the work, report ``BatonAgent/stopped()``, exit 0.
+        case stop
+
+        public var description: String { rawValue }
+    }
+
+    /// Where batond listens.
+    public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
+        /// batond's Unix control socket (`BATON_SOCKET`), preferred when there is one.
+        case unix(path: String)
+        /// A loopback TCP listener (`BATON_URL`, `http://HOST:PORT`).
+        case tcp(host: String, port: Int)
+
+        /// Parses `http://HOST:PORT` (a trailing `/` allowed; no other path).
+        public init?(url: String) {
+            var rest = Substring(url)
+            guard rest.lowercased().hasPrefix("http://") else { return nil }
+            rest = rest.dropFirst("http://".count)
+            if rest.hasSuffix("/") { rest = rest.dropLast() }
+            guard !rest.isEmpty, !rest.contains("/"), !rest.contains("@") else { return nil }
+            let host: Substring
+            var portText: Substring?
+            if rest.hasPrefix("[") {  // [::1]:7070
+                guard let close = rest.firstIndex(of: "]") else { return nil }
+                host = rest[rest.index(after: rest.startIndex)..<close]
+                let after = rest[rest.index(after: close)...]
+                if !after.isEmpty {
+                    guard after.hasPrefix(":") else { return nil }
+                    portText = after.dropFirst()
+                }
+            } else if let colon = rest.lastIndex(of: ":") {
+                host = rest[..<colon]
+                portText = rest[rest.index(after: colon)...]
+            } else {
+                host = rest
+            }
+            var port = 80
+            if let portText {
+                guard let value = Int(portText), (1...65535).contains(value) else { return nil }
+                port = value
+            }
+            guard !host.isEmpty else { return nil }
+            self = .tcp(host: String(host), port: port)
+        }
+
+        public var description: String {
+            switch self {
+            case .unix(let path): "unix:\(path)"
+            case .tcp(let host, let port): host.contains(":") ? "http://[\(host)]:\(port)" : "http://\(host):\(port)"
+            }
+        }
+
+        var hostHeader: String {
+            switch self {
+            case .unix: "localhost"
+            case .tcp(let host, let port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            }
+        }
+    }
+
+    /// The agent's name (`BATON_AGENT`), e.g. `web`.
+    public let agent: String
+    /// This instance's id (`BATON_INSTANCE`), e.g. `web.3`.
+    public let instance: String
+    /// The release's version (`BATON_VERSION`), e.g. `2.0`.
+    public let version: String
+    /// Where batond is.
+    public let endpoint: Endpoint
+    private let token: Secret
+    private let diagnostics: (@Sendable (String) -> Void)?
+
+    /// Reads the environment batond gives the processes it starts.
+    ///
+    /// - Parameter diagnostics: called with a line about each transient failure that
+    ///   is being retried (batond restarting, its socket missing...). Never sees the token.
+    /// - Throws: ``BatonAgentError/missingEnvironment(_:)`` naming the first variable
+    ///   that is missing or empty, ``BatonAgentError/invalidEnvironment(name:reason:)``
+    ///   when one cannot be used.
+    public init(
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        diagnostics: (@Sendable (String) -> Void)? = nil
+    ) throws {
+        func required(_ name: String) throws -> String {
+            guard let value = environment[name], !value.isEmpty else {
+                throw BatonAgentError.missingEnvironment(name)
+            }
+            return value
+        }
+        let instance = try required("BATON_INSTANCE")
+        let token = try required("BATON_TOKEN")
+        let agent = try required("BATON_AGENT")
+        let version = try required("BATON_VERSION")
+        let endpoint: Endpoint
+        if let path = environment["BATON_SOCKET"], !path.isEmpty {
+            guard path.hasPrefix("/") else {
+                throw BatonAgentError.invalidEnvironment(name: "BATON_SOCKET", reason: "not an absolute path: \(path)")
+            }
+            endpoint = .unix(path: path)
+        } else if let url = environment["BATON_URL"], !url.isEmpty {
+            guard let parsed = Endpoint(url: url) else {
+                throw BatonAgentError.invalidEnvironment(name: "BATON_URL", reason: "not http://HOST:PORT: \(url)")
+            }
+            endpoint = parsed
+        } else {
+            throw BatonAgentError.missingEnvironment("BATON_SOCKET")
+        }
+        self.init(agent: agent, instance: instance, version: version, token: token, endpoint: endpoint, diagnostics: diagnostics)
+    }
+
+    /// An instance whose identity came from elsewhere (registration, tests).
+    public init(
+        agent: String, instance: String, version: String, token: String, endpoint: Endpoint,
+        diagnostics: (@Sendable (String) -> Void)? = nil
+    ) {
+        self.agent = agent
+        self.instance = instance
+        self.version = version
+        self.token = Secret(value: token)
+        self.endpoint = endpoint
+        self.diagnostics = diagnostics
+    }
+
+    // MARK: the four routes
+
+    /// Reports that the instance has verified itself and is ready to work. It must do
+    /// no work until it holds ``Signal/go``: the answer is usually ``Signal/wait``
+    /// (another instance still works), ``Signal/go`` (nobody else does), or
+    /// ``Signal/stop`` (batond gave up on this instance).
+    ///
+    /// - Parameter retryFor: how long transient failures (batond unreachable, `503`)
+    ///   are retried before the error is thrown. Reporting ready twice is harmless.
+    public func ready(retryFor: Duration = .seconds(10)) throws -> Signal {
+        try post("ready", body: Array("{}".utf8), retryFor: retryFor)
+    }
+
+    /// Reports that the self-check failed, with a reason batond records. The agent
+    /// should then exit non-zero; batond never makes this version current.
+    public func failed(reason: String, retryFor: Duration = .seconds(10)) throws -> Signal {
+        struct Body: Encodable { let reason: String }
+        let body = try JSONEncoder().encode(Body(reason: reason))
+        return try post("failed", body: Array(body), retryFor: retryFor)
+    }
+
+    /// Blocks until the instance's signal differs from `seen` and returns it; with
+    /// `seen` nil, returns the current signal at once.
+    ///
+    /// Each request is a long-poll of `wait` (at least 1 s): batond parks it and answers
+    /// when the signal changes. Timeouts, connection errors and `502/503/504` are retried
+    /// with a short backoff (at most 1 s) for as long as it takes: an agent that holds
+    /// `go` keeps working while batond restarts. Other errors (`401`, `404`...) mean
+    /// batond no longer knows this instance and are thrown.
+    public func waitForSignal(seen: Signal?, wait: Duration = .seconds(60)) throws -> Signal {
+        let wait = max(wait, .seconds(1))
+        var target = "/v1/instances/\(Self.pathSegment(instance))/signal"
+        if let seen { target += "?seen=\(seen.rawValue)&wait=\(Self.seconds(wait))" }
+        var backoff = Backoff()
+        while true {
+            let started = ContinuousClock.now
+            let answer: Signal
+            do {
+                answer = try decodeSignal(request("GET", target, body: nil, timeout: wait + .seconds(10)))
+            } catch let error as BatonAgentError where error.isTransient {
+                diagnostics?("baton: signal: \(error); retrying")
+                sleepThread(for: backoff.next())
+                continue
+            }
+            if answer != seen { return answer }
+            // Unchanged: the long-poll ran out, ask again. An unchanged answer long before
+            // the deadline is not what the contract says; back off so that a server that
+            // does not hold requests cannot turn this into a busy loop.
+            if ContinuousClock.now - started < wait / 2 {
+                sleepThread(for: backoff.next())
+            } else {
+                backoff = Backoff()
+            }
+        }
+    }
+
+    /// Reports that the instance has finished its work after ``Signal/stop``. Then exit 0.
+    public func stopped(retryFor: Duration = .seconds(10)) throws {
+        let target = "/v1/instances/\(Self.pathSegment(instance))/stopped"
+        _ = try withRetry(retryFor: retryFor, what: "stopped") {
+            try request("POST", target, body: Array("{}".utf8), timeout: .seconds(10))
+        }
+    }
+
+    // MARK: registration (planned: the route is being built)
+
+    /// Registers a process that batond did not start as a new instance of `agent`,
+    /// with the operator token or the agent's `registration_token`. From there the
+    /// instance follows the same protocol (``ready()``...). Not retried: each call
+    /// creates an instance.
+    public static func register(
+        agent: String, version: String, pid: Int32 = getpid(), registrationToken: String, endpoint: Endpoint,
+        diagnostics: (@Sendable (String) -> Void)? = nil
+    ) throws -> BatonAgent {
+        struct Body: Encodable { let pid: Int32; let version: String }
+        struct Answer: Decodable { let instance: String; let token: String }
+        let body = try JSONEncoder().encode(Body(pid: pid, version: version))
+        let response = try perform(
+            endpoint: endpoint, token: registrationToken, method: "POST",
+            target: "/v1/agents/\(pathSegment(agent))/instances", body: Array(body), timeout: .seconds(10))
+        guard let answer = try? JSONDecoder().decode(Answer.self, from: Data(response.body)) else {
+            throw BatonAgentError.malformedResponse("registration answer without instance and token")
+        }
+        return BatonAgent(
+            agent: agent, instance: answer.instance, version: version, token: answer.token,
+            endpoint: endpoint, diagnostics: diagnostics)
+    }
+
+    // MARK: plumbing
+
+    private func post(_ route: String, body: [UInt8], retryFor: Duration) throws -> Signal {
+        let target = "/v1/instances/\(Self.pathSegment(instance))/\(route)"
+        let response = try withRetry(retryFor: retryFor, what: route) {
+            try request("POST", target, body: body, timeout: .seconds(10))
+        }
+        return try decodeSignal(response)
+    }
+
+    private func withRetry(retryFor: Duration, what: String, _ call: () throws -> HTTPResponse) throws -> HTTPResponse {
+        let giveUp = ContinuousClock.now + retryFor
+        var backoff = Backoff()
+        while true {
+            do {
+                return try call()
+            } catch let error as BatonAgentError where error.isTransient {
+                let pause = backoff.next()
+                guard ContinuousClock.now + pause < giveUp else { throw error }
+                diagnostics?("baton: \(what): \(error); retrying")
+                sleepThread(for: pause)
+            }
+        }
+    }
+
+    private func request(_ method: String, _ target: String, body: [UInt8]?, timeout: Duration) throws -> HTTPResponse {
+        try Self.perform(endpoint: endpoint, token: token.value, method: method, target: target, body: body, timeout: timeout)
+    }
+
+    /// One request; a 2xx answer or a ``BatonAgentError``.
+    private static func perform(
+        endpoint: Endpoint, token: String, method: String, target: String, body: [UInt8]?, timeout: Duration
+    ) throws -> HTTPResponse {
+        var headers = [("Authorization", "Bearer \(token)")]
+        if body != nil { headers.append(("Content-Type", "application/json")) }
+        let response: HTTPResponse
+        do {
+            response = try HTTPClient.send(
+                to: endpoint, method: method, target: target, headers: headers, body: body, timeout: timeout)
+        } catch let error as TransportError {
+            throw BatonAgentError.transport("\(endpoint): \(error.description)")
+        }
+        guard (200..<300).contains(response.status) else {
+            struct ErrorShape: Decodable {
+                struct Inner: Decodable { let code: String; let message: String? }
+                let error: Inner
+            }
+            if let shape = try? JSONDecoder().decode(ErrorShape.self, from: Data(response.body)) {
+                throw BatonAgentError.server(status: response.status, code: shape.error.code, message: shape.error.message ?? "")
+            }
+            let text = String(decoding: response.body.prefix(200), as: UTF8.self)
+            throw BatonAgentError.server(status: response.status, code: "http_\(response.status)", message: text)
+        }
+        return response
+    }
+
+    private func decodeSignal(_ response: HTTPResponse) throws -> Signal {
+        struct Answer: Decodable { let signal: String }
+        guard let answer = try? JSONDecoder().decode(Answer.self, from: Data(response.body)) else {
+            let text = String(decoding: response.body.prefix(200), as: UTF8.self)
+            throw BatonAgentError.malformedResponse("no signal in the answer: \(text)")
+        }
+        guard let signal = Signal(rawValue: answer.signal) else {
+            throw BatonAgentError.malformedResponse("unknown signal \"\(answer.signal)\"")
+        }
+        return signal
+    }
+
+    /// Percent-encodes everything but unreserved characters (names never need it).
+    static func pathSegment(_ text: String) -> String {
+        var out = ""
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."),
+                UInt8(ascii: "_"), UInt8(ascii: "~"):
+                out.unicodeScalars.append(Unicode.Scalar(byte))
+            default:
+                let hex = Array("0123456789ABCDEF".utf8)
+                out += "%"
+                out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte >> 4)]))
+                out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte & 15)]))
+            }
+        }
+        return out
+    }
+
+    /// `60`, `2.5`, `0.25`: seconds with at most millisecond precision.
+    static func seconds(_ duration: Duration) -> String {
+        let ms = duration.milliseconds
+        if ms % 1000 == 0 { return String(ms / 1000) }
+        var fraction = String(ms % 1000)
+        fraction = String(repeating: "0", count: 3 - fraction.count) + fraction
+        while fraction.hasSuffix("0") { fraction.removeLast() }
+        return "\(ms / 1000).\(fraction)"
+    }
+}
+
+extension BatonAgent: CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    // Spelled out so that printing or dumping the value never shows the token.
+    public var description: String {
+        "BatonAgent(agent: \(agent), instance: \(instance), version: \(version), endpoint: \(endpoint))"
+    }
+
+    public var debugDescription: String { description }
+
+    public var customMirror: Mirror {
+        Mirror(self, children: ["agent": agent, "instance": instance, "version": version, "endpoint": endpoint])
+    }
+}
+
+/// Why a call failed.
+public enum BatonAgentError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// A variable batond sets is missing or empty. `BATON_SOCKET` stands for "neither
+    /// BATON_SOCKET nor BATON_URL".
+    case missingEnvironment(String)
+    /// A variable is set but unusable.
+    case invalidEnvironment(name: String, reason: String)
+    /// batond could not be reached or the exchange broke off (transient).
+    case transport(String)
+    /// batond answered with an error: the one error shape's `code` and `message`.
+    case server(status: Int, code: String, message: String)
+    /// A 2xx answer that is not what the protocol says.
+    case malformedResponse(String)
+
+    /// Worth retrying: batond restarting or busy. `waitForSignal` retries these itself.
+    public var isTransient: Bool {
+        switch self {
+        case .transport: true
+        case .server(let status, _, _): status == 502 || status == 503 || status == 504
+        case .missingEnvironment, .invalidEnvironment, .malformedResponse: false
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .missingEnvironment("BATON_SOCKET"):
+            "neither BATON_SOCKET nor BATON_URL is set: this program expects to be started by batond"
+        case .missingEnvironment(let name):
+            "\(name) is not set: this program expects to be started by batond"
+        case .invalidEnvironment(let name, let reason):
+            "\(name) is unusable: \(reason)"
+        case .transport(let what):
+            "cannot reach batond: \(what)"
+        case .server(let status, let code, let message):
+            message.isEmpty ? "batond answered \(status) \(code)" : "batond answered \(status) \(code): \(message)"
+        case .malformedResponse(let what):
+            "unexpected answer from batond: \(what)"
+        }
+    }
+}
+
+/// The bearer token, kept out of every description.
+private struct Secret: Sendable, CustomStringConvertible, CustomDebugStringConvertible, CustomReflectable {
+    let value: String
+    var description: String { "<redacted>" }
+    var debugDescription: String { "<redacted>" }
+    var customMirror: Mirror { Mirror(self, children: []) }
+}
+
+/// 100 ms, 200 ms, 400 ms, 800 ms, then 1 s each time.
+private struct Backoff {
+    private var current: Duration = .milliseconds(100)
+
+    mutating func next() -> Duration {
+        let pause = current
+        current = min(current * 2, .seconds(1))
+        return pause
+    }
+}

@@ -1,0 +1,499 @@
+import BatonConfig
+import BatonCore
+import BatonLedger
+import Foundation
+import Glibc
+import Logging
+
+/// Why the supervisor refused an operator's request; the API maps each to a status.
+public enum SupervisorError: Error, Sendable, Equatable {
+    case agentNotFound(String)
+    case invalidVersion(String)
+    case releaseNotFound(agent: String, version: String)
+    case handoffInProgress(String)
+    case noPreviousRelease(String)
+    case shuttingDown
+    case ledger(String)
+}
+
+/// What an instance reports about itself.
+public enum InstanceReport: Sendable, Equatable {
+    case ready
+    case failed(reason: String)
+    case stopped
+}
+
+/// Runs one agent: its instances, the handoff between them, supervision after it.
+/// Every change goes through one mailbox, processed to completion one message at a
+/// time (ledger appends included), so the handoff machine never sees interleaved events.
+actor AgentRunner {
+    enum Message: Sendable {
+        case boot
+        case desired(version: String, mode: HandoffMode?, by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
+        case rollback(by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
+        case report(instance: String, InstanceReport, reply: @Sendable (SignalView?) -> Void)
+        case exited(instance: String, ExitStatus)
+        case handoffTimer(Handoff.Timer, token: Int)
+        case readyDeadline(instance: String)
+        case restart(token: Int)
+        case escalate(instance: String, Int32)
+        case shutdown(done: @Sendable () -> Void)
+    }
+
+    /// A handoff in progress.
+    struct Run {
+        var view: HandoffView
+        var machine: Handoff
+        var roles: [Handoff.Role: String] = [:]
+        var oldGoneAt: ContinuousClock.Instant?
+        var gapMs: Double?
+    }
+
+    let config: AgentConfig
+    let context: SupervisorContext
+    private let mailbox: AsyncStream<Message>
+    private let inbox: AsyncStream<Message>.Continuation
+
+    /// The instance that holds go, or will once ready (supervision start).
+    private var active: String?
+    private var run: Run?
+    private var processes: [String: SpawnedProcess] = [:]
+    /// Instances started by supervision (boot, restart) that have not reported ready yet.
+    private var starting: Set<String> = []
+    private var timers: [Handoff.Timer: (token: Int, task: Task<Void, Never>)] = [:]
+    private var nextToken = 0
+    private var backoff: Duration = .seconds(1)
+    private var restartToken: Int?
+    private var goSince: ContinuousClock.Instant?
+    private var shutdownDone: (@Sendable () -> Void)?
+
+    init(config: AgentConfig, context: SupervisorContext) {
+        self.config = config
+        self.context = context
+        (mailbox, inbox) = AsyncStream.makeStream(of: Message.self)
+    }
+
+    nonisolated func send(_ message: Message) {
+        inbox.yield(message)
+    }
+
+    var name: String { config.name }
+    var logger: Logger { context.logger }
+
+    /// Processes messages until shutdown completes.
+    func runLoop() async {
+        for await message in mailbox {
+            await handle(message)
+            if shutdownDone != nil && processes.isEmpty {
+                finishShutdown()
+                break
+            }
+        }
+    }
+
+    // MARK: - Messages
+
+    private func handle(_ message: Message) async {
+        switch message {
+        case .boot:
+            guard let version = context.releases.current(agent: name) else {
+                logger.notice("agent has no current release; waiting for a desired version", metadata: ["agent": "\(name)"])
+                return
+            }
+            await startSupervised(version: version)
+        case .desired(let version, let mode, let by, let reply):
+            reply(await begin(to: version, mode: mode ?? config.mode, by: by))
+        case .rollback(let by, let reply):
+            let state = context.ledger.state.agents[name]
+            guard let previous = state?.previous, context.releases.exists(agent: name, version: previous) else {
+                reply(.failure(.noPreviousRelease(name)))
+                return
+            }
+            reply(await begin(to: previous, mode: config.mode, by: by))
+        case .report(let instance, let report, let reply):
+            await received(report, from: instance)
+            reply(context.registry.view(instance))
+        case .exited(let instance, let status):
+            await exited(instance, status)
+        case .handoffTimer(let timer, let token):
+            guard timers[timer]?.token == token else { return }
+            timers[timer] = nil
+            await feed(.timeout(timer))
+        case .readyDeadline(let instance):
+            guard starting.contains(instance), let process = processes[instance] else { return }
+            await recordError("not ready within \(config.readyTimeout)", instance: instance)
+            Processes.signal(process.pid, SIGTERM)
+            escalateLater(instance, SIGKILL, after: config.killTimeout)
+        case .restart(let token):
+            guard restartToken == token, shutdownDone == nil, run == nil, active == nil else { return }
+            restartToken = nil
+            if let version = context.releases.current(agent: name) { await startSupervised(version: version) }
+        case .escalate(let instance, let signal):
+            if let process = processes[instance] { Processes.signal(process.pid, signal) }
+        case .shutdown(let done):
+            shutdownDone = done
+            await stopEverything()
+        }
+    }
+
+    // MARK: - Supervision: start, watch, restart
+
+    /// Starts `version` with no handoff: it gets go once it reports ready.
+    private func startSupervised(version: String) async {
+        guard shutdownDone == nil else { return }
+        switch await spawn(version: version, handoff: nil) {
+        case .success(let id):
+            active = id
+            starting.insert(id)
+            let deadline = config.readyTimeout
+            let runner = self
+            Task { [id] in
+                try? await Task.sleep(for: deadline)
+                runner.send(.readyDeadline(instance: id))
+            }
+        case .failure(let error):
+            await recordError("cannot start \(version): \(error)", instance: nil)
+            scheduleRestart()
+        }
+    }
+
+    private func received(_ report: InstanceReport, from instance: String) async {
+        guard context.registry.instance(instance) != nil else { return }
+        switch report {
+        case .ready:
+            context.registry.update(instance) { $0.ready = true }
+            await record(.instanceReady(.init(agent: name, instance: instance)))
+        case .stopped:
+            context.registry.update(instance) { $0.stopped = true }
+            await record(.instanceStopped(.init(agent: name, instance: instance)))
+        case .failed:
+            break
+        }
+        if let role = role(of: instance) {
+            switch report {
+            case .ready: await feed(.ready(role))
+            case .failed(let reason): await feed(.reportedFailure(role, reason: reason))
+            case .stopped:
+                await feed(.stopped(role))
+                expectExit(instance)
+            }
+            return
+        }
+        if starting.contains(instance) {
+            switch report {
+            case .ready:
+                starting.remove(instance)
+                goSince = .now
+                context.registry.setSignal(instance, .go, handoff: nil)
+            case .failed(let reason):
+                starting.remove(instance)
+                await recordError("reported failure: \(reason)", instance: instance)
+                stop(instance)
+            case .stopped:
+                expectExit(instance)
+            }
+            return
+        }
+        if case .stopped = report { expectExit(instance) }
+    }
+
+    private func exited(_ instance: String, _ status: ExitStatus) async {
+        guard let process = processes.removeValue(forKey: instance) else { return }
+        process.log.drain()
+        context.registry.remove(instance)
+        await record(.instanceExited(.init(agent: name, instance: instance, exitCode: status.code, signal: status.signal)))
+        if let role = role(of: instance) {
+            if role == .successor || role == .previous {
+                context.lastOutput[instance] = process.log.lastOutput
+            }
+            await feed(.exited(role, description: status.description))
+            return
+        }
+        let wasStarting = starting.remove(instance) != nil
+        guard active == instance else { return }
+        active = nil
+        guard shutdownDone == nil else { return }
+        let reason = wasStarting ? "exited before it was ready (\(status))" : "exited unexpectedly (\(status))"
+        await recordError(reason, instance: instance, output: process.log.lastOutput)
+        if let since = goSince, ContinuousClock.now - since > .seconds(60) { backoff = .seconds(1) }
+        goSince = nil
+        scheduleRestart()
+    }
+
+    /// Exponential backoff from 1 s to 60 s, reset after a minute of stable work.
+    private func scheduleRestart() {
+        guard shutdownDone == nil else { return }
+        nextToken += 1
+        let token = nextToken
+        restartToken = token
+        let delay = backoff
+        backoff = min(backoff * 2, .seconds(60))
+        logger.notice("restarting after backoff", metadata: ["agent": "\(name)", "delay": "\(delay)"])
+        let runner = self
+        Task {
+            try? await Task.sleep(for: delay)
+            runner.send(.restart(token: token))
+        }
+    }
+
+    /// A stopped instance must exit: TERM after kill_timeout, KILL after twice that.
+    private func expectExit(_ instance: String) {
+        escalateLater(instance, SIGTERM, after: config.killTimeout)
+        escalateLater(instance, SIGKILL, after: config.killTimeout * 2)
+    }
+
+    private func stop(_ instance: String) {
+        guard let process = processes[instance] else { return }
+        Processes.signal(process.pid, SIGTERM)
+        escalateLater(instance, SIGKILL, after: config.killTimeout)
+    }
+
+    private func escalateLater(_ instance: String, _ signal: Int32, after delay: Duration) {
+        let runner = self
+        Task {
+            try? await Task.sleep(for: delay)
+            runner.send(.escalate(instance: instance, signal))
+        }
+    }
+
+    // MARK: - Handoffs
+
+    private func begin(to version: String, mode: HandoffMode, by: String) async -> Result<HandoffView, SupervisorError> {
+        guard shutdownDone == nil else { return .failure(.shuttingDown) }
+        guard Names.isValidVersion(version) else { return .failure(.invalidVersion(version)) }
+        guard context.releases.exists(agent: name, version: version) else {
+            return .failure(.releaseNotFound(agent: name, version: version))
+        }
+        if let run { return .failure(.handoffInProgress(run.view.id)) }
+        // A supervised start that has not reported ready yet, or a pending restart, is
+        // superseded: the successor takes its place.
+        restartToken = nil
+        if let id = active, starting.contains(id) {
+            starting.remove(id)
+            active = nil
+            stop(id)
+        }
+        let from = active.flatMap { context.registry.instance($0)?.version } ?? context.releases.current(agent: name)
+        let number = (context.ledger.state.agents[name]?.handoffsBegun ?? 0) + 1
+        let id = "\(name)-\(number)"
+        do {
+            try await context.ledger.append(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
+            try await context.ledger.append(.handoffBegan(.init(handoff: id, agent: name, from: from, to: version, mode: mode)))
+        } catch {
+            return .failure(.ledger(error.description))
+        }
+        let hasOld = active != nil
+        let machine = Handoff(mode: mode == .parallel ? .parallel : .sequential,
+                              timeouts: .init(ready: config.readyTimeout, stop: config.stopTimeout, kill: config.killTimeout),
+                              hasOld: hasOld)
+        let now = Timestamp.now()
+        var run = Run(view: HandoffView(id: id, agent: name, from: from, to: version, mode: mode, phase: "began",
+                                        outcome: nil, error: nil, gapMs: nil, startedAt: now, endedAt: nil,
+                                        steps: [.init(phase: "began", at: now)]),
+                      machine: machine)
+        if let active { run.roles[.old] = active }
+        self.run = run
+        publish()
+        logger.info("handoff began", metadata: ["agent": "\(name)", "handoff.id": "\(id)", "from": "\(from ?? "-")", "to": "\(version)"])
+        await feed(.begin)
+        return .success(self.run?.view ?? context.handoffs.view(id) ?? run.view)
+    }
+
+    private func role(of instance: String) -> Handoff.Role? {
+        run?.roles.first { $0.value == instance }?.key
+    }
+
+    /// Gives the machine an event and performs what it asks, in order.
+    private func feed(_ event: Handoff.Event) async {
+        guard var current = run else { return }
+        if case .stopped(.old) = event, current.oldGoneAt == nil { current.oldGoneAt = .now }
+        if case .exited(.old, _) = event, current.oldGoneAt == nil { current.oldGoneAt = .now }
+        let actions = current.machine.handle(event)
+        run = current
+        for action in actions {
+            await perform(action)
+        }
+    }
+
+    private func perform(_ action: Handoff.Action) async {
+        guard var current = run else { return }
+        let id = current.view.id
+        switch action {
+        case .recordPhase(let phase):
+            current.view.phase = phase.rawValue
+            current.view.steps.append(.init(phase: phase.rawValue, at: .now()))
+            run = current
+            publish()
+            await record(.handoffPhase(.init(handoff: id, agent: name, phase: phase.rawValue)))
+        case .spawn(let role):
+            let version = role == .previous ? (current.view.from ?? current.view.to) : current.view.to
+            switch await spawn(version: version, handoff: id) {
+            case .success(let instance):
+                run?.roles[role] = instance
+                await feed(.spawned(role))
+            case .failure(let error):
+                await feed(.spawnFailed(role, reason: error.description))
+            }
+        case .signalGo(let role):
+            guard let instance = current.roles[role] else { return }
+            context.registry.setSignal(instance, .go, handoff: id)
+            if let gone = current.oldGoneAt {
+                let gap = ContinuousClock.now - gone
+                run?.gapMs = Double(gap.components.seconds) * 1000 + Double(gap.components.attoseconds) / 1e15
+            }
+            active = instance
+            goSince = .now
+            backoff = .seconds(1)
+        case .signalStop(let role):
+            guard let instance = current.roles[role] else { return }
+            context.registry.setSignal(instance, .stop, handoff: id)
+        case .terminate(let role):
+            guard let instance = current.roles[role], let process = processes[instance] else { return }
+            Processes.signal(process.pid, SIGTERM)
+        case .kill(let role):
+            guard let instance = current.roles[role], let process = processes[instance] else { return }
+            Processes.signal(process.pid, SIGKILL)
+        case .startTimer(let timer, let duration):
+            nextToken += 1
+            let token = nextToken
+            let runner = self
+            timers[timer]?.task.cancel()
+            timers[timer] = (token, Task {
+                try? await Task.sleep(for: duration)
+                guard !Task.isCancelled else { return }
+                runner.send(.handoffTimer(timer, token: token))
+            })
+        case .cancelTimer(let timer):
+            timers.removeValue(forKey: timer)?.task.cancel()
+        case .commit:
+            let from = current.view.from
+            await record(.releaseCurrent(.init(agent: name, version: current.view.to, previous: from)))
+            do {
+                try context.releases.setCurrent(agent: name, version: current.view.to)
+            } catch {
+                logger.critical("cannot flip the current release", metadata: ["agent": "\(name)", "error": "\(error)"])
+            }
+        case .end(let outcome, let error):
+            await end(outcome, error: error)
+        }
+    }
+
+    private func end(_ outcome: HandoffOutcome, error: String?) async {
+        guard var current = run else { return }
+        for (_, timer) in timers { timer.task.cancel() }
+        timers = [:]
+        let now = Timestamp.now()
+        current.view.outcome = outcome
+        current.view.error = error
+        current.view.gapMs = current.gapMs
+        current.view.endedAt = now
+        current.view.phase = current.machine.phase.rawValue
+        current.view.steps.append(.init(phase: current.machine.phase.rawValue, at: now))
+        run = current
+        publish()
+        // The error first: whoever sees the end in the ledger finds the reason there too.
+        if let error {
+            let failed = current.roles[.successor]
+            let output = failed.flatMap { processes[$0]?.log.lastOutput ?? context.lastOutput.removeValue(forKey: $0) } ?? ""
+            await recordError(error, instance: failed, output: output)
+        }
+        await record(.handoffEnded(.init(handoff: current.view.id, agent: name, outcome: outcome, gapMs: current.gapMs, error: error)))
+        logger.info("handoff ended", metadata: ["agent": "\(name)", "handoff.id": "\(current.view.id)",
+                                                "outcome": "\(outcome.rawValue)", "gap_ms": "\(current.gapMs.map { String($0) } ?? "-")"])
+        // Instances of this handoff that are not the one holding go must go away.
+        for (role, instance) in current.roles where instance != active {
+            if role == .old, current.machine.oldAlive { continue }
+            if processes[instance] != nil, context.registry.instance(instance)?.stopped == false { stop(instance) }
+        }
+        run = nil
+        if outcome == .failed, let active, processes[active] == nil {
+            // The old instance is gone (crashed, or stopped for a successor that then
+            // failed): supervision brings the current release back.
+            self.active = nil
+            scheduleRestart()
+        } else if outcome == .failed, active == nil {
+            scheduleRestart()
+        }
+    }
+
+    private func publish() {
+        if let view = run?.view { context.handoffs.store(view) }
+    }
+
+    // MARK: - Shutdown
+
+    /// Stops every instance the normal way: stop signal, then TERM after stop_timeout,
+    /// then KILL after kill_timeout.
+    private func stopEverything() async {
+        restartToken = nil
+        for (_, timer) in timers { timer.task.cancel() }
+        timers = [:]
+        for instance in processes.keys {
+            context.registry.setSignal(instance, .stop, handoff: run?.view.id)
+            escalateLater(instance, SIGTERM, after: config.stopTimeout)
+            escalateLater(instance, SIGKILL, after: config.stopTimeout + config.killTimeout)
+        }
+    }
+
+    private func finishShutdown() {
+        shutdownDone?()
+        shutdownDone = nil
+        inbox.finish()
+    }
+
+    // MARK: - Spawning and records
+
+    private func spawn(version: String, handoff: String?) async -> Result<String, SpawnError> {
+        guard let directory = context.releases.directory(agent: name, version: version) else {
+            return .failure(SpawnError(description: "invalid version \(version)"))
+        }
+        let generation = (context.ledger.state.agents[name]?.spawns ?? 0) + 1
+        let id = "\(name).\(generation)"
+        let token = context.makeToken()
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("BATON_") && !$0.key.hasPrefix("LISTEN_") && $0.key != "NOTIFY_SOCKET" && $0.key != "WATCHDOG_USEC" && $0.key != "WATCHDOG_PID" }
+        environment.merge(config.env) { _, new in new }
+        environment["BATON_SOCKET"] = context.socketPath
+        if let url = context.url { environment["BATON_URL"] = url }
+        environment["BATON_AGENT"] = name
+        environment["BATON_INSTANCE"] = id
+        environment["BATON_TOKEN"] = token
+        environment["BATON_VERSION"] = version
+        let argv = config.command.map { $0.replacingOccurrences(of: "{release}", with: directory) }
+        let process: SpawnedProcess
+        do {
+            let credentials = try Credentials.resolve(user: config.user, group: config.group)
+            process = try Processes.spawn(argv: argv, environment: environment, logPath: context.logPath(id),
+                                          directory: directory, credentials: credentials)
+        } catch {
+            // The generation is used up either way, so ids never repeat.
+            await record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: 0, startTime: 0, handoff: handoff)))
+            await record(.instanceExited(.init(agent: name, instance: id, exitCode: nil, signal: nil)))
+            return .failure(error)
+        }
+        processes[id] = process
+        context.registry.add(.init(id: id, agent: name, version: version, pid: process.pid, signal: .wait, handoff: handoff,
+                                   startedAt: .now(), ready: false, stopped: false, spawned: true, token: token))
+        let runner = self
+        Processes.watch(process.pid) { status in runner.send(.exited(instance: id, status)) }
+        await record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: process.pid,
+                                            startTime: process.startTime, handoff: handoff)))
+        logger.info("instance started", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(process.pid)", "version": "\(version)"])
+        return .success(id)
+    }
+
+    private func recordError(_ reason: String, instance: String?, output: String? = nil) async {
+        let tail = output ?? instance.flatMap { processes[$0]?.log.lastOutput } ?? ""
+        logger.warning("agent error", metadata: ["agent": "\(name)", "instance": "\(instance ?? "-")", "reason": "\(reason)"])
+        await record(.agentError(.init(agent: name, reason: reason, stderrTail: tail, handoff: run?.view.id, instance: instance)))
+    }
+
+    /// Appends and waits until durable. A failed ledger is logged; the agent keeps going
+    /// (the ledger is read-only then, and /readyz says so).
+    private func record(_ event: LedgerEvent) async {
+        do {
+            try await context.ledger.append(event)
+        } catch {
+            logger.error("cannot record \(event.kind)", metadata: ["agent": "\(name)", "error": "\(error)"])
+        }
+    }
+}

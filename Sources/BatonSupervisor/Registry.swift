@@ -1,0 +1,143 @@
+import BatonCore
+import Synchronization
+
+/// The live instances of every agent, as the API needs them: their tokens, their
+/// signals, and the long-polls waiting for a signal to change. Read from libmicrohttpd's
+/// threads, written by the agents' run loops; everything under one lock.
+///
+/// Invariant: a waiter is parked only while its instance's signal equals the `seen` it
+/// asked with; any change of signal answers it.
+public final class InstanceRegistry: Sendable {
+    public struct Instance: Sendable, Equatable {
+        public var id: String
+        public var agent: String
+        public var version: String
+        public var pid: Int32
+        public var signal: AgentSignal
+        public var handoff: String?
+        public var startedAt: Timestamp
+        /// Whether it reported ready (or its probe succeeded).
+        public var ready: Bool
+        /// Whether it reported stopped.
+        public var stopped: Bool
+        /// Whether batond started it (false for registered processes).
+        public var spawned: Bool
+        let token: String
+    }
+
+    public struct Waiter: Sendable {
+        let seen: AgentSignal?
+        /// Answers the parked request; a no-op once it was answered (deadline, shutdown).
+        let answer: @Sendable (SignalView) -> Void
+        let isAnswered: @Sendable () -> Bool
+
+        public init(seen: AgentSignal?, answer: @escaping @Sendable (SignalView) -> Void, isAnswered: @escaping @Sendable () -> Bool) {
+            self.seen = seen
+            self.answer = answer
+            self.isAnswered = isAnswered
+        }
+    }
+
+    private struct State {
+        /// Bumped on every change, so views built from the registry can be cached.
+        var generation = 0
+        var instances: [String: Instance] = [:]
+        var byToken: [String: String] = [:]
+        var waiters: [String: [Waiter]] = [:]
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    public var generation: Int { state.withLock { $0.generation } }
+
+    public func add(_ instance: Instance) {
+        state.withLock { state in
+            state.generation += 1
+            state.instances[instance.id] = instance
+            state.byToken[instance.token] = instance.id
+        }
+    }
+
+    /// Forgets an instance; its waiters are answered with `stop` (it is gone).
+    public func remove(_ id: String) {
+        let (waiters, view) = state.withLock { state -> ([Waiter], SignalView?) in
+            guard let instance = state.instances.removeValue(forKey: id) else { return ([], nil) }
+            state.generation += 1
+            state.byToken[instance.token] = nil
+            return (state.waiters.removeValue(forKey: id) ?? [], SignalView(instance: id, signal: .stop, handoff: instance.handoff))
+        }
+        if let view { for waiter in waiters { waiter.answer(view) } }
+    }
+
+    public func instance(_ id: String) -> Instance? { state.withLock { $0.instances[id] } }
+
+    public func instances(of agent: String) -> [Instance] {
+        state.withLock { $0.instances.values.filter { $0.agent == agent }.sorted { $0.startedAt < $1.startedAt } }
+    }
+
+    /// The instance a bearer token belongs to.
+    public func instance(forToken token: String) -> String? { state.withLock { $0.byToken[token] } }
+
+    /// The instance whose process is `pid` or one of its ancestors (agents' children
+    /// count as their agent), walking parents through /proc up to `stopAt`.
+    public func instance(forProcess pid: Int32, stopAt daemon: Int32, parent: (Int32) -> Int32?) -> String? {
+        let byPid = state.withLock { state in
+            Dictionary(state.instances.values.map { ($0.pid, $0.id) }, uniquingKeysWith: { first, _ in first })
+        }
+        var current = pid
+        for _ in 0..<64 {
+            if let id = byPid[current] { return id }
+            guard current > 1, current != daemon, let next = parent(current), next > 0 else { return nil }
+            current = next
+        }
+        return nil
+    }
+
+    public func view(_ id: String) -> SignalView? {
+        state.withLock { state in
+            state.instances[id].map { SignalView(instance: $0.id, signal: $0.signal, handoff: $0.handoff) }
+        }
+    }
+
+    public func update(_ id: String, _ change: (inout Instance) -> Void) {
+        state.withLock { state in
+            if var instance = state.instances[id] {
+                state.generation += 1
+                change(&instance)
+                state.instances[id] = instance
+            }
+        }
+    }
+
+    /// Sets the signal and answers every waiter that saw another one.
+    public func setSignal(_ id: String, _ signal: AgentSignal, handoff: String?) {
+        let (ready, view) = state.withLock { state -> ([Waiter], SignalView?) in
+            guard var instance = state.instances[id] else { return ([], nil) }
+            state.generation += 1
+            instance.signal = signal
+            instance.handoff = handoff
+            state.instances[id] = instance
+            let all = state.waiters[id] ?? []
+            let ready = all.filter { $0.seen != signal }
+            state.waiters[id] = all.filter { $0.seen == signal && !$0.isAnswered() }
+            return (ready, SignalView(instance: id, signal: signal, handoff: handoff))
+        }
+        if let view { for waiter in ready { waiter.answer(view) } }
+    }
+
+    /// Answers at once (returns the view) when the signal differs from `seen`, else
+    /// parks `waiter` and returns nil.
+    public func signalOrPark(_ id: String, seen: AgentSignal?, waiter: Waiter) -> SignalView? {
+        state.withLock { state in
+            guard let instance = state.instances[id] else { return SignalView(instance: id, signal: .stop, handoff: nil) }
+            let view = SignalView(instance: id, signal: instance.signal, handoff: instance.handoff)
+            if seen != instance.signal { return view }
+            var list = state.waiters[id, default: []].filter { !$0.isAnswered() }
+            list.append(waiter)
+            state.waiters[id] = list
+            return nil
+        }
+    }
+}

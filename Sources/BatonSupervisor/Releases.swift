@@ -1,0 +1,62 @@
+import BatonCore
+import Foundation
+import Glibc
+
+/// Release storage: `<state_dir>/releases/<agent>/<version>/`, and the `current`
+/// symlink beside them, flipped atomically (new link, rename, fsync the directory).
+public struct ReleaseStore: Sendable {
+    public let root: String
+
+    public init(stateDirectory: String) {
+        root = stateDirectory + "/releases"
+    }
+
+    /// The directory of a release. Names are validated before they reach the path.
+    public func directory(agent: String, version: String) -> String? {
+        guard Names.isValidAgent(agent), Names.isValidVersion(version) else { return nil }
+        return "\(root)/\(agent)/\(version)"
+    }
+
+    public func exists(agent: String, version: String) -> Bool {
+        guard let directory = directory(agent: agent, version: version) else { return false }
+        var info = stat()
+        return stat(directory, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    /// The version `current` points at, if it points at a valid release.
+    public func current(agent: String) -> String? {
+        guard Names.isValidAgent(agent) else { return nil }
+        let link = "\(root)/\(agent)/current"
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink(link, &buffer, buffer.count - 1)
+        guard count > 0 else { return nil }
+        let target = String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let version = target.split(separator: "/").last.map(String.init) ?? target
+        guard Names.isValidVersion(version), exists(agent: agent, version: version) else { return nil }
+        return version
+    }
+
+    /// Points `current` at `version`: a new link under a temporary name, renamed over
+    /// the old one (atomic), then the directory fsync'd.
+    public func setCurrent(agent: String, version: String) throws(SpawnError) {
+        guard directory(agent: agent, version: version) != nil else {
+            throw SpawnError(description: "invalid agent or version")
+        }
+        let base = "\(root)/\(agent)"
+        let temporary = "\(base)/.current.\(getpid()).tmp"
+        unlink(temporary)
+        guard symlink(version, temporary) == 0 else {
+            throw SpawnError(description: "symlink \(temporary): \(String(cString: strerror(errno)))")
+        }
+        guard rename(temporary, "\(base)/current") == 0 else {
+            let error = errno
+            unlink(temporary)
+            throw SpawnError(description: "rename \(temporary): \(String(cString: strerror(error)))")
+        }
+        let fd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if fd >= 0 {
+            fsync(fd)
+            close(fd)
+        }
+    }
+}

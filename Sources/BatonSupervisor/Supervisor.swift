@@ -1,0 +1,135 @@
+import BatonConfig
+import BatonCore
+import BatonLedger
+import Foundation
+import Logging
+import Synchronization
+
+/// What every agent runner shares: the ledger, the registry, the release store, and
+/// where instances find batond.
+final class SupervisorContext: Sendable {
+    let ledger: Ledger
+    let registry: InstanceRegistry
+    let releases: ReleaseStore
+    let handoffs: HandoffBook
+    let logger: Logger
+    let socketPath: String
+    let url: String?
+    let logDirectory: String
+    /// The output tail of instances that exited during a handoff, until the handoff
+    /// reports it.
+    let lastOutput = OutputTails()
+
+    init(ledger: Ledger, registry: InstanceRegistry, releases: ReleaseStore, handoffs: HandoffBook, logger: Logger,
+         socketPath: String, url: String?, logDirectory: String) {
+        self.ledger = ledger
+        self.registry = registry
+        self.releases = releases
+        self.handoffs = handoffs
+        self.logger = logger
+        self.socketPath = socketPath
+        self.url = url
+        self.logDirectory = logDirectory
+    }
+
+    func logPath(_ instance: String) -> String { "\(logDirectory)/\(instance).log" }
+
+    /// 256 random bits, hex: an instance's bearer token, held in memory and in the
+    /// child's environment only.
+    func makeToken() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
+    }
+}
+
+final class OutputTails: Sendable {
+    private let tails = Mutex<[String: String]>([:])
+    subscript(instance: String) -> String? {
+        get { tails.withLock { $0[instance] } }
+        set { tails.withLock { $0[instance] = newValue } }
+    }
+    func removeValue(forKey instance: String) -> String? { tails.withLock { $0.removeValue(forKey: instance) } }
+}
+
+/// Handoffs by id, for `GET /v1/handoffs/{id}`: the ones of this run of batond (the
+/// ledger's history has the older ones).
+public final class HandoffBook: Sendable {
+    private let views = Mutex<[String: HandoffView]>([:])
+
+    public init() {}
+
+    func store(_ view: HandoffView) { views.withLock { $0[view.id] = view } }
+
+    public func view(_ id: String) -> HandoffView? { views.withLock { $0[id] } }
+}
+
+/// The supervisor: one runner per configured agent, started at boot, stopped (every
+/// agent the normal way) at shutdown. It is the one place the API crosses into Swift
+/// concurrency: requests become messages to a runner, answered by callback.
+public final class Supervisor: Sendable {
+    public let registry: InstanceRegistry
+    public let handoffs: HandoffBook
+    let context: SupervisorContext
+    private let runners: [String: AgentRunner]
+
+    public init(config: BatondConfig, ledger: Ledger, socketPath: String, url: String?, logger: Logger) {
+        registry = InstanceRegistry()
+        handoffs = HandoffBook()
+        let logDirectory = config.stateDir + "/logs"
+        try? FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(atPath: config.stateDir + "/releases", withIntermediateDirectories: true)
+        context = SupervisorContext(ledger: ledger, registry: registry, releases: ReleaseStore(stateDirectory: config.stateDir),
+                                    handoffs: handoffs, logger: logger, socketPath: socketPath, url: url, logDirectory: logDirectory)
+        var runners: [String: AgentRunner] = [:]
+        for agent in config.agents { runners[agent.name] = AgentRunner(config: agent, context: context) }
+        self.runners = runners
+    }
+
+    public var releases: ReleaseStore { context.releases }
+
+    /// Runs every agent until `shutdown` has stopped them all.
+    public func run() async {
+        await withDiscardingTaskGroup { group in
+            for runner in runners.values {
+                group.addTask { await runner.runLoop() }
+                runner.send(.boot)
+            }
+        }
+    }
+
+    /// Stops every agent the normal way and returns once all their processes exited.
+    public func shutdown() async {
+        await withDiscardingTaskGroup { group in
+            for runner in runners.values {
+                group.addTask {
+                    await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                        runner.send(.shutdown(done: { continuation.resume() }))
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: - Requests from the API (any thread)
+
+    public func setDesired(agent: String, version: String, mode: HandoffMode?, by: String,
+                           reply: @escaping @Sendable (Result<HandoffView, SupervisorError>) -> Void) {
+        guard let runner = runners[agent] else { return reply(.failure(.agentNotFound(agent))) }
+        runner.send(.desired(version: version, mode: mode, by: by, reply: reply))
+    }
+
+    public func rollback(agent: String, by: String, reply: @escaping @Sendable (Result<HandoffView, SupervisorError>) -> Void) {
+        guard let runner = runners[agent] else { return reply(.failure(.agentNotFound(agent))) }
+        runner.send(.rollback(by: by, reply: reply))
+    }
+
+    public func report(instance: String, _ report: InstanceReport, reply: @escaping @Sendable (SignalView?) -> Void) {
+        guard let agent = registry.instance(instance)?.agent, let runner = runners[agent] else { return reply(nil) }
+        runner.send(.report(instance: instance, report, reply: reply))
+    }
+
+    /// The instance whose process (or an ancestor of it) is `pid`.
+    public func instance(forProcess pid: Int32) -> String? {
+        registry.instance(forProcess: pid, stopAt: getpid(), parent: Processes.parent(of:))
+    }
+}

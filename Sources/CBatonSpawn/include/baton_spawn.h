@@ -1,0 +1,29 @@
+// Process creation for batond's supervisor: fork + exec with what posix_spawn cannot
+// do (switching user and group), and the exec error reported back through a pipe.
+#ifndef BATON_SPAWN_H
+#define BATON_SPAWN_H
+
+#include <sys/types.h>
+
+/// Starts `path` with `argv` and `envp` (NULL-terminated) in a new process group,
+/// stdin from /dev/null, stdout and stderr to `output_fd`, every signal disposition
+/// and the signal mask reset to defaults, in `directory` (or the current one when
+/// NULL). When `set_ids` is non-zero the child drops to `gid` (with its supplementary
+/// groups from `user_name`, when given) and `uid` before exec.
+/// Returns the child's pid, or -1 with `*child_errno` set to what failed (fork, or in
+/// the child: chdir, setgid, initgroups, setuid, exec) and `*stage` naming the step.
+pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int output_fd,
+                  const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
+                  int *child_errno, const char **stage);
+
+/// The start time of a process in clock ticks since boot (field 22 of /proc/PID/stat),
+/// or 0 when it cannot be read: with the pid, it names one process, not a reused pid.
+unsigned long long baton_process_start_time(pid_t pid);
+
+/// The parent pid of a process (from /proc/PID/stat), or -1.
+pid_t baton_parent_pid(pid_t pid);
+
+/// pipe2(fds, O_CLOEXEC): a GNU call Swift's Glibc module does not show.
+int baton_pipe_cloexec(int fds[2]);
+
+#endif

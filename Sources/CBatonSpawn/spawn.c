@@ -1,0 +1,120 @@
+#define _GNU_SOURCE
+#include "baton_spawn.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
+static const char *const stages[] = {"fork", "chdir", "setgid", "initgroups", "setuid", "exec", "setup"};
+
+pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int output_fd,
+                  const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
+                  int *child_errno, const char **stage) {
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) {
+        *child_errno = errno;
+        *stage = stages[6];
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        *child_errno = errno;
+        *stage = stages[0];
+        close(report[0]);
+        close(report[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        // The child: only async-signal-safe calls until exec.
+        int failure[2] = {0, 6};
+        sigset_t none;
+        sigemptyset(&none);
+        for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        setpgid(0, 0);
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0) { dup2(null, 0); if (null != 0) close(null); }
+        dup2(output_fd, 1);
+        dup2(output_fd, 2);
+        if (output_fd > 2) close(output_fd);
+        if (directory != NULL && chdir(directory) != 0) { failure[0] = errno; failure[1] = 1; goto fail; }
+        if (set_ids) {
+            if (setgid(gid) != 0) { failure[0] = errno; failure[1] = 2; goto fail; }
+            if (user_name != NULL ? initgroups(user_name, gid) != 0 : setgroups(0, NULL) != 0) {
+                failure[0] = errno; failure[1] = 3; goto fail;
+            }
+            if (setuid(uid) != 0) { failure[0] = errno; failure[1] = 4; goto fail; }
+        }
+        execve(path, argv, envp);
+        failure[0] = errno;
+        failure[1] = 5;
+    fail:
+        (void)!write(report[1], failure, sizeof(failure));
+        _exit(127);
+    }
+    close(report[1]);
+    int failure[2];
+    ssize_t got;
+    do {
+        got = read(report[0], failure, sizeof(failure));
+    } while (got < 0 && errno == EINTR);
+    close(report[0]);
+    if (got == (ssize_t)sizeof(failure)) {
+        // exec did not happen: reap the child, which exits 127 at once.
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+        *child_errno = failure[0];
+        *stage = stages[failure[1]];
+        return -1;
+    }
+    return pid;
+}
+
+static int read_stat_fields(pid_t pid, pid_t *ppid, unsigned long long *start) {
+    char path[64], buffer[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t count = read(fd, buffer, sizeof(buffer) - 1);
+    close(fd);
+    if (count <= 0) return -1;
+    buffer[count] = 0;
+    // The command name may hold spaces and parentheses: fields resume after the last ')'.
+    char *rest = strrchr(buffer, ')');
+    if (rest == NULL) return -1;
+    rest += 2;
+    // Field 3 is the state; field 4 the parent pid; field 22 the start time.
+    char state;
+    int parent;
+    unsigned long long value = 0;
+    if (sscanf(rest, "%c %d", &state, &parent) != 2) return -1;
+    char *cursor = rest;
+    for (int field = 3; field < 22 && cursor != NULL; field++) {
+        cursor = strchr(cursor, ' ');
+        if (cursor != NULL) cursor++;
+    }
+    if (cursor == NULL || sscanf(cursor, "%llu", &value) != 1) return -1;
+    if (ppid) *ppid = parent;
+    if (start) *start = value;
+    return 0;
+}
+
+unsigned long long baton_process_start_time(pid_t pid) {
+    unsigned long long start = 0;
+    return read_stat_fields(pid, NULL, &start) == 0 ? start : 0;
+}
+
+pid_t baton_parent_pid(pid_t pid) {
+    pid_t parent = -1;
+    return read_stat_fields(pid, &parent, NULL) == 0 ? parent : -1;
+}
+
+int baton_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}

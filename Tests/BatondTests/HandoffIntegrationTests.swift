@@ -1,0 +1,123 @@
+import BatonTestSupport
+import Foundation
+import Testing
+
+/// Handoffs with the real batond and real agent processes (baton-testagent). The
+/// invariants are checked from the agents' own event file.
+@Suite("handoffs")
+struct HandoffIntegrationTests {
+    /// batond with agent `web` at release 1.0, working.
+    func start(_ releases: [String: [String]], current: String = "1.0", mode: String = "parallel",
+               ready: String = "10s", stop: String = "5s", kill: String = "2s") throws -> (BatondProcess, TestReleases) {
+        let state = TemporaryDirectory("handoff")
+        let agents = TestReleases(state: state)
+        for (version, switches) in releases { try agents.add(version, switches) }
+        try agents.setCurrent(current)
+        let daemon = try BatondProcess(state: state, configText: agents.config(mode: mode, ready: ready, stop: stop, kill: kill))
+        try waitForAgent(daemon, state: "running", version: current)
+        return (daemon, agents)
+    }
+
+    func agentView(_ daemon: BatondProcess) throws -> [String: Any] {
+        try daemon.endpoint.get("/v1/agents/web", token: daemon.token).json()
+    }
+
+    func waitForAgent(_ daemon: BatondProcess, state: String, version: String) throws {
+        try waitUntil(timeout: 30) {
+            guard let view = try? agentView(daemon) else { return false }
+            return view["state"] as? String == state && (view["running"] as? [String: Any])?["version"] as? String == version
+        }
+    }
+
+    /// Asks for `version` and follows the ledger (long-poll) until the handoff ends.
+    func handOff(_ daemon: BatondProcess, to version: String, mode: String? = nil) throws -> [String: Any] {
+        let since = try daemon.endpoint.get("/v1/status", token: daemon.token).json()["ledger"].flatMap { ($0 as? [String: Any])?["last_seq"] as? Int } ?? 0
+        var body = #"{"version":"\#(version)""#
+        if let mode { body += #","mode":"\#(mode)""# }
+        body += "}"
+        let answer = try daemon.endpoint.request("PUT", "/v1/agents/web/desired", token: daemon.token,
+                                                 headers: ["Content-Type": "application/json"], body: Array(body.utf8))
+        guard answer.status == 202 else { throw TestFailure("PUT desired: \(answer.status) \(answer.text)") }
+        let id = try #require(try answer.json()["id"] as? String)
+        var cursor = since
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            let page = try daemon.endpoint.get("/v1/events?since=\(cursor)&wait=30", token: daemon.token, timeout: 40).json()
+            let records = page["records"] as? [[String: Any]] ?? []
+            cursor = page["last_seq"] as? Int ?? cursor
+            if records.contains(where: { $0["kind"] as? String == "handoff.ended" && ($0["data"] as? [String: Any])?["handoff"] as? String == id }) {
+                return try daemon.endpoint.get("/v1/handoffs/\(id)", token: daemon.token).json()
+            }
+        }
+        throw TestFailure("handoff \(id) did not end")
+    }
+
+    @Test func aParallelHandoffCommits() throws {
+        let (daemon, agents) = try start(["1.0": ["--stop-takes", "0.2"], "2.0": []])
+        let handoff = try handOff(daemon, to: "2.0")
+        #expect(handoff["outcome"] as? String == "committed", "\(handoff)")
+        #expect((handoff["gap_ms"] as? Double).map { $0 >= 0 } == true)
+        #expect(agents.current == "2.0")
+        try waitForAgent(daemon, state: "running", version: "2.0")
+        let events = agents.log()
+        #expect(overlaps(events).isEmpty, "two instances worked at once: \(events)")
+        // The old one worked until the successor was ready.
+        let ready = try #require(events.first { $0.event == "ready" && $0.version == "2.0" })
+        let oldStop = try #require(events.first { $0.event == "stop-received" && $0.version == "1.0" })
+        #expect(oldStop.nanoseconds >= ready.nanoseconds)
+        daemon.stop()
+    }
+
+    @Test(arguments: [
+        (["--exit-before-ready"], "exited before it was ready"),
+        (["--fail-check"], "reported failure"),
+        (["--never-ready"], "not ready within"),
+    ])
+    func aFailedSuccessorLeavesTheOldOneWorking(_ switches: [String], _ reason: String) throws {
+        let (daemon, agents) = try start(["1.0": [], "2.0": switches], ready: "1s", kill: "1s")
+        let handoff = try handOff(daemon, to: "2.0")
+        #expect(handoff["outcome"] as? String == "failed")
+        #expect((handoff["error"] as? String)?.contains(reason) == true, "\(handoff)")
+        #expect(agents.current == "1.0", "the failed release never becomes current")
+        let view = try agentView(daemon)
+        #expect((view["running"] as? [String: Any])?["version"] as? String == "1.0")
+        let error = try #require(view["last_error"] as? [String: Any])
+        #expect((error["reason"] as? String)?.contains(reason) == true)
+        #expect(error["handoff"] as? String == handoff["id"] as? String)
+        let events = agents.log()
+        #expect(!events.contains { $0.version == "1.0" && ["stop-received", "term", "exit"].contains($0.event) },
+                "the old instance was disturbed: \(events)")
+        #expect(!events.contains { $0.version == "2.0" && $0.event == "go" })
+        daemon.stop()
+    }
+
+    @Test func aSecondDesiredVersionDuringAHandoffIs409() throws {
+        let (daemon, _) = try start(["1.0": [], "2.0": ["--ready-after", "3"], "3.0": []])
+        let first = try daemon.endpoint.request("PUT", "/v1/agents/web/desired", token: daemon.token,
+                                                headers: ["Content-Type": "application/json"], body: Array(#"{"version":"2.0"}"#.utf8))
+        #expect(first.status == 202)
+        let id = try #require(try first.json()["id"] as? String)
+        let second = try daemon.endpoint.request("PUT", "/v1/agents/web/desired", token: daemon.token,
+                                                 headers: ["Content-Type": "application/json"], body: Array(#"{"version":"3.0"}"#.utf8))
+        #expect(second.status == 409)
+        #expect(second.errorCode == "handoff_in_progress")
+        #expect(second.text.contains(id))
+        daemon.stop()
+    }
+
+    @Test func unknownReleasesAndBadBodies() throws {
+        let (daemon, _) = try start(["1.0": []])
+        func put(_ body: String) throws -> HTTPResponse {
+            try daemon.endpoint.request("PUT", "/v1/agents/web/desired", token: daemon.token,
+                                        headers: ["Content-Type": "application/json"], body: Array(body.utf8))
+        }
+        #expect(try put(#"{"version":"9.9"}"#).errorCode == "release_not_found")
+        #expect(try put(#"{"version":"../etc"}"#).status == 422)
+        #expect(try put(#"{"version":"2.0","mode":"sideways"}"#).status == 422)
+        #expect(try put("{nope").status == 400)
+        let unknown = try daemon.endpoint.request("PUT", "/v1/agents/ghost/desired", token: daemon.token,
+                                                  headers: ["Content-Type": "application/json"], body: Array(#"{"version":"1.0"}"#.utf8))
+        #expect(unknown.errorCode == "agent_not_found")
+        daemon.stop()
+    }
+}
