@@ -17,10 +17,13 @@ import jsonschema
 import yaml
 
 
-def fetch(url, token=None, method="GET"):
-    request = urllib.request.Request(url, method=method)
+def fetch(url, token=None, method="GET", body=None):
+    data = None if body is None else body.encode()
+    request = urllib.request.Request(url, method=method, data=data)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.headers.get("Content-Type", ""), response.read()
@@ -43,27 +46,38 @@ def main():
         return node
 
     checks = [
-        # (path template, concrete path, token?, expected status)
-        ("/healthz", "/healthz", None, 200),
-        ("/readyz", "/readyz", None, 200),
-        ("/metrics", "/metrics", None, 200),
-        ("/v1/status", "/v1/status", token, 200),
-        ("/v1/status", "/v1/status", None, 401),
-        ("/v1/agents", "/v1/agents", token, 200),
-        ("/v1/agents", "/v1/agents", "wrong-token", 401),
-        ("/v1/agents/{name}", "/v1/agents/demo", token, 200),
-        ("/v1/agents/{name}", "/v1/agents/ghost", token, 404),
-        ("/v1/agents/{name}", "/v1/agents/NOT_VALID", token, 400),
-        ("/v1/events", "/v1/events?since=0", token, 200),
-        ("/v1/events", "/v1/events?since=0&limit=1", token, 200),
-        ("/v1/events", "/v1/events?since=999999&wait=0.2", token, 200),
-        ("/v1/events", "/v1/events?since=x", token, 400),
+        # (method, path template, concrete path, token?, body?, expected status)
+        ("get", "/healthz", "/healthz", None, None, 200),
+        ("get", "/readyz", "/readyz", None, None, 200),
+        ("get", "/metrics", "/metrics", None, None, 200),
+        ("get", "/v1/status", "/v1/status", token, None, 200),
+        ("get", "/v1/status", "/v1/status", None, None, 401),
+        ("get", "/v1/agents", "/v1/agents", token, None, 200),
+        ("get", "/v1/agents", "/v1/agents", "wrong-token", None, 401),
+        ("get", "/v1/agents/{name}", "/v1/agents/demo", token, None, 200),
+        ("get", "/v1/agents/{name}", "/v1/agents/ghost", token, None, 404),
+        ("get", "/v1/agents/{name}", "/v1/agents/NOT_VALID", token, None, 400),
+        ("get", "/v1/events", "/v1/events?since=0", token, None, 200),
+        ("get", "/v1/events", "/v1/events?since=0&limit=1", token, None, 200),
+        ("get", "/v1/events", "/v1/events?since=999999&wait=0.2", token, None, 200),
+        ("get", "/v1/events", "/v1/events?since=x", token, None, 400),
+        ("put", "/v1/agents/{name}/desired", "/v1/agents/demo/desired", token, '{"version":"9.9"}', 404),
+        ("put", "/v1/agents/{name}/desired", "/v1/agents/demo/desired", token, '{"version":"../x"}', 422),
+        ("put", "/v1/agents/{name}/desired", "/v1/agents/demo/desired", token, '{nope', 400),
+        ("put", "/v1/agents/{name}/desired", "/v1/agents/ghost/desired", token, '{"version":"1.0"}', 404),
+        ("put", "/v1/agents/{name}/desired", "/v1/agents/demo/desired", None, '{"version":"1.0"}', 401),
+        ("post", "/v1/agents/{name}/rollback", "/v1/agents/demo/rollback", token, "{}", 409),
+        ("get", "/v1/handoffs/{id}", "/v1/handoffs/demo-99", token, None, 404),
+        ("post", "/v1/instances/{id}/ready", "/v1/instances/demo.1/ready", token, "{}", 403),
+        ("post", "/v1/instances/{id}/failed", "/v1/instances/demo.1/failed", token, '{"reason":"x"}', 403),
+        ("post", "/v1/instances/{id}/stopped", "/v1/instances/demo.1/stopped", None, "{}", 401),
+        ("get", "/v1/instances/{id}/signal", "/v1/instances/demo.1/signal", token, None, 403),
     ]
     seen = set()
-    for template, path, credential, expected in checks:
-        operation = spec["paths"][template]["get"]
-        status, content_type, body = fetch(base + path, credential)
-        where = f"GET {path} -> {status}"
+    for method, template, path, credential, payload, expected in checks:
+        operation = spec["paths"][template][method]
+        status, content_type, body = fetch(base + path, credential, method.upper(), payload)
+        where = f"{method.upper()} {path} -> {status}"
         if status != expected:
             sys.exit(f"FAIL {where}: expected {expected}: {body[:200]!r}")
         responses = operation["responses"]
@@ -82,7 +96,7 @@ def main():
                                 format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
         seen.add(template)
         print(f"ok   {where} ({declared})")
-    missing = set(spec["paths"]) - seen
+    missing = set(spec["paths"]) - {template for template in seen}
     if missing:
         sys.exit(f"FAIL routes in the spec that were not checked: {sorted(missing)}")
     print(f"{len(checks)} passed, 0 failed")

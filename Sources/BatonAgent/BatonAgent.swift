@@ -187,15 +187,22 @@ public struct BatonAgent: Sendable {
         var target = "/v1/instances/\(Self.pathSegment(instance))/signal"
         if let seen { target += "?seen=\(seen.rawValue)&wait=\(Self.seconds(wait))" }
         var backoff = Backoff()
+        var failures = 0
         while true {
             let started = ContinuousClock.now
             let answer: Signal
             do {
                 answer = try decodeSignal(request("GET", target, body: nil, timeout: wait + .seconds(10)))
             } catch let error as BatonAgentError where error.isTransient {
-                diagnostics?("baton: signal: \(error); retrying")
+                // One line when the trouble starts, then one about every 30 s.
+                if failures % 30 == 0 { diagnostics?("baton: signal: \(error); retrying") }
+                failures += 1
                 sleepThread(for: backoff.next())
                 continue
+            }
+            if failures > 0 {
+                diagnostics?("baton: signal: batond answers again")
+                failures = 0
             }
             if answer != seen { return answer }
             // Unchanged: the long-poll ran out, ask again. An unchanged answer long before

@@ -6,7 +6,37 @@ import Testing
 /// tokens count. The table is the spec's own list of operator routes.
 @Suite("batond auth", .serialized)
 struct AuthTests {
-    static let operatorRoutes = ["/v1/status", "/v1/agents", "/v1/agents/demo", "/v1/events?since=0"]
+    struct Call: Sendable, CustomTestStringConvertible {
+        let method: String
+        let path: String
+        let body: String?
+        var testDescription: String { "\(method) \(path)" }
+
+        /// The spec's path template this call exercises.
+        var template: String {
+            String(path.split(separator: "?")[0])
+                .replacingOccurrences(of: "/agents/demo", with: "/agents/{name}")
+                .replacingOccurrences(of: "/instances/demo.1", with: "/instances/{id}")
+                .replacingOccurrences(of: "/handoffs/demo-1", with: "/handoffs/{id}")
+        }
+    }
+
+    static let operatorCalls = [
+        Call(method: "GET", path: "/v1/status", body: nil),
+        Call(method: "GET", path: "/v1/agents", body: nil),
+        Call(method: "GET", path: "/v1/agents/demo", body: nil),
+        Call(method: "GET", path: "/v1/events?since=0", body: nil),
+        Call(method: "PUT", path: "/v1/agents/demo/desired", body: #"{"version":"1.0"}"#),
+        Call(method: "POST", path: "/v1/agents/demo/rollback", body: "{}"),
+        Call(method: "GET", path: "/v1/handoffs/demo-1", body: nil),
+    ]
+    static let instanceCalls = [
+        Call(method: "POST", path: "/v1/instances/demo.1/ready", body: "{}"),
+        Call(method: "POST", path: "/v1/instances/demo.1/failed", body: #"{"reason":"x"}"#),
+        Call(method: "POST", path: "/v1/instances/demo.1/stopped", body: "{}"),
+        Call(method: "GET", path: "/v1/instances/demo.1/signal", body: nil),
+    ]
+    static let guarded = operatorCalls + instanceCalls
     static let probeRoutes = ["/healthz", "/readyz", "/metrics"]
 
     let daemon: BatondProcess
@@ -15,39 +45,50 @@ struct AuthTests {
         daemon = try BatondProcess(configText: "[agents.demo]\ncommand = [\"/bin/true\"]\n")
     }
 
-    @Test func theTableCoversEverySpecRoute() throws {
-        let spec = try OpenAPISpec.load()
-        let covered = Set((Self.operatorRoutes + Self.probeRoutes).map { path in
-            String(path.split(separator: "?")[0]).replacingOccurrences(of: "/demo", with: "/{name}")
-        })
-        #expect(Set(spec.operations.map(\.path)) == covered)
+    func send(_ call: Call, token: String?, authorization: String? = nil) throws -> HTTPResponse {
+        var headers: [String: String] = [:]
+        if call.body != nil { headers["Content-Type"] = "application/json" }
+        if let authorization { headers["Authorization"] = authorization }
+        return try daemon.endpoint.request(call.method, call.path, token: token, headers: headers, body: call.body.map { Array($0.utf8) })
     }
 
-    @Test(arguments: operatorRoutes)
-    func missingTokenIs401(_ path: String) throws {
-        let response = try daemon.endpoint.get(path)
+    @Test func theTableCoversEverySpecRoute() throws {
+        let spec = try OpenAPISpec.load()
+        let covered = Set(Self.guarded.map { "\($0.method) \($0.template)" } + Self.probeRoutes.map { "GET \($0)" })
+        #expect(Set(spec.operations.map { "\($0.method) \($0.path)" }) == covered)
+    }
+
+    @Test(arguments: guarded)
+    func missingTokenIs401(_ call: Call) throws {
+        let response = try send(call, token: nil)
         #expect(response.status == 401)
         #expect(response.errorCode == "unauthorized")
         #expect(response.header("WWW-Authenticate")?.hasPrefix("Bearer") == true)
     }
 
-    @Test(arguments: operatorRoutes)
-    func wrongTokenIsRefused(_ path: String) throws {
-        let wrong = String(daemon.token.reversed())
-        let response = try daemon.endpoint.get(path, token: wrong)
-        #expect([401, 403].contains(response.status))
+    @Test(arguments: guarded)
+    func wrongTokenIsRefused(_ call: Call) throws {
+        let response = try send(call, token: String(daemon.token.reversed()))
+        #expect(response.status == 401)
         #expect(response.errorCode == "unauthorized")
     }
 
-    @Test(arguments: operatorRoutes)
-    func malformedAuthorizationIsRefused(_ path: String) throws {
-        let response = try daemon.endpoint.request("GET", path, headers: ["Authorization": "Basic \(daemon.token)"])
-        #expect(response.status == 401)
+    @Test(arguments: guarded)
+    func malformedAuthorizationIsRefused(_ call: Call) throws {
+        #expect(try send(call, token: nil, authorization: "Basic \(daemon.token)").status == 401)
     }
 
-    @Test(arguments: operatorRoutes)
-    func theRightTokenIsAccepted(_ path: String) throws {
-        #expect(try daemon.endpoint.get(path, token: daemon.token).status == 200)
+    @Test(arguments: operatorCalls)
+    func theOperatorTokenIsAccepted(_ call: Call) throws {
+        let status = try send(call, token: daemon.token).status
+        #expect(![401, 403].contains(status), "\(call): \(status)")
+    }
+
+    @Test(arguments: instanceCalls)
+    func theOperatorIsNotAnInstance(_ call: Call) throws {
+        let response = try send(call, token: daemon.token)
+        #expect(response.status == 403)
+        #expect(response.errorCode == "forbidden")
     }
 
     @Test(arguments: probeRoutes)

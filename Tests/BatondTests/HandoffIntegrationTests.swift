@@ -121,3 +121,62 @@ struct HandoffIntegrationTests {
         daemon.stop()
     }
 }
+
+/// The instance side, with a real agent: its environment, its token's reach.
+@Suite("instance protocol")
+struct InstanceProtocolTests {
+    @Test func anInstanceTokenReachesItsOwnRoutesOnly() throws {
+        let state = TemporaryDirectory("instance")
+        let agents = TestReleases(state: state)
+        try agents.add("1.0")
+        try agents.setCurrent("1.0")
+        let daemon = try BatondProcess(state: state, configText: agents.config())
+        var instance: [String: Any] = [:]
+        try waitUntil(timeout: 30) {
+            let view = try? daemon.endpoint.get("/v1/agents/web", token: daemon.token).json()
+            guard let first = (view?["instances"] as? [[String: Any]])?.first, first["state"] as? String == "working" else { return false }
+            instance = first
+            return true
+        }
+        let id = try #require(instance["id"] as? String)
+        let pid = try #require(instance["pid"] as? Int)
+        #expect(id == "web.1")
+        // The agent's environment, as batond set it.
+        let environ = try String(decoding: Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ")), as: UTF8.self)
+        var environment: [String: String] = [:]
+        for entry in environ.split(separator: "\0") {
+            guard let equals = entry.firstIndex(of: "=") else { continue }
+            environment[String(entry[..<equals])] = String(entry[entry.index(after: equals)...])
+        }
+        #expect(environment["BATON_AGENT"] == "web")
+        #expect(environment["BATON_INSTANCE"] == id)
+        #expect(environment["BATON_VERSION"] == "1.0")
+        #expect(environment["BATON_SOCKET"] == daemon.socketPath)
+        #expect(environment["BATON_URL"]?.hasPrefix("http://127.0.0.1:") == true)
+        #expect(environment["NOTIFY_SOCKET"] == nil, "the service manager's variables are not passed on")
+        let token = try #require(environment["BATON_TOKEN"])
+        #expect(token.count == 64)
+
+        let own = try daemon.endpoint.get("/v1/instances/\(id)/signal", token: token)
+        #expect(own.status == 200)
+        #expect(try own.json()["signal"] as? String == "go")
+        #expect(try daemon.endpoint.get("/v1/instances/web.999/signal", token: token).status == 403)
+        #expect(try daemon.endpoint.get("/v1/status", token: token).status == 403)
+        #expect(try daemon.endpoint.get("/v1/instances/\(id)/signal?seen=maybe", token: token).status == 400)
+
+        // A long-poll with seen=go holds until the signal changes: here, until the wait ends.
+        let started = Date()
+        let held = try daemon.endpoint.get("/v1/instances/\(id)/signal?seen=go&wait=0.5", token: token)
+        #expect(try held.json()["signal"] as? String == "go")
+        #expect(Date().timeIntervalSince(started) >= 0.45)
+
+        daemon.stop()
+        let journal = try String(contentsOfFile: state.file("ledger/journal.jsonl"), encoding: .utf8)
+        #expect(!journal.contains(token), "instance tokens never reach the ledger")
+        #expect(!daemon.log.contains(token), "nor the log")
+        // SIGTERM stopped the agent the normal way: it got stop and reported stopped.
+        let events = agents.log()
+        #expect(events.contains { $0.event == "stop-received" && $0.instance == id })
+        #expect(events.contains { $0.event == "stopped" && $0.instance == id })
+    }
+}
