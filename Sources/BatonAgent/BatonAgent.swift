@@ -160,18 +160,23 @@ public struct BatonAgent: Sendable {
     /// (another instance still works), ``Signal/go`` (nobody else does), or
     /// ``Signal/stop`` (batond gave up on this instance).
     ///
-    /// - Parameter retryFor: how long transient failures (batond unreachable, `503`)
-    ///   are retried before the error is thrown. Reporting ready twice is harmless.
-    public func ready(retryFor: Duration = .seconds(10)) throws -> Signal {
-        try post("ready", body: Array("{}".utf8), retryFor: retryFor)
+    /// batond answers once the report is on disk and acted on (it gives itself 30 s,
+    /// then answers `503 timeout`).
+    ///
+    /// - Parameter timeout: the whole call, retries included. Transient failures
+    ///   (batond unreachable, `503`) are retried until then, then the last one is
+    ///   thrown. Reporting ready again is harmless.
+    public func ready(timeout: Duration = .seconds(60)) throws -> Signal {
+        try post("ready", body: Array("{}".utf8), timeout: timeout)
     }
 
     /// Reports that the self-check failed, with a reason batond records. The agent
-    /// should then exit non-zero; batond never makes this version current.
-    public func failed(reason: String, retryFor: Duration = .seconds(10)) throws -> Signal {
+    /// should then exit non-zero; batond never makes this version current. batond keeps
+    /// the first 4096 characters of `reason`. `timeout` as for ``ready(timeout:)``.
+    public func failed(reason: String, timeout: Duration = .seconds(60)) throws -> Signal {
         struct Body: Encodable { let reason: String }
         let body = try JSONEncoder().encode(Body(reason: reason))
-        return try post("failed", body: Array(body), retryFor: retryFor)
+        return try post("failed", body: Array(body), timeout: timeout)
     }
 
     /// Blocks until the instance's signal differs from `seen` and returns it; with
@@ -216,11 +221,14 @@ public struct BatonAgent: Sendable {
         }
     }
 
-    /// Reports that the instance has finished its work after ``Signal/stop``. Then exit 0.
-    public func stopped(retryFor: Duration = .seconds(10)) throws {
+    /// Reports that the instance has finished its work after ``Signal/stop``; exit 0 right
+    /// after (batond sends SIGTERM to an instance that reported stopped and lingers).
+    /// `timeout` as for ``ready(timeout:)``; after SIGTERM, pass a short one (a few
+    /// seconds): batond may be going away, and SIGKILL follows.
+    public func stopped(timeout: Duration = .seconds(60)) throws {
         let target = "/v1/instances/\(Self.pathSegment(instance))/stopped"
-        _ = try withRetry(retryFor: retryFor, what: "stopped") {
-            try request("POST", target, body: Array("{}".utf8), timeout: .seconds(10))
+        _ = try withRetry(timeout: timeout, what: "stopped") { attempt in
+            try request("POST", target, body: Array("{}".utf8), timeout: attempt)
         }
     }
 
@@ -250,23 +258,31 @@ public struct BatonAgent: Sendable {
 
     // MARK: plumbing
 
-    private func post(_ route: String, body: [UInt8], retryFor: Duration) throws -> Signal {
+    private func post(_ route: String, body: [UInt8], timeout: Duration) throws -> Signal {
         let target = "/v1/instances/\(Self.pathSegment(instance))/\(route)"
-        let response = try withRetry(retryFor: retryFor, what: route) {
-            try request("POST", target, body: body, timeout: .seconds(10))
+        let response = try withRetry(timeout: timeout, what: route) { attempt in
+            try request("POST", target, body: body, timeout: attempt)
         }
         return try decodeSignal(response)
     }
 
-    private func withRetry(retryFor: Duration, what: String, _ call: () throws -> HTTPResponse) throws -> HTTPResponse {
-        let giveUp = ContinuousClock.now + retryFor
+    /// batond answers a report within 30 s (or `503 timeout`); an attempt waits a little
+    /// longer than that for its answer.
+    private static let reportAttempt: Duration = .seconds(40)
+
+    /// Calls `call` with the time its attempt may take, retrying transient failures
+    /// until `timeout` has passed since the start.
+    private func withRetry(
+        timeout: Duration, what: String, _ call: (Duration) throws -> HTTPResponse
+    ) throws -> HTTPResponse {
+        let giveUp = ContinuousClock.now + max(timeout, .seconds(1))
         var backoff = Backoff()
         while true {
             do {
-                return try call()
+                return try call(min(Self.reportAttempt, giveUp - ContinuousClock.now))
             } catch let error as BatonAgentError where error.isTransient {
                 let pause = backoff.next()
-                guard ContinuousClock.now + pause < giveUp else { throw error }
+                guard ContinuousClock.now + pause + .milliseconds(100) < giveUp else { throw error }
                 diagnostics?("baton: \(what): \(error); retrying")
                 sleepThread(for: pause)
             }

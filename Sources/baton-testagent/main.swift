@@ -365,7 +365,7 @@ final class TestAgent: Sendable {
         state.withLock { $0.working = false }
         events.record("stopped")
         do {
-            try baton.stopped(retryFor: byTerm ? .seconds(2) : .seconds(10))
+            try baton.stopped(timeout: byTerm ? .seconds(3) : .seconds(60))
             Output.out("\(name) reported stopped")
         } catch {
             Output.err("\(name): reporting stopped: \(error)")

@@ -18,6 +18,11 @@ struct HandoffIntegrationTests {
         return (daemon, agents)
     }
 
+    /// Waits until an agent wrote `event` (it hears a signal a moment after batond sets it).
+    func waitForEvent(_ agents: TestReleases, _ event: String, version: String) throws {
+        try waitUntil(timeout: 30) { agents.log().contains { $0.event == event && $0.version == version } }
+    }
+
     func agentView(_ daemon: BatondProcess) throws -> [String: Any] {
         try daemon.endpoint.get("/v1/agents/web", token: daemon.token).json()
     }
@@ -56,6 +61,7 @@ struct HandoffIntegrationTests {
         let (daemon, agents) = try start(["1.0": ["--stop-takes", "0.2"], "2.0": []])
         let handoff = try handOff(daemon, to: "2.0")
         #expect(handoff["outcome"] as? String == "committed", "\(handoff)")
+        try waitForEvent(agents, "go", version: "2.0")
         #expect((handoff["gap_ms"] as? Double).map { $0 >= 0 } == true)
         #expect(agents.current == "2.0")
         try waitForAgent(daemon, state: "running", version: "2.0")
@@ -88,6 +94,113 @@ struct HandoffIntegrationTests {
         #expect(!events.contains { $0.version == "1.0" && ["stop-received", "term", "exit"].contains($0.event) },
                 "the old instance was disturbed: \(events)")
         #expect(!events.contains { $0.version == "2.0" && $0.event == "go" })
+        daemon.stop()
+    }
+
+    @Test func aSuccessorThatIgnoresTermIsKilled() throws {
+        let (daemon, agents) = try start(["1.0": [], "2.0": ["--never-ready", "--ignore-term"]], ready: "1s", kill: "1s")
+        let handoff = try handOff(daemon, to: "2.0")
+        #expect(handoff["outcome"] as? String == "failed")
+        #expect(agents.current == "1.0")
+        let view = try agentView(daemon)
+        let instances = view["instances"] as? [[String: Any]] ?? []
+        #expect(instances.map { $0["version"] as? String } == ["1.0"], "the hung successor is gone: \(instances)")
+        #expect(!agents.log().contains { $0.version == "1.0" && $0.event != "started" && $0.event != "ready" && $0.event != "go" })
+        daemon.stop()
+    }
+
+    @Test func anOldInstanceThatIgnoresStopIsTerminatedBeforeTheSuccessorGoes() throws {
+        let (daemon, agents) = try start(["1.0": ["--ignore-stop"], "2.0": []], stop: "1s", kill: "1s")
+        let handoff = try handOff(daemon, to: "2.0")
+        #expect(handoff["outcome"] as? String == "committed", "\(handoff)")
+        try waitForEvent(agents, "go", version: "2.0")
+        let events = agents.log()
+        #expect(overlaps(events).isEmpty, "two instances worked at once: \(events)")
+        let term = try #require(events.first { $0.event == "term" && $0.version == "1.0" })
+        let go = try #require(events.first { $0.event == "go" && $0.version == "2.0" })
+        #expect(go.nanoseconds > term.nanoseconds)
+        daemon.stop()
+    }
+
+    @Test func anOldInstanceThatIgnoresEverythingIsKilledBeforeTheSuccessorGoes() throws {
+        let (daemon, agents) = try start(["1.0": ["--ignore-stop", "--ignore-term"], "2.0": []], stop: "1s", kill: "1s")
+        let oldPid = try #require((try agentView(daemon)["instances"] as? [[String: Any]])?.first?["pid"] as? Int)
+        let handoff = try handOff(daemon, to: "2.0")
+        #expect(handoff["outcome"] as? String == "committed")
+        try waitForEvent(agents, "go", version: "2.0")
+        #expect(kill(Int32(oldPid), 0) != 0, "the old process is gone")
+        let steps = (handoff["steps"] as? [[String: Any]] ?? []).compactMap { $0["phase"] as? String }
+        #expect(steps.contains("stopping_old"))
+        #expect(agents.log().filter { $0.event == "go" }.map(\.version) == ["1.0", "2.0"])
+        daemon.stop()
+    }
+
+    @Test func theOldInstanceCrashingDuringTheHandoffDoesNotStopIt() throws {
+        let (daemon, agents) = try start(["1.0": ["--crash-after", "0.5"], "2.0": ["--ready-after", "1.5"]])
+        let handoff = try handOff(daemon, to: "2.0")
+        #expect(handoff["outcome"] as? String == "committed", "\(handoff)")
+        try waitForEvent(agents, "go", version: "2.0")
+        #expect(agents.current == "2.0")
+        let events = agents.log()
+        #expect(overlaps(events).isEmpty, "\(events)")
+        #expect(events.filter { $0.event == "go" }.map(\.version) == ["1.0", "2.0"], "the crashed old one was not restarted: \(events)")
+        daemon.stop()
+    }
+
+    @Test func aSuccessorCrashingAfterGoIsRestartedAndMustBeReadyAgain() throws {
+        let (daemon, agents) = try start(["1.0": [], "2.0": ["--crash-after", "0.5"]])
+        let handoff = try handOff(daemon, to: "2.0")
+        #expect(handoff["outcome"] as? String == "committed")
+        // Supervision restarts the current release (2.0) after its backoff.
+        try waitUntil(timeout: 30) {
+            agents.log().filter { $0.event == "go" && $0.version == "2.0" }.count >= 2
+        }
+        let events = agents.log()
+        #expect(overlaps(events).isEmpty, "\(events)")
+        let restarted = try #require(events.last { $0.event == "go" && $0.version == "2.0" })
+        let ready = try #require(events.first { $0.event == "ready" && $0.instance == restarted.instance })
+        #expect(ready.nanoseconds < restarted.nanoseconds, "ready before go")
+        let error = try #require(try agentView(daemon)["last_error"] as? [String: Any])
+        #expect((error["reason"] as? String)?.contains("exited unexpectedly") == true, "\(error)")
+        daemon.stop()
+    }
+
+    @Test func sequentialModeStopsFirstThenStarts() throws {
+        let (daemon, agents) = try start(["1.0": [], "2.0": []], mode: "sequential")
+        let handoff = try handOff(daemon, to: "2.0")
+        #expect(handoff["outcome"] as? String == "committed")
+        try waitForEvent(agents, "go", version: "2.0")
+        #expect(handoff["mode"] as? String == "sequential")
+        let events = agents.log()
+        let oldStopped = try #require(events.first { $0.event == "stopped" && $0.version == "1.0" })
+        let newStarted = try #require(events.first { $0.event == "started" && $0.version == "2.0" })
+        #expect(newStarted.nanoseconds > oldStopped.nanoseconds, "the successor starts after the old one stopped")
+        #expect(overlaps(events).isEmpty)
+        daemon.stop()
+    }
+
+    @Test func sequentialModeFallsBackToThePreviousRelease() throws {
+        let (daemon, agents) = try start(["1.0": [], "2.0": ["--exit-before-ready"]], mode: "sequential")
+        let handoff = try handOff(daemon, to: "2.0")
+        #expect(handoff["outcome"] as? String == "reverted", "\(handoff)")
+        #expect(agents.current == "1.0")
+        // The previous release's new instance works once it hears go.
+        try waitUntil(timeout: 30) { agents.log().filter { $0.event == "go" }.count >= 2 }
+        let events = agents.log()
+        #expect(events.filter { $0.event == "go" }.map(\.version) == ["1.0", "1.0"], "\(events)")
+        #expect(overlaps(events).isEmpty)
+        daemon.stop()
+    }
+
+    @Test func rollbackHandsBackToThePreviousRelease() throws {
+        let (daemon, agents) = try start(["1.0": [], "2.0": []])
+        #expect(try handOff(daemon, to: "2.0")["outcome"] as? String == "committed")
+        let answer = try daemon.endpoint.request("POST", "/v1/agents/web/rollback", token: daemon.token,
+                                                 headers: ["Content-Type": "application/json"], body: Array("{}".utf8))
+        #expect(answer.status == 202)
+        #expect(try answer.json()["to"] as? String == "1.0")
+        try waitForAgent(daemon, state: "running", version: "1.0")
+        #expect(agents.current == "1.0")
         daemon.stop()
     }
 
