@@ -10,8 +10,10 @@ deps:
 build: deps
 	$(SWIFT) build --product batond
 
-# Starts batond in the foreground on the dev config (state under ./.baton/).
+# Starts batond in the foreground on the dev config (state under ./.baton/), with the
+# demo agent's releases in place (scripts/demo-releases.sh).
 run: build
+	scripts/demo-releases.sh .baton
 	.build/debug/batond --config $(CONFIG)
 
 check-config: build

@@ -187,6 +187,8 @@ final class TestAgent: Sendable {
         var stopReceived = false
         /// The stop path (report stopped, exit) has begun, by the stop signal or SIGTERM.
         var stopping = false
+        /// The self-check failed (--fail-check): a SIGTERM now just ends it, exit 3.
+        var failing = false
         /// An exit has begun; nothing else may start.
         var exiting = false
     }
@@ -230,6 +232,13 @@ final class TestAgent: Sendable {
         }
         sleep(seconds: options.readyAfter)
         if options.failCheck {
+            // batond may answer the report only after it has sent SIGTERM (it terminates
+            // a failed successor): that SIGTERM must not turn this into a clean stop.
+            let goOn = state.withLock { state in
+                state.failing = !state.stopping
+                return state.failing
+            }
+            guard goOn else { parkForever() }
             let reason = "self-check failed (--fail-check)"
             Output.err("\(name): \(reason)")
             do {
@@ -350,10 +359,12 @@ final class TestAgent: Sendable {
     func terminated() {
         events.record("term")
         Output.out("\(name) SIGTERM")
-        let start = state.withLock { state in
+        let (start, failing) = state.withLock { state in
             defer { state.stopping = true }
-            return !state.stopping
+            return (!state.stopping, state.failing)
         }
+        // Nothing was ever worked on: the failure stands.
+        if failing { finish(3) }
         // Already stopping: that path goes on and exits.
         if start { stop(byTerm: true) }
     }

@@ -35,12 +35,12 @@ struct HandoffIntegrationTests {
     }
 
     /// Asks for `version` and follows the ledger (long-poll) until the handoff ends.
-    func handOff(_ daemon: BatondProcess, to version: String, mode: String? = nil) throws -> [String: Any] {
+    func handOff(_ daemon: BatondProcess, to version: String, mode: String? = nil, agent: String = "web") throws -> [String: Any] {
         let since = try daemon.endpoint.get("/v1/status", token: daemon.token).json()["ledger"].flatMap { ($0 as? [String: Any])?["last_seq"] as? Int } ?? 0
         var body = #"{"version":"\#(version)""#
         if let mode { body += #","mode":"\#(mode)""# }
         body += "}"
-        let answer = try daemon.endpoint.request("PUT", "/v1/agents/web/desired", token: daemon.token,
+        let answer = try daemon.endpoint.request("PUT", "/v1/agents/\(agent)/desired", token: daemon.token,
                                                  headers: ["Content-Type": "application/json"], body: Array(body.utf8))
         guard answer.status == 202 else { throw TestFailure("PUT desired: \(answer.status) \(answer.text)") }
         let id = try #require(try answer.json()["id"] as? String)
@@ -291,5 +291,48 @@ struct InstanceProtocolTests {
         let events = agents.log()
         #expect(events.contains { $0.event == "stop-received" && $0.instance == id })
         #expect(events.contains { $0.event == "stopped" && $0.instance == id })
+    }
+}
+
+/// The bash example agent (curl only) through the demo releases `make run` uses.
+@Suite("shell agent")
+struct ShellAgentTests {
+    @Test func theShellAgentHandsOverAndSurvivesABrokenRelease() throws {
+        guard which("curl") != nil else {
+            Issue.record("curl is not installed; `make test` installs it")
+            return
+        }
+        let state = TemporaryDirectory("shell")
+        let setup = try run([Products.packageRoot + "/scripts/demo-releases.sh", state.path])
+        #expect(setup.status == 0, "\(setup.output)")
+        let out = state.file("work.log")
+        let daemon = try BatondProcess(state: state, configText: """
+            [agents.demo]
+            command = ["{release}/bin/demo-agent"]
+            ready_timeout = "10s"
+            stop_timeout = "5s"
+            kill_timeout = "2s"
+            env = { SHELL_AGENT_OUT = "\(out)" }
+            """)
+        let tests = HandoffIntegrationTests()
+        func running(_ version: String) throws {
+            try waitUntil(timeout: 30) {
+                let view = try? daemon.endpoint.get("/v1/agents/demo", token: daemon.token).json()
+                return (view?["running"] as? [String: Any])?["version"] as? String == version
+            }
+        }
+        try running("1.0")
+        let committed = try tests.handOff(daemon, to: "2.0", agent: "demo")
+        #expect(committed["outcome"] as? String == "committed", "\(committed)")
+        let failed = try tests.handOff(daemon, to: "3.0", agent: "demo")
+        #expect(failed["outcome"] as? String == "failed")
+        #expect((failed["error"] as? String)?.contains("self-check failed") == true, "\(failed)")
+        try running("2.0")
+        // 2.0 works on: its lines keep coming after the broken release was refused.
+        let before = try String(contentsOfFile: out, encoding: .utf8).components(separatedBy: " 2.0 working").count
+        try waitUntil(timeout: 10) {
+            ((try? String(contentsOfFile: out, encoding: .utf8))?.components(separatedBy: " 2.0 working").count ?? 0) > before
+        }
+        #expect(daemon.stop() == 0)
     }
 }
