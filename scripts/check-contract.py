@@ -68,6 +68,7 @@ def main():
         ("put", "/v1/agents/{name}/desired", "/v1/agents/demo/desired", None, '{"version":"1.0"}', 401),
         ("post", "/v1/agents/{name}/rollback", "/v1/agents/demo/rollback", token, "{}", 409),
         ("get", "/v1/handoffs/{id}", "/v1/handoffs/demo-99", token, None, 404),
+        ("post", "/v1/agents/{name}/instances", "/v1/agents/demo/instances", token, '{"pid":1,"version":"1.0"}', 422),
         ("post", "/v1/instances/{id}/ready", "/v1/instances/demo.1/ready", token, "{}", 403),
         ("post", "/v1/instances/{id}/failed", "/v1/instances/demo.1/failed", token, '{"reason":"x"}', 403),
         ("post", "/v1/instances/{id}/stopped", "/v1/instances/demo.1/stopped", None, "{}", 401),

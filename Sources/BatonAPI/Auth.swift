@@ -9,6 +9,8 @@ public enum Principal: Sendable, Equatable {
     case `operator`(via: String)
     /// An agent's process, about itself only.
     case instance(String)
+    /// The holder of an agent's registration token: may register processes of it.
+    case registrar(String)
 
     /// Who did it, for the ledger's `by` fields.
     public var name: String {
@@ -16,6 +18,7 @@ public enum Principal: Sendable, Equatable {
         case .anonymous: "anonymous"
         case .operator(let via): "operator (\(via))"
         case .instance(let id): "instance \(id)"
+        case .registrar(let agent): "registrar of \(agent)"
         }
     }
 }
@@ -28,6 +31,9 @@ public enum Scope {
     public static let `operator` = "operator"
     /// An instance, about itself (the `{id}` of its path).
     public static let instance = "instance"
+    /// Registering a process batond did not start: the operator, or the agent's
+    /// registration token from the config.
+    public static let registration = "registration"
 }
 
 /// Who may call what. Operators: a bearer token (the state directory's
@@ -45,21 +51,31 @@ public struct OperatorAuth: Sendable {
     let instanceForToken: @Sendable (String) -> String?
     /// The instance a process belongs to (itself or an ancestor).
     let instanceForProcess: @Sendable (Int32) -> String?
+    /// Each agent's registration token, if it has one.
+    let registrationTokens: [String: [UInt8]]
 
     public init(token: String, operatorGID: gid_t?, probesOpen: Bool,
                 instanceForToken: @escaping @Sendable (String) -> String? = { _ in nil },
-                instanceForProcess: @escaping @Sendable (Int32) -> String? = { _ in nil }) {
+                instanceForProcess: @escaping @Sendable (Int32) -> String? = { _ in nil },
+                registrationTokens: [String: String] = [:]) {
         self.token = Array(token.utf8)
         self.daemonUID = getuid()
         self.operatorGID = operatorGID
         self.probesOpen = probesOpen
         self.instanceForToken = instanceForToken
         self.instanceForProcess = instanceForProcess
+        self.registrationTokens = registrationTokens.mapValues { Array($0.utf8) }
     }
 
     public func admit(_ request: inout Request) -> HTTPError? {
         if request.route.scope == Scope.probe && probesOpen {
             request.principal = Principal.anonymous
+            return nil
+        }
+        if request.route.scope == Scope.registration, let header = request.header("Authorization"),
+           let agent = request.parameters["name"], let expected = registrationTokens[agent],
+           Self.presents(expected, in: header) == true {
+            request.principal = Principal.registrar(agent)
             return nil
         }
         let principal: Principal
@@ -76,7 +92,7 @@ public struct OperatorAuth: Sendable {
             return Self.forbidden("this route is for the instance itself, with its own token")
         case (_, .instance(let id)):
             return Self.forbidden("instance \(id) is not an operator")
-        case (_, .operator), (_, .anonymous):
+        case (_, .operator), (_, .anonymous), (_, .registrar):
             break
         }
         request.principal = principal

@@ -99,6 +99,18 @@ struct HandoffRoutes: Sendable {
                 supervisor.rollback(agent: name, by: by) { result in pending.answer(Self.answer(result)) }
                 return .parked
             },
+            Route(.POST, "/v1/agents/{name}/instances", scope: Scope.registration, takesBody: true) { (request) throws(HTTPError) -> Reply in
+                let name = try agentName(request)
+                let body = try request.decodeJSON(RegistrationRequest.self)
+                let pending = request.park(deadline: .seconds(60)) { Self.busy }
+                supervisor.register(agent: name, pid: body.pid, version: body.version) { result in
+                    switch result {
+                    case .success(let registration): pending.answer(.json(status: 201, registration))
+                    case .failure(let error): pending.answer(error.http.response)
+                    }
+                }
+                return .parked
+            },
             Route(.GET, "/v1/handoffs/{id}", scope: Scope.operator) { (request) throws(HTTPError) -> Reply in
                 let id = request.parameters["id"] ?? ""
                 if let view = supervisor.handoffs.view(id) { return .respond(.json(view)) }
@@ -145,6 +157,8 @@ extension SupervisorError {
         switch self {
         case .agentNotFound(let name):
             HTTPError(status: 404, code: "agent_not_found", message: "no agent named \"\(name)\" is configured")
+        case .noSuchProcess(let pid):
+            HTTPError(status: 422, code: "no_such_process", message: "no process \(pid) runs on this machine")
         case .invalidVersion(let version):
             HTTPError(status: 422, code: "invalid_version", message: "\"\(version)\" is not a valid version")
         case .releaseNotFound(let agent, let version):
@@ -159,4 +173,9 @@ extension SupervisorError {
             HTTPError(status: 503, code: "ledger_unavailable", message: detail)
         }
     }
+}
+
+struct RegistrationRequest: Codable, Sendable {
+    var pid: Int32
+    var version: String
 }

@@ -73,7 +73,10 @@ public struct Daemon {
                                     url: listeners.first { !$0.isUnix }?.url, logger: logger)
         let auth = OperatorAuth(token: token, operatorGID: operatorGID, probesOpen: config.http.probesOpen,
                                 instanceForToken: { [registry = supervisor.registry] in registry.instance(forToken: $0) },
-                                instanceForProcess: { [supervisor] in supervisor.instance(forProcess: $0) })
+                                instanceForProcess: { [supervisor] in supervisor.instance(forProcess: $0) },
+                                registrationTokens: Dictionary(uniqueKeysWithValues: config.agents.compactMap { agent in
+                                    agent.registrationToken.map { (agent.name, $0) }
+                                }))
         let api = API(context: .init(config: config, startedAt: startedAt, listeners: listeners.map(\.description)),
                       ledger: ledger, supervisor: supervisor, auth: auth, logger: logger)
         var httpConfiguration = HTTPServer.Configuration()

@@ -8,12 +8,20 @@ import Logging
 /// Why the supervisor refused an operator's request; the API maps each to a status.
 public enum SupervisorError: Error, Sendable, Equatable {
     case agentNotFound(String)
+    case noSuchProcess(Int32)
     case invalidVersion(String)
     case releaseNotFound(agent: String, version: String)
     case handoffInProgress(String)
     case noPreviousRelease(String)
     case shuttingDown
     case ledger(String)
+}
+
+/// What a registered process gets: its instance id and token.
+public struct Registration: Codable, Sendable, Equatable {
+    public var instance: String
+    public var token: String
+    public var signal: AgentSignal
 }
 
 /// What an instance reports about itself.
@@ -37,6 +45,7 @@ actor AgentRunner {
         case readyDeadline(instance: String)
         case restart(token: Int)
         case escalate(instance: String, Int32)
+        case register(pid: Int32, version: String, reply: @Sendable (Result<Registration, SupervisorError>) -> Void)
         case shutdown(done: @Sendable () -> Void)
     }
 
@@ -45,6 +54,9 @@ actor AgentRunner {
         var view: HandoffView
         var machine: Handoff
         var roles: [Handoff.Role: String] = [:]
+        /// Roles already filled by a registered process that reported ready: the
+        /// machine's spawn and ready steps are fed at once.
+        var registered: Set<Handoff.Role> = []
         var oldGoneAt: ContinuousClock.Instant?
         var gapMs: Double?
     }
@@ -60,6 +72,8 @@ actor AgentRunner {
     private var processes: [String: SpawnedProcess] = [:]
     /// Instances started by supervision (boot, restart) that have not reported ready yet.
     private var starting: Set<String> = []
+    /// Registered processes (not batond's children) that have not reported ready yet.
+    private var registered: Set<String> = []
     private var timers: [Handoff.Timer: (token: Int, task: Task<Void, Never>)] = [:]
     private var nextToken = 0
     private var backoff: Duration = .seconds(1)
@@ -122,14 +136,16 @@ actor AgentRunner {
         case .readyDeadline(let instance):
             guard starting.contains(instance), let process = processes[instance] else { return }
             await recordError("not ready within \(config.readyTimeout)", instance: instance)
-            Processes.signal(process.pid, SIGTERM)
+            process.send(SIGTERM)
             escalateLater(instance, SIGKILL, after: config.killTimeout)
         case .restart(let token):
             guard restartToken == token, shutdownDone == nil, run == nil, active == nil else { return }
             restartToken = nil
             if let version = context.releases.current(agent: name) { await startSupervised(version: version) }
         case .escalate(let instance, let signal):
-            if let process = processes[instance] { Processes.signal(process.pid, signal) }
+            processes[instance]?.send(signal)
+        case .register(let pid, let version, let reply):
+            reply(await register(pid: pid, version: version))
         case .shutdown(let done):
             shutdownDone = done
             await stopEverything()
@@ -194,27 +210,93 @@ actor AgentRunner {
             }
             return
         }
+        if registered.contains(instance) {
+            switch report {
+            case .ready:
+                registered.remove(instance)
+                if let active, processes[active] != nil, run == nil {
+                    // A second registered instance is ready: the same handoff as for
+                    // releases batond starts, between the two processes.
+                    await beginRegistered(successor: instance, old: active)
+                } else if active == nil || processes[active!] == nil {
+                    active = instance
+                    goSince = .now
+                    context.registry.setSignal(instance, .go, handoff: nil)
+                }
+            case .failed(let reason):
+                registered.remove(instance)
+                await recordError("reported failure: \(reason)", instance: instance)
+            case .stopped:
+                expectExit(instance)
+            }
+            return
+        }
         if case .stopped = report { expectExit(instance) }
+    }
+
+    // MARK: - Registered processes
+
+    private func register(pid: Int32, version: String) async -> Result<Registration, SupervisorError> {
+        guard shutdownDone == nil else { return .failure(.shuttingDown) }
+        guard Names.isValidVersion(version) else { return .failure(.invalidVersion(version)) }
+        guard pid > 1, kill(pid, 0) == 0 || errno == EPERM else { return .failure(.noSuchProcess(pid)) }
+        let generation = (context.ledger.state.agents[name]?.spawns ?? 0) + 1
+        let id = "\(name).\(generation)"
+        let token = context.makeToken()
+        let process = SpawnedProcess(pid: pid, startTime: Processes.startTime(of: pid), log: nil)
+        processes[id] = process
+        registered.insert(id)
+        context.registry.add(.init(id: id, agent: name, version: version, pid: pid, signal: .wait, handoff: nil,
+                                   startedAt: .now(), ready: false, stopped: false, spawned: false, token: token))
+        let runner = self
+        Processes.watchForeign(pid) { status in runner.send(.exited(instance: id, status)) }
+        await record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: pid,
+                                            startTime: process.startTime, handoff: nil)))
+        logger.info("instance registered", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(pid)", "version": "\(version)"])
+        return .success(Registration(instance: id, token: token, signal: .wait))
+    }
+
+    private func beginRegistered(successor: String, old: String) async {
+        guard let to = context.registry.instance(successor)?.version else { return }
+        let from = context.registry.instance(old)?.version
+        let number = (context.ledger.state.agents[name]?.handoffsBegun ?? 0) + 1
+        let id = "\(name)-\(number)"
+        await record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: to, mode: .parallel)))
+        let now = Timestamp.now()
+        var run = Run(view: HandoffView(id: id, agent: name, from: from, to: to, mode: .parallel, phase: "began",
+                                        outcome: nil, error: nil, gapMs: nil, startedAt: now, endedAt: nil,
+                                        steps: [.init(phase: "began", at: now)]),
+                      machine: Handoff(mode: .parallel,
+                                       timeouts: .init(ready: config.readyTimeout, stop: config.stopTimeout, kill: config.killTimeout),
+                                       hasOld: true))
+        run.roles = [.old: old, .successor: successor]
+        run.registered = [.successor]
+        context.registry.update(successor) { $0.handoff = id }
+        self.run = run
+        publish()
+        logger.info("handoff between registered instances began", metadata: ["agent": "\(name)", "handoff.id": "\(id)"])
+        await feed(.begin)
     }
 
     private func exited(_ instance: String, _ status: ExitStatus) async {
         guard let process = processes.removeValue(forKey: instance) else { return }
-        process.log.drain()
+        process.log?.drain()
         context.registry.remove(instance)
         await record(.instanceExited(.init(agent: name, instance: instance, exitCode: status.code, signal: status.signal)))
         if let role = role(of: instance) {
             if role == .successor || role == .previous {
-                context.lastOutput[instance] = process.log.lastOutput
+                context.lastOutput[instance] = process.log?.lastOutput
             }
             await feed(.exited(role, description: status.description))
             return
         }
+        registered.remove(instance)
         let wasStarting = starting.remove(instance) != nil
         guard active == instance else { return }
         active = nil
         guard shutdownDone == nil else { return }
         let reason = wasStarting ? "exited before it was ready (\(status))" : "exited unexpectedly (\(status))"
-        await recordError(reason, instance: instance, output: process.log.lastOutput)
+        await recordError(reason, instance: instance, output: process.log?.lastOutput)
         if let since = goSince, ContinuousClock.now - since > .seconds(60) { backoff = .seconds(1) }
         goSince = nil
         scheduleRestart()
@@ -244,7 +326,7 @@ actor AgentRunner {
 
     private func stop(_ instance: String) {
         guard let process = processes[instance] else { return }
-        Processes.signal(process.pid, SIGTERM)
+        process.send(SIGTERM)
         escalateLater(instance, SIGKILL, after: config.killTimeout)
     }
 
@@ -325,6 +407,9 @@ actor AgentRunner {
             run = current
             publish()
             await record(.handoffPhase(.init(handoff: id, agent: name, phase: phase.rawValue)))
+        case .spawn(let role) where current.registered.contains(role):
+            await feed(.spawned(role))
+            await feed(.ready(role))
         case .spawn(let role):
             let version = role == .previous ? (current.view.from ?? current.view.to) : current.view.to
             switch await spawn(version: version, handoff: id) {
@@ -349,10 +434,10 @@ actor AgentRunner {
             context.registry.setSignal(instance, .stop, handoff: id)
         case .terminate(let role):
             guard let instance = current.roles[role], let process = processes[instance] else { return }
-            Processes.signal(process.pid, SIGTERM)
+            process.send(SIGTERM)
         case .kill(let role):
             guard let instance = current.roles[role], let process = processes[instance] else { return }
-            Processes.signal(process.pid, SIGKILL)
+            process.send(SIGKILL)
         case .startTimer(let timer, let duration):
             nextToken += 1
             let token = nextToken
@@ -368,6 +453,8 @@ actor AgentRunner {
         case .commit:
             let from = current.view.from
             await record(.releaseCurrent(.init(agent: name, version: current.view.to, previous: from)))
+            // Registered processes may run releases batond does not store.
+            guard context.releases.exists(agent: name, version: current.view.to) else { return }
             do {
                 try context.releases.setCurrent(agent: name, version: current.view.to)
             } catch {
@@ -394,7 +481,7 @@ actor AgentRunner {
         // The error first: whoever sees the end in the ledger finds the reason there too.
         if let error {
             let failed = current.roles[.successor]
-            let output = failed.flatMap { processes[$0]?.log.lastOutput ?? context.lastOutput.removeValue(forKey: $0) } ?? ""
+            let output = failed.flatMap { processes[$0]?.log?.lastOutput ?? context.lastOutput.removeValue(forKey: $0) } ?? ""
             await recordError(error, instance: failed, output: output)
         }
         await record(.handoffEnded(.init(handoff: current.view.id, agent: name, outcome: outcome, gapMs: current.gapMs, error: error)))
@@ -482,7 +569,7 @@ actor AgentRunner {
     }
 
     private func recordError(_ reason: String, instance: String?, output: String? = nil) async {
-        let tail = output ?? instance.flatMap { processes[$0]?.log.lastOutput } ?? ""
+        let tail = output ?? instance.flatMap { processes[$0]?.log?.lastOutput } ?? ""
         logger.warning("agent error", metadata: ["agent": "\(name)", "instance": "\(instance ?? "-")", "reason": "\(reason)"])
         await record(.agentError(.init(agent: name, reason: reason, stderrTail: tail, handoff: run?.view.id, instance: instance)))
     }

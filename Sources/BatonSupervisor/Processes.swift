@@ -7,11 +7,14 @@ import Glibc
 public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
     case exited(Int32)
     case signalled(Int32)
+    /// A process batond did not start ended; only its parent learns how.
+    case vanished
 
     public var description: String {
         switch self {
         case .exited(let code): "exit \(code)"
         case .signalled(let signal): "signal \(signal)"
+        case .vanished: "ended"
         }
     }
 
@@ -28,7 +31,16 @@ public struct SpawnError: Error, Sendable, CustomStringConvertible {
 struct SpawnedProcess: Sendable {
     let pid: Int32
     let startTime: UInt64
-    let log: InstanceLog
+    /// The output batond reads; nil for a registered process (not batond's child).
+    let log: InstanceLog?
+
+    var isChild: Bool { log != nil }
+
+    /// Signals the process: the whole process group of a child batond started, the
+    /// process alone for a registered one (its group is not batond's to signal).
+    func send(_ signal: Int32) {
+        if isChild { Processes.signal(pid, signal) } else { kill(pid, signal) }
+    }
 }
 
 /// Who a child runs as, when not batond's own user.
@@ -122,10 +134,27 @@ enum Processes {
         thread.start()
     }
 
+    /// Calls `onExit` once a process batond did not start exits: a pidfd becomes
+    /// readable then (no polling, and no need to be its parent).
+    static func watchForeign(_ pid: Int32, onExit: @escaping @Sendable (ExitStatus) -> Void) {
+        let thread = Thread {
+            let fd = baton_pidfd_open(pid)
+            guard fd >= 0 else { onExit(.vanished); return }
+            defer { close(fd) }
+            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            while poll(&poller, 1, -1) < 0 && errno == EINTR {}
+            onExit(.vanished)
+        }
+        thread.name = "baton.pidfd"
+        thread.start()
+    }
+
     /// Sends `signal` to the process group the child leads (its own children too).
     static func signal(_ pid: Int32, _ signal: Int32) {
         if kill(-pid, signal) != 0 { kill(pid, signal) }
     }
+
+    static func startTime(of pid: Int32) -> UInt64 { baton_process_start_time(pid) }
 
     static func parent(of pid: Int32) -> Int32? {
         let parent = baton_parent_pid(pid)

@@ -123,6 +123,13 @@ public final class Supervisor: Sendable {
         runner.send(.rollback(by: by, reply: reply))
     }
 
+    /// Registers a process batond did not start as an instance of `agent`.
+    public func register(agent: String, pid: Int32, version: String,
+                         reply: @escaping @Sendable (Result<Registration, SupervisorError>) -> Void) {
+        guard let runner = runners[agent] else { return reply(.failure(.agentNotFound(agent))) }
+        runner.send(.register(pid: pid, version: version, reply: reply))
+    }
+
     public func report(instance: String, _ report: InstanceReport, reply: @escaping @Sendable (SignalView?) -> Void) {
         guard let agent = registry.instance(instance)?.agent, let runner = runners[agent] else { return reply(nil) }
         runner.send(.report(instance: instance, report, reply: reply))

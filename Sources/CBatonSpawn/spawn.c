@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 
 static const char *const stages[] = {"fork", "chdir", "setgid", "initgroups", "setuid", "exec", "setup"};
@@ -117,4 +118,8 @@ pid_t baton_parent_pid(pid_t pid) {
 
 int baton_pipe_cloexec(int fds[2]) {
     return pipe2(fds, O_CLOEXEC);
+}
+
+int baton_pidfd_open(pid_t pid) {
+    return (int)syscall(SYS_pidfd_open, pid, 0);
 }

@@ -21,7 +21,7 @@ enum Usage {
           --ready-after S      sleep S before reporting ready (the "self-check" time; default 0)
           --never-ready        never report ready; sleep, still handling SIGTERM
           --fail-check         report failed ("self-check failed (--fail-check)") after
-                               --ready-after, then exit 3
+                               --ready-after, then exit 3 (also on a SIGTERM meanwhile)
           --crash-after S      S seconds after go, exit 70 without reporting
           --exit-before-ready  print "boom: exiting before ready" to stderr, exit 2 at once
           --ignore-stop        on stop: record it, keep working, never report stopped

@@ -47,8 +47,17 @@ public struct TestReleases {
     }
 
     /// The events the agents wrote: `(event, instance, version, monotonic ns)`.
-    public func log() -> [AgentEvent] {
-        guard let text = try? String(contentsOfFile: events, encoding: .utf8) else { return [] }
+    public func log() -> [AgentEvent] { AgentEventLog(path: events).events }
+}
+
+/// An events file written by baton-testagent (`--events`).
+public struct AgentEventLog {
+    public let path: String
+
+    public init(path: String) { self.path = path }
+
+    public var events: [AgentEvent] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
         return text.split(separator: "\n").compactMap { line in
             let parts = line.split(separator: " ")
             guard parts.count >= 4, let time = UInt64(parts[3]) else { return nil }

@@ -336,3 +336,85 @@ struct ShellAgentTests {
         #expect(daemon.stop() == 0)
     }
 }
+
+/// Processes batond did not start register themselves and follow the same protocol;
+/// a second one that reports ready gets the same handoff.
+@Suite("registered instances")
+struct RegisteredInstanceTests {
+    static let registrationToken = "registration-token-0123456789abcdef"
+
+    /// A wrapper an outside supervisor would run: register this pid, then exec the agent.
+    func wrapper(_ state: TemporaryDirectory, events: String) throws -> String {
+        let path = state.file("register-and-run")
+        try """
+            #!/bin/sh
+            set -e
+            answer=$(curl -s --unix-socket "$BATON_SOCKET" -H "Authorization: Bearer $REG_TOKEN" \\
+              -H 'Content-Type: application/json' -d "{\\"pid\\":$$,\\"version\\":\\"$VERSION\\"}" \\
+              http://localhost/v1/agents/ext/instances)
+            BATON_INSTANCE=$(echo "$answer" | sed -n 's/.*"instance":"\\([^"]*\\)".*/\\1/p')
+            BATON_TOKEN=$(echo "$answer" | sed -n 's/.*"token":"\\([^"]*\\)".*/\\1/p')
+            [ -n "$BATON_TOKEN" ] || { echo "registration failed: $answer" >&2; exit 1; }
+            export BATON_INSTANCE BATON_TOKEN BATON_AGENT=ext BATON_VERSION="$VERSION"
+            exec '\(Products.path("baton-testagent"))' --events '\(events)'
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        chmod(path, 0o755)
+        return path
+    }
+
+    func launch(_ wrapper: String, version: String, socket: String) throws -> Process {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: wrapper)
+        var environment = ProcessInfo.processInfo.environment
+        environment["BATON_SOCKET"] = socket
+        environment["REG_TOKEN"] = Self.registrationToken
+        environment["VERSION"] = version
+        process.environment = environment
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        return process
+    }
+
+    @Test func aRegisteredPairHandsOver() throws {
+        guard which("curl") != nil else {
+            Issue.record("curl is not installed; `make test` installs it")
+            return
+        }
+        let state = TemporaryDirectory("registered")
+        let events = state.file("events.log")
+        let daemon = try BatondProcess(state: state, configText: """
+            [agents.ext]
+            command = ["/bin/false"]
+            registration_token = "\(Self.registrationToken)"
+            stop_timeout = "5s"
+            kill_timeout = "2s"
+            """)
+        let script = try wrapper(state, events: events)
+        let first = try launch(script, version: "1.0", socket: daemon.socketPath)
+        defer { if first.isRunning { first.terminate() } }
+        let log = TestReleases(state: state, agent: "ext")
+        try waitUntil(timeout: 30) { (try? String(contentsOfFile: events, encoding: .utf8))?.contains("go ext.1 1.0") == true }
+
+        let second = try launch(script, version: "2.0", socket: daemon.socketPath)
+        defer { if second.isRunning { second.terminate() } }
+        try waitUntil(timeout: 30) { (try? String(contentsOfFile: events, encoding: .utf8))?.contains("go ext.2 2.0") == true }
+        first.waitUntilExit()
+        #expect(first.terminationStatus == 0, "the old one stopped cleanly")
+
+        let parsed = AgentEventLog(path: events).events
+        _ = log
+        #expect(overlaps(parsed).isEmpty, "\(parsed)")
+        let handoff = try daemon.endpoint.get("/v1/handoffs/ext-1", token: daemon.token).json()
+        #expect(handoff["outcome"] as? String == "committed", "\(handoff)")
+        #expect(handoff["from"] as? String == "1.0")
+        #expect(handoff["to"] as? String == "2.0")
+
+        // The registration token registers, and does nothing else.
+        #expect(try daemon.endpoint.get("/v1/status", token: Self.registrationToken).status == 401)
+        let bad = try daemon.endpoint.request("POST", "/v1/agents/ext/instances", token: Self.registrationToken,
+                                              headers: ["Content-Type": "application/json"], body: Array(#"{"pid":999999999,"version":"1.0"}"#.utf8))
+        #expect(bad.status == 422)
+        #expect(bad.errorCode == "no_such_process")
+        daemon.stop()
+    }
+}

@@ -26,4 +26,7 @@ pid_t baton_parent_pid(pid_t pid);
 /// pipe2(fds, O_CLOEXEC): a GNU call Swift's Glibc module does not show.
 int baton_pipe_cloexec(int fds[2]);
 
+/// A pidfd for any process (not only a child): readable once it exits. -1 on error.
+int baton_pidfd_open(pid_t pid);
+
 #endif
