@@ -6,6 +6,8 @@
 #   batond /healthz   >= 0.9x the C server
 #   batond /v1/status >= 0.5x the C server
 #   ledger appends/s with 32 writers >= 5x with 1 writer
+#   200 handoffs of baton-testagent (bench/handoffs.py): gap p50 < 1 ms and
+#   p99 < 5 ms; batond's overhead per handoff p50 < 20 ms
 # The exit status is non-zero only when something failed to run or a
 # measurement is invalid (non-2xx answers, a server that did not start).
 #
@@ -135,6 +137,7 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     # the second reusing the first's modules.
     swift build -c release --product batond
     swift build -c release --product baton-bench
+    swift build -c release --product baton-testagent
 fi
 [[ -x $batond ]] || die "$batond not found or not executable"
 [[ -x $baton_bench ]] || die "$baton_bench not found or not executable"
@@ -227,3 +230,10 @@ ledger_ratio=$(ratio_of "${aps[32]}" "${aps[1]}")
 echo
 printf 'ledger appends/s: 1 writer %s, 32 writers %s, ratio %sx\n' "${aps[1]}" "${aps[32]}" "$ledger_ratio"
 printf '%s  ledger 32 writers >= 5x 1 writer  (%sx)\n' "$(verdict "${aps[32]}" "${aps[1]}" 5)" "$ledger_ratio"
+
+# MARK: - Handoffs
+
+echo
+echo "== ${BENCH_HANDOFFS:-200} handoffs of baton-testagent (bench/handoffs.py)"
+python3 bench/handoffs.py "$batond" .build/release/baton-testagent "${BENCH_HANDOFFS:-200}" \
+    || die "the handoff benchmark failed"

@@ -80,6 +80,8 @@ actor AgentRunner {
     private var restartToken: Int?
     private var goSince: ContinuousClock.Instant?
     private var shutdownDone: (@Sendable () -> Void)?
+    /// Records not yet written: see `record` and `flush`.
+    private var unflushed: [LedgerEvent] = []
 
     init(config: AgentConfig, context: SupervisorContext) {
         self.config = config
@@ -108,24 +110,37 @@ actor AgentRunner {
     // MARK: - Messages
 
     private func handle(_ message: Message) async {
+        await process(message)
+        await flush()
+    }
+
+    private func process(_ message: Message) async {
         switch message {
         case .boot:
+            if let fixed = context.releases.reconcile(agent: name, recorded: context.ledger.state.agents[name]?.current) {
+                logger.warning("current did not match the ledger's last commit; fixed", metadata: ["agent": "\(name)", "current": "\(fixed)"])
+            }
             guard let version = context.releases.current(agent: name) else {
                 logger.notice("agent has no current release; waiting for a desired version", metadata: ["agent": "\(name)"])
                 return
             }
             await startSupervised(version: version)
         case .desired(let version, let mode, let by, let reply):
-            reply(await begin(to: version, mode: mode ?? config.mode, by: by))
+            let result = await begin(to: version, mode: mode ?? config.mode, by: by)
+            await flush()
+            reply(result)
         case .rollback(let by, let reply):
             let state = context.ledger.state.agents[name]
             guard let previous = state?.previous, context.releases.exists(agent: name, version: previous) else {
                 reply(.failure(.noPreviousRelease(name)))
                 return
             }
-            reply(await begin(to: previous, mode: config.mode, by: by))
+            let result = await begin(to: previous, mode: config.mode, by: by)
+            await flush()
+            reply(result)
         case .report(let instance, let report, let reply):
             await received(report, from: instance)
+            await flush()
             reply(context.registry.view(instance))
         case .exited(let instance, let status):
             await exited(instance, status)
@@ -135,7 +150,8 @@ actor AgentRunner {
             await feed(.timeout(timer))
         case .readyDeadline(let instance):
             guard starting.contains(instance), let process = processes[instance] else { return }
-            await recordError("not ready within \(config.readyTimeout)", instance: instance)
+            recordError("not ready within \(config.readyTimeout)", instance: instance)
+            await flush()
             process.send(SIGTERM)
             escalateLater(instance, SIGKILL, after: config.killTimeout)
         case .restart(let token):
@@ -143,9 +159,12 @@ actor AgentRunner {
             restartToken = nil
             if let version = context.releases.current(agent: name) { await startSupervised(version: version) }
         case .escalate(let instance, let signal):
+            await flush()
             processes[instance]?.send(signal)
         case .register(let pid, let version, let reply):
-            reply(await register(pid: pid, version: version))
+            let result = await register(pid: pid, version: version)
+            await flush()
+            reply(result)
         case .shutdown(let done):
             shutdownDone = done
             await stopEverything()
@@ -168,7 +187,7 @@ actor AgentRunner {
                 runner.send(.readyDeadline(instance: id))
             }
         case .failure(let error):
-            await recordError("cannot start \(version): \(error)", instance: nil)
+            recordError("cannot start \(version): \(error)", instance: nil)
             scheduleRestart()
         }
     }
@@ -178,10 +197,10 @@ actor AgentRunner {
         switch report {
         case .ready:
             context.registry.update(instance) { $0.ready = true }
-            await record(.instanceReady(.init(agent: name, instance: instance)))
+            record(.instanceReady(.init(agent: name, instance: instance)))
         case .stopped:
             context.registry.update(instance) { $0.stopped = true }
-            await record(.instanceStopped(.init(agent: name, instance: instance)))
+            record(.instanceStopped(.init(agent: name, instance: instance)))
         case .failed:
             break
         }
@@ -200,11 +219,12 @@ actor AgentRunner {
             case .ready:
                 starting.remove(instance)
                 goSince = .now
+                await flush()
                 context.registry.setSignal(instance, .go, handoff: nil)
             case .failed(let reason):
                 starting.remove(instance)
-                await recordError("reported failure: \(reason)", instance: instance)
-                stop(instance)
+                recordError("reported failure: \(reason)", instance: instance)
+                await stop(instance)
             case .stopped:
                 expectExit(instance)
             }
@@ -221,11 +241,12 @@ actor AgentRunner {
                 } else if active == nil || processes[active!] == nil {
                     active = instance
                     goSince = .now
+                    await flush()
                     context.registry.setSignal(instance, .go, handoff: nil)
                 }
             case .failed(let reason):
                 registered.remove(instance)
-                await recordError("reported failure: \(reason)", instance: instance)
+                recordError("reported failure: \(reason)", instance: instance)
             case .stopped:
                 expectExit(instance)
             }
@@ -250,7 +271,7 @@ actor AgentRunner {
                                    startedAt: .now(), ready: false, stopped: false, spawned: false, token: token))
         let runner = self
         Processes.watchForeign(pid) { status in runner.send(.exited(instance: id, status)) }
-        await record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: pid,
+        record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: pid,
                                             startTime: process.startTime, handoff: nil)))
         logger.info("instance registered", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(pid)", "version": "\(version)"])
         return .success(Registration(instance: id, token: token, signal: .wait))
@@ -261,7 +282,7 @@ actor AgentRunner {
         let from = context.registry.instance(old)?.version
         let number = (context.ledger.state.agents[name]?.handoffsBegun ?? 0) + 1
         let id = "\(name)-\(number)"
-        await record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: to, mode: .parallel)))
+        record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: to, mode: .parallel)))
         let now = Timestamp.now()
         var run = Run(view: HandoffView(id: id, agent: name, from: from, to: to, mode: .parallel, phase: "began",
                                         outcome: nil, error: nil, gapMs: nil, startedAt: now, endedAt: nil,
@@ -282,7 +303,7 @@ actor AgentRunner {
         guard let process = processes.removeValue(forKey: instance) else { return }
         process.log?.drain()
         context.registry.remove(instance)
-        await record(.instanceExited(.init(agent: name, instance: instance, exitCode: status.code, signal: status.signal)))
+        record(.instanceExited(.init(agent: name, instance: instance, exitCode: status.code, signal: status.signal)))
         if let role = role(of: instance) {
             if role == .successor || role == .previous {
                 context.lastOutput[instance] = process.log?.lastOutput
@@ -296,7 +317,7 @@ actor AgentRunner {
         active = nil
         guard shutdownDone == nil else { return }
         let reason = wasStarting ? "exited before it was ready (\(status))" : "exited unexpectedly (\(status))"
-        await recordError(reason, instance: instance, output: process.log?.lastOutput)
+        recordError(reason, instance: instance, output: process.log?.lastOutput)
         if let since = goSince, ContinuousClock.now - since > .seconds(60) { backoff = .seconds(1) }
         goSince = nil
         scheduleRestart()
@@ -324,8 +345,9 @@ actor AgentRunner {
         escalateLater(instance, SIGKILL, after: config.killTimeout * 2)
     }
 
-    private func stop(_ instance: String) {
+    private func stop(_ instance: String) async {
         guard let process = processes[instance] else { return }
+        await flush()
         process.send(SIGTERM)
         escalateLater(instance, SIGKILL, after: config.killTimeout)
     }
@@ -353,7 +375,7 @@ actor AgentRunner {
         if let id = active, starting.contains(id) {
             starting.remove(id)
             active = nil
-            stop(id)
+            await stop(id)
         }
         let from = active.flatMap { context.registry.instance($0)?.version } ?? context.releases.current(agent: name)
         let number = (context.ledger.state.agents[name]?.handoffsBegun ?? 0) + 1
@@ -401,12 +423,18 @@ actor AgentRunner {
         guard var current = run else { return }
         let id = current.view.id
         switch action {
+        case .spawn, .signalGo, .signalStop, .terminate, .kill:
+            await flush()
+        case .recordPhase, .startTimer, .cancelTimer, .commit, .end:
+            break
+        }
+        switch action {
         case .recordPhase(let phase):
             current.view.phase = phase.rawValue
             current.view.steps.append(.init(phase: phase.rawValue, at: .now()))
             run = current
             publish()
-            await record(.handoffPhase(.init(handoff: id, agent: name, phase: phase.rawValue)))
+            record(.handoffPhase(.init(handoff: id, agent: name, phase: phase.rawValue)))
         case .spawn(let role) where current.registered.contains(role):
             await feed(.spawned(role))
             await feed(.ready(role))
@@ -452,7 +480,8 @@ actor AgentRunner {
             timers.removeValue(forKey: timer)?.task.cancel()
         case .commit:
             let from = current.view.from
-            await record(.releaseCurrent(.init(agent: name, version: current.view.to, previous: from)))
+            record(.releaseCurrent(.init(agent: name, version: current.view.to, previous: from)))
+            await flush()
             // Registered processes may run releases batond does not store.
             guard context.releases.exists(agent: name, version: current.view.to) else { return }
             do {
@@ -482,15 +511,15 @@ actor AgentRunner {
         if let error {
             let failed = current.roles[.successor]
             let output = failed.flatMap { processes[$0]?.log?.lastOutput ?? context.lastOutput.removeValue(forKey: $0) } ?? ""
-            await recordError(error, instance: failed, output: output)
+            recordError(error, instance: failed, output: output)
         }
-        await record(.handoffEnded(.init(handoff: current.view.id, agent: name, outcome: outcome, gapMs: current.gapMs, error: error)))
+        record(.handoffEnded(.init(handoff: current.view.id, agent: name, outcome: outcome, gapMs: current.gapMs, error: error)))
         logger.info("handoff ended", metadata: ["agent": "\(name)", "handoff.id": "\(current.view.id)",
                                                 "outcome": "\(outcome.rawValue)", "gap_ms": "\(current.gapMs.map { String($0) } ?? "-")"])
         // Instances of this handoff that are not the one holding go must go away.
         for (role, instance) in current.roles where instance != active {
             if role == .old, current.machine.oldAlive { continue }
-            if processes[instance] != nil, context.registry.instance(instance)?.stopped == false { stop(instance) }
+            if processes[instance] != nil, context.registry.instance(instance)?.stopped == false { await stop(instance) }
         }
         run = nil
         if outcome == .failed, let active, processes[active] == nil {
@@ -515,6 +544,7 @@ actor AgentRunner {
         restartToken = nil
         for (_, timer) in timers { timer.task.cancel() }
         timers = [:]
+        await flush()
         for instance in processes.keys {
             context.registry.setSignal(instance, .stop, handoff: run?.view.id)
             escalateLater(instance, SIGTERM, after: config.stopTimeout)
@@ -553,8 +583,8 @@ actor AgentRunner {
                                           directory: directory, credentials: credentials)
         } catch {
             // The generation is used up either way, so ids never repeat.
-            await record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: 0, startTime: 0, handoff: handoff)))
-            await record(.instanceExited(.init(agent: name, instance: id, exitCode: nil, signal: nil)))
+            record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: 0, startTime: 0, handoff: handoff)))
+            record(.instanceExited(.init(agent: name, instance: id, exitCode: nil, signal: nil)))
             return .failure(error)
         }
         processes[id] = process
@@ -562,25 +592,37 @@ actor AgentRunner {
                                    startedAt: .now(), ready: false, stopped: false, spawned: true, token: token))
         let runner = self
         Processes.watch(process.pid) { status in runner.send(.exited(instance: id, status)) }
-        await record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: process.pid,
+        record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: process.pid,
                                             startTime: process.startTime, handoff: handoff)))
         logger.info("instance started", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(process.pid)", "version": "\(version)"])
         return .success(id)
     }
 
-    private func recordError(_ reason: String, instance: String?, output: String? = nil) async {
+    private func recordError(_ reason: String, instance: String?, output: String? = nil) {
         let tail = output ?? instance.flatMap { processes[$0]?.log?.lastOutput } ?? ""
         logger.warning("agent error", metadata: ["agent": "\(name)", "instance": "\(instance ?? "-")", "reason": "\(reason)"])
-        await record(.agentError(.init(agent: name, reason: reason, stderrTail: tail, handoff: run?.view.id, instance: instance)))
+        record(.agentError(.init(agent: name, reason: reason, stderrTail: tail, handoff: run?.view.id, instance: instance)))
     }
 
-    /// Appends and waits until durable. A failed ledger is logged; the agent keeps going
-    /// (the ledger is read-only then, and /readyz says so).
-    private func record(_ event: LedgerEvent) async {
-        do {
-            try await context.ledger.append(event)
-        } catch {
-            logger.error("cannot record \(event.kind)", metadata: ["agent": "\(name)", "error": "\(error)"])
+    /// Queues a record. Records are written (one group commit) by `flush`, which runs
+    /// before every effect anyone can see: a signal, a process started or signalled,
+    /// `current` flipped, an answer. So each step is durable before its effect, and a
+    /// step's records share one fdatasync instead of paying one each.
+    private func record(_ event: LedgerEvent) {
+        unflushed.append(event)
+    }
+
+    /// Writes the queued records and waits until they are durable. A failed ledger is
+    /// logged; the agent keeps going (the ledger is read-only then, and /readyz says so).
+    private func flush() async {
+        guard !unflushed.isEmpty else { return }
+        let batch = unflushed
+        unflushed = []
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<[Record], LedgerError>, Never>) in
+            context.ledger.append(batch) { continuation.resume(returning: $0) }
+        }
+        if case .failure(let error) = result {
+            logger.error("cannot record \(batch.map(\.kind).joined(separator: ", "))", metadata: ["agent": "\(name)", "error": "\(error)"])
         }
     }
 }

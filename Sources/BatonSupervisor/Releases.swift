@@ -37,7 +37,10 @@ public struct ReleaseStore: Sendable {
     }
 
     /// Points `current` at `version`: a new link under a temporary name, renamed over
-    /// the old one (atomic), then the directory fsync'd.
+    /// the old one, so `current` always names one release or the other. The directory is
+    /// not fsync'd here: the ledger's `release.current` record is durable first, and at
+    /// boot the supervisor puts `current` back in line with the ledger (`reconcile`),
+    /// which keeps an fdatasync out of the handoff's gap.
     public func setCurrent(agent: String, version: String) throws(SpawnError) {
         guard directory(agent: agent, version: version) != nil else {
             throw SpawnError(description: "invalid agent or version")
@@ -53,10 +56,12 @@ public struct ReleaseStore: Sendable {
             unlink(temporary)
             throw SpawnError(description: "rename \(temporary): \(String(cString: strerror(error)))")
         }
-        let fd = open(base, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 {
-            fsync(fd)
-            close(fd)
-        }
+    }
+
+    /// Makes `current` agree with the ledger's last commit, when that release exists.
+    /// Returns the version it flipped to, if it had to.
+    public func reconcile(agent: String, recorded: String?) -> String? {
+        guard let recorded, recorded != current(agent: agent), exists(agent: agent, version: recorded) else { return nil }
+        return (try? setCurrent(agent: agent, version: recorded)) == nil ? nil : recorded
     }
 }

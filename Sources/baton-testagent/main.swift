@@ -187,6 +187,9 @@ final class TestAgent: Sendable {
         var stopReceived = false
         /// The stop path (report stopped, exit) has begun, by the stop signal or SIGTERM.
         var stopping = false
+        /// The work is over (`stopped` recorded): a stop signal now is only the echo of
+        /// the report, not news.
+        var finishedWork = false
         /// The self-check failed (--fail-check): a SIGTERM now just ends it, exit 3.
         var failing = false
         /// An exit has begun; nothing else may start.
@@ -336,7 +339,7 @@ final class TestAgent: Sendable {
     private func stopSignalled() {
         enum Action { case repeated, recordOnly, stop }
         let action = state.withLock { state -> Action in
-            if state.stopReceived { return .repeated }
+            if state.stopReceived || state.finishedWork { return .repeated }
             state.stopReceived = true
             if state.stopping || options.ignoreStop { return .recordOnly }
             state.stopping = true
@@ -373,7 +376,10 @@ final class TestAgent: Sendable {
     /// error (exit 1); after SIGTERM it is best effort (batond may be going away).
     private func stop(byTerm: Bool) -> Never {
         sleep(seconds: options.stopTakes)
-        state.withLock { $0.working = false }
+        state.withLock { state in
+            state.working = false
+            state.finishedWork = true
+        }
         events.record("stopped")
         do {
             try baton.stopped(timeout: byTerm ? .seconds(3) : .seconds(60))
