@@ -232,12 +232,13 @@ public struct BatonAgent: Sendable {
         }
     }
 
-    // MARK: registration (planned: the route is being built)
+    // MARK: registration
 
-    /// Registers a process that batond did not start as a new instance of `agent`,
-    /// with the operator token or the agent's `registration_token`. From there the
-    /// instance follows the same protocol (``ready()``...). Not retried: each call
-    /// creates an instance.
+    /// Registers a process that batond did not start (`pid`, by default this one) as a
+    /// new instance of `agent`, with the operator token or the agent's
+    /// `registration_token`. From there the instance follows the same protocol
+    /// (``ready()``...). batond watches the pid to learn when the process ends. Not
+    /// retried: each call creates an instance.
     public static func register(
         agent: String, version: String, pid: Int32 = getpid(), registrationToken: String, endpoint: Endpoint,
         diagnostics: (@Sendable (String) -> Void)? = nil
@@ -247,7 +248,7 @@ public struct BatonAgent: Sendable {
         let body = try JSONEncoder().encode(Body(pid: pid, version: version))
         let response = try perform(
             endpoint: endpoint, token: registrationToken, method: "POST",
-            target: "/v1/agents/\(pathSegment(agent))/instances", body: Array(body), timeout: .seconds(10))
+            target: "/v1/agents/\(pathSegment(agent))/instances", body: Array(body), timeout: .seconds(70))
         guard let answer = try? JSONDecoder().decode(Answer.self, from: Data(response.body)) else {
             throw BatonAgentError.malformedResponse("registration answer without instance and token")
         }

@@ -80,6 +80,8 @@ actor AgentRunner {
     private var restartToken: Int?
     private var goSince: ContinuousClock.Instant?
     private var shutdownDone: (@Sendable () -> Void)?
+    /// Readiness probes running, for agents that do not speak the protocol.
+    private var probes: [String: Task<Void, Never>] = [:]
     /// Records not yet written: see `record` and `flush`.
     private var unflushed: [LedgerEvent] = []
 
@@ -301,6 +303,7 @@ actor AgentRunner {
 
     private func exited(_ instance: String, _ status: ExitStatus) async {
         guard let process = processes.removeValue(forKey: instance) else { return }
+        probes.removeValue(forKey: instance)?.cancel()
         process.log?.drain()
         context.registry.remove(instance)
         record(.instanceExited(.init(agent: name, instance: instance, exitCode: status.code, signal: status.signal)))
@@ -460,6 +463,8 @@ actor AgentRunner {
         case .signalStop(let role):
             guard let instance = current.roles[role] else { return }
             context.registry.setSignal(instance, .stop, handoff: id)
+            // An agent without the protocol cannot hear stop: SIGTERM is its stop.
+            if config.readiness != nil { processes[instance]?.send(SIGTERM) }
         case .terminate(let role):
             guard let instance = current.roles[role], let process = processes[instance] else { return }
             process.send(SIGTERM)
@@ -547,6 +552,7 @@ actor AgentRunner {
         await flush()
         for instance in processes.keys {
             context.registry.setSignal(instance, .stop, handoff: run?.view.id)
+            if config.readiness != nil { processes[instance]?.send(SIGTERM) }
             escalateLater(instance, SIGTERM, after: config.stopTimeout)
             escalateLater(instance, SIGKILL, after: config.stopTimeout + config.killTimeout)
         }
@@ -592,6 +598,15 @@ actor AgentRunner {
                                    startedAt: .now(), ready: false, stopped: false, spawned: true, token: token))
         let runner = self
         Processes.watch(process.pid) { status in runner.send(.exited(instance: id, status)) }
+        if let readiness = config.readiness {
+            // The agent cannot report ready: its probe does, on its behalf.
+            let probeLog = context.logPath(id + ".probe")
+            probes[id] = Task { [environment] in
+                guard await ReadinessProbe.wait(for: readiness, directory: directory, environment: environment,
+                                                logPath: probeLog) else { return }
+                runner.send(.report(instance: id, .ready, reply: { _ in }))
+            }
+        }
         record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: process.pid,
                                             startTime: process.startTime, handoff: handoff)))
         logger.info("instance started", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(process.pid)", "version": "\(version)"])

@@ -418,3 +418,49 @@ struct RegisteredInstanceTests {
         daemon.stop()
     }
 }
+
+/// Agents that do not speak the protocol: ready by a probe, stopped by SIGTERM.
+@Suite("probe agents")
+struct ProbeAgentTests {
+    @Test func aCommandProbeMakesAPlainProgramReadyAndSigtermStopsIt() throws {
+        let state = TemporaryDirectory("probe")
+        for version in ["1.0", "2.0", "3.0"] {
+            let bin = "\(state.path)/releases/plain/\(version)/bin"
+            try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+            // Ready once it wrote its marker file (3.0 never does); stops on TERM.
+            let marker = version == "3.0" ? "/nonexistent/x" : "\(state.path)/ready-\(version)"
+            try """
+                #!/bin/sh
+                trap 'echo "$BATON_INSTANCE term" >> \(state.path)/plain.log; exit 0' TERM
+                echo "$BATON_INSTANCE start" >> \(state.path)/plain.log
+                touch \(marker) 2>/dev/null
+                while true; do sleep 0.1; done
+                """.write(toFile: "\(bin)/plain", atomically: true, encoding: .utf8)
+            chmod("\(bin)/plain", 0o755)
+        }
+        symlink("1.0", "\(state.path)/releases/plain/current")
+        let daemon = try BatondProcess(state: state, configText: """
+            [agents.plain]
+            command = ["{release}/bin/plain"]
+            ready_timeout = "2s"
+            stop_timeout = "2s"
+            kill_timeout = "1s"
+            readiness = { command = ["/bin/sh", "-c", "test -e \(state.path)/ready-$BATON_VERSION"] }
+            """)
+        let tests = HandoffIntegrationTests()
+        try waitUntil(timeout: 30) {
+            let view = try? daemon.endpoint.get("/v1/agents/plain", token: daemon.token).json()
+            return (view?["running"] as? [String: Any])?["version"] as? String == "1.0"
+        }
+        let committed = try tests.handOff(daemon, to: "2.0", agent: "plain")
+        #expect(committed["outcome"] as? String == "committed", "\(committed)")
+        let log = try String(contentsOfFile: state.file("plain.log"), encoding: .utf8)
+        #expect(log.contains("plain.1 term"), "the old one was stopped by SIGTERM: \(log)")
+        let failed = try tests.handOff(daemon, to: "3.0", agent: "plain")
+        #expect(failed["outcome"] as? String == "failed")
+        #expect((failed["error"] as? String)?.contains("not ready within") == true)
+        #expect(!(try String(contentsOfFile: state.file("plain.log"), encoding: .utf8)).contains("plain.2 term"),
+                "the working instance was not disturbed")
+        daemon.stop()
+    }
+}
