@@ -463,4 +463,74 @@ struct ProbeAgentTests {
                 "the working instance was not disturbed")
         daemon.stop()
     }
+
+    /// An agent's process is never an operator on the Unix socket, even as batond's
+    /// own user: a peer that is an instance (or its child) is that instance.
+    @Test func anAgentProcessIsNotAnOperatorOnTheSocket() throws {
+        guard which("curl") != nil else {
+            Issue.record("curl is not installed; `make test` installs it")
+            return
+        }
+        let state = TemporaryDirectory("peer")
+        let bin = "\(state.path)/releases/peer/1.0/bin"
+        try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+        let out = state.file("codes")
+        try """
+            #!/bin/sh
+            status=$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$BATON_SOCKET" http://localhost/v1/status)
+            own=$(curl -s -o /dev/null -w '%{http_code}' --unix-socket "$BATON_SOCKET" "http://localhost/v1/instances/$BATON_INSTANCE/signal")
+            echo "$status $own" > \(out).tmp && mv \(out).tmp \(out)
+            while true; do sleep 0.1; done
+            """.write(toFile: "\(bin)/peer", atomically: true, encoding: .utf8)
+        chmod("\(bin)/peer", 0o755)
+        symlink("1.0", "\(state.path)/releases/peer/current")
+        let daemon = try BatondProcess(state: state, configText: """
+            [agents.peer]
+            command = ["{release}/bin/peer"]
+            kill_timeout = "1s"
+            stop_timeout = "1s"
+            readiness = { command = ["/bin/sh", "-c", "test -e \(out)"] }
+            """)
+        try waitUntil(timeout: 30) { FileManager.default.fileExists(atPath: out) }
+        let codes = try String(contentsOfFile: out, encoding: .utf8).split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        #expect(codes == ["403", "200"], "operator route refused, its own route allowed: \(codes)")
+        // The test process itself (same uid, not an instance) is still an operator.
+        #expect(try daemon.unix.get("/v1/status").status == 200)
+        daemon.stop()
+    }
+
+    /// `user` and `group` in an agent's config: the process runs as them.
+    @Test func anAgentRunsAsItsConfiguredUser() throws {
+        guard getuid() == 0 else {
+            Issue.record("needs root to start a process as another user")
+            return
+        }
+        let state = TemporaryDirectory("user")
+        chmod(state.path, 0o711)
+        let bin = "\(state.path)/releases/low/1.0/bin"
+        try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+        try "#!/bin/sh\nexec sleep 60\n".write(toFile: "\(bin)/low", atomically: true, encoding: .utf8)
+        chmod("\(bin)/low", 0o755)
+        symlink("1.0", "\(state.path)/releases/low/current")
+        let daemon = try BatondProcess(state: state, configText: """
+            [agents.low]
+            command = ["{release}/bin/low"]
+            user = "65534"
+            group = "65534"
+            kill_timeout = "1s"
+            stop_timeout = "1s"
+            """)
+        var pid = 0
+        try waitUntil(timeout: 30) {
+            let view = try? daemon.endpoint.get("/v1/agents/low", token: daemon.token).json()
+            pid = (view?["instances"] as? [[String: Any]])?.first?["pid"] as? Int ?? 0
+            return pid > 0
+        }
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+        let uid = status.split(separator: "\n").first { $0.hasPrefix("Uid:") }.map(String.init) ?? ""
+        let gid = status.split(separator: "\n").first { $0.hasPrefix("Gid:") }.map(String.init) ?? ""
+        #expect(uid.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().allSatisfy { $0 == "65534" }, "\(uid)")
+        #expect(gid.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().allSatisfy { $0 == "65534" }, "\(gid)")
+        daemon.stop()
+    }
 }
