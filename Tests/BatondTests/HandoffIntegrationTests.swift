@@ -90,6 +90,9 @@ struct HandoffIntegrationTests {
         let error = try #require(view["last_error"] as? [String: Any])
         #expect((error["reason"] as? String)?.contains(reason) == true)
         #expect(error["handoff"] as? String == handoff["id"] as? String)
+        if switches == ["--exit-before-ready"] {
+            #expect((error["stderr_tail"] as? String)?.contains("boom: exiting before ready") == true, "\(error)")
+        }
         let events = agents.log()
         #expect(!events.contains { $0.version == "1.0" && ["stop-received", "term", "exit"].contains($0.event) },
                 "the old instance was disturbed: \(events)")
