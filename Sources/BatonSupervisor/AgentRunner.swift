@@ -152,6 +152,8 @@ actor AgentRunner {
             await feed(.timeout(timer))
         case .readyDeadline(let instance):
             guard starting.contains(instance), let process = processes[instance] else { return }
+            // A late ready report must not give go to an instance on its way out.
+            starting.remove(instance)
             recordError("not ready within \(config.readyTimeout)", instance: instance)
             await flush()
             process.send(SIGTERM)

@@ -75,13 +75,14 @@ public struct AgentEvent: Sendable, Equatable {
 
 /// The invariant checked from the agents' own records, not batond's view: at most one
 /// instance works at any moment. An instance works from `go` until it reports
-/// `stopped`, gets `term`, or exits (`exit`), whichever comes first.
+/// `stopped` or exits (`exit`), whichever comes first (after SIGTERM it may still be
+/// finishing its work, so `term` does not end it).
 public func workingIntervals(_ events: [AgentEvent]) -> [(instance: String, from: UInt64, to: UInt64)] {
     var intervals: [(String, UInt64, UInt64)] = []
     for instance in Set(events.map(\.instance)) {
         let mine = events.filter { $0.instance == instance }
         guard let go = mine.first(where: { $0.event == "go" }) else { continue }
-        let end = mine.first { ["stopped", "term", "exit"].contains($0.event) && $0.nanoseconds >= go.nanoseconds }
+        let end = mine.first { ["stopped", "exit"].contains($0.event) && $0.nanoseconds >= go.nanoseconds }
         intervals.append((instance, go.nanoseconds, end?.nanoseconds ?? UInt64.max))
     }
     return intervals.sorted { $0.1 < $1.1 }
