@@ -536,4 +536,30 @@ struct ProbeAgentTests {
         #expect(gid.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().allSatisfy { $0 == "65534" }, "\(gid)")
         daemon.stop()
     }
+
+    @Test func anHTTPProbeMakesAPlainProgramReady() throws {
+        let state = TemporaryDirectory("httpprobe")
+        let bin = "\(state.path)/releases/web/1.0/bin"
+        try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
+        try "#!/bin/sh\nwhile true; do sleep 0.1; done\n".write(toFile: "\(bin)/web", atomically: true, encoding: .utf8)
+        chmod("\(bin)/web", 0o755)
+        symlink("1.0", "\(state.path)/releases/web/current")
+        // The probe asks batond's own /healthz: an HTTP endpoint that is up.
+        let port = try freePort()
+        let daemon = try BatondProcess(state: state, arguments: ["--listen", "127.0.0.1:\(port)"], configText: """
+            [agents.web]
+            command = ["{release}/bin/web"]
+            kill_timeout = "1s"
+            stop_timeout = "1s"
+            readiness = { http = "http://127.0.0.1:\(port)/healthz" }
+            """, tcp: false)
+        try waitUntil(timeout: 30) {
+            let view = try? Endpoint.unix(path: daemon.socketPath).get("/v1/agents/web").json()
+            return view?["state"] as? String == "running"
+        }
+        let view = try Endpoint.unix(path: daemon.socketPath).get("/v1/agents/web").json()
+        #expect((view["instances"] as? [[String: Any]])?.first?["state"] as? String == "working")
+        #expect(view["last_error"] is NSNull)
+        daemon.stop()
+    }
 }
