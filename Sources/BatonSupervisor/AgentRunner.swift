@@ -306,11 +306,14 @@ actor AgentRunner {
     private func exited(_ instance: String, _ status: ExitStatus) async {
         guard let process = processes.removeValue(forKey: instance) else { return }
         probes.removeValue(forKey: instance)?.cancel()
-        process.log?.drain()
         context.registry.remove(instance)
         record(.instanceExited(.init(agent: name, instance: instance, exitCode: status.code, signal: status.signal)))
         if let role = role(of: instance) {
             if role == .successor || role == .previous {
+                // Its output may explain a failure: read it to the end first (briefly:
+                // a child of it may hold the pipe open). Not for the old instance,
+                // whose exit is on the handoff's critical path.
+                process.log?.drain()
                 context.lastOutput[instance] = process.log?.lastOutput
             }
             await feed(.exited(role, description: status.description))
@@ -322,6 +325,7 @@ actor AgentRunner {
         active = nil
         guard shutdownDone == nil else { return }
         let reason = wasStarting ? "exited before it was ready (\(status))" : "exited unexpectedly (\(status))"
+        process.log?.drain()
         recordError(reason, instance: instance, output: process.log?.lastOutput)
         if let since = goSince, ContinuousClock.now - since > .seconds(60) { backoff = .seconds(1) }
         goSince = nil
