@@ -86,7 +86,11 @@ public final class API: Sendable {
         let parked = server.withLock { $0?.parkedCount } ?? 0
         let text = metrics.render(.init(startedAt: context.startedAt, now: .now(), ledger: ledger.metrics,
                                         lastSeq: ledger.lastSeq, ledgerWritable: ledger.isWritable,
-                                        parked: parked, agents: context.config.agents.count))
+                                        parked: parked, agents: context.config.agents.count,
+                                        instances: Dictionary(uniqueKeysWithValues: context.config.agents.map {
+                                            ($0.name, supervisor.registry.instances(of: $0.name).count)
+                                        }),
+                                        supervisor: supervisor.stats.snapshot))
         return .text(text, contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 

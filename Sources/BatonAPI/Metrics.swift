@@ -2,6 +2,7 @@ import Foundation
 import BatonCore
 import BatonHTTP
 import BatonLedger
+import BatonSupervisor
 import Synchronization
 
 /// batond's Prometheus metrics. Counters live here; gauges are read when scraped.
@@ -44,6 +45,8 @@ public final class Metrics: Sendable {
         var ledgerWritable: Bool
         var parked: Int
         var agents: Int
+        var instances: [String: Int]
+        var supervisor: SupervisorStats.Snapshot
     }
 
     /// The text exposition format, version 0.0.4.
@@ -87,6 +90,27 @@ public final class Metrics: Sendable {
         out += "baton_ledger_fsync_seconds_sum \(format(gauges.ledger.fsyncSeconds.sum))\n"
         out += "baton_ledger_fsync_seconds_count \(gauges.ledger.fsyncSeconds.count)\n"
         single("baton_agents", "gauge", "Agents declared in the configuration.", "\(gauges.agents)")
+        family("baton_agent_instances", "gauge", "Live instances (processes) of each agent.")
+        for (agent, count) in gauges.instances.sorted(by: { $0.key < $1.key }) {
+            out += "baton_agent_instances{agent=\"\(escape(agent))\"} \(count)\n"
+        }
+        family("baton_handoffs_total", "counter", "Handoffs ended since start, by agent and outcome.")
+        for (agent, outcomes) in gauges.supervisor.handoffs.sorted(by: { $0.key < $1.key }) {
+            for (outcome, count) in outcomes.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
+                out += "baton_handoffs_total{agent=\"\(escape(agent))\",outcome=\"\(outcome.rawValue)\"} \(count)\n"
+            }
+        }
+        family("baton_agent_restarts_total", "counter", "Restarts by supervision after an unexpected exit or failed start.")
+        for (agent, count) in gauges.supervisor.restarts.sorted(by: { $0.key < $1.key }) {
+            out += "baton_agent_restarts_total{agent=\"\(escape(agent))\"} \(count)\n"
+        }
+        family("baton_handoff_gap_seconds", "histogram", "Gap of committed handoffs: old instance gone to successor told go.")
+        for (bound, count) in gauges.supervisor.gapSeconds.cumulative {
+            let le = bound.isInfinite ? "+Inf" : format(bound)
+            out += "baton_handoff_gap_seconds_bucket{le=\"\(le)\"} \(count)\n"
+        }
+        out += "baton_handoff_gap_seconds_sum \(format(gauges.supervisor.gapSeconds.sum))\n"
+        out += "baton_handoff_gap_seconds_count \(gauges.supervisor.gapSeconds.count)\n"
         return out
     }
 

@@ -161,7 +161,10 @@ actor AgentRunner {
         case .restart(let token):
             guard restartToken == token, shutdownDone == nil, run == nil, active == nil else { return }
             restartToken = nil
-            if let version = context.releases.current(agent: name) { await startSupervised(version: version) }
+            if let version = context.releases.current(agent: name) {
+                context.stats.restarted(agent: name)
+                await startSupervised(version: version)
+            }
         case .escalate(let instance, let signal):
             await flush()
             processes[instance]?.send(signal)
@@ -525,6 +528,7 @@ actor AgentRunner {
             recordError(error, instance: failed, output: output)
         }
         record(.handoffEnded(.init(handoff: current.view.id, agent: name, outcome: outcome, gapMs: current.gapMs, error: error)))
+        context.stats.handoffEnded(agent: name, outcome: outcome, gapMs: current.gapMs)
         logger.info("handoff ended", metadata: ["agent": "\(name)", "handoff.id": "\(current.view.id)",
                                                 "outcome": "\(outcome.rawValue)", "gap_ms": "\(current.gapMs.map { String($0) } ?? "-")"])
         // Instances of this handoff that are not the one holding go must go away.

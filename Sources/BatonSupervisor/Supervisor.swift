@@ -12,6 +12,7 @@ final class SupervisorContext: Sendable {
     let registry: InstanceRegistry
     let releases: ReleaseStore
     let handoffs: HandoffBook
+    let stats: SupervisorStats
     let logger: Logger
     let socketPath: String
     let url: String?
@@ -20,12 +21,13 @@ final class SupervisorContext: Sendable {
     /// reports it.
     let lastOutput = OutputTails()
 
-    init(ledger: Ledger, registry: InstanceRegistry, releases: ReleaseStore, handoffs: HandoffBook, logger: Logger,
-         socketPath: String, url: String?, logDirectory: String) {
+    init(ledger: Ledger, registry: InstanceRegistry, releases: ReleaseStore, handoffs: HandoffBook, stats: SupervisorStats,
+         logger: Logger, socketPath: String, url: String?, logDirectory: String) {
         self.ledger = ledger
         self.registry = registry
         self.releases = releases
         self.handoffs = handoffs
+        self.stats = stats
         self.logger = logger
         self.socketPath = socketPath
         self.url = url
@@ -51,6 +53,32 @@ final class OutputTails: Sendable {
     func removeValue(forKey instance: String) -> String? { tails.withLock { $0.removeValue(forKey: instance) } }
 }
 
+/// Counters for /metrics: handoffs by outcome, their gaps, restarts.
+public final class SupervisorStats: Sendable {
+    public struct Snapshot: Sendable {
+        public var handoffs: [String: [HandoffOutcome: UInt64]] = [:]
+        public var restarts: [String: UInt64] = [:]
+        public var gapSeconds = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1])
+    }
+
+    private let state = Mutex(Snapshot())
+
+    public init() {}
+
+    public var snapshot: Snapshot { state.withLock { $0 } }
+
+    func handoffEnded(agent: String, outcome: HandoffOutcome, gapMs: Double?) {
+        state.withLock { state in
+            state.handoffs[agent, default: [:]][outcome, default: 0] += 1
+            if outcome == .committed, let gapMs { state.gapSeconds.observe(gapMs / 1000) }
+        }
+    }
+
+    func restarted(agent: String) {
+        state.withLock { $0.restarts[agent, default: 0] += 1 }
+    }
+}
+
 /// Handoffs by id, for `GET /v1/handoffs/{id}`: the ones of this run of batond (the
 /// ledger's history has the older ones).
 public final class HandoffBook: Sendable {
@@ -69,6 +97,7 @@ public final class HandoffBook: Sendable {
 public final class Supervisor: Sendable {
     public let registry: InstanceRegistry
     public let handoffs: HandoffBook
+    public let stats = SupervisorStats()
     let context: SupervisorContext
     private let runners: [String: AgentRunner]
 
@@ -79,7 +108,8 @@ public final class Supervisor: Sendable {
         try? FileManager.default.createDirectory(atPath: logDirectory, withIntermediateDirectories: true)
         try? FileManager.default.createDirectory(atPath: config.stateDir + "/releases", withIntermediateDirectories: true)
         context = SupervisorContext(ledger: ledger, registry: registry, releases: ReleaseStore(stateDirectory: config.stateDir),
-                                    handoffs: handoffs, logger: logger, socketPath: socketPath, url: url, logDirectory: logDirectory)
+                                    handoffs: handoffs, stats: stats, logger: logger, socketPath: socketPath, url: url,
+                                    logDirectory: logDirectory)
         var runners: [String: AgentRunner] = [:]
         for agent in config.agents { runners[agent.name] = AgentRunner(config: agent, context: context) }
         self.runners = runners

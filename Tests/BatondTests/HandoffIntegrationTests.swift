@@ -71,6 +71,21 @@ struct HandoffIntegrationTests {
         let ready = try #require(events.first { $0.event == "ready" && $0.version == "2.0" })
         let oldStop = try #require(events.first { $0.event == "stop-received" && $0.version == "1.0" })
         #expect(oldStop.nanoseconds >= ready.nanoseconds)
+        // Monitoring sees it too, in a form promtool accepts (once the old process,
+        // which reported stopped, has exited).
+        try waitUntil(timeout: 10) {
+            (try? daemon.endpoint.get("/metrics").text)?.contains(#"baton_agent_instances{agent="web"} 1"#) == true
+        }
+        let metrics = try daemon.endpoint.get("/metrics").text
+        #expect(metrics.contains(#"baton_handoffs_total{agent="web",outcome="committed"} 1"#), "\(metrics)")
+        #expect(metrics.contains("baton_handoff_gap_seconds_count 1"))
+        #expect(metrics.contains(#"baton_agent_instances{agent="web"} 1"#))
+        if let promtool = which("promtool") {
+            let file = daemon.state.file("metrics.txt")
+            try metrics.write(toFile: file, atomically: true, encoding: .utf8)
+            let check = try run(["/bin/sh", "-c", "\(promtool) check metrics < \(file)"])
+            #expect(check.status == 0, "promtool: \(check.output)")
+        }
         daemon.stop()
     }
 
