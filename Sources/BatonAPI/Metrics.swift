@@ -55,6 +55,13 @@ public final class Metrics: Sendable {
         func family(_ name: String, _ type: String, _ help: String) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
         }
+        func histogram(_ name: String, _ help: String, _ values: Histogram) {
+            family(name, "histogram", help)
+            for (bound, count) in values.cumulative {
+                out += "\(name)_bucket{le=\"\(bound.isInfinite ? "+Inf" : format(bound))\"} \(count)\n"
+            }
+            out += "\(name)_sum \(format(values.sum))\n\(name)_count \(values.count)\n"
+        }
         /// A family with one unlabelled sample.
         func single(_ name: String, _ type: String, _ help: String, _ value: String) {
             family(name, type, help)
@@ -82,13 +89,7 @@ public final class Metrics: Sendable {
         single("baton_ledger_last_seq", "gauge", "Sequence number of the newest ledger record.", "\(gauges.lastSeq)")
         single("baton_ledger_writable", "gauge", "1 when the ledger accepts records, 0 after a failed write.",
                gauges.ledgerWritable ? "1" : "0")
-        family("baton_ledger_fsync_seconds", "histogram", "Time to write and fdatasync one ledger batch.")
-        for (bound, count) in gauges.ledger.fsyncSeconds.cumulative {
-            let le = bound.isInfinite ? "+Inf" : format(bound)
-            out += "baton_ledger_fsync_seconds_bucket{le=\"\(le)\"} \(count)\n"
-        }
-        out += "baton_ledger_fsync_seconds_sum \(format(gauges.ledger.fsyncSeconds.sum))\n"
-        out += "baton_ledger_fsync_seconds_count \(gauges.ledger.fsyncSeconds.count)\n"
+        histogram("baton_ledger_fsync_seconds", "Time to write and fdatasync one ledger batch.", gauges.ledger.fsyncSeconds)
         single("baton_agents", "gauge", "Agents declared in the configuration.", "\(gauges.agents)")
         family("baton_agent_instances", "gauge", "Live instances (processes) of each agent.")
         for (agent, count) in gauges.instances.sorted(by: { $0.key < $1.key }) {
@@ -104,13 +105,8 @@ public final class Metrics: Sendable {
         for (agent, count) in gauges.supervisor.restarts.sorted(by: { $0.key < $1.key }) {
             out += "baton_agent_restarts_total{agent=\"\(escape(agent))\"} \(count)\n"
         }
-        family("baton_handoff_gap_seconds", "histogram", "Gap of committed handoffs: old instance gone to successor told go.")
-        for (bound, count) in gauges.supervisor.gapSeconds.cumulative {
-            let le = bound.isInfinite ? "+Inf" : format(bound)
-            out += "baton_handoff_gap_seconds_bucket{le=\"\(le)\"} \(count)\n"
-        }
-        out += "baton_handoff_gap_seconds_sum \(format(gauges.supervisor.gapSeconds.sum))\n"
-        out += "baton_handoff_gap_seconds_count \(gauges.supervisor.gapSeconds.count)\n"
+        histogram("baton_handoff_gap_seconds", "Gap of committed handoffs: old instance gone to successor told go.",
+                  gauges.supervisor.gapSeconds)
         return out
     }
 
