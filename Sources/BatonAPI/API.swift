@@ -135,7 +135,9 @@ public final class API: Sendable {
             view.state = ledger?.handoff != nil ? .handingOff : .running
         } else {
             view.running = nil
-            view.state = ledger?.handoff != nil ? .handingOff : live.isEmpty ? .stopped : .starting
+            view.state = ledger?.handoff != nil ? .handingOff
+                : !live.isEmpty ? .starting
+                : supervisor.stats.isBackingOff(config.name) ? .backoff : .stopped
         }
         return view
     }

@@ -160,6 +160,7 @@ actor AgentRunner {
             escalateLater(instance, SIGKILL, after: config.killTimeout)
         case .restart(let token):
             guard restartToken == token, shutdownDone == nil, run == nil, active == nil else { return }
+            context.stats.backingOff(agent: name, false)
             restartToken = nil
             if let version = context.releases.current(agent: name) {
                 context.stats.restarted(agent: name)
@@ -343,6 +344,7 @@ actor AgentRunner {
         restartToken = token
         let delay = backoff
         backoff = min(backoff * 2, .seconds(60))
+        context.stats.backingOff(agent: name, true)
         logger.notice("restarting after backoff", metadata: ["agent": "\(name)", "delay": "\(delay)"])
         let runner = self
         Task {
@@ -384,6 +386,7 @@ actor AgentRunner {
         // A supervised start that has not reported ready yet, or a pending restart, is
         // superseded: the successor takes its place.
         restartToken = nil
+        context.stats.backingOff(agent: name, false)
         if let id = active, starting.contains(id) {
             starting.remove(id)
             active = nil

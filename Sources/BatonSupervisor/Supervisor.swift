@@ -58,6 +58,8 @@ public final class SupervisorStats: Sendable {
     public struct Snapshot: Sendable {
         public var handoffs: [String: [HandoffOutcome: UInt64]] = [:]
         public var restarts: [String: UInt64] = [:]
+        /// Agents waiting out a restart backoff.
+        public var backoff: Set<String> = []
         public var gapSeconds = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1])
     }
 
@@ -75,8 +77,20 @@ public final class SupervisorStats: Sendable {
     }
 
     func restarted(agent: String) {
-        state.withLock { $0.restarts[agent, default: 0] += 1 }
+        state.withLock { state in
+            state.restarts[agent, default: 0] += 1
+            state.backoff.remove(agent)
+        }
     }
+
+    /// The agent waits out its restart backoff (no instance runs).
+    func backingOff(agent: String, _ waiting: Bool) {
+        state.withLock { state in
+            if waiting { state.backoff.insert(agent) } else { state.backoff.remove(agent) }
+        }
+    }
+
+    public func isBackingOff(_ agent: String) -> Bool { state.withLock { $0.backoff.contains(agent) } }
 }
 
 /// Handoffs by id, for `GET /v1/handoffs/{id}`: the ones of this run of batond (the

@@ -169,7 +169,9 @@ struct HandoffIntegrationTests {
         let (daemon, agents) = try start(["1.0": [], "2.0": ["--crash-after", "0.5"]])
         let handoff = try handOff(daemon, to: "2.0")
         #expect(handoff["outcome"] as? String == "committed")
-        // Supervision restarts the current release (2.0) after its backoff.
+        // Supervision restarts the current release (2.0) after its backoff (1 s the first
+        // time), which /v1/agents shows meanwhile.
+        try waitUntil(timeout: 30) { (try? agentView(daemon)["state"] as? String) == "backoff" }
         try waitUntil(timeout: 30) {
             agents.log().filter { $0.event == "go" && $0.version == "2.0" }.count >= 2
         }
