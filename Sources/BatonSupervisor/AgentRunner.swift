@@ -74,6 +74,8 @@ actor AgentRunner {
     private var starting: Set<String> = []
     /// Registered processes (not batond's children) that have not reported ready yet.
     private var registered: Set<String> = []
+    /// Registered processes that reported ready while a handoff ran: next in line.
+    private var waitingRegistered: [String] = []
     private var timers: [Handoff.Timer: (token: Int, task: Task<Void, Never>)] = [:]
     private var nextToken = 0
     private var backoff: Duration = .seconds(1)
@@ -242,16 +244,7 @@ actor AgentRunner {
             switch report {
             case .ready:
                 registered.remove(instance)
-                if let active, processes[active] != nil, run == nil {
-                    // A second registered instance is ready: the same handoff as for
-                    // releases batond starts, between the two processes.
-                    await beginRegistered(successor: instance, old: active)
-                } else if active == nil || processes[active!] == nil {
-                    active = instance
-                    goSince = .now
-                    await flush()
-                    context.registry.setSignal(instance, .go, handoff: nil)
-                }
+                await takeOver(registeredInstance: instance)
             case .failed(let reason):
                 registered.remove(instance)
                 recordError("reported failure: \(reason)", instance: instance)
@@ -264,6 +257,22 @@ actor AgentRunner {
     }
 
     // MARK: - Registered processes
+
+    /// A registered instance is ready: it gets go when nothing works, the same handoff
+    /// as for releases batond starts when another instance works, or waits its turn
+    /// while a handoff runs.
+    private func takeOver(registeredInstance instance: String) async {
+        if run != nil {
+            waitingRegistered.append(instance)
+        } else if let active, processes[active] != nil {
+            await beginRegistered(successor: instance, old: active)
+        } else {
+            active = instance
+            goSince = .now
+            await flush()
+            context.registry.setSignal(instance, .go, handoff: nil)
+        }
+    }
 
     private func register(pid: Int32, version: String) async -> Result<Registration, SupervisorError> {
         guard shutdownDone == nil else { return .failure(.shuttingDown) }
@@ -324,6 +333,7 @@ actor AgentRunner {
             return
         }
         registered.remove(instance)
+        waitingRegistered.removeAll { $0 == instance }
         let wasStarting = starting.remove(instance) != nil
         guard active == instance else { return }
         active = nil
@@ -540,6 +550,11 @@ actor AgentRunner {
             if processes[instance] != nil, context.registry.instance(instance)?.stopped == false { await stop(instance) }
         }
         run = nil
+        if let next = waitingRegistered.first {
+            waitingRegistered.removeFirst()
+            if processes[next] != nil { await takeOver(registeredInstance: next) }
+            return
+        }
         if outcome == .failed, let active, processes[active] == nil {
             // The old instance is gone (crashed, or stopped for a successor that then
             // failed): supervision brings the current release back.
