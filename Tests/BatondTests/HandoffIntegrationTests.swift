@@ -89,6 +89,24 @@ struct HandoffIntegrationTests {
         daemon.stop()
     }
 
+    /// Every step of a handoff is in the ledger, in the order it happened.
+    @Test func theLedgerTellsTheHandoffStepByStep() throws {
+        let (daemon, _) = try start(["1.0": [], "2.0": []])
+        let since = try daemon.endpoint.get("/v1/status", token: daemon.token).json()["ledger"].flatMap { ($0 as? [String: Any])?["last_seq"] as? Int } ?? 0
+        let handoff = try handOff(daemon, to: "2.0")
+        #expect(handoff["outcome"] as? String == "committed")
+        let page = try daemon.endpoint.get("/v1/events?since=\(since)", token: daemon.token).json()
+        let steps = (page["records"] as? [[String: Any]] ?? []).compactMap { record -> String? in
+            guard let kind = record["kind"] as? String else { return nil }
+            if kind == "handoff.phase" { return "phase:" + ((record["data"] as? [String: Any])?["phase"] as? String ?? "?") }
+            return kind
+        }
+        let expected = ["agent.desired", "handoff.began", "phase:spawning", "instance.spawned", "phase:waiting_ready",
+                        "instance.ready", "phase:stopping_old", "instance.stopped", "release.current", "handoff.ended"]
+        #expect(Array(steps.prefix(expected.count)) == expected, "\(steps)")
+        daemon.stop()
+    }
+
     @Test(arguments: [
         (["--exit-before-ready"], "exited before it was ready"),
         (["--fail-check"], "reported failure"),
