@@ -156,6 +156,11 @@ extension Endpoint {
         return try HTTPConnection(self, timeout: timeout).request(method, path, headers: headers, body: body)
     }
 
+    /// A request with a JSON body.
+    public func json(_ method: String, _ path: String, token: String? = nil, _ body: String) throws -> HTTPResponse {
+        try request(method, path, token: token, headers: ["Content-Type": "application/json"], body: Array(body.utf8))
+    }
+
     public func get(_ path: String, token: String? = nil, timeout: Double = 30) throws -> HTTPResponse {
         try request("GET", path, token: token, timeout: timeout)
     }

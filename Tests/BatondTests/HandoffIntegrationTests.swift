@@ -40,8 +40,7 @@ struct HandoffIntegrationTests {
         var body = #"{"version":"\#(version)""#
         if let mode { body += #","mode":"\#(mode)""# }
         body += "}"
-        let answer = try daemon.endpoint.request("PUT", "/v1/agents/\(agent)/desired", token: daemon.token,
-                                                 headers: ["Content-Type": "application/json"], body: Array(body.utf8))
+        let answer = try daemon.endpoint.json("PUT", "/v1/agents/\(agent)/desired", token: daemon.token, body)
         guard answer.status == 202 else { throw TestFailure("PUT desired: \(answer.status) \(answer.text)") }
         let id = try #require(try answer.json()["id"] as? String)
         var cursor = since
@@ -233,8 +232,7 @@ struct HandoffIntegrationTests {
     @Test func rollbackHandsBackToThePreviousRelease() throws {
         let (daemon, agents) = try start(["1.0": [], "2.0": []])
         #expect(try handOff(daemon, to: "2.0")["outcome"] as? String == "committed")
-        let answer = try daemon.endpoint.request("POST", "/v1/agents/web/rollback", token: daemon.token,
-                                                 headers: ["Content-Type": "application/json"], body: Array("{}".utf8))
+        let answer = try daemon.endpoint.json("POST", "/v1/agents/web/rollback", token: daemon.token, "{}")
         #expect(answer.status == 202)
         #expect(try answer.json()["to"] as? String == "1.0")
         try waitForAgent(daemon, state: "running", version: "1.0")
@@ -244,12 +242,10 @@ struct HandoffIntegrationTests {
 
     @Test func aSecondDesiredVersionDuringAHandoffIs409() throws {
         let (daemon, _) = try start(["1.0": [], "2.0": ["--ready-after", "3"], "3.0": []])
-        let first = try daemon.endpoint.request("PUT", "/v1/agents/web/desired", token: daemon.token,
-                                                headers: ["Content-Type": "application/json"], body: Array(#"{"version":"2.0"}"#.utf8))
+        let first = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"2.0"}"#)
         #expect(first.status == 202)
         let id = try #require(try first.json()["id"] as? String)
-        let second = try daemon.endpoint.request("PUT", "/v1/agents/web/desired", token: daemon.token,
-                                                 headers: ["Content-Type": "application/json"], body: Array(#"{"version":"3.0"}"#.utf8))
+        let second = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"3.0"}"#)
         #expect(second.status == 409)
         #expect(second.errorCode == "handoff_in_progress")
         #expect(second.text.contains(id))
@@ -259,15 +255,13 @@ struct HandoffIntegrationTests {
     @Test func unknownReleasesAndBadBodies() throws {
         let (daemon, _) = try start(["1.0": []])
         func put(_ body: String) throws -> HTTPResponse {
-            try daemon.endpoint.request("PUT", "/v1/agents/web/desired", token: daemon.token,
-                                        headers: ["Content-Type": "application/json"], body: Array(body.utf8))
+            try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, body)
         }
         #expect(try put(#"{"version":"9.9"}"#).errorCode == "release_not_found")
         #expect(try put(#"{"version":"../etc"}"#).status == 422)
         #expect(try put(#"{"version":"2.0","mode":"sideways"}"#).status == 422)
         #expect(try put("{nope").status == 400)
-        let unknown = try daemon.endpoint.request("PUT", "/v1/agents/ghost/desired", token: daemon.token,
-                                                  headers: ["Content-Type": "application/json"], body: Array(#"{"version":"1.0"}"#.utf8))
+        let unknown = try daemon.endpoint.json("PUT", "/v1/agents/ghost/desired", token: daemon.token, #"{"version":"1.0"}"#)
         #expect(unknown.errorCode == "agent_not_found")
         daemon.stop()
     }
@@ -449,8 +443,7 @@ struct RegisteredInstanceTests {
 
         // The registration token registers, and does nothing else.
         #expect(try daemon.endpoint.get("/v1/status", token: Self.registrationToken).status == 401)
-        let bad = try daemon.endpoint.request("POST", "/v1/agents/ext/instances", token: Self.registrationToken,
-                                              headers: ["Content-Type": "application/json"], body: Array(#"{"pid":999999999,"version":"1.0"}"#.utf8))
+        let bad = try daemon.endpoint.json("POST", "/v1/agents/ext/instances", token: Self.registrationToken, #"{"pid":999999999,"version":"1.0"}"#)
         #expect(bad.status == 422)
         #expect(bad.errorCode == "no_such_process")
         daemon.stop()
