@@ -87,10 +87,41 @@ actor AgentRunner {
     /// Records not yet written: see `record` and `flush`.
     private var unflushed: [LedgerEvent] = []
 
+    /// The last instance generation and handoff number used. Kept here, not read back
+    /// from the ledger's state, which lags the records still queued for `flush`.
+    private var generations: Int
+    private var handoffNumbers: Int
+
     init(config: AgentConfig, context: SupervisorContext) {
         self.config = config
         self.context = context
+        let recorded = context.ledger.state.agents[config.name]
+        generations = recorded?.spawns ?? 0
+        handoffNumbers = recorded?.handoffsBegun ?? 0
         (mailbox, inbox) = AsyncStream.makeStream(of: Message.self)
+    }
+
+    /// `<agent>.<generation>`: a new instance id, never used before.
+    private func nextInstanceID() -> String {
+        generations += 1
+        return "\(name).\(generations)"
+    }
+
+    /// `<agent>-<n>`: a new handoff id.
+    private func nextHandoffID() -> String {
+        handoffNumbers += 1
+        return "\(name)-\(handoffNumbers)"
+    }
+
+    /// A handoff that begins now, with the machine for `mode`.
+    private func makeRun(id: String, from: String?, to: String, mode: HandoffMode, hasOld: Bool) -> Run {
+        let now = Timestamp.now()
+        return Run(view: HandoffView(id: id, agent: name, from: from, to: to, mode: mode, phase: "began",
+                                     outcome: nil, error: nil, gapMs: nil, startedAt: now, endedAt: nil,
+                                     steps: [.init(phase: "began", at: now)]),
+                   machine: Handoff(mode: mode == .parallel ? .parallel : .sequential,
+                                    timeouts: .init(ready: config.readyTimeout, stop: config.stopTimeout, kill: config.killTimeout),
+                                    hasOld: hasOld))
     }
 
     nonisolated func send(_ message: Message) {
@@ -278,8 +309,7 @@ actor AgentRunner {
         guard shutdownDone == nil else { return .failure(.shuttingDown) }
         guard Names.isValidVersion(version) else { return .failure(.invalidVersion(version)) }
         guard pid > 1, kill(pid, 0) == 0 || errno == EPERM else { return .failure(.noSuchProcess(pid)) }
-        let generation = (context.ledger.state.agents[name]?.spawns ?? 0) + 1
-        let id = "\(name).\(generation)"
+        let id = nextInstanceID()
         let token = context.makeToken()
         let process = SpawnedProcess(pid: pid, startTime: Processes.startTime(of: pid), log: nil)
         processes[id] = process
@@ -297,16 +327,9 @@ actor AgentRunner {
     private func beginRegistered(successor: String, old: String) async {
         guard let to = context.registry.instance(successor)?.version else { return }
         let from = context.registry.instance(old)?.version
-        let number = (context.ledger.state.agents[name]?.handoffsBegun ?? 0) + 1
-        let id = "\(name)-\(number)"
+        let id = nextHandoffID()
         record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: to, mode: .parallel)))
-        let now = Timestamp.now()
-        var run = Run(view: HandoffView(id: id, agent: name, from: from, to: to, mode: .parallel, phase: "began",
-                                        outcome: nil, error: nil, gapMs: nil, startedAt: now, endedAt: nil,
-                                        steps: [.init(phase: "began", at: now)]),
-                      machine: Handoff(mode: .parallel,
-                                       timeouts: .init(ready: config.readyTimeout, stop: config.stopTimeout, kill: config.killTimeout),
-                                       hasOld: true))
+        var run = makeRun(id: id, from: from, to: to, mode: .parallel, hasOld: true)
         run.roles = [.old: old, .successor: successor]
         run.registered = [.successor]
         context.registry.update(successor) { $0.handoff = id }
@@ -403,29 +426,18 @@ actor AgentRunner {
             await stop(id)
         }
         let from = active.flatMap { context.registry.instance($0)?.version } ?? context.releases.current(agent: name)
-        let number = (context.ledger.state.agents[name]?.handoffsBegun ?? 0) + 1
-        let id = "\(name)-\(number)"
-        do {
-            try await context.ledger.append(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
-            try await context.ledger.append(.handoffBegan(.init(handoff: id, agent: name, from: from, to: version, mode: mode)))
-        } catch {
-            return .failure(.ledger(error.description))
-        }
-        let hasOld = active != nil
-        let machine = Handoff(mode: mode == .parallel ? .parallel : .sequential,
-                              timeouts: .init(ready: config.readyTimeout, stop: config.stopTimeout, kill: config.killTimeout),
-                              hasOld: hasOld)
-        let now = Timestamp.now()
-        var run = Run(view: HandoffView(id: id, agent: name, from: from, to: version, mode: mode, phase: "began",
-                                        outcome: nil, error: nil, gapMs: nil, startedAt: now, endedAt: nil,
-                                        steps: [.init(phase: "began", at: now)]),
-                      machine: machine)
+        let id = nextHandoffID()
+        record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
+        record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: version, mode: mode)))
+        if let failure = await flush() { return .failure(.ledger(failure.description)) }
+        var run = makeRun(id: id, from: from, to: version, mode: mode, hasOld: active != nil)
         if let active { run.roles[.old] = active }
         self.run = run
         publish()
         logger.info("handoff began", metadata: ["agent": "\(name)", "handoff.id": "\(id)", "from": "\(from ?? "-")", "to": "\(version)"])
         await feed(.begin)
-        return .success(self.run?.view ?? context.handoffs.view(id) ?? run.view)
+        // The book holds every change of the view, also after a handoff that already ended.
+        return .success(context.handoffs.view(id) ?? run.view)
     }
 
     private func role(of instance: String) -> Handoff.Role? {
@@ -598,8 +610,7 @@ actor AgentRunner {
         guard let directory = context.releases.directory(agent: name, version: version) else {
             return .failure(SpawnError(description: "invalid version \(version)"))
         }
-        let generation = (context.ledger.state.agents[name]?.spawns ?? 0) + 1
-        let id = "\(name).\(generation)"
+        let id = nextInstanceID()
         let token = context.makeToken()
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("BATON_") && !$0.key.hasPrefix("LISTEN_") && $0.key != "NOTIFY_SOCKET" && $0.key != "WATCHDOG_USEC" && $0.key != "WATCHDOG_PID" }
         environment.merge(config.env) { _, new in new }
@@ -657,15 +668,16 @@ actor AgentRunner {
 
     /// Writes the queued records and waits until they are durable. A failed ledger is
     /// logged; the agent keeps going (the ledger is read-only then, and /readyz says so).
-    private func flush() async {
-        guard !unflushed.isEmpty else { return }
+    @discardableResult
+    private func flush() async -> LedgerError? {
+        guard !unflushed.isEmpty else { return nil }
         let batch = unflushed
         unflushed = []
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<[Record], LedgerError>, Never>) in
             context.ledger.append(batch) { continuation.resume(returning: $0) }
         }
-        if case .failure(let error) = result {
-            logger.error("cannot record \(batch.map(\.kind).joined(separator: ", "))", metadata: ["agent": "\(name)", "error": "\(error)"])
-        }
+        guard case .failure(let error) = result else { return nil }
+        logger.error("cannot record \(batch.map(\.kind).joined(separator: ", "))", metadata: ["agent": "\(name)", "error": "\(error)"])
+        return error
     }
 }
