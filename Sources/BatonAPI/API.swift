@@ -63,7 +63,7 @@ public final class API: Sendable {
             Route(.GET, "/v1/status", scope: Scope.operator) { [self] _ in .respond(statusResponse()) },
             Route(.GET, "/v1/agents", scope: Scope.operator) { [self] _ in .respond(.json(AgentList(agents: agentViews()))) },
             Route(.GET, "/v1/agents/{name}", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in
-                .respond(.json(try agentView(request.parameters["name"] ?? "")))
+                .respond(.json(try agentView(request.agentName())))
             },
             Route(.GET, "/v1/events", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in try events.handle(request, maxWait: context.config.http.maxWait) },
         ]
@@ -143,11 +143,8 @@ public final class API: Sendable {
     }
 
     func agentView(_ name: String) throws(HTTPError) -> AgentView {
-        guard Names.isValidAgent(name) else {
-            throw HTTPError(status: 400, code: "invalid_name", message: "\"\(name)\" is not a valid agent name")
-        }
         guard let config = context.config.agents.first(where: { $0.name == name }) else {
-            throw HTTPError(status: 404, code: "agent_not_found", message: "no agent named \"\(name)\" is configured")
+            throw SupervisorError.agentNotFound(name).http
         }
         return view(of: config, ledger: ledger.state.agents[name])
     }
@@ -170,5 +167,21 @@ extension Request {
             throw HTTPError.badParameter(name, "must be a number of seconds >= 0, not \"\(text)\"")
         }
         return number
+    }
+
+    /// A long-poll's `wait` in seconds (0 when absent), capped at `max`: a longer wait
+    /// is not an error.
+    func wait(max: Duration) throws(HTTPError) -> Double {
+        let cap = Double(max.components.seconds) + Double(max.components.attoseconds) / 1e18
+        return min(try seconds("wait", default: 0), cap)
+    }
+
+    /// The `{name}` of the path, validated before it is used (400 `invalid_name`).
+    func agentName() throws(HTTPError) -> String {
+        let name = parameters["name"] ?? ""
+        guard Names.isValidAgent(name) else {
+            throw HTTPError(status: 400, code: "invalid_name", message: "\"\(name)\" is not a valid agent name")
+        }
+        return name
     }
 }

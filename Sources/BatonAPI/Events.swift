@@ -20,8 +20,7 @@ final class EventWaiters: Sendable {
     func handle(_ request: Request, maxWait: Duration) throws(HTTPError) -> Reply {
         let since = UInt64(try request.integer("since", default: 0, range: 0...Int.max))
         let limit = try request.integer("limit", default: 1000, range: 1...1000)
-        let maxSeconds = Double(maxWait.components.seconds) + Double(maxWait.components.attoseconds) / 1e18
-        let wait = min(try request.seconds("wait", default: 0), maxSeconds)
+        let wait = try request.wait(max: maxWait)
         if wait == 0 || ledger.lastSeq > since {
             return .respond(page(since: since, limit: limit))
         }

@@ -54,8 +54,7 @@ struct InstanceRoutes: Sendable {
             }
             seen = value
         }
-        let maxSeconds = Double(maxWait.components.seconds) + Double(maxWait.components.attoseconds) / 1e18
-        let wait = min(try request.seconds("wait", default: 0), maxSeconds)
+        let wait = try request.wait(max: maxWait)
         let registry = supervisor.registry
         guard let now = registry.view(id) else {
             throw HTTPError(status: 404, code: "instance_not_found", message: "no instance \(id)")
@@ -80,7 +79,7 @@ struct HandoffRoutes: Sendable {
     var routes: [Route] {
         [
             Route(.PUT, "/v1/agents/{name}/desired", scope: Scope.operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                let name = try agentName(request)
+                let name = try request.agentName()
                 let body = try request.decodeJSON(DesiredRequest.self)
                 guard Names.isValidVersion(body.version) else {
                     throw HTTPError(status: 422, code: "invalid_version", message: "\"\(body.version)\" is not a valid version")
@@ -93,14 +92,14 @@ struct HandoffRoutes: Sendable {
                 return .parked
             },
             Route(.POST, "/v1/agents/{name}/rollback", scope: Scope.operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                let name = try agentName(request)
+                let name = try request.agentName()
                 let by = (request.principal as? Principal)?.name ?? "operator"
                 let pending = request.park(deadline: .seconds(60)) { Self.busy }
                 supervisor.rollback(agent: name, by: by) { result in pending.answer(Self.answer(result)) }
                 return .parked
             },
             Route(.POST, "/v1/agents/{name}/instances", scope: Scope.registration, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                let name = try agentName(request)
+                let name = try request.agentName()
                 let body = try request.decodeJSON(RegistrationRequest.self)
                 let pending = request.park(deadline: .seconds(60)) { Self.busy }
                 supervisor.register(agent: name, pid: body.pid, version: body.version) { result in
@@ -121,14 +120,6 @@ struct HandoffRoutes: Sendable {
     }
 
     static let busy = HTTPError(status: 503, code: "timeout", message: "the request was not processed in time").response
-
-    private func agentName(_ request: Request) throws(HTTPError) -> String {
-        let name = request.parameters["name"] ?? ""
-        guard Names.isValidAgent(name) else {
-            throw HTTPError(status: 400, code: "invalid_name", message: "\"\(name)\" is not a valid agent name")
-        }
-        return name
-    }
 
     /// A handoff of an earlier run of batond, from the ledger's history.
     private func historical(_ id: String) -> HandoffView? {
