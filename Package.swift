@@ -87,6 +87,7 @@ let package = Package(
         .testTarget(name: "BatonLedgerTests", dependencies: ["BatonLedger", "BatonCore", "BatonTestSupport"]),
         .testTarget(name: "BatonHTTPTests", dependencies: ["BatonHTTP", "BatonTestSupport"]),
         .testTarget(name: "BatonConfigTests", dependencies: ["BatonConfig", "BatonTestSupport"]),
+        .testTarget(name: "BatonSupervisorTests", dependencies: ["BatonSupervisor", "BatonCore", "BatonTestSupport"]),
         .testTarget(
             name: "BatondTests",
             dependencies: ["BatonTestSupport", "BatonCore", "BatonAPI", "BatonSupervisor"]

@@ -76,8 +76,13 @@ public final class API: Sendable {
     static let healthy = Response.json(bytes: Array(#"{"status":"ok"}"#.utf8))
 
     func readiness() -> Response {
-        guard ledger.isWritable else {
-            return HTTPError(status: 503, code: "not_ready", message: "the ledger is not writable").response
+        let health = ledger.health
+        if let failure = health.failure {
+            let since = health.since.map { " since \($0)" } ?? ""
+            let tried = health.lastAttempt.map { ", last tried \($0)" } ?? ""
+            return HTTPError(status: 503, code: "not_ready",
+                             message: "the ledger cannot write\(since) (\(failure)); nothing is acted on until it can; "
+                                 + "batond tries a probe write every \(health.retryInterval.milliseconds) ms\(tried)").response
         }
         return .json(bytes: Array(#"{"checks":{"ledger":"ok"},"status":"ready"}"#.utf8))
     }

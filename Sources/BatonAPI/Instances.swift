@@ -35,12 +35,11 @@ struct InstanceRoutes: Sendable {
         let pending = request.park(deadline: Self.reportDeadline) {
             HTTPError(status: 503, code: "timeout", message: "the report was not processed in time").response
         }
-        supervisor.report(instance: id, report) { view in
-            guard let view else {
-                pending.answer(HTTPError(status: 404, code: "instance_not_found", message: "no instance \(id)").response)
-                return
+        supervisor.report(instance: id, report) { result in
+            switch result {
+            case .success(let view): pending.answer(.json(view))
+            case .failure(let error): pending.answer(error.http.response)
             }
-            pending.answer(.json(view))
         }
         return .parked
     }
@@ -102,7 +101,11 @@ struct HandoffRoutes: Sendable {
                 let name = try request.agentName()
                 let body = try request.decodeJSON(RegistrationRequest.self)
                 let pending = request.park(deadline: .seconds(60)) { Self.busy }
-                supervisor.register(agent: name, pid: body.pid, version: body.version) { result in
+                let caller: RegistrationCaller = switch request.peer {
+                case .unix(let credentials?): .unix(pid: credentials.pid, uid: credentials.uid)
+                case .unix(nil), .tcp: .unverified
+                }
+                supervisor.register(agent: name, pid: body.pid, version: body.version, caller: caller) { result in
                     switch result {
                     case .success(let registration): pending.answer(.json(status: 201, registration))
                     case .failure(let error): pending.answer(error.http.response)
@@ -162,6 +165,12 @@ extension SupervisorError {
             HTTPError.shuttingDown
         case .ledger(let detail):
             HTTPError(status: 503, code: "ledger_unavailable", message: detail)
+        case .instanceNotFound(let id):
+            HTTPError(status: 404, code: "instance_not_found", message: "no instance \(id)")
+        case .registrationRefused(let reason):
+            HTTPError(status: 403, code: "registration_refused", message: reason)
+        case .alreadyRegistered(let pid, let instance):
+            HTTPError(status: 409, code: "already_registered", message: "process \(pid) is already instance \(instance)")
         }
     }
 }

@@ -89,6 +89,12 @@ public final class Metrics: Sendable {
         single("baton_ledger_last_seq", "gauge", "Sequence number of the newest ledger record.", "\(gauges.lastSeq)")
         single("baton_ledger_writable", "gauge", "1 when the ledger accepts records, 0 after a failed write.",
                gauges.ledgerWritable ? "1" : "0")
+        single("baton_ledger_failures_total", "counter", "Ledger writes or fsyncs that failed (records are refused until a probe write succeeds).",
+               "\(gauges.ledger.failures)")
+        single("baton_ledger_recovery_attempts_total", "counter", "Probe writes tried while the ledger could not write.",
+               "\(gauges.ledger.recoveryAttempts)")
+        single("baton_ledger_recoveries_total", "counter", "Probe writes that succeeded: the ledger wrote again without a restart.",
+               "\(gauges.ledger.recoveries)")
         histogram("baton_ledger_fsync_seconds", "Time to write and fdatasync one ledger batch.", gauges.ledger.fsyncSeconds)
         single("baton_agents", "gauge", "Agents declared in the configuration.", "\(gauges.agents)")
         family("baton_agent_instances", "gauge", "Live instances (processes) of each agent.")
@@ -104,6 +110,10 @@ public final class Metrics: Sendable {
         family("baton_agent_restarts_total", "counter", "Restarts by supervision after an unexpected exit or failed start.")
         for (agent, count) in gauges.supervisor.restarts.sorted(by: { $0.key < $1.key }) {
             out += "baton_agent_restarts_total{agent=\"\(escape(agent))\"} \(count)\n"
+        }
+        family("baton_agent_effects_waiting", "gauge", "Effects (signals, spawns, a current flip) decided but waiting for the ledger to write again.")
+        for agent in gauges.instances.keys.sorted() {
+            out += "baton_agent_effects_waiting{agent=\"\(escape(agent))\"} \(gauges.supervisor.effectsWaiting[agent] ?? 0)\n"
         }
         histogram("baton_handoff_gap_seconds", "Gap of committed handoffs: old instance gone to successor told go.",
                   gauges.supervisor.gapSeconds)

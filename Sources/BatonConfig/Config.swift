@@ -85,6 +85,12 @@ public struct AgentConfig: Sendable, Equatable {
     public var readiness: Readiness?
     /// A token an externally started process presents to register as this agent.
     public var registrationToken: String?
+    /// Registration over TCP (where the kernel cannot vouch for the caller) is refused
+    /// unless this holds the uid that owns the registered process. Empty: refused.
+    public var tcpRegistrationUIDs: Set<UInt32> = []
+    /// Whether batond stops registered instances (processes it did not start) when it
+    /// stops. Off by default: another supervisor owns them.
+    public var stopRegisteredOnExit = false
 
     public enum Readiness: Sendable, Equatable {
         case command([String])

@@ -1,5 +1,6 @@
 import BatonCore
 import Foundation
+import Glibc
 import TOMLKit
 
 extension BatondConfig {
@@ -108,7 +109,8 @@ private struct Reader {
 
     func readAgent(_ table: TOMLTable, name: String, path: String) throws(ConfigError) -> AgentConfig {
         try only(table, path, allowed: ["command", "env", "mode", "ready_timeout", "stop_timeout", "kill_timeout",
-                                        "user", "group", "readiness", "registration_token"])
+                                        "user", "group", "readiness", "registration_token",
+                                        "tcp_registration_uids", "stop_registered_on_exit"])
         guard let command = try strings(table, "command", path: path) else {
             throw error("\(path).command", "is required: the agent's argv, e.g. [\"{release}/bin/\(name)\"]")
         }
@@ -142,6 +144,15 @@ private struct Reader {
             }
             agent.registrationToken = token
         }
+        if let users = try strings(table, "tcp_registration_uids", path: path) {
+            for user in users {
+                guard let uid = UInt32(user) ?? getpwnam(user).map({ $0.pointee.pw_uid }) else {
+                    throw error("\(path).tcp_registration_uids", "no user named \"\(user)\"")
+                }
+                agent.tcpRegistrationUIDs.insert(uid)
+            }
+        }
+        if let stop = try bool(table, "stop_registered_on_exit", path: path) { agent.stopRegisteredOnExit = stop }
         if let readiness = try self.table(table, "readiness", path: path) {
             let key = "\(path).readiness"
             try only(readiness, key, allowed: ["command", "http"])

@@ -2,6 +2,23 @@ import BatonCore
 import Glibc
 import Synchronization
 
+/// The system calls that make ledger bytes durable, as a seam: batond uses the
+/// system's; tests inject ENOSPC or EIO on write and fdatasync.
+public struct FileIO: Sendable {
+    /// write(2): bytes written, or -1 with errno set.
+    public var write: @Sendable (_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Int
+    /// fdatasync(2): 0, or -1 with errno set.
+    public var sync: @Sendable (_ fd: Int32) -> Int32
+
+    public init(write: @escaping @Sendable (Int32, UnsafeRawBufferPointer) -> Int, sync: @escaping @Sendable (Int32) -> Int32) {
+        self.write = write
+        self.sync = sync
+    }
+
+    public static let system = FileIO(write: { fd, bytes in Glibc.write(fd, bytes.baseAddress, bytes.count) },
+                                      sync: { fd in fdatasync(fd) })
+}
+
 /// Thin, errno-checked file operations for the ledger: every durable step (write,
 /// fsync, rename, directory fsync) in one place.
 enum Files {
@@ -11,11 +28,11 @@ enum Files {
         return fd
     }
 
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(LedgerError) {
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String, io: FileIO = .system) throws(LedgerError) {
         var offset = 0
         while offset < bytes.count {
             let written = bytes.withUnsafeBytes { raw in
-                Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                io.write(fd, UnsafeRawBufferPointer(rebasing: raw[offset...]))
             }
             if written < 0 {
                 if errno == EINTR { continue }
@@ -25,8 +42,8 @@ enum Files {
         }
     }
 
-    static func sync(_ fd: Int32, path: String) throws(LedgerError) {
-        guard fdatasync(fd) == 0 else { throw .io(operation: "fdatasync", path: path, errno: errno) }
+    static func sync(_ fd: Int32, path: String, io: FileIO = .system) throws(LedgerError) {
+        guard io.sync(fd) == 0 else { throw .io(operation: "fdatasync", path: path, errno: errno) }
     }
 
     static func syncDirectory(_ path: String) throws(LedgerError) {
@@ -57,12 +74,13 @@ enum Files {
     }
 
     /// Replaces `path` with `bytes` atomically and durably: temp file, fsync, rename, fsync dir.
-    static func replace(_ path: String, with bytes: [UInt8], directory: String, mode: mode_t = 0o640) throws(LedgerError) {
+    static func replace(_ path: String, with bytes: [UInt8], directory: String, mode: mode_t = 0o640,
+                        io: FileIO = .system) throws(LedgerError) {
         let temporary = path + ".tmp"
         let fd = try open(temporary, O_WRONLY | O_CREAT | O_TRUNC, mode: mode)
         do throws(LedgerError) {
-            try writeAll(fd, bytes, path: temporary)
-            guard fsync(fd) == 0 else { throw .io(operation: "fsync", path: temporary, errno: errno) }
+            try writeAll(fd, bytes, path: temporary, io: io)
+            try sync(fd, path: temporary, io: io)
         } catch {
             close(fd)
             unlink(temporary)

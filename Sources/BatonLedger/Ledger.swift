@@ -16,6 +16,11 @@ public final class Ledger: Sendable {
         public var snapshotEvery = 10_000
         /// How many recent records stay in memory for `/v1/events`.
         public var retainRecords = 10_000
+        /// After a failed write or fsync, how often the writer tries to write again
+        /// (a fresh snapshot and journal: the probe write).
+        public var retryInterval: Duration = .seconds(2)
+        /// The system calls that make records durable; tests inject failures here.
+        public var io: FileIO = .system
         public init() {}
     }
 
@@ -23,6 +28,20 @@ public final class Ledger: Sendable {
         public var appends: UInt64 = 0
         public var batches: UInt64 = 0
         public var fsyncSeconds = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1])
+        /// Writes or fsyncs that failed (each makes the ledger refuse records until it recovers).
+        public var failures: UInt64 = 0
+        /// Probe writes tried while failed, and those that succeeded.
+        public var recoveryAttempts: UInt64 = 0
+        public var recoveries: UInt64 = 0
+    }
+
+    /// Whether the ledger writes, and if not, why and since when.
+    public struct Health: Sendable, Equatable {
+        public var failure: String?
+        public var since: Timestamp?
+        public var lastAttempt: Timestamp?
+        public var retryInterval: Duration
+        public var writable: Bool { failure == nil }
     }
 
     public typealias Completion = @Sendable (Result<[Record], LedgerError>) -> Void
@@ -45,6 +64,8 @@ public final class Ledger: Sendable {
         var pending: [(events: [LedgerEvent], completion: Completion)] = []
         var closing = false
         var failure: LedgerError?
+        var failedSince: Timestamp?
+        var lastAttempt: Timestamp?
     }
 
     /// Published state: read by any thread, replaced by the writer after each batch.
@@ -62,6 +83,7 @@ public final class Ledger: Sendable {
     private let wake = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
     private let observers = Mutex<[@Sendable (UInt64) -> Void]>([])
+    private let recoveryObservers = Mutex<[@Sendable () -> Void]>([])
 
     // MARK: - Opening and recovery
 
@@ -176,6 +198,13 @@ public final class Ledger: Sendable {
     /// Whether appends are accepted (no failed write or fsync, not closed).
     public var isWritable: Bool { queue.withLock { $0.failure == nil && !$0.closing } }
 
+    public var health: Health {
+        queue.withLock { queue in
+            Health(failure: queue.failure?.description, since: queue.failedSince, lastAttempt: queue.lastAttempt,
+                   retryInterval: options.retryInterval)
+        }
+    }
+
     /// The raw record lines with `seq > after`, up to `limit`, from the in-memory window.
     public func records(after: UInt64, limit: Int) -> (lines: [[UInt8]], lastSeq: UInt64, oldestSeq: UInt64) {
         published.withLock { published in
@@ -190,6 +219,11 @@ public final class Ledger: Sendable {
     /// Calls `observer` with the newest seq after every durable batch (on the writer thread).
     public func observeCommits(_ observer: @escaping @Sendable (UInt64) -> Void) {
         observers.withLock { $0.append(observer) }
+    }
+
+    /// Calls `observer` each time the ledger writes again after a failure (on the writer thread).
+    public func observeRecovery(_ observer: @escaping @Sendable () -> Void) {
+        recoveryObservers.withLock { $0.append(observer) }
     }
 
     // MARK: - Appending
@@ -231,7 +265,17 @@ public final class Ledger: Sendable {
 
     private func runWriter() {
         while true {
-            wake.wait()
+            if queue.withLock({ $0.failure != nil && !$0.closing }) {
+                // Failed: nothing is queued (appends are refused); probe on every interval.
+                let (seconds, attoseconds) = options.retryInterval.components
+                let interval = DispatchTimeInterval.nanoseconds(Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000))
+                if wake.wait(timeout: .now() + interval) == .timedOut {
+                    recoverFromFailure()
+                    continue
+                }
+            } else {
+                wake.wait()
+            }
             let (batch, closing) = queue.withLock { queue in
                 defer { queue.pending.removeAll(keepingCapacity: true) }
                 return (queue.pending, queue.closing)
@@ -267,8 +311,8 @@ public final class Ledger: Sendable {
         let started = DispatchTime.now().uptimeNanoseconds
         let written: Result<Void, LedgerError> = writer.withLock { writer in
             do throws(LedgerError) {
-                try Files.writeAll(writer.fd, bytes, path: journalPath)
-                try Files.sync(writer.fd, path: journalPath)
+                try Files.writeAll(writer.fd, bytes, path: journalPath, io: options.io)
+                try Files.sync(writer.fd, path: journalPath, io: options.io)
                 writer.journalRecords += lines.count
                 return .success(())
             } catch {
@@ -277,9 +321,11 @@ public final class Ledger: Sendable {
         }
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         if case .failure(let error) = written {
-            // After a failed write or fsync the kernel may have dropped the dirty pages:
-            // nothing more is accepted until an operator restarts batond.
-            logger.critical("ledger write failed; refusing further records", metadata: ["error": "\(error)"])
+            // After a failed write or fsync the kernel may have dropped the dirty pages and
+            // the journal may end in part of this batch: nothing more goes to this journal.
+            // Records are refused until a probe write replaces it (`recoverFromFailure`).
+            logger.critical("ledger write failed; refusing records until a probe write succeeds",
+                            metadata: ["error": "\(error)", "retry_every": "\(options.retryInterval)"])
             let failure = LedgerError.failed(error.description)
             for entry in batch { entry.completion(.failure(failure)) }
             fail(failure)
@@ -318,11 +364,11 @@ public final class Ledger: Sendable {
     private func snapshot() throws(LedgerError) {
         let state = published.withLock { $0.state }
         let bytes = try Self.encodeSnapshot(state)
-        try Files.replace(snapshotPath, with: bytes, directory: directory)
+        try Files.replace(snapshotPath, with: bytes, directory: directory, io: options.io)
         let fresh = journalPath + ".tmp"
         let fd = try Files.open(fresh, O_WRONLY | O_APPEND | O_CREAT | O_TRUNC)
         do throws(LedgerError) {
-            guard fsync(fd) == 0 else { throw .io(operation: "fsync", path: fresh, errno: errno) }
+            try Files.sync(fd, path: fresh, io: options.io)
         } catch {
             _ = Glibc.close(fd)
             unlink(fresh)
@@ -357,9 +403,37 @@ public final class Ledger: Sendable {
         logger.info("ledger snapshot written", metadata: ["seq": "\(state.lastSeq)"])
     }
 
+    /// The probe write: a snapshot of the acknowledged state (temp file, fsync, rename,
+    /// fsync of the directory) and a fresh journal, replacing the one a failed write may
+    /// have left with part of a batch. Only records that were acknowledged are in memory,
+    /// so the new pair holds exactly those. On success records are accepted again.
+    private func recoverFromFailure() {
+        let now = Timestamp.now()
+        queue.withLock { $0.lastAttempt = now }
+        published.withLock { $0.metrics.recoveryAttempts += 1 }
+        do throws(LedgerError) {
+            try snapshot()
+        } catch {
+            logger.debug("ledger probe write failed", metadata: ["error": "\(error)"])
+            return
+        }
+        let since = queue.withLock { queue -> Timestamp? in
+            defer {
+                queue.failure = nil
+                queue.failedSince = nil
+            }
+            return queue.failedSince
+        }
+        published.withLock { $0.metrics.recoveries += 1 }
+        logger.notice("ledger writes again", metadata: ["failed_since": "\(since.map { "\($0)" } ?? "-")"])
+        for observer in recoveryObservers.withLock({ $0 }) { observer() }
+    }
+
     /// Refuses every further record, failing what is queued.
     private func fail(_ failure: LedgerError) {
+        published.withLock { $0.metrics.failures += 1 }
         let queued = queue.withLock { queue in
+            if queue.failure == nil { queue.failedSince = .now() }
             queue.failure = failure
             defer { queue.pending.removeAll() }
             return queue.pending

@@ -15,13 +15,11 @@ public enum SupervisorError: Error, Sendable, Equatable {
     case noPreviousRelease(String)
     case shuttingDown
     case ledger(String)
-}
-
-/// What a registered process gets: its instance id and token.
-public struct Registration: Codable, Sendable, Equatable {
-    public var instance: String
-    public var token: String
-    public var signal: AgentSignal
+    case instanceNotFound(String)
+    /// The caller may not register this process (it does not own it).
+    case registrationRefused(String)
+    /// The pid is already an instance (of this agent or another).
+    case alreadyRegistered(pid: Int32, instance: String)
 }
 
 /// What an instance reports about itself.
@@ -34,18 +32,27 @@ public enum InstanceReport: Sendable, Equatable {
 /// Runs one agent: its instances, the handoff between them, supervision after it.
 /// Every change goes through one mailbox, processed to completion one message at a
 /// time (ledger appends included), so the handoff machine never sees interleaved events.
+///
+/// Ledger before effect: every effect (a signal, a process started or signalled,
+/// `current` flipped, a token issued) runs through `whenDurable`, after every record
+/// queued before it is on disk. While the ledger cannot write, effects wait in order in
+/// `deferred` and run, in that order, once it recovers; requests that would change
+/// something are refused meanwhile (`SupervisorError.ledger`).
 actor AgentRunner {
     enum Message: Sendable {
         case boot
         case desired(version: String, mode: HandoffMode?, by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
         case rollback(by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
-        case report(instance: String, InstanceReport, reply: @Sendable (SignalView?) -> Void)
+        case report(instance: String, InstanceReport, reply: @Sendable (Result<SignalView, SupervisorError>) -> Void)
         case exited(instance: String, ExitStatus)
         case handoffTimer(Handoff.Timer, token: Int)
         case readyDeadline(instance: String)
         case restart(token: Int)
         case escalate(instance: String, Int32)
-        case register(pid: Int32, version: String, reply: @Sendable (Result<Registration, SupervisorError>) -> Void)
+        case register(pid: Int32, version: String, caller: RegistrationCaller,
+                      reply: @Sendable (Result<Registration, SupervisorError>) -> Void)
+        /// The ledger writes again: deferred effects may run.
+        case ledgerRecovered
         case shutdown(done: @Sendable () -> Void)
     }
 
@@ -69,7 +76,7 @@ actor AgentRunner {
     /// The instance that holds go, or will once ready (supervision start).
     private var active: String?
     private var run: Run?
-    private var processes: [String: SpawnedProcess] = [:]
+    private var processes: [String: ProcessHandle] = [:]
     /// Instances started by supervision (boot, restart) that have not reported ready yet.
     private var starting: Set<String> = []
     /// Registered processes (not batond's children) that have not reported ready yet.
@@ -86,6 +93,8 @@ actor AgentRunner {
     private var probes: [String: Task<Void, Never>] = [:]
     /// Records not yet written: see `record` and `flush`.
     private var unflushed: [LedgerEvent] = []
+    /// Effects waiting for the ledger to write again, in the order they were decided.
+    private var deferred: [() async -> Void] = []
 
     /// The last instance generation and handoff number used. Kept here, not read back
     /// from the ledger's state, which lags the records still queued for `flush`.
@@ -174,9 +183,11 @@ actor AgentRunner {
             await flush()
             reply(result)
         case .report(let instance, let report, let reply):
+            guard context.registry.instance(instance) != nil else { return reply(.failure(.instanceNotFound(instance))) }
             await received(report, from: instance)
-            await flush()
-            reply(context.registry.view(instance))
+            if let failure = await flush() { return reply(.failure(.ledger(failure.description))) }
+            guard let view = context.registry.view(instance) else { return reply(.failure(.instanceNotFound(instance))) }
+            reply(.success(view))
         case .exited(let instance, let status):
             await exited(instance, status)
         case .handoffTimer(let timer, let token):
@@ -184,13 +195,11 @@ actor AgentRunner {
             timers[timer] = nil
             await feed(.timeout(timer))
         case .readyDeadline(let instance):
-            guard starting.contains(instance), let process = processes[instance] else { return }
+            guard starting.contains(instance), processes[instance] != nil else { return }
             // A late ready report must not give go to an instance on its way out.
             starting.remove(instance)
             recordError("not ready within \(config.readyTimeout)", instance: instance)
-            await flush()
-            process.send(SIGTERM)
-            escalateLater(instance, SIGKILL, after: config.killTimeout)
+            await stop(instance)
         case .restart(let token):
             guard restartToken == token, shutdownDone == nil, run == nil, active == nil else { return }
             context.stats.backingOff(agent: name, false)
@@ -200,12 +209,11 @@ actor AgentRunner {
                 await startSupervised(version: version)
             }
         case .escalate(let instance, let signal):
-            await flush()
-            processes[instance]?.send(signal)
-        case .register(let pid, let version, let reply):
-            let result = await register(pid: pid, version: version)
-            await flush()
-            reply(result)
+            await whenDurable { self.processes[instance]?.send(signal) }
+        case .register(let pid, let version, let caller, let reply):
+            reply(await register(pid: pid, version: version, caller: caller))
+        case .ledgerRecovered:
+            await runDeferred()
         case .shutdown(let done):
             shutdownDone = done
             await stopEverything()
@@ -216,7 +224,11 @@ actor AgentRunner {
 
     /// Starts `version` with no handoff: it gets go once it reports ready.
     private func startSupervised(version: String) async {
-        guard shutdownDone == nil else { return }
+        await whenDurable { await self.spawnSupervised(version: version) }
+    }
+
+    private func spawnSupervised(version: String) async {
+        guard shutdownDone == nil, run == nil, active == nil else { return }
         switch await spawn(version: version, handoff: nil) {
         case .success(let id):
             active = id
@@ -259,9 +271,10 @@ actor AgentRunner {
             switch report {
             case .ready:
                 starting.remove(instance)
-                goSince = .now
-                await flush()
-                context.registry.setSignal(instance, .go, handoff: nil)
+                await whenDurable {
+                    self.goSince = .now
+                    self.context.registry.setSignal(instance, .go, handoff: nil)
+                }
             case .failed(let reason):
                 starting.remove(instance)
                 recordError("reported failure: \(reason)", instance: instance)
@@ -299,27 +312,47 @@ actor AgentRunner {
             await beginRegistered(successor: instance, old: active)
         } else {
             active = instance
-            goSince = .now
-            await flush()
-            context.registry.setSignal(instance, .go, handoff: nil)
+            await whenDurable {
+                self.goSince = .now
+                self.context.registry.setSignal(instance, .go, handoff: nil)
+            }
         }
     }
 
-    private func register(pid: Int32, version: String) async -> Result<Registration, SupervisorError> {
+    /// Registers a process batond did not start, once the caller proved it owns it
+    /// (`OwnershipRule`) and no instance holds its pid. Its record is durable before the
+    /// token exists; a ledger that cannot write refuses the registration.
+    private func register(pid: Int32, version: String, caller: RegistrationCaller) async -> Result<Registration, SupervisorError> {
         guard shutdownDone == nil else { return .failure(.shuttingDown) }
         guard Names.isValidVersion(version) else { return .failure(.invalidVersion(version)) }
-        guard pid > 1, kill(pid, 0) == 0 || errno == EPERM else { return .failure(.noSuchProcess(pid)) }
+        if let refusal = refuseChanges() { return .failure(refusal) }
+        if let refusal = OwnershipRule.refusal(pid: pid, caller: caller, daemon: getpid(), tcpUIDs: config.tcpRegistrationUIDs,
+                                               facts: .live) {
+            logger.warning("registration refused", metadata: ["agent": "\(name)", "pid": "\(pid)", "reason": "\(refusal)"])
+            return .failure(refusal)
+        }
         let id = nextInstanceID()
+        if let holder = context.registry.claim(pid: pid, for: id) {
+            return .failure(.alreadyRegistered(pid: pid, instance: holder))
+        }
+        guard let process = ProcessHandle.foreign(pid: pid) else {
+            context.registry.release(pid: pid, claimedBy: id)
+            return .failure(.noSuchProcess(pid))
+        }
+        record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: pid,
+                                      startTime: process.startTime, handoff: nil)))
+        if let failure = await flush() {
+            unflushed.removeAll()
+            context.registry.release(pid: pid, claimedBy: id)
+            return .failure(.ledger(failure.description))
+        }
         let token = context.makeToken()
-        let process = SpawnedProcess(pid: pid, startTime: Processes.startTime(of: pid), log: nil)
         processes[id] = process
         registered.insert(id)
         context.registry.add(.init(id: id, agent: name, version: version, pid: pid, signal: .wait, handoff: nil,
                                    startedAt: .now(), ready: false, stopped: false, spawned: false, token: token))
         let runner = self
-        Processes.watchForeign(pid) { status in runner.send(.exited(instance: id, status)) }
-        record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: pid,
-                                            startTime: process.startTime, handoff: nil)))
+        process.watch { status in runner.send(.exited(instance: id, status)) }
         logger.info("instance registered", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(pid)", "version": "\(version)"])
         return .success(Registration(instance: id, token: token, signal: .wait))
     }
@@ -341,6 +374,8 @@ actor AgentRunner {
 
     private func exited(_ instance: String, _ status: ExitStatus) async {
         guard let process = processes.removeValue(forKey: instance) else { return }
+        // Nothing signals it from here on: its pid may be freed.
+        process.reap()
         probes.removeValue(forKey: instance)?.cancel()
         context.registry.remove(instance)
         record(.instanceExited(.init(agent: name, instance: instance, exitCode: status.code, signal: status.signal)))
@@ -393,10 +428,11 @@ actor AgentRunner {
     }
 
     private func stop(_ instance: String) async {
-        guard let process = processes[instance] else { return }
-        await flush()
-        process.send(SIGTERM)
-        escalateLater(instance, SIGKILL, after: config.killTimeout)
+        await whenDurable {
+            guard let process = self.processes[instance] else { return }
+            process.send(SIGTERM)
+            self.escalateLater(instance, SIGKILL, after: self.config.killTimeout)
+        }
     }
 
     private func escalateLater(_ instance: String, _ signal: Int32, after delay: Duration) {
@@ -412,6 +448,7 @@ actor AgentRunner {
     private func begin(to version: String, mode: HandoffMode, by: String) async -> Result<HandoffView, SupervisorError> {
         guard shutdownDone == nil else { return .failure(.shuttingDown) }
         guard Names.isValidVersion(version) else { return .failure(.invalidVersion(version)) }
+        if let refusal = refuseChanges() { return .failure(refusal) }
         guard context.releases.exists(agent: name, version: version) else {
             return .failure(.releaseNotFound(agent: name, version: version))
         }
@@ -429,7 +466,11 @@ actor AgentRunner {
         let id = nextHandoffID()
         record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
         record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: version, mode: mode)))
-        if let failure = await flush() { return .failure(.ledger(failure.description)) }
+        if let failure = await flush() {
+            // Refused: its records must not reach the ledger later either.
+            unflushed.removeAll()
+            return .failure(.ledger(failure.description))
+        }
         var run = makeRun(id: id, from: from, to: version, mode: mode, hasOld: active != nil)
         if let active { run.roles[.old] = active }
         self.run = run
@@ -451,20 +492,15 @@ actor AgentRunner {
         if case .exited(.old, _) = event, current.oldGoneAt == nil { current.oldGoneAt = .now }
         let actions = current.machine.handle(event)
         run = current
+        // Each action in order, none before the records of those before it are durable.
         for action in actions {
-            await perform(action)
+            await whenDurable { await self.perform(action) }
         }
     }
 
     private func perform(_ action: Handoff.Action) async {
         guard var current = run else { return }
         let id = current.view.id
-        switch action {
-        case .spawn, .signalGo, .signalStop, .terminate, .kill:
-            await flush()
-        case .recordPhase, .startTimer, .cancelTimer, .commit, .end:
-            break
-        }
         switch action {
         case .recordPhase(let phase):
             current.view.phase = phase.rawValue
@@ -520,13 +556,15 @@ actor AgentRunner {
         case .commit:
             let from = current.view.from
             record(.releaseCurrent(.init(agent: name, version: current.view.to, previous: from)))
-            await flush()
-            // Registered processes may run releases batond does not store.
-            guard context.releases.exists(agent: name, version: current.view.to) else { return }
-            do {
-                try context.releases.setCurrent(agent: name, version: current.view.to)
-            } catch {
-                logger.critical("cannot flip the current release", metadata: ["agent": "\(name)", "error": "\(error)"])
+            let version = current.view.to
+            await whenDurable {
+                // Registered processes may run releases batond does not store.
+                guard self.context.releases.exists(agent: self.name, version: version) else { return }
+                do {
+                    try self.context.releases.setCurrent(agent: self.name, version: version)
+                } catch {
+                    self.logger.critical("cannot flip the current release", metadata: ["agent": "\(self.name)", "error": "\(error)"])
+                }
             }
         case .end(let outcome, let error):
             await end(outcome, error: error)
@@ -589,12 +627,22 @@ actor AgentRunner {
         restartToken = nil
         for (_, timer) in timers { timer.task.cancel() }
         timers = [:]
-        await flush()
-        for instance in processes.keys {
-            context.registry.setSignal(instance, .stop, handoff: run?.view.id)
-            if config.readiness != nil { processes[instance]?.send(SIGTERM) }
-            escalateLater(instance, SIGTERM, after: config.stopTimeout)
-            escalateLater(instance, SIGKILL, after: config.stopTimeout + config.killTimeout)
+        // Registered instances belong to another supervisor unless the config says otherwise:
+        // batond lets go of them (their tokens die with it) and never signals them.
+        if !config.stopRegisteredOnExit {
+            for (instance, process) in processes where !process.isChild {
+                processes[instance] = nil
+                context.registry.remove(instance)
+                logger.info("leaving a registered instance running", metadata: ["agent": "\(name)", "instance": "\(instance)", "pid": "\(process.pid)"])
+            }
+        }
+        await whenDurable {
+            for instance in self.processes.keys {
+                self.context.registry.setSignal(instance, .stop, handoff: self.run?.view.id)
+                if self.config.readiness != nil { self.processes[instance]?.send(SIGTERM) }
+                self.escalateLater(instance, SIGTERM, after: self.config.stopTimeout)
+                self.escalateLater(instance, SIGKILL, after: self.config.stopTimeout + self.config.killTimeout)
+            }
         }
     }
 
@@ -621,7 +669,7 @@ actor AgentRunner {
         environment["BATON_TOKEN"] = token
         environment["BATON_VERSION"] = version
         let argv = config.command.map { $0.replacingOccurrences(of: "{release}", with: directory) }
-        let process: SpawnedProcess
+        let process: ProcessHandle
         do {
             let credentials = try Credentials.resolve(user: config.user, group: config.group)
             process = try Processes.spawn(argv: argv, environment: environment, logPath: context.logPath(id),
@@ -636,7 +684,7 @@ actor AgentRunner {
         context.registry.add(.init(id: id, agent: name, version: version, pid: process.pid, signal: .wait, handoff: handoff,
                                    startedAt: .now(), ready: false, stopped: false, spawned: true, token: token))
         let runner = self
-        Processes.watch(process.pid) { status in runner.send(.exited(instance: id, status)) }
+        process.watch { status in runner.send(.exited(instance: id, status)) }
         if let readiness = config.readiness {
             // The agent cannot report ready: its probe does, on its behalf.
             let probeLog = context.logPath(id + ".probe")
@@ -666,8 +714,8 @@ actor AgentRunner {
         unflushed.append(event)
     }
 
-    /// Writes the queued records and waits until they are durable. A failed ledger is
-    /// logged; the agent keeps going (the ledger is read-only then, and /readyz says so).
+    /// Writes the queued records and waits until they are durable. When the ledger cannot
+    /// write, the records stay queued (in order, ahead of any new ones) for the next try.
     @discardableResult
     private func flush() async -> LedgerError? {
         guard !unflushed.isEmpty else { return nil }
@@ -677,7 +725,47 @@ actor AgentRunner {
             context.ledger.append(batch) { continuation.resume(returning: $0) }
         }
         guard case .failure(let error) = result else { return nil }
-        logger.error("cannot record \(batch.map(\.kind).joined(separator: ", "))", metadata: ["agent": "\(name)", "error": "\(error)"])
+        unflushed = batch + unflushed
+        logger.error("cannot record \(batch.map(\.kind).joined(separator: ", ")); effects wait for the ledger",
+                     metadata: ["agent": "\(name)", "error": "\(error)"])
         return error
+    }
+
+    // MARK: - Ledger before effect
+
+    /// Runs `effect` once every record queued so far is durable. While the ledger cannot
+    /// write, the effect waits behind those already waiting, so effects keep their order.
+    private func whenDurable(_ effect: @escaping () async -> Void) async {
+        guard deferred.isEmpty, await flush() == nil else {
+            deferred.append(effect)
+            context.stats.effectsWaiting(agent: name, deferred.count)
+            return
+        }
+        await effect()
+    }
+
+    /// The ledger writes again: runs the waiting effects in order. An effect that decides
+    /// more effects runs them before the next waiting one, as it would have without the
+    /// wait; if the ledger fails again, the rest keep waiting.
+    private func runDeferred() async {
+        while !deferred.isEmpty {
+            guard await flush() == nil else { return }
+            let next = deferred.removeFirst()
+            let rest = deferred
+            deferred = []
+            await next()
+            deferred += rest
+            context.stats.effectsWaiting(agent: name, deferred.count)
+        }
+        await flush()
+    }
+
+    /// Requests that change something are refused while effects wait for the ledger: their
+    /// answer could not be made durable, and their effects would pile up behind the others.
+    private func refuseChanges() -> SupervisorError? {
+        guard deferred.isEmpty, context.ledger.isWritable else {
+            return .ledger("the ledger cannot write; batond retries by itself (see /readyz)")
+        }
+        return nil
     }
 }

@@ -26,20 +26,86 @@ public struct SpawnError: Error, Sendable, CustomStringConvertible {
     public let description: String
 }
 
-/// A started process: its pid (also its process group), its start time (with the pid,
-/// its identity) and its output.
-struct SpawnedProcess: Sendable {
+/// A process batond signals: one it started (a child, leading its own process group) or
+/// one that registered (not its child). Its identity is fixed when batond first knows
+/// it, so a pid reused after the process is gone is never signalled:
+/// - a child is not reaped until its runner has forgotten it (`watch` waits without
+///   reaping; the runner calls `reap` once it removed the handle), so while the handle
+///   is in use the pid and the group it leads cannot belong to anyone else;
+/// - a registered process is signalled only through its pidfd, opened and then checked
+///   at registration.
+final class ProcessHandle: Sendable {
     let pid: Int32
+    /// With the pid, the process's identity (clock ticks since boot, from /proc).
     let startTime: UInt64
-    /// The output batond reads; nil for a registered process (not batond's child).
+    /// The output batond reads; nil for a registered process.
     let log: InstanceLog?
+    /// The pidfd of a registered process (-1 for a child); closed with the handle.
+    private let pidfd: Int32
 
     var isChild: Bool { log != nil }
 
+    private init(pid: Int32, startTime: UInt64, log: InstanceLog?, pidfd: Int32) {
+        self.pid = pid
+        self.startTime = startTime
+        self.log = log
+        self.pidfd = pidfd
+    }
+
+    static func child(pid: Int32, log: InstanceLog) -> ProcessHandle {
+        ProcessHandle(pid: pid, startTime: baton_process_start_time(pid), log: log, pidfd: -1)
+    }
+
+    /// A handle on a process batond did not start, or nil when it does not exist. The
+    /// pidfd is opened first and the start time read after: if `startTime` is what the
+    /// caller saw when it checked the process, the pidfd is that process.
+    static func foreign(pid: Int32) -> ProcessHandle? {
+        let fd = baton_pidfd_open(pid)
+        guard fd >= 0 else { return nil }
+        let start = baton_process_start_time(pid)
+        // Still alive after the start time was read: the start time is this pidfd's.
+        guard start != 0, baton_pidfd_send_signal(fd, 0) == 0 else {
+            close(fd)
+            return nil
+        }
+        return ProcessHandle(pid: pid, startTime: start, log: nil, pidfd: fd)
+    }
+
+    deinit {
+        if pidfd >= 0 { close(pidfd) }
+    }
+
     /// Signals the process: the whole process group of a child batond started, the
-    /// process alone for a registered one (its group is not batond's to signal).
+    /// process alone (through its pidfd) for a registered one.
     func send(_ signal: Int32) {
-        if isChild { Processes.signal(pid, signal) } else { kill(pid, signal) }
+        if isChild {
+            if kill(-pid, signal) != 0 { kill(pid, signal) }
+        } else {
+            _ = baton_pidfd_send_signal(pidfd, signal)
+        }
+    }
+
+    /// Calls `onExit` once the process exits, from a thread of its own: no polling. A
+    /// child is left a zombie (see the type's invariant) until `reap`.
+    func watch(onExit: @escaping @Sendable (ExitStatus) -> Void) {
+        let thread = Thread { [self] in
+            if isChild {
+                var code: Int32 = 0, signal: Int32 = 0
+                guard baton_wait_exit(pid, &code, &signal) == 0 else { return onExit(.exited(-1)) }
+                onExit(signal == 0 ? .exited(code) : .signalled(signal))
+            } else {
+                var poller = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
+                while poll(&poller, 1, -1) < 0 && errno == EINTR {}
+                onExit(.vanished)
+            }
+        }
+        thread.name = isChild ? "baton.wait" : "baton.pidfd"
+        thread.start()
+    }
+
+    /// Frees an exited child's pid. Called by the runner once nothing can signal it.
+    func reap() {
+        if isChild { baton_reap(pid) }
     }
 }
 
@@ -83,7 +149,7 @@ enum Processes {
     /// Starts `argv` in its own process group with `environment`, its output going to
     /// `logPath` through a pipe batond reads.
     static func spawn(argv: [String], environment: [String: String], logPath: String, directory: String?,
-                      credentials: Credentials?) throws(SpawnError) -> SpawnedProcess {
+                      credentials: Credentials?) throws(SpawnError) -> ProcessHandle {
         guard let program = argv.first, !program.isEmpty else { throw SpawnError(description: "empty command") }
         let path = try resolve(program, path: environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
         var pipeEnds: [Int32] = [0, 0]
@@ -112,46 +178,7 @@ enum Processes {
             let step = stage.map { String(cString: $0) } ?? "spawn"
             throw SpawnError(description: "\(step) \(path): \(String(cString: strerror(childErrno)))")
         }
-        let log = InstanceLog(path: logPath, readEnd: pipeEnds[0])
-        return SpawnedProcess(pid: pid, startTime: baton_process_start_time(pid), log: log)
-    }
-
-    /// Calls `onExit` once the child exits, from a thread blocked in waitpid: no polling.
-    static func watch(_ pid: Int32, onExit: @escaping @Sendable (ExitStatus) -> Void) {
-        let thread = Thread {
-            var status: Int32 = 0
-            while waitpid(pid, &status, 0) < 0 {
-                if errno != EINTR { onExit(.exited(-1)); return }
-            }
-            // WIFEXITED / WEXITSTATUS / WTERMSIG, spelled out (they are C macros).
-            if status & 0x7f == 0 {
-                onExit(.exited((status >> 8) & 0xff))
-            } else {
-                onExit(.signalled(status & 0x7f))
-            }
-        }
-        thread.name = "baton.wait"
-        thread.start()
-    }
-
-    /// Calls `onExit` once a process batond did not start exits: a pidfd becomes
-    /// readable then (no polling, and no need to be its parent).
-    static func watchForeign(_ pid: Int32, onExit: @escaping @Sendable (ExitStatus) -> Void) {
-        let thread = Thread {
-            let fd = baton_pidfd_open(pid)
-            guard fd >= 0 else { onExit(.vanished); return }
-            defer { close(fd) }
-            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            while poll(&poller, 1, -1) < 0 && errno == EINTR {}
-            onExit(.vanished)
-        }
-        thread.name = "baton.pidfd"
-        thread.start()
-    }
-
-    /// Sends `signal` to the process group the child leads (its own children too).
-    static func signal(_ pid: Int32, _ signal: Int32) {
-        if kill(-pid, signal) != 0 { kill(pid, signal) }
+        return .child(pid: pid, log: InstanceLog(path: logPath, readEnd: pipeEnds[0]))
     }
 
     static func startTime(of pid: Int32) -> UInt64 { baton_process_start_time(pid) }

@@ -26,7 +26,10 @@ enum ReadinessProbe {
                 do {
                     let process = try Processes.spawn(argv: command, environment: environment, logPath: logPath,
                                                       directory: directory, credentials: nil)
-                    Processes.watch(process.pid) { status in continuation.resume(returning: status == .exited(0)) }
+                    process.watch { status in
+                        process.reap()
+                        continuation.resume(returning: status == .exited(0))
+                    }
                 } catch {
                     continuation.resume(returning: false)
                 }

@@ -44,6 +44,9 @@ public final class InstanceRegistry: Sendable {
         var instances: [String: Instance] = [:]
         var byToken: [String: String] = [:]
         var waiters: [String: [Waiter]] = [:]
+        /// Every live instance's pid, and pids claimed by a registration in progress:
+        /// one live registration per pid.
+        var pids: [Int32: String] = [:]
     }
 
     private let state = Mutex(State())
@@ -57,6 +60,24 @@ public final class InstanceRegistry: Sendable {
             state.generation += 1
             state.instances[instance.id] = instance
             state.byToken[instance.token] = instance.id
+            state.pids[instance.pid] = instance.id
+        }
+    }
+
+    /// Claims `pid` for the instance `id` about to be registered; returns the instance
+    /// that already holds it instead, if any.
+    public func claim(pid: Int32, for id: String) -> String? {
+        state.withLock { state in
+            if let holder = state.pids[pid] { return holder }
+            state.pids[pid] = id
+            return nil
+        }
+    }
+
+    /// Gives up a claim whose registration did not happen.
+    public func release(pid: Int32, claimedBy id: String) {
+        state.withLock { state in
+            if state.pids[pid] == id { state.pids[pid] = nil }
         }
     }
 
@@ -66,6 +87,7 @@ public final class InstanceRegistry: Sendable {
             guard let instance = state.instances.removeValue(forKey: id) else { return ([], nil) }
             state.generation += 1
             state.byToken[instance.token] = nil
+            if state.pids[instance.pid] == id { state.pids[instance.pid] = nil }
             return (state.waiters.removeValue(forKey: id) ?? [], SignalView(instance: id, signal: .stop, handoff: instance.handoff))
         }
         if let view { for waiter in waiters { waiter.answer(view) } }

@@ -60,6 +60,8 @@ public final class SupervisorStats: Sendable {
         public var restarts: [String: UInt64] = [:]
         /// Agents waiting out a restart backoff.
         public var backoff: Set<String> = []
+        /// Effects decided but waiting for the ledger to write again, by agent.
+        public var effectsWaiting: [String: Int] = [:]
         public var gapSeconds = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1])
     }
 
@@ -88,6 +90,10 @@ public final class SupervisorStats: Sendable {
         state.withLock { state in
             if waiting { state.backoff.insert(agent) } else { state.backoff.remove(agent) }
         }
+    }
+
+    func effectsWaiting(agent: String, _ count: Int) {
+        state.withLock { $0.effectsWaiting[agent] = count == 0 ? nil : count }
     }
 
     public func isBackingOff(_ agent: String) -> Bool { state.withLock { $0.backoff.contains(agent) } }
@@ -127,6 +133,9 @@ public final class Supervisor: Sendable {
         var runners: [String: AgentRunner] = [:]
         for agent in config.agents { runners[agent.name] = AgentRunner(config: agent, context: context) }
         self.runners = runners
+        ledger.observeRecovery { [runners] in
+            for runner in runners.values { runner.send(.ledgerRecovered) }
+        }
     }
 
     public var releases: ReleaseStore { context.releases }
@@ -167,15 +176,19 @@ public final class Supervisor: Sendable {
         runner.send(.rollback(by: by, reply: reply))
     }
 
-    /// Registers a process batond did not start as an instance of `agent`.
-    public func register(agent: String, pid: Int32, version: String,
+    /// Registers a process batond did not start as an instance of `agent`, if `caller`
+    /// owns it (see `OwnershipRule`).
+    public func register(agent: String, pid: Int32, version: String, caller: RegistrationCaller,
                          reply: @escaping @Sendable (Result<Registration, SupervisorError>) -> Void) {
         guard let runner = runners[agent] else { return reply(.failure(.agentNotFound(agent))) }
-        runner.send(.register(pid: pid, version: version, reply: reply))
+        runner.send(.register(pid: pid, version: version, caller: caller, reply: reply))
     }
 
-    public func report(instance: String, _ report: InstanceReport, reply: @escaping @Sendable (SignalView?) -> Void) {
-        guard let agent = registry.instance(instance)?.agent, let runner = runners[agent] else { return reply(nil) }
+    public func report(instance: String, _ report: InstanceReport,
+                       reply: @escaping @Sendable (Result<SignalView, SupervisorError>) -> Void) {
+        guard let agent = registry.instance(instance)?.agent, let runner = runners[agent] else {
+            return reply(.failure(.instanceNotFound(instance)))
+        }
         runner.send(.report(instance: instance, report, reply: reply))
     }
 

@@ -123,3 +123,50 @@ int baton_pipe_cloexec(int fds[2]) {
 int baton_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
 }
+
+int baton_pidfd_send_signal(int pidfd, int signal) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0);
+}
+
+int baton_wait_exit(pid_t pid, int *code, int *signal) {
+    siginfo_t info;
+    for (;;) {
+        memset(&info, 0, sizeof(info));
+        if (waitid(P_PID, (id_t)pid, &info, WEXITED | WNOWAIT) == 0) break;
+        if (errno != EINTR) return -1;
+    }
+    if (info.si_code == CLD_EXITED) {
+        *code = info.si_status;
+        *signal = 0;
+    } else {
+        *code = -1;
+        *signal = info.si_status;
+    }
+    return 0;
+}
+
+void baton_reap(pid_t pid) {
+    int status;
+    while (waitpid(pid, &status, WNOHANG) < 0 && errno == EINTR) {}
+}
+
+pid_t baton_session_of(pid_t pid) {
+    return getsid(pid);
+}
+
+int baton_process_uids(pid_t pid, uid_t *real, uid_t *effective) {
+    char path[64], buffer[4096];
+    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    ssize_t count = read(fd, buffer, sizeof(buffer) - 1);
+    close(fd);
+    if (count <= 0) return -1;
+    buffer[count] = 0;
+    char *line = strstr(buffer, "\nUid:");
+    unsigned int r, e;
+    if (line == NULL || sscanf(line + 5, "%u %u", &r, &e) != 2) return -1;
+    *real = (uid_t)r;
+    *effective = (uid_t)e;
+    return 0;
+}

@@ -29,4 +29,22 @@ int baton_pipe_cloexec(int fds[2]);
 /// A pidfd for any process (not only a child): readable once it exits. -1 on error.
 int baton_pidfd_open(pid_t pid);
 
+/// pidfd_send_signal(2): signals exactly the process the pidfd was opened for, never a
+/// process that reused its pid. Returns 0, or -1 with errno (ESRCH once it exited).
+int baton_pidfd_send_signal(int pidfd, int signal);
+
+/// Waits until the child `pid` exits without reaping it (waitid with WNOWAIT): while it
+/// stays a zombie its pid, and the process group it leads, cannot be reused. Sets
+/// `*code` (exit code, or -1) and `*signal` (the killing signal, or 0). 0, or -1 with errno.
+int baton_wait_exit(pid_t pid, int *code, int *signal);
+
+/// Reaps the exited child `pid` (after baton_wait_exit), freeing its pid.
+void baton_reap(pid_t pid);
+
+/// The session id of a process (getsid), or -1.
+pid_t baton_session_of(pid_t pid);
+
+/// The real and effective uid of a process (from /proc/PID/status). 0, or -1.
+int baton_process_uids(pid_t pid, uid_t *real, uid_t *effective);
+
 #endif
