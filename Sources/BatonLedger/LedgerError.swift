@@ -37,7 +37,7 @@ public enum LedgerError: Error, Sendable, CustomStringConvertible {
         case .io(let operation, let path, let errno):
             "\(operation) \(path): \(String(cString: strerror(errno)))"
         case .corrupt(let path, let line, let problem):
-            "\(path): line \(line) \(problem); refusing to drop records that may have been acknowledged. \(problem.repair)"
+            "\(path): line \(line) \(problem) Refusing to drop records that may have been acknowledged. \(problem.repair)"
         case .missingSnapshot(let journal, let snapshot, let start, let snapshotSeq):
             snapshotSeq == 0
                 ? "\(journal): the journal starts at seq \(start) but there is no snapshot (\(snapshot)) holding 1...\(start - 1); restore the snapshot that goes with this journal"
@@ -67,13 +67,13 @@ public enum JournalProblem: Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .damagedBeforeTheEnd(let why):
-            "is damaged (\(why)) and is not the last line, so it is not a torn last write"
+            "is damaged (\(why)) and is not the last line, so it is not a torn last write."
         case .crlf:
             "ends in CRLF; was the file converted by an editor or copy tool?"
         case .unreadable(let detail):
-            "has a good checksum but is not a record this build reads (\(detail))"
+            "has a good checksum but is not a record this build reads (\(detail))."
         case .outOfSequence(let detail):
-            "is out of sequence (\(detail)): a record is missing or repeated"
+            "is out of sequence (\(detail)): a record is missing or repeated."
         }
     }
 

@@ -190,6 +190,19 @@ extension LedgerTests {
         }
     }
 
+    /// docs/ledger.md's repair: join the lines to drop into one last line without an end
+    /// of line; recovery then cuts them aside and numbers what follows above them.
+    @Test func theDocumentedRepairCutsTheDroppedLinesWithoutReusingTheirNumbers() throws {
+        let (bytes, starts) = try journal(records: 5)
+        var damaged = bytes
+        for start in starts.suffix(3) { damaged[start + 40] ^= 0x01 }
+        let repaired = Array(damaged[..<starts[2]]) + damaged[starts[2]...].filter { $0 != UInt8(ascii: "\n") }
+        let (ledger, state) = try open(journal: repaired)
+        #expect(try append(ledger, [event(9)]).first?.seq == 7)
+        ledger.close()
+        #expect(try seqs(state) == [1, 2, 6, 7])
+    }
+
     @Test func aJournalThatStartsPastItsSnapshotNamesTheMissingSnapshot() throws {
         let state = TemporaryDirectory("ledger")
         var options = Ledger.Options()
