@@ -78,9 +78,9 @@ enum Files {
                      inspect: ([UInt8]) -> Void = { _ in }) throws(LedgerError) {
         var buffer = [UInt8](repeating: 0, count: chunkSize)
         var position = offset
-        while length.map({ position < offset + $0 }) ?? true {
-            let wanted = length.map { offset + $0 - position } ?? chunkSize
-            let count = try read(source, into: &buffer, count: wanted, at: position, path: path)
+        var remaining = length ?? Int.max
+        while remaining > 0 {
+            let count = try read(source, into: &buffer, count: remaining, at: position, path: path)
             if count == 0 {
                 guard length == nil else { throw .io(operation: "read", path: path, errno: ENODATA) }
                 break
@@ -89,6 +89,7 @@ enum Files {
             inspect(chunk)
             try writeAll(destination, chunk, path: destinationPath)
             position += count
+            remaining -= count
         }
     }
 
