@@ -66,7 +66,7 @@ public struct LedgerState: Codable, Sendable, Equatable {
         case .releaseCurrent(let e):
             agents[e.agent, default: AgentLedger()].current = e.version
             agents[e.agent, default: AgentLedger()].previous = e.previous
-        case .unknown:
+        case .ledgerCut, .unknown:
             break
         }
     }

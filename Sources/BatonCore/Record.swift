@@ -31,6 +31,7 @@ public enum LedgerEvent: Sendable, Equatable {
     case instanceExited(InstanceExited)
     case agentError(AgentError)
     case releaseCurrent(ReleaseCurrent)
+    case ledgerCut(LedgerCut)
     case unknown(kind: String, version: Int)
 
     public var kind: String {
@@ -47,6 +48,7 @@ public enum LedgerEvent: Sendable, Equatable {
         case .instanceExited: "instance.exited"
         case .agentError: "agent.error"
         case .releaseCurrent: "release.current"
+        case .ledgerCut: "ledger.cut"
         case .unknown(let kind, _): kind
         }
     }
@@ -60,6 +62,7 @@ public enum LedgerEvent: Sendable, Equatable {
     public static let knownKinds = [
         "daemon.started", "daemon.stopped", "agent.desired", "handoff.began", "handoff.phase", "handoff.ended",
         "instance.spawned", "instance.ready", "instance.stopped", "instance.exited", "agent.error", "release.current",
+        "ledger.cut",
     ]
 }
 
@@ -178,5 +181,28 @@ public struct ReleaseCurrent: Codable, Sendable, Equatable {
     public var previous: String?
     public init(agent: String, version: String, previous: String?) {
         self.agent = agent; self.version = version; self.previous = previous
+    }
+}
+
+/// Recovery cut a torn last write out of the journal and kept its bytes in `file`. The
+/// record takes the cut bytes' place, so its `seq` is above every seq seen (the
+/// snapshot's, the journal's, and any read from the cut bytes): numbers are never
+/// reused. It is the one record that may skip numbers: it follows the record whose seq
+/// is `follows`, whatever its own seq.
+public struct LedgerCut: Codable, Sendable, Equatable {
+    /// The file in `ledger/` holding the cut bytes, e.g. `journal.jsonl.cut-20261130T021939.123Z`.
+    public var file: String
+    /// The journal line the cut began at, and how many bytes it took.
+    public var line: Int
+    public var bytes: UInt64
+    /// Why the line was damaged: `no end of line`, `checksum mismatch`...
+    public var reason: String
+    /// The seq of the last record before the cut (the snapshot's when there was none).
+    public var follows: UInt64
+    /// The highest seq read from the cut bytes, if any could be read.
+    public var highestCutSeq: UInt64?
+    public init(file: String, line: Int, bytes: UInt64, reason: String, follows: UInt64, highestCutSeq: UInt64?) {
+        self.file = file; self.line = line; self.bytes = bytes; self.reason = reason
+        self.follows = follows; self.highestCutSeq = highestCutSeq
     }
 }

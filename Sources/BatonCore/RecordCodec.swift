@@ -27,6 +27,46 @@ public enum RecordCodec {
 
     private static let trailerHead = Array(#","crc":""#.utf8)
 
+    /// The longest line a record can have, `\n` included. The largest field written is
+    /// an instance's 4 KiB stderr tail (at most 24 KiB once escaped), so real records stay
+    /// far below it; recovery treats a longer line as damage and never buffers more.
+    public static let maxLineLength = 1 << 20
+
+    /// Above this a number read from damaged bytes is junk, not a seq: 2^53, where JSON
+    /// readers that use doubles stop counting exactly.
+    public static let maxCredibleSeq: UInt64 = 1 << 53
+
+    private static let recordHead = Array(#"{"seq":"#.utf8)
+
+    /// How many bytes a record start (`{"seq":N,`) spans at most: a scanner reading by
+    /// chunks keeps this many bytes of the previous chunk to find one split across them.
+    public static let recordStartSpan = recordHead.count + 17
+
+    /// The highest seq among the record starts (`{"seq":N,`) anywhere in `bytes`, read
+    /// whatever else is damaged: recovery takes it from the bytes it cuts so that no
+    /// number seen there is used again. Numbers above `maxCredibleSeq` are ignored.
+    public static func highestSeq(in bytes: UnsafeRawBufferPointer) -> UInt64? {
+        guard let base = bytes.baseAddress else { return nil }
+        var highest: UInt64?
+        var at = 0
+        while at < bytes.count, let brace = memchr(base + at, Int32(UInt8(ascii: "{")), bytes.count - at) {
+            let start = base.distance(to: UnsafeRawPointer(brace))
+            at = start + 1
+            guard start + recordHead.count < bytes.count,
+                  recordHead.indices.allSatisfy({ bytes[start + $0] == recordHead[$0] }) else { continue }
+            var value: UInt64 = 0
+            var index = start + recordHead.count
+            while index < bytes.count, (48...57).contains(bytes[index]), value <= maxCredibleSeq {
+                value = value * 10 + UInt64(bytes[index] - 48)
+                index += 1
+            }
+            guard index > start + recordHead.count, index < bytes.count, bytes[index] == UInt8(ascii: ","),
+                  value <= maxCredibleSeq else { continue }
+            highest = max(highest ?? 0, value)
+        }
+        return highest
+    }
+
     /// The record as one line, ending in `\n`.
     public static func encode(_ record: Record) throws -> [UInt8] {
         var line = Array(#"{"seq":\#(record.seq),"time":"\#(record.time)","kind":"\#(record.event.kind)","v":\#(record.event.version),"data":"#.utf8)
@@ -91,6 +131,7 @@ public enum RecordCodec {
         case .instanceExited(let value): return try json(value)
         case .agentError(let value): return try json(value)
         case .releaseCurrent(let value): return try json(value)
+        case .ledgerCut(let value): return try json(value)
         case .unknown: throw EncodingError.invalidValue(event, .init(codingPath: [], debugDescription: "unknown kinds are never written"))
         }
     }
@@ -122,6 +163,7 @@ public enum RecordCodec {
             case ("instance.exited", 1): event = .instanceExited(try data(InstanceExited.self))
             case ("agent.error", 1): event = .agentError(try data(AgentError.self))
             case ("release.current", 1): event = .releaseCurrent(try data(ReleaseCurrent.self))
+            case ("ledger.cut", 1): event = .ledgerCut(try data(LedgerCut.self))
             default: event = .unknown(kind: kind, version: version)
             }
             record = Record(seq: seq, time: time, event: event)

@@ -73,6 +73,43 @@ enum Files {
         return bytes
     }
 
+    static let chunkSize = 1 << 16
+
+    /// Reads up to `count` bytes at `offset` into `buffer`; 0 at the end of the file.
+    static func read(_ fd: Int32, into buffer: inout [UInt8], count: Int, at offset: Int? = nil,
+                     path: String) throws(LedgerError) -> Int {
+        while true {
+            let got = buffer.withUnsafeMutableBytes { raw in
+                if let offset { pread(fd, raw.baseAddress, min(count, raw.count), off_t(offset)) }
+                else { Glibc.read(fd, raw.baseAddress, min(count, raw.count)) }
+            }
+            if got >= 0 { return got }
+            if errno != EINTR { throw .io(operation: "read", path: path, errno: errno) }
+        }
+    }
+
+    /// Appends the bytes of `source` from `offset` to its end (or `length` of them) to
+    /// `destination`, a chunk at a time; `inspect` sees every chunk.
+    static func copy(_ source: Int32, path: String, from offset: Int, length: Int? = nil,
+                     to destination: Int32, path destinationPath: String,
+                     inspect: ([UInt8]) -> Void = { _ in }) throws(LedgerError) {
+        var buffer = [UInt8](repeating: 0, count: chunkSize)
+        var position = offset
+        var remaining = length ?? Int.max
+        while remaining > 0 {
+            let count = try read(source, into: &buffer, count: remaining, at: position, path: path)
+            if count == 0 {
+                guard length == nil else { throw .io(operation: "read", path: path, errno: ENODATA) }
+                break
+            }
+            let chunk = Array(buffer[..<count])
+            inspect(chunk)
+            try writeAll(destination, chunk, path: destinationPath)
+            position += count
+            remaining -= count
+        }
+    }
+
     /// Replaces `path` with `bytes` atomically and durably: temp file, fsync, rename, fsync dir.
     static func replace(_ path: String, with bytes: [UInt8], directory: String, mode: mode_t = 0o640,
                         io: FileIO = .system) throws(LedgerError) {

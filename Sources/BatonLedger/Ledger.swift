@@ -87,8 +87,9 @@ public final class Ledger: Sendable {
 
     // MARK: - Opening and recovery
 
-    /// Locks `stateDirectory`, loads the snapshot, replays the journal (dropping a torn or
-    /// corrupt last record with a warning), and starts the writer.
+    /// Locks `stateDirectory`, loads the snapshot, replays the journal and starts the
+    /// writer. A torn last write is cut out and kept aside (`Ledger.cut`); any other
+    /// damage throws (`Ledger.replay` says which is which).
     public init(stateDirectory: String, options: Options = .init(), logger: Logger) throws(LedgerError) {
         self.options = options
         self.logger = logger
@@ -106,85 +107,29 @@ public final class Ledger: Sendable {
             state = try Self.decodeSnapshot(bytes[...], path: snapshotPath)
             snapshotSeq = state.lastSeq
         }
-        let replay = try Self.replay(path: journalPath, after: snapshotSeq, logger: logger)
-        for record in replay.records { state.apply(record) }
+        var recent: [(seq: UInt64, line: [UInt8])] = []
+        func keep(_ record: Record, _ line: [UInt8]) {
+            state.apply(record)
+            recent.append((record.seq, line))
+            if recent.count > 2 * options.retainRecords { recent.removeFirst(recent.count - options.retainRecords) }
+        }
+        let replay = try Self.replay(journal: journalPath, snapshot: snapshotPath, after: snapshotSeq, keep)
+        var journalRecords = replay.records
+        if let torn = replay.tornTail {
+            let cut = try Self.cut(torn, journal: journalPath, directory: directory, validLength: replay.validLength,
+                                   lastSeq: replay.lastSeq, logger: logger)
+            keep(cut.record, cut.line)
+            journalRecords += 1
+        }
 
         let fd = try Files.open(journalPath, O_WRONLY | O_APPEND | O_CREAT)
-        if replay.validLength < replay.fileLength {
-            guard ftruncate(fd, off_t(replay.validLength)) == 0 else {
-                throw .io(operation: "ftruncate", path: journalPath, errno: errno)
-            }
-            try Files.sync(fd, path: journalPath)
-        }
         try Files.syncDirectory(directory)
-        let recent = replay.lines.suffix(options.retainRecords)
-        writer = Mutex(Writer(fd: fd, journalRecords: replay.records.count, snapshotSeq: snapshotSeq))
-        published = Mutex(Published(state: state, recent: Array(recent), journalRecords: replay.records.count,
-                                    snapshotSeq: snapshotSeq))
+        writer = Mutex(Writer(fd: fd, journalRecords: journalRecords, snapshotSeq: snapshotSeq))
+        published = Mutex(Published(state: state, recent: Array(recent.suffix(options.retainRecords)),
+                                    journalRecords: journalRecords, snapshotSeq: snapshotSeq))
         let thread = Thread { [self] in self.runWriter() }
         thread.name = "baton.ledger"
         thread.start()
-    }
-
-    struct Replay {
-        var records: [Record] = []
-        var lines: [(seq: UInt64, line: [UInt8])] = []
-        var validLength = 0
-        var fileLength = 0
-    }
-
-    /// Reads the journal. Records at or below `after` (already in the snapshot) are
-    /// skipped. A damaged record is dropped only when no good record follows it.
-    static func replay(path: String, after: UInt64, logger: Logger) throws(LedgerError) -> Replay {
-        var replay = Replay()
-        guard let bytes = try Files.readAll(path) else { return replay }
-        replay.fileLength = bytes.count
-        var lastSeq = after
-        var start = 0
-        var lineNumber = 0
-        var damage: (line: Int, offset: Int, detail: String)?
-        while start < bytes.count {
-            lineNumber += 1
-            let newline = bytes[start...].firstIndex(of: UInt8(ascii: "\n"))
-            let end = newline.map { $0 + 1 } ?? bytes.count
-            let line = bytes[start..<end]
-            defer { start = end }
-            if let damage {
-                // Something good after a damaged record means it was not a torn tail.
-                if (try? RecordCodec.unseal(line)) != nil {
-                    throw .corrupt(path: path, line: damage.line, detail: damage.detail)
-                }
-                continue
-            }
-            guard newline != nil else {
-                damage = (lineNumber, start, "torn: no end of line")
-                continue
-            }
-            let record: Record
-            do {
-                record = try RecordCodec.decode(line)
-            } catch {
-                damage = (lineNumber, start, "\(error)")
-                continue
-            }
-            if record.seq <= after { continue }
-            guard record.seq == lastSeq + 1 else {
-                throw .corrupt(path: path, line: lineNumber, detail: "sequence \(record.seq) follows \(lastSeq)")
-            }
-            lastSeq = record.seq
-            replay.records.append(record)
-            replay.lines.append((record.seq, Array(line)))
-            replay.validLength = end
-        }
-        if let damage {
-            replay.validLength = damage.offset
-            logger.warning("dropping a torn or damaged last record from the journal",
-                           metadata: ["path": "\(path)", "line": "\(damage.line)", "detail": "\(damage.detail)",
-                                      "bytes": "\(bytes.count - damage.offset)"])
-        } else {
-            replay.validLength = bytes.count
-        }
-        return replay
     }
 
     // MARK: - Reading

@@ -104,4 +104,10 @@ struct LedgerStateTests {
         #expect(state.lastSeq == 1)
         #expect(state.agents.isEmpty)
     }
+
+    @Test func aCutChangesNothingButTheSequence() {
+        let cut = LedgerEvent.ledgerCut(.init(file: "journal.jsonl.cut-x", line: 1, bytes: 3, reason: "no end of line",
+                                              follows: 0, highestCutSeq: nil))
+        #expect(fold([cut]) == fold([.unknown(kind: "future.kind", version: 2)]))
+    }
 }

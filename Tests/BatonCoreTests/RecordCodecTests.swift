@@ -17,6 +17,8 @@ struct RecordCodecTests {
         .instanceExited(.init(agent: "web", instance: "web.2", exitCode: 0, signal: nil)),
         .agentError(.init(agent: "web", reason: "exited before ready", stderrTail: "panic: \"quoted\"\nline two\u{1}", handoff: "h-2", instance: "web.4")),
         .releaseCurrent(.init(agent: "web", version: "2.0", previous: "1.0")),
+        .ledgerCut(.init(file: "journal.jsonl.cut-20261130T021939.123Z", line: 3, bytes: 57, reason: "no end of line",
+                         follows: 2, highestCutSeq: 3)),
     ]
 
     @Test func everyKnownKindIsCovered() {

@@ -53,6 +53,19 @@ struct LifecycleTests {
         #expect(try first.unix.get("/healthz").status == 200)
     }
 
+    @Test func aDamagedJournalStopsBatondWithExit74NamingTheLine() throws {
+        let state = TemporaryDirectory("batond")
+        #expect(try BatondProcess(state: state, tcp: false).stop() == 0)
+        let journal = state.file("ledger/journal.jsonl")
+        let converted = Data(try Data(contentsOf: URL(fileURLWithPath: journal)).flatMap { $0 == 10 ? [13, 10] : [$0] })
+        try converted.write(to: URL(fileURLWithPath: journal))
+        let refused = try BatondProcess(state: state, tcp: false, waitReady: false)
+        #expect(refused.waitForExit() == 74)
+        #expect(refused.log.contains("\(journal): line 1 ends in CRLF; was the file converted by an editor or copy tool?"),
+                "got: \(refused.log)")
+        #expect(try Data(contentsOf: URL(fileURLWithPath: journal)) == converted, "left as it was")
+    }
+
     @Test func aStaleSocketFileIsReplacedButALiveOneIsNot() throws {
         let state = TemporaryDirectory("batond")
         // A stale socket: bound once, nobody listening now.
