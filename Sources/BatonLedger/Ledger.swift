@@ -272,8 +272,9 @@ public final class Ledger: Sendable {
             logger.critical("ledger write failed; refusing records until a probe write succeeds",
                             metadata: ["error": "\(error)", "retry_every": "\(options.retryInterval)"])
             let failure = LedgerError.failed(error.description)
-            for entry in batch { entry.completion(.failure(failure)) }
+            // Failed first, so whoever hears of the failure finds the ledger refusing.
             fail(failure)
+            for entry in batch { entry.completion(.failure(failure)) }
             return
         }
         let lastSeq = published.withLock { published in
