@@ -95,6 +95,8 @@ actor AgentRunner {
     private var unflushed: [LedgerEvent] = []
     /// Effects waiting for the ledger to write again, in the order they were decided.
     private var deferred: [() async -> Void] = []
+    /// Whether the last flush failed (logged once, not at every retry).
+    private var ledgerRefused = false
 
     /// The last instance generation and handoff number used. Kept here, not read back
     /// from the ledger's state, which lags the records still queued for `flush`.
@@ -246,8 +248,11 @@ actor AgentRunner {
     }
 
     private func received(_ report: InstanceReport, from instance: String) async {
-        guard context.registry.instance(instance) != nil else { return }
+        guard let known = context.registry.instance(instance) else { return }
         switch report {
+        // A report repeated (the agent retries until its answer is durable) was heard already.
+        case .ready where known.ready, .stopped where known.stopped:
+            return
         case .ready:
             context.registry.update(instance) { $0.ready = true }
             record(.instanceReady(.init(agent: name, instance: instance)))
@@ -724,10 +729,16 @@ actor AgentRunner {
         let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<[Record], LedgerError>, Never>) in
             context.ledger.append(batch) { continuation.resume(returning: $0) }
         }
-        guard case .failure(let error) = result else { return nil }
+        guard case .failure(let error) = result else {
+            ledgerRefused = false
+            return nil
+        }
         unflushed = batch + unflushed
-        logger.error("cannot record \(batch.map(\.kind).joined(separator: ", ")); effects wait for the ledger",
-                     metadata: ["agent": "\(name)", "error": "\(error)"])
+        if !ledgerRefused {
+            ledgerRefused = true
+            logger.error("cannot record \(batch.map(\.kind).joined(separator: ", ")); effects wait for the ledger",
+                         metadata: ["agent": "\(name)", "error": "\(error)"])
+        }
         return error
     }
 
