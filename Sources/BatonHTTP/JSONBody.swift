@@ -62,9 +62,10 @@ extension Request {
 /// follow strings, nesting and commas.
 enum JSONDuplicates {
     static func firstRepeatedKey(in bytes: [UInt8]) -> String? {
-        /// One open container: an object's keys so far (and whether a key comes next), or an array.
+        /// One open container: an object (its keys so far, and whether a key comes next) or an array.
         struct Container {
-            var keys: Set<String>?
+            let isObject: Bool
+            var keys: Set<String> = []
             var expectingKey: Bool
         }
         var open: [Container] = []
@@ -72,13 +73,13 @@ enum JSONDuplicates {
         while index < bytes.count {
             switch bytes[index] {
             case UInt8(ascii: "{"):
-                open.append(Container(keys: [], expectingKey: true))
+                open.append(Container(isObject: true, expectingKey: true))
             case UInt8(ascii: "["):
-                open.append(Container(keys: nil, expectingKey: false))
+                open.append(Container(isObject: false, expectingKey: false))
             case UInt8(ascii: "}"), UInt8(ascii: "]"):
                 _ = open.popLast()
             case UInt8(ascii: ","):
-                if open.last?.keys != nil { open[open.count - 1].expectingKey = true }
+                if let top = open.indices.last, open[top].isObject { open[top].expectingKey = true }
             case UInt8(ascii: "\""):
                 let start = index + 1
                 var escaped = false
@@ -87,11 +88,12 @@ enum JSONDuplicates {
                     if escaped { escaped = false } else if bytes[index] == UInt8(ascii: "\\") { escaped = true } else if bytes[index] == UInt8(ascii: "\"") { break }
                     index += 1
                 }
-                guard let last = open.last, last.keys != nil, last.expectingKey else { break }
+                // Through indices, never a copy of the container: a second reference to its
+                // set would make every insert copy it, quadratic in the number of keys.
+                guard let top = open.indices.last, open[top].isObject, open[top].expectingKey else { break }
                 let key = decodeKey(bytes[start..<min(index, bytes.count)])
-                // Through the optional in place: a copy of the set per key would be quadratic.
-                if open[open.count - 1].keys?.insert(key).inserted == false { return key }
-                open[open.count - 1].expectingKey = false
+                guard open[top].keys.insert(key).inserted else { return key }
+                open[top].expectingKey = false
             default:
                 break
             }

@@ -67,6 +67,19 @@ struct RequestBodyTests {
         #expect(try daemon.endpoint.request("POST", "/v1/agents/demo/rollback", token: daemon.token).errorCode == "no_previous_release")
     }
 
+    /// The duplicate-key scan is linear: an object of 60,000 keys (just under the 1 MiB
+    /// limit) is refused at once. A copy of the key set per key took 47 s here, one request
+    /// holding the listener's thread all that time.
+    @Test func aBodyOfManyKeysIsRefusedAtOnce() throws {
+        let daemon = try BatondProcess(configText: "[agents.demo]\ncommand = [\"{release}/bin/demo\"]\n")
+        let body = "{\"version\":\"1.0\"" + (0..<60_000).map { ",\"k\($0)\":\($0)" }.joined() + "}"
+        #expect(body.utf8.count < 1 << 20)
+        let started = Date()
+        let response = try daemon.endpoint.json("PUT", "/v1/agents/demo/desired", token: daemon.token, body)
+        #expect(response.errorCode == "invalid_body")
+        #expect(Date().timeIntervalSince(started) < 5, "took \(Date().timeIntervalSince(started)) s")
+    }
+
     @Test func aBodyOnARouteThatTakesNoneIsRefused() throws {
         let daemon = try BatondProcess(configText: "[agents.demo]\ncommand = [\"{release}/bin/demo\"]\n")
         for path in ["/v1/status", "/v1/agents/demo", "/healthz"] {
