@@ -128,10 +128,17 @@ run() {
         --workers 1 \
         --no-color \
         --output-sanitize true \
-        "$@" || code=$?
+        "$@" 2>&1 | tee "$state/run.log" || code=$?
     echo "schemathesis.sh: $name: schemathesis exited $code after $(( $(date +%s) - started )) s"
     (( status != 0 )) || status=$code
+    # Its summary: "N generated, N passed[, N skipped]" or "N generated, N found M unique failures".
+    local generated failed
+    generated=$(sed -n 's/^ *\([0-9][0-9]*\) generated,.*/\1/p' "$state/run.log" | tail -1)
+    failed=$(sed -n 's/.* found \([0-9][0-9]*\) unique failure.*/\1/p' "$state/run.log" | tail -1)
+    cases=$(( cases + ${generated:-0} ))
+    failures=$(( failures + ${failed:-0} + (code != 0 && ${failed:-0} == 0) ))
 }
+cases=0 failures=0
 # First as the instance, on its own routes (its reports may end it: later requests then
 # get 401 or 404, which the spec documents); then as the operator, on the others.
 run "instance $instance" "$state/instance.toml" --include-tag instances --exclude-operation-id registerInstance
@@ -146,4 +153,6 @@ if (( stopped != 0 )); then
     cat "$state/batond.log" >&2
     status=1
 fi
+# The closing line test runners print: test cases run, failures found.
+echo "schemathesis: $(( cases - failures )) passed, $failures failed"
 exit "$status"
