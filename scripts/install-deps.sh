@@ -3,11 +3,14 @@
 #   build: pkg-config, libmicrohttpd-dev
 #   tests: curl, systemd (systemd-analyze, systemd-socket-activate),
 #          prometheus (for promtool), python3 with PyYAML and jsonschema
-#          (scripts/check-contract.py)
+#          (scripts/check-contract.py), and a virtualenv .build-venv/ with
+#          the Python tools of scripts/requirements-test.txt, pinned
+#          (schemathesis, for scripts/schemathesis.sh)
 #   bench (with --bench): wrk, gcc
 # A no-op when everything is there: it only asks dpkg-query and PATH, and
 # touches apt (one `apt-get update`, one `apt-get install`) only when a
-# package is missing. Swift is checked, never installed (swift.org toolchain).
+# package is missing, and pip only when the virtualenv is missing or was made
+# from other requirements. Swift is checked, never installed (swift.org toolchain).
 #
 # usage: scripts/install-deps.sh [--bench]
 set -euo pipefail
@@ -67,6 +70,11 @@ if ! python3 -c 'import yaml, jsonschema' >/dev/null 2>&1; then
         python_modules_missing=1
     fi
 fi
+# The virtualenv needs the venv module (and its ensurepip), which Debian ships
+# apart, in python3-venv.
+if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1 && [[ $(command -v python3 || true) == /usr/bin/python3 ]]; then
+    missing+=(python3-venv)
+fi
 # bench
 if (( bench )); then
     need_cmd wrk wrk
@@ -97,6 +105,18 @@ fi
 if (( python_modules_missing )); then
     echo "install-deps: installing PyYAML and jsonschema for $(command -v python3)" >&2
     python3 -m pip install --quiet pyyaml jsonschema
+fi
+
+# The test tools from PyPI, pinned, in a virtualenv of the work tree (ignored by git):
+# rebuilt when scripts/requirements-test.txt changes.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+venv=.build-venv
+if ! cmp -s scripts/requirements-test.txt "$venv/requirements-test.txt" 2>/dev/null; then
+    echo "install-deps: installing scripts/requirements-test.txt into $venv/" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
+    cp scripts/requirements-test.txt "$venv/requirements-test.txt"
 fi
 
 if ! command -v swift >/dev/null 2>&1; then

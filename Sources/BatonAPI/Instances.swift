@@ -13,15 +13,17 @@ struct InstanceRoutes: Sendable {
 
     var routes: [Route] {
         [
-            Route(.POST, "/v1/instances/{id}/ready", scope: Scope.instance, takesBody: true) { request in
-                report(request, .ready)
+            Route(.POST, "/v1/instances/{id}/ready", scope: Scope.instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
+                _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
+                return report(request, .ready)
             },
             Route(.POST, "/v1/instances/{id}/failed", scope: Scope.instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
                 let body = try request.decodeJSON(FailedReport.self)
                 return report(request, .failed(reason: String(body.reason.prefix(4096))))
             },
-            Route(.POST, "/v1/instances/{id}/stopped", scope: Scope.instance, takesBody: true) { request in
-                report(request, .stopped)
+            Route(.POST, "/v1/instances/{id}/stopped", scope: Scope.instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
+                _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
+                return report(request, .stopped)
             },
             Route(.GET, "/v1/instances/{id}/signal", scope: Scope.instance) { (request) throws(HTTPError) -> Reply in
                 try signal(request)
@@ -92,6 +94,7 @@ struct HandoffRoutes: Sendable {
             },
             Route(.POST, "/v1/agents/{name}/rollback", scope: Scope.operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
                 let name = try request.agentName()
+                _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
                 let by = (request.principal as? Principal)?.name ?? "operator"
                 let pending = request.park(deadline: .seconds(60)) { Self.busy }
                 supervisor.rollback(agent: name, by: by) { result in pending.answer(Self.answer(result)) }
@@ -178,4 +181,18 @@ extension SupervisorError {
 struct RegistrationRequest: Codable, Sendable {
     var pid: Int32
     var version: String
+}
+
+// The request bodies' fields, as api/openapi.yaml lists them (`additionalProperties: false`;
+// BatondTests checks the two agree): any other field is refused.
+extension RegistrationRequest: ClosedJSONObject {
+    static let fieldNames: Set<String> = ["pid", "version"]
+}
+
+extension DesiredRequest: ClosedJSONObject {
+    public static let fieldNames: Set<String> = ["version", "mode"]
+}
+
+extension FailedReport: ClosedJSONObject {
+    public static let fieldNames: Set<String> = ["reason"]
 }

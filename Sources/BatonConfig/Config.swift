@@ -97,6 +97,13 @@ public struct AgentConfig: Sendable, Equatable {
         case http(String)
     }
 
+    /// The ranges the file may set (config/batond.toml says why). A ready_timeout of 0
+    /// would fail every handoff at once; the upper bounds keep every deadline batond
+    /// computes from them far inside 64-bit nanoseconds.
+    public static let readyTimeoutRange: ClosedRange<Duration> = .seconds(1) ... .seconds(24 * 3600)
+    public static let stopTimeoutRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
+    public static let killTimeoutRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
+
     public init(name: String, command: [String]) {
         self.name = name
         self.command = command
@@ -111,5 +118,14 @@ public struct AgentConfig: Sendable, Equatable {
 extension Duration {
     public var milliseconds: Int64 {
         components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
+    }
+
+    /// In the config's own notation, with the largest unit that is exact: "500ms", "30s", "24h".
+    var spelled: String {
+        let milliseconds = self.milliseconds
+        for (unit, scale) in [("h", Int64(3_600_000)), ("m", 60_000), ("s", 1000)] where milliseconds % scale == 0 && milliseconds != 0 {
+            return "\(milliseconds / scale)\(unit)"
+        }
+        return "\(milliseconds)ms"
     }
 }

@@ -6,18 +6,21 @@ import TOMLKit
 extension BatondConfig {
     /// Reads and validates `path`. Relative paths inside the file are resolved against
     /// `workingDirectory` (the directory batond was started in).
-    public static func load(path: String, workingDirectory: String = FileManager.default.currentDirectoryPath) throws(ConfigError) -> BatondConfig {
+    public static func load(path: String, workingDirectory: String = FileManager.default.currentDirectoryPath,
+                            accounts: Accounts = .system) throws(ConfigError) -> BatondConfig {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigError(file: path, message: "cannot read the file")
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw ConfigError(file: path, message: "the file is not UTF-8")
         }
-        return try parse(text, file: path, workingDirectory: workingDirectory)
+        return try parse(text, file: path, workingDirectory: workingDirectory, accounts: accounts)
     }
 
-    /// Parses a TOML text; `file` names it in errors.
-    public static func parse(_ text: String, file: String, workingDirectory: String) throws(ConfigError) -> BatondConfig {
+    /// Parses a TOML text; `file` names it in errors. Users and groups are looked up in
+    /// `accounts`, so a name that does not exist stops batond at start, not at each spawn.
+    public static func parse(_ text: String, file: String, workingDirectory: String,
+                             accounts: Accounts = .system) throws(ConfigError) -> BatondConfig {
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -27,10 +30,13 @@ extension BatondConfig {
         } catch {
             throw ConfigError(file: file, message: "\(error)")
         }
-        var reader = Reader(file: file, lines: KeyLines(text))
+        let reader = Reader(file: file, lines: KeyLines(text), accounts: accounts)
         var config = try reader.read(table)
         config.file = file
         config.resolvePaths(against: workingDirectory)
+        if let problem = config.socketPathProblem {
+            throw reader.error(config.socket == nil ? ["daemon", "state_dir"] : ["daemon", "socket"], problem)
+        }
         return config
     }
 
@@ -45,102 +51,141 @@ extension BatondConfig {
         socket = socket.map(absolute)
         file = file.map(absolute)
     }
+
+    /// The longest control socket path batond can bind: `sun_path` holds 108 bytes with
+    /// the NUL, and the listener binds `<path>.<pid>.tmp` first (a pid has at most 7
+    /// digits on Linux, PID_MAX_LIMIT 2^22), then renames it over the path.
+    public static let maxSocketPathBytes = 107 - ".4194304.tmp".utf8.count
+
+    /// Why `socketPath` cannot be bound, if it cannot.
+    public var socketPathProblem: String? {
+        let length = socketPath.utf8.count
+        guard length > Self.maxSocketPathBytes else { return nil }
+        return "the control socket path \(socketPath) is \(length) bytes; a Unix socket path may have at most "
+            + "\(Self.maxSocketPathBytes) (sockaddr_un's 108, less the NUL and the \".PID.tmp\" batond binds first)"
+    }
+}
+
+/// Looks users and groups up by name, to refuse names that do not exist when the file
+/// is read. The system's databases by default; tests pass their own.
+public struct Accounts: Sendable {
+    public var userExists: @Sendable (String) -> Bool
+    public var groupExists: @Sendable (String) -> Bool
+
+    public init(userExists: @escaping @Sendable (String) -> Bool, groupExists: @escaping @Sendable (String) -> Bool) {
+        self.userExists = userExists
+        self.groupExists = groupExists
+    }
+
+    public static let system = Accounts(userExists: { getpwnam($0) != nil }, groupExists: { getgrnam($0) != nil })
 }
 
 /// Walks the TOML tree, converting and validating each key; every error carries the
-/// key's dotted path and line.
+/// key's path and line.
 private struct Reader {
     let file: String
     let lines: KeyLines
+    let accounts: Accounts
 
-    func error(_ key: String, _ message: String) -> ConfigError {
-        ConfigError(file: file, key: key, line: lines.line(of: key), message: message)
+    func error(_ path: [String], _ message: String) -> ConfigError {
+        ConfigError(file: file, key: KeyLines.spelled(path), line: lines.line(of: path), message: message)
     }
 
-    mutating func read(_ root: TOMLTable) throws(ConfigError) -> BatondConfig {
+    func read(_ root: TOMLTable) throws(ConfigError) -> BatondConfig {
         var config = BatondConfig()
-        try only(root, "", allowed: ["daemon", "http", "ledger", "agents"])
-        if let daemon = try table(root, "daemon", path: "daemon") {
-            try only(daemon, "daemon", allowed: ["state_dir", "socket", "listen", "log_level", "operator_group"])
-            if let value = try string(daemon, "state_dir", path: "daemon") {
-                guard !value.isEmpty else { throw error("daemon.state_dir", "must not be empty") }
+        try only(root, [], allowed: ["daemon", "http", "ledger", "agents"])
+        if let daemon = try table(root, "daemon", path: []) {
+            let path = ["daemon"]
+            try only(daemon, path, allowed: ["state_dir", "socket", "listen", "log_level", "operator_group"])
+            if let value = try string(daemon, "state_dir", path: path) {
+                guard !value.isEmpty else { throw error(path + ["state_dir"], "must not be empty") }
                 config.stateDir = value
             }
-            if let value = try string(daemon, "socket", path: "daemon") {
-                guard !value.isEmpty else { throw error("daemon.socket", "must not be empty") }
+            if let value = try string(daemon, "socket", path: path) {
+                guard !value.isEmpty else { throw error(path + ["socket"], "must not be empty") }
                 config.socket = value
             }
-            if let value = try string(daemon, "listen", path: "daemon") {
-                config.listen = try listenAddress(value, key: "daemon.listen")
+            if let value = try string(daemon, "listen", path: path) {
+                config.listen = try listenAddress(value, path: path + ["listen"])
             }
-            if let value = try string(daemon, "log_level", path: "daemon") {
+            if let value = try string(daemon, "log_level", path: path) {
                 guard let level = BatondConfig.LogLevel(rawValue: value) else {
-                    throw error("daemon.log_level", "must be one of \(BatondConfig.LogLevel.allCases.map(\.rawValue).joined(separator: ", ")), not \"\(value)\"")
+                    throw error(path + ["log_level"], "must be one of \(BatondConfig.LogLevel.allCases.map(\.rawValue).joined(separator: ", ")), not \"\(value)\"")
                 }
                 config.logLevel = level
             }
-            config.operatorGroup = try string(daemon, "operator_group", path: "daemon")
+            config.operatorGroup = try group(daemon, "operator_group", path: path)
         }
-        if let http = try table(root, "http", path: "http") {
-            try only(http, "http", allowed: ["max_connections", "connection_timeout", "max_body_bytes", "max_wait", "probes_open"])
-            if let value = try int(http, "max_connections", path: "http", range: 1...1_000_000) { config.http.maxConnections = value }
-            if let value = try duration(http, "connection_timeout", path: "http") { config.http.connectionTimeout = value }
-            if let value = try int(http, "max_body_bytes", path: "http", range: 1024...(64 << 20)) { config.http.maxBodyBytes = value }
-            if let value = try duration(http, "max_wait", path: "http") { config.http.maxWait = value }
-            if let value = try bool(http, "probes_open", path: "http") { config.http.probesOpen = value }
+        if let http = try table(root, "http", path: []) {
+            let path = ["http"]
+            try only(http, path, allowed: ["max_connections", "connection_timeout", "max_body_bytes", "max_wait", "probes_open"])
+            if let value = try int(http, "max_connections", path: path, range: 1...1_000_000) { config.http.maxConnections = value }
+            if let value = try duration(http, "connection_timeout", path: path, range: .seconds(1) ... .seconds(3600)) {
+                config.http.connectionTimeout = value
+            }
+            if let value = try int(http, "max_body_bytes", path: path, range: 1024...(64 << 20)) { config.http.maxBodyBytes = value }
+            if let value = try duration(http, "max_wait", path: path, range: .seconds(1) ... .seconds(3600)) { config.http.maxWait = value }
+            if let value = try bool(http, "probes_open", path: path) { config.http.probesOpen = value }
         }
-        if let ledger = try table(root, "ledger", path: "ledger") {
-            try only(ledger, "ledger", allowed: ["snapshot_every", "retain_records"])
-            if let value = try int(ledger, "snapshot_every", path: "ledger", range: 10...10_000_000) { config.ledger.snapshotEvery = value }
-            if let value = try int(ledger, "retain_records", path: "ledger", range: 100...1_000_000) { config.ledger.retainRecords = value }
+        if let ledger = try table(root, "ledger", path: []) {
+            let path = ["ledger"]
+            try only(ledger, path, allowed: ["snapshot_every", "retain_records"])
+            if let value = try int(ledger, "snapshot_every", path: path, range: 10...10_000_000) { config.ledger.snapshotEvery = value }
+            if let value = try int(ledger, "retain_records", path: path, range: 100...1_000_000) { config.ledger.retainRecords = value }
         }
-        if let agents = try table(root, "agents", path: "agents") {
+        if let agents = try table(root, "agents", path: []) {
             for name in agents.keys.sorted() {
-                let path = "agents.\(name)"
+                let path = ["agents", name]
                 guard Names.isValidAgent(name) else {
                     throw error(path, "invalid agent name: use 1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit")
                 }
-                guard let agent = try table(agents, name, path: "agents") else { continue }
+                guard let agent = try table(agents, name, path: ["agents"]) else { continue }
                 config.agents.append(try readAgent(agent, name: name, path: path))
             }
         }
         return config
     }
 
-    func readAgent(_ table: TOMLTable, name: String, path: String) throws(ConfigError) -> AgentConfig {
+    func readAgent(_ table: TOMLTable, name: String, path: [String]) throws(ConfigError) -> AgentConfig {
         try only(table, path, allowed: ["command", "env", "mode", "ready_timeout", "stop_timeout", "kill_timeout",
                                         "user", "group", "readiness", "registration_token",
                                         "tcp_registration_uids", "stop_registered_on_exit"])
         guard let command = try strings(table, "command", path: path) else {
-            throw error("\(path).command", "is required: the agent's argv, e.g. [\"{release}/bin/\(name)\"]")
+            throw error(path + ["command"], "is required: the agent's argv, e.g. [\"{release}/bin/\(name)\"]")
         }
         guard let program = command.first, !program.isEmpty else {
-            throw error("\(path).command", "must name a program")
+            throw error(path + ["command"], "must name a program")
         }
         var agent = AgentConfig(name: name, command: command)
         if let env = try self.table(table, "env", path: path) {
             for key in env.keys {
-                guard let value = env[key]?.string else { throw error("\(path).env.\(key)", "must be a string") }
+                let variable = path + ["env", key]
+                guard let value = env[key]?.string else { throw error(variable, "must be a string") }
                 guard !key.isEmpty, !key.contains("="), !key.hasPrefix("BATON_") else {
-                    throw error("\(path).env.\(key)", "is not a usable variable name (BATON_* are set by batond)")
+                    throw error(variable, "is not a usable variable name (BATON_* are set by batond)")
                 }
                 agent.env[key] = value
             }
         }
         if let mode = try string(table, "mode", path: path) {
             guard let value = HandoffMode(rawValue: mode) else {
-                throw error("\(path).mode", "must be \"parallel\" or \"sequential\", not \"\(mode)\"")
+                throw error(path + ["mode"], "must be \"parallel\" or \"sequential\", not \"\(mode)\"")
             }
             agent.mode = value
         }
-        if let value = try duration(table, "ready_timeout", path: path) { agent.readyTimeout = value }
-        if let value = try duration(table, "stop_timeout", path: path) { agent.stopTimeout = value }
-        if let value = try duration(table, "kill_timeout", path: path) { agent.killTimeout = value }
-        agent.user = try string(table, "user", path: path)
-        agent.group = try string(table, "group", path: path)
+        if let value = try duration(table, "ready_timeout", path: path, range: AgentConfig.readyTimeoutRange) { agent.readyTimeout = value }
+        if let value = try duration(table, "stop_timeout", path: path, range: AgentConfig.stopTimeoutRange) { agent.stopTimeout = value }
+        if let value = try duration(table, "kill_timeout", path: path, range: AgentConfig.killTimeoutRange) { agent.killTimeout = value }
+        if let user = try string(table, "user", path: path) {
+            guard uid_t(user) != nil || (!user.isEmpty && accounts.userExists(user)) else {
+                throw error(path + ["user"], "no user named \"\(user)\" on this machine")
+            }
+            agent.user = user
+        }
+        agent.group = try group(table, "group", path: path)
         if let token = try string(table, "registration_token", path: path) {
             guard token.utf8.count >= 32 else {
-                throw error("\(path).registration_token", "must be at least 32 characters")
+                throw error(path + ["registration_token"], "must be at least 32 characters")
             }
             agent.registrationToken = token
         }
@@ -154,16 +199,16 @@ private struct Reader {
         }
         if let stop = try bool(table, "stop_registered_on_exit", path: path) { agent.stopRegisteredOnExit = stop }
         if let readiness = try self.table(table, "readiness", path: path) {
-            let key = "\(path).readiness"
+            let key = path + ["readiness"]
             try only(readiness, key, allowed: ["command", "http"])
             let command = try strings(readiness, "command", path: key)
             let url = try string(readiness, "http", path: key)
             switch (command, url) {
             case (let command?, nil):
-                guard !command.isEmpty else { throw error("\(key).command", "must name a program") }
+                guard !command.isEmpty else { throw error(key + ["command"], "must name a program") }
                 agent.readiness = .command(command)
             case (nil, let url?):
-                guard url.hasPrefix("http://") else { throw error("\(key).http", "must be an http:// URL") }
+                guard url.hasPrefix("http://") else { throw error(key + ["http"], "must be an http:// URL") }
                 agent.readiness = .http(url)
             default:
                 throw error(key, "needs exactly one of command or http")
@@ -174,84 +219,113 @@ private struct Reader {
 
     // MARK: - Typed access
 
-    func only(_ table: TOMLTable, _ path: String, allowed: Set<String>) throws(ConfigError) {
+    func only(_ table: TOMLTable, _ path: [String], allowed: Set<String>) throws(ConfigError) {
         for key in table.keys.sorted() where !allowed.contains(key) {
-            let full = path.isEmpty ? key : "\(path).\(key)"
-            throw error(full, "unknown key (known here: \(allowed.sorted().joined(separator: ", ")))")
+            throw error(path + [key], "unknown key (known here: \(allowed.sorted().joined(separator: ", ")))")
         }
     }
 
-    func table(_ table: TOMLTable, _ key: String, path: String) throws(ConfigError) -> TOMLTable? {
+    func table(_ table: TOMLTable, _ key: String, path: [String]) throws(ConfigError) -> TOMLTable? {
         guard let value = table[key] else { return nil }
-        guard let result = value.table else { throw error(join(path, key), "must be a table") }
+        guard let result = value.table else { throw error(path + [key], "must be a table") }
         return result
     }
 
-    func string(_ table: TOMLTable, _ key: String, path: String) throws(ConfigError) -> String? {
+    func string(_ table: TOMLTable, _ key: String, path: [String]) throws(ConfigError) -> String? {
         guard let value = table[key] else { return nil }
-        guard let result = value.string else { throw error(join(path, key), "must be a string") }
+        guard let result = value.string else { throw error(path + [key], "must be a string") }
         return result
     }
 
-    func bool(_ table: TOMLTable, _ key: String, path: String) throws(ConfigError) -> Bool? {
+    func bool(_ table: TOMLTable, _ key: String, path: [String]) throws(ConfigError) -> Bool? {
         guard let value = table[key] else { return nil }
-        guard let result = value.bool else { throw error(join(path, key), "must be true or false") }
+        guard let result = value.bool else { throw error(path + [key], "must be true or false") }
         return result
     }
 
-    func int(_ table: TOMLTable, _ key: String, path: String, range: ClosedRange<Int>) throws(ConfigError) -> Int? {
+    func int(_ table: TOMLTable, _ key: String, path: [String], range: ClosedRange<Int>) throws(ConfigError) -> Int? {
         guard let value = table[key] else { return nil }
-        guard let result = value.int else { throw error(join(path, key), "must be an integer") }
+        guard let result = value.int else { throw error(path + [key], "must be an integer") }
         guard range.contains(result) else {
-            throw error(join(path, key), "must be between \(range.lowerBound) and \(range.upperBound), not \(result)")
+            throw error(path + [key], "must be between \(range.lowerBound) and \(range.upperBound), not \(result)")
         }
         return result
     }
 
-    func strings(_ table: TOMLTable, _ key: String, path: String) throws(ConfigError) -> [String]? {
+    func strings(_ table: TOMLTable, _ key: String, path: [String]) throws(ConfigError) -> [String]? {
         guard let value = table[key] else { return nil }
-        guard let array = value.array else { throw error(join(path, key), "must be an array of strings") }
+        guard let array = value.array else { throw error(path + [key], "must be an array of strings") }
         var result: [String] = []
         for element in array {
-            guard let text = element.string else { throw error(join(path, key), "must be an array of strings") }
+            guard let text = element.string else { throw error(path + [key], "must be an array of strings") }
             result.append(text)
         }
         return result
     }
 
-    /// Durations: a string with a unit (`"500ms"`, `"30s"`, `"5m"`, `"1h"`) or an integer of seconds.
-    func duration(_ table: TOMLTable, _ key: String, path: String) throws(ConfigError) -> Duration? {
-        guard let value = table[key] else { return nil }
-        let full = join(path, key)
-        if let seconds = value.int {
-            guard seconds >= 0 else { throw error(full, "must not be negative") }
-            return .seconds(seconds)
+    /// A group name or a numeric gid; a name must exist.
+    func group(_ table: TOMLTable, _ key: String, path: [String]) throws(ConfigError) -> String? {
+        guard let group = try string(table, key, path: path) else { return nil }
+        guard gid_t(group) != nil || (!group.isEmpty && accounts.groupExists(group)) else {
+            throw error(path + [key], "no group named \"\(group)\" on this machine")
         }
-        guard let text = value.string, let duration = Self.parseDuration(text) else {
-            throw error(full, "must be a duration such as \"500ms\", \"30s\", \"5m\" or an integer of seconds")
+        return group
+    }
+
+    /// Durations: a string with a unit (`"500ms"`, `"30s"`, `"5m"`, `"1h"`) or an integer
+    /// of seconds, within `range`.
+    func duration(_ table: TOMLTable, _ key: String, path: [String], range: ClosedRange<Duration>) throws(ConfigError) -> Duration? {
+        guard let value = table[key] else { return nil }
+        let given: String
+        let duration: Duration?
+        if let seconds = value.int {
+            given = "\(seconds)"
+            // Duration counts in 128 bits: any Int of seconds fits, so this cannot trap.
+            duration = .seconds(seconds)
+        } else if let text = value.string {
+            given = "\"\(text)\""
+            switch Self.parseDuration(text) {
+            case .duration(let parsed): duration = parsed
+            case .tooLarge: duration = nil
+            case .malformed:
+                throw error(path + [key], "must be a duration such as \"500ms\", \"30s\", \"5m\" or an integer of seconds, not \(given)")
+            }
+        } else {
+            throw error(path + [key], "must be a duration such as \"500ms\", \"30s\", \"5m\" or an integer of seconds")
+        }
+        guard let duration, range.contains(duration) else {
+            throw error(path + [key], "must be between \(range.lowerBound.spelled) and \(range.upperBound.spelled), not \(given)")
         }
         return duration
     }
 
-    static func parseDuration(_ text: String) -> Duration? {
-        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
-        for (unit, scale) in units where text.hasSuffix(unit) {
-            let number = text.dropLast(unit.count)
-            guard !number.isEmpty, number.allSatisfy(\.isNumber), let value = Int64(number) else { continue }
-            return .milliseconds(value * scale)
-        }
-        return nil
+    enum DurationText: Equatable {
+        case duration(Duration)
+        /// Well formed, but more milliseconds than 64 bits hold: beyond every range.
+        case tooLarge
+        case malformed
     }
 
-    func listenAddress(_ text: String, key: String) throws(ConfigError) -> ListenAddress {
+    /// Whole numbers with one unit. Checked arithmetic: a huge number is `tooLarge`, never a trap.
+    static func parseDuration(_ text: String) -> DurationText {
+        let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
+        for (unit, scale) in units where text.hasSuffix(unit) {
+            let number = text.utf8.dropLast(unit.utf8.count)
+            guard !number.isEmpty, number.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { continue }
+            guard let value = Int64(String(decoding: number, as: UTF8.self)) else { return .tooLarge }
+            let (milliseconds, overflow) = value.multipliedReportingOverflow(by: scale)
+            return overflow ? .tooLarge : .duration(.milliseconds(milliseconds))
+        }
+        return .malformed
+    }
+
+    func listenAddress(_ text: String, path: [String]) throws(ConfigError) -> ListenAddress {
         guard let address = ListenAddress(text) else {
-            throw error(key, "must be HOST:PORT, e.g. \"127.0.0.1:7070\", not \"\(text)\"")
+            throw error(path, "must be HOST:PORT, e.g. \"127.0.0.1:7070\", not \"\(text)\"")
         }
         guard address.isLoopback else {
-            throw error(key, "must be a loopback address (127.0.0.0/8 or ::1): the API is local to the machine")
+            throw error(path, "must be a loopback address (127.0.0.0/8 or ::1): the API is local to the machine")
         }
         return address
     }
-
-    private func join(_ path: String, _ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 }

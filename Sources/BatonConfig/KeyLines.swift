@@ -1,19 +1,26 @@
 import BatonCore
+import Foundation
 
-/// Finds the line each dotted key is defined on in a TOML text. TOMLKit reports
-/// positions for syntax errors only, so validation errors look their keys up here.
+/// Finds the line each key is defined on in a TOML text. TOMLKit reports positions for
+/// syntax errors only, so validation errors look their keys up here.
 /// It understands table headers (`[a.b]`, `[[a]]`), `key = value` lines, dotted and
 /// quoted keys; keys inside inline tables resolve to the line of the table's key.
+/// Keys are paths of components, never dotted strings: `[agents."a.b"]` is the path
+/// `["agents", "a.b"]`, apart from `[agents.a.b]`. Lines end at LF, with or without a CR
+/// before it, as TOML allows.
 struct KeyLines {
-    private var lines: [String: Int] = [:]
+    private var lines: [[String]: Int] = [:]
 
     init(_ text: String) {
         var table: [String] = []
         var number = 0
         var inMultiline: String?
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        // By bytes: a Swift String takes "\r\n" as one Character, so splitting its
+        // Characters at "\n" would never split a CRLF file at all.
+        for bytes in text.utf8.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
             number += 1
-            var line = Substring(raw)
+            let raw = bytes.last == UInt8(ascii: "\r") ? bytes.dropLast() : bytes[...]
+            var line = Substring(String(decoding: raw, as: UTF8.self))
             if let delimiter = inMultiline {
                 if line.contains(delimiter) { inMultiline = nil }
                 continue
@@ -22,16 +29,14 @@ struct KeyLines {
             if line.isEmpty || line.hasPrefix("#") { continue }
             if line.hasPrefix("[") {
                 let inner = line.hasPrefix("[[") ? line.dropFirst(2) : line.dropFirst()
-                guard let close = inner.firstIndex(of: "]") else { continue }
+                guard let close = Self.unquoted("]", in: inner) else { continue }
                 table = Self.keyPath(inner[..<close])
-                let full = table.joined(separator: ".")
-                if lines[full] == nil { lines[full] = number }
+                if lines[table] == nil { lines[table] = number }
                 continue
             }
-            guard let equals = Self.assignment(in: line) else { continue }
+            guard let equals = Self.unquoted("=", in: line) else { continue }
             let path = table + Self.keyPath(line[..<equals])
-            let full = path.joined(separator: ".")
-            if lines[full] == nil { lines[full] = number }
+            if lines[path] == nil { lines[path] = number }
             let value = line[line.index(after: equals)...].drop { $0 == " " }
             for delimiter in ["\"\"\"", "'''"] where value.hasPrefix(delimiter) {
                 if !value.dropFirst(3).contains(delimiter) { inMultiline = delimiter }
@@ -39,18 +44,18 @@ struct KeyLines {
         }
     }
 
-    /// The line of `key`, or of its nearest defined parent.
-    func line(of key: String) -> Int? {
-        var parts = key.split(separator: ".").map(String.init)
+    /// The line of `path`, or of its nearest defined parent.
+    func line(of path: [String]) -> Int? {
+        var parts = path
         while !parts.isEmpty {
-            if let line = lines[parts.joined(separator: ".")] { return line }
+            if let line = lines[parts] { return line }
             parts.removeLast()
         }
         return nil
     }
 
-    /// Index of the `=` outside quotes, if the line is an assignment.
-    private static func assignment(in line: Substring) -> Substring.Index? {
+    /// Index of the first `character` outside quotes.
+    private static func unquoted(_ character: Character, in line: Substring) -> Substring.Index? {
         var quote: Character?
         for index in line.indices {
             let char = line[index]
@@ -58,7 +63,7 @@ struct KeyLines {
                 if char == open { quote = nil }
             } else if char == "\"" || char == "'" {
                 quote = char
-            } else if char == "=" {
+            } else if char == character {
                 return index
             }
         }
@@ -84,5 +89,17 @@ struct KeyLines {
         }
         parts.append(current.trimmed(of: " \t"))
         return parts
+    }
+
+    /// A path as TOML spells it, for messages: components that are not bare keys are
+    /// quoted, `agents."a/../b".command`.
+    static func spelled(_ path: [String]) -> String {
+        path.map { part in
+            let bare = !part.isEmpty && part.utf8.allSatisfy { byte in
+                (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+                    || (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte) || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
+            }
+            return bare ? part : "\"" + part.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+        }.joined(separator: ".")
     }
 }

@@ -114,6 +114,16 @@ public struct LastError: Codable, Sendable, Equatable {
     public var at: Timestamp
     public var stderrTail: String
     public var handoff: String?
+
+    // Every field present, `handoff` null when no handoff was involved: the agent view
+    // serves this as it is, and the contract lists every field.
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(reason, forKey: .reason)
+        try c.encode(at, forKey: .at)
+        try c.encode(stderrTail, forKey: .stderrTail)
+        try c.encode(handoff, forKey: .handoff)
+    }
 }
 
 public struct ActiveHandoff: Codable, Sendable, Equatable {

@@ -62,8 +62,12 @@ public struct Listener: Sendable, CustomStringConvertible {
     /// file (nobody accepts on it) is replaced atomically; a live one is never touched,
     /// nor is any file that is not a socket.
     public static func unix(path: String, mode: mode_t = 0o660, group: gid_t? = nil, backlog: Int32 = 512) throws(ListenerError) -> Listener {
-        guard path.utf8.count < MemoryLayout.size(ofValue: sockaddr_un().sun_path) else {
-            throw ListenerError(message: "socket path is too long (\(path.utf8.count) bytes): \(path)")
+        // Bind under a temporary name and rename over the path: there is never a moment
+        // with no socket file, nor one with a file of the wrong mode. The temporary name
+        // is the longer one, and must fit too (sockaddr_un would cut it short).
+        let temporary = "\(path).\(getpid()).tmp"
+        guard temporary.utf8.count < MemoryLayout.size(ofValue: sockaddr_un().sun_path) else {
+            throw ListenerError(message: "socket path is too long (\(path.utf8.count) bytes, and \(temporary.utf8.count) while bound under a temporary name): \(path)")
         }
         var existing = stat()
         if lstat(path, &existing) == 0 {
@@ -74,9 +78,6 @@ public struct Listener: Sendable, CustomStringConvertible {
                 throw ListenerError(message: "another process is serving on \(path); is a batond already running?")
             }
         }
-        // Bind under a temporary name and rename over the path: there is never a moment
-        // with no socket file, nor one with a file of the wrong mode.
-        let temporary = "\(path).\(getpid()).tmp"
         unlink(temporary)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ListenerError(message: "socket(AF_UNIX)", errno: errno) }

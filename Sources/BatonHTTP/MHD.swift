@@ -215,6 +215,9 @@ final class Exchange {
             if let length, length > limit {
                 return refuse(.payloadTooLarge(limit: limit))
             }
+            if let length, length > 0, !route.takesBody {
+                return refuse(.bodyNotAllowed)
+            }
             if hasBody && route.takesBody {
                 let type = lookup(header: "Content-Type")
                 let mediaType = type?.split(separator: ";").first.map { String($0).trimmedOfSpaces.lowercased() }
@@ -262,6 +265,11 @@ final class Exchange {
         // Taken out: a request refers to its exchange, so keeping it here would be a cycle.
         guard var request = self.request.take() else {
             return queue(HTTPError(status: 500, code: "internal", message: "lost request").response)
+        }
+        // A chunked body has no length to refuse up front: a route that takes none
+        // refuses it here, once it is known not to be empty.
+        if !request.route.takesBody && !body.isEmpty {
+            return queue(HTTPError.bodyNotAllowed.response)
         }
         request.body = body
         body = []

@@ -117,32 +117,6 @@ public final class Pending: Sendable {
 }
 
 extension Request {
-    /// The body as `T`: 400 `malformed_json` when it is not JSON, 422 `invalid_body` when
-    /// it is JSON of the wrong shape.
-    public func decodeJSON<T: Decodable>(_ type: T.Type) throws(HTTPError) -> T {
-        guard !body.isEmpty else {
-            throw HTTPError(status: 400, code: "malformed_json", message: "a JSON body is required")
-        }
-        let data = Data(body)
-        do {
-            _ = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-        } catch {
-            throw .badJSON("not parseable")
-        }
-        do {
-            return try WireJSON.decoder.decode(type, from: data)
-        } catch let DecodingError.keyNotFound(key, _) {
-            throw HTTPError(status: 422, code: "invalid_body", message: "missing field \"\(key.stringValue)\"")
-        } catch let DecodingError.typeMismatch(_, context) {
-            throw HTTPError(status: 422, code: "invalid_body",
-                            message: "wrong type at \"\(context.codingPath.map(\.stringValue).joined(separator: "."))\"")
-        } catch {
-            throw HTTPError(status: 422, code: "invalid_body", message: "the body does not have the expected shape")
-        }
-    }
-}
-
-extension Request {
     /// The per-request state object, for tests that check it is released.
     package var exchangeObject: AnyObject { exchange }
 }

@@ -83,6 +83,9 @@ public struct HTTPError: Error, Sendable, Equatable {
                   message: "request bodies must be application/json, not \(type ?? "untyped")")
     }
 
+    public static let bodyNotAllowed = HTTPError(status: 400, code: "body_not_allowed",
+                                                 message: "this route takes no request body")
+
     public static func badJSON(_ detail: String) -> HTTPError {
         HTTPError(status: 400, code: "malformed_json", message: "the request body is not valid JSON: \(detail)")
     }

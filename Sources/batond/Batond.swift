@@ -94,6 +94,9 @@ struct Batond: AsyncParsableCommand {
             settings.logLevel = level
         }
         settings.resolvePaths(against: workingDirectory)
+        if socket != nil || stateDir != nil, let problem = settings.socketPathProblem {
+            throw ConfigError(file: source, key: socket != nil ? "--socket" : "--state-dir", message: problem)
+        }
         return settings
     }
 }

@@ -6,20 +6,23 @@ import Testing
 
 @Suite("configuration")
 struct ConfigTests {
-    func parse(_ text: String) throws(ConfigError) -> BatondConfig {
-        try BatondConfig.parse(text, file: "test.toml", workingDirectory: "/srv")
+    /// Users and groups as the tests' machine would have them: these names only.
+    static let accounts = Accounts(userExists: { ["web", "root"].contains($0) }, groupExists: { ["web", "ops", "baton", "root"].contains($0) })
+
+    func parse(_ text: String, accounts: Accounts = Self.accounts) throws(ConfigError) -> BatondConfig {
+        try BatondConfig.parse(text, file: "test.toml", workingDirectory: "/srv", accounts: accounts)
     }
 
-    func error(_ text: String) -> ConfigError? {
-        do { _ = try parse(text); return nil } catch { return error }
+    func error(_ text: String, accounts: Accounts = Self.accounts) -> ConfigError? {
+        do { _ = try parse(text, accounts: accounts); return nil } catch { return error }
     }
 
     @Test func theBundledConfigsLoad() throws {
         for name in ["batond.toml", "dev.toml"] {
-            let config = try BatondConfig.load(path: Products.packageRoot + "/config/" + name, workingDirectory: "/srv")
+            let config = try BatondConfig.load(path: Products.packageRoot + "/config/" + name, workingDirectory: "/srv", accounts: Self.accounts)
             #expect(!config.agents.isEmpty, "\(name) declares an agent")
         }
-        let dev = try BatondConfig.load(path: Products.packageRoot + "/config/dev.toml", workingDirectory: "/repo")
+        let dev = try BatondConfig.load(path: Products.packageRoot + "/config/dev.toml", workingDirectory: "/repo", accounts: Self.accounts)
         #expect(dev.stateDir == "/repo/.baton")
         #expect(dev.socketPath == "/repo/.baton/batond.sock")
         #expect(dev.listen == ListenAddress("127.0.0.1:7070"))
@@ -115,12 +118,106 @@ struct ConfigTests {
         ("[agents.web]\ncommand = [\"/x\"]\nreadiness = { command = [\"/a\"], http = \"http://x\" }\n", "agents.web.readiness", 3),
         ("[agents.web]\ncommand = [\"/x\"]\nregistration_token = \"short\"\n", "agents.web.registration_token", 3),
         ("[agents.web]\ncommand = [\"/x\"]\nready_timeout = \"-5s\"\n", "agents.web.ready_timeout", 3),
+        ("\n\n[agents.\"a/../b\"]\ncommand = [\"/x\"]\n", "agents.\"a/../b\"", 3),
+        ("[agents.\"unit.db\"]\ncommand = [\"/x\"]\nmode = \"fast\"\n[agents.unit]\ncommand = [\"/y\"]\n", "agents.\"unit.db\".mode", 3),
+        ("[agents]\nweb.command = [\"/x\"]\nweb.mode = \"fast\"\n", "agents.web.mode", 3),
     ])
     func badValuesNameKeyAndLine(_ text: String, _ key: String, _ line: Int) throws {
-        let failure = try #require(error(text))
-        #expect(failure.key == key)
-        #expect(failure.line == line)
-        #expect(failure.description.hasPrefix("test.toml:\(line): \(key): "))
+        // The same lines whether the file ends its lines with LF or, as TOML allows, CRLF.
+        for text in [text, text.replacingOccurrences(of: "\n", with: "\r\n")] {
+            let failure = try #require(error(text))
+            #expect(failure.key == key)
+            #expect(failure.line == line, "\(text.contains("\r\n") ? "CRLF" : "LF"): \(failure)")
+            #expect(failure.description.hasPrefix("test.toml:\(line): \(key): "))
+        }
+    }
+
+    /// Every duration has a range; values past it, however large, are refused with the
+    /// key and line (they used to trap on overflow, or pass and trap later in batond).
+    @Test(arguments: [
+        ("ready_timeout = \"99999999999999h\"", "agents.web.ready_timeout", "between 1s and 24h"),
+        ("ready_timeout = \"99999999999999999999999ms\"", "agents.web.ready_timeout", "between 1s and 24h"),
+        ("ready_timeout = 9223372036854775807", "agents.web.ready_timeout", "between 1s and 24h, not 9223372036854775807"),
+        ("ready_timeout = \"0s\"", "agents.web.ready_timeout", "between 1s and 24h, not \"0s\""),
+        ("ready_timeout = \"25h\"", "agents.web.ready_timeout", "between 1s and 24h"),
+        ("stop_timeout = 9223372036854775807", "agents.web.stop_timeout", "between 100ms and 1h"),
+        ("stop_timeout = \"99ms\"", "agents.web.stop_timeout", "between 100ms and 1h"),
+        ("kill_timeout = \"2562047788015215h\"", "agents.web.kill_timeout", "between 100ms and 1h"),
+        ("kill_timeout = 0", "agents.web.kill_timeout", "between 100ms and 1h"),
+    ])
+    func agentDurationsHaveRanges(_ line: String, _ key: String, _ message: String) throws {
+        let failure = try #require(error("[agents.web]\ncommand = [\"/x\"]\n\(line)\n"))
+        #expect(failure.description.hasPrefix("test.toml:3: \(key): must be \(message)"), "\(failure)")
+    }
+
+    @Test(arguments: [
+        ("connection_timeout = \"0s\"", "http.connection_timeout", "between 1s and 1h"),
+        ("connection_timeout = \"500ms\"", "http.connection_timeout", "between 1s and 1h"),
+        ("connection_timeout = 9223372036854775807", "http.connection_timeout", "between 1s and 1h"),
+        ("max_wait = \"0s\"", "http.max_wait", "between 1s and 1h"),
+        ("max_wait = \"9999999999999999m\"", "http.max_wait", "between 1s and 1h"),
+        ("max_connections = 0", "http.max_connections", "between 1 and 1000000"),
+        ("max_body_bytes = 9223372036854775807", "http.max_body_bytes", "between 1024 and 67108864"),
+    ])
+    func httpLimitsHaveRanges(_ line: String, _ key: String, _ message: String) throws {
+        let failure = try #require(error("[http]\n\(line)\n"))
+        #expect(failure.description.hasPrefix("test.toml:2: \(key): must be \(message)"), "\(failure)")
+    }
+
+    @Test(arguments: [("snapshot_every = 9", "ledger.snapshot_every"), ("retain_records = 1000001", "ledger.retain_records")])
+    func ledgerCountsHaveRanges(_ line: String, _ key: String) throws {
+        let failure = try #require(error("[ledger]\n\(line)\n"))
+        #expect(failure.description.hasPrefix("test.toml:2: \(key): must be between "), "\(failure)")
+    }
+
+    @Test func theRangesBoundsAreAccepted() throws {
+        let config = try parse("""
+            [http]
+            connection_timeout = "1h"
+            max_wait = 1
+            [agents.web]
+            command = ["/x"]
+            ready_timeout = "24h"
+            stop_timeout = "100ms"
+            kill_timeout = 3600
+            """)
+        #expect(config.http.connectionTimeout == .seconds(3600))
+        #expect(config.agents.first?.readyTimeout == .seconds(86400))
+        #expect(config.agents.first?.stopTimeout == .milliseconds(100))
+    }
+
+    /// Users and groups are looked up when the file is read (the system's databases
+    /// here): a name that does not exist is refused at once, not at every spawn.
+    @Test(arguments: [
+        ("[agents.web]\ncommand = [\"/x\"]\nuser = \"baton-no-such-user\"\n", "agents.web.user", 3),
+        ("[agents.web]\ncommand = [\"/x\"]\n\ngroup = \"baton-no-such-group\"\n", "agents.web.group", 4),
+        ("[daemon]\noperator_group = \"baton-no-such-group\"\n", "daemon.operator_group", 2),
+    ])
+    func unknownUsersAndGroupsAreRefused(_ text: String, _ key: String, _ line: Int) throws {
+        let failure = try #require(error(text, accounts: .system))
+        #expect(failure.description.hasPrefix("test.toml:\(line): \(key): no "), "\(failure)")
+    }
+
+    @Test func existingAndNumericUsersAndGroupsAreAccepted() throws {
+        let config = try parse("[agents.a]\ncommand = [\"/x\"]\nuser = \"root\"\ngroup = \"root\"\n[agents.b]\ncommand = [\"/x\"]\nuser = \"64000\"\ngroup = \"64000\"\n",
+                               accounts: .system)
+        #expect(config.agents.map(\.user) == ["root", "64000"])
+    }
+
+    /// The socket is bound as `<path>.<pid>.tmp` first: the path must leave room for that
+    /// in sockaddr_un's 108 bytes, whether it is set or derived from state_dir.
+    @Test func aSocketPathTooLongForSockaddrUnIsRefused() throws {
+        let longest = "/" + String(repeating: "s", count: BatondConfig.maxSocketPathBytes - 1)
+        #expect(try parse("[daemon]\nsocket = \"\(longest)\"\n").socketPath == longest)
+        let socket = try #require(error("[daemon]\n\nsocket = \"\(longest)s\"\n"))
+        #expect(socket.description.hasPrefix("test.toml:3: daemon.socket: the control socket path \(longest)s is 96 bytes"), "\(socket)")
+        // Derived: <state_dir>/batond.sock, 12 bytes more than the directory.
+        let directory = "/" + String(repeating: "d", count: BatondConfig.maxSocketPathBytes - 12)
+        let state = try #require(error("[daemon]\nstate_dir = \"\(directory)\"\n"))
+        #expect(state.description.hasPrefix("test.toml:2: daemon.state_dir: the control socket path \(directory)/batond.sock is 96 bytes"), "\(state)")
+        // Relative paths count once resolved against the working directory (/srv/ here).
+        let relative = try #require(error("[daemon]\nsocket = \"\(String(repeating: "r", count: BatondConfig.maxSocketPathBytes - 4))\"\n"))
+        #expect(relative.key == "daemon.socket")
     }
 
     @Test func syntaxErrorsCarryLineAndColumn() throws {

@@ -7,7 +7,10 @@ import Testing
 /// The HTTP layer on its own, with routes made for the test, over real sockets.
 @Suite("HTTP server")
 final class ServerTests {
-    struct Name: Codable, Sendable { var name: String }
+    struct Name: Codable, Sendable, ClosedJSONObject {
+        static let fieldNames: Set<String> = ["name"]
+        var name: String
+    }
 
     let parked = Locked<[Pending]>([])
     let directory = TemporaryDirectory("http")
@@ -96,6 +99,47 @@ final class ServerTests {
         let text = try endpoint.request("POST", "/echo", headers: ["Content-Type": "text/plain"], body: Array("hi".utf8))
         #expect(text.status == 415)
         #expect(text.errorCode == "unsupported_media_type")
+    }
+
+    /// A field the body's type does not know is refused (422), not ignored; a key twice in
+    /// one object is refused (400), not settled by whichever copy the parser keeps.
+    @Test(arguments: [
+        (#"{"name":"x","admin":true}"#, 422, "invalid_body", "unknown field \"admin\""),
+        (#"{"name":"x","name":"y"}"#, 400, "malformed_json", "\"name\" appears twice"),
+        (#"{"name":"x","\u006eame":"y"}"#, 400, "malformed_json", "\"name\" appears twice"),
+        (#"{"name":"x","n":[{"a":1,"b":{"a":2,"a":3}}]}"#, 400, "malformed_json", "\"a\" appears twice"),
+        // Not duplicates: the same key in two objects, and keys' look-alikes inside strings.
+        (#"{"name":"x","list":[{"a":1},{"a":2}]}"#, 422, "invalid_body", "unknown field \"list\""),
+        (#"{"name":"{\"name\":[1,\",","x":"}"}"#, 422, "invalid_body", "unknown field \"x\""),
+        (#"["name"]"#, 422, "invalid_body", "must be a JSON object"),
+        (#""x""#, 422, "invalid_body", "must be a JSON object"),
+    ])
+    func closedBodies(_ body: String, _ status: Int, _ code: String, _ message: String) throws {
+        let response = try endpoint.request("POST", "/echo", headers: ["Content-Type": "application/json"], body: Array(body.utf8))
+        #expect(response.status == status)
+        #expect(response.errorCode == code)
+        let error = try response.json()["error"] as? [String: Any]
+        #expect((error?["message"] as? String)?.contains(message) == true, "\(response.text)")
+    }
+
+    /// A body sent to a route that takes none is refused: from Content-Length before it is
+    /// read, or once a chunked one turns out not to be empty. An empty one is fine.
+    @Test func aBodyOnARouteThatTakesNoneIsRefused() throws {
+        let sized = try HTTPConnection(endpoint).request("GET", "/items/1", headers: ["Content-Type": "application/json"],
+                                                         body: Array("{}".utf8))
+        #expect(sized.status == 400)
+        #expect(sized.errorCode == "body_not_allowed")
+
+        let chunked = try HTTPConnection(endpoint)
+        try chunked.send(Array("GET /items/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n".utf8))
+        let answer = try chunked.readResponse()
+        #expect(answer.status == 400)
+        #expect(answer.errorCode == "body_not_allowed")
+
+        let empty = try HTTPConnection(endpoint)
+        try empty.send(Array("GET /items/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".utf8))
+        #expect(try empty.readResponse().status == 200)
+        #expect(try endpoint.request("GET", "/items/1", headers: ["Content-Length": "0"]).status == 200)
     }
 
     @Test func anOversizedBodyIsRefusedFromItsHeadAlone() throws {

@@ -120,6 +120,41 @@ struct LifecycleTests {
         #expect(result.output.contains("\(path):6: agents.web.mode:"), "got: \(result.output)")
     }
 
+    /// Values that used to trap `--check-config` (overflow, exit 132), pass it and crash
+    /// or loop at boot, or get the wrong line: all refused with exit 78 and FILE:LINE: KEY.
+    @Test(arguments: [
+        ("[agents.web]\ncommand = [\"/bin/web\"]\nready_timeout = \"99999999999999h\"\n", 3, "agents.web.ready_timeout"),
+        ("[agents.web]\ncommand = [\"/bin/web\"]\nready_timeout = 9223372036854775807\n", 3, "agents.web.ready_timeout"),
+        ("[agents.web]\ncommand = [\"/bin/web\"]\nstop_timeout = \"9999999h\"\n", 3, "agents.web.stop_timeout"),
+        ("[agents.web]\ncommand = [\"/bin/web\"]\nready_timeout = \"0s\"\n", 3, "agents.web.ready_timeout"),
+        ("[agents.web]\ncommand = [\"/bin/web\"]\nuser = \"baton-no-such-user\"\n", 3, "agents.web.user"),
+        ("[daemon]\nsocket = \"/tmp/\(String(repeating: "s", count: 100))\"\n", 2, "daemon.socket"),
+        ("[daemon]\r\nstate_dir = \"/tmp/x\"\r\n\r\n[agents.web]\r\ncommand = [\"/bin/web\"]\r\nmode = \"fast\"\r\n", 6, "agents.web.mode"),
+    ])
+    func checkConfigRefusesWithExit78(_ text: String, _ line: Int, _ key: String) throws {
+        let state = TemporaryDirectory("batond")
+        let path = state.file("bad.toml")
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        let result = try run([Products.path("batond"), "--check-config", "--config", path])
+        #expect(result.status == 78, "got: \(result.output)")
+        #expect(result.output.contains("\(path):\(line): \(key):"), "got: \(result.output)")
+    }
+
+    @Test func aTooLongSocketOnTheCommandLineIsRefused() throws {
+        let result = try run([Products.path("batond"), "--check-config", "--socket", "/tmp/" + String(repeating: "s", count: 100)])
+        #expect(result.status == 78)
+        #expect(result.output.contains("command line: --socket: the control socket path"), "got: \(result.output)")
+    }
+
+    /// A duration that passed the check before crashed batond at boot, after it had spawned
+    /// the agent. Now batond refuses to start at all.
+    @Test func batondRefusesToStartOnADurationOutOfRange() throws {
+        let daemon = try BatondProcess(configText: "[agents.web]\ncommand = [\"/bin/web\"]\nready_timeout = 9223372036854775807\n",
+                                       waitReady: false)
+        #expect(daemon.waitForExit() == 78, "\(daemon.log)")
+        #expect(daemon.log.contains("batond.toml:3: agents.web.ready_timeout: must be between 1s and 24h"), "\(daemon.log)")
+    }
+
     @Test func socketActivationUsesTheInheritedSockets() throws {
         guard let activate = which("systemd-socket-activate") else {
             Issue.record("systemd-socket-activate is not installed; `make test` installs systemd")

@@ -1,8 +1,9 @@
 import BatonTestSupport
 import Foundation
 
-/// The paths and methods of api/openapi.yaml, read line by line (paths at two spaces,
-/// methods at four), so the test needs no YAML library.
+/// What the tests read from api/openapi.yaml, line by line, so they need no YAML library:
+/// the paths and methods (paths at two spaces, methods at four), and the component
+/// schemas (names at four spaces, their keys at six, properties at eight).
 struct OpenAPISpec {
     struct Operation: Hashable {
         let method: String
@@ -10,23 +11,71 @@ struct OpenAPISpec {
     }
 
     let operations: Set<Operation>
+    /// Each component schema's lines, below its name.
+    let schemas: [String: [Substring]]
 
     static func load() throws -> OpenAPISpec {
         let text = try String(contentsOfFile: Products.packageRoot + "/api/openapi.yaml", encoding: .utf8)
         var operations = Set<Operation>()
-        var inPaths = false
+        var schemas: [String: [Substring]] = [:]
+        var section = ""  // "paths:", or "components:" and its part, e.g. "components:schemas:"
         var path: String?
+        var schema: String?
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            if line.hasPrefix("paths:") { inPaths = true; continue }
-            guard inPaths else { continue }
-            if let first = line.first, first != " ", first != "#" { break }
-            if line.hasPrefix("  /"), line.hasSuffix(":") {
-                path = String(line.dropFirst(2).dropLast())
-            } else if let path, line.hasPrefix("    "), !line.hasPrefix("     "),
-                      let method = ["get", "put", "post", "delete", "patch"].first(where: { line == "    \($0):" }) {
-                operations.insert(Operation(method: method.uppercased(), path: path))
+            if let first = line.first, first != " ", first != "#" { section = String(line); continue }
+            if section.hasPrefix("components:"), line.hasPrefix("  "), !line.hasPrefix("   "), line.hasSuffix(":") {
+                section = "components:" + line.dropFirst(2)
+                continue
+            }
+            switch section {
+            case "paths:":
+                if line.hasPrefix("  /"), line.hasSuffix(":") {
+                    path = String(line.dropFirst(2).dropLast())
+                } else if let path, line.hasPrefix("    "), !line.hasPrefix("     "),
+                          let method = ["get", "put", "post", "delete", "patch"].first(where: { line == "    \($0):" }) {
+                    operations.insert(Operation(method: method.uppercased(), path: path))
+                }
+            case "components:schemas:":
+                if line.hasPrefix("    "), !line.hasPrefix("     "), line.hasSuffix(":") {
+                    schema = String(line.dropFirst(4).dropLast())
+                } else if let schema, line.hasPrefix("      ") {
+                    schemas[schema, default: []].append(line)
+                }
+            default:
+                continue
             }
         }
-        return OpenAPISpec(operations: operations)
+        return OpenAPISpec(operations: operations, schemas: schemas)
+    }
+
+    /// A schema's own `pattern`, written as a single-quoted YAML scalar (no escapes but '').
+    func pattern(of schema: String) -> String? {
+        guard let line = schemas[schema]?.first(where: { $0.hasPrefix("      pattern: '") && $0.hasSuffix("'") }) else { return nil }
+        return String(line.dropFirst("      pattern: '".count).dropLast()).replacingOccurrences(of: "''", with: "'")
+    }
+
+    /// The names of a schema's `properties`.
+    func properties(of schema: String) -> Set<String> {
+        var names = Set<String>()
+        var inProperties = false
+        for line in schemas[schema] ?? [] {
+            if line.hasPrefix("      "), !line.hasPrefix("       ") { inProperties = line == "      properties:"; continue }
+            if inProperties, line.hasPrefix("        "), !line.hasPrefix("         "), line.hasSuffix(":") {
+                names.insert(String(line.dropFirst(8).dropLast()))
+            }
+        }
+        return names
+    }
+
+    /// The line of property `name` in `schema` and the lines below it, up to the next property.
+    func property(_ name: String, of schema: String) -> [Substring] {
+        guard let lines = schemas[schema], let start = lines.firstIndex(of: "        \(name):") else { return [] }
+        let rest = lines[(start + 1)...]
+        let end = rest.firstIndex { !$0.hasPrefix("         ") } ?? lines.endIndex
+        return Array(lines[start..<end])
+    }
+
+    func isClosed(_ schema: String) -> Bool {
+        schemas[schema]?.contains("      additionalProperties: false") == true
     }
 }
