@@ -69,15 +69,18 @@ extension BatondConfig {
 /// Looks users and groups up by name, to refuse names that do not exist when the file
 /// is read. The system's databases by default; tests pass their own.
 public struct Accounts: Sendable {
-    public var userExists: @Sendable (String) -> Bool
+    /// The uid of a user name, nil when there is no such user.
+    public var userID: @Sendable (String) -> UInt32?
     public var groupExists: @Sendable (String) -> Bool
 
-    public init(userExists: @escaping @Sendable (String) -> Bool, groupExists: @escaping @Sendable (String) -> Bool) {
-        self.userExists = userExists
+    public init(userID: @escaping @Sendable (String) -> UInt32?, groupExists: @escaping @Sendable (String) -> Bool) {
+        self.userID = userID
         self.groupExists = groupExists
     }
 
-    public static let system = Accounts(userExists: { getpwnam($0) != nil }, groupExists: { getgrnam($0) != nil })
+    public func userExists(_ name: String) -> Bool { userID(name) != nil }
+
+    public static let system = Accounts(userID: { getpwnam($0)?.pointee.pw_uid }, groupExists: { getgrnam($0) != nil })
 }
 
 /// Walks the TOML tree, converting and validating each key; every error carries the
@@ -191,8 +194,8 @@ private struct Reader {
         }
         if let users = try strings(table, "tcp_registration_uids", path: path) {
             for user in users {
-                guard let uid = UInt32(user) ?? getpwnam(user).map({ $0.pointee.pw_uid }) else {
-                    throw error("\(path).tcp_registration_uids", "no user named \"\(user)\"")
+                guard let uid = UInt32(user) ?? (user.isEmpty ? nil : accounts.userID(user)) else {
+                    throw error(path + ["tcp_registration_uids"], "no user named \"\(user)\" on this machine")
                 }
                 agent.tcpRegistrationUIDs.insert(uid)
             }

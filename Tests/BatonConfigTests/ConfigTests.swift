@@ -7,7 +7,7 @@ import Testing
 @Suite("configuration")
 struct ConfigTests {
     /// Users and groups as the tests' machine would have them: these names only.
-    static let accounts = Accounts(userExists: { ["web", "root"].contains($0) }, groupExists: { ["web", "ops", "baton", "root"].contains($0) })
+    static let accounts = Accounts(userID: { ["root": 0, "web": 1000][$0] }, groupExists: { ["web", "ops", "baton", "root"].contains($0) })
 
     func parse(_ text: String, accounts: Accounts = Self.accounts) throws(ConfigError) -> BatondConfig {
         try BatondConfig.parse(text, file: "test.toml", workingDirectory: "/srv", accounts: accounts)
@@ -192,10 +192,25 @@ struct ConfigTests {
         ("[agents.web]\ncommand = [\"/x\"]\nuser = \"baton-no-such-user\"\n", "agents.web.user", 3),
         ("[agents.web]\ncommand = [\"/x\"]\n\ngroup = \"baton-no-such-group\"\n", "agents.web.group", 4),
         ("[daemon]\noperator_group = \"baton-no-such-group\"\n", "daemon.operator_group", 2),
+        ("[agents.web]\ncommand = [\"/x\"]\ntcp_registration_uids = [\"0\", \"baton-no-such-user\"]\n", "agents.web.tcp_registration_uids", 3),
     ])
     func unknownUsersAndGroupsAreRefused(_ text: String, _ key: String, _ line: Int) throws {
         let failure = try #require(error(text, accounts: .system))
         #expect(failure.description.hasPrefix("test.toml:\(line): \(key): no "), "\(failure)")
+    }
+
+    @Test func registeredInstancesAreLeftAloneAndTCPRegistrationIsOffByDefault() throws {
+        let plain = try #require(try parse("[agents.a]\ncommand = [\"/x\"]\n").agents.first)
+        #expect(plain.tcpRegistrationUIDs.isEmpty)
+        #expect(!plain.stopRegisteredOnExit)
+        let set = try #require(try parse("""
+            [agents.a]
+            command = ["/x"]
+            tcp_registration_uids = ["web", "4242"]
+            stop_registered_on_exit = true
+            """).agents.first)
+        #expect(set.tcpRegistrationUIDs == [1000, 4242])
+        #expect(set.stopRegisteredOnExit)
     }
 
     @Test func existingAndNumericUsersAndGroupsAreAccepted() throws {
