@@ -211,7 +211,12 @@ actor AgentRunner {
                 await startSupervised(version: version)
             }
         case .escalate(let instance, let signal):
-            await whenDurable { self.processes[instance]?.send(signal) }
+            if shutdownDone != nil {
+                // Stopping never lets two work: at shutdown it does not wait for the ledger.
+                processes[instance]?.send(signal)
+            } else {
+                await whenDurable { self.processes[instance]?.send(signal) }
+            }
         case .register(let pid, let version, let caller, let reply):
             reply(await register(pid: pid, version: version, caller: caller))
         case .ledgerRecovered:
@@ -342,6 +347,9 @@ actor AgentRunner {
         }
         guard let process = ProcessHandle.foreign(pid: pid) else {
             context.registry.release(pid: pid, claimedBy: id)
+            if kill(pid, 0) != 0 && errno == EPERM {
+                return .failure(.registrationRefused("batond may not signal process \(pid), so it could not stop it"))
+            }
             return .failure(.noSuchProcess(pid))
         }
         record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: pid,
@@ -641,13 +649,20 @@ actor AgentRunner {
                 logger.info("leaving a registered instance running", metadata: ["agent": "\(name)", "instance": "\(instance)", "pid": "\(process.pid)"])
             }
         }
-        await whenDurable {
-            for instance in self.processes.keys {
-                self.context.registry.setSignal(instance, .stop, handoff: self.run?.view.id)
-                if self.config.readiness != nil { self.processes[instance]?.send(SIGTERM) }
-                self.escalateLater(instance, SIGTERM, after: self.config.stopTimeout)
-                self.escalateLater(instance, SIGKILL, after: self.config.stopTimeout + self.config.killTimeout)
-            }
+        // batond stops even when the ledger cannot write: stopping never lets two work,
+        // and what waits for the ledger (a go, a spawn, a current flip) is not done.
+        if !deferred.isEmpty {
+            logger.warning("stopping with effects that were never recorded; they are not done",
+                           metadata: ["agent": "\(name)", "effects": "\(deferred.count)"])
+            deferred.removeAll()
+            context.stats.effectsWaiting(agent: name, 0)
+        }
+        await flush()
+        for instance in processes.keys {
+            context.registry.setSignal(instance, .stop, handoff: run?.view.id)
+            if config.readiness != nil { processes[instance]?.send(SIGTERM) }
+            escalateLater(instance, SIGTERM, after: config.stopTimeout)
+            escalateLater(instance, SIGKILL, after: config.stopTimeout + config.killTimeout)
         }
     }
 

@@ -151,4 +151,35 @@ struct FullDiskTests {
         #expect(exited < respawned)
         #expect(daemon.stop() == 0)
     }
+
+    @Test(.enabled(if: canMount, "needs root to mount a small tmpfs"), .timeLimit(.minutes(2)))
+    func batondStillStopsItsAgentsWhenTheLedgerCannotWrite() throws {
+        let state = TemporaryDirectory("full-disk-stop")
+        let disk = try SmallDisk(path: state.file("ledger"), size: "1m")
+        let web = TestReleases(state: state)
+        try web.add("1.0")
+        try web.add("2.0", ["--ready-after", "1"])
+        try web.setCurrent("1.0")
+        let daemon = try BatondProcess(state: state, configText: web.config() + """
+
+            [agents.ext]
+            command = ["/bin/false"]
+            registration_token = "\(Self.registrationToken)"
+            """)
+        var children: [Process] = []
+        defer { for child in children { kill(child.processIdentifier, SIGKILL) } }
+        try waitUntil(timeout: 30) { (agent(daemon, "web")?["running"] as? [String: Any])?["version"] as? String == "1.0" }
+        // A successor checks itself while the disk fills: its ready report cannot be
+        // recorded, so the handoff waits on the ledger when batond is told to stop.
+        #expect(try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"2.0"}"#).status == 202)
+        try waitUntil(timeout: 30) { web.log().contains { $0.event == "started" && $0.version == "2.0" } }
+        disk.fill()
+        #expect(try registerUntilRefused(daemon, children: &children).errorCode == "ledger_unavailable")
+        try waitUntil(timeout: 30) { instances(daemon, "web").contains { $0["version"] as? String == "2.0" && $0["state"] as? String == "ready" } }
+
+        #expect(daemon.stop() == 0, "batond did not stop while its ledger could not write")
+        #expect(web.log().contains { $0.event == "stopped" && $0.version == "1.0" })
+        #expect(!web.log().contains { $0.event == "go" && $0.version == "2.0" })
+        #expect(web.current == "1.0")
+    }
 }
