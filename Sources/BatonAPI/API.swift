@@ -65,7 +65,9 @@ public final class API: Sendable {
             Route(.GET, "/v1/agents/{name}", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in
                 .respond(.json(try agentView(request.agentName())))
             },
-            Route(.GET, "/v1/events", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in try events.handle(request, maxWait: context.config.http.maxWait) },
+            Route(.GET, "/v1/events", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in
+                try events.handle(request, maxWait: context.config.http.maxWait, most: context.config.http.maxEventWaiters)
+            },
         ]
         + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
         + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes)

@@ -42,6 +42,7 @@ extension BatondConfig {
         }
         stateDir = absolute(stateDir)
         socket = socket.map(absolute)
+        agentSocket = agentSocket.map(absolute)
         file = file.map(absolute)
     }
 }
@@ -60,7 +61,7 @@ private struct Reader {
         var config = BatondConfig()
         try only(root, "", allowed: ["daemon", "http", "ledger", "agents"])
         if let daemon = try table(root, "daemon", path: "daemon") {
-            try only(daemon, "daemon", allowed: ["state_dir", "socket", "listen", "log_level", "operator_group"])
+            try only(daemon, "daemon", allowed: ["state_dir", "socket", "agent_socket", "listen", "log_level", "operator_group"])
             if let value = try string(daemon, "state_dir", path: "daemon") {
                 guard !value.isEmpty else { throw error("daemon.state_dir", "must not be empty") }
                 config.stateDir = value
@@ -68,6 +69,10 @@ private struct Reader {
             if let value = try string(daemon, "socket", path: "daemon") {
                 guard !value.isEmpty else { throw error("daemon.socket", "must not be empty") }
                 config.socket = value
+            }
+            if let value = try string(daemon, "agent_socket", path: "daemon") {
+                guard !value.isEmpty else { throw error("daemon.agent_socket", "must not be empty") }
+                config.agentSocket = value
             }
             if let value = try string(daemon, "listen", path: "daemon") {
                 config.listen = try listenAddress(value, key: "daemon.listen")
@@ -81,9 +86,29 @@ private struct Reader {
             config.operatorGroup = try string(daemon, "operator_group", path: "daemon")
         }
         if let http = try table(root, "http", path: "http") {
-            try only(http, "http", allowed: ["max_connections", "connection_timeout", "max_body_bytes", "max_wait", "probes_open"])
+            try only(http, "http", allowed: ["max_connections", "connection_timeout", "request_head_timeout",
+                                             "request_body_timeout", "agent_max_connections", "agent_connections_per_peer",
+                                             "max_event_waiters", "max_body_bytes", "max_wait", "probes_open"])
             if let value = try int(http, "max_connections", path: "http", range: 1...1_000_000) { config.http.maxConnections = value }
             if let value = try duration(http, "connection_timeout", path: "http") { config.http.connectionTimeout = value }
+            if let value = try duration(http, "request_head_timeout", path: "http", within: .milliseconds(100) ... .seconds(300)) {
+                config.http.requestHeadTimeout = value
+            }
+            if let value = try duration(http, "request_body_timeout", path: "http", within: .seconds(1) ... .seconds(3600)) {
+                config.http.requestBodyTimeout = value
+            }
+            if let value = try int(http, "agent_max_connections", path: "http", range: 1...1_000_000) { config.http.agentMaxConnections = value }
+            if let value = try int(http, "agent_connections_per_peer", path: "http", range: 1...1_000_000) {
+                config.http.agentConnectionsPerPeer = value
+            }
+            if let value = try int(http, "max_event_waiters", path: "http", range: 0...1_000_000) {
+                guard value < config.http.maxConnections else {
+                    throw error("http.max_event_waiters", "must be below http.max_connections (\(config.http.maxConnections)): parked long-polls must leave room for other requests")
+                }
+                config.http.maxEventWaiters = value
+            } else {
+                config.http.maxEventWaiters = min(config.http.maxEventWaiters, config.http.maxConnections / 2)
+            }
             if let value = try int(http, "max_body_bytes", path: "http", range: 1024...(64 << 20)) { config.http.maxBodyBytes = value }
             if let value = try duration(http, "max_wait", path: "http") { config.http.maxWait = value }
             if let value = try bool(http, "probes_open", path: "http") { config.http.probesOpen = value }
@@ -220,6 +245,15 @@ private struct Reader {
             throw error(full, "must be a duration such as \"500ms\", \"30s\", \"5m\" or an integer of seconds")
         }
         return duration
+    }
+
+    /// A duration that must lie `within` a range (named in the error with its units).
+    func duration(_ table: TOMLTable, _ key: String, path: String, within range: ClosedRange<Duration>) throws(ConfigError) -> Duration? {
+        guard let value = try duration(table, key, path: path) else { return nil }
+        guard range.contains(value) else {
+            throw error(join(path, key), "must be between \(range.lowerBound.milliseconds) ms and \(range.upperBound.milliseconds) ms")
+        }
+        return value
     }
 
     static func parseDuration(_ text: String) -> Duration? {
