@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """A slow-header flood against batond while an agent hands over.
 
-usage: bench/flood.py BATOND TESTAGENT [--target tcp|unix|both] [--count N]
+usage: bench/flood.py BATOND TESTAGENT [--target tcp|unix|both|all] [--count N]
                       [--seconds S] [--max-connections M] [--parked-events P]
 
 Starts batond on a fresh state directory with agent `bench` (releases `a`, `b` of
-baton-testagent), then opens COUNT connections to each target listener that send
+baton-testagent), then opens COUNT connections to each target listener (`all`
+adds the agent socket to TCP and the control socket) that send
 half a request head and then one more header byte every 2 s (a slowloris), never
 finishing the head. While they are open it:
   - asks GET /healthz on a new TCP connection in a loop (1 s timeout each) and
@@ -124,7 +125,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("batond")
     parser.add_argument("testagent")
-    parser.add_argument("--target", default="tcp", choices=["tcp", "unix", "both"])
+    parser.add_argument("--target", default="tcp", choices=["tcp", "unix", "both", "all"])
     parser.add_argument("--count", type=int, default=1100)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--max-connections", type=int, default=1000)
@@ -166,30 +167,38 @@ def main():
             time.sleep(0.1)
 
         if args.parked_events:
-            refused = 0
+            refused = hung = 0
             for _ in range(args.parked_events):
-                sock = socket.create_connection(tcp[1])
+                try:
+                    sock = socket.create_connection(tcp[1], timeout=1)
+                except OSError:
+                    hung += 1  # not accepted within 1 s: left in the listen backlog
+                    continue
                 sock.sendall(f"GET /v1/events?since=999999&wait=300 HTTP/1.1\r\nHost: x\r\n"
                              f"Authorization: Bearer {token}\r\n\r\n".encode())
                 parked.append(sock)
             time.sleep(1)
+            first_answer = None
             for sock in parked:
                 sock.setblocking(False)
                 try:
-                    if sock.recv(65536):
+                    answer = sock.recv(65536)
+                    if answer:
                         refused += 1
+                        first_answer = first_answer or answer.split(b"\r\n", 1)[0].decode()
                 except BlockingIOError:
                     pass
                 except OSError:
                     refused += 1
-            print(f"parked events: {args.parked_events} sent, {args.parked_events - refused} parked, "
-                  f"{refused} answered or closed at once")
+            print(f"parked events: {args.parked_events} sent, {len(parked) - refused} parked, "
+                  f"{refused} answered or closed at once ({first_answer}), {hung} not connected within 1 s")
 
-        targets = {"tcp": [tcp], "unix": [unix], "both": [tcp, unix]}[args.target]
+        agent = ("unix", state + "/agent.sock")
+        targets = {"tcp": [tcp], "unix": [unix], "both": [tcp, unix], "all": [tcp, unix, agent]}[args.target]
         started = time.time()
         for target in targets:
             floods.append(Flood(target, args.count))
-        print(f"flood: {args.count} slow heads on {', '.join(t[0] for t in targets)} "
+        print(f"flood: {args.count} slow heads on {', '.join(str(t[1]) for t in targets)} "
               f"in {time.time() - started:.1f} s; refused at connect: {sum(f.refused for f in floods)}")
 
         handoff = {}
