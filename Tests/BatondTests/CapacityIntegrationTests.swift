@@ -35,11 +35,10 @@ struct CapacityIntegrationTests {
     /// /healthz answers every time.
     @Test func aHandoffCommitsWhileEveryListenerIsFlooded() throws {
         let (daemon, agents) = try start()
-        let agentSocket = daemon.state.file("agent.sock")
         let floods = try [
             SlowHeads(daemon.endpoint, count: 60),
             SlowHeads(daemon.unix, count: 60),
-            SlowHeads(.unix(path: agentSocket), count: 20),
+            SlowHeads(.unix(path: daemon.agentSocketPath), count: 20),
         ]
         #expect(floods[2].closedByPeer(within: 2) >= 12, "the flooder's connections past its cap on the agent socket are closed")
         for _ in 0..<5 {
@@ -56,19 +55,17 @@ struct CapacityIntegrationTests {
         daemon.stop()
     }
 
-    /// Instances reach batond on their own socket, which serves their routes only.
-    @Test func instancesUseTheAgentSocket() throws {
-        let (daemon, _) = try start()
-        let agentSocket = Endpoint.unix(path: daemon.state.file("agent.sock"))
+    /// The agent socket (the instances' `BATON_SOCKET`, checked by the instance protocol
+    /// tests) serves the instances' routes only.
+    @Test func theAgentSocketServesOnlyTheAgentsRoutes() throws {
+        let daemon = try BatondProcess(configText: Self.limits)
+        let agentSocket = Endpoint.unix(path: daemon.agentSocketPath)
         #expect(try agentSocket.get("/v1/status", token: daemon.token).status == 404)
         #expect(try agentSocket.get("/healthz").status == 404)
+        let instanceRoute = try agentSocket.get("/v1/instances/web.1/signal").status
+        #expect([401, 403].contains(instanceRoute), "an instance route is served, and wants the instance: \(instanceRoute)")
         let listeners = try daemon.endpoint.get("/v1/status", token: daemon.token).json()["listeners"] as? [String] ?? []
-        #expect(listeners.contains("unix:\(daemon.state.file("agent.sock"))"), "\(listeners)")
-        let view = try daemon.endpoint.get("/v1/agents/web", token: daemon.token).json()
-        let pid = try #require(((view["instances"] as? [[String: Any]])?.first?["pid"] as? Int))
-        let environment = try String(decoding: Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/environ")), as: UTF8.self)
-            .split(separator: "\0")
-        #expect(environment.contains("BATON_SOCKET=\(daemon.state.file("agent.sock"))"), "\(environment)")
+        #expect(listeners.contains("unix:\(daemon.agentSocketPath)"), "\(listeners)")
         daemon.stop()
     }
 
