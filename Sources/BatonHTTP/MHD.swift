@@ -209,6 +209,7 @@ extension Duration {
 final class DaemonContext: Sendable {
     let server: HTTPServer
     let isUnix: Bool
+    let policy: ListenerPolicy
     /// This listener's connections; the lock is held while a socket is shut down.
     let table: Mutex<ConnectionTable>
     /// The `MHD_Daemon*`, as an integer so the context stays Sendable; 0 once stopped.
@@ -217,10 +218,9 @@ final class DaemonContext: Sendable {
     init(server: HTTPServer, isUnix: Bool, table: ConnectionTable) {
         self.server = server
         self.isUnix = isUnix
+        self.policy = table.policy
         self.table = Mutex(table)
     }
-
-    var policy: ListenerPolicy { table.withLock { $0.policy } }
 
     var daemonPointer: OpaquePointer? { OpaquePointer(bitPattern: daemon.withLock { $0 }) }
 }
