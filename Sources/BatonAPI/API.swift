@@ -85,10 +85,11 @@ public final class API: Sendable {
     }
 
     func metricsPage() -> Response {
-        let parked = server.withLock { $0?.parkedCount } ?? 0
+        let server = self.server.withLock { $0 }
+        let parked = server?.parkedCount ?? 0
         let text = metrics.render(.init(startedAt: context.startedAt, now: .now(), ledger: ledger.metrics,
                                         lastSeq: ledger.lastSeq, ledgerWritable: ledger.isWritable,
-                                        parked: parked, agents: context.config.agents.count,
+                                        parked: parked, listeners: server?.listenerStats ?? [], agents: context.config.agents.count,
                                         instances: Dictionary(uniqueKeysWithValues: context.config.agents.map {
                                             ($0.name, supervisor.registry.instances(of: $0.name).count)
                                         }),

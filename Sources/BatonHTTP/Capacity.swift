@@ -45,6 +45,27 @@ public struct ParkLimit: Sendable {
     }
 }
 
+/// Why the server closed a connection itself, before any answer.
+public enum ConnectionClosure: String, Sendable, CaseIterable {
+    /// Its request head was not complete by the deadline.
+    case headDeadline = "head_deadline"
+    /// Its request body was not complete by the deadline.
+    case bodyDeadline = "body_deadline"
+    /// The listener was full and a new connection took its slot while it waited for a head.
+    case evicted
+    /// The listener was full of busy connections when it arrived.
+    case refused
+    /// Its peer held as many connections as the per-peer cap allows.
+    case peerCap = "peer_cap"
+}
+
+/// One listener's connections now, and those the server closed itself since it started.
+public struct ListenerStats: Sendable {
+    public let listener: String
+    public let open: Int
+    public let closed: [ConnectionClosure: UInt64]
+}
+
 /// The connections of one listener and what each is waiting for, with the decisions the
 /// listener's limits and deadlines take. No I/O: the owner shuts down the sockets it is
 /// told to, while it still holds the table (a socket leaves the table before
@@ -78,6 +99,7 @@ struct ConnectionTable {
     /// A kept-alive connection may idle this long before its next head's clock runs.
     let idleTimeout: Duration
     private(set) var entries: [UInt: Entry] = [:]
+    private(set) var closures: [ConnectionClosure: UInt64] = [:]
 
     init(policy: ListenerPolicy, headTimeout: Duration, bodyTimeout: Duration, idleTimeout: Duration) {
         self.policy = policy
@@ -104,8 +126,12 @@ struct ConnectionTable {
             guard case .head(let since, _) = entry.phase else { continue }
             if oldest == nil || since < oldest!.since { oldest = (key, since) }
         }
-        guard let oldest, let victim = entries[oldest.key] else { return .refuse }
+        guard let oldest, let victim = entries[oldest.key] else {
+            closures[.refused, default: 0] += 1
+            return .refuse
+        }
         entries[oldest.key]?.phase = .closing
+        closures[.evicted, default: 0] += 1
         return .acceptEvicting(fd: victim.fd)
     }
 
@@ -115,6 +141,7 @@ struct ConnectionTable {
         if let peer, let cap = policy.maxConnectionsPerPeer,
            entries.values.count(where: { $0.peer == peer && $0.phase != .closing }) >= cap {
             phase = .closing
+            closures[.peerCap, default: 0] += 1
         }
         entries[connection] = Entry(fd: fd, peer: peer, phase: phase)
         return phase != .closing
@@ -145,6 +172,11 @@ struct ConnectionTable {
                 guard deadline <= now else { continue }
                 entries[key]?.phase = .closing
                 expired.append(entry.fd)
+                if case .head = entry.phase {
+                    closures[.headDeadline, default: 0] += 1
+                } else {
+                    closures[.bodyDeadline, default: 0] += 1
+                }
             case .busy, .closing:
                 continue
             }

@@ -70,7 +70,7 @@ public final class HTTPServer: Sendable {
         let table = ConnectionTable(policy: policy, headTimeout: configuration.requestHeadTimeout,
                                     bodyTimeout: configuration.requestBodyTimeout,
                                     idleTimeout: .seconds(Int64(configuration.connectionTimeoutSeconds)))
-        let context = DaemonContext(server: self, isUnix: listener.isUnix, table: table)
+        let context = DaemonContext(server: self, listener: listener, table: table)
         let flags = MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue
             | MHD_ALLOW_SUSPEND_RESUME.rawValue
         // At its own limit libmicrohttpd stops accepting and clients hang in the backlog:
@@ -91,9 +91,12 @@ public final class HTTPServer: Sendable {
     /// Number of parked requests (long-polls) right now.
     public var parkedCount: Int { parked.withLock { $0.all.count } }
 
-    /// Connections open on each listener served, in the order served.
-    public var openConnections: [Int] {
-        daemons.withLock { $0 }.map { context in context.table.withLock { $0.open } }
+    /// Each listener served, in the order served: its connections now and those closed
+    /// by its limits and deadlines.
+    public var listenerStats: [ListenerStats] {
+        daemons.withLock { $0 }.map { context in
+            context.table.withLock { ListenerStats(listener: context.listener, open: $0.open, closed: $0.closures) }
+        }
     }
 
     private func startSweeping() {
@@ -208,6 +211,8 @@ extension Duration {
 /// What a daemon's callbacks get as their closure argument.
 final class DaemonContext: Sendable {
     let server: HTTPServer
+    /// The listener's description, e.g. `unix:/run/baton/batond.sock`.
+    let listener: String
     let isUnix: Bool
     let policy: ListenerPolicy
     /// This listener's connections; the lock is held while a socket is shut down.
@@ -215,9 +220,10 @@ final class DaemonContext: Sendable {
     /// The `MHD_Daemon*`, as an integer so the context stays Sendable; 0 once stopped.
     let daemon = Mutex<UInt>(0)
 
-    init(server: HTTPServer, isUnix: Bool, table: ConnectionTable) {
+    init(server: HTTPServer, listener: Listener, table: ConnectionTable) {
         self.server = server
-        self.isUnix = isUnix
+        self.listener = listener.description
+        self.isUnix = listener.isUnix
         self.policy = table.policy
         self.table = Mutex(table)
     }

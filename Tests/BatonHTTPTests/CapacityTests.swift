@@ -84,7 +84,7 @@ final class CapacityTests {
     @Test func aNewClientTakesTheSlotOfTheOldestIdleConnection() throws {
         let idle = try (0..<4).map { _ in try HTTPConnection(endpoint, timeout: 5) }
         for connection in idle { try connection.send(Array("GET /hello HTTP/1.1\r\n".utf8)) }
-        try eventually { self.server.openConnections.first == 4 }
+        try eventually { self.server.listenerStats.first?.open == 4 }
         let answer = try endpoint.get("/hello", timeout: 2)
         #expect(answer.status == 200)
         #expect(idle[0].isClosedByPeer(waiting: 2), "the oldest idle connection made room")
@@ -135,7 +135,7 @@ final class CapacityTests {
     @Test func aPeerPastItsCapIsClosedAtOnce() throws {
         let path = directory.file("capacity.sock")
         let held = try (0..<2).map { _ in try HTTPConnection(.unix(path: path), timeout: 5) }
-        try eventually { self.server.openConnections.last == 2 }
+        try eventually { self.server.listenerStats.last?.open == 2 }
         let extra = try HTTPConnection(.unix(path: path), timeout: 3)
         #expect(extra.isClosedByPeer(waiting: 3))
         #expect(try held[0].request("GET", "/hello").status == 200, "the peer's first connections still work")

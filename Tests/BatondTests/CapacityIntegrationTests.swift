@@ -51,6 +51,9 @@ struct CapacityIntegrationTests {
         #expect(took < 5, "the handoff took \(took) s under the flood")
         #expect(agents.current == "2.0")
         #expect(try daemon.unix.get("/healthz", timeout: 2).status == 200)
+        let metrics = try daemon.endpoint.get("/metrics").text
+        #expect(metrics.contains(#"baton_http_connections_closed_total{listener="unix:\#(daemon.agentSocketPath)",reason="peer_cap"} 12"#),
+                "\(metrics)")
         withExtendedLifetime(floods) {}
         daemon.stop()
     }
@@ -106,6 +109,8 @@ struct CapacityIntegrationTests {
             #expect(closed, "\(endpoint): a trickled head kept its connection for 6 s")
             #expect(took < 3, "\(endpoint): closed after \(took) s")
         }
+        let metrics = try daemon.endpoint.get("/metrics").text
+        #expect(metrics.contains(#"listener="unix:\#(daemon.socketPath)",reason="head_deadline"} 1"#), "\(metrics)")
         daemon.stop()
     }
 }
