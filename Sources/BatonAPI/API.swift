@@ -65,7 +65,9 @@ public final class API: Sendable {
             Route(.GET, "/v1/agents/{name}", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in
                 .respond(.json(try agentView(request.agentName())))
             },
-            Route(.GET, "/v1/events", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in try events.handle(request, maxWait: context.config.http.maxWait) },
+            Route(.GET, "/v1/events", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in
+                try events.handle(request, maxWait: context.config.http.maxWait, most: context.config.http.maxEventWaiters)
+            },
         ]
         + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
         + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes)
@@ -88,10 +90,11 @@ public final class API: Sendable {
     }
 
     func metricsPage() -> Response {
-        let parked = server.withLock { $0?.parkedCount } ?? 0
+        let server = self.server.withLock { $0 }
+        let parked = server?.parkedCount ?? 0
         let text = metrics.render(.init(startedAt: context.startedAt, now: .now(), ledger: ledger.metrics,
                                         lastSeq: ledger.lastSeq, ledgerWritable: ledger.isWritable,
-                                        parked: parked, agents: context.config.agents.count,
+                                        parked: parked, listeners: server?.listenerStats ?? [], agents: context.config.agents.count,
                                         instances: Dictionary(uniqueKeysWithValues: context.config.agents.map {
                                             ($0.name, supervisor.registry.instances(of: $0.name).count)
                                         }),

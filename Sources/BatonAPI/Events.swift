@@ -17,14 +17,15 @@ final class EventWaiters: Sendable {
 
     init(ledger: Ledger) { self.ledger = ledger }
 
-    func handle(_ request: Request, maxWait: Duration) throws(HTTPError) -> Reply {
+    func handle(_ request: Request, maxWait: Duration, most: Int) throws(HTTPError) -> Reply {
         let since = UInt64(try request.integer("since", default: 0, range: 0...Int.max))
         let limit = try request.integer("limit", default: 1000, range: 1...1000)
         let wait = try request.wait(max: maxWait)
         if wait == 0 || ledger.lastSeq > since {
             return .respond(page(since: since, limit: limit))
         }
-        let pending = request.park(deadline: .milliseconds(Int64(wait * 1000))) { [self] in
+        let pending = try request.park(deadline: .milliseconds(Int64(wait * 1000)),
+                                       limit: ParkLimit(group: "events", most: most, overflow: .refuse)) { [self] in
             page(since: since, limit: limit)
         }
         waiters.withLock { waiters in

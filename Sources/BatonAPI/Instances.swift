@@ -10,6 +10,9 @@ struct InstanceRoutes: Sendable {
 
     /// Reports wait for their record to be durable; far longer than that means batond is stuck.
     static let reportDeadline: Duration = .seconds(30)
+    /// Parked signal long-polls per instance. An agent needs one; a poll whose connection
+    /// was cut stays parked unnoticed until its wait ends, so a new one displaces the oldest.
+    static let signalWaiters = 2
 
     var routes: [Route] {
         [
@@ -61,7 +64,8 @@ struct InstanceRoutes: Sendable {
             throw HTTPError(status: 404, code: "instance_not_found", message: "no instance \(id)")
         }
         if wait == 0 || seen != now.signal { return .respond(.json(now)) }
-        let pending = request.park(deadline: .milliseconds(Int64(wait * 1000))) {
+        let pending = try request.park(deadline: .milliseconds(Int64(wait * 1000)),
+                                       limit: ParkLimit(group: "signal \(id)", most: Self.signalWaiters, overflow: .answerOldest)) {
             .json(registry.view(id) ?? SignalView(instance: id, signal: .stop, handoff: nil))
         }
         let waiter = InstanceRegistry.Waiter(seen: seen, answer: { pending.answer(.json($0)) }, isAnswered: { pending.isAnswered })

@@ -44,6 +44,7 @@ public final class Metrics: Sendable {
         var lastSeq: UInt64
         var ledgerWritable: Bool
         var parked: Int
+        var listeners: [ListenerStats]
         var agents: Int
         var instances: [String: Int]
         var supervisor: SupervisorStats.Snapshot
@@ -83,6 +84,17 @@ public final class Metrics: Sendable {
             out += "baton_http_requests_total{route=\"\(escape(entry.route))\",method=\"\(entry.method)\",code=\"\(entry.code)\"} \(entry.count)\n"
         }
         single("baton_http_parked_requests", "gauge", "Long-poll requests parked right now.", "\(gauges.parked)")
+        family("baton_http_connections", "gauge", "Connections open right now, by listener.")
+        for stats in gauges.listeners {
+            out += "baton_http_connections{listener=\"\(escape(stats.listener))\"} \(stats.open)\n"
+        }
+        family("baton_http_connections_closed_total", "counter",
+               "Connections batond closed before answering, by listener and reason (head_deadline, body_deadline, evicted, refused, peer_cap).")
+        for stats in gauges.listeners {
+            for reason in ConnectionClosure.allCases {
+                out += "baton_http_connections_closed_total{listener=\"\(escape(stats.listener))\",reason=\"\(reason.rawValue)\"} \(stats.closed[reason] ?? 0)\n"
+            }
+        }
         single("baton_ledger_appends_total", "counter", "Records appended to the ledger since start.", "\(gauges.ledger.appends)")
         single("baton_ledger_fsync_batches_total", "counter", "Group-commit batches written (one fdatasync each).",
                "\(gauges.ledger.batches)")

@@ -9,6 +9,9 @@ public struct BatondConfig: Sendable, Equatable {
     public var stateDir = "/var/lib/baton"
     /// The control socket; `<state_dir>/batond.sock` when unset.
     public var socket: String?
+    /// The agents' socket: instance routes and registration only, passed to instances
+    /// as `BATON_SOCKET`; `<state_dir>/agent.sock` when unset.
+    public var agentSocket: String?
     /// Loopback TCP listener, `HOST:PORT` (port 0 picks one); none when unset.
     public var listen: ListenAddress?
     public var logLevel: LogLevel = .info
@@ -21,10 +24,19 @@ public struct BatondConfig: Sendable, Equatable {
     public init() {}
 
     public var socketPath: String { socket ?? stateDir + "/batond.sock" }
+    public var agentSocketPath: String { agentSocket ?? stateDir + "/agent.sock" }
 
     public struct HTTPSettings: Sendable, Equatable {
+        /// Per listener: the control socket and the TCP listener each.
         public var maxConnections = 1000
         public var connectionTimeout: Duration = .seconds(30)
+        public var requestHeadTimeout: Duration = .seconds(10)
+        public var requestBodyTimeout: Duration = .seconds(30)
+        /// The agent socket's own limit, and its cap per peer (an instance, else a uid).
+        public var agentMaxConnections = 256
+        public var agentConnectionsPerPeer = 8
+        /// Parked `GET /v1/events` long-polls, over every listener.
+        public var maxEventWaiters = 100
         public var maxBodyBytes = 1 << 20
         public var maxWait: Duration = .seconds(300)
         /// Whether /healthz, /readyz and /metrics answer without credentials.

@@ -35,7 +35,11 @@ extension BatondConfig {
         config.file = file
         config.resolvePaths(against: workingDirectory)
         if let problem = config.socketPathProblem {
-            throw reader.error(config.socket == nil ? ["daemon", "state_dir"] : ["daemon", "socket"], problem)
+            let key = switch problem.socket {
+            case .control: config.socket == nil ? "state_dir" : "socket"
+            case .agent: config.agentSocket == nil ? "state_dir" : "agent_socket"
+            }
+            throw reader.error(["daemon", key], problem.message)
         }
         return config
     }
@@ -49,6 +53,7 @@ extension BatondConfig {
         }
         stateDir = absolute(stateDir)
         socket = socket.map(absolute)
+        agentSocket = agentSocket.map(absolute)
         file = file.map(absolute)
     }
 
@@ -57,12 +62,17 @@ extension BatondConfig {
     /// digits on Linux, PID_MAX_LIMIT 2^22), then renames it over the path.
     public static let maxSocketPathBytes = 107 - ".4194304.tmp".utf8.count
 
-    /// Why `socketPath` cannot be bound, if it cannot.
-    public var socketPathProblem: String? {
-        let length = socketPath.utf8.count
-        guard length > Self.maxSocketPathBytes else { return nil }
-        return "the control socket path \(socketPath) is \(length) bytes; a Unix socket path may have at most "
-            + "\(Self.maxSocketPathBytes) (sockaddr_un's 108, less the NUL and the \".PID.tmp\" batond binds first)"
+    public enum Socket: Sendable { case control, agent }
+
+    /// Why `socketPath` or `agentSocketPath` cannot be bound, if one cannot.
+    public var socketPathProblem: (socket: Socket, message: String)? {
+        for (socket, name, path) in [(Socket.control, "control", socketPath), (.agent, "agent", agentSocketPath)] {
+            let length = path.utf8.count
+            guard length > Self.maxSocketPathBytes else { continue }
+            return (socket, "the \(name) socket path \(path) is \(length) bytes; a Unix socket path may have at most "
+                + "\(Self.maxSocketPathBytes) (sockaddr_un's 108, less the NUL and the \".PID.tmp\" batond binds first)")
+        }
+        return nil
     }
 }
 
@@ -99,7 +109,7 @@ private struct Reader {
         try only(root, [], allowed: ["daemon", "http", "ledger", "agents"])
         if let daemon = try table(root, "daemon", path: []) {
             let path = ["daemon"]
-            try only(daemon, path, allowed: ["state_dir", "socket", "listen", "log_level", "operator_group"])
+            try only(daemon, path, allowed: ["state_dir", "socket", "agent_socket", "listen", "log_level", "operator_group"])
             if let value = try string(daemon, "state_dir", path: path) {
                 guard !value.isEmpty else { throw error(path + ["state_dir"], "must not be empty") }
                 config.stateDir = value
@@ -107,6 +117,10 @@ private struct Reader {
             if let value = try string(daemon, "socket", path: path) {
                 guard !value.isEmpty else { throw error(path + ["socket"], "must not be empty") }
                 config.socket = value
+            }
+            if let value = try string(daemon, "agent_socket", path: path) {
+                guard !value.isEmpty else { throw error(path + ["agent_socket"], "must not be empty") }
+                config.agentSocket = value
             }
             if let value = try string(daemon, "listen", path: path) {
                 config.listen = try listenAddress(value, path: path + ["listen"])
@@ -121,10 +135,30 @@ private struct Reader {
         }
         if let http = try table(root, "http", path: []) {
             let path = ["http"]
-            try only(http, path, allowed: ["max_connections", "connection_timeout", "max_body_bytes", "max_wait", "probes_open"])
+            try only(http, path, allowed: ["max_connections", "connection_timeout", "request_head_timeout",
+                                           "request_body_timeout", "agent_max_connections", "agent_connections_per_peer",
+                                           "max_event_waiters", "max_body_bytes", "max_wait", "probes_open"])
             if let value = try int(http, "max_connections", path: path, range: 1...1_000_000) { config.http.maxConnections = value }
             if let value = try duration(http, "connection_timeout", path: path, range: .seconds(1) ... .seconds(3600)) {
                 config.http.connectionTimeout = value
+            }
+            if let value = try duration(http, "request_head_timeout", path: path, range: .milliseconds(100) ... .seconds(300)) {
+                config.http.requestHeadTimeout = value
+            }
+            if let value = try duration(http, "request_body_timeout", path: path, range: .seconds(1) ... .seconds(3600)) {
+                config.http.requestBodyTimeout = value
+            }
+            if let value = try int(http, "agent_max_connections", path: path, range: 1...1_000_000) { config.http.agentMaxConnections = value }
+            if let value = try int(http, "agent_connections_per_peer", path: path, range: 1...1_000_000) {
+                config.http.agentConnectionsPerPeer = value
+            }
+            if let value = try int(http, "max_event_waiters", path: path, range: 0...1_000_000) {
+                guard value < config.http.maxConnections else {
+                    throw error(path + ["max_event_waiters"], "must be below http.max_connections (\(config.http.maxConnections)): parked long-polls must leave room for other requests")
+                }
+                config.http.maxEventWaiters = value
+            } else {
+                config.http.maxEventWaiters = min(config.http.maxEventWaiters, config.http.maxConnections / 2)
             }
             if let value = try int(http, "max_body_bytes", path: path, range: 1024...(64 << 20)) { config.http.maxBodyBytes = value }
             if let value = try duration(http, "max_wait", path: path, range: .seconds(1) ... .seconds(3600)) { config.http.maxWait = value }

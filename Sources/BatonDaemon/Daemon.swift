@@ -59,17 +59,25 @@ public struct Daemon {
         let operatorGID = try resolveOperatorGroup()
 
         let listeners = try bindListeners(operatorGID: operatorGID)
+        let agentListener: Listener
+        do {
+            // Any local user may connect: its routes want an instance's token or a
+            // registration, and each peer has its own cap.
+            agentListener = try Listener.unix(path: config.agentSocketPath, mode: 0o666)
+        } catch {
+            listeners.forEach { $0.close() }
+            throw Failure(exit: .failure, description: error.description)
+        }
         let addressFile = config.stateDir + "/batond.addr"
         defer {
             for listener in listeners { listener.close() }
+            agentListener.close()
             unlink(addressFile)
         }
         try publishAddress(listeners, to: addressFile)
 
-        guard let control = listeners.first(where: \.isUnix), case .unix(let socketPath) = control.address else {
-            throw Failure(exit: .failure, description: "no control socket")
-        }
-        let supervisor = Supervisor(config: config, ledger: ledger, socketPath: socketPath,
+        // Instances talk to batond over their own socket, out of reach of floods on the others.
+        let supervisor = Supervisor(config: config, ledger: ledger, socketPath: config.agentSocketPath,
                                     url: listeners.first { !$0.isUnix }?.url, logger: logger)
         let auth = OperatorAuth(token: token, operatorGID: operatorGID, probesOpen: config.http.probesOpen,
                                 instanceForToken: { [registry = supervisor.registry] in registry.instance(forToken: $0) },
@@ -77,27 +85,34 @@ public struct Daemon {
                                 registrationTokens: Dictionary(uniqueKeysWithValues: config.agents.compactMap { agent in
                                     agent.registrationToken.map { (agent.name, $0) }
                                 }))
-        let api = API(context: .init(config: config, startedAt: startedAt, listeners: listeners.map(\.description)),
+        let api = API(context: .init(config: config, startedAt: startedAt, listeners: (listeners + [agentListener]).map(\.description)),
                       ledger: ledger, supervisor: supervisor, auth: auth, logger: logger)
         var httpConfiguration = HTTPServer.Configuration()
         httpConfiguration.maxBodyBytes = config.http.maxBodyBytes
         httpConfiguration.connectionLimit = UInt32(config.http.maxConnections)
         httpConfiguration.connectionTimeoutSeconds = UInt32(max(1, config.http.connectionTimeout.components.seconds))
+        httpConfiguration.requestHeadTimeout = config.http.requestHeadTimeout
+        httpConfiguration.requestBodyTimeout = config.http.requestBodyTimeout
         let server = api.makeServer(configuration: httpConfiguration)
+        let agentPolicy = ListenerPolicy(
+            maxConnections: config.http.agentMaxConnections, maxConnectionsPerPeer: config.http.agentConnectionsPerPeer,
+            peerKey: { [supervisor] peer in supervisor.instance(forProcess: peer.pid).map { "instance \($0)" } ?? "uid \(peer.uid)" },
+            scopes: [Scope.instance, Scope.registration])
 
         do {
             try await ledger.append(.daemonStarted(.init(pid: getpid(), version: BatonVersion.current, config: config.file,
-                                                        listeners: listeners.map(\.description))))
+                                                        listeners: (listeners + [agentListener]).map(\.description))))
         } catch {
             throw Failure(exit: .ioError, description: "cannot record the start in the ledger: \(error)")
         }
-        for listener in listeners {
-            do { try server.serve(listener) } catch {
+        let served = listeners.map { ($0, ListenerPolicy(maxConnections: config.http.maxConnections)) } + [(agentListener, agentPolicy)]
+        for (listener, policy) in served {
+            do { try server.serve(listener, policy: policy) } catch {
                 server.shutdown(grace: .zero)
                 throw Failure(exit: .failure, description: error.description)
             }
         }
-        logger.info("batond serving", metadata: ["listeners": "\(listeners.map(\.description).joined(separator: ", "))",
+        logger.info("batond serving", metadata: ["listeners": "\(served.map(\.0.description).joined(separator: ", "))",
                                                  "state_dir": "\(config.stateDir)", "pid": "\(getpid())"])
 
         let services = ServiceGroup(configuration: .init(

@@ -14,10 +14,17 @@ public final class HTTPServer: Sendable {
     public struct Configuration: Sendable {
         /// Request bodies larger than this get 413, decided from Content-Length before reading.
         public var maxBodyBytes = 1 << 20
-        /// Connections over this limit are refused by libmicrohttpd (it defaults to 1020).
+        /// A listener's connection limit when `serve` is given no policy.
         public var connectionLimit: UInt32 = 1000
         /// Idle connections are closed after this many seconds (libmicrohttpd defaults to never).
         public var connectionTimeoutSeconds: UInt32 = 30
+        /// A request head must be complete this long after the connection was accepted
+        /// (or, on a kept-alive connection, after the idle timeout that follows an answer).
+        /// libmicrohttpd's own timeout is reset by every byte, so a client trickling its
+        /// head would otherwise hold its slot for ever.
+        public var requestHeadTimeout: Duration = .seconds(10)
+        /// A request body must be complete this long after its head.
+        public var requestBodyTimeout: Duration = .seconds(30)
         /// Per-connection memory for headers and I/O buffers. libmicrohttpd zeroes this pool
         /// after every request, so it is a per-request cost: 32 KiB (its default) holds any
         /// sane head; bodies are gathered outside it.
@@ -37,7 +44,9 @@ public final class HTTPServer: Sendable {
     let deadlines = DispatchQueue(label: "baton.http.deadlines")
 
     private let daemons = Mutex<[DaemonContext]>([])
-    private let parked = Mutex<[ObjectIdentifier: Pending]>([:])
+    private let parked = Mutex(ParkedRequests())
+    /// Closes connections past their head or body deadline; started by the first `serve`.
+    private let sweeper = Mutex<(any DispatchSourceTimer)?>(nil)
     private let openExchanges = Atomic<Int>(0)
     private let drained = DispatchSemaphore(value: 0)
     let draining = Atomic<Bool>(false)
@@ -53,40 +62,86 @@ public final class HTTPServer: Sendable {
         self.logger = logger
     }
 
-    /// Starts serving on `listener`. The server takes no ownership of the socket:
+    /// Starts serving on `listener` under `policy` (by default every route, up to the
+    /// configuration's connection limit). The server takes no ownership of the socket:
     /// the caller closes it (and unlinks a socket file) after `shutdown`.
-    public func serve(_ listener: Listener) throws(ListenerError) {
-        let context = DaemonContext(server: self, isUnix: listener.isUnix)
+    public func serve(_ listener: Listener, policy: ListenerPolicy? = nil) throws(ListenerError) {
+        let policy = policy ?? ListenerPolicy(maxConnections: Int(configuration.connectionLimit))
+        let table = ConnectionTable(policy: policy, headTimeout: configuration.requestHeadTimeout,
+                                    bodyTimeout: configuration.requestBodyTimeout,
+                                    idleTimeout: .seconds(Int64(configuration.connectionTimeoutSeconds)))
+        let context = DaemonContext(server: self, listener: listener, table: table)
         let flags = MHD_USE_INTERNAL_POLLING_THREAD.rawValue | MHD_USE_EPOLL.rawValue
             | MHD_ALLOW_SUSPEND_RESUME.rawValue
+        // At its own limit libmicrohttpd stops accepting and clients hang in the backlog:
+        // give it room above ours, so that ours decides and refuses at once.
+        let hardLimit = UInt32(clamping: policy.maxConnections + max(64, policy.maxConnections / 4))
         guard let daemon = baton_mhd_start(
-            flags, listener.fd, accessHandler, Unmanaged.passUnretained(context).toOpaque(),
-            completedHandler, configuration.connectionLimit, configuration.connectionTimeoutSeconds,
+            flags, listener.fd, acceptPolicy, accessHandler, Unmanaged.passUnretained(context).toOpaque(),
+            completedHandler, connectionNotice, hardLimit, configuration.connectionTimeoutSeconds,
             configuration.connectionMemoryLimit)
         else {
             throw ListenerError(message: "libmicrohttpd could not start on \(listener.description)", errno: errno)
         }
         context.daemon.withLock { $0 = UInt(bitPattern: daemon) }
         daemons.withLock { $0.append(context) }
+        startSweeping()
     }
 
     /// Number of parked requests (long-polls) right now.
-    public var parkedCount: Int { parked.withLock { $0.count } }
+    public var parkedCount: Int { parked.withLock { $0.all.count } }
+
+    /// Each listener served, in the order served: its connections now and those closed
+    /// by its limits and deadlines.
+    public var listenerStats: [ListenerStats] {
+        daemons.withLock { $0 }.map { context in
+            context.table.withLock { ListenerStats(listener: context.listener, open: $0.open, closed: $0.closures) }
+        }
+    }
+
+    private func startSweeping() {
+        sweeper.withLock { sweeper in
+            guard sweeper == nil else { return }
+            let shortest = min(configuration.requestHeadTimeout, configuration.requestBodyTimeout)
+            let interval = max(Duration.milliseconds(50), min(shortest / 4, .seconds(1)))
+            let timer = DispatchSource.makeTimerSource(queue: deadlines)
+            timer.schedule(deadline: .now() + interval.dispatch, repeating: interval.dispatch, leeway: .milliseconds(10))
+            timer.setEventHandler { [weak self] in self?.closeOverdue() }
+            timer.resume()
+            sweeper = timer
+        }
+    }
+
+    /// Shuts down every connection past its head or body deadline: libmicrohttpd then
+    /// reads end-of-file and closes it on its own thread.
+    private func closeOverdue() {
+        let now = ContinuousClock.now
+        for context in daemons.withLock({ $0 }) {
+            let closed = context.table.withLock { table in
+                let overdue = table.expire(now: now)
+                for fd in overdue { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+                return overdue.count
+            }
+            if closed > 0 {
+                logger.debug("closed connections past their request deadline", metadata: ["count": "\(closed)"])
+            }
+        }
+    }
 
     /// Stops accepting, answers every parked request with its deadline answer, waits up to
     /// `grace` for answers in flight to be sent, then stops every daemon.
     public func shutdown(grace: Duration = .seconds(5)) {
         guard !draining.exchange(true, ordering: .sequentiallyConsistent) else { return }
+        sweeper.withLock { $0?.cancel() }
         let contexts = daemons.withLock { $0 }
         for context in contexts {
             // Quiescing hands the listening socket back; the listener's owner closes it.
             if let daemon = context.daemonPointer { _ = MHD_quiesce_daemon(daemon) }
         }
-        for pending in parked.withLock({ Array($0.values) }) {
+        for pending in parked.withLock({ Array($0.all.values) }) {
             pending.expire()
         }
-        let deadline = DispatchTime.now() + .nanoseconds(Int(grace.components.seconds * 1_000_000_000
-            + grace.components.attoseconds / 1_000_000_000))
+        let deadline = DispatchTime.now() + grace.dispatch
         while openExchanges.load(ordering: .sequentiallyConsistent) > 0 {
             if drained.wait(timeout: deadline) == .timedOut {
                 logger.warning("shutdown grace ended with requests still open",
@@ -109,31 +164,114 @@ public final class HTTPServer: Sendable {
         if left == 0 && draining.load(ordering: .sequentiallyConsistent) { drained.signal() }
     }
 
-    func remember(_ pending: Pending) {
-        parked.withLock { $0[ObjectIdentifier(pending)] = pending }
+    /// Takes a parked request in, within its group's limit: past it, throws 503
+    /// `too_many_waiters`, or answers the group's oldest to make room.
+    func remember(_ pending: Pending, limit: ParkLimit?) throws(HTTPError) {
+        let displaced: Pending? = try parked.withLock { (parked) throws(HTTPError) -> Pending? in
+            var displaced: Pending?
+            if let limit {
+                var members = parked.groups[limit.group, default: []]
+                if members.count >= limit.most {
+                    switch limit.overflow {
+                    case .refuse: throw HTTPError.tooManyWaiters(limit.group)
+                    case .answerOldest: displaced = members.isEmpty ? nil : members.removeFirst()
+                    }
+                }
+                members.append(pending)
+                parked.groups[limit.group] = members
+            }
+            parked.all[ObjectIdentifier(pending)] = pending
+            return displaced
+        }
+        displaced?.expire()
     }
 
-    func forget(_ pending: Pending) {
-        _ = parked.withLock { $0.removeValue(forKey: ObjectIdentifier(pending)) }
+    func forget(_ pending: Pending, group: String?) {
+        parked.withLock { parked in
+            parked.all[ObjectIdentifier(pending)] = nil
+            guard let group, var members = parked.groups[group] else { return }
+            members.removeAll { $0 === pending }
+            parked.groups[group] = members.isEmpty ? nil : members
+        }
+    }
+}
+
+/// Every parked request, and the members of each limited group, oldest first.
+struct ParkedRequests {
+    var all: [ObjectIdentifier: Pending] = [:]
+    var groups: [String: [Pending]] = [:]
+}
+
+extension Duration {
+    var dispatch: DispatchTimeInterval {
+        .nanoseconds(Int(max(0, components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000)))
     }
 }
 
 /// What a daemon's callbacks get as their closure argument.
 final class DaemonContext: Sendable {
     let server: HTTPServer
+    /// The listener's description, e.g. `unix:/run/baton/batond.sock`.
+    let listener: String
     let isUnix: Bool
+    let policy: ListenerPolicy
+    /// This listener's connections; the lock is held while a socket is shut down.
+    let table: Mutex<ConnectionTable>
     /// The `MHD_Daemon*`, as an integer so the context stays Sendable; 0 once stopped.
     let daemon = Mutex<UInt>(0)
 
-    init(server: HTTPServer, isUnix: Bool) {
+    init(server: HTTPServer, listener: Listener, table: ConnectionTable) {
         self.server = server
-        self.isUnix = isUnix
+        self.listener = listener.description
+        self.isUnix = listener.isUnix
+        self.policy = table.policy
+        self.table = Mutex(table)
     }
 
     var daemonPointer: OpaquePointer? { OpaquePointer(bitPattern: daemon.withLock { $0 }) }
 }
 
 // MARK: - Callbacks
+
+// The accept policy and the connection notices run on the daemon's thread, the accept
+// policy just before the notice that the connection started.
+
+private let acceptPolicy: MHD_AcceptPolicyCallback = { cls, _, _ in
+    guard let cls else { return .NO }
+    let context = Unmanaged<DaemonContext>.fromOpaque(cls).takeUnretainedValue()
+    return context.table.withLock { table -> MHD_Result in
+        switch table.admit() {
+        case .accept:
+            return .YES
+        case .acceptEvicting(let fd):
+            Glibc.shutdown(fd, Int32(SHUT_RDWR))
+            return .YES
+        case .refuse:
+            return .NO
+        }
+    }
+}
+
+private let connectionNotice: MHD_NotifyConnectionCallback = { cls, connection, _, event in
+    guard let cls, let connection else { return }
+    let context = Unmanaged<DaemonContext>.fromOpaque(cls).takeUnretainedValue()
+    let key = UInt(bitPattern: connection)
+    switch event {
+    case .CONNECTION_NOTIFY_STARTED:
+        let fd = baton_mhd_connection_fd(connection)
+        var peer: String?
+        if context.isUnix, context.policy.maxConnectionsPerPeer != nil, let credentials = peerCredentials(fd) {
+            peer = context.policy.peerKey(credentials)
+        }
+        context.table.withLock { table in
+            if !table.started(key, fd: fd, peer: peer, now: .now) { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+        }
+    case .CONNECTION_NOTIFY_CLOSED:
+        context.table.withLock { $0.closed(key) }
+    default:
+        break
+    }
+}
 
 private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, method, _, uploadData, uploadDataSize, conCls in
     guard let cls, let connection, let conCls, let uploadDataSize else { return .NO }
@@ -142,14 +280,19 @@ private let accessHandler: MHD_AccessHandlerCallback = { cls, connection, url, m
         return exchange.proceed(uploadData: uploadData, size: uploadDataSize)
     }
     let context = Unmanaged<DaemonContext>.fromOpaque(cls).takeUnretainedValue()
-    let exchange = Exchange(server: context.server, connection: connection, isUnix: context.isUnix)
+    context.table.withLock { $0.headReceived(UInt(bitPattern: connection), now: .now) }
+    let exchange = Exchange(context: context, connection: connection)
     conCls.pointee = Unmanaged.passRetained(exchange).toOpaque()
     context.server.opened()
     return exchange.begin(method: method.map { String(cString: $0) } ?? "",
                           path: url.map { String(cString: $0) } ?? "/")
 }
 
-private let completedHandler: MHD_RequestCompletedCallback = { _, _, conCls, _ in
+private let completedHandler: MHD_RequestCompletedCallback = { cls, connection, conCls, _ in
+    if let cls, let connection {
+        let context = Unmanaged<DaemonContext>.fromOpaque(cls).takeUnretainedValue()
+        context.table.withLock { $0.requestEnded(UInt(bitPattern: connection), now: .now) }
+    }
     guard let conCls, let raw = conCls.pointee else { return }
     conCls.pointee = nil
     let exchange = Unmanaged<Exchange>.fromOpaque(raw).takeRetainedValue()
@@ -163,8 +306,8 @@ private let completedHandler: MHD_RequestCompletedCallback = { _, _, conCls, _ i
 /// polling thread; the one cross-thread part, the parked answer, lives in `Pending`.
 final class Exchange {
     let server: HTTPServer
+    let context: DaemonContext
     let connection: OpaquePointer
-    let isUnix: Bool
     private var request: Request?
     private var body: [UInt8] = []
     private var answered = false
@@ -176,10 +319,10 @@ final class Exchange {
     private var route: Route?
     private var method = ""
 
-    init(server: HTTPServer, connection: OpaquePointer, isUnix: Bool) {
-        self.server = server
+    init(context: DaemonContext, connection: OpaquePointer) {
+        self.server = context.server
+        self.context = context
         self.connection = connection
-        self.isUnix = isUnix
     }
 
     /// First call: headers only. Routes and admits. An answer queued now makes
@@ -204,6 +347,8 @@ final class Exchange {
             return refuse(.notFound(path))
         case .wrongMethod(let allowed):
             return refuse(.methodNotAllowed(method, allowed: allowed))
+        case .found(let route, _) where context.policy.scopes.map({ !$0.contains(route.scope) }) ?? false:
+            return refuse(.notFound(path))
         case .found(let route, let parameters):
             self.route = route
             var request = Request(method: method, path: path, route: route, parameters: parameters,
@@ -253,6 +398,9 @@ final class Exchange {
             }
             size.pointee = 0
             return .YES
+        }
+        if !answered && pending == nil {
+            context.table.withLock { $0.bodyReceived(UInt(bitPattern: connection)) }
         }
         if let pending {
             return deliver(pending)
@@ -315,18 +463,18 @@ final class Exchange {
         return queue(response)
     }
 
-    func park(deadline: Duration, onDeadline: @escaping @Sendable () -> Response) -> Pending {
+    func park(deadline: Duration, limit: ParkLimit?, onDeadline: @escaping @Sendable () -> Response) throws(HTTPError) -> Pending {
         precondition(pending == nil, "a request can be parked once")
         let address = UInt(bitPattern: connection)
         let server = self.server
+        let group = limit?.group
         let pending = Pending(
             onDeadline: onDeadline,
             resume: { MHD_resume_connection(OpaquePointer(bitPattern: address)) },
-            forget: { server.forget($0) })
+            forget: { server.forget($0, group: group) })
+        try server.remember(pending, limit: limit)
         self.pending = pending
-        server.remember(pending)
-        let nanoseconds = deadline.components.seconds * 1_000_000_000 + deadline.components.attoseconds / 1_000_000_000
-        server.deadlines.asyncAfter(deadline: .now() + .nanoseconds(Int(max(0, nanoseconds)))) { [weak pending] in
+        server.deadlines.asyncAfter(deadline: .now() + deadline.dispatch) { [weak pending] in
             pending?.expire()
         }
         return pending
@@ -358,12 +506,16 @@ final class Exchange {
     }
 
     private func peer() -> Peer {
-        guard isUnix else { return .tcp }
-        let fd = baton_mhd_connection_fd(connection)
-        var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
-        guard fd >= 0, baton_peer_credentials(fd, &pid, &uid, &gid) == 0 else { return .unix(nil) }
-        return .unix(PeerCredentials(pid: pid, uid: uid, gid: gid))
+        guard context.isUnix else { return .tcp }
+        return .unix(peerCredentials(baton_mhd_connection_fd(connection)))
     }
+}
+
+/// The kernel's word on who is at the other end of a Unix socket.
+private func peerCredentials(_ fd: Int32) -> PeerCredentials? {
+    var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
+    guard fd >= 0, baton_peer_credentials(fd, &pid, &uid, &gid) == 0 else { return nil }
+    return PeerCredentials(pid: pid, uid: uid, gid: gid)
 }
 
 extension String {

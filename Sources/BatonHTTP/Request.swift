@@ -42,7 +42,17 @@ public struct Request {
     /// the returned `Pending`, from any thread. At `deadline` (or at shutdown) the request
     /// is answered with `onDeadline()` if nothing answered it before.
     public func park(deadline: Duration, onDeadline: @escaping @Sendable () -> Response) -> Pending {
-        exchange.park(deadline: deadline, onDeadline: onDeadline)
+        do {
+            return try exchange.park(deadline: deadline, limit: nil, onDeadline: onDeadline)
+        } catch {
+            preconditionFailure("a request parked without a limit was refused: \(error)")
+        }
+    }
+
+    /// Parks the request within `limit`: past it, throws 503 `too_many_waiters` or
+    /// answers the group's oldest request, as the limit says.
+    public func park(deadline: Duration, limit: ParkLimit, onDeadline: @escaping @Sendable () -> Response) throws(HTTPError) -> Pending {
+        try exchange.park(deadline: deadline, limit: limit, onDeadline: onDeadline)
     }
 }
 

@@ -94,6 +94,12 @@ public struct HTTPError: Error, Sendable, Equatable {
         HTTPError(status: 400, code: "invalid_parameter", message: "query parameter '\(name)': \(detail)")
     }
 
+    public static func tooManyWaiters(_ group: String) -> HTTPError {
+        HTTPError(status: 503, code: "too_many_waiters",
+                  message: "too many requests are waiting already (\(group)); retry later",
+                  headers: ["Retry-After": "1"])
+    }
+
     public static let shuttingDown = HTTPError(status: 503, code: "shutting_down",
                                                message: "batond is shutting down",
                                                headers: ["Connection": "close", "Retry-After": "1"])

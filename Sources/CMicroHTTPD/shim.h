@@ -10,17 +10,23 @@
 #include <sys/socket.h>
 #include <microhttpd.h>
 
-/// Starts a daemon on a listening socket the caller bound itself.
+/// Starts a daemon on a listening socket the caller bound itself. `accept_policy` runs
+/// on the daemon's thread for every accepted socket (MHD_NO closes it at once);
+/// `notify` is told when each connection starts and after it ends (before its socket is
+/// closed), on the same thread.
 static inline struct MHD_Daemon *baton_mhd_start(
     unsigned int flags, int listen_fd,
+    MHD_AcceptPolicyCallback accept_policy,
     MHD_AccessHandlerCallback handler, void *handler_cls,
     MHD_RequestCompletedCallback completed,
+    MHD_NotifyConnectionCallback notify,
     unsigned int connection_limit, unsigned int connection_timeout_seconds,
     size_t connection_memory_limit)
 {
-    return MHD_start_daemon(flags, 0, NULL, NULL, handler, handler_cls,
+    return MHD_start_daemon(flags, 0, accept_policy, handler_cls, handler, handler_cls,
                             MHD_OPTION_LISTEN_SOCKET, (MHD_socket)listen_fd,
                             MHD_OPTION_NOTIFY_COMPLETED, completed, handler_cls,
+                            MHD_OPTION_NOTIFY_CONNECTION, notify, handler_cls,
                             MHD_OPTION_CONNECTION_LIMIT, connection_limit,
                             MHD_OPTION_CONNECTION_TIMEOUT, connection_timeout_seconds,
                             MHD_OPTION_CONNECTION_MEMORY_LIMIT, connection_memory_limit,

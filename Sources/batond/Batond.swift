@@ -95,7 +95,8 @@ struct Batond: AsyncParsableCommand {
         }
         settings.resolvePaths(against: workingDirectory)
         if socket != nil || stateDir != nil, let problem = settings.socketPathProblem {
-            throw ConfigError(file: source, key: socket != nil ? "--socket" : "--state-dir", message: problem)
+            let key = problem.socket == .control && socket != nil ? "--socket" : "--state-dir"
+            throw ConfigError(file: source, key: key, message: problem.message)
         }
         return settings
     }

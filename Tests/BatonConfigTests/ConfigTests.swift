@@ -33,6 +33,10 @@ struct ConfigTests {
         let config = try parse("")
         #expect(config.stateDir == "/var/lib/baton")
         #expect(config.socketPath == "/var/lib/baton/batond.sock")
+        #expect(config.agentSocketPath == "/var/lib/baton/agent.sock")
+        #expect(config.http.requestHeadTimeout == .seconds(10))
+        #expect(config.http.requestBodyTimeout == .seconds(30))
+        #expect(config.http.maxEventWaiters == 100)
         #expect(config.listen == nil)
         #expect(config.http.maxBodyBytes == 1 << 20)
         #expect(config.http.maxWait == .seconds(300))
@@ -44,6 +48,7 @@ struct ConfigTests {
             [daemon]
             state_dir = "state"
             socket = "/run/b.sock"
+            agent_socket = "agents.sock"
             listen = "127.0.0.1:0"
             log_level = "debug"
             operator_group = "ops"
@@ -51,6 +56,11 @@ struct ConfigTests {
             [http]
             max_connections = 50
             connection_timeout = "5s"
+            request_head_timeout = "500ms"
+            request_body_timeout = "1m"
+            agent_max_connections = 64
+            agent_connections_per_peer = 4
+            max_event_waiters = 20
             max_body_bytes = 4096
             max_wait = "2m"
             probes_open = false
@@ -77,11 +87,17 @@ struct ConfigTests {
             """)
         #expect(config.stateDir == "/srv/state")
         #expect(config.socket == "/run/b.sock")
+        #expect(config.agentSocketPath == "/srv/agents.sock")
         #expect(config.listen?.port == 0)
         #expect(config.logLevel == .debug)
         #expect(config.operatorGroup == "ops")
         #expect(config.http.maxConnections == 50)
         #expect(config.http.connectionTimeout == .seconds(5))
+        #expect(config.http.requestHeadTimeout == .milliseconds(500))
+        #expect(config.http.requestBodyTimeout == .seconds(60))
+        #expect(config.http.agentMaxConnections == 64)
+        #expect(config.http.agentConnectionsPerPeer == 4)
+        #expect(config.http.maxEventWaiters == 20)
         #expect(config.http.maxBodyBytes == 4096)
         #expect(config.http.maxWait == .seconds(120))
         #expect(config.http.probesOpen == false)
@@ -110,6 +126,10 @@ struct ConfigTests {
         ("[htp]\n", "htp", 1),
         ("\n[http]\nmax_body_bytes = 10\n", "http.max_body_bytes", 3),
         ("[http]\nmax_wait = \"forever\"\n", "http.max_wait", 2),
+        ("[http]\nrequest_head_timeout = \"50ms\"\n", "http.request_head_timeout", 2),
+        ("[http]\nrequest_body_timeout = \"2h\"\n", "http.request_body_timeout", 2),
+        ("[http]\nagent_connections_per_peer = 0\n", "http.agent_connections_per_peer", 2),
+        ("[http]\nmax_connections = 10\nmax_event_waiters = 10\n", "http.max_event_waiters", 3),
         ("[agents.web]\nmode = \"parallel\"\n", "agents.web.command", 1),
         ("[agents.web]\ncommand = []\n", "agents.web.command", 2),
         ("[agents.web]\ncommand = [\"/x\"]\n\nmode = \"fast\"\n", "agents.web.mode", 4),

@@ -20,6 +20,8 @@ public final class BatondProcess {
     public var stateDir: String { state.path }
     public var socketPath: String { state.file("batond.sock") }
     public var unix: Endpoint { .unix(path: socketPath) }
+    /// The socket instances are given (`BATON_SOCKET`).
+    public var agentSocketPath: String { state.file("agent.sock") }
     public var token: String {
         ((try? String(contentsOfFile: state.file("operator.token"), encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
     }

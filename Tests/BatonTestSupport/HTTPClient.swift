@@ -177,3 +177,47 @@ func unixSocketAddress(_ path: String) -> sockaddr_un {
     }
     return address
 }
+
+extension HTTPConnection {
+    /// Whether the server closes the connection within `seconds` (end of file or reset).
+    public func isClosedByPeer(waiting seconds: Double) -> Bool {
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&poller, 1, Int32(seconds * 1000)) > 0 else { return false }
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, Int32(MSG_DONTWAIT)) <= 0
+    }
+}
+
+/// A slowloris: `count` connections that each sent half a request head and then nothing.
+/// Closed when released.
+public final class SlowHeads {
+    public let connections: [HTTPConnection]
+
+    public init(_ endpoint: Endpoint, count: Int) throws {
+        var connections: [HTTPConnection] = []
+        for _ in 0..<count {
+            let connection = try HTTPConnection(endpoint, timeout: 5)
+            // The server may already have closed it (over a limit): that is its answer.
+            try? connection.send(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n".utf8))
+            connections.append(connection)
+        }
+        self.connections = connections
+    }
+
+    /// How many of the connections the server closes within `seconds` (all of them waited
+    /// on together).
+    public func closedByPeer(within seconds: Double) -> Int {
+        let deadline = Date().addingTimeInterval(seconds)
+        var open = connections
+        var closed = 0
+        while !open.isEmpty, Date() < deadline {
+            var still: [HTTPConnection] = []
+            for connection in open {
+                if connection.isClosedByPeer(waiting: 0) { closed += 1 } else { still.append(connection) }
+            }
+            open = still
+            usleep(20_000)
+        }
+        return closed
+    }
+}

@@ -1,0 +1,191 @@
+/// What one listener admits: how many connections, how many per peer, and which routes.
+public struct ListenerPolicy: Sendable {
+    /// Most connections at once. When full, a new connection takes the slot of the one
+    /// that has waited longest for its request head; when none waits for a head (every
+    /// slot is busy with a request or a parked wait), the new one is closed at once.
+    public var maxConnections: Int
+    /// Most connections at once per peer, on a Unix socket; nil for no per-peer cap.
+    public var maxConnectionsPerPeer: Int?
+    /// Names the peer a per-peer cap counts against, from its credentials (e.g. the
+    /// instance the process belongs to, else its uid).
+    public var peerKey: @Sendable (PeerCredentials) -> String
+    /// The route scopes served here; nil serves every route. Other routes answer 404.
+    public var scopes: Set<String>?
+
+    public init(maxConnections: Int, maxConnectionsPerPeer: Int? = nil,
+                peerKey: @escaping @Sendable (PeerCredentials) -> String = { "uid \($0.uid)" },
+                scopes: Set<String>? = nil) {
+        self.maxConnections = maxConnections
+        self.maxConnectionsPerPeer = maxConnectionsPerPeer
+        self.peerKey = peerKey
+        self.scopes = scopes
+    }
+}
+
+/// A cap on the parked requests of one group (e.g. every events long-poll, or the signal
+/// long-polls of one instance).
+public struct ParkLimit: Sendable {
+    public enum Overflow: Sendable {
+        /// Past the cap, the new request gets 503 `too_many_waiters` at once.
+        case refuse
+        /// Past the cap, the oldest parked request of the group is answered now (with its
+        /// deadline answer) to make room: for clients whose earlier wait may have been cut
+        /// without the server noticing.
+        case answerOldest
+    }
+
+    public var group: String
+    public var most: Int
+    public var overflow: Overflow
+
+    public init(group: String, most: Int, overflow: Overflow) {
+        self.group = group
+        self.most = most
+        self.overflow = overflow
+    }
+}
+
+/// Why the server closed a connection itself, before any answer.
+public enum ConnectionClosure: String, Sendable, CaseIterable {
+    /// Its request head was not complete by the deadline.
+    case headDeadline = "head_deadline"
+    /// Its request body was not complete by the deadline.
+    case bodyDeadline = "body_deadline"
+    /// The listener was full and a new connection took its slot while it waited for a head.
+    case evicted
+    /// The listener was full of busy connections when it arrived.
+    case refused
+    /// Its peer held as many connections as the per-peer cap allows.
+    case peerCap = "peer_cap"
+}
+
+/// One listener's connections now, and those the server closed itself since it started.
+public struct ListenerStats: Sendable {
+    public let listener: String
+    public let open: Int
+    public let closed: [ConnectionClosure: UInt64]
+}
+
+/// The connections of one listener and what each is waiting for, with the decisions the
+/// listener's limits and deadlines take. No I/O: the owner shuts down the sockets it is
+/// told to, while it still holds the table (a socket leaves the table before
+/// libmicrohttpd closes it, so a descriptor named here is never a reused one).
+///
+/// Invariant: the connections not `closing` never exceed `policy.maxConnections` after
+/// `admit`, nor `maxConnectionsPerPeer` for one peer after `started`.
+struct ConnectionTable {
+    enum Phase: Equatable {
+        /// Waiting for a request head: since accept, or since the previous answer of a
+        /// kept-alive connection. Closed at `deadline`. Goes to `body`.
+        case head(since: ContinuousClock.Instant, deadline: ContinuousClock.Instant)
+        /// The head is in; the body (if any) must be in by `deadline`. Goes to `busy`.
+        case body(deadline: ContinuousClock.Instant)
+        /// Handled, parked or answering: no deadline of ours (a parked request carries its
+        /// own, an answer the idle timeout). Goes to `head` when the request ends.
+        case busy
+        /// Shut down by us; libmicrohttpd has not closed it yet. Final.
+        case closing
+    }
+
+    struct Entry {
+        let fd: Int32
+        let peer: String?
+        var phase: Phase
+    }
+
+    let policy: ListenerPolicy
+    let headTimeout: Duration
+    let bodyTimeout: Duration
+    /// A kept-alive connection may idle this long before its next head's clock runs.
+    let idleTimeout: Duration
+    private(set) var entries: [UInt: Entry] = [:]
+    private(set) var closures: [ConnectionClosure: UInt64] = [:]
+
+    init(policy: ListenerPolicy, headTimeout: Duration, bodyTimeout: Duration, idleTimeout: Duration) {
+        self.policy = policy
+        self.headTimeout = headTimeout
+        self.bodyTimeout = bodyTimeout
+        self.idleTimeout = idleTimeout
+    }
+
+    var open: Int { entries.values.count { $0.phase != .closing } }
+
+    enum Admission: Equatable {
+        case accept
+        /// Accept, after shutting down this connection that waited longest for its head.
+        case acceptEvicting(fd: Int32)
+        case refuse
+    }
+
+    /// A socket was accepted: take it, take it in place of the oldest connection still
+    /// waiting for a head, or refuse it.
+    mutating func admit() -> Admission {
+        guard open >= policy.maxConnections else { return .accept }
+        var oldest: (key: UInt, since: ContinuousClock.Instant)?
+        for (key, entry) in entries {
+            guard case .head(let since, _) = entry.phase else { continue }
+            if oldest == nil || since < oldest!.since { oldest = (key, since) }
+        }
+        guard let oldest, let victim = entries[oldest.key] else {
+            closures[.refused, default: 0] += 1
+            return .refuse
+        }
+        entries[oldest.key]?.phase = .closing
+        closures[.evicted, default: 0] += 1
+        return .acceptEvicting(fd: victim.fd)
+    }
+
+    /// A connection began. Returns false when its peer is over its cap: shut it down.
+    mutating func started(_ connection: UInt, fd: Int32, peer: String?, now: ContinuousClock.Instant) -> Bool {
+        var phase = Phase.head(since: now, deadline: now + headTimeout)
+        if let peer, let cap = policy.maxConnectionsPerPeer,
+           entries.values.count(where: { $0.peer == peer && $0.phase != .closing }) >= cap {
+            phase = .closing
+            closures[.peerCap, default: 0] += 1
+        }
+        entries[connection] = Entry(fd: fd, peer: peer, phase: phase)
+        return phase != .closing
+    }
+
+    mutating func headReceived(_ connection: UInt, now: ContinuousClock.Instant) {
+        move(connection, to: .body(deadline: now + bodyTimeout))
+    }
+
+    mutating func bodyReceived(_ connection: UInt) {
+        move(connection, to: .busy)
+    }
+
+    mutating func requestEnded(_ connection: UInt, now: ContinuousClock.Instant) {
+        move(connection, to: .head(since: now, deadline: now + idleTimeout + headTimeout))
+    }
+
+    mutating func closed(_ connection: UInt) {
+        entries[connection] = nil
+    }
+
+    /// The connections past their head or body deadline, now `closing`: shut them down.
+    mutating func expire(now: ContinuousClock.Instant) -> [Int32] {
+        var expired: [Int32] = []
+        for (key, entry) in entries {
+            switch entry.phase {
+            case .head(_, let deadline), .body(let deadline):
+                guard deadline <= now else { continue }
+                entries[key]?.phase = .closing
+                expired.append(entry.fd)
+                if case .head = entry.phase {
+                    closures[.headDeadline, default: 0] += 1
+                } else {
+                    closures[.bodyDeadline, default: 0] += 1
+                }
+            case .busy, .closing:
+                continue
+            }
+        }
+        return expired
+    }
+
+    private mutating func move(_ connection: UInt, to phase: Phase) {
+        guard let entry = entries[connection], entry.phase != .closing else { return }
+        entries[connection]?.phase = phase
+    }
+}

@@ -1,0 +1,158 @@
+import BatonHTTP
+import BatonTestSupport
+import Foundation
+import Glibc
+import Logging
+import Testing
+
+/// Deadlines and limits of the HTTP layer, over real sockets: a slow client, a full
+/// listener, a crowd of parked requests.
+@Suite("HTTP capacity")
+final class CapacityTests {
+    let directory = TemporaryDirectory("capacity")
+    let server: HTTPServer
+    let tcp: Listener
+    let unix: Listener
+    let endpoint: Endpoint
+    let parked = Locked<Int>(0)
+
+    /// Limits small enough that a test fills them with a handful of sockets.
+    init() throws {
+        var configuration = HTTPServer.Configuration()
+        configuration.requestHeadTimeout = .milliseconds(500)
+        configuration.requestBodyTimeout = .milliseconds(500)
+        let parked = self.parked
+        let router = Router([
+            Route(.GET, "/hello", scope: "open") { _ in .respond(.json(["hello": "world"])) },
+            Route(.GET, "/operator", scope: "operator") { _ in .respond(.json(["ok": true])) },
+            Route(.POST, "/echo", scope: "open", takesBody: true) { request in .respond(.json(["bytes": request.body.count])) },
+            Route(.GET, "/park", scope: "open") { (request) throws(HTTPError) -> Reply in
+                let most = Int(request.query("most") ?? "") ?? 1000
+                let overflow: ParkLimit.Overflow = request.query("displace") == nil ? .refuse : .answerOldest
+                _ = try request.park(deadline: .seconds(30), limit: ParkLimit(group: "park", most: most, overflow: overflow)) {
+                    .json(["answer": "deadline"])
+                }
+                parked.set(parked.get() + 1)
+                return .parked
+            },
+        ])
+        server = HTTPServer(configuration: configuration, router: router, logger: Logger(label: "capacity-test"))
+        tcp = try Listener.tcp(host: "127.0.0.1", port: 0)
+        unix = try Listener.unix(path: directory.file("capacity.sock"))
+        try server.serve(tcp, policy: ListenerPolicy(maxConnections: 4))
+        try server.serve(unix, policy: ListenerPolicy(maxConnections: 8, maxConnectionsPerPeer: 2, scopes: ["open"]))
+        guard case .tcp(let host, let port) = tcp.address else { throw TestFailure("not tcp") }
+        endpoint = .tcp(host: host, port: port)
+    }
+
+    deinit {
+        server.shutdown(grace: .seconds(1))
+        tcp.close()
+        unix.close()
+    }
+
+    /// A client that sends half a head and then a byte every 100 ms: libmicrohttpd's idle
+    /// timeout (30 s, reset by each byte) never fires, the head deadline does.
+    @Test func aHeadTrickledPastItsDeadlineIsClosed() throws {
+        let connection = try HTTPConnection(endpoint, timeout: 5)
+        try connection.send(Array("GET /hello HTTP/1.1\r\nHost: x\r\n".utf8))
+        let started = Date()
+        var closed = false
+        while !closed && Date().timeIntervalSince(started) < 5 {
+            usleep(100_000)
+            closed = (try? connection.send(Array("X".utf8))) == nil || connection.isClosedByPeer(waiting: 0)
+        }
+        #expect(closed, "a trickled head held its connection for 5 s")
+        #expect(Date().timeIntervalSince(started) < 2)
+    }
+
+    @Test func aBodyTrickledPastItsDeadlineIsClosed() throws {
+        let connection = try HTTPConnection(endpoint, timeout: 5)
+        try connection.send(Array("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n".utf8))
+        let started = Date()
+        var closed = false
+        while !closed && Date().timeIntervalSince(started) < 5 {
+            usleep(100_000)
+            closed = (try? connection.send(Array(" ".utf8))) == nil || connection.isClosedByPeer(waiting: 0)
+        }
+        #expect(closed, "a trickled body held its connection for 5 s")
+        #expect(Date().timeIntervalSince(started) < 2)
+    }
+
+    /// A full listener whose connections only wait for their heads lets a new client in,
+    /// in place of the one that has waited longest.
+    @Test func aNewClientTakesTheSlotOfTheOldestIdleConnection() throws {
+        let idle = try (0..<4).map { _ in try HTTPConnection(endpoint, timeout: 5) }
+        for connection in idle { try connection.send(Array("GET /hello HTTP/1.1\r\n".utf8)) }
+        try eventually { self.server.listenerStats.first?.open == 4 }
+        let answer = try endpoint.get("/hello", timeout: 2)
+        #expect(answer.status == 200)
+        #expect(idle[0].isClosedByPeer(waiting: 2), "the oldest idle connection made room")
+    }
+
+    /// A listener full of requests in progress closes a new connection at once: it is not
+    /// left waiting in the listen backlog.
+    @Test func aListenerFullOfBusyConnectionsRefusesAtOnce() throws {
+        let waits = (0..<4).map { _ in inBackground { [endpoint] in try endpoint.get("/park", timeout: 30) } }
+        try eventually { self.parked.get() == 4 }
+        let started = Date()
+        let connection = try HTTPConnection(endpoint, timeout: 3)
+        #expect(connection.isClosedByPeer(waiting: 3), "a connection over the limit was not closed")
+        #expect(Date().timeIntervalSince(started) < 1)
+        server.shutdown(grace: .seconds(1))
+        for wait in waits { _ = try? wait.wait() }
+    }
+
+    @Test func parkedRequestsPastTheirCapAreRefusedAtOnce() throws {
+        let waits = (0..<2).map { _ in inBackground { [unix = directory.file("capacity.sock")] in
+            try Endpoint.unix(path: unix).get("/park?most=2", timeout: 30)
+        } }
+        try eventually { self.parked.get() == 2 }
+        let started = Date()
+        let refused = try endpoint.get("/park?most=2", timeout: 3)
+        #expect(refused.status == 503)
+        #expect(refused.errorCode == "too_many_waiters")
+        #expect(refused.header("Retry-After") == "1")
+        #expect(Date().timeIntervalSince(started) < 1)
+        #expect(server.parkedCount == 2)
+        server.shutdown(grace: .seconds(1))
+        for wait in waits { _ = try? wait.wait() }
+    }
+
+    @Test func aDisplacingCapAnswersTheOldestWaiter() throws {
+        let first = inBackground { [endpoint] in try endpoint.get("/park?most=1&displace=1", timeout: 30) }
+        try eventually { self.parked.get() == 1 }
+        let second = inBackground { [endpoint] in try endpoint.get("/park?most=1&displace=1", timeout: 30) }
+        #expect(try first.wait(timeout: 3).json()["answer"] as? String == "deadline")
+        try eventually { self.parked.get() == 2 }
+        #expect(server.parkedCount == 1)
+        server.shutdown(grace: .seconds(1))
+        _ = try? second.wait()
+    }
+
+    /// On a Unix socket with a per-peer cap, a peer's connection past the cap is closed at
+    /// once; others' are not affected (here: the same peer again once one closes).
+    @Test func aPeerPastItsCapIsClosedAtOnce() throws {
+        let path = directory.file("capacity.sock")
+        let held = try (0..<2).map { _ in try HTTPConnection(.unix(path: path), timeout: 5) }
+        try eventually { self.server.listenerStats.last?.open == 2 }
+        let extra = try HTTPConnection(.unix(path: path), timeout: 3)
+        #expect(extra.isClosedByPeer(waiting: 3))
+        #expect(try held[0].request("GET", "/hello").status == 200, "the peer's first connections still work")
+    }
+
+    @Test func aListenerServesOnlyItsScopes() throws {
+        let path = directory.file("capacity.sock")
+        #expect(try Endpoint.unix(path: path).get("/operator").status == 404)
+        #expect(try endpoint.get("/operator").status == 200)
+    }
+}
+
+/// Polls a condition of the server that has no event to wait on.
+private func eventually(_ condition: () -> Bool) throws {
+    let deadline = Date().addingTimeInterval(5)
+    while !condition() {
+        guard Date() < deadline else { throw TestFailure("condition not met within 5 s") }
+        usleep(10_000)
+    }
+}
