@@ -466,16 +466,11 @@ actor AgentRunner {
             return .failure(.releaseNotFound(agent: name, version: version))
         }
         if let run { return .failure(.handoffInProgress(run.view.id)) }
-        // A supervised start that has not reported ready yet, or a pending restart, is
-        // superseded: the successor takes its place.
-        restartToken = nil
-        context.stats.backingOff(agent: name, false)
-        if let id = active, starting.contains(id) {
-            starting.remove(id)
-            active = nil
-            await stop(id)
-        }
-        let from = active.flatMap { context.registry.instance($0)?.version } ?? context.releases.current(agent: name)
+        // A supervised start that has not reported ready yet is superseded: the successor
+        // takes its place.
+        let superseded = active.flatMap { starting.contains($0) ? $0 : nil }
+        let working = superseded == nil ? active : nil
+        let from = working.flatMap { context.registry.instance($0)?.version } ?? context.releases.current(agent: name)
         let id = nextHandoffID()
         record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
         record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: version, mode: mode)))
@@ -483,6 +478,14 @@ actor AgentRunner {
             // Refused: its records must not reach the ledger later either.
             unflushed.removeAll()
             return .failure(.ledger(failure.description))
+        }
+        // Recorded: the superseded start and a pending restart give way.
+        restartToken = nil
+        context.stats.backingOff(agent: name, false)
+        if let superseded {
+            starting.remove(superseded)
+            active = nil
+            await stop(superseded)
         }
         var run = makeRun(id: id, from: from, to: version, mode: mode, hasOld: active != nil)
         if let active { run.roles[.old] = active }
