@@ -77,15 +77,22 @@ pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int 
     return pid;
 }
 
-static int read_stat_fields(pid_t pid, pid_t *ppid, unsigned long long *start) {
-    char path[64], buffer[1024];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+/// Reads the start of /proc/PID/NAME into `buffer`, NUL-terminated. 0, or -1.
+static int read_proc_file(pid_t pid, const char *name, char *buffer, size_t size) {
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/%s", (int)pid, name);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
-    ssize_t count = read(fd, buffer, sizeof(buffer) - 1);
+    ssize_t count = read(fd, buffer, size - 1);
     close(fd);
     if (count <= 0) return -1;
     buffer[count] = 0;
+    return 0;
+}
+
+static int read_stat_fields(pid_t pid, pid_t *ppid, unsigned long long *start) {
+    char buffer[1024];
+    if (read_proc_file(pid, "stat", buffer, sizeof(buffer)) != 0) return -1;
     // The command name may hold spaces and parentheses: fields resume after the last ')'.
     char *rest = strrchr(buffer, ')');
     if (rest == NULL) return -1;
@@ -155,14 +162,8 @@ pid_t baton_session_of(pid_t pid) {
 }
 
 int baton_process_uids(pid_t pid, uid_t *real, uid_t *effective) {
-    char path[64], buffer[4096];
-    snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    ssize_t count = read(fd, buffer, sizeof(buffer) - 1);
-    close(fd);
-    if (count <= 0) return -1;
-    buffer[count] = 0;
+    char buffer[4096];
+    if (read_proc_file(pid, "status", buffer, sizeof(buffer)) != 0) return -1;
     char *line = strstr(buffer, "\nUid:");
     unsigned int r, e;
     if (line == NULL || sscanf(line + 5, "%u %u", &r, &e) != 2) return -1;

@@ -72,13 +72,14 @@ struct FullDiskTests {
         throw TestFailure("a hundred registrations went through on a full disk")
     }
 
-    @Test(.enabled(if: canMount, "needs root to mount a small tmpfs"), .timeLimit(.minutes(3)))
-    func nothingHappensThatTheLedgerDidNotRecordAndBatondResumesByItself() throws {
+    /// batond with its ledger on a 1 MiB tmpfs, agent `web` working at 1.0 (with release
+    /// 2.0 beside it) and agent `ext` for registered processes.
+    func start(old: [String], new: [String]) throws -> (BatondProcess, TestReleases, SmallDisk) {
         let state = TemporaryDirectory("full-disk")
         let disk = try SmallDisk(path: state.file("ledger"), size: "1m")
         let web = TestReleases(state: state)
-        try web.add("1.0", ["--stop-takes", "1"])
-        try web.add("2.0")
+        try web.add("1.0", old)
+        try web.add("2.0", new)
         try web.setCurrent("1.0")
         let daemon = try BatondProcess(state: state, configText: web.config() + """
 
@@ -86,9 +87,15 @@ struct FullDiskTests {
             command = ["/bin/false"]
             registration_token = "\(Self.registrationToken)"
             """)
+        try waitUntil(timeout: 30) { (agent(daemon, "web")?["running"] as? [String: Any])?["version"] as? String == "1.0" }
+        return (daemon, web, disk)
+    }
+
+    @Test(.enabled(if: canMount, "needs root to mount a small tmpfs"), .timeLimit(.minutes(3)))
+    func nothingHappensThatTheLedgerDidNotRecordAndBatondResumesByItself() throws {
+        let (daemon, web, disk) = try start(old: ["--stop-takes", "1"], new: [])
         var children: [Process] = []
         defer { for child in children { kill(child.processIdentifier, SIGKILL) } }
-        try waitUntil(timeout: 30) { (agent(daemon, "web")?["running"] as? [String: Any])?["version"] as? String == "1.0" }
 
         // A handoff whose old instance was told stop when the disk fills up.
         let began = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"2.0"}"#)
@@ -154,21 +161,9 @@ struct FullDiskTests {
 
     @Test(.enabled(if: canMount, "needs root to mount a small tmpfs"), .timeLimit(.minutes(2)))
     func batondStillStopsItsAgentsWhenTheLedgerCannotWrite() throws {
-        let state = TemporaryDirectory("full-disk-stop")
-        let disk = try SmallDisk(path: state.file("ledger"), size: "1m")
-        let web = TestReleases(state: state)
-        try web.add("1.0")
-        try web.add("2.0", ["--ready-after", "1"])
-        try web.setCurrent("1.0")
-        let daemon = try BatondProcess(state: state, configText: web.config() + """
-
-            [agents.ext]
-            command = ["/bin/false"]
-            registration_token = "\(Self.registrationToken)"
-            """)
+        let (daemon, web, disk) = try start(old: [], new: ["--ready-after", "1"])
         var children: [Process] = []
         defer { for child in children { kill(child.processIdentifier, SIGKILL) } }
-        try waitUntil(timeout: 30) { (agent(daemon, "web")?["running"] as? [String: Any])?["version"] as? String == "1.0" }
         // A successor checks itself while the disk fills: its ready report cannot be
         // recorded, so the handoff waits on the ledger when batond is told to stop.
         #expect(try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"2.0"}"#).status == 202)
