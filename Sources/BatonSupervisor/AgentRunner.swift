@@ -508,9 +508,14 @@ actor AgentRunner {
         if case .exited(.old, _) = event, current.oldGoneAt == nil { current.oldGoneAt = .now }
         let actions = current.machine.handle(event)
         run = current
-        // Each action in order, none before the records of those before it are durable.
+        // Each action in order; an effect only once the records before it are durable.
         for action in actions {
-            await whenDurable { await self.perform(action) }
+            switch action {
+            case .spawn, .signalGo, .signalStop, .terminate, .kill:
+                await whenDurable { await self.perform(action) }
+            case .recordPhase, .startTimer, .cancelTimer, .commit, .end:
+                await inOrder { await self.perform(action) }
+            }
         }
     }
 
@@ -771,6 +776,18 @@ actor AgentRunner {
             return
         }
         await effect()
+    }
+
+    /// Runs a step with no effect outside batond (a record queued, a timer) at once, or,
+    /// while effects wait for the ledger, behind them: steps keep their order without
+    /// paying an fdatasync each.
+    private func inOrder(_ step: @escaping () async -> Void) async {
+        guard deferred.isEmpty else {
+            deferred.append(step)
+            context.stats.effectsWaiting(agent: name, deferred.count)
+            return
+        }
+        await step()
     }
 
     /// The ledger writes again: runs the waiting effects in order. An effect that decides
