@@ -115,7 +115,7 @@ public final class HTTPServer: Sendable {
     /// Shuts down every connection past its head or body deadline: libmicrohttpd then
     /// reads end-of-file and closes it on its own thread.
     private func closeOverdue() {
-        let now = ContinuousClock.now
+        let now = Tick.now
         for context in daemons.withLock({ $0 }) {
             let closed = context.table.withLock { table in
                 let overdue = table.expire(now: now)

@@ -4,7 +4,7 @@ import Testing
 /// The connection table's decisions, with time driven by hand.
 @Suite("connection table")
 struct ConnectionTableTests {
-    let start = ContinuousClock.now
+    let start = Tick.now
 
     func table(limit: Int = 3, perPeer: Int? = nil) -> ConnectionTable {
         ConnectionTable(policy: ListenerPolicy(maxConnections: limit, maxConnectionsPerPeer: perPeer),
