@@ -3,9 +3,12 @@ import PackageDescription
 
 let package = Package(
     name: "baton",
-    platforms: [.macOS(.v15)],
+    // Linux only: batond and its tests use Glibc, epoll (through libmicrohttpd), pidfds,
+    // SO_PEERCRED and /proc. SwiftPM has no way to declare Linux, so no platform is listed.
     products: [
         .executable(name: "batond", targets: ["batond"]),
+        // The agent side of the protocol, for Swift agents (docs/agent-protocol.md).
+        .library(name: "BatonAgent", targets: ["BatonAgent"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

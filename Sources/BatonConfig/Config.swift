@@ -87,6 +87,8 @@ public struct AgentConfig: Sendable, Equatable {
     /// argv; `{release}` expands to the agent's release directory.
     public var command: [String]
     public var env: [String: String] = [:]
+    /// Variables passed on from batond's own environment (instances get a defined one).
+    public var inheritEnv: [String] = []
     public var mode: HandoffMode = .parallel
     public var readyTimeout: Duration = .seconds(60)
     public var stopTimeout: Duration = .seconds(30)

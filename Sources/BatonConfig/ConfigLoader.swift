@@ -186,7 +186,7 @@ private struct Reader {
     func readAgent(_ table: TOMLTable, name: String, path: [String]) throws(ConfigError) -> AgentConfig {
         try only(table, path, allowed: ["command", "env", "mode", "ready_timeout", "stop_timeout", "kill_timeout",
                                         "user", "group", "readiness", "registration_token",
-                                        "tcp_registration_uids", "stop_registered_on_exit"])
+                                        "tcp_registration_uids", "stop_registered_on_exit", "inherit_env"])
         guard let command = try strings(table, "command", path: path) else {
             throw error(path + ["command"], "is required: the agent's argv, e.g. [\"{release}/bin/\(name)\"]")
         }
@@ -203,6 +203,14 @@ private struct Reader {
                 }
                 agent.env[key] = value
             }
+        }
+        if let names = try strings(table, "inherit_env", path: path) {
+            for name in names {
+                guard !name.isEmpty, !name.contains("="), !name.hasPrefix("BATON_") else {
+                    throw error(path + ["inherit_env"], "\"\(name)\" is not a usable variable name (BATON_* are set by batond)")
+                }
+            }
+            agent.inheritEnv = names
         }
         if let mode = try string(table, "mode", path: path) {
             guard let value = HandoffMode(rawValue: mode) else {

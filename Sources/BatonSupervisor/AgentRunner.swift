@@ -688,18 +688,16 @@ actor AgentRunner {
         }
         let id = nextInstanceID()
         let token = context.makeToken()
-        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("BATON_") && !$0.key.hasPrefix("LISTEN_") && $0.key != "NOTIFY_SOCKET" && $0.key != "WATCHDOG_USEC" && $0.key != "WATCHDOG_PID" }
-        environment.merge(config.env) { _, new in new }
-        environment["BATON_SOCKET"] = context.socketPath
-        if let url = context.url { environment["BATON_URL"] = url }
-        environment["BATON_AGENT"] = name
-        environment["BATON_INSTANCE"] = id
-        environment["BATON_TOKEN"] = token
-        environment["BATON_VERSION"] = version
+        var baton = ["BATON_SOCKET": context.socketPath, "BATON_AGENT": name, "BATON_INSTANCE": id,
+                     "BATON_TOKEN": token, "BATON_VERSION": version]
+        if let url = context.url { baton["BATON_URL"] = url }
         let argv = config.command.map { $0.replacingOccurrences(of: "{release}", with: directory) }
         let process: ProcessHandle
+        let environment: [String: String]
         do {
             let credentials = try Credentials.resolve(user: config.user, group: config.group)
+            environment = InstanceEnvironment.make(config: config, uid: credentials?.uid ?? getuid(),
+                                                   inherited: ProcessInfo.processInfo.environment, baton: baton)
             process = try Processes.spawn(argv: argv, environment: environment, logPath: context.logPath(id),
                                           directory: directory, credentials: credentials)
         } catch {

@@ -9,10 +9,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
 static const char *const stages[] = {"fork", "chdir", "setgid", "initgroups", "setuid", "exec", "setup"};
+
+#ifndef SYS_close_range
+#define SYS_close_range 436
+#endif
+
+/// In the child: closes every descriptor from `lowest` up. close_range(2) (Linux 5.9) in
+/// one call; otherwise a loop up to the soft limit. Async-signal-safe.
+static void close_from(int lowest) {
+    if (syscall(SYS_close_range, (unsigned int)lowest, ~0U, 0) == 0) return;
+    struct rlimit limit;
+    int highest = getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < 65536 ? (int)limit.rlim_cur : 65536;
+    for (int fd = lowest; fd < highest; fd++) close(fd);
+}
 
 pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int output_fd,
                   const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
@@ -43,7 +57,15 @@ pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int 
         if (null >= 0) { dup2(null, 0); if (null != 0) close(null); }
         dup2(output_fd, 1);
         dup2(output_fd, 2);
-        if (output_fd > 2) close(output_fd);
+        // Nothing of batond's (nor what its parent left open) reaches the agent: only 0,
+        // 1 and 2, and the failure report (close-on-exec) moved to 3 until exec.
+        int report_fd = report[1];
+        if (report_fd != 3) {
+            report_fd = dup3(report[1], 3, O_CLOEXEC);
+            if (report_fd < 0) report_fd = report[1];
+        }
+        close_from(report_fd == 3 ? 4 : 3);
+        report[1] = report_fd;
         if (directory != NULL && chdir(directory) != 0) { failure[0] = errno; failure[1] = 1; goto fail; }
         if (set_ids) {
             if (setgid(gid) != 0) { failure[0] = errno; failure[1] = 2; goto fail; }

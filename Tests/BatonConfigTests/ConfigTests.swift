@@ -233,6 +233,15 @@ struct ConfigTests {
         #expect(set.stopRegisteredOnExit)
     }
 
+    @Test func inheritedVariablesAreNamedAndNeverBatonsOwn() throws {
+        let agent = try #require(try parse("[agents.a]\ncommand = [\"/x\"]\ninherit_env = [\"HTTP_PROXY\", \"TZ\"]\n").agents.first)
+        #expect(agent.inheritEnv == ["HTTP_PROXY", "TZ"])
+        for bad in ["BATON_TOKEN", "A=B", ""] {
+            let failure = error("[agents.a]\ncommand = [\"/x\"]\ninherit_env = [\"\(bad)\"]\n")
+            #expect(failure?.description.hasPrefix("test.toml:3: agents.a.inherit_env: ") == true, "\(String(describing: failure))")
+        }
+    }
+
     @Test func existingAndNumericUsersAndGroupsAreAccepted() throws {
         let config = try parse("[agents.a]\ncommand = [\"/x\"]\nuser = \"root\"\ngroup = \"root\"\n[agents.b]\ncommand = [\"/x\"]\nuser = \"64000\"\ngroup = \"64000\"\n",
                                accounts: .system)
