@@ -53,10 +53,13 @@ public struct Handoff: Sendable, Equatable {
         case failed
         /// Final (sequential): the previous release runs again.
         case reverted
+        /// Final: batond itself stopped before the handoff ended; nobody's fault, and the
+        /// release did not become current.
+        case cancelled
 
         public var isFinal: Bool {
             switch self {
-            case .committed, .failed, .reverted: true
+            case .committed, .failed, .reverted, .cancelled: true
             case .stoppingFirst, .spawning, .waitingReady, .stoppingOld, .abortingSuccessor, .revertingSpawn, .revertingReady: false
             }
         }
@@ -77,6 +80,9 @@ public struct Handoff: Sendable, Equatable {
         /// The process exited.
         case exited(Role, description: String)
         case timeout(Timer)
+        /// batond itself is stopping: the handoff ends here, and its instances are
+        /// stopped with every other.
+        case cancel
     }
 
     public enum Action: Sendable, Equatable {
@@ -142,8 +148,15 @@ public struct Handoff: Sendable, Equatable {
     public mutating func handle(_ event: Event) -> [Action] {
         switch (phase, event) {
         // Final phases take nothing more.
-        case (.committed, _), (.failed, _), (.reverted, _):
+        case (.committed, _), (.failed, _), (.reverted, _), (.cancelled, _):
             return []
+
+        // batond stops: whatever the phase, the handoff ends without blame, and neither
+        // commits nor gives go.
+        case (.stoppingFirst, .cancel), (.spawning, .cancel), (.waitingReady, .cancel), (.stoppingOld, .cancel),
+             (.abortingSuccessor, .cancel), (.revertingSpawn, .cancel), (.revertingReady, .cancel):
+            phase = .cancelled
+            return [.cancelTimer(.ready), .cancelTimer(.stop), .cancelTimer(.kill), .end(.cancelled, error: nil)]
 
         case (_, .begin):
             guard !hadBegun else { return [] }

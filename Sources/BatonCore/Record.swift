@@ -120,6 +120,8 @@ public struct HandoffPhase: Codable, Sendable, Equatable {
 
 public enum HandoffOutcome: String, Codable, Sendable, CaseIterable {
     case committed, failed, reverted
+    /// batond itself stopped before the handoff ended.
+    case cancelled
 }
 
 public struct HandoffEnded: Codable, Sendable, Equatable {

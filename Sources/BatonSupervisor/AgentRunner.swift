@@ -615,6 +615,11 @@ actor AgentRunner {
         context.stats.handoffEnded(agent: name, outcome: outcome, gapMs: current.gapMs)
         logger.info("handoff ended", metadata: ["agent": "\(name)", "handoff.id": "\(current.view.id)",
                                                 "outcome": "\(outcome.rawValue)", "gap_ms": "\(current.gapMs.map { String($0) } ?? "-")"])
+        guard shutdownDone == nil else {
+            // batond stops: every instance is stopped the normal way, nothing restarts.
+            run = nil
+            return
+        }
         // Instances of this handoff that are not the one holding go must go away.
         for (role, instance) in current.roles where instance != active {
             if role == .old, current.machine.oldAlive { continue }
@@ -665,6 +670,8 @@ actor AgentRunner {
             deferred.removeAll()
             context.stats.effectsWaiting(agent: name, 0)
         }
+        // A handoff cut short by batond's own stop is nobody's fault: it ends cancelled.
+        if run != nil { await feed(.cancel) }
         await flush()
         for instance in processes.keys {
             context.registry.setSignal(instance, .stop, handoff: run?.view.id)

@@ -146,12 +146,34 @@ struct HandoffTests {
         }
     }
 
+    static let cancelEnd: [A] = [.cancelTimer(.ready), .cancelTimer(.stop), .cancelTimer(.kill), .end(.cancelled, error: nil)]
+
+    /// batond's own stop, after every prefix of every path that leaves the handoff
+    /// unfinished: it ends cancelled, without blame, commit or go, and takes nothing more.
+    @Test(arguments: paths)
+    func batondStoppingCancelsAnUnfinishedHandoff(_ path: Path) {
+        var reached: Set<String> = []
+        for length in 0...path.steps.count {
+            var machine = Handoff(mode: path.mode, timeouts: Self.t, hasOld: path.hasOld)
+            for (event, _) in path.steps.prefix(length) { _ = machine.handle(event) }
+            guard !machine.isFinished else { continue }
+            reached.insert(machine.phase.rawValue)
+            let actions = machine.handle(.cancel)
+            #expect(actions == Self.cancelEnd, "after \(length) steps, in \(machine.phase)")
+            #expect(machine.phase == .cancelled)
+            for (event, _) in path.steps.suffix(from: length) {
+                #expect(machine.handle(event).isEmpty, "\(event) after cancel")
+            }
+        }
+        #expect(!reached.isEmpty)
+    }
+
     @Test func finalPhasesIgnoreEverything() {
         var handoff = Handoff(mode: .parallel, timeouts: Self.t, hasOld: false)
         _ = handoff.handle(.begin)
         _ = handoff.handle(.spawnFailed(.successor, reason: "x"))
         #expect(handoff.isFinished)
-        let late: [E] = [.begin, .ready(.successor), .timeout(.kill), .exited(.successor, description: "x"), .stopped(.old)]
+        let late: [E] = [.begin, .ready(.successor), .timeout(.kill), .exited(.successor, description: "x"), .stopped(.old), .cancel]
         for event in late { #expect(handoff.handle(event).isEmpty) }
     }
 

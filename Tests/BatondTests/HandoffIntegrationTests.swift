@@ -240,6 +240,24 @@ struct HandoffIntegrationTests {
         daemon.stop()
     }
 
+    @Test func batondStoppingDuringASelfCheckCancelsTheHandoffWithoutBlame() throws {
+        let (daemon, agents) = try start(["1.0": [], "2.0": ["--ready-after", "30"]], stop: "1s")
+        let answer = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"2.0"}"#)
+        #expect(answer.status == 202, "\(answer.text)")
+        try waitForEvent(agents, "started", version: "2.0")
+        #expect(daemon.stop() == 0)
+
+        // Read back by the next batond on the same state directory.
+        let again = try BatondProcess(state: agents.state, configText: agents.config(stop: "1s"))
+        try waitForAgent(again, state: "running", version: "1.0")
+        let handoff = try again.endpoint.get("/v1/handoffs/web-1", token: again.token).json()
+        #expect(handoff["outcome"] as? String == "cancelled", "\(handoff)")
+        #expect(handoff["error"] is NSNull, "\(handoff)")
+        #expect(try agentView(again)["last_error"] is NSNull, "the release was blamed for batond's stop")
+        #expect(agents.current == "1.0")
+        again.stop()
+    }
+
     @Test func aSecondDesiredVersionDuringAHandoffIs409() throws {
         let (daemon, _) = try start(["1.0": [], "2.0": ["--ready-after", "3"], "3.0": []])
         let first = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"2.0"}"#)
