@@ -13,10 +13,10 @@ enum InstanceEnvironment {
 
     static func make(config: AgentConfig, uid: uid_t, inherited: [String: String], baton: [String: String]) -> [String: String] {
         var environment = ["PATH": defaultPath, "LANG": inherited["LANG"] ?? "C.UTF-8"]
-        if let entry = getpwuid(uid) {
-            environment["HOME"] = String(cString: entry.pointee.pw_dir)
-            environment["USER"] = String(cString: entry.pointee.pw_name)
-            environment["LOGNAME"] = environment["USER"]
+        if let (home, user) = account(uid) {
+            environment["HOME"] = home
+            environment["USER"] = user
+            environment["LOGNAME"] = user
         }
         for name in config.inheritEnv {
             if let value = inherited[name] { environment[name] = value }
@@ -24,5 +24,19 @@ enum InstanceEnvironment {
         environment.merge(config.env) { _, configured in configured }
         environment.merge(baton) { _, own in own }
         return environment
+    }
+
+    /// The home directory and name of `uid`, with getpwuid_r: runners start instances
+    /// on several threads at once, and getpwuid's static buffer is shared.
+    private static func account(_ uid: uid_t) -> (home: String, user: String)? {
+        var buffer = [CChar](repeating: 0, count: 16_384)
+        return buffer.withUnsafeMutableBufferPointer { storage in
+            var entry = passwd()
+            var found: UnsafeMutablePointer<passwd>?
+            guard let base = storage.baseAddress, getpwuid_r(uid, &entry, base, storage.count, &found) == 0, found != nil else {
+                return nil
+            }
+            return (String(cString: entry.pw_dir), String(cString: entry.pw_name))
+        }
     }
 }
