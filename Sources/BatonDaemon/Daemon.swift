@@ -76,6 +76,7 @@ public struct Daemon {
         }
         try publishAddress(listeners, to: addressFile)
 
+        let described = (listeners + [agentListener]).map(\.description)
         // Instances talk to batond over their own socket, out of reach of floods on the others.
         let supervisor = Supervisor(config: config, ledger: ledger, socketPath: config.agentSocketPath,
                                     url: listeners.first { !$0.isUnix }?.url, logger: logger)
@@ -85,7 +86,7 @@ public struct Daemon {
                                 registrationTokens: Dictionary(uniqueKeysWithValues: config.agents.compactMap { agent in
                                     agent.registrationToken.map { (agent.name, $0) }
                                 }))
-        let api = API(context: .init(config: config, startedAt: startedAt, listeners: (listeners + [agentListener]).map(\.description)),
+        let api = API(context: .init(config: config, startedAt: startedAt, listeners: described),
                       ledger: ledger, supervisor: supervisor, auth: auth, logger: logger)
         var httpConfiguration = HTTPServer.Configuration()
         httpConfiguration.maxBodyBytes = config.http.maxBodyBytes
@@ -101,7 +102,7 @@ public struct Daemon {
 
         do {
             try await ledger.append(.daemonStarted(.init(pid: getpid(), version: BatonVersion.current, config: config.file,
-                                                        listeners: (listeners + [agentListener]).map(\.description))))
+                                                        listeners: described)))
         } catch {
             throw Failure(exit: .ioError, description: "cannot record the start in the ledger: \(error)")
         }
@@ -112,7 +113,7 @@ public struct Daemon {
                 throw Failure(exit: .failure, description: error.description)
             }
         }
-        logger.info("batond serving", metadata: ["listeners": "\(served.map(\.0.description).joined(separator: ", "))",
+        logger.info("batond serving", metadata: ["listeners": "\(described.joined(separator: ", "))",
                                                  "state_dir": "\(config.stateDir)", "pid": "\(getpid())"])
 
         let services = ServiceGroup(configuration: .init(

@@ -91,6 +91,8 @@ extension Duration {
         let (whole, overflow) = UInt64(seconds).multipliedReportingOverflow(by: 1_000_000_000)
         return overflow ? .max : whole.addingReportingOverflow(UInt64(attoseconds / 1_000_000_000)).partialValue
     }
+
+    var dispatch: DispatchTimeInterval { .nanoseconds(Int(clamping: nanosecondsClamped)) }
 }
 
 /// The connections of one listener and what each is waiting for, with the decisions the

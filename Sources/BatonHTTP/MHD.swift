@@ -202,11 +202,6 @@ struct ParkedRequests {
     var groups: [String: [Pending]] = [:]
 }
 
-extension Duration {
-    var dispatch: DispatchTimeInterval {
-        .nanoseconds(Int(max(0, components.seconds * 1_000_000_000 + components.attoseconds / 1_000_000_000)))
-    }
-}
 
 /// What a daemon's callbacks get as their closure argument.
 final class DaemonContext: Sendable {

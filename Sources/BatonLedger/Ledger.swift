@@ -41,7 +41,6 @@ public final class Ledger: Sendable {
         public var since: Timestamp?
         public var lastAttempt: Timestamp?
         public var retryInterval: Duration
-        public var writable: Bool { failure == nil }
     }
 
     public typealias Completion = @Sendable (Result<[Record], LedgerError>) -> Void

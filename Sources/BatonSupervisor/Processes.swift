@@ -181,8 +181,6 @@ enum Processes {
         return .child(pid: pid, log: InstanceLog(path: logPath, readEnd: pipeEnds[0]))
     }
 
-    static func startTime(of pid: Int32) -> UInt64 { baton_process_start_time(pid) }
-
     static func parent(of pid: Int32) -> Int32? {
         let parent = baton_parent_pid(pid)
         return parent > 0 ? parent : nil

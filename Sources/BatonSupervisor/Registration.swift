@@ -25,10 +25,7 @@ struct ProcessFacts: Sendable {
     var uids: @Sendable (Int32) -> (real: UInt32, effective: UInt32)?
 
     static let live = ProcessFacts(
-        parent: { pid in
-            let parent = baton_parent_pid(pid)
-            return parent > 0 ? parent : nil
-        },
+        parent: Processes.parent(of:),
         session: { pid in
             let session = baton_session_of(pid)
             return session > 0 ? session : nil
