@@ -775,11 +775,7 @@ actor AgentRunner {
     /// Runs `effect` once every record queued so far is durable. While the ledger cannot
     /// write, the effect waits behind those already waiting, so effects keep their order.
     private func whenDurable(_ effect: @escaping () async -> Void) async {
-        guard deferred.isEmpty, await flush() == nil else {
-            deferred.append(effect)
-            context.stats.effectsWaiting(agent: name, deferred.count)
-            return
-        }
+        guard deferred.isEmpty, await flush() == nil else { return holdBack(effect) }
         await effect()
     }
 
@@ -787,12 +783,13 @@ actor AgentRunner {
     /// while effects wait for the ledger, behind them: steps keep their order without
     /// paying an fdatasync each.
     private func inOrder(_ step: @escaping () async -> Void) async {
-        guard deferred.isEmpty else {
-            deferred.append(step)
-            context.stats.effectsWaiting(agent: name, deferred.count)
-            return
-        }
+        guard deferred.isEmpty else { return holdBack(step) }
         await step()
+    }
+
+    private func holdBack(_ step: @escaping () async -> Void) {
+        deferred.append(step)
+        context.stats.effectsWaiting(agent: name, deferred.count)
     }
 
     /// The ledger writes again: runs the waiting effects in order. An effect that decides
