@@ -26,9 +26,12 @@ struct ProcessFacts: Sendable {
 
     static let live = ProcessFacts(
         parent: Processes.parent(of:),
+        // 0 is a real answer: the session's leader lives outside batond's PID namespace (a
+        // container, `unshare --pid`). A process that calls setsid inside the namespace gets a
+        // visible id, so two related processes that both read 0 share their session.
         session: { pid in
             let session = baton_session_of(pid)
-            return session > 0 ? session : nil
+            return session >= 0 ? session : nil
         },
         uids: { pid in
             var real: uid_t = 0, effective: uid_t = 0

@@ -139,4 +139,38 @@ struct RegistrationOwnershipTests {
         #expect(owner.stop() == 0)
         #expect(!isRunning(stopped.processIdentifier), "stop_registered_on_exit = true stops it")
     }
+
+    static let canUnshare = getuid() == 0 && which("unshare") != nil && which("nsenter") != nil && which("curl") != nil
+
+    /// In a container the session's leader is often outside batond's PID namespace, and
+    /// getsid answers 0 for the caller and the process alike. That is one session, not none
+    /// (CI runs so, and every registration was refused there).
+    @Test(.enabled(if: canUnshare, "needs root, unshare, nsenter and curl"))
+    func aSessionLedFromOutsideBatondsPIDNamespaceStillCounts() throws {
+        let state = TemporaryDirectory("registration-ns")
+        let web = TestReleases(state: state)
+        try web.add("1.0")
+        try web.setCurrent("1.0")
+        let daemon = try BatondProcess(state: state, configText: web.config() + """
+
+            [agents.ext]
+            command = ["/bin/false"]
+            registration_token = "\(Self.registrationToken)"
+            """, tcp: false, wrapper: ["/usr/bin/env", "unshare", "--pid", "--fork", "--mount-proc"])
+        // batond is `unshare`'s only child: the namespace's pid 1.
+        let unshare = daemon.process.processIdentifier
+        let children = try String(contentsOfFile: "/proc/\(unshare)/task/\(unshare)/children", encoding: .utf8)
+        let batond = try #require(children.split(separator: " ").first.flatMap { Int32($0) })
+        defer {
+            kill(batond, SIGTERM)
+            _ = daemon.waitForExit()
+        }
+        // A shell entered into batond's namespaces registers itself: `exec` keeps its pid for curl.
+        let body = #"{\"pid\":$$,\"version\":\"1.0\"}"#
+        let script = "exec curl -s -o /dev/null -w '%{http_code}' --unix-socket '\(daemon.socketPath)' "
+            + "-H 'Authorization: Bearer \(Self.registrationToken)' -H 'Content-Type: application/json' "
+            + "-d \"\(body)\" http://batond/v1/agents/ext/instances"
+        let answer = try run(["/usr/bin/env", "nsenter", "--target", "\(batond)", "--pid", "--mount", "--", "/bin/sh", "-c", script])
+        #expect(answer.output == "201", "\(answer.output)\n\(daemon.log)")
+    }
 }
