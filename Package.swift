@@ -12,6 +12,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
@@ -42,6 +43,7 @@ let package = Package(
             name: "BatonSupervisor",
             dependencies: [
                 "BatonCore", "BatonLedger", "BatonConfig", "CBatonSpawn",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -63,6 +65,7 @@ let package = Package(
             name: "BatonDaemon",
             dependencies: [
                 "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonAPI", "BatonSupervisor",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
