@@ -17,6 +17,9 @@ public struct BatondConfig: Sendable, Equatable {
     public var logLevel: LogLevel = .info
     /// Members of this group are operators on the Unix socket (besides root and batond's own uid).
     public var operatorGroup: String?
+    /// Whether batond stops its agents when it stops. By default it does not: agents
+    /// keep working, and the next batond re-adopts them.
+    public var stopAgentsOnExit = false
     public var http = HTTPSettings()
     public var ledger = LedgerSettings()
     public var agents: [AgentConfig] = []

@@ -109,7 +109,8 @@ private struct Reader {
         try only(root, [], allowed: ["daemon", "http", "ledger", "agents"])
         if let daemon = try table(root, "daemon", path: []) {
             let path = ["daemon"]
-            try only(daemon, path, allowed: ["state_dir", "socket", "agent_socket", "listen", "log_level", "operator_group"])
+            try only(daemon, path, allowed: ["state_dir", "socket", "agent_socket", "listen", "log_level", "operator_group",
+                                             "stop_agents_on_exit"])
             if let value = try string(daemon, "state_dir", path: path) {
                 guard !value.isEmpty else { throw error(path + ["state_dir"], "must not be empty") }
                 config.stateDir = value
@@ -132,6 +133,7 @@ private struct Reader {
                 config.logLevel = level
             }
             config.operatorGroup = try group(daemon, "operator_group", path: path)
+            if let stop = try bool(daemon, "stop_agents_on_exit", path: path) { config.stopAgentsOnExit = stop }
         }
         if let http = try table(root, "http", path: []) {
             let path = ["http"]

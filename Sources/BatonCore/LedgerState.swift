@@ -53,7 +53,10 @@ public struct LedgerState: Codable, Sendable, Equatable {
         case .instanceSpawned(let e):
             agents[e.agent, default: AgentLedger()].spawns += 1
             agents[e.agent, default: AgentLedger()].instances[e.instance] =
-                .init(id: e.instance, version: e.version, pid: e.pid, startTime: e.startTime, startedAt: at, state: .spawned)
+                .init(id: e.instance, version: e.version, pid: e.pid, startTime: e.startTime, startedAt: at, state: .spawned,
+                      handoff: e.handoff, role: e.role, tokenSHA256: e.tokenSHA256, registered: e.registered ?? false)
+        case .instanceSignal(let e):
+            agents[e.agent]?.instances[e.instance]?.signal = e.signal
         case .instanceReady(let e):
             agents[e.agent]?.instances[e.instance]?.state = .ready
         case .instanceStopped(let e):
@@ -157,4 +160,35 @@ public struct InstanceLedger: Codable, Sendable, Equatable {
     public var startTime: UInt64
     public var startedAt: Timestamp
     public var state: State
+    /// The handoff that started it, and its part in it (`successor`, `previous`).
+    public var handoff: String?
+    public var role: String?
+    public var tokenSHA256: String?
+    public var registered: Bool
+    /// The last signal recorded for it.
+    public var signal: AgentSignal
+
+    public init(id: String, version: String, pid: Int32, startTime: UInt64, startedAt: Timestamp, state: State,
+                handoff: String? = nil, role: String? = nil, tokenSHA256: String? = nil, registered: Bool = false,
+                signal: AgentSignal = .wait) {
+        self.id = id; self.version = version; self.pid = pid; self.startTime = startTime; self.startedAt = startedAt
+        self.state = state; self.handoff = handoff; self.role = role; self.tokenSHA256 = tokenSHA256
+        self.registered = registered; self.signal = signal
+    }
+
+    // Snapshots written before these fields existed still load.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(String.self, forKey: .id)
+        version = try c.decode(String.self, forKey: .version)
+        pid = try c.decode(Int32.self, forKey: .pid)
+        startTime = try c.decode(UInt64.self, forKey: .startTime)
+        startedAt = try c.decode(Timestamp.self, forKey: .startedAt)
+        state = try c.decode(State.self, forKey: .state)
+        handoff = try c.decodeIfPresent(String.self, forKey: .handoff)
+        role = try c.decodeIfPresent(String.self, forKey: .role)
+        tokenSHA256 = try c.decodeIfPresent(String.self, forKey: .tokenSHA256)
+        registered = try c.decodeIfPresent(Bool.self, forKey: .registered) ?? false
+        signal = try c.decodeIfPresent(AgentSignal.self, forKey: .signal) ?? .wait
+    }
 }

@@ -29,6 +29,7 @@ public enum LedgerEvent: Sendable, Equatable {
     case instanceReady(InstanceRef)
     case instanceStopped(InstanceRef)
     case instanceExited(InstanceExited)
+    case instanceSignal(InstanceSignal)
     case agentError(AgentError)
     case releaseCurrent(ReleaseCurrent)
     case ledgerCut(LedgerCut)
@@ -46,6 +47,7 @@ public enum LedgerEvent: Sendable, Equatable {
         case .instanceReady: "instance.ready"
         case .instanceStopped: "instance.stopped"
         case .instanceExited: "instance.exited"
+        case .instanceSignal: "instance.signal"
         case .agentError: "agent.error"
         case .releaseCurrent: "release.current"
         case .ledgerCut: "ledger.cut"
@@ -62,7 +64,7 @@ public enum LedgerEvent: Sendable, Equatable {
     public static let knownKinds = [
         "daemon.started", "daemon.stopped", "agent.desired", "handoff.began", "handoff.phase", "handoff.ended",
         "instance.spawned", "instance.ready", "instance.stopped", "instance.exited", "agent.error", "release.current",
-        "ledger.cut",
+        "ledger.cut", "instance.signal",
     ]
 }
 
@@ -144,9 +146,30 @@ public struct InstanceSpawned: Codable, Sendable, Equatable {
     /// with the pid, it tells a re-adopted process from a stranger that reused the pid.
     public var startTime: UInt64
     public var handoff: String?
-    public init(agent: String, instance: String, version: String, pid: Int32, startTime: UInt64, handoff: String?) {
+    /// The instance's part in `handoff`: `successor` or `previous`.
+    public var role: String?
+    /// SHA-256 (hex) of the instance's bearer token, never the token: a restarted batond
+    /// that re-adopts the instance still knows it by its token.
+    public var tokenSHA256: String?
+    /// A process that registered itself (not batond's child).
+    public var registered: Bool?
+    public init(agent: String, instance: String, version: String, pid: Int32, startTime: UInt64, handoff: String?,
+                role: String? = nil, tokenSHA256: String? = nil, registered: Bool? = nil) {
         self.agent = agent; self.instance = instance; self.version = version; self.pid = pid
-        self.startTime = startTime; self.handoff = handoff
+        self.startTime = startTime; self.handoff = handoff; self.role = role
+        self.tokenSHA256 = tokenSHA256; self.registered = registered
+    }
+}
+
+/// The instance's signal changes (recorded before the instance can see it), so a
+/// restarted batond knows which instance holds go.
+public struct InstanceSignal: Codable, Sendable, Equatable {
+    public var agent: String
+    public var instance: String
+    public var signal: AgentSignal
+    public var handoff: String?
+    public init(agent: String, instance: String, signal: AgentSignal, handoff: String?) {
+        self.agent = agent; self.instance = instance; self.signal = signal; self.handoff = handoff
     }
 }
 

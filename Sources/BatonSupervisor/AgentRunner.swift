@@ -65,6 +65,9 @@ actor AgentRunner {
         /// machine's spawn and ready steps are fed at once.
         var registered: Set<Handoff.Role> = []
         var oldGoneAt: ContinuousClock.Instant?
+        /// When batond took the handoff up again after a restart: the old instance may
+        /// have gone while it was down, so the gap it can measure starts here.
+        var resumedAt: ContinuousClock.Instant?
         var gapMs: Double?
     }
 
@@ -166,6 +169,8 @@ actor AgentRunner {
             if let fixed = context.releases.reconcile(agent: name, recorded: context.ledger.state.agents[name]?.current) {
                 logger.warning("current did not match the ledger's last commit; fixed", metadata: ["agent": "\(name)", "current": "\(fixed)"])
             }
+            await adopt()
+            guard run == nil, active == nil else { return }
             guard let version = context.releases.current(agent: name) else {
                 logger.notice("agent has no current release; waiting for a desired version", metadata: ["agent": "\(name)"])
                 return
@@ -227,6 +232,116 @@ actor AgentRunner {
         }
     }
 
+    // MARK: - Re-adoption
+
+    /// batond starts where an earlier batond left off (killed, or stopped without
+    /// stopping its agents): every instance the ledger says is live and that still runs,
+    /// the same pid *and* process start time, is adopted with its recorded signal and
+    /// token (by its digest); the others are recorded as gone. A handoff left in flight
+    /// is taken up again (`Handoff.resuming`). A second copy is never started beside a
+    /// live instance: the caller starts `current` only when nothing was adopted.
+    private func adopt() async {
+        guard let recorded = context.ledger.state.agents[name] else { return }
+        let instances = recorded.instances.values.sorted { ($0.startedAt, $0.id) < ($1.startedAt, $1.id) }
+        var alive: [InstanceLedger] = []
+        for instance in instances {
+            guard let process = ProcessHandle.adopted(pid: instance.pid, startTime: instance.startTime,
+                                                      spawned: !instance.registered) else {
+                logger.notice("a recorded instance is gone", metadata: ["agent": "\(name)", "instance": "\(instance.id)", "pid": "\(instance.pid)"])
+                record(.instanceExited(.init(agent: name, instance: instance.id, exitCode: nil, signal: nil)))
+                continue
+            }
+            processes[instance.id] = process
+            // An instance recorded before tokens had digests cannot be known by its token:
+            // it is adopted (so nothing starts beside it) and stopped.
+            context.registry.add(.init(id: instance.id, agent: name, version: instance.version, pid: instance.pid,
+                                       signal: instance.signal, handoff: nil, startedAt: instance.startedAt,
+                                       ready: instance.state != .spawned, stopped: instance.state == .stopped,
+                                       spawned: !instance.registered, tokenSHA256: instance.tokenSHA256 ?? ""))
+            let runner = self, id = instance.id
+            process.watch { status in runner.send(.exited(instance: id, status)) }
+            logger.info("instance adopted", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(instance.pid)",
+                                                       "signal": "\(instance.signal.rawValue)"])
+            alive.append(instance)
+        }
+        var others = alive
+        if let flight = recorded.handoff {
+            others = await resume(flight, recorded: instances, alive: alive)
+        }
+        for instance in others {
+            await readopt(instance)
+        }
+    }
+
+    /// An adopted instance outside any handoff takes up its place: go works on, stop is
+    /// seen through, a start not yet ready gets its ready deadline again, a ready one
+    /// with no go yet gets it if nothing else works.
+    private func readopt(_ instance: InstanceLedger) async {
+        let id = instance.id
+        if instance.tokenSHA256 == nil { return await stop(id) }
+        switch instance.signal {
+        case .go where active == nil:
+            active = id
+            goSince = .now
+        case .go, .stop:
+            // A second instance in go cannot happen (go is given after the other is gone);
+            // were it so, the later one would stop.
+            if instance.signal == .go { await give(.stop, to: id, handoff: nil) }
+            expectExit(id)
+        case .wait where instance.registered:
+            if instance.state == .spawned { registered.insert(id) } else { await takeOver(registeredInstance: id) }
+        case .wait where active != nil || run != nil:
+            await stop(id)
+        case .wait where instance.state == .spawned:
+            active = id
+            starting.insert(id)
+            readyDeadline(id)
+        case .wait:
+            active = id
+            await give(.go, to: id, handoff: nil)
+        }
+    }
+
+    /// Takes up the handoff `flight`, left in flight by an earlier batond; returns the
+    /// adopted instances that are not part of it.
+    private func resume(_ flight: ActiveHandoff, recorded: [InstanceLedger], alive: [InstanceLedger]) async -> [InstanceLedger] {
+        let live = Set(alive.map(\.id))
+        func found(_ instance: InstanceLedger?) -> Handoff.Found {
+            guard let instance else { return .none }
+            guard live.contains(instance.id) else { return .gone }
+            return .alive(ready: instance.state != .spawned, stopped: instance.state == .stopped)
+        }
+        let successor = recorded.last { $0.handoff == flight.id && $0.role != Handoff.Role.previous.rawValue }
+        let previous = recorded.last { $0.handoff == flight.id && $0.role == Handoff.Role.previous.rawValue }
+        // The old instance: the one that held go when the handoff began, told stop by it since.
+        let old = recorded.last { $0.handoff == nil && $0.signal == .go }
+            ?? recorded.last { $0.handoff == nil && $0.signal == .stop && !$0.registered }
+        let (machine, actions) = Handoff.resuming(
+            phase: flight.phase, mode: flight.mode == .parallel ? .parallel : .sequential,
+            timeouts: .init(ready: config.readyTimeout, stop: config.stopTimeout, kill: config.killTimeout),
+            old: found(old), successor: found(successor), previous: found(previous),
+            fromRecorded: flight.mode == .sequential && flight.from != nil)
+        var run = Run(view: HandoffView(id: flight.id, agent: name, from: flight.from, to: flight.to, mode: flight.mode,
+                                        phase: flight.phase, outcome: nil, error: nil, gapMs: nil, startedAt: flight.startedAt,
+                                        endedAt: nil, steps: [.init(phase: flight.phase, at: flight.startedAt)]),
+                      machine: machine)
+        run.resumedAt = .now
+        if let old, live.contains(old.id) {
+            run.roles[.old] = old.id
+            if old.signal == .go { active = old.id; goSince = .now }
+        }
+        if let successor, live.contains(successor.id) { run.roles[.successor] = successor.id }
+        if let previous, live.contains(previous.id) { run.roles[.previous] = previous.id }
+        for (_, instance) in run.roles { context.registry.update(instance) { $0.handoff = flight.id } }
+        self.run = run
+        publish()
+        logger.notice("taking up a handoff left in flight", metadata: ["agent": "\(name)", "handoff.id": "\(flight.id)",
+                                                                         "phase": "\(flight.phase)"])
+        await perform(actions)
+        let roles = Set(run.roles.values)
+        return alive.filter { !roles.contains($0.id) }
+    }
+
     // MARK: - Supervision: start, watch, restart
 
     /// Starts `version` with no handoff: it gets go once it reports ready.
@@ -240,15 +355,30 @@ actor AgentRunner {
         case .success(let id):
             active = id
             starting.insert(id)
-            let deadline = config.readyTimeout
-            let runner = self
-            Task { [id] in
-                try? await Task.sleep(for: deadline)
-                runner.send(.readyDeadline(instance: id))
-            }
+            readyDeadline(id)
         case .failure(let error):
             recordError("cannot start \(version): \(error)", instance: nil)
             scheduleRestart()
+        }
+    }
+
+    /// Changes `instance`'s signal: recorded first, so a restarted batond knows who
+    /// holds go, and seen by the instance once the record is durable.
+    private func give(_ signal: AgentSignal, to instance: String, handoff: String?) async {
+        await inOrder { self.record(.instanceSignal(.init(agent: self.name, instance: instance, signal: signal, handoff: handoff))) }
+        await whenDurable {
+            if signal == .go { self.goSince = .now }
+            self.context.registry.setSignal(instance, signal, handoff: handoff)
+        }
+    }
+
+    /// A supervised start that is not ready within ready_timeout is stopped.
+    private func readyDeadline(_ id: String) {
+        let deadline = config.readyTimeout
+        let runner = self
+        Task {
+            try? await Task.sleep(for: deadline)
+            runner.send(.readyDeadline(instance: id))
         }
     }
 
@@ -281,10 +411,7 @@ actor AgentRunner {
             switch report {
             case .ready:
                 starting.remove(instance)
-                await whenDurable {
-                    self.goSince = .now
-                    self.context.registry.setSignal(instance, .go, handoff: nil)
-                }
+                await give(.go, to: instance, handoff: nil)
             case .failed(let reason):
                 starting.remove(instance)
                 recordError("reported failure: \(reason)", instance: instance)
@@ -322,10 +449,7 @@ actor AgentRunner {
             await beginRegistered(successor: instance, old: active)
         } else {
             active = instance
-            await whenDurable {
-                self.goSince = .now
-                self.context.registry.setSignal(instance, .go, handoff: nil)
-            }
+            await give(.go, to: instance, handoff: nil)
         }
     }
 
@@ -352,18 +476,19 @@ actor AgentRunner {
             }
             return .failure(.noSuchProcess(pid))
         }
-        record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: pid,
-                                      startTime: process.startTime, handoff: nil)))
+        let token = context.makeToken()
+        record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: pid, startTime: process.startTime,
+                                      handoff: nil, tokenSHA256: TokenDigest.hex(token), registered: true)))
         if let failure = await flush() {
             unflushed.removeAll()
             context.registry.release(pid: pid, claimedBy: id)
             return .failure(.ledger(failure.description))
         }
-        let token = context.makeToken()
         processes[id] = process
         registered.insert(id)
         context.registry.add(.init(id: id, agent: name, version: version, pid: pid, signal: .wait, handoff: nil,
-                                   startedAt: .now(), ready: false, stopped: false, spawned: false, token: token))
+                                   startedAt: .now(), ready: false, stopped: false, spawned: false,
+                                   tokenSHA256: TokenDigest.hex(token)))
         let runner = self
         process.watch { status in runner.send(.exited(instance: id, status)) }
         logger.info("instance registered", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(pid)", "version": "\(version)"])
@@ -509,9 +634,22 @@ actor AgentRunner {
         let actions = current.machine.handle(event)
         run = current
         // Each action in order; an effect only once the records before it are durable.
+        await perform(actions)
+    }
+
+    /// Performs a machine's actions in order; an effect only once the records before it
+    /// are durable.
+    private func perform(_ actions: [Handoff.Action]) async {
         for action in actions {
             switch action {
-            case .spawn, .signalGo, .signalStop, .terminate, .kill:
+            case .signalGo(let role), .signalStop(let role):
+                let signal: AgentSignal = action == .signalGo(role) ? .go : .stop
+                await inOrder {
+                    guard let run = self.run, let instance = run.roles[role] else { return }
+                    self.record(.instanceSignal(.init(agent: self.name, instance: instance, signal: signal, handoff: run.view.id)))
+                }
+                await whenDurable { await self.perform(action) }
+            case .spawn, .terminate, .kill:
                 await whenDurable { await self.perform(action) }
             case .recordPhase, .startTimer, .cancelTimer, .commit, .end:
                 await inOrder { await self.perform(action) }
@@ -534,7 +672,7 @@ actor AgentRunner {
             await feed(.ready(role))
         case .spawn(let role):
             let version = role == .previous ? (current.view.from ?? current.view.to) : current.view.to
-            switch await spawn(version: version, handoff: id) {
+            switch await spawn(version: version, handoff: id, role: role) {
             case .success(let instance):
                 run?.roles[role] = instance
                 await feed(.spawned(role))
@@ -544,7 +682,7 @@ actor AgentRunner {
         case .signalGo(let role):
             guard let instance = current.roles[role] else { return }
             context.registry.setSignal(instance, .go, handoff: id)
-            if let gone = current.oldGoneAt {
+            if let gone = current.oldGoneAt ?? current.resumedAt {
                 let gap = ContinuousClock.now - gone
                 run?.gapMs = Double(gap.components.seconds) * 1000 + Double(gap.components.attoseconds) / 1e15
             }
@@ -647,12 +785,15 @@ actor AgentRunner {
 
     // MARK: - Shutdown
 
-    /// Stops every instance the normal way: stop signal, then TERM after stop_timeout,
-    /// then KILL after kill_timeout.
+    /// batond stops. By default its agents keep working: batond lets go of every
+    /// instance as it is, a handoff in flight included, and the next batond re-adopts
+    /// them from the ledger. With `stop_agents_on_exit`, every instance is stopped the
+    /// normal way: stop signal, then TERM after stop_timeout, then KILL after kill_timeout.
     private func stopEverything() async {
         restartToken = nil
         for (_, timer) in timers { timer.task.cancel() }
         timers = [:]
+        guard context.stopAgentsOnExit else { return await letGo() }
         // Registered instances belong to another supervisor unless the config says otherwise:
         // batond lets go of them (their tokens die with it) and never signals them.
         if !config.stopRegisteredOnExit {
@@ -672,6 +813,9 @@ actor AgentRunner {
         }
         // A handoff cut short by batond's own stop is nobody's fault: it ends cancelled.
         if run != nil { await feed(.cancel) }
+        for instance in processes.keys {
+            record(.instanceSignal(.init(agent: name, instance: instance, signal: .stop, handoff: run?.view.id)))
+        }
         await flush()
         for instance in processes.keys {
             context.registry.setSignal(instance, .stop, handoff: run?.view.id)
@@ -679,6 +823,25 @@ actor AgentRunner {
             escalateLater(instance, SIGTERM, after: config.stopTimeout)
             escalateLater(instance, SIGKILL, after: config.stopTimeout + config.killTimeout)
         }
+    }
+
+    /// Leaves every instance working as it is. What waits for the ledger is not done
+    /// (it was never recorded); what was recorded is made durable if the ledger can.
+    private func letGo() async {
+        for task in probes.values { task.cancel() }
+        probes = [:]
+        if !deferred.isEmpty {
+            logger.warning("stopping with effects that were never recorded; they are not done",
+                           metadata: ["agent": "\(name)", "effects": "\(deferred.count)"])
+            deferred.removeAll()
+            context.stats.effectsWaiting(agent: name, 0)
+        }
+        await flush()
+        for (instance, process) in processes {
+            logger.info("leaving an instance working", metadata: ["agent": "\(name)", "instance": "\(instance)", "pid": "\(process.pid)"])
+            context.registry.remove(instance)
+        }
+        processes = [:]
     }
 
     private func finishShutdown() {
@@ -689,7 +852,7 @@ actor AgentRunner {
 
     // MARK: - Spawning and records
 
-    private func spawn(version: String, handoff: String?) async -> Result<String, SpawnError> {
+    private func spawn(version: String, handoff: String?, role: Handoff.Role? = nil) async -> Result<String, SpawnError> {
         guard let directory = context.releases.directory(agent: name, version: version) else {
             return .failure(SpawnError(description: "invalid version \(version)"))
         }
@@ -715,7 +878,8 @@ actor AgentRunner {
         }
         processes[id] = process
         context.registry.add(.init(id: id, agent: name, version: version, pid: process.pid, signal: .wait, handoff: handoff,
-                                   startedAt: .now(), ready: false, stopped: false, spawned: true, token: token))
+                                   startedAt: .now(), ready: false, stopped: false, spawned: true,
+                                   tokenSHA256: TokenDigest.hex(token)))
         let runner = self
         process.watch { status in runner.send(.exited(instance: id, status)) }
         if let readiness = config.readiness {
@@ -728,7 +892,8 @@ actor AgentRunner {
             }
         }
         record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: process.pid,
-                                            startTime: process.startTime, handoff: handoff)))
+                                      startTime: process.startTime, handoff: handoff, role: role?.rawValue,
+                                      tokenSHA256: TokenDigest.hex(token))))
         logger.info("instance started", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(process.pid)", "version": "\(version)"])
         return .success(id)
     }

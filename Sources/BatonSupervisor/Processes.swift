@@ -40,20 +40,43 @@ final class ProcessHandle: Sendable {
     let startTime: UInt64
     /// The output batond reads; nil for a registered process.
     let log: InstanceLog?
-    /// The pidfd of a registered process (-1 for a child); closed with the handle.
+    /// The pidfd of a process batond did not start in this run (-1 for a child it
+    /// spawned); closed with the handle.
     private let pidfd: Int32
+    /// Whether batond is its parent, so it learns the exit status and must reap it.
+    let isChild: Bool
+    /// Whether it leads its own process group (batond started it, in this run or an
+    /// earlier one): signals go to the whole group.
+    let leadsGroup: Bool
 
-    var isChild: Bool { log != nil }
-
-    private init(pid: Int32, startTime: UInt64, log: InstanceLog?, pidfd: Int32) {
+    private init(pid: Int32, startTime: UInt64, log: InstanceLog?, pidfd: Int32, isChild: Bool, leadsGroup: Bool) {
         self.pid = pid
         self.startTime = startTime
         self.log = log
         self.pidfd = pidfd
+        self.isChild = isChild
+        self.leadsGroup = leadsGroup
     }
 
     static func child(pid: Int32, log: InstanceLog) -> ProcessHandle {
-        ProcessHandle(pid: pid, startTime: baton_process_start_time(pid), log: log, pidfd: -1)
+        ProcessHandle(pid: pid, startTime: baton_process_start_time(pid), log: log, pidfd: -1, isChild: true, leadsGroup: true)
+    }
+
+    /// A process an earlier batond started or registered, found again at start: adopted
+    /// only if it is still the very process the ledger recorded, pid *and* start time,
+    /// checked after its pidfd is open (a pid reused by a stranger is never adopted).
+    /// After batond re-executed itself the process is still its child; after a restart
+    /// it is not, and only its pidfd says when it ends.
+    static func adopted(pid: Int32, startTime: UInt64, spawned: Bool) -> ProcessHandle? {
+        guard pid > 1, pid != getpid() else { return nil }
+        let fd = baton_pidfd_open(pid)
+        guard fd >= 0 else { return nil }
+        guard startTime != 0, baton_process_start_time(pid) == startTime, baton_pidfd_send_signal(fd, 0) == 0 else {
+            close(fd)
+            return nil
+        }
+        return ProcessHandle(pid: pid, startTime: startTime, log: nil, pidfd: fd,
+                             isChild: Processes.parent(of: pid) == getpid(), leadsGroup: spawned)
     }
 
     /// A handle on a process batond did not start, or nil when it does not exist. The
@@ -68,18 +91,22 @@ final class ProcessHandle: Sendable {
             close(fd)
             return nil
         }
-        return ProcessHandle(pid: pid, startTime: start, log: nil, pidfd: fd)
+        return ProcessHandle(pid: pid, startTime: start, log: nil, pidfd: fd, isChild: false, leadsGroup: false)
     }
 
     deinit {
         if pidfd >= 0 { close(pidfd) }
     }
 
-    /// Signals the process: the whole process group of a child batond started, the
-    /// process alone (through its pidfd) for a registered one.
+    /// Signals the process: the whole process group of a process batond started, the
+    /// process alone (through its pidfd) for a registered one. A group is signalled by
+    /// its id only while the handle's process leads it (a child not reaped, or a pidfd
+    /// that still reaches the process), so the id cannot have been reused.
     func send(_ signal: Int32) {
-        if isChild {
+        if pidfd < 0 {
             if kill(-pid, signal) != 0 { kill(pid, signal) }
+        } else if leadsGroup, baton_pidfd_send_signal(pidfd, 0) == 0, kill(-pid, signal) == 0 {
+            return
         } else {
             _ = baton_pidfd_send_signal(pidfd, signal)
         }

@@ -1,5 +1,17 @@
 import BatonCore
+import Crypto
 import Synchronization
+
+/// Instance tokens are kept as SHA-256 digests (hex): the ledger holds the same digest, so
+/// a restarted batond knows an adopted instance by its token without ever storing it.
+public enum TokenDigest {
+    public static func hex(_ token: String) -> String {
+        SHA256.hash(data: Array(token.utf8)).map { byte in
+            let hex = String(byte, radix: 16)
+            return byte < 16 ? "0" + hex : hex
+        }.joined()
+    }
+}
 
 /// The live instances of every agent, as the API needs them: their tokens, their
 /// signals, and the long-polls waiting for a signal to change. Read from libmicrohttpd's
@@ -22,7 +34,8 @@ public final class InstanceRegistry: Sendable {
         public var stopped: Bool
         /// Whether batond started it (false for registered processes).
         public var spawned: Bool
-        let token: String
+        /// SHA-256 (hex) of its bearer token.
+        let tokenSHA256: String
     }
 
     public struct Waiter: Sendable {
@@ -42,6 +55,7 @@ public final class InstanceRegistry: Sendable {
         /// Bumped on every change, so views built from the registry can be cached.
         var generation = 0
         var instances: [String: Instance] = [:]
+        /// Instance ids by token digest.
         var byToken: [String: String] = [:]
         var waiters: [String: [Waiter]] = [:]
         /// Every live instance's pid, and pids claimed by a registration in progress:
@@ -59,7 +73,7 @@ public final class InstanceRegistry: Sendable {
         state.withLock { state in
             state.generation += 1
             state.instances[instance.id] = instance
-            state.byToken[instance.token] = instance.id
+            state.byToken[instance.tokenSHA256] = instance.id
             state.pids[instance.pid] = instance.id
         }
     }
@@ -86,7 +100,7 @@ public final class InstanceRegistry: Sendable {
         let (waiters, view) = state.withLock { state -> ([Waiter], SignalView?) in
             guard let instance = state.instances.removeValue(forKey: id) else { return ([], nil) }
             state.generation += 1
-            state.byToken[instance.token] = nil
+            state.byToken[instance.tokenSHA256] = nil
             if state.pids[instance.pid] == id { state.pids[instance.pid] = nil }
             return (state.waiters.removeValue(forKey: id) ?? [], SignalView(instance: id, signal: .stop, handoff: instance.handoff))
         }
@@ -100,7 +114,10 @@ public final class InstanceRegistry: Sendable {
     }
 
     /// The instance a bearer token belongs to.
-    public func instance(forToken token: String) -> String? { state.withLock { $0.byToken[token] } }
+    public func instance(forToken token: String) -> String? {
+        let digest = TokenDigest.hex(token)
+        return state.withLock { $0.byToken[digest] }
+    }
 
     /// The instance whose process is `pid` or one of its ancestors (agents' children
     /// count as their agent), walking parents through /proc up to `stopAt`.

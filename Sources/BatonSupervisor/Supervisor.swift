@@ -17,12 +17,14 @@ final class SupervisorContext: Sendable {
     let socketPath: String
     let url: String?
     let logDirectory: String
+    /// Whether instances are stopped when batond stops (`stop_agents_on_exit`).
+    let stopAgentsOnExit: Bool
     /// The output tail of instances that exited during a handoff, until the handoff
     /// reports it.
     let lastOutput = OutputTails()
 
     init(ledger: Ledger, registry: InstanceRegistry, releases: ReleaseStore, handoffs: HandoffBook, stats: SupervisorStats,
-         logger: Logger, socketPath: String, url: String?, logDirectory: String) {
+         logger: Logger, socketPath: String, url: String?, logDirectory: String, stopAgentsOnExit: Bool) {
         self.ledger = ledger
         self.registry = registry
         self.releases = releases
@@ -32,6 +34,7 @@ final class SupervisorContext: Sendable {
         self.socketPath = socketPath
         self.url = url
         self.logDirectory = logDirectory
+        self.stopAgentsOnExit = stopAgentsOnExit
     }
 
     func logPath(_ instance: String) -> String { "\(logDirectory)/\(instance).log" }
@@ -129,7 +132,7 @@ public final class Supervisor: Sendable {
         try? FileManager.default.createDirectory(atPath: config.stateDir + "/releases", withIntermediateDirectories: true)
         context = SupervisorContext(ledger: ledger, registry: registry, releases: ReleaseStore(stateDirectory: config.stateDir),
                                     handoffs: handoffs, stats: stats, logger: logger, socketPath: socketPath, url: url,
-                                    logDirectory: logDirectory)
+                                    logDirectory: logDirectory, stopAgentsOnExit: config.stopAgentsOnExit)
         var runners: [String: AgentRunner] = [:]
         for agent in config.agents { runners[agent.name] = AgentRunner(config: agent, context: context) }
         self.runners = runners
@@ -150,7 +153,9 @@ public final class Supervisor: Sendable {
         }
     }
 
-    /// Stops every agent the normal way and returns once all their processes exited.
+    /// batond stops: with `stop_agents_on_exit`, stops every agent the normal way and
+    /// returns once all their processes exited; otherwise leaves them working, their
+    /// state recorded for the next batond to re-adopt.
     public func shutdown() async {
         await withDiscardingTaskGroup { group in
             for runner in runners.values {

@@ -13,6 +13,7 @@ struct RecordCodecTests {
         .handoffEnded(.init(handoff: "h-1", agent: "web", outcome: .committed, gapMs: 0.4, error: nil)),
         .instanceSpawned(.init(agent: "web", instance: "web.3", version: "2.0", pid: 999, startTime: 123456, handoff: "h-1")),
         .instanceReady(.init(agent: "web", instance: "web.3")),
+        .instanceSignal(.init(agent: "web", instance: "web.3", signal: .go, handoff: "web-2")),
         .instanceStopped(.init(agent: "web", instance: "web.2")),
         .instanceExited(.init(agent: "web", instance: "web.2", exitCode: 0, signal: nil)),
         .agentError(.init(agent: "web", reason: "exited before ready", stderrTail: "panic: \"quoted\"\nline two\u{1}", handoff: "h-2", instance: "web.4")),

@@ -29,12 +29,17 @@ public final class BatondProcess {
     /// Starts batond and waits for READY=1. `arguments` come after the defaults.
     public init(state: TemporaryDirectory = TemporaryDirectory("batond"), arguments: [String] = [],
                 configText: String? = nil, tcp: Bool = true, waitReady: Bool = true,
-                environment extra: [String: String] = [:], wrapper: [String] = []) throws {
+                environment extra: [String: String] = [:], wrapper: [String] = [], agentsOutlive: Bool = false) throws {
         self.state = state
         notify = try NotifySocket(path: state.file("notify-\(UUID().uuidString.prefix(8)).sock"))
         var args = ["--state-dir", state.path, "--socket", state.file("batond.sock"), "--log-level", "debug"]
         if tcp { args += ["--listen", "127.0.0.1:0"] }
-        if let configText {
+        if var configText {
+            // A test's agents stop with its batond (so no test leaves processes behind),
+            // unless the test is about agents outliving batond, the default.
+            if !agentsOutlive && !configText.contains("[daemon]") {
+                configText += "\n\n[daemon]\nstop_agents_on_exit = true\n"
+            }
             let path = state.file("batond.toml")
             try configText.write(toFile: path, atomically: true, encoding: .utf8)
             args += ["--config", path]

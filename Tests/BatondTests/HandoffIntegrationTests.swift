@@ -98,10 +98,14 @@ struct HandoffIntegrationTests {
         let steps = (page["records"] as? [[String: Any]] ?? []).compactMap { record -> String? in
             guard let kind = record["kind"] as? String else { return nil }
             if kind == "handoff.phase" { return "phase:" + ((record["data"] as? [String: Any])?["phase"] as? String ?? "?") }
+            if kind == "instance.signal" { return "signal:" + ((record["data"] as? [String: Any])?["signal"] as? String ?? "?") }
             return kind
         }
+        // Each signal is recorded before the instance can see it: a restarted batond
+        // knows who holds go.
         let expected = ["agent.desired", "handoff.began", "phase:spawning", "instance.spawned", "phase:waiting_ready",
-                        "instance.ready", "phase:stopping_old", "instance.stopped", "release.current", "handoff.ended"]
+                        "instance.ready", "phase:stopping_old", "signal:stop", "instance.stopped", "release.current",
+                        "signal:go", "handoff.ended"]
         #expect(Array(steps.prefix(expected.count)) == expected, "\(steps)")
         daemon.stop()
     }
