@@ -53,11 +53,14 @@ public struct OperatorAuth: Sendable {
     let instanceForProcess: @Sendable (Int32) -> String?
     /// Each agent's registration token, if it has one.
     let registrationTokens: [String: [UInt8]]
+    /// Whether batond is still re-adopting the instances an earlier batond left: an
+    /// unknown token may be one of theirs, so the answer is "retry", not "never".
+    let adopting: @Sendable () -> Bool
 
     public init(token: String, operatorGID: gid_t?, probesOpen: Bool,
                 instanceForToken: @escaping @Sendable (String) -> String? = { _ in nil },
                 instanceForProcess: @escaping @Sendable (Int32) -> String? = { _ in nil },
-                registrationTokens: [String: String] = [:]) {
+                registrationTokens: [String: String] = [:], adopting: @escaping @Sendable () -> Bool = { false }) {
         self.token = Array(token.utf8)
         self.daemonUID = getuid()
         self.operatorGID = operatorGID
@@ -65,6 +68,7 @@ public struct OperatorAuth: Sendable {
         self.instanceForToken = instanceForToken
         self.instanceForProcess = instanceForProcess
         self.registrationTokens = registrationTokens.mapValues { Array($0.utf8) }
+        self.adopting = adopting
     }
 
     public func admit(_ request: inout Request) -> HTTPError? {
@@ -111,6 +115,11 @@ public struct OperatorAuth: Sendable {
         if let presented {
             if Self.constantTimeEqual(presented, token) { return .success(.operator(via: "token")) }
             if let id = instanceForToken(String(decoding: presented, as: UTF8.self)) { return .success(.instance(id)) }
+            if adopting() {
+                return .failure(HTTPError(status: 503, code: "starting",
+                                          message: "batond is re-adopting its instances; retry in a moment",
+                                          headers: ["Retry-After": "1"]))
+            }
             return .failure(Self.unauthorized("the token is not valid"))
         }
         if case .unix(let credentials?) = request.peer {

@@ -54,7 +54,7 @@ public struct LedgerState: Codable, Sendable, Equatable {
             agents[e.agent, default: AgentLedger()].spawns += 1
             agents[e.agent, default: AgentLedger()].instances[e.instance] =
                 .init(id: e.instance, version: e.version, pid: e.pid, startTime: e.startTime, startedAt: at, state: .spawned,
-                      handoff: e.handoff, role: e.role, tokenSHA256: e.tokenSHA256, registered: e.registered ?? false)
+                      handoff: e.handoff, role: e.role, tokenDigest: e.tokenDigest, registered: e.registered ?? false)
         case .instanceSignal(let e):
             agents[e.agent]?.instances[e.instance]?.signal = e.signal
         case .instanceReady(let e):
@@ -163,16 +163,16 @@ public struct InstanceLedger: Codable, Sendable, Equatable {
     /// The handoff that started it, and its part in it (`successor`, `previous`).
     public var handoff: String?
     public var role: String?
-    public var tokenSHA256: String?
+    public var tokenDigest: String?
     public var registered: Bool
     /// The last signal recorded for it.
     public var signal: AgentSignal
 
     public init(id: String, version: String, pid: Int32, startTime: UInt64, startedAt: Timestamp, state: State,
-                handoff: String? = nil, role: String? = nil, tokenSHA256: String? = nil, registered: Bool = false,
+                handoff: String? = nil, role: String? = nil, tokenDigest: String? = nil, registered: Bool = false,
                 signal: AgentSignal = .wait) {
         self.id = id; self.version = version; self.pid = pid; self.startTime = startTime; self.startedAt = startedAt
-        self.state = state; self.handoff = handoff; self.role = role; self.tokenSHA256 = tokenSHA256
+        self.state = state; self.handoff = handoff; self.role = role; self.tokenDigest = tokenDigest
         self.registered = registered; self.signal = signal
     }
 
@@ -187,7 +187,7 @@ public struct InstanceLedger: Codable, Sendable, Equatable {
         state = try c.decode(State.self, forKey: .state)
         handoff = try c.decodeIfPresent(String.self, forKey: .handoff)
         role = try c.decodeIfPresent(String.self, forKey: .role)
-        tokenSHA256 = try c.decodeIfPresent(String.self, forKey: .tokenSHA256)
+        tokenDigest = try c.decodeIfPresent(String.self, forKey: .tokenDigest)
         registered = try c.decodeIfPresent(Bool.self, forKey: .registered) ?? false
         signal = try c.decodeIfPresent(AgentSignal.self, forKey: .signal) ?? .wait
     }

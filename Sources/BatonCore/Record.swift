@@ -150,14 +150,14 @@ public struct InstanceSpawned: Codable, Sendable, Equatable {
     public var role: String?
     /// SHA-256 (hex) of the instance's bearer token, never the token: a restarted batond
     /// that re-adopts the instance still knows it by its token.
-    public var tokenSHA256: String?
+    public var tokenDigest: String?
     /// A process that registered itself (not batond's child).
     public var registered: Bool?
     public init(agent: String, instance: String, version: String, pid: Int32, startTime: UInt64, handoff: String?,
-                role: String? = nil, tokenSHA256: String? = nil, registered: Bool? = nil) {
+                role: String? = nil, tokenDigest: String? = nil, registered: Bool? = nil) {
         self.agent = agent; self.instance = instance; self.version = version; self.pid = pid
         self.startTime = startTime; self.handoff = handoff; self.role = role
-        self.tokenSHA256 = tokenSHA256; self.registered = registered
+        self.tokenDigest = tokenDigest; self.registered = registered
     }
 }
 

@@ -85,7 +85,8 @@ public struct Daemon {
                                 instanceForProcess: { [supervisor] in supervisor.instance(forProcess: $0) },
                                 registrationTokens: Dictionary(uniqueKeysWithValues: config.agents.compactMap { agent in
                                     agent.registrationToken.map { (agent.name, $0) }
-                                }))
+                                }),
+                                adopting: { [supervisor] in supervisor.isAdopting })
         let api = API(context: .init(config: config, startedAt: startedAt, listeners: described),
                       ledger: ledger, supervisor: supervisor, auth: auth, logger: logger)
         var httpConfiguration = HTTPServer.Configuration()

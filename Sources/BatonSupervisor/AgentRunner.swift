@@ -40,7 +40,8 @@ public enum InstanceReport: Sendable, Equatable {
 /// something are refused meanwhile (`SupervisorError.ledger`).
 actor AgentRunner {
     enum Message: Sendable {
-        case boot
+        /// batond starts: adopt what an earlier batond left, then start what is missing.
+        case boot(adopted: @Sendable () -> Void)
         case desired(version: String, mode: HandoffMode?, by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
         case rollback(by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
         case report(instance: String, InstanceReport, reply: @Sendable (Result<SignalView, SupervisorError>) -> Void)
@@ -165,11 +166,12 @@ actor AgentRunner {
 
     private func process(_ message: Message) async {
         switch message {
-        case .boot:
+        case .boot(let adopted):
             if let fixed = context.releases.reconcile(agent: name, recorded: context.ledger.state.agents[name]?.current) {
                 logger.warning("current did not match the ledger's last commit; fixed", metadata: ["agent": "\(name)", "current": "\(fixed)"])
             }
             await adopt()
+            adopted()
             guard run == nil, active == nil else { return }
             guard let version = context.releases.current(agent: name) else {
                 logger.notice("agent has no current release; waiting for a desired version", metadata: ["agent": "\(name)"])
@@ -257,7 +259,7 @@ actor AgentRunner {
             context.registry.add(.init(id: instance.id, agent: name, version: instance.version, pid: instance.pid,
                                        signal: instance.signal, handoff: nil, startedAt: instance.startedAt,
                                        ready: instance.state != .spawned, stopped: instance.state == .stopped,
-                                       spawned: !instance.registered, tokenSHA256: instance.tokenSHA256 ?? ""))
+                                       spawned: !instance.registered, tokenDigest: instance.tokenDigest ?? ""))
             let runner = self, id = instance.id
             process.watch { status in runner.send(.exited(instance: id, status)) }
             logger.info("instance adopted", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(instance.pid)",
@@ -278,7 +280,7 @@ actor AgentRunner {
     /// with no go yet gets it if nothing else works.
     private func readopt(_ instance: InstanceLedger) async {
         let id = instance.id
-        if instance.tokenSHA256 == nil { return await stop(id) }
+        if instance.tokenDigest == nil { return await stop(id) }
         switch instance.signal {
         case .go where active == nil:
             active = id
@@ -478,7 +480,7 @@ actor AgentRunner {
         }
         let token = context.makeToken()
         record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: pid, startTime: process.startTime,
-                                      handoff: nil, tokenSHA256: TokenDigest.hex(token), registered: true)))
+                                      handoff: nil, tokenDigest: TokenDigest.hex(token), registered: true)))
         if let failure = await flush() {
             unflushed.removeAll()
             context.registry.release(pid: pid, claimedBy: id)
@@ -488,7 +490,7 @@ actor AgentRunner {
         registered.insert(id)
         context.registry.add(.init(id: id, agent: name, version: version, pid: pid, signal: .wait, handoff: nil,
                                    startedAt: .now(), ready: false, stopped: false, spawned: false,
-                                   tokenSHA256: TokenDigest.hex(token)))
+                                   tokenDigest: TokenDigest.hex(token)))
         let runner = self
         process.watch { status in runner.send(.exited(instance: id, status)) }
         logger.info("instance registered", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(pid)", "version": "\(version)"])
@@ -879,7 +881,7 @@ actor AgentRunner {
         processes[id] = process
         context.registry.add(.init(id: id, agent: name, version: version, pid: process.pid, signal: .wait, handoff: handoff,
                                    startedAt: .now(), ready: false, stopped: false, spawned: true,
-                                   tokenSHA256: TokenDigest.hex(token)))
+                                   tokenDigest: TokenDigest.hex(token)))
         let runner = self
         process.watch { status in runner.send(.exited(instance: id, status)) }
         if let readiness = config.readiness {
@@ -893,7 +895,7 @@ actor AgentRunner {
         }
         record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: process.pid,
                                       startTime: process.startTime, handoff: handoff, role: role?.rawValue,
-                                      tokenSHA256: TokenDigest.hex(token))))
+                                      tokenDigest: TokenDigest.hex(token))))
         logger.info("instance started", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(process.pid)", "version": "\(version)"])
         return .success(id)
     }

@@ -35,7 +35,7 @@ public final class InstanceRegistry: Sendable {
         /// Whether batond started it (false for registered processes).
         public var spawned: Bool
         /// SHA-256 (hex) of its bearer token.
-        let tokenSHA256: String
+        let tokenDigest: String
     }
 
     public struct Waiter: Sendable {
@@ -73,7 +73,7 @@ public final class InstanceRegistry: Sendable {
         state.withLock { state in
             state.generation += 1
             state.instances[instance.id] = instance
-            state.byToken[instance.tokenSHA256] = instance.id
+            state.byToken[instance.tokenDigest] = instance.id
             state.pids[instance.pid] = instance.id
         }
     }
@@ -100,7 +100,7 @@ public final class InstanceRegistry: Sendable {
         let (waiters, view) = state.withLock { state -> ([Waiter], SignalView?) in
             guard let instance = state.instances.removeValue(forKey: id) else { return ([], nil) }
             state.generation += 1
-            state.byToken[instance.tokenSHA256] = nil
+            state.byToken[instance.tokenDigest] = nil
             if state.pids[instance.pid] == id { state.pids[instance.pid] = nil }
             return (state.waiters.removeValue(forKey: id) ?? [], SignalView(instance: id, signal: .stop, handoff: instance.handoff))
         }

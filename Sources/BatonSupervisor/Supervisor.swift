@@ -123,6 +123,8 @@ public final class Supervisor: Sendable {
     public let stats = SupervisorStats()
     let context: SupervisorContext
     private let runners: [String: AgentRunner]
+    /// Runners that have not yet re-adopted what the ledger says is live.
+    private let adoptingRunners: Mutex<Int>
 
     public init(config: BatondConfig, ledger: Ledger, socketPath: String, url: String?, logger: Logger) {
         registry = InstanceRegistry()
@@ -136,6 +138,7 @@ public final class Supervisor: Sendable {
         var runners: [String: AgentRunner] = [:]
         for agent in config.agents { runners[agent.name] = AgentRunner(config: agent, context: context) }
         self.runners = runners
+        adoptingRunners = Mutex(runners.count)
         ledger.observeRecovery { [runners] in
             for runner in runners.values { runner.send(.ledgerRecovered) }
         }
@@ -143,12 +146,15 @@ public final class Supervisor: Sendable {
 
     public var releases: ReleaseStore { context.releases }
 
+    /// Whether some agent has not yet re-adopted its live instances (batond just started).
+    public var isAdopting: Bool { adoptingRunners.withLock { $0 > 0 } }
+
     /// Runs every agent until `shutdown` has stopped them all.
     public func run() async {
         await withDiscardingTaskGroup { group in
             for runner in runners.values {
                 group.addTask { await runner.runLoop() }
-                runner.send(.boot)
+                runner.send(.boot(adopted: { [self] in adoptingRunners.withLock { $0 -= 1 } }))
             }
         }
     }

@@ -12,6 +12,9 @@ struct RecordCodecTests {
         .handoffPhase(.init(handoff: "h-1", agent: "web", phase: "waiting_ready")),
         .handoffEnded(.init(handoff: "h-1", agent: "web", outcome: .committed, gapMs: 0.4, error: nil)),
         .instanceSpawned(.init(agent: "web", instance: "web.3", version: "2.0", pid: 999, startTime: 123456, handoff: "h-1")),
+        // Every field a restarted batond needs to re-adopt the instance survives the trip.
+        .instanceSpawned(.init(agent: "web", instance: "web.4", version: "2.0", pid: 1000, startTime: 123457, handoff: "h-1",
+                               role: "successor", tokenDigest: String(repeating: "ab", count: 32), registered: false)),
         .instanceReady(.init(agent: "web", instance: "web.3")),
         .instanceSignal(.init(agent: "web", instance: "web.3", signal: .go, handoff: "web-2")),
         .instanceStopped(.init(agent: "web", instance: "web.2")),
