@@ -86,6 +86,10 @@ public final class API: Sendable {
                              message: "the ledger cannot write\(since) (\(failure)); nothing is acted on until it can; "
                                  + "batond tries a probe write every \(health.retryInterval.milliseconds) ms\(tried)").response
         }
+        if supervisor.isAdopting {
+            return HTTPError(status: 503, code: "not_ready",
+                             message: "batond is re-adopting the instances an earlier batond left running").response
+        }
         return .json(bytes: Array(#"{"checks":{"ledger":"ok"},"status":"ready"}"#.utf8))
     }
 

@@ -144,4 +144,24 @@ struct ProcessHandleTests {
         child.reap()
         #expect(kill(child.pid, 0) != 0 && errno == ESRCH)
     }
+
+    /// Re-adoption: a process is adopted only when it is still the one the ledger recorded,
+    /// pid and start time; a stranger that took the pid since is not.
+    @Test(.enabled(if: canSteerPids, "needs root to write /proc/sys/kernel/ns_last_pid"))
+    func aReusedPidIsNeverAdopted() throws {
+        let pid = try sleeper()
+        let recordedStart = try #require(ProcessHandle.foreign(pid: pid)).startTime
+        #expect(ProcessHandle.adopted(pid: pid, startTime: recordedStart, spawned: true) != nil, "the recorded process itself")
+        #expect(ProcessHandle.adopted(pid: pid, startTime: recordedStart + 1, spawned: true) == nil, "another start time")
+        _ = end(pid, with: SIGKILL)
+        // Start times count clock ticks (10 ms): a stranger started within the same tick
+        // would look the same. A real reuse comes after a whole turn of the pid space;
+        // here, let one tick pass (no event marks it).
+        usleep(30_000)
+
+        let stranger = try #require(try sleeper(reusing: pid), "the kernel did not hand out pid \(pid) again")
+        #expect(ProcessHandle.adopted(pid: stranger, startTime: recordedStart, spawned: true) == nil,
+                "the process that reused pid \(pid) was adopted")
+        _ = end(stranger, with: SIGKILL)
+    }
 }
