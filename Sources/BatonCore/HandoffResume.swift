@@ -15,7 +15,8 @@
 /// | reverting_spawn      | previous recorded: as reverting_ready; else spawn it      |
 /// | reverting_ready      | ready timer in full                                       |
 ///
-/// Then, in this order: every role whose process is gone `.exited`; the old one that
+/// Then, in this order: every role whose process is gone `.exited` (a successor or
+/// previous that reported stopped counts as gone: it is on its way out); the old one that
 /// reported stopped `.stopped(.old)`; a successor (or previous) alive that had reported
 /// ready `.ready`. So, e.g., a successor not ready yet goes on verifying itself while
 /// the old one keeps go; an old one already told stop is waited for, and the successor
@@ -24,7 +25,7 @@
 /// gone, commit only after ready.
 extension Handoff {
     /// What a role's process was found to be when batond came back.
-    public enum Found: Sendable, Equatable {
+    public enum Found: Sendable, Hashable {
         /// The ledger never recorded a process for it.
         case none
         /// Recorded, but gone.
@@ -37,8 +38,12 @@ extension Handoff {
 
     /// The machine taken up at `phase` (the raw phase recorded, "began" included) and
     /// the actions to perform, re-entry first and then the catching-up events' actions.
-    public static func resuming(phase recorded: String, mode: Mode, timeouts: Timeouts, old: Found, successor: Found,
-                                previous: Found, fromRecorded hadOld: Bool) -> (Handoff, [Action]) {
+    public static func resuming(phase recorded: String, mode: Mode, timeouts: Timeouts, old: Found, successor found: Found,
+                                previous foundPrevious: Found, fromRecorded hadOld: Bool) -> (Handoff, [Action]) {
+        // A successor (or previous) that reported stopped is on its way out: it never gets go.
+        let successor: Found = found == .alive(ready: true, stopped: true) || found == .alive(ready: false, stopped: true) ? .gone : found
+        let previous: Found = foundPrevious == .alive(ready: true, stopped: true) || foundPrevious == .alive(ready: false, stopped: true)
+            ? .gone : foundPrevious
         var phase = Phase(rawValue: recorded)
         if phase == .spawning, successor != .none { phase = .waitingReady }
         if phase == .revertingSpawn, previous != .none { phase = .revertingReady }
@@ -47,8 +52,12 @@ extension Handoff {
             var machine = Handoff(mode: mode, timeouts: timeouts, hasOld: old.isAlive)
             return (machine, machine.handle(.begin))
         }
+        // An old instance that reported stopped no longer works; in the stopping phases the
+        // machine hears it as `.stopped(.old)` below, which moves it on.
+        let stopping = phase == .stoppingFirst || phase == .stoppingOld
+        let oldWorks = old.isAlive && (stopping || old != .alive(ready: true, stopped: true) && old != .alive(ready: false, stopped: true))
         var machine = Handoff(mode: mode, timeouts: timeouts, hadOld: hadOld || old != .none, phase: phase,
-                              oldAlive: old.isAlive, successorAlive: successor.isAlive, previousAlive: previous.isAlive)
+                              oldAlive: oldWorks, successorAlive: successor.isAlive, previousAlive: previous.isAlive)
         var actions: [Action]
         switch phase {
         case .stoppingFirst where old.isAlive, .stoppingOld where old.isAlive:
@@ -72,7 +81,7 @@ extension Handoff {
         if old == .gone { actions += machine.handle(.exited(.old, description: gone)) }
         if successor == .gone { actions += machine.handle(.exited(.successor, description: gone)) }
         if previous == .gone { actions += machine.handle(.exited(.previous, description: gone)) }
-        if case .alive(_, stopped: true) = old { actions += machine.handle(.stopped(.old)) }
+        if stopping, case .alive(_, stopped: true) = old { actions += machine.handle(.stopped(.old)) }
         if case .alive(ready: true, _) = successor { actions += machine.handle(.ready(.successor)) }
         if case .alive(ready: true, _) = previous { actions += machine.handle(.ready(.previous)) }
         return (machine, actions)

@@ -331,6 +331,8 @@ actor AgentRunner {
         if let old, live.contains(old.id) {
             run.roles[.old] = old.id
             if old.signal == .go { active = old.id; goSince = .now }
+            // It reported stopped: it must exit, as before batond died.
+            if old.state == .stopped { expectExit(old.id) }
         }
         if let successor, live.contains(successor.id) { run.roles[.successor] = successor.id }
         if let previous, live.contains(previous.id) { run.roles[.previous] = previous.id }
