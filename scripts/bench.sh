@@ -8,6 +8,8 @@
 #   ledger appends/s with 32 writers >= 5x with 1 writer
 #   200 handoffs of baton-testagent (bench/handoffs.py): gap p50 < 1 ms and
 #   p99 < 5 ms; batond's overhead per handoff p50 < 20 ms
+#   kill -9 of batond to /readyz with 100 agents re-adopted (bench/readopt.py):
+#   p50 < 500 ms, against a cold start of the same agents
 # The exit status is non-zero only when something failed to run or a
 # measurement is invalid (non-2xx answers, a server that did not start).
 #
@@ -237,3 +239,10 @@ echo
 echo "== ${BENCH_HANDOFFS:-200} handoffs of baton-testagent (bench/handoffs.py)"
 python3 bench/handoffs.py "$batond" .build/release/baton-testagent "${BENCH_HANDOFFS:-200}" \
     || die "the handoff benchmark failed"
+
+# MARK: - Re-adoption after kill -9
+
+echo
+echo "== kill -9 of batond, restart, re-adoption of ${BENCH_AGENTS:-100} agents (bench/readopt.py)"
+python3 bench/readopt.py "$batond" .build/release/baton-testagent "${BENCH_AGENTS:-100}" "${BENCH_READOPT_ROUNDS:-5}" \
+    || die "the re-adoption benchmark failed"

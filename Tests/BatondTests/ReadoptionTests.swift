@@ -83,6 +83,21 @@ struct ReadoptionTests {
         #expect(neverTwoWorking(agents), "\(agents.log())")
     }
 
+    @Test func aGracefulStopLeavesTheAgentsWorkingByDefault() throws {
+        let (first, agents) = try start(["1.0": []])
+        let before = try pids(first)
+        #expect(first.stop() == 0)
+        #expect(before.allSatisfy(alive), "batond's stop stopped its agent")
+        #expect(!agents.log().contains { $0.event == "stop-received" || $0.event == "term" })
+
+        let second = try restart(agents)
+        defer { second.stop() }
+        try waitUntil(timeout: 30) { (try? self.agentState(second)) == "running" }
+        let after = try pids(second)
+        #expect(after == before)
+        #expect(agents.log().filter { $0.event == "started" }.count == 1)
+    }
+
     // MARK: - A handoff in flight when batond died
 
     /// Starts a handoff to 2.0, kills batond with SIGKILL once the handoff is in `phase`,
