@@ -391,15 +391,9 @@ actor AgentRunner {
         process.reap()
         probes.removeValue(forKey: instance)?.cancel()
         context.registry.remove(instance)
+        context.logs.forget(instance)
         record(.instanceExited(.init(agent: name, instance: instance, exitCode: status.code, signal: status.signal)))
         if let role = role(of: instance) {
-            if role == .successor || role == .previous {
-                // Its output may explain a failure: read it to the end first (briefly:
-                // a child of it may hold the pipe open). Not for the old instance,
-                // whose exit is on the handoff's critical path.
-                process.log?.drain()
-                context.lastOutput[instance] = process.log?.lastOutput
-            }
             await feed(.exited(role, description: status.description))
             return
         }
@@ -410,7 +404,6 @@ actor AgentRunner {
         active = nil
         guard shutdownDone == nil else { return }
         let reason = wasStarting ? "exited before it was ready (\(status))" : "exited unexpectedly (\(status))"
-        process.log?.drain()
         recordError(reason, instance: instance, output: process.log?.lastOutput)
         if let since = goSince, ContinuousClock.now - since > .seconds(60) { backoff = .seconds(1) }
         goSince = nil
@@ -608,7 +601,8 @@ actor AgentRunner {
         // The error first: whoever sees the end in the ledger finds the reason there too.
         if let error {
             let failed = current.roles[.successor]
-            let output = failed.flatMap { processes[$0]?.log?.lastOutput ?? context.lastOutput.removeValue(forKey: $0) } ?? ""
+            // Its output is in its log file, also once it exited.
+            let output = failed.map { context.log($0).lastOutput } ?? ""
             recordError(error, instance: failed, output: output)
         }
         record(.handoffEnded(.init(handoff: current.view.id, agent: name, outcome: outcome, gapMs: current.gapMs, error: error)))
@@ -705,7 +699,7 @@ actor AgentRunner {
             let credentials = try Credentials.resolve(user: config.user, group: config.group)
             environment = InstanceEnvironment.make(config: config, uid: credentials?.uid ?? getuid(),
                                                    inherited: ProcessInfo.processInfo.environment, baton: baton)
-            process = try Processes.spawn(argv: argv, environment: environment, logPath: context.logPath(id),
+            process = try Processes.spawn(argv: argv, environment: environment, log: context.log(id),
                                           directory: directory, credentials: credentials)
         } catch {
             // The generation is used up either way, so ids never repeat.
@@ -714,16 +708,17 @@ actor AgentRunner {
             return .failure(error)
         }
         processes[id] = process
+        context.logs.watch(id, context.log(id))
         context.registry.add(.init(id: id, agent: name, version: version, pid: process.pid, signal: .wait, handoff: handoff,
                                    startedAt: .now(), ready: false, stopped: false, spawned: true, token: token))
         let runner = self
         process.watch { status in runner.send(.exited(instance: id, status)) }
         if let readiness = config.readiness {
             // The agent cannot report ready: its probe does, on its behalf.
-            let probeLog = context.logPath(id + ".probe")
+            let probeLog = context.log(id + ".probe")
             probes[id] = Task { [environment] in
                 guard await ReadinessProbe.wait(for: readiness, directory: directory, environment: environment,
-                                                logPath: probeLog) else { return }
+                                                log: probeLog) else { return }
                 runner.send(.report(instance: id, .ready, reply: { _ in }))
             }
         }

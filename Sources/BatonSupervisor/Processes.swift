@@ -38,12 +38,12 @@ final class ProcessHandle: Sendable {
     let pid: Int32
     /// With the pid, the process's identity (clock ticks since boot, from /proc).
     let startTime: UInt64
-    /// The output batond reads; nil for a registered process.
+    /// The file its stdout and stderr are; nil for a registered process.
     let log: InstanceLog?
     /// The pidfd of a registered process (-1 for a child); closed with the handle.
     private let pidfd: Int32
 
-    var isChild: Bool { log != nil }
+    var isChild: Bool { pidfd < 0 }
 
     private init(pid: Int32, startTime: UInt64, log: InstanceLog?, pidfd: Int32) {
         self.pid = pid
@@ -146,16 +146,14 @@ struct Credentials: Sendable {
 }
 
 enum Processes {
-    /// Starts `argv` in its own process group with `environment`, its output going to
-    /// `logPath` through a pipe batond reads.
-    static func spawn(argv: [String], environment: [String: String], logPath: String, directory: String?,
+    /// Starts `argv` in its own process group with `environment`, its stdout and stderr
+    /// being `log`'s file (no pipe: its writes never depend on batond).
+    static func spawn(argv: [String], environment: [String: String], log: InstanceLog, directory: String?,
                       credentials: Credentials?) throws(SpawnError) -> ProcessHandle {
         guard let program = argv.first, !program.isEmpty else { throw SpawnError(description: "empty command") }
         let path = try resolve(program, path: environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
-        var pipeEnds: [Int32] = [0, 0]
-        guard baton_pipe_cloexec(&pipeEnds) == 0 else {
-            throw SpawnError(description: "pipe: \(String(cString: strerror(errno)))")
-        }
+        let output = try log.openForAppending()
+        defer { close(output) }
         let cArgv = argv.map { strdup($0) } + [nil]
         let cEnv = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
@@ -167,18 +165,16 @@ enum Processes {
         let pid = path.withCString { cPath in
             withOptionalCString(directory) { cDirectory in
                 withOptionalCString(credentials?.userName) { cUser in
-                    baton_spawn(cPath, cArgv, cEnv, pipeEnds[1], cDirectory, credentials == nil ? 0 : 1,
+                    baton_spawn(cPath, cArgv, cEnv, output, cDirectory, credentials == nil ? 0 : 1,
                                 credentials?.uid ?? 0, credentials?.gid ?? 0, cUser, &childErrno, &stage)
                 }
             }
         }
-        close(pipeEnds[1])
         guard pid > 0 else {
-            close(pipeEnds[0])
             let step = stage.map { String(cString: $0) } ?? "spawn"
             throw SpawnError(description: "\(step) \(path): \(String(cString: strerror(childErrno)))")
         }
-        return .child(pid: pid, log: InstanceLog(path: logPath, readEnd: pipeEnds[0]))
+        return .child(pid: pid, log: log)
     }
 
     static func parent(of pid: Int32) -> Int32? {

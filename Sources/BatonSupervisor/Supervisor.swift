@@ -17,12 +17,12 @@ final class SupervisorContext: Sendable {
     let socketPath: String
     let url: String?
     let logDirectory: String
-    /// The output tail of instances that exited during a handoff, until the handoff
-    /// reports it.
-    let lastOutput = OutputTails()
+    let logSettings: BatondConfig.LogSettings
+    /// Keeps the logs of live instances near their cap.
+    let logs: LogRotation
 
     init(ledger: Ledger, registry: InstanceRegistry, releases: ReleaseStore, handoffs: HandoffBook, stats: SupervisorStats,
-         logger: Logger, socketPath: String, url: String?, logDirectory: String) {
+         logger: Logger, socketPath: String, url: String?, logDirectory: String, logSettings: BatondConfig.LogSettings) {
         self.ledger = ledger
         self.registry = registry
         self.releases = releases
@@ -32,9 +32,14 @@ final class SupervisorContext: Sendable {
         self.socketPath = socketPath
         self.url = url
         self.logDirectory = logDirectory
+        self.logSettings = logSettings
+        logs = LogRotation(interval: logSettings.checkInterval)
     }
 
-    func logPath(_ instance: String) -> String { "\(logDirectory)/\(instance).log" }
+    /// The output file of `instance`, started by this batond or an earlier one.
+    func log(_ instance: String) -> InstanceLog {
+        InstanceLog(path: "\(logDirectory)/\(instance).log", capBytes: logSettings.maxBytes)
+    }
 
     /// 256 random bits, hex: an instance's bearer token, held in memory and in the
     /// child's environment only.
@@ -42,15 +47,6 @@ final class SupervisorContext: Sendable {
         var generator = SystemRandomNumberGenerator()
         return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
     }
-}
-
-final class OutputTails: Sendable {
-    private let tails = Mutex<[String: String]>([:])
-    subscript(instance: String) -> String? {
-        get { tails.withLock { $0[instance] } }
-        set { tails.withLock { $0[instance] = newValue } }
-    }
-    func removeValue(forKey instance: String) -> String? { tails.withLock { $0.removeValue(forKey: instance) } }
 }
 
 /// Counters for /metrics: handoffs by outcome, their gaps, restarts.
@@ -129,7 +125,7 @@ public final class Supervisor: Sendable {
         try? FileManager.default.createDirectory(atPath: config.stateDir + "/releases", withIntermediateDirectories: true)
         context = SupervisorContext(ledger: ledger, registry: registry, releases: ReleaseStore(stateDirectory: config.stateDir),
                                     handoffs: handoffs, stats: stats, logger: logger, socketPath: socketPath, url: url,
-                                    logDirectory: logDirectory)
+                                    logDirectory: logDirectory, logSettings: config.logs)
         var runners: [String: AgentRunner] = [:]
         for agent in config.agents { runners[agent.name] = AgentRunner(config: agent, context: context) }
         self.runners = runners
@@ -142,12 +138,14 @@ public final class Supervisor: Sendable {
 
     /// Runs every agent until `shutdown` has stopped them all.
     public func run() async {
+        context.logs.start()
         await withDiscardingTaskGroup { group in
             for runner in runners.values {
                 group.addTask { await runner.runLoop() }
                 runner.send(.boot)
             }
         }
+        context.logs.stop()
     }
 
     /// Stops every agent the normal way and returns once all their processes exited.

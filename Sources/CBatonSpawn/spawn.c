@@ -145,10 +145,6 @@ pid_t baton_parent_pid(pid_t pid) {
     return read_stat_fields(pid, &parent, NULL) == 0 ? parent : -1;
 }
 
-int baton_pipe_cloexec(int fds[2]) {
-    return pipe2(fds, O_CLOEXEC);
-}
-
 int baton_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
 }

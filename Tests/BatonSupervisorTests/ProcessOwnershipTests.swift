@@ -93,7 +93,7 @@ struct ProcessHandleTests {
     /// SIGTERM, and children inherit that through exec).
     func sleeper() throws -> Int32 {
         let state = TemporaryDirectory("sleeper")
-        return try Processes.spawn(argv: ["/bin/sleep", "300"], environment: [:], logPath: state.file("log"),
+        return try Processes.spawn(argv: ["/bin/sleep", "300"], environment: [:], log: InstanceLog(path: state.file("log"), capBytes: 1 << 20),
                                    directory: nil, credentials: nil).pid
     }
 
@@ -130,7 +130,7 @@ struct ProcessHandleTests {
 
     @Test func aChildStaysAZombieUntilItsRunnerReapsIt() throws {
         let state = TemporaryDirectory("handles")
-        let child = try Processes.spawn(argv: ["/bin/sh", "-c", "exit 3"], environment: [:], logPath: state.file("child.log"),
+        let child = try Processes.spawn(argv: ["/bin/sh", "-c", "exit 3"], environment: [:], log: InstanceLog(path: state.file("child.log"), capBytes: 1 << 20),
                                         directory: nil, credentials: nil)
         let exited = DispatchSemaphore(value: 0)
         let status = Locked<BatonSupervisor.ExitStatus?>(nil)
