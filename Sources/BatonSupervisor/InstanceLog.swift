@@ -1,3 +1,4 @@
+import CBatonSpawn
 import Foundation
 import Glibc
 import Synchronization
@@ -5,9 +6,9 @@ import Synchronization
 /// An instance's output file, `<state_dir>/logs/<instance>.log`. The instance's stdout
 /// and stderr are this file itself, opened O_APPEND by batond and inherited: no pipe
 /// stands between the instance and the file, so its writes succeed whether batond runs
-/// or not. batond keeps the file near `capBytes` while it runs: `rotateIfNeeded` copies
-/// it to `.log.1` and truncates it in place (copytruncate; see docs/limits.md for what
-/// that costs). Nothing is kept in memory: a value of this type is a path and a cap,
+/// or not. batond keeps the file near `capBytes` while it runs: `rotateIfNeeded` moves
+/// its content to `.log.1` in place (docs/limits.md says how, and what it costs).
+/// Nothing is kept in memory: a value of this type is a path and a cap,
 /// so one can be made for any instance's file, a re-adopted one's included.
 struct InstanceLog: Sendable {
     let path: String
@@ -46,61 +47,86 @@ struct InstanceLog: Sendable {
     }
 
     /// Past the cap, moves the file's content to `.log.1` (replacing the one before) and
-    /// truncates the file to 0; writers continue at its new end (O_APPEND). The copy is
-    /// written beside `.log.1` and renamed over it, so a crash mid-copy keeps the old
-    /// one. Bytes the instance writes while the copy runs are copied too (until the size
-    /// holds still); only those written between the last look at the size and the
-    /// truncation (a few system calls) are lost. Returns whether it rotated. One caller
-    /// per file at a time (batond's one `LogRotation`).
+    /// removes it from the file in place; the instance's writes (O_APPEND) go on at the
+    /// file's end throughout. Returns whether it rotated. One caller per file at a time
+    /// (batond's one `LogRotation`).
+    ///
+    /// The whole blocks before the file's last byte are copied to `.log.1.tmp`, renamed
+    /// over `.log.1`, and cut from the front of the file with COLLAPSE_RANGE, which the
+    /// file system does under the lock appending writers take: nothing is lost, and
+    /// less than a block of old output stays at the start. Where the file system cannot
+    /// collapse (tmpfs, btrfs), the rest is copied too, up to the moment a read finds
+    /// the end, and the file is truncated right then (copytruncate): a write landing
+    /// between that read and the truncation is lost. A crash mid-way loses nothing
+    /// (at worst `.log.1` and the file share some output).
     @discardableResult
     func rotateIfNeeded() -> Bool {
         let source = open(path, O_RDWR | O_CLOEXEC)
         guard source >= 0 else { return false }
         defer { close(source) }
-        guard Self.size(source) > capBytes else { return false }
+        var info = stat()
+        guard fstat(source, &info) == 0, Int(info.st_size) > capBytes else { return false }
+        let size = Int(info.st_size)
+        let block = max(Int(info.st_blksize), 1)
+        let whole = (size - 1) / block * block
         let temporary = previousPath + ".tmp"
         let target = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o640)
         guard target >= 0 else { return false }
-        var copied = 0
-        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
-        // Catch up with the writer until a look at the size finds nothing new, a few
-        // rounds at most: a writer faster than the copy cannot keep batond here.
-        for round in 0... {
-            let size = Self.size(source)
-            guard size > copied, round < 4 else { break }
-            while copied < size {
-                let count = buffer.withUnsafeMutableBytes { pread(source, $0.baseAddress, min($0.count, size - copied), off_t(copied)) }
-                if count < 0 && errno == EINTR { continue }
-                guard count > 0, Self.writeAll(target, buffer[0..<count]) else {
-                    close(target)
-                    unlink(temporary)
-                    return false
-                }
-                copied += count
-            }
-        }
-        close(target)
-        guard rename(temporary, previousPath) == 0 else {
+        defer { close(target) }
+        var copy = Copy(source: source, target: target)
+        guard copy.run(upTo: whole), copy.copied == whole, rename(temporary, previousPath) == 0 else {
             unlink(temporary)
             return false
         }
-        return ftruncate(source, 0) == 0
+        if whole > 0 && baton_collapse_front(source, Int64(whole)) == 0 { return true }
+        // A writer faster than the copy is cut off after one more cap's worth.
+        return copy.run(upTo: size + capBytes, truncatingAtEnd: true)
+    }
+
+    /// Copies a file's bytes from the start to a target, in order.
+    private struct Copy {
+        let source: Int32
+        let target: Int32
+        var copied = 0
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+
+        init(source: Int32, target: Int32) {
+            self.source = source
+            self.target = target
+        }
+
+        /// Copies until `limit` bytes are copied or a read finds the end; with
+        /// `truncatingAtEnd`, truncates the source to 0 the moment it does, before
+        /// anything else. false on an error (nothing truncated then).
+        mutating func run(upTo limit: Int, truncatingAtEnd: Bool = false) -> Bool {
+            while copied < limit {
+                let count = buffer.withUnsafeMutableBytes { [copied] in
+                    pread(source, $0.baseAddress, min($0.count, limit - copied), off_t(copied))
+                }
+                if count < 0 && errno == EINTR { continue }
+                guard count >= 0 else { return false }
+                if count == 0 { break }
+                guard writeAll(count) else { return false }
+                copied += count
+            }
+            return !truncatingAtEnd || ftruncate(source, 0) == 0
+        }
+
+        private func writeAll(_ count: Int) -> Bool {
+            var written = 0
+            while written < count {
+                let result = buffer.withUnsafeBytes { write(target, $0.baseAddress! + written, count - written) }
+                if result < 0 && errno == EINTR { continue }
+                guard result > 0 else { return false }
+                written += result
+            }
+            return true
+        }
     }
 
     private static func size(_ fd: Int32) -> Int {
         var info = stat()
         return fstat(fd, &info) == 0 ? Int(info.st_size) : 0
-    }
-
-    private static func writeAll(_ fd: Int32, _ bytes: ArraySlice<UInt8>) -> Bool {
-        var rest = bytes
-        while !rest.isEmpty {
-            let count = rest.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-            if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { return false }
-            rest = rest.dropFirst(count)
-        }
-        return true
     }
 
     /// Up to `count` bytes from the end of the file at `path` (none if it is missing).

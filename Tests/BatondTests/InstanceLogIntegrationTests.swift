@@ -84,19 +84,23 @@ struct InstanceLogIntegrationTests {
             max_bytes = \(cap)
             check_interval = "100ms"
             """)
-        _ = try workingPid(daemon)
+        let pid = try workingPid(daemon)
+        defer { kill(-pid, SIGKILL) }
         let log = state.file("logs/loop.1.log")
         // About 5 KB a second: past the cap within a second, then rotated at the next check.
-        try waitUntil(timeout: 30) { size(log + ".1") > cap }
+        try waitUntil(timeout: 30) { size(log + ".1") >= cap }
         try waitUntil(timeout: 10) { size(log) < cap }
+        // With the agent and batond gone, the two files hold still for reading.
+        kill(-pid, SIGKILL)
+        #expect(daemon.stop() == 0)
         let previous = try String(contentsOfFile: log + ".1", encoding: .utf8)
         let current = try String(contentsOfFile: log, encoding: .utf8)
-        // Whole lines on both sides, and no hole of zeros: the agent's writes went on at
-        // the truncated file's new end (O_APPEND), not at its old offset.
-        for text in [previous, current] {
-            #expect(!text.contains("\0"))
-            #expect(text.split(separator: "\n").allSatisfy { $0.count == Self.lineLength - 1 && $0.hasPrefix("loop.1 ") }, "\(text)")
-        }
-        #expect(daemon.stop() == 0)
+        // Together, whole lines in order and no hole of zeros: the agent's writes went on
+        // at the file's new end (O_APPEND), not at its old offset.
+        let lines = (previous + current).split(separator: "\n", omittingEmptySubsequences: false).dropLast()
+        #expect(!(previous + current).contains("\0"))
+        #expect(lines.allSatisfy { $0.count == Self.lineLength - 1 && $0.hasPrefix("loop.1 ") }, "\(previous + current)")
+        let numbers = lines.compactMap { Int($0.dropFirst("loop.1 ".count)) }
+        #expect(numbers == numbers.sorted() && Set(numbers).count == numbers.count)
     }
 }

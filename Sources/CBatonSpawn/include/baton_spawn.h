@@ -24,6 +24,13 @@ unsigned long long baton_process_start_time(pid_t pid);
 /// The parent pid of a process (from /proc/PID/stat), or -1.
 pid_t baton_parent_pid(pid_t pid);
 
+/// Removes the first `length` bytes of the file `fd` in place, atomically with respect
+/// to appending writers (fallocate FALLOC_FL_COLLAPSE_RANGE): what followed them moves
+/// to offset 0. `length` must be a multiple of the file system's block size and end
+/// before the end of the file. 0, or -1 with errno (EOPNOTSUPP where the file system
+/// cannot: tmpfs, btrfs, ext4 without extents).
+int baton_collapse_front(int fd, long long length);
+
 /// A pidfd for any process (not only a child): readable once it exits. -1 on error.
 int baton_pidfd_open(pid_t pid);
 
