@@ -115,7 +115,7 @@ public struct OperatorAuth: Sendable {
         if let presented {
             if Self.constantTimeEqual(presented, token) { return .success(.operator(via: "token")) }
             if let id = instanceForToken(String(decoding: presented, as: UTF8.self)) { return .success(.instance(id)) }
-            if adopting() {
+            if request.route.scope == Scope.instance, adopting() {
                 return .failure(HTTPError(status: 503, code: "starting",
                                           message: "batond is re-adopting its instances; retry in a moment",
                                           headers: ["Retry-After": "1"]))

@@ -22,6 +22,7 @@ public struct BatondConfig: Sendable, Equatable {
     public var stopAgentsOnExit = false
     public var http = HTTPSettings()
     public var ledger = LedgerSettings()
+    public var logs = LogSettings()
     public var agents: [AgentConfig] = []
 
     public init() {}
@@ -50,6 +51,14 @@ public struct BatondConfig: Sendable, Equatable {
     public struct LedgerSettings: Sendable, Equatable {
         public var snapshotEvery = 10_000
         public var retainRecords = 10_000
+        public init() {}
+    }
+
+    /// The instances' output files, `<state_dir>/logs/<instance>.log`.
+    public struct LogSettings: Sendable, Equatable {
+        /// Past it, a file is moved to `.log.1` at the next check.
+        public var maxBytes = 1 << 20
+        public var checkInterval: Duration = .seconds(1)
         public init() {}
     }
 

@@ -106,7 +106,7 @@ private struct Reader {
 
     func read(_ root: TOMLTable) throws(ConfigError) -> BatondConfig {
         var config = BatondConfig()
-        try only(root, [], allowed: ["daemon", "http", "ledger", "agents"])
+        try only(root, [], allowed: ["daemon", "http", "ledger", "logs", "agents"])
         if let daemon = try table(root, "daemon", path: []) {
             let path = ["daemon"]
             try only(daemon, path, allowed: ["state_dir", "socket", "agent_socket", "listen", "log_level", "operator_group",
@@ -171,6 +171,14 @@ private struct Reader {
             try only(ledger, path, allowed: ["snapshot_every", "retain_records"])
             if let value = try int(ledger, "snapshot_every", path: path, range: 10...10_000_000) { config.ledger.snapshotEvery = value }
             if let value = try int(ledger, "retain_records", path: path, range: 100...1_000_000) { config.ledger.retainRecords = value }
+        }
+        if let logs = try table(root, "logs", path: []) {
+            let path = ["logs"]
+            try only(logs, path, allowed: ["max_bytes", "check_interval"])
+            if let value = try int(logs, "max_bytes", path: path, range: 4096...(1 << 30)) { config.logs.maxBytes = value }
+            if let value = try duration(logs, "check_interval", path: path, range: .milliseconds(100) ... .seconds(3600)) {
+                config.logs.checkInterval = value
+            }
         }
         if let agents = try table(root, "agents", path: []) {
             for name in agents.keys.sorted() {

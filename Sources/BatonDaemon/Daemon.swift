@@ -119,7 +119,8 @@ public struct Daemon {
 
         let services = ServiceGroup(configuration: .init(
             services: [
-                .init(service: HTTPService(server: server, listeners: listeners.map(\.description), notifier: notifier, logger: logger)),
+                .init(service: HTTPService(server: server, listeners: listeners.map(\.description),
+                                           adopted: { [supervisor] in await supervisor.adopted() }, notifier: notifier, logger: logger)),
                 .init(service: WatchdogService(notifier: notifier)),
                 // Last, so it stops first: agents are stopped while the API still serves them.
                 .init(service: SupervisorService(supervisor: supervisor, logger: logger)),
@@ -211,12 +212,15 @@ private let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
 struct HTTPService: Service {
     let server: HTTPServer
     let listeners: [String]
+    let adopted: @Sendable () async -> Void
     let notifier: SystemdNotifier
     let logger: Logger
 
     func run() async throws {
         // Ready only now: the service group traps SIGTERM/SIGINT before it starts services,
-        // so a stop request from here on is always a graceful one.
+        // so a stop request from here on is always a graceful one; and every agent has
+        // re-adopted what an earlier batond left running.
+        await adopted()
         notifier.send("READY=1\nSTATUS=serving on \(listeners.joined(separator: ", "))\nMAINPID=\(getpid())")
         try? await gracefulShutdown()
         notifier.send("STOPPING=1\nSTATUS=stopping")

@@ -247,13 +247,14 @@ actor AgentRunner {
         let instances = recorded.instances.values.sorted { ($0.startedAt, $0.id) < ($1.startedAt, $1.id) }
         var alive: [InstanceLedger] = []
         for instance in instances {
-            guard let process = ProcessHandle.adopted(pid: instance.pid, startTime: instance.startTime,
-                                                      spawned: !instance.registered) else {
+            let log = instance.registered ? nil : context.log(instance.id)
+            guard let process = ProcessHandle.adopted(pid: instance.pid, startTime: instance.startTime, log: log) else {
                 logger.notice("a recorded instance is gone", metadata: ["agent": "\(name)", "instance": "\(instance.id)", "pid": "\(instance.pid)"])
                 record(.instanceExited(.init(agent: name, instance: instance.id, exitCode: nil, signal: nil)))
                 continue
             }
             processes[instance.id] = process
+            if let log { context.logs.watch(instance.id, log) }
             // An instance recorded before tokens had digests cannot be known by its token:
             // it is adopted (so nothing starts beside it) and stopped.
             context.registry.add(.init(id: instance.id, agent: name, version: instance.version, pid: instance.pid,
@@ -520,15 +521,9 @@ actor AgentRunner {
         process.reap()
         probes.removeValue(forKey: instance)?.cancel()
         context.registry.remove(instance)
+        context.logs.forget(instance)
         record(.instanceExited(.init(agent: name, instance: instance, exitCode: status.code, signal: status.signal)))
         if let role = role(of: instance) {
-            if role == .successor || role == .previous {
-                // Its output may explain a failure: read it to the end first (briefly:
-                // a child of it may hold the pipe open). Not for the old instance,
-                // whose exit is on the handoff's critical path.
-                process.log?.drain()
-                context.lastOutput[instance] = process.log?.lastOutput
-            }
             await feed(.exited(role, description: status.description))
             return
         }
@@ -539,7 +534,6 @@ actor AgentRunner {
         active = nil
         guard shutdownDone == nil else { return }
         let reason = wasStarting ? "exited before it was ready (\(status))" : "exited unexpectedly (\(status))"
-        process.log?.drain()
         recordError(reason, instance: instance, output: process.log?.lastOutput)
         if let since = goSince, ContinuousClock.now - since > .seconds(60) { backoff = .seconds(1) }
         goSince = nil
@@ -750,7 +744,8 @@ actor AgentRunner {
         // The error first: whoever sees the end in the ledger finds the reason there too.
         if let error {
             let failed = current.roles[.successor]
-            let output = failed.flatMap { processes[$0]?.log?.lastOutput ?? context.lastOutput.removeValue(forKey: $0) } ?? ""
+            // Its output is in its log file, also once it exited.
+            let output = failed.map { context.log($0).lastOutput } ?? ""
             recordError(error, instance: failed, output: output)
         }
         record(.handoffEnded(.init(handoff: current.view.id, agent: name, outcome: outcome, gapMs: current.gapMs, error: error)))
@@ -801,7 +796,7 @@ actor AgentRunner {
         // Registered instances belong to another supervisor unless the config says otherwise:
         // batond lets go of them (their tokens die with it) and never signals them.
         if !config.stopRegisteredOnExit {
-            for (instance, process) in processes where !process.isChild {
+            for (instance, process) in processes where process.isRegistered {
                 processes[instance] = nil
                 context.registry.remove(instance)
                 logger.info("leaving a registered instance running", metadata: ["agent": "\(name)", "instance": "\(instance)", "pid": "\(process.pid)"])
@@ -841,9 +836,10 @@ actor AgentRunner {
             context.stats.effectsWaiting(agent: name, 0)
         }
         await flush()
+        // The registry keeps them: forgetting one would answer its long-poll with stop.
+        // Their parked requests get 503 when the HTTP side stops; they retry.
         for (instance, process) in processes {
             logger.info("leaving an instance working", metadata: ["agent": "\(name)", "instance": "\(instance)", "pid": "\(process.pid)"])
-            context.registry.remove(instance)
         }
         processes = [:]
     }
@@ -872,7 +868,7 @@ actor AgentRunner {
             let credentials = try Credentials.resolve(user: config.user, group: config.group)
             environment = InstanceEnvironment.make(config: config, uid: credentials?.uid ?? getuid(),
                                                    inherited: ProcessInfo.processInfo.environment, baton: baton)
-            process = try Processes.spawn(argv: argv, environment: environment, logPath: context.logPath(id),
+            process = try Processes.spawn(argv: argv, environment: environment, log: context.log(id),
                                           directory: directory, credentials: credentials)
         } catch {
             // The generation is used up either way, so ids never repeat.
@@ -881,6 +877,7 @@ actor AgentRunner {
             return .failure(error)
         }
         processes[id] = process
+        context.logs.watch(id, context.log(id))
         context.registry.add(.init(id: id, agent: name, version: version, pid: process.pid, signal: .wait, handoff: handoff,
                                    startedAt: .now(), ready: false, stopped: false, spawned: true,
                                    tokenDigest: TokenDigest.hex(token)))
@@ -888,10 +885,10 @@ actor AgentRunner {
         process.watch { status in runner.send(.exited(instance: id, status)) }
         if let readiness = config.readiness {
             // The agent cannot report ready: its probe does, on its behalf.
-            let probeLog = context.logPath(id + ".probe")
+            let probeLog = context.log(id + ".probe")
             probes[id] = Task { [environment] in
                 guard await ReadinessProbe.wait(for: readiness, directory: directory, environment: environment,
-                                                logPath: probeLog) else { return }
+                                                log: probeLog) else { return }
                 runner.send(.report(instance: id, .ready, reply: { _ in }))
             }
         }

@@ -38,7 +38,7 @@ final class ProcessHandle: Sendable {
     let pid: Int32
     /// With the pid, the process's identity (clock ticks since boot, from /proc).
     let startTime: UInt64
-    /// The output batond reads; nil for a registered process.
+    /// The file its stdout and stderr are; nil for a registered process.
     let log: InstanceLog?
     /// The pidfd of a process batond did not start in this run (-1 for a child it
     /// spawned); closed with the handle.
@@ -48,6 +48,8 @@ final class ProcessHandle: Sendable {
     /// Whether it leads its own process group (batond started it, in this run or an
     /// earlier one): signals go to the whole group.
     let leadsGroup: Bool
+    /// A process that registered itself: batond did not start it.
+    var isRegistered: Bool { log == nil }
 
     private init(pid: Int32, startTime: UInt64, log: InstanceLog?, pidfd: Int32, isChild: Bool, leadsGroup: Bool) {
         self.pid = pid
@@ -66,8 +68,9 @@ final class ProcessHandle: Sendable {
     /// only if it is still the very process the ledger recorded, pid *and* start time,
     /// checked after its pidfd is open (a pid reused by a stranger is never adopted).
     /// After batond re-executed itself the process is still its child; after a restart
-    /// it is not, and only its pidfd says when it ends.
-    static func adopted(pid: Int32, startTime: UInt64, spawned: Bool) -> ProcessHandle? {
+    /// it is not, and only its pidfd says when it ends. `log` is its output file when
+    /// batond started it (nil for a registered process).
+    static func adopted(pid: Int32, startTime: UInt64, log: InstanceLog?) -> ProcessHandle? {
         guard pid > 1, pid != getpid() else { return nil }
         let fd = baton_pidfd_open(pid)
         guard fd >= 0 else { return nil }
@@ -75,8 +78,8 @@ final class ProcessHandle: Sendable {
             close(fd)
             return nil
         }
-        return ProcessHandle(pid: pid, startTime: startTime, log: nil, pidfd: fd,
-                             isChild: Processes.parent(of: pid) == getpid(), leadsGroup: spawned)
+        return ProcessHandle(pid: pid, startTime: startTime, log: log, pidfd: fd,
+                             isChild: Processes.parent(of: pid) == getpid(), leadsGroup: log != nil)
     }
 
     /// A handle on a process batond did not start, or nil when it does not exist. The
@@ -173,16 +176,14 @@ struct Credentials: Sendable {
 }
 
 enum Processes {
-    /// Starts `argv` in its own process group with `environment`, its output going to
-    /// `logPath` through a pipe batond reads.
-    static func spawn(argv: [String], environment: [String: String], logPath: String, directory: String?,
+    /// Starts `argv` in its own process group with `environment`, its stdout and stderr
+    /// being `log`'s file (no pipe: its writes never depend on batond).
+    static func spawn(argv: [String], environment: [String: String], log: InstanceLog, directory: String?,
                       credentials: Credentials?) throws(SpawnError) -> ProcessHandle {
         guard let program = argv.first, !program.isEmpty else { throw SpawnError(description: "empty command") }
         let path = try resolve(program, path: environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
-        var pipeEnds: [Int32] = [0, 0]
-        guard baton_pipe_cloexec(&pipeEnds) == 0 else {
-            throw SpawnError(description: "pipe: \(String(cString: strerror(errno)))")
-        }
+        let output = try log.openForAppending()
+        defer { close(output) }
         let cArgv = argv.map { strdup($0) } + [nil]
         let cEnv = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer {
@@ -194,18 +195,16 @@ enum Processes {
         let pid = path.withCString { cPath in
             withOptionalCString(directory) { cDirectory in
                 withOptionalCString(credentials?.userName) { cUser in
-                    baton_spawn(cPath, cArgv, cEnv, pipeEnds[1], cDirectory, credentials == nil ? 0 : 1,
+                    baton_spawn(cPath, cArgv, cEnv, output, cDirectory, credentials == nil ? 0 : 1,
                                 credentials?.uid ?? 0, credentials?.gid ?? 0, cUser, &childErrno, &stage)
                 }
             }
         }
-        close(pipeEnds[1])
         guard pid > 0 else {
-            close(pipeEnds[0])
             let step = stage.map { String(cString: $0) } ?? "spawn"
             throw SpawnError(description: "\(step) \(path): \(String(cString: strerror(childErrno)))")
         }
-        return .child(pid: pid, log: InstanceLog(path: logPath, readEnd: pipeEnds[0]))
+        return .child(pid: pid, log: log)
     }
 
     static func parent(of pid: Int32) -> Int32? {

@@ -9,22 +9,24 @@ import Glibc
 enum ReadinessProbe {
     static let interval: Duration = .milliseconds(250)
 
-    /// Tries the probe until it succeeds (true) or the task is cancelled (false).
-    static func wait(for readiness: AgentConfig.Readiness, directory: String, environment: [String: String], logPath: String) async -> Bool {
+    /// Tries the probe until it succeeds (true) or the task is cancelled (false). The
+    /// command's output goes to `log`, checked against its cap before each attempt.
+    static func wait(for readiness: AgentConfig.Readiness, directory: String, environment: [String: String], log: InstanceLog) async -> Bool {
         while !Task.isCancelled {
-            if await attempt(readiness, directory: directory, environment: environment, logPath: logPath) { return true }
+            log.rotateIfNeeded()
+            if await attempt(readiness, directory: directory, environment: environment, log: log) { return true }
             try? await Task.sleep(for: interval)
         }
         return false
     }
 
-    static func attempt(_ readiness: AgentConfig.Readiness, directory: String, environment: [String: String], logPath: String) async -> Bool {
+    static func attempt(_ readiness: AgentConfig.Readiness, directory: String, environment: [String: String], log: InstanceLog) async -> Bool {
         switch readiness {
         case .command(let argv):
             let command = argv.map { $0.replacingOccurrences(of: "{release}", with: directory) }
             return await withCheckedContinuation { continuation in
                 do {
-                    let process = try Processes.spawn(argv: command, environment: environment, logPath: logPath,
+                    let process = try Processes.spawn(argv: command, environment: environment, log: log,
                                                       directory: directory, credentials: nil)
                     process.watch { status in
                         process.reap()

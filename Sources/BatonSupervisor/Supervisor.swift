@@ -19,12 +19,13 @@ final class SupervisorContext: Sendable {
     let logDirectory: String
     /// Whether instances are stopped when batond stops (`stop_agents_on_exit`).
     let stopAgentsOnExit: Bool
-    /// The output tail of instances that exited during a handoff, until the handoff
-    /// reports it.
-    let lastOutput = OutputTails()
+    let logSettings: BatondConfig.LogSettings
+    /// Keeps the logs of live instances near their cap.
+    let logs: LogRotation
 
     init(ledger: Ledger, registry: InstanceRegistry, releases: ReleaseStore, handoffs: HandoffBook, stats: SupervisorStats,
-         logger: Logger, socketPath: String, url: String?, logDirectory: String, stopAgentsOnExit: Bool) {
+         logger: Logger, socketPath: String, url: String?, logDirectory: String, logSettings: BatondConfig.LogSettings,
+         stopAgentsOnExit: Bool) {
         self.ledger = ledger
         self.registry = registry
         self.releases = releases
@@ -35,9 +36,14 @@ final class SupervisorContext: Sendable {
         self.url = url
         self.logDirectory = logDirectory
         self.stopAgentsOnExit = stopAgentsOnExit
+        self.logSettings = logSettings
+        logs = LogRotation(interval: logSettings.checkInterval)
     }
 
-    func logPath(_ instance: String) -> String { "\(logDirectory)/\(instance).log" }
+    /// The output file of `instance`, started by this batond or an earlier one.
+    func log(_ instance: String) -> InstanceLog {
+        InstanceLog(path: "\(logDirectory)/\(instance).log", capBytes: logSettings.maxBytes)
+    }
 
     /// 256 random bits, hex: an instance's bearer token, held in memory and in the
     /// child's environment only.
@@ -45,15 +51,6 @@ final class SupervisorContext: Sendable {
         var generator = SystemRandomNumberGenerator()
         return (0..<32).map { _ in String(format: "%02x", UInt8.random(in: .min ... .max, using: &generator)) }.joined()
     }
-}
-
-final class OutputTails: Sendable {
-    private let tails = Mutex<[String: String]>([:])
-    subscript(instance: String) -> String? {
-        get { tails.withLock { $0[instance] } }
-        set { tails.withLock { $0[instance] = newValue } }
-    }
-    func removeValue(forKey instance: String) -> String? { tails.withLock { $0.removeValue(forKey: instance) } }
 }
 
 /// Counters for /metrics: handoffs by outcome, their gaps, restarts.
@@ -123,8 +120,9 @@ public final class Supervisor: Sendable {
     public let stats = SupervisorStats()
     let context: SupervisorContext
     private let runners: [String: AgentRunner]
-    /// Runners that have not yet re-adopted what the ledger says is live.
-    private let adoptingRunners: Mutex<Int>
+    /// Runners that have not yet re-adopted what the ledger says is live, and who waits
+    /// for them all.
+    private let adoption: Mutex<(remaining: Int, waiters: [CheckedContinuation<Void, Never>])>
 
     public init(config: BatondConfig, ledger: Ledger, socketPath: String, url: String?, logger: Logger) {
         registry = InstanceRegistry()
@@ -134,11 +132,12 @@ public final class Supervisor: Sendable {
         try? FileManager.default.createDirectory(atPath: config.stateDir + "/releases", withIntermediateDirectories: true)
         context = SupervisorContext(ledger: ledger, registry: registry, releases: ReleaseStore(stateDirectory: config.stateDir),
                                     handoffs: handoffs, stats: stats, logger: logger, socketPath: socketPath, url: url,
-                                    logDirectory: logDirectory, stopAgentsOnExit: config.stopAgentsOnExit)
+                                    logDirectory: logDirectory, logSettings: config.logs,
+                                    stopAgentsOnExit: config.stopAgentsOnExit)
         var runners: [String: AgentRunner] = [:]
         for agent in config.agents { runners[agent.name] = AgentRunner(config: agent, context: context) }
         self.runners = runners
-        adoptingRunners = Mutex(runners.count)
+        adoption = Mutex((runners.count, []))
         ledger.observeRecovery { [runners] in
             for runner in runners.values { runner.send(.ledgerRecovered) }
         }
@@ -147,16 +146,41 @@ public final class Supervisor: Sendable {
     public var releases: ReleaseStore { context.releases }
 
     /// Whether some agent has not yet re-adopted its live instances (batond just started).
-    public var isAdopting: Bool { adoptingRunners.withLock { $0 > 0 } }
+    public var isAdopting: Bool { adoption.withLock { $0.remaining > 0 } }
+
+    /// Returns once every agent re-adopted what an earlier batond left running (at once
+    /// when there was nothing): batond tells systemd it is ready only then.
+    public func adopted() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = adoption.withLock { state -> Bool in
+                guard state.remaining > 0 else { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    private func runnerAdopted() {
+        let waiters = adoption.withLock { state -> [CheckedContinuation<Void, Never>] in
+            state.remaining -= 1
+            guard state.remaining == 0 else { return [] }
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
 
     /// Runs every agent until `shutdown` has stopped them all.
     public func run() async {
+        context.logs.start()
         await withDiscardingTaskGroup { group in
             for runner in runners.values {
                 group.addTask { await runner.runLoop() }
-                runner.send(.boot(adopted: { [self] in adoptingRunners.withLock { $0 -= 1 } }))
+                runner.send(.boot(adopted: { [self] in runnerAdopted() }))
             }
         }
+        context.logs.stop()
     }
 
     /// batond stops: with `stop_agents_on_exit`, stops every agent the normal way and

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <grp.h>
 #include <signal.h>
 #include <stdio.h>
@@ -145,8 +146,8 @@ pid_t baton_parent_pid(pid_t pid) {
     return read_stat_fields(pid, &parent, NULL) == 0 ? parent : -1;
 }
 
-int baton_pipe_cloexec(int fds[2]) {
-    return pipe2(fds, O_CLOEXEC);
+int baton_collapse_front(int fd, long long length) {
+    return fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, 0, (off_t)length);
 }
 
 int baton_pidfd_open(pid_t pid) {

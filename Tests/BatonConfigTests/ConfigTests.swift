@@ -40,6 +40,8 @@ struct ConfigTests {
         #expect(config.listen == nil)
         #expect(config.http.maxBodyBytes == 1 << 20)
         #expect(config.http.maxWait == .seconds(300))
+        #expect(config.logs.maxBytes == 1 << 20)
+        #expect(config.logs.checkInterval == .seconds(1))
         #expect(config.agents.isEmpty)
     }
 
@@ -68,6 +70,10 @@ struct ConfigTests {
             [ledger]
             snapshot_every = 100
             retain_records = 200
+
+            [logs]
+            max_bytes = 65536
+            check_interval = "250ms"
 
             [agents.web]
             command = ["{release}/bin/web", "--port", "80"]
@@ -103,6 +109,8 @@ struct ConfigTests {
         #expect(config.http.probesOpen == false)
         #expect(config.ledger.snapshotEvery == 100)
         #expect(config.ledger.retainRecords == 200)
+        #expect(config.logs.maxBytes == 65536)
+        #expect(config.logs.checkInterval == .milliseconds(250))
         #expect(config.agents.map(\.name) == ["cron", "web"])
         let web = try #require(config.agents.last)
         #expect(web.command == ["{release}/bin/web", "--port", "80"])
@@ -187,6 +195,13 @@ struct ConfigTests {
     @Test(arguments: [("snapshot_every = 9", "ledger.snapshot_every"), ("retain_records = 1000001", "ledger.retain_records")])
     func ledgerCountsHaveRanges(_ line: String, _ key: String) throws {
         let failure = try #require(error("[ledger]\n\(line)\n"))
+        #expect(failure.description.hasPrefix("test.toml:2: \(key): must be between "), "\(failure)")
+    }
+
+    @Test(arguments: [("max_bytes = 4095", "logs.max_bytes"), ("max_bytes = 1073741825", "logs.max_bytes"),
+                      ("check_interval = \"99ms\"", "logs.check_interval"), ("check_interval = \"2h\"", "logs.check_interval")])
+    func logLimitsHaveRanges(_ line: String, _ key: String) throws {
+        let failure = try #require(error("[logs]\n\(line)\n"))
         #expect(failure.description.hasPrefix("test.toml:2: \(key): must be between "), "\(failure)")
     }
 

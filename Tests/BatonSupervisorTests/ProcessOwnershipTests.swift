@@ -93,7 +93,7 @@ struct ProcessHandleTests {
     /// SIGTERM, and children inherit that through exec).
     func sleeper() throws -> Int32 {
         let state = TemporaryDirectory("sleeper")
-        return try Processes.spawn(argv: ["/bin/sleep", "300"], environment: [:], logPath: state.file("log"),
+        return try Processes.spawn(argv: ["/bin/sleep", "300"], environment: [:], log: InstanceLog(path: state.file("log"), capBytes: 1 << 20),
                                    directory: nil, credentials: nil).pid
     }
 
@@ -130,7 +130,7 @@ struct ProcessHandleTests {
 
     @Test func aChildStaysAZombieUntilItsRunnerReapsIt() throws {
         let state = TemporaryDirectory("handles")
-        let child = try Processes.spawn(argv: ["/bin/sh", "-c", "exit 3"], environment: [:], logPath: state.file("child.log"),
+        let child = try Processes.spawn(argv: ["/bin/sh", "-c", "exit 3"], environment: [:], log: InstanceLog(path: state.file("child.log"), capBytes: 1 << 20),
                                         directory: nil, credentials: nil)
         let exited = DispatchSemaphore(value: 0)
         let status = Locked<BatonSupervisor.ExitStatus?>(nil)
@@ -151,8 +151,8 @@ struct ProcessHandleTests {
     func aReusedPidIsNeverAdopted() throws {
         let pid = try sleeper()
         let recordedStart = try #require(ProcessHandle.foreign(pid: pid)).startTime
-        #expect(ProcessHandle.adopted(pid: pid, startTime: recordedStart, spawned: true) != nil, "the recorded process itself")
-        #expect(ProcessHandle.adopted(pid: pid, startTime: recordedStart + 1, spawned: true) == nil, "another start time")
+        #expect(ProcessHandle.adopted(pid: pid, startTime: recordedStart, log: nil) != nil, "the recorded process itself")
+        #expect(ProcessHandle.adopted(pid: pid, startTime: recordedStart + 1, log: nil) == nil, "another start time")
         _ = end(pid, with: SIGKILL)
         // Start times count clock ticks (10 ms): a stranger started within the same tick
         // would look the same. A real reuse comes after a whole turn of the pid space;
@@ -160,7 +160,7 @@ struct ProcessHandleTests {
         usleep(30_000)
 
         let stranger = try #require(try sleeper(reusing: pid), "the kernel did not hand out pid \(pid) again")
-        #expect(ProcessHandle.adopted(pid: stranger, startTime: recordedStart, spawned: true) == nil,
+        #expect(ProcessHandle.adopted(pid: stranger, startTime: recordedStart, log: nil) == nil,
                 "the process that reused pid \(pid) was adopted")
         _ = end(stranger, with: SIGKILL)
     }

@@ -564,7 +564,7 @@ struct ProbeAgentTests {
         chmod(state.path, 0o711)
         let bin = "\(state.path)/releases/low/1.0/bin"
         try FileManager.default.createDirectory(atPath: bin, withIntermediateDirectories: true)
-        try "#!/bin/sh\nexec sleep 60\n".write(toFile: "\(bin)/low", atomically: true, encoding: .utf8)
+        try "#!/bin/sh\necho low out\necho low err >&2\nexec sleep 60\n".write(toFile: "\(bin)/low", atomically: true, encoding: .utf8)
         chmod("\(bin)/low", 0o755)
         symlink("1.0", "\(state.path)/releases/low/current")
         let daemon = try BatondProcess(state: state, configText: """
@@ -586,6 +586,12 @@ struct ProbeAgentTests {
         let gid = status.split(separator: "\n").first { $0.hasPrefix("Gid:") }.map(String.init) ?? ""
         #expect(uid.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().allSatisfy { $0 == "65534" }, "\(uid)")
         #expect(gid.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().allSatisfy { $0 == "65534" }, "\(gid)")
+        // It writes its log through the descriptor batond opened: the file stays
+        // batond's (0640), which the agent's user could not open itself.
+        let log = state.file("logs/low.1.log")
+        try waitUntil(timeout: 10) { (try? String(contentsOfFile: log, encoding: .utf8)) == "low out\nlow err\n" }
+        var info = stat()
+        #expect(stat(log, &info) == 0 && info.st_uid == getuid() && info.st_mode & 0o777 == 0o640)
         daemon.stop()
     }
 

@@ -88,7 +88,7 @@ struct ReadoptionTests {
         let before = try pids(first)
         #expect(first.stop() == 0)
         #expect(before.allSatisfy(alive), "batond's stop stopped its agent")
-        #expect(!agents.log().contains { $0.event == "stop-received" || $0.event == "term" })
+        #expect(!agents.log().contains { $0.event == "stop-received" || $0.event == "term" }, "\(agents.log())\n\(first.log)")
 
         let second = try restart(agents)
         defer { second.stop() }

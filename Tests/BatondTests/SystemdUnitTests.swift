@@ -25,7 +25,7 @@ struct SystemdUnitTests {
     @Test func theServiceIsHardenedAndNotifies() throws {
         let text = try String(contentsOfFile: Products.packageRoot + "/systemd/batond.service", encoding: .utf8)
         for line in ["Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "StateDirectory=baton",
-                     "RestartPreventExitStatus=64 78"] {
+                     "RestartPreventExitStatus=64 78", "KillMode=process"] {
             #expect(text.split(separator: "\n").contains(Substring(line)), "missing \(line)")
         }
     }

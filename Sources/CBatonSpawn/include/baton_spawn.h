@@ -6,7 +6,8 @@
 #include <sys/types.h>
 
 /// Starts `path` with `argv` and `envp` (NULL-terminated) in a new process group,
-/// stdin from /dev/null, stdout and stderr to `output_fd`, every signal disposition
+/// stdin from /dev/null, stdout and stderr to `output_fd` (batond passes the
+/// instance's log file, opened O_APPEND), every signal disposition
 /// and the signal mask reset to defaults, in `directory` (or the current one when
 /// NULL). When `set_ids` is non-zero the child drops to `gid` (with its supplementary
 /// groups from `user_name`, when given) and `uid` before exec.
@@ -23,8 +24,12 @@ unsigned long long baton_process_start_time(pid_t pid);
 /// The parent pid of a process (from /proc/PID/stat), or -1.
 pid_t baton_parent_pid(pid_t pid);
 
-/// pipe2(fds, O_CLOEXEC): a GNU call Swift's Glibc module does not show.
-int baton_pipe_cloexec(int fds[2]);
+/// Removes the first `length` bytes of the file `fd` in place, atomically with respect
+/// to appending writers (fallocate FALLOC_FL_COLLAPSE_RANGE): what followed them moves
+/// to offset 0. `length` must be a multiple of the file system's block size and end
+/// before the end of the file. 0, or -1 with errno (EOPNOTSUPP where the file system
+/// cannot: tmpfs, btrfs, ext4 without extents).
+int baton_collapse_front(int fd, long long length);
 
 /// A pidfd for any process (not only a child): readable once it exits. -1 on error.
 int baton_pidfd_open(pid_t pid);
