@@ -818,11 +818,11 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         // Those on their way out go on; a resumed handoff drives its own.
         var placed: Set<String> = []
         if case .handingOff(let run) = state { placed = Set(run.roles.values) }
-        for id in instances.keys.sorted() {
+        for id in instances.keys.sorted() where !armed.contains(.escalate(id)) {
             guard let instance = instances[id], instance.leaving != nil else { continue }
             if instance.stopped {
                 expectExit(id)
-            } else if !placed.contains(id) && !armed.contains(.escalate(id)) {
+            } else if !placed.contains(id) {
                 arm(.escalate(id), settings.timeouts.stop)
             }
         }

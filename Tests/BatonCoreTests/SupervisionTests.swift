@@ -268,6 +268,135 @@ struct SupervisionTests {
         for state in Fixture.allCases { #expect(name(state.machine().state).hasPrefix(state.rawValue)) }
     }
 
+    // MARK: - Adoption: the table of Supervision.adopt, row by row
+
+    struct Adoption: Sendable, CustomTestStringConvertible {
+        let name: String
+        var current = "v1"
+        let instances: [Machine.AdoptedInstance]
+        var phase: Handoff.Phase?
+        var mode = Handoff.Mode.parallel
+        let actions: [A]
+        let after: String
+        var testDescription: String { name }
+    }
+
+    typealias I = Machine.AdoptedInstance
+    static func o(_ signal: AgentSignal = .go, stopped: Bool = false, alive: Bool = true) -> I {
+        I(id: "o", version: "v1", signal: signal, heldGo: signal != .wait, ready: true, stopped: stopped, role: .old, alive: alive)
+    }
+    static func s(ready: Bool = true, alive: Bool = true) -> I {
+        I(id: "s", version: "v2", signal: .wait, ready: ready, role: .successor, alive: alive)
+    }
+    static func p(ready: Bool = true, alive: Bool = true) -> I {
+        I(id: "p", version: "v1", signal: .wait, ready: ready, role: .previous, alive: alive)
+    }
+    static let abortedError = "the successor failed; batond restarted before it was stopped"
+    static let notRevertedError = "the successor failed, and the previous release was not running again"
+
+    static let adoptions: [Adoption] = [
+        Adoption(name: "stopping_first, O alive and not told stop yet: it is told stop now", instances: [o()], phase: .stoppingFirst,
+                 mode: .sequential, actions: [.signal("o", .stop), .startTimer(.handoff(.stop), t.stop)], after: "handingOff(stopping_first)"),
+        Adoption(name: "stopping_first, O alive and told stop: wait for it", instances: [o(.stop)], phase: .stoppingFirst, mode: .sequential,
+                 actions: [.startTimer(.handoff(.stop), t.stop)], after: "handingOff(stopping_first)"),
+        Adoption(name: "stopping_first, O gone: the successor starts", instances: [o(alive: false)], phase: .stoppingFirst, mode: .sequential,
+                 actions: [.record(.handoffPhase(.spawning)), .spawn(Fixture.successor2)], after: "handingOff(spawning)"),
+        Adoption(name: "stopping_old, O told stop, S ready: wait for O, then commit", instances: [o(.stop), s()], phase: .stoppingOld,
+                 actions: [.startTimer(.handoff(.stop), t.stop)], after: "handingOff(stopping_old)"),
+        Adoption(name: "waiting_ready, O works, S ready: O is told stop", instances: [o(), s()], phase: .waitingReady,
+                 actions: [.record(.handoffPhase(.stoppingOld)), .signal("o", .stop), .startTimer(.handoff(.stop), t.stop)],
+                 after: "handingOff(stopping_old)"),
+        Adoption(name: "waiting_ready, O gone, S ready: commit now", instances: [o(alive: false), s()], phase: .waitingReady,
+                 actions: [.commit(version: "v2"), .signal("s", .go), .record(.handoffEnded(.committed, error: nil))], after: "working(s)"),
+        Adoption(name: "stopping_old, O reported stopped, S ready: commit now", instances: [o(.stop, stopped: true), s()], phase: .stoppingOld,
+                 actions: [.commit(version: "v2"), .signal("s", .go), .record(.handoffEnded(.committed, error: nil)),
+                           .startTimer(.escalate("o"), t.kill)],
+                 after: "working(s)"),
+        Adoption(name: "waiting_ready, O works, S not ready: S goes, O keeps go", instances: [o(), s(ready: false)], phase: .waitingReady,
+                 actions: [.terminate("s"), .startTimer(.escalate("s"), t.kill), .record(.handoffEnded(.cancelled, error: nil))],
+                 after: "working(o)"),
+        Adoption(name: "spawning, O works, S spawned: S goes, O keeps go", instances: [o(), s(ready: false)], phase: .spawning,
+                 actions: [.terminate("s"), .startTimer(.escalate("s"), t.kill), .record(.handoffEnded(.cancelled, error: nil))],
+                 after: "working(o)"),
+        Adoption(name: "stopping_old, O told stop, S gone: current starts, go once O is gone", instances: [o(.stop), s(alive: false)],
+                 phase: .stoppingOld,
+                 actions: [.record(.handoffEnded(.cancelled, error: nil)), .startTimer(.escalate("o"), t.stop), .spawn(Fixture.start1)],
+                 after: "starting(v1, -)"),
+        Adoption(name: "aborting_successor, O works: S goes, O keeps go", instances: [o(), s(ready: false)], phase: .abortingSuccessor,
+                 actions: [.terminate("s"), .startTimer(.escalate("s"), t.kill), .recordError(abortedError, instance: "s"),
+                           .record(.handoffEnded(.failed, error: abortedError))],
+                 after: "working(o)"),
+        Adoption(name: "aborting_successor, sequential, O gone: current starts", instances: [o(alive: false), s(ready: false)],
+                 phase: .abortingSuccessor, mode: .sequential,
+                 actions: [.terminate("s"), .startTimer(.escalate("s"), t.kill), .recordError(abortedError, instance: "s"),
+                           .record(.handoffEnded(.failed, error: abortedError)), .spawn(Fixture.start1)],
+                 after: "starting(v1, -)"),
+        Adoption(name: "reverting_ready, P ready: P gets go", instances: [o(alive: false), p()], phase: .revertingReady, mode: .sequential,
+                 actions: [.record(.handoffPhase(.reverted)), .signal("p", .go), .record(.handoffEnded(.reverted, error: nil))],
+                 after: "working(p)"),
+        Adoption(name: "reverting_ready, P not ready: wait for it", instances: [o(alive: false), p(ready: false)], phase: .revertingReady,
+                 mode: .sequential, actions: [.startTimer(.handoff(.ready), t.ready)], after: "handingOff(reverting_ready)"),
+        Adoption(name: "reverting_spawn, P gone: current starts", instances: [o(alive: false)], phase: .revertingSpawn, mode: .sequential,
+                 actions: [.recordError(notRevertedError, instance: nil), .record(.handoffEnded(.failed, error: notRevertedError)),
+                           .spawn(Fixture.start1)],
+                 after: "starting(v1, -)"),
+        Adoption(name: "committed, only the end not recorded: S gets go", current: "v2", instances: [o(alive: false), s()], phase: .committed,
+                 actions: [.record(.handoffEnded(.committed, error: nil)), .signal("s", .go)], after: "working(s)"),
+        Adoption(name: "no handoff, one works: it keeps go", instances: [o()], actions: [], after: "working(o)"),
+        Adoption(name: "no handoff, nothing alive: current starts at once", instances: [o(alive: false)], actions: [.spawn(Fixture.start1)],
+                 after: "starting(v1, -)"),
+        Adoption(name: "no handoff, a start not ready yet: it goes on, with a new deadline",
+                 instances: [I(id: "c", version: "v1", signal: .wait, ready: false)],
+                 actions: [.startTimer(.ready("c"), t.ready)], after: "starting(v1, c)"),
+        Adoption(name: "no handoff, a stray child of another release: it goes",
+                 instances: [o(), I(id: "c", version: "v0", signal: .wait, ready: false)],
+                 actions: [.terminate("c"), .startTimer(.escalate("c"), t.kill)], after: "working(o)"),
+        Adoption(name: "no handoff, two recorded in go: the one of current keeps it",
+                 instances: [I(id: "a", version: "v0", signal: .go, ready: true), I(id: "b", version: "v1", signal: .go, ready: true)],
+                 actions: [.signal("a", .stop), .startTimer(.escalate("a"), t.stop)], after: "working(b)"),
+        Adoption(name: "no handoff, a registered one ready beside one that works: it takes over",
+                 instances: [o(), I(id: "r", version: "r0", registered: true, signal: .wait, ready: true)],
+                 actions: [.record(.handoffBegan(from: "v1", to: "r0", mode: .parallel)), .record(.handoffPhase(.spawning)),
+                           .record(.handoffPhase(.waitingReady)), .startTimer(.handoff(.ready), t.ready), .cancelTimer(.handoff(.ready)),
+                           .record(.handoffPhase(.stoppingOld)), .signal("o", .stop), .startTimer(.handoff(.stop), t.stop)],
+                 after: "handingOff(stopping_old)"),
+    ]
+
+    @Test(arguments: adoptions)
+    func adoption(_ row: Adoption) {
+        var machine = Machine(settings: Fixture.settings, clock: ManualClock())
+        let interrupted = row.phase.map { Machine.InterruptedHandoff(mode: row.mode, from: "v1", to: "v2", phase: $0) }
+        let actions = machine.handle(.boot(current: row.current, instances: row.instances, handoff: interrupted))
+        #expect(actions == row.actions)
+        #expect(name(machine.state) == row.after)
+    }
+
+    /// The old instance told stop before batond died, the successor ready: once the old
+    /// one reports stopped, the successor commits and gets go.
+    @Test func anInterruptedStopFinishesWithTheCommit() {
+        var machine = Machine(settings: Fixture.settings, clock: ManualClock())
+        _ = machine.handle(.boot(current: "v1", instances: [Self.o(.stop), Self.s()],
+                                 handoff: .init(mode: .parallel, from: "v1", to: "v2", phase: .stoppingOld)))
+        #expect(machine.handle(.stopped("o")) == [.startTimer(.escalate("o"), Self.t.kill), .cancelTimer(.handoff(.stop)),
+                                                  .commit(version: "v2"), .signal("s", .go), .record(.handoffEnded(.committed, error: nil))])
+        #expect(name(machine.state) == "working(s)")
+    }
+
+    /// batond died while stopping every agent: the one that worked was told stop and may
+    /// still finish its work. The current release starts at once, and gets go only once
+    /// that one is gone.
+    @Test func goWaitsForOneToldStopBeforeTheRestart() {
+        var machine = Machine(settings: Fixture.settings, clock: ManualClock())
+        let x = I(id: "x", version: "v1", signal: .stop, heldGo: true, ready: true)
+        #expect(machine.handle(.boot(current: "v1", instances: [x], handoff: nil))
+            == [.startTimer(.escalate("x"), Self.t.stop), .spawn(Fixture.start1)])
+        _ = machine.handle(.spawned("a.1", Fixture.start1))
+        #expect(machine.handle(.ready("a.1")) == [.cancelTimer(.ready("a.1"))])
+        #expect(machine.awaitingGo == "a.1")
+        #expect(machine.handle(.exited("x", description: "exit 0")) == [.cancelTimer(.escalate("x")), .signal("a.1", .go)])
+        #expect(machine.holder == "a.1")
+    }
+
     // MARK: - Backoff
 
     /// Each quick death doubles the wait before the next start, from 1 s to 60 s; a
