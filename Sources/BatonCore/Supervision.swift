@@ -783,7 +783,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
     /// | reverting_spawn, reverting_ready | P gone, or another works | failed: P (if alive) is terminated; the one that works keeps go, else the current release starts |
     /// | committed, failed, reverted, cancelled | (only the end was not recorded) | the end is recorded; instances as below |
     ///
-    /// Instances outside the handoff: one alive with go recorded keeps it (if two were,
+    /// The instance that holds go is the handoff's old one, even if the ledger lost that
+    /// role. Instances outside the handoff: one alive with go recorded keeps it (if two were,
     /// the one that is O, or runs current, keeps it and the other is told stop); one told
     /// stop, or that reported stopped, goes on to its exit; a registered one that was
     /// ready takes its turn as if it reported ready now; one of the current release that
