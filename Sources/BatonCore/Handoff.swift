@@ -141,6 +141,26 @@ public struct Handoff: Sendable, Equatable {
         self.phase = mode == .sequential && hasOld ? .stoppingFirst : .spawning
     }
 
+    /// A handoff that batond's death interrupted, taken up again at `phase` (the last one
+    /// the ledger recorded) with the processes the checks found alive. Its timers are not
+    /// running: whoever resumes it arms the one its phase waits on.
+    public init(mode: Mode, timeouts: Timeouts, resuming phase: Phase, hadOld: Bool, oldAlive: Bool,
+                successorAlive: Bool, previousAlive: Bool) {
+        self.mode = mode
+        self.timeouts = timeouts
+        self.hadOld = hadOld
+        self.phase = phase
+        self.oldAlive = oldAlive
+        self.successorAlive = successorAlive
+        self.previousAlive = previousAlive
+        self.hadBegun = true
+        switch phase {
+        case .stoppingFirst, .stoppingOld: escalation = 1
+        case .spawning, .waitingReady, .abortingSuccessor, .revertingSpawn, .revertingReady,
+             .committed, .failed, .reverted, .cancelled: escalation = 0
+        }
+    }
+
     public var isFinished: Bool { phase.isFinal }
 
     /// A handoff a previous batond left in flight, taken up again at `phase` (its last
@@ -163,7 +183,14 @@ public struct Handoff: Sendable, Equatable {
     public mutating func handle(_ event: Event) -> [Action] {
         switch (phase, event) {
         // Final phases take nothing more.
-        case (.committed, _), (.failed, _), (.reverted, _), (.cancelled, _):
+        case (.committed, .begin), (.committed, .spawned), (.committed, .spawnFailed), (.committed, .ready),
+             (.committed, .reportedFailure), (.committed, .stopped), (.committed, .exited), (.committed, .timeout), (.committed, .cancel),
+             (.failed, .begin), (.failed, .spawned), (.failed, .spawnFailed), (.failed, .ready),
+             (.failed, .reportedFailure), (.failed, .stopped), (.failed, .exited), (.failed, .timeout), (.failed, .cancel),
+             (.reverted, .begin), (.reverted, .spawned), (.reverted, .spawnFailed), (.reverted, .ready),
+             (.reverted, .reportedFailure), (.reverted, .stopped), (.reverted, .exited), (.reverted, .timeout), (.reverted, .cancel),
+             (.cancelled, .begin), (.cancelled, .spawned), (.cancelled, .spawnFailed), (.cancelled, .ready),
+             (.cancelled, .reportedFailure), (.cancelled, .stopped), (.cancelled, .exited), (.cancelled, .timeout), (.cancelled, .cancel):
             return []
 
         // batond stops: whatever the phase, the handoff ends without blame, and neither
@@ -173,7 +200,8 @@ public struct Handoff: Sendable, Equatable {
             phase = .cancelled
             return [.cancelTimer(.ready), .cancelTimer(.stop), .cancelTimer(.kill), .end(.cancelled, error: nil)]
 
-        case (_, .begin):
+        // Only the first phase begins, once.
+        case (.stoppingFirst, .begin), (.spawning, .begin):
             guard !hadBegun else { return [] }
             hadBegun = true
             if phase == .stoppingFirst {
@@ -181,6 +209,9 @@ public struct Handoff: Sendable, Equatable {
                 return [.recordPhase(.stoppingFirst), .signalStop(.old), .startTimer(.stop, timeouts.stop)]
             }
             return [.recordPhase(.spawning), .spawn(.successor)]
+        case (.waitingReady, .begin), (.stoppingOld, .begin), (.abortingSuccessor, .begin), (.revertingSpawn, .begin),
+             (.revertingReady, .begin):
+            return [] // begun long ago
 
         // MARK: Sequential: stop the old one first
         case (.stoppingFirst, .stopped(.old)), (.stoppingFirst, .exited(.old, _)):
@@ -193,6 +224,10 @@ public struct Handoff: Sendable, Equatable {
             return [.terminate(.old), .startTimer(.kill, timeouts.kill)]
         case (.stoppingFirst, .timeout(.kill)):
             return [.kill(.old)]
+        case (.stoppingFirst, .spawned), (.stoppingFirst, .spawnFailed), (.stoppingFirst, .ready), (.stoppingFirst, .reportedFailure),
+             (.stoppingFirst, .stopped(.successor)), (.stoppingFirst, .stopped(.previous)),
+             (.stoppingFirst, .exited(.successor, _)), (.stoppingFirst, .exited(.previous, _)), (.stoppingFirst, .timeout(.ready)):
+            return [] // nothing else runs yet; the old one's reports no longer count
 
         // MARK: Starting the successor
         case (.spawning, .spawned(.successor)):
@@ -211,6 +246,11 @@ public struct Handoff: Sendable, Equatable {
             // Not asked to stop, yet it stopped: it no longer works either way.
             oldAlive = false
             return []
+        case (.spawning, .spawned(.old)), (.spawning, .spawned(.previous)), (.spawning, .spawnFailed(.old, _)),
+             (.spawning, .spawnFailed(.previous, _)), (.spawning, .ready), (.spawning, .reportedFailure),
+             (.spawning, .stopped(.successor)), (.spawning, .stopped(.previous)), (.spawning, .exited(.successor, _)),
+             (.spawning, .exited(.previous, _)), (.spawning, .timeout):
+            return [] // the successor is not started yet; no timer runs
 
         // MARK: Waiting for the successor to be ready
         case (.waitingReady, .ready(.successor)):
@@ -230,6 +270,16 @@ public struct Handoff: Sendable, Equatable {
         case (.waitingReady, .timeout(.ready)):
             failure = "not ready within \(timeouts.ready)"
             return abortSuccessor()
+        case (.waitingReady, .stopped(.successor)):
+            // It says it is done before it ever worked: it never will.
+            failure = "stopped before it was ready"
+            return [.cancelTimer(.ready)] + abortSuccessor()
+        case (.waitingReady, .spawned), (.waitingReady, .spawnFailed), (.waitingReady, .ready(.old)), (.waitingReady, .ready(.previous)),
+             (.waitingReady, .reportedFailure(.old, _)), (.waitingReady, .reportedFailure(.previous, _)),
+             (.waitingReady, .stopped(.previous)), (.waitingReady, .exited(.previous, _)),
+             (.waitingReady, .timeout(.stop)), (.waitingReady, .timeout(.kill)):
+            return [] // reports that do not count here, timers not running
+
 
         // MARK: Stopping the old instance
         case (.stoppingOld, .stopped(.old)), (.stoppingOld, .exited(.old, _)):
@@ -248,10 +298,20 @@ public struct Handoff: Sendable, Equatable {
             successorAlive = false
             failure = "exited while the old instance was stopping (\(description))"
             return []
+        case (.stoppingOld, .stopped(.successor)):
+            // It will not work: nothing to hand to. It still runs, and must exit.
+            successorAlive = false
+            failure = "stopped while the old instance was stopping"
+            return [.terminate(.successor)]
         case (.stoppingOld, .reportedFailure(.successor, let reason)):
             // Too late to report a failed self-check: it already said it was ready.
             failure = "reported failure after ready: \(reason)"
             return []
+        case (.stoppingOld, .spawned), (.stoppingOld, .spawnFailed), (.stoppingOld, .ready),
+             (.stoppingOld, .reportedFailure(.old, _)), (.stoppingOld, .reportedFailure(.previous, _)),
+             (.stoppingOld, .stopped(.previous)), (.stoppingOld, .exited(.previous, _)),
+             (.stoppingOld, .timeout(.ready)):
+            return [] // duplicates and reports that no longer count
 
         // MARK: Aborting a failed successor
         case (.abortingSuccessor, .exited(.successor, _)):
@@ -262,6 +322,11 @@ public struct Handoff: Sendable, Equatable {
         case (.abortingSuccessor, .exited(.old, _)), (.abortingSuccessor, .stopped(.old)):
             oldAlive = false
             return []
+        case (.abortingSuccessor, .spawned), (.abortingSuccessor, .spawnFailed), (.abortingSuccessor, .ready),
+             (.abortingSuccessor, .reportedFailure), (.abortingSuccessor, .stopped(.successor)),
+             (.abortingSuccessor, .stopped(.previous)), (.abortingSuccessor, .exited(.previous, _)),
+             (.abortingSuccessor, .timeout(.ready)), (.abortingSuccessor, .timeout(.stop)):
+            return [] // a ready too late does not save it; only its exit counts
 
         // MARK: Sequential fallback
         case (.revertingSpawn, .spawned(.previous)):
@@ -271,6 +336,10 @@ public struct Handoff: Sendable, Equatable {
         case (.revertingSpawn, .spawnFailed(.previous, let reason)):
             failure = (failure.map { $0 + "; " } ?? "") + "the previous release did not start: \(reason)"
             return finishFailure()
+        case (.revertingSpawn, .spawned(.old)), (.revertingSpawn, .spawned(.successor)), (.revertingSpawn, .spawnFailed(.old, _)),
+             (.revertingSpawn, .spawnFailed(.successor, _)), (.revertingSpawn, .ready), (.revertingSpawn, .reportedFailure),
+             (.revertingSpawn, .stopped), (.revertingSpawn, .exited), (.revertingSpawn, .timeout):
+            return [] // the old one and the successor are gone; no timer runs
         case (.revertingReady, .ready(.previous)):
             phase = .reverted
             return [.cancelTimer(.ready), .recordPhase(.reverted), .signalGo(.previous), .end(.reverted, error: failure)]
@@ -281,15 +350,18 @@ public struct Handoff: Sendable, Equatable {
             previousAlive = false
             failure = (failure.map { $0 + "; " } ?? "") + "the previous release exited too (\(description))"
             return [.cancelTimer(.ready)] + finishFailure()
+        case (.revertingReady, .stopped(.previous)):
+            failure = (failure.map { $0 + "; " } ?? "") + "the previous release stopped too"
+            return [.cancelTimer(.ready), .terminate(.previous)] + finishFailure()
         case (.revertingReady, .timeout(.ready)):
             failure = (failure.map { $0 + "; " } ?? "") + "the previous release was not ready either"
             return [.terminate(.previous)] + finishFailure()
-
-        // Everything else is stale or impossible here: a timer that fired after it was
-        // cancelled, a report from an instance that no longer counts, a duplicate.
-        case (.stoppingFirst, _), (.spawning, _), (.waitingReady, _), (.stoppingOld, _),
-             (.abortingSuccessor, _), (.revertingSpawn, _), (.revertingReady, _):
-            return []
+        case (.revertingReady, .spawned), (.revertingReady, .spawnFailed), (.revertingReady, .ready(.old)),
+             (.revertingReady, .ready(.successor)), (.revertingReady, .reportedFailure(.old, _)),
+             (.revertingReady, .reportedFailure(.successor, _)), (.revertingReady, .stopped(.old)), (.revertingReady, .stopped(.successor)),
+             (.revertingReady, .exited(.old, _)), (.revertingReady, .exited(.successor, _)),
+             (.revertingReady, .timeout(.stop)), (.revertingReady, .timeout(.kill)):
+            return [] // only the previous release counts now
         }
     }
 

@@ -81,6 +81,20 @@ struct HandoffTests {
             (.exited(.successor, description: "exit 70"), []),
             (.stopped(.old), [.cancelTimer(.stop), .cancelTimer(.kill), .end(.failed, error: "exited while the old instance was stopping (exit 70)")]),
         ], final: .failed),
+        Path(name: "parallel: the successor reports stopped before it was ready", mode: .parallel, hasOld: true, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.stopped(.successor), [.cancelTimer(.ready), .recordPhase(.abortingSuccessor), .terminate(.successor), .startTimer(.kill, t.kill)]),
+            (.ready(.successor), []),
+            (.exited(.successor, description: "exit 0"), [.cancelTimer(.kill), .end(.failed, error: "stopped before it was ready")]),
+        ], final: .failed),
+        Path(name: "parallel: the successor reports stopped while the old one stops", mode: .parallel, hasOld: true, steps: [
+            (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
+            (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
+            (.ready(.successor), [.cancelTimer(.ready), .recordPhase(.stoppingOld), .signalStop(.old), .startTimer(.stop, t.stop)]),
+            (.stopped(.successor), [.terminate(.successor)]),
+            (.stopped(.old), [.cancelTimer(.stop), .cancelTimer(.kill), .end(.failed, error: "stopped while the old instance was stopping")]),
+        ], final: .failed),
         Path(name: "sequential: stop first, then start, commit", mode: .sequential, hasOld: true, steps: [
             (.begin, [.recordPhase(.stoppingFirst), .signalStop(.old), .startTimer(.stop, t.stop)]),
             (.stopped(.old), [.cancelTimer(.stop), .cancelTimer(.kill), .recordPhase(.spawning), .spawn(.successor)]),
@@ -96,6 +110,15 @@ struct HandoffTests {
             (.ready(.previous), [.cancelTimer(.ready), .recordPhase(.reverted), .signalGo(.previous),
                                  .end(.reverted, error: "exited before it was ready (exit 2)")]),
         ], final: .reverted),
+        Path(name: "sequential: the previous release stops instead of working", mode: .sequential, hasOld: true, steps: [
+            (.begin, [.recordPhase(.stoppingFirst), .signalStop(.old), .startTimer(.stop, t.stop)]),
+            (.stopped(.old), [.cancelTimer(.stop), .cancelTimer(.kill), .recordPhase(.spawning), .spawn(.successor)]),
+            (.spawnFailed(.successor, reason: "exec failed"), [.recordPhase(.revertingSpawn), .spawn(.previous)]),
+            (.spawned(.previous), [.recordPhase(.revertingReady), .startTimer(.ready, t.ready)]),
+            (.stopped(.previous), [.cancelTimer(.ready), .terminate(.previous),
+                                   .end(.failed, error: "exec failed; the previous release stopped too")]),
+            (.ready(.previous), []),
+        ], final: .failed),
         Path(name: "sequential: old ignores stop", mode: .sequential, hasOld: true, steps: [
             (.begin, [.recordPhase(.stoppingFirst), .signalStop(.old), .startTimer(.stop, t.stop)]),
             (.timeout(.stop), [.terminate(.old), .startTimer(.kill, t.kill)]),
@@ -175,6 +198,44 @@ struct HandoffTests {
         #expect(handoff.isFinished)
         let late: [E] = [.begin, .ready(.successor), .timeout(.kill), .exited(.successor, description: "x"), .stopped(.old), .cancel]
         for event in late { #expect(handoff.handle(event).isEmpty) }
+    }
+
+    static let everyEvent: [E] = [.begin, .cancel] + Handoff.Timer.allCases.map { .timeout($0) }
+        + [Handoff.Role.old, .successor, .previous].flatMap { role -> [E] in
+            [.spawned(role), .spawnFailed(role, reason: "x"), .ready(role), .reportedFailure(role, reason: "x"), .stopped(role),
+             .exited(role, description: "x")]
+        }
+    static let everyPhase: [Handoff.Phase] = [.stoppingFirst, .spawning, .waitingReady, .stoppingOld, .abortingSuccessor,
+                                              .revertingSpawn, .revertingReady, .committed, .failed, .reverted, .cancelled]
+
+    /// Every phase × every event is a cell: each answers, a final phase with nothing, and
+    /// go goes only to the one whose turn it is.
+    @Test(arguments: [Handoff.Mode.parallel, .sequential])
+    func everyCellAnswers(mode: Handoff.Mode) {
+        for phase in Self.everyPhase {
+            for event in Self.everyEvent {
+                var handoff = Handoff(mode: mode, timeouts: Self.t, resuming: phase, hadOld: true, oldAlive: true,
+                                      successorAlive: true, previousAlive: true)
+                let actions = handoff.handle(event)
+                if phase.isFinal { #expect(actions.isEmpty && handoff.phase == phase, "\(phase) × \(event)") }
+                if actions.contains(.signalGo(.successor)) { #expect(event == .ready(.successor) || event == .stopped(.old) || event == .exited(.old, description: "x")) }
+                if actions.contains(.signalGo(.previous)) { #expect(event == .ready(.previous)) }
+            }
+        }
+    }
+
+    /// A handoff taken up again after batond's death goes on from its phase.
+    @Test func aResumedHandoffGoesOnFromItsPhase() {
+        var stopping = Handoff(mode: .parallel, timeouts: Self.t, resuming: .stoppingOld, hadOld: true, oldAlive: true,
+                               successorAlive: true, previousAlive: false)
+        #expect(stopping.handle(.begin).isEmpty)
+        #expect(stopping.handle(.timeout(.stop)) == [.terminate(.old), .startTimer(.kill, Self.t.kill)])
+        #expect(stopping.handle(.exited(.old, description: "signal 15"))
+            == [.cancelTimer(.stop), .cancelTimer(.kill), .commit, .signalGo(.successor), .end(.committed, error: nil)])
+        var reverting = Handoff(mode: .sequential, timeouts: Self.t, resuming: .revertingReady, hadOld: true, oldAlive: false,
+                                successorAlive: false, previousAlive: true)
+        #expect(reverting.handle(.ready(.previous))
+            == [.cancelTimer(.ready), .recordPhase(.reverted), .signalGo(.previous), .end(.reverted, error: nil)])
     }
 
     @Test func staleTimersAreIgnored() {

@@ -1,0 +1,350 @@
+import BatonCore
+import Foundation
+import Testing
+
+/// SplitMix64: a seeded generator, so a failing walk can be replayed from its seed.
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Supervision and its handoffs under random events: reports out of order, exits at any
+/// time, timers, desired versions, registrations, shutdowns, and batond killed in the
+/// middle of a step and started again over the instances that outlived it (adoption).
+/// The world below plays the processes and the ledger; after every step it checks:
+/// - at most one instance holds go (told go, and not since reported stopped or exited);
+/// - a commit comes only after the successor reported ready and the old one is gone;
+/// - no action addresses an instance that exited.
+@Suite("supervision random walk")
+struct SupervisionWalkTests {
+    typealias E = Machine.Event
+    typealias A = Machine.Action
+
+    struct Process {
+        var version: String
+        var registered: Bool
+        var alive = true
+        var ready = false
+        var stopped = false
+        var signal: AgentSignal = .wait
+        var heldGo = false
+        /// batond sent TERM or KILL: it exits soon.
+        var dying = false
+    }
+
+    /// What runs, and what the ledger holds, whatever becomes of batond.
+    struct World {
+        var rng: SeededGenerator
+        let seed: UInt64
+        let clock = ManualClock()
+        var machine: Machine
+        var processes: [String: Process] = [:]
+        var holders: Set<String> = []
+        var armed: [Machine.TimerKey: Duration] = [:]
+        var awaitedSpawn: Machine.Spawn?
+        var spawns = 0
+        var registrations = 0
+        var steps = 0
+        var restarts = 0
+        var commits = 0
+        // The ledger's view.
+        var current: String? = "v1"
+        var began: Machine.Note?
+        var phase: Handoff.Phase?
+        var roles: [Handoff.Role: String] = [:]
+        /// Processes that died while batond was down: the ledger still says live.
+        var diedWhileDown: Set<String> = []
+
+        /// Set BATON_WALK_TRACE to a world's seed to see its every step.
+        var trace: Bool
+
+        init(seed: UInt64) {
+            trace = ProcessInfo.processInfo.environment["BATON_WALK_TRACE"] == String(seed)
+            self.seed = seed
+            rng = SeededGenerator(state: seed)
+            machine = Machine(settings: Fixture.settings, clock: clock)
+        }
+
+        var alive: [String] { processes.keys.filter { processes[$0]!.alive }.sorted() }
+
+        mutating func pick<T>(_ items: [T]) -> T? {
+            items.isEmpty ? nil : items[Int.random(in: 0..<items.count, using: &rng)]
+        }
+
+        mutating func chance(_ p: Double) -> Bool { Double.random(in: 0..<1, using: &rng) < p }
+
+        // MARK: Steps
+
+        mutating func step() {
+            steps += 1
+            if let spawn = awaitedSpawn {
+                awaitedSpawn = nil
+                if chance(0.9) {
+                    spawns += 1
+                    let id = "i.\(spawns)"
+                    processes[id] = Process(version: spawn.version, registered: false)
+                    return feed(.spawned(id, spawn))
+                }
+                return feed(.spawnFailed(spawn, reason: "exec failed"))
+            }
+            if chance(0.01) { return crash() }
+            if chance(0.004) { return shutdown(stopAgents: chance(0.5)) }
+            feed(randomEvent())
+            if machine.isFinished { restart() }
+        }
+
+        mutating func randomEvent() -> E {
+            let alive = alive
+            switch Int.random(in: 0..<100, using: &rng) {
+            case 0..<14:
+                let waiting = alive.filter { !processes[$0]!.ready }
+                if let id = pick(waiting.isEmpty ? alive : waiting) { return .ready(id) }
+            case 14..<17:
+                if let id = pick(alive) { return .failed(id, reason: "self-check") }
+            case 17..<30:
+                let asked = alive.filter { processes[$0]!.signal == .stop && !processes[$0]!.stopped }
+                if let id = pick(asked.isEmpty || chance(0.2) ? alive : asked) { return .stopped(id) }
+            case 30..<45:
+                let dying = alive.filter { processes[$0]!.dying || processes[$0]!.stopped }
+                if let id = pick(dying.isEmpty || chance(0.3) ? alive : dying) { return .exited(id, description: "exit 1") }
+            case 45..<75:
+                if let key = pick(armed.keys.sorted { "\($0)" < "\($1)" }) {
+                    clock.advance(by: armed[key]!)
+                    return .timerFired(key)
+                }
+            case 75..<83:
+                return .desired(version: pick(["v1", "v2", "v3"])!, mode: chance(0.5) ? .parallel : .sequential)
+            case 83..<90:
+                registrations += 1
+                let id = "r.\(registrations)"
+                processes[id] = Process(version: "r\(registrations)", registered: true)
+                return .registered(id, version: "r\(registrations)")
+            case 90..<95:
+                // Stale: about an instance long gone, or a timer no longer armed.
+                let dead = processes.keys.filter { !processes[$0]!.alive }.sorted()
+                if let id = pick(dead) { return pick([.ready(id), .stopped(id), .exited(id, description: "again")])! }
+                return .timerFired(.escalate("nobody"))
+            default:
+                clock.advance(by: .seconds(Int64.random(in: 1...90, using: &rng)))
+            }
+            return .timerFired(.restart)
+        }
+
+        mutating func feed(_ event: E, keep: Int? = nil) {
+            // What a process says changes the world whether or not batond hears it.
+            switch event {
+            case .ready(let id) where processes[id]?.alive == true:
+                processes[id]!.ready = true
+            case .stopped(let id) where processes[id]?.alive == true:
+                processes[id]!.stopped = true
+                holders.remove(id)
+            case .exited(let id, _) where processes[id]?.alive == true:
+                processes[id]!.alive = false
+                holders.remove(id)
+            default: break
+            }
+            if case .timerFired(let key) = event { armed[key] = nil }
+            let before = machine.state
+            let actions = machine.handle(event)
+            if trace { print("[\(steps)] \(event)\n    → \(actions)\n    state \(name(machine.state)), holders \(holders)") }
+            let performed = keep.map { Array(actions.prefix($0)) } ?? actions
+            for (index, action) in performed.enumerated() {
+                apply(action, next: performed.dropFirst(index + 1).first, cut: performed.count < actions.count, event: event)
+            }
+            // The roles the ledger knows: those of the steps done (a handoff's old one and
+            // registered successor are recorded as it begins).
+            var known = machine.state
+            if performed.count < actions.count {
+                let begun = performed.contains { if case .record(.handoffBegan) = $0 { true } else { false } }
+                if !begun { known = before }
+            }
+            if case .handingOff(let run) = known { roles.merge(run.roles) { $1 } }
+            check(after: event)
+        }
+
+        mutating func apply(_ action: A, next: A?, cut: Bool, event: E) {
+            let where_ = "seed \(seed), step \(steps), \(event) → \(action)"
+            if let id = addressed(action) {
+                #expect(processes[id]?.alive == true, "an action addresses an instance that exited: \(where_)")
+            }
+            switch action {
+            case .signal(let id, let signal):
+                processes[id]?.signal = signal
+                if signal == .go {
+                    processes[id]?.heldGo = true
+                    #expect(holders.subtracting([id]).isEmpty, "two in go (\(holders) and \(id)): \(where_)")
+                    holders.insert(id)
+                }
+            case .terminate(let id), .kill(let id):
+                processes[id]?.dying = true
+            case .spawn(let spawn):
+                #expect(awaitedSpawn == nil, "two spawns at once: \(where_)")
+                awaitedSpawn = spawn
+            case .startTimer(let key, let duration):
+                armed[key] = duration
+            case .cancelTimer(let key):
+                armed[key] = nil
+            case .commit(let version):
+                commits += 1
+                current = version
+                phase = .committed
+                // Go follows, or waits for one told stop before batond's restart to be gone.
+                let following: String? = if case .signal(let id, .go)? = next { id } else { machine.awaitingGo }
+                if next == nil && cut { return } // batond died right after the commit
+                guard let successor = following else {
+                    Issue.record("commit, and nobody gets go: \(where_)")
+                    return
+                }
+                #expect(processes[successor]?.ready == true, "commit before ready: \(where_)")
+                #expect(processes[successor]?.version == version, "commit of another version: \(where_)")
+                #expect(holders.subtracting([successor]).isEmpty, "commit before the old one was gone (\(holders)): \(where_)")
+            case .release(let id):
+                // Another supervisor's from now on: batond no longer answers for it.
+                processes[id]?.alive = false
+                holders.remove(id)
+            case .record(.handoffBegan(let from, let to, let mode)):
+                began = .handoffBegan(from: from, to: to, mode: mode)
+                phase = nil
+                roles = [:]
+                // The ledger knows the old one from the moment the handoff began.
+                if let old = holders.first { roles[.old] = old }
+            case .record(.handoffPhase(let recorded)):
+                phase = recorded
+            case .record(.handoffEnded):
+                began = nil
+                phase = nil
+                roles = [:]
+            case .recordError, .refuse:
+                break
+            }
+        }
+
+        func addressed(_ action: A) -> String? {
+            switch action {
+            case .signal(let id, _), .terminate(let id), .kill(let id), .release(let id): id
+            case .startTimer(.ready(let id), _), .startTimer(.escalate(let id), _): id
+            case .record, .recordError, .spawn, .startTimer, .cancelTimer, .commit, .refuse: nil
+            }
+        }
+
+        mutating func check(after event: E) {
+            let where_ = "seed \(seed), step \(steps), after \(event)"
+            #expect(holders.count <= 1, "two in go: \(holders): \(where_)")
+            // The machine never forgets one that holds go.
+            for id in holders { #expect(machine.instances[id]?.holdsGo == true, "\(id) holds go unbeknown: \(where_)") }
+            if let waiting = machine.awaitingGo {
+                let holder = machine.holder.flatMap { machine.instances[$0] }
+                #expect(holder?.leaving != nil, "\(waiting) waits for go behind one that is not leaving: \(where_)")
+            }
+        }
+
+        // MARK: batond's death and restart
+
+        /// kill -9 in the middle of a step: records and effects up to a cut are done, the
+        /// rest never happens; some processes die while batond is down.
+        mutating func crash() {
+            let event = randomEvent()
+            var probe = machine
+            let actions = probe.handle(event)
+            // Cut anywhere but between a handoff's beginning and its first phase, and
+            // before a spawn (its process would be unknown to the ledger).
+            var cuts = [0]
+            for index in actions.indices {
+                if case .spawn = actions[index] { break }
+                if case .record(.handoffBegan) = actions[index] { continue }
+                cuts.append(index + 1)
+            }
+            feed(event, keep: pick(cuts)!)
+            awaitedSpawn = nil
+            for id in alive where chance(0.1) {
+                processes[id]!.alive = false
+                holders.remove(id)
+                diedWhileDown.insert(id)
+            }
+            restart()
+        }
+
+        mutating func shutdown(stopAgents: Bool) {
+            feed(.shutdown(stopAgents: stopAgents))
+            if machine.isFinished { restart() }
+        }
+
+        /// batond starts again over the same ledger and whatever still runs.
+        mutating func restart() {
+            restarts += 1
+            armed = [:]
+            awaitedSpawn = nil
+            let known = Set(machine.instances.keys).union(diedWhileDown)
+            let adopted = known.sorted().compactMap { id -> Machine.AdoptedInstance? in
+                guard let process = processes[id] else { return nil }
+                let role = roles.first { $0.value == id }?.key
+                return .init(id: id, version: process.version, registered: process.registered, signal: process.signal,
+                             heldGo: process.heldGo, ready: process.ready, stopped: process.stopped, role: began == nil ? nil : role, alive: process.alive)
+            }
+            var interrupted: Machine.InterruptedHandoff?
+            if case .handoffBegan(let from, let to, let mode)? = began, let phase {
+                interrupted = .init(mode: mode, from: from, to: to, phase: phase)
+            }
+            diedWhileDown = []
+            machine = Machine(settings: Fixture.settings, clock: clock)
+            began = nil
+            phase = nil
+            roles = [:]
+            feed(.boot(current: current, instances: adopted, handoff: interrupted))
+        }
+    }
+
+    static let seeds: [UInt64] = [1, 2, 3, 0xBA70, 20_261_130]
+
+    @Test(arguments: seeds)
+    func walk(seed: UInt64) {
+        var world = World(seed: seed)
+        world.feed(.boot(current: "v1", instances: [], handoff: nil))
+        for _ in 0..<4_000 { world.step() }
+        #expect(world.steps >= 4_000)
+        // The walk went everywhere that matters.
+        #expect(world.commits > 0, "seed \(seed): no commit")
+        #expect(world.restarts > 0, "seed \(seed): batond never restarted")
+    }
+
+    /// Random ledgers at boot: any phase, any mix of live and dead instances, signals
+    /// consistent with one holder of go at most; then a random walk from there.
+    @Test(arguments: seeds)
+    func adoptionOfRandomLedgers(seed: UInt64) {
+        for round in 0..<200 {
+            let worldSeed = seed &* 1_000 &+ UInt64(round)
+            var rng = SeededGenerator(state: worldSeed ^ 0xAD0B7)
+            var world = World(seed: worldSeed)
+            let phases: [Handoff.Phase?] = [nil, .stoppingFirst, .spawning, .waitingReady, .stoppingOld, .abortingSuccessor,
+                                            .revertingSpawn, .revertingReady, .committed, .failed]
+            let phase = phases[Int.random(in: 0..<phases.count, using: &rng)]
+            let mode: Handoff.Mode = Bool.random(using: &rng) ? .parallel : .sequential
+            var adopted: [Machine.AdoptedInstance] = []
+            func add(_ id: String, _ version: String, role: Handoff.Role?, signal: AgentSignal, registered: Bool = false) {
+                let alive = Int.random(in: 0..<4, using: &rng) > 0
+                let ready = Bool.random(using: &rng)
+                let stopped = signal == .stop && Bool.random(using: &rng)
+                let heldGo = signal == .go || (signal == .stop && role == .old)
+                adopted.append(.init(id: id, version: version, registered: registered, signal: signal, heldGo: heldGo, ready: ready,
+                                     stopped: stopped, role: phase == nil ? nil : role, alive: alive))
+                world.processes[id] = Process(version: version, registered: registered, alive: alive, ready: ready,
+                                              stopped: stopped, signal: signal, heldGo: heldGo)
+                if alive && !stopped && heldGo { world.holders.insert(id) }
+            }
+            add("o", "v1", role: .old, signal: [.go, .stop, .wait][Int.random(in: 0..<3, using: &rng)])
+            if Bool.random(using: &rng) { add("s", "v2", role: .successor, signal: .wait) }
+            if Bool.random(using: &rng) { add("p", "v1", role: .previous, signal: .wait) }
+            if Bool.random(using: &rng) { add("x", "v1", role: nil, signal: Bool.random(using: &rng) ? .wait : .stop) }
+            if Bool.random(using: &rng) { add("r", "r0", role: nil, signal: .wait, registered: true) }
+            let interrupted = phase.map { Machine.InterruptedHandoff(mode: mode, from: "v1", to: "v2", phase: $0) }
+            world.feed(.boot(current: "v1", instances: adopted, handoff: interrupted))
+            for _ in 0..<60 { world.step() }
+        }
+    }
+}
