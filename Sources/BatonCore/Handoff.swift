@@ -163,21 +163,6 @@ public struct Handoff: Sendable, Equatable {
 
     public var isFinished: Bool { phase.isFinal }
 
-    /// A handoff a previous batond left in flight, taken up again at `phase` (its last
-    /// recorded one) with the processes still alive; see `resuming` for what follows.
-    init(mode: Mode, timeouts: Timeouts, hadOld: Bool, phase: Phase, oldAlive: Bool, successorAlive: Bool,
-         previousAlive: Bool) {
-        self.mode = mode
-        self.timeouts = timeouts
-        self.hadOld = hadOld
-        self.phase = phase
-        self.oldAlive = oldAlive
-        self.successorAlive = successorAlive
-        self.previousAlive = previousAlive
-        self.hadBegun = true
-        self.escalation = phase == .stoppingFirst || phase == .stoppingOld ? 1 : 0
-    }
-
     // MARK: - Transitions
 
     public mutating func handle(_ event: Event) -> [Action] {

@@ -56,7 +56,7 @@ extension Handoff {
         // machine hears it as `.stopped(.old)` below, which moves it on.
         let stopping = phase == .stoppingFirst || phase == .stoppingOld
         let oldWorks = old.isAlive && (stopping || old != .alive(ready: true, stopped: true) && old != .alive(ready: false, stopped: true))
-        var machine = Handoff(mode: mode, timeouts: timeouts, hadOld: hadOld || old != .none, phase: phase,
+        var machine = Handoff(mode: mode, timeouts: timeouts, resuming: phase, hadOld: hadOld || old != .none,
                               oldAlive: oldWorks, successorAlive: successor.isAlive, previousAlive: previous.isAlive)
         var actions: [Action]
         switch phase {
