@@ -23,7 +23,7 @@ struct ReconnectTests {
         let baton = agent(path, lines: lines)
 
         // batond parks the long-poll, then dies: the connection ends with no answer.
-        let first = try ScriptedBatond(path: path) { _ in .cut }
+        let first = try ScriptedBatond(path: path) { _, _ in .cut }
         let answer = inBackground { try baton.waitForSignal(seen: .go, wait: .seconds(20)) }
         try first.waitForRequests(1)
         first.close()  // and its socket is gone
@@ -31,7 +31,7 @@ struct ReconnectTests {
         // Away for a while: the agent keeps asking (a missing socket, refused)...
         usleep(300_000)
         // ...and a batond that knows it comes back, busy at first.
-        let second = try ScriptedBatond(path: path) { count in
+        let second = try ScriptedBatond(path: path) { count, _ in
             count == 1 ? .answer(503, #"{"error":{"code":"shutting_down","message":"stopping"}}"#)
                 : .answer(200, #"{"instance":"web.1","signal":"stop","handoff":null}"#)
         }
@@ -52,7 +52,7 @@ struct ReconnectTests {
         // No batond at all when the report is made.
         let answer = inBackground { try baton.ready() }
         usleep(300_000)
-        let server = try ScriptedBatond(path: path) { count in
+        let server = try ScriptedBatond(path: path) { count, _ in
             count == 1 ? .cut : .answer(200, #"{"instance":"web.1","signal":"wait","handoff":null}"#)
         }
         defer { server.close() }
@@ -65,7 +65,7 @@ struct ReconnectTests {
     func anAnswerThatBatondDoesNotKnowTheInstanceIsThrownAtOnce(status: Int) throws {
         let directory = TemporaryDirectory("agent")
         let path = directory.file("agent.sock")
-        let server = try ScriptedBatond(path: path) { _ in
+        let server = try ScriptedBatond(path: path) { _, _ in
             .answer(status, #"{"error":{"code":"unauthorized","message":"the token is not valid"}}"#)
         }
         defer { server.close() }
@@ -82,7 +82,7 @@ struct ReconnectTests {
     @Test func aReportBatondRefusesAsMeaninglessIsNotRetried() throws {
         let directory = TemporaryDirectory("agent")
         let path = directory.file("agent.sock")
-        let server = try ScriptedBatond(path: path) { _ in
+        let server = try ScriptedBatond(path: path) { _, _ in
             .answer(400, #"{"error":{"code":"bad_request","message":"no"}}"#)
         }
         defer { server.close() }
@@ -129,90 +129,5 @@ final class Lines: Sendable {
                 throw TestFailure("no such diagnostics line in \(values)")
             }
         }
-    }
-}
-
-/// A stand-in for batond on a Unix socket: answers the n-th request (from 1) as the
-/// script says, one request per connection, and keeps each request's head and body.
-final class ScriptedBatond: Sendable {
-    enum Reply: Sendable {
-        /// Close the connection without a word (batond dying mid-request).
-        case cut
-        case answer(Int, String)
-    }
-
-    let path: String
-    private let listener: Int32
-    private let received = Locked<[String]>([])
-    private let arrived = DispatchSemaphore(value: 0)
-    private let done = DispatchSemaphore(value: 0)
-
-    init(path: String, script: @escaping @Sendable (Int) -> Reply) throws {
-        self.path = path
-        listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8) + [0]) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard listener >= 0, bound == 0, listen(listener, 16) == 0 else {
-            throw TestFailure("cannot listen on \(path): \(String(cString: strerror(errno)))")
-        }
-        Thread { [self] in
-            var count = 0
-            while true {
-                let connection = accept(listener, nil, nil)
-                guard connection >= 0 else { break }  // closed
-                count += 1
-                received.set(received.get() + [Self.readRequest(connection)])
-                arrived.signal()
-                if case .answer(let status, let body) = script(count) {
-                    let text = "HTTP/1.1 \(status) X\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
-                    _ = Array(text.utf8).withUnsafeBytes { send(connection, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                }
-                Glibc.close(connection)
-            }
-            done.signal()
-        }.start()
-    }
-
-    var requests: [String] { received.get() }
-
-    func waitForRequests(_ count: Int, timeout: Double = 10) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while requests.count < count {
-            guard arrived.wait(timeout: .now() + deadline.timeIntervalSinceNow) == .success else {
-                throw TestFailure("\(requests.count) of \(count) requests arrived")
-            }
-        }
-    }
-
-    /// Stops listening and removes the socket: batond is gone.
-    func close() {
-        shutdown(listener, Int32(SHUT_RDWR))
-        done.wait()
-        Glibc.close(listener)
-        unlink(path)
-    }
-
-    /// The head and the body (by its Content-Length), as text.
-    private static func readRequest(_ fd: Int32) -> String {
-        var bytes: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        func complete() -> Bool {
-            let text = String(decoding: bytes, as: UTF8.self)
-            guard let end = text.range(of: "\r\n\r\n") else { return false }
-            let length = text[..<end.lowerBound].split(separator: "\r\n")
-                .first { $0.lowercased().hasPrefix("content-length:") }
-                .flatMap { Int($0.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
-            return text.utf8.count - text.utf8.distance(from: text.startIndex, to: end.upperBound) >= length
-        }
-        while !complete() {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else { break }
-            bytes += buffer[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }

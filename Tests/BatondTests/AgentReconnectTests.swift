@@ -116,3 +116,100 @@ struct AgentReconnectTests {
         try waitUntil(timeout: 5) { workers.allSatisfy { !$0.isAlive } }
     }
 }
+
+/// The shell example's reconnect loop, against a stand-in for batond: its pauses grow
+/// from 100 ms, its long-poll resumes with its `seen` cursor, and a 401 ends its work.
+@Suite("shell agent while batond is away")
+struct ShellAgentReconnectTests {
+    @Test(.enabled(if: which("curl") != nil && which("bash") != nil, "needs curl and bash"))
+    func itsPausesGrowItsLongPollResumesAndA401EndsItsWork() throws {
+        let directory = TemporaryDirectory("shell-away")
+        let socket = directory.file("agent.sock")
+        let release = DispatchSemaphore(value: 0)
+        let go = #"{"instance":"web.1","signal":"go","handoff":null}"#
+        let busy = #"{"error":{"code":"shutting_down","message":"stopping"}}"#
+        let server = try ScriptedBatond(path: socket) { count, _ -> ScriptedBatond.Reply in
+            switch count {
+            case 1...5: return .answer(503, busy)  // the ready report, retried
+            case 6: return .answer(200, go)
+            case 7: return .cut  // the long-poll, cut by batond's death
+            case 8, 9: return .answer(503, busy)
+            default:
+                release.wait()  // until the test has looked at the worker
+                return .answer(401, #"{"error":{"code":"unauthorized","message":"the token is not valid"}}"#)
+            }
+        }
+        defer { server.close() }
+        let out = directory.file("work.log")
+        let agent = try spawn(
+            ["/bin/bash", Products.packageRoot + "/examples/shell-agent"],
+            environment: [
+                "PATH=/usr/local/bin:/usr/bin:/bin", "BATON_SOCKET=\(socket)", "BATON_AGENT=web", "BATON_INSTANCE=web.1",
+                "BATON_TOKEN=secret", "BATON_VERSION=1.0", "SHELL_AGENT_OUT=\(out)", "TMPDIR=\(directory.path)",
+            ],
+            output: directory.file("stdout"), errors: directory.file("stderr"))
+        defer { kill(agent, SIGKILL) }
+
+        try server.waitForRequests(10, timeout: 30)
+        let arrivals = server.arrivals
+        // The ready report's retries: pauses of 100, 200, 400, 800 ms, each jittered down
+        // to half, plus curl's start (allowed 400 ms).
+        for (index, step) in [0.1, 0.2, 0.4, 0.8].enumerated() {
+            let gap = Double(arrivals[index + 1].nanoseconds - arrivals[index].nanoseconds) / 1e9
+            #expect(gap >= step / 2 && gap <= step + 0.4, "pause \(index + 1): \(gap) s for a step of \(step) s")
+        }
+        let polls = arrivals[6...].map { $0.text }
+        #expect(polls.allSatisfy { $0.hasPrefix("GET /v1/instances/web.1/signal?seen=go&wait=60 HTTP/1.1\r\n") }, "\(polls)")
+        // Working all along: its worker is there while batond answers 401.
+        let workers = ProcessProbe(agent).children.filter { $0.command == "bash" }
+        #expect(workers.count == 1)
+        defer { for worker in workers { worker.kill() } }
+        try waitUntil(timeout: 5) { ((try? String(contentsOfFile: out, encoding: .utf8)) ?? "").contains("web.1 1.0 working 1") }
+
+        release.signal()
+        #expect(try waitForExit(agent, timeout: 10) == 1)
+        #expect(workers.allSatisfy { !$0.isAlive }, "its work ended with it")
+        let errors = (try? String(contentsOfFile: directory.file("stderr"), encoding: .utf8)) ?? ""
+        #expect(errors.contains("batond does not know this instance (HTTP 401"), "\(errors)")
+        #expect(!errors.contains("secret"))
+    }
+
+    /// posix_spawn, not Foundation's Process (which may miss a shell's exit), with every
+    /// signal at its default and none blocked, as batond starts instances (a SIGTERM
+    /// ignored on entry could not be trapped by the shell).
+    func spawn(_ words: [String], environment: [String], output: String, errors: String) throws -> pid_t {
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var all = sigset_t()
+        sigfillset(&all)
+        var none = sigset_t()
+        sigemptyset(&none)
+        posix_spawnattr_setsigdefault(&attributes, &all)
+        posix_spawnattr_setsigmask(&attributes, &none)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_addopen(&actions, 2, errors, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        let envp: [UnsafeMutablePointer<CChar>?] = environment.map { strdup($0) } + [nil]
+        defer { (argv + envp).forEach { free($0) } }
+        var pid: pid_t = 0
+        guard posix_spawn(&pid, words[0], &actions, &attributes, argv, envp) == 0 else { throw TestFailure("posix_spawn \(words[0])") }
+        return pid
+    }
+
+    /// The exit status of a child of this test, or nil if it still runs after `timeout`.
+    func waitForExit(_ pid: pid_t, timeout: Double) throws -> Int32? {
+        var status: Int32 = 0
+        var exited = false
+        try waitUntil(timeout: timeout) {
+            exited = exited || waitpid(pid, &status, WNOHANG) == pid
+            return exited
+        }
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : nil
+    }
+}
