@@ -111,8 +111,9 @@ public struct BatonAgent: Sendable {
 
     /// Reads the environment batond gives the processes it starts.
     ///
-    /// - Parameter diagnostics: called with a line about each transient failure that
-    ///   is being retried (batond restarting, its socket missing...). Never sees the token.
+    /// - Parameter diagnostics: called with a line when batond stops answering (restarting,
+    ///   its socket missing...), about every 30 s while it does not, and when it answers
+    ///   again. Never sees the token.
     /// - Parameter retryPolicy: the pauses between attempts while batond is away.
     /// - Throws: ``BatonAgentError/missingEnvironment(_:)`` naming the first variable
     ///   that is missing or empty, ``BatonAgentError/invalidEnvironment(name:reason:)``
@@ -455,9 +456,9 @@ private struct Secret: Sendable, CustomStringConvertible, CustomDebugStringConve
 /// How long an agent waits between attempts while batond is away.
 public struct RetryPolicy: Sendable, Equatable {
     /// The first pause.
-    public var first: Duration
+    public let first: Duration
     /// Each pause doubles up to this.
-    public var cap: Duration
+    public let cap: Duration
 
     /// 100 ms, 200 ms, 400 ms... doubling to 5 s: a restarted batond is heard within
     /// about 5 s, and an agent waiting on a dead one costs one connect every 5 s.

@@ -17,15 +17,20 @@ import Synchronization
 
 // MARK: command line
 
-/// The switches. Seconds are decimals (`0.5`); `--name value` and `--name=value` both work.
-struct Options: ParsableArguments, Sendable {
-    static let environmentNote = """
-        environment: BATON_SOCKET or BATON_URL, BATON_AGENT, BATON_INSTANCE, BATON_TOKEN, \
-        BATON_VERSION (set by batond).
-        exit codes: 0 stopped cleanly, 1 environment or protocol error (batond does not \
-        know this instance included), 2 --exit-before-ready, 3 --fail-check, 64 bad \
-        command line, 70 --crash-after.
-        """
+/// The switches. Seconds are decimals (`0.5`); `--name value` and `--name=value` both
+/// work. Only parsed: `Main` runs the agent (`run()` is never called).
+struct Options: ParsableCommand, Sendable {
+    static let configuration = CommandConfiguration(
+        commandName: "baton-testagent",
+        abstract: "An agent with misbehaviour switches, for tests and demos (docs/agent-protocol.md).",
+        discussion: """
+            Environment: BATON_SOCKET or BATON_URL, BATON_AGENT, BATON_INSTANCE, BATON_TOKEN, \
+            BATON_VERSION (set by batond).
+
+            Exit codes: 0 stopped cleanly, 1 environment or protocol error (batond not \
+            knowing this instance included), 2 --exit-before-ready, 3 --fail-check, 64 bad \
+            command line, 70 --crash-after.
+            """)
 
     @Option(help: ArgumentHelp("Sleep S seconds before reporting ready (the \"self-check\").", valueName: "S"))
     var readyAfter: Double = 0
@@ -309,13 +314,15 @@ final class TestAgent: Sendable {
     }
 
     /// Calls `tick` (with 1, 2, 3...) every `every` seconds, on a thread of its own,
-    /// whenever the instance is working then.
+    /// whenever the instance is working then. Under the lock, so that no tick follows
+    /// the line that says the work ended (`stopped`, `disowned`).
     private func whileWorking(every: Double, _ tick: @escaping @Sendable (Int) -> Void) {
         Thread.detachNewThread { [self] in
             var ticks = 0
             while true {
                 sleep(seconds: every)
-                if state.withLock({ $0.working }) {
+                state.withLock { state in
+                    guard state.working else { return }
                     ticks += 1
                     tick(ticks)
                 }
@@ -350,13 +357,16 @@ final class TestAgent: Sendable {
     func terminated() {
         events.record("term")
         Output.out("\(name) SIGTERM")
-        let (start, failing) = state.withLock { state in
+        let (start, failing, finished) = state.withLock { state in
             defer { state.stopping = true }
-            return (!state.stopping, state.failing)
+            return (!state.stopping, state.failing, state.finishedWork)
         }
         // Nothing was ever worked on: the failure stands.
         if failing { finish(3) }
-        // Already stopping: that path goes on and exits.
+        // The work is over and the stopped report is being retried (batond away): the
+        // exit tells batond as much as the report would.
+        if finished { finish(0) }
+        // Still finishing the work after a stop signal: that path goes on and exits.
         if start { stop(byTerm: true) }
     }
 

@@ -117,10 +117,11 @@ struct AgentReconnectTests {
     }
 }
 
-/// The shell example's reconnect loop, against a stand-in for batond: its pauses grow
-/// from 100 ms, its long-poll resumes with its `seen` cursor, and a 401 ends its work.
-@Suite("shell agent while batond is away")
-struct ShellAgentReconnectTests {
+/// The example agents against a stand-in for batond (ScriptedBatond), run directly.
+@Suite("agents against a stand-in batond")
+struct AgentStandInTests {
+    /// The shell example's reconnect loop: its pauses grow from 100 ms, its long-poll
+    /// resumes with its `seen` cursor, and a 401 ends its work.
     @Test(.enabled(if: which("curl") != nil && which("bash") != nil, "needs curl and bash"))
     func itsPausesGrowItsLongPollResumesAndA401EndsItsWork() throws {
         let directory = TemporaryDirectory("shell-away")
@@ -141,14 +142,13 @@ struct ShellAgentReconnectTests {
         }
         defer { server.close() }
         let out = directory.file("work.log")
-        let agent = try spawn(
+        let agent = try Child(
             ["/bin/bash", Products.packageRoot + "/examples/shell-agent"],
             environment: [
                 "PATH=/usr/local/bin:/usr/bin:/bin", "BATON_SOCKET=\(socket)", "BATON_AGENT=web", "BATON_INSTANCE=web.1",
                 "BATON_TOKEN=secret", "BATON_VERSION=1.0", "SHELL_AGENT_OUT=\(out)", "TMPDIR=\(directory.path)",
             ],
             output: directory.file("stdout"), errors: directory.file("stderr"))
-        defer { kill(agent, SIGKILL) }
 
         try server.waitForRequests(10, timeout: 30)
         let arrivals = server.arrivals
@@ -161,23 +161,64 @@ struct ShellAgentReconnectTests {
         let polls = arrivals[6...].map { $0.text }
         #expect(polls.allSatisfy { $0.hasPrefix("GET /v1/instances/web.1/signal?seen=go&wait=60 HTTP/1.1\r\n") }, "\(polls)")
         // Working all along: its worker is there while batond answers 401.
-        let workers = ProcessProbe(agent).children.filter { $0.command == "bash" }
+        let workers = ProcessProbe(agent.pid).children.filter { $0.command == "bash" }
         #expect(workers.count == 1)
         defer { for worker in workers { worker.kill() } }
         try waitUntil(timeout: 5) { ((try? String(contentsOfFile: out, encoding: .utf8)) ?? "").contains("web.1 1.0 working 1") }
 
         release.signal()
-        #expect(try waitForExit(agent, timeout: 10) == 1)
+        #expect(agent.waitForEnd(timeout: 10) == "exit 1")
         #expect(workers.allSatisfy { !$0.isAlive }, "its work ended with it")
         let errors = (try? String(contentsOfFile: directory.file("stderr"), encoding: .utf8)) ?? ""
         #expect(errors.contains("batond does not know this instance (HTTP 401"), "\(errors)")
         #expect(!errors.contains("secret"))
     }
 
-    /// posix_spawn, not Foundation's Process (which may miss a shell's exit), with every
-    /// signal at its default and none blocked, as batond starts instances (a SIGTERM
-    /// ignored on entry could not be trapped by the shell).
-    func spawn(_ words: [String], environment: [String], output: String, errors: String) throws -> pid_t {
+    /// An agent that finished its work after `stop` and keeps retrying its stopped
+    /// report while batond is away still exits 0 at once on SIGTERM.
+    @Test(.enabled(if: which("curl") != nil && which("bash") != nil, "needs curl and bash"), arguments: ["testagent", "shell"])
+    func sigtermEndsAStoppedReportThatBatondDoesNotAnswer(agent kind: String) throws {
+        let directory = TemporaryDirectory("stopped-away")
+        let socket = directory.file("agent.sock")
+        let server = try ScriptedBatond(path: socket) { _, request -> ScriptedBatond.Reply in
+            if request.hasPrefix("POST /v1/instances/web.1/ready ") {
+                return .answer(200, #"{"instance":"web.1","signal":"go","handoff":null}"#)
+            }
+            if request.hasPrefix("GET /v1/instances/web.1/signal") {
+                return .answer(200, #"{"instance":"web.1","signal":"stop","handoff":null}"#)
+            }
+            return .cut  // the stopped report: batond went away
+        }
+        defer { server.close() }
+        let command = kind == "shell"
+            ? ["/bin/bash", Products.packageRoot + "/examples/shell-agent"]
+            : [Products.path("baton-testagent")]
+        let agent = try Child(
+            command,
+            environment: [
+                "PATH=/usr/local/bin:/usr/bin:/bin", "BATON_SOCKET=\(socket)", "BATON_AGENT=web", "BATON_INSTANCE=web.1",
+                "BATON_TOKEN=secret", "BATON_VERSION=1.0", "SHELL_AGENT_OUT=\(directory.file("work.log"))",
+                "TMPDIR=\(directory.path)",
+            ],
+            output: directory.file("stdout"), errors: directory.file("stderr"))
+        // Retrying the report: a second attempt came.
+        try waitUntil(timeout: 20) { server.requests.filter { $0.hasPrefix("POST /v1/instances/web.1/stopped ") }.count >= 2 }
+        agent.signal(SIGTERM)
+        let ended = agent.waitForEnd(timeout: 5)
+        #expect(ended == "exit 0", "\(kind) ended: \(ended ?? "not"); stderr: \((try? String(contentsOfFile: directory.file("stderr"), encoding: .utf8)) ?? "")")
+    }
+}
+
+/// A child of this test started with posix_spawn, not Foundation's Process (which may
+/// miss a shell's exit), with every signal at its default and none blocked, as batond
+/// starts instances (a SIGTERM ignored on entry could not be trapped by a shell). Once
+/// reaped, its pid is never signalled again (it may be another process's by then).
+private final class Child {
+    let pid: pid_t
+    /// How it ended, once reaped: `exit N` or `signal N`.
+    private(set) var ended: String?
+
+    init(_ words: [String], environment: [String], output: String, errors: String) throws {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -199,17 +240,28 @@ struct ShellAgentReconnectTests {
         defer { (argv + envp).forEach { free($0) } }
         var pid: pid_t = 0
         guard posix_spawn(&pid, words[0], &actions, &attributes, argv, envp) == 0 else { throw TestFailure("posix_spawn \(words[0])") }
-        return pid
+        self.pid = pid
     }
 
-    /// The exit status of a child of this test, or nil if it still runs after `timeout`.
-    func waitForExit(_ pid: pid_t, timeout: Double) throws -> Int32? {
-        var status: Int32 = 0
-        var exited = false
-        try waitUntil(timeout: timeout) {
-            exited = exited || waitpid(pid, &status, WNOHANG) == pid
-            return exited
+    func signal(_ number: Int32) {
+        if ended == nil { kill(pid, number) }
+    }
+
+    /// Waits up to `timeout` for it to end; nil if it still runs.
+    @discardableResult
+    func waitForEnd(timeout: Double) -> String? {
+        try? waitUntil(timeout: timeout) {
+            var status: Int32 = 0
+            if ended == nil, waitpid(pid, &status, WNOHANG) == pid {
+                ended = (status & 0x7f) == 0 ? "exit \((status >> 8) & 0xff)" : "signal \(status & 0x7f)"
+            }
+            return ended != nil
         }
-        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : nil
+        return ended
+    }
+
+    deinit {
+        signal(SIGKILL)
+        waitForEnd(timeout: 5)
     }
 }
