@@ -31,6 +31,11 @@ public struct ProcessProbe: Sendable, CustomStringConvertible {
         return entries.compactMap(Int32.init).filter { Self.stat($0)?.parent == pid }.map(ProcessProbe.init).filter(\.isAlive)
     }
 
+    /// Its children, their children... (parents first).
+    public var descendants: [ProcessProbe] {
+        children.flatMap { [$0] + $0.descendants }
+    }
+
     /// SIGKILL, if it is still this process. For a test's cleanup.
     public func kill() {
         if isAlive { Glibc.kill(pid, SIGKILL) }

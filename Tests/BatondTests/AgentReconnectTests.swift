@@ -77,6 +77,20 @@ struct AgentReconnectTests {
         #expect(events.last?.event == "exit")
     }
 
+    /// Since instances outlive a batond killed with SIGKILL, the test harness kills them
+    /// with it when a test lets go of a running batond (e.g. one that failed halfway).
+    @Test func aBatondATestLetsGoOfTakesItsInstancesWithIt() throws {
+        let state = TemporaryDirectory("away-drop")
+        let agents = TestReleases(state: state)
+        try agents.add("1.0")
+        try agents.setCurrent("1.0")
+        var daemon: BatondProcess? = try BatondProcess(state: state, configText: agents.config())
+        let agent = try workingInstance(try #require(daemon))
+        defer { agent.kill() }
+        daemon = nil
+        try waitUntil(timeout: 5) { !agent.isAlive }
+    }
+
     @Test(.enabled(if: which("curl") != nil && which("bash") != nil, "needs curl and bash"))
     func theShellAgentWorksOnWhileBatondIsDownAndStopsWhenABatondDoesNotKnowIt() throws {
         let state = TemporaryDirectory("away-shell")
