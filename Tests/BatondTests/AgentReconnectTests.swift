@@ -24,21 +24,20 @@ struct AgentReconnectTests {
 
     /// A batond that knows nothing of the instances before it: a state directory of its
     /// own, with an agent `web` of its own (a test agent), serving `agentSocket`.
-    func batondThatDoesNotKnowThem(agentSocket: String) throws -> (BatondProcess, TestReleases) {
+    func batondThatDoesNotKnowThem(agentSocket: String) throws -> BatondProcess {
         let state = TemporaryDirectory("away-new")
         let agents = TestReleases(state: state)
         try agents.add("1.0")
         try agents.setCurrent("1.0")
         let config = "[daemon]\nagent_socket = \"\(agentSocket)\"\n\n" + agents.config()
-        return (try BatondProcess(state: state, configText: config), agents)
+        return try BatondProcess(state: state, configText: config)
     }
 
     /// Stops `daemon` and whatever it started, whatever its stop does to its instances.
     func stopAll(_ daemon: BatondProcess) {
-        let view = try? daemon.endpoint.get("/v1/agents/web", token: daemon.token).json()
-        let started = (view?["instances"] as? [[String: Any]] ?? []).compactMap { ($0["pid"] as? Int).map { ProcessProbe(Int32($0)) } }
+        let started = ProcessProbe(daemon.process.processIdentifier).descendants
         daemon.stop()
-        for instance in started { instance.kill() }
+        for process in started { process.kill() }
     }
 
     func kill9(_ daemon: BatondProcess) {
@@ -66,7 +65,7 @@ struct AgentReconnectTests {
         #expect(!agents.log().contains { ["disowned", "exit", "stop-received"].contains($0.event) }, "\(agents.log())")
 
         // The same agent socket, served by a batond for which its token means nothing.
-        let (fresh, _) = try batondThatDoesNotKnowThem(agentSocket: daemon.agentSocketPath)
+        let fresh = try batondThatDoesNotKnowThem(agentSocket: daemon.agentSocketPath)
         defer { stopAll(fresh) }
         try waitUntil(timeout: 20) { agents.log().contains { $0.event == "exit" } }
         try waitUntil(timeout: 10) { !agent.isAlive }
@@ -123,7 +122,7 @@ struct AgentReconnectTests {
         try waitUntil(timeout: 15) { lines() >= before + 2 }
         #expect(agent.isAlive)
 
-        let (fresh, _) = try batondThatDoesNotKnowThem(agentSocket: daemon.agentSocketPath)
+        let fresh = try batondThatDoesNotKnowThem(agentSocket: daemon.agentSocketPath)
         defer { stopAll(fresh) }
         try waitUntil(timeout: 20) { !agent.isAlive }
         // Its work stopped with it.
