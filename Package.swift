@@ -100,8 +100,12 @@ let package = Package(
         ),
         // Client library for Swift agents: the agent side of the protocol. Foundation and Glibc only.
         .target(name: "BatonAgent"),
+        .testTarget(name: "BatonAgentTests", dependencies: ["BatonAgent", "BatonTestSupport"]),
         // An agent with misbehaviour switches, for tests and demos.
-        .executableTarget(name: "baton-testagent", dependencies: ["BatonAgent"]),
+        .executableTarget(
+            name: "baton-testagent",
+            dependencies: ["BatonAgent", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

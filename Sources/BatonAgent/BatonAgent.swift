@@ -21,6 +21,11 @@ import Glibc
 /// exit(0)
 /// ```
 ///
+/// While batond is away (restarting, upgrading, killed) the calls keep retrying with
+/// ``RetryPolicy`` and the agent goes on under the signal it holds; a `401`/`404`
+/// (``BatonAgentError/isUnknownInstance``) means batond does not know this instance,
+/// and the agent must stop working and exit non-zero.
+///
 /// Every call blocks the calling thread (plain sockets, no event loop); run them on a
 /// thread of their own when the agent has other things to do. The value is immutable
 /// and can be shared between threads.
@@ -99,19 +104,24 @@ public struct BatonAgent: Sendable {
     public let version: String
     /// Where batond is.
     public let endpoint: Endpoint
+    /// The pauses between attempts while batond is away (see ``RetryPolicy/standard``).
+    public let retryPolicy: RetryPolicy
     private let token: Secret
     private let diagnostics: (@Sendable (String) -> Void)?
 
     /// Reads the environment batond gives the processes it starts.
     ///
-    /// - Parameter diagnostics: called with a line about each transient failure that
-    ///   is being retried (batond restarting, its socket missing...). Never sees the token.
+    /// - Parameter diagnostics: called with a line when batond stops answering (restarting,
+    ///   its socket missing...), about every 30 s while it does not, and when it answers
+    ///   again. Never sees the token.
+    /// - Parameter retryPolicy: the pauses between attempts while batond is away.
     /// - Throws: ``BatonAgentError/missingEnvironment(_:)`` naming the first variable
     ///   that is missing or empty, ``BatonAgentError/invalidEnvironment(name:reason:)``
     ///   when one cannot be used.
     public init(
         environment: [String: String] = ProcessInfo.processInfo.environment,
-        diagnostics: (@Sendable (String) -> Void)? = nil
+        diagnostics: (@Sendable (String) -> Void)? = nil,
+        retryPolicy: RetryPolicy = .standard
     ) throws {
         func required(_ name: String) throws -> String {
             guard let value = environment[name], !value.isEmpty else {
@@ -137,13 +147,15 @@ public struct BatonAgent: Sendable {
         } else {
             throw BatonAgentError.missingEnvironment("BATON_SOCKET")
         }
-        self.init(agent: agent, instance: instance, version: version, token: token, endpoint: endpoint, diagnostics: diagnostics)
+        self.init(
+            agent: agent, instance: instance, version: version, token: token, endpoint: endpoint,
+            diagnostics: diagnostics, retryPolicy: retryPolicy)
     }
 
     /// An instance whose identity came from elsewhere (registration, tests).
     public init(
         agent: String, instance: String, version: String, token: String, endpoint: Endpoint,
-        diagnostics: (@Sendable (String) -> Void)? = nil
+        diagnostics: (@Sendable (String) -> Void)? = nil, retryPolicy: RetryPolicy = .standard
     ) {
         self.agent = agent
         self.instance = instance
@@ -151,6 +163,7 @@ public struct BatonAgent: Sendable {
         self.token = Secret(value: token)
         self.endpoint = endpoint
         self.diagnostics = diagnostics
+        self.retryPolicy = retryPolicy
     }
 
     // MARK: the four routes
@@ -163,17 +176,19 @@ public struct BatonAgent: Sendable {
     /// batond answers once the report is on disk and acted on (it gives itself 30 s,
     /// then answers `503 timeout`).
     ///
-    /// - Parameter timeout: the whole call, retries included. Transient failures
-    ///   (batond unreachable, `503`) are retried until then, then the last one is
-    ///   thrown. Reporting ready again is harmless.
-    public func ready(timeout: Duration = .seconds(60)) throws -> Signal {
+    /// - Parameter timeout: the whole call, retries included; `nil` (the default):
+    ///   until batond answers. Transient failures (batond unreachable, `502/503/504`)
+    ///   are retried with ``retryPolicy``; past `timeout` the last one is thrown.
+    ///   Reporting ready again is harmless. Any other error is thrown at once: see
+    ///   ``BatonAgentError/isUnknownInstance``.
+    public func ready(timeout: Duration? = nil) throws -> Signal {
         try post("ready", body: Array("{}".utf8), timeout: timeout)
     }
 
     /// Reports that the self-check failed, with a reason batond records. The agent
     /// should then exit non-zero; batond never makes this version current. batond keeps
     /// the first 4096 characters of `reason`. `timeout` as for ``ready(timeout:)``.
-    public func failed(reason: String, timeout: Duration = .seconds(60)) throws -> Signal {
+    public func failed(reason: String, timeout: Duration? = nil) throws -> Signal {
         struct Body: Encodable { let reason: String }
         let body = try JSONEncoder().encode(Body(reason: reason))
         return try post("failed", body: Array(body), timeout: timeout)
@@ -183,32 +198,30 @@ public struct BatonAgent: Sendable {
     /// `seen` nil, returns the current signal at once.
     ///
     /// Each request is a long-poll of `wait` (at least 1 s): batond parks it and answers
-    /// when the signal changes. Timeouts, connection errors and `502/503/504` are retried
-    /// with a short backoff (at most 1 s) for as long as it takes: an agent that holds
-    /// `go` keeps working while batond restarts. Other errors (`401`, `404`...) mean
-    /// batond no longer knows this instance and are thrown.
+    /// when the signal changes. While batond is away (connection refused, socket
+    /// missing, a long-poll cut, timeouts, `502/503/504`) this keeps asking, with the
+    /// same `seen`, after the pauses of ``retryPolicy``, for as long as it takes: the
+    /// caller goes on under the signal it holds (an agent that holds `go` keeps
+    /// working while batond restarts). Other errors are thrown; a `401` or `404`
+    /// (``BatonAgentError/isUnknownInstance``) means batond does not know this instance:
+    /// stop working and exit non-zero.
     public func waitForSignal(seen: Signal?, wait: Duration = .seconds(60)) throws -> Signal {
         let wait = max(wait, .seconds(1))
         var target = "/v1/instances/\(Self.pathSegment(instance))/signal"
         if let seen { target += "?seen=\(seen.rawValue)&wait=\(Self.seconds(wait))" }
-        var backoff = Backoff()
-        var failures = 0
+        var backoff = retryPolicy.start()
+        var outage = Outage(what: "signal")
         while true {
             let started = ContinuousClock.now
             let answer: Signal
             do {
                 answer = try decodeSignal(request("GET", target, body: nil, timeout: wait + .seconds(10)))
             } catch let error as BatonAgentError where error.isTransient {
-                // One line when the trouble starts, then one about every 30 s.
-                if failures % 30 == 0 { diagnostics?("baton: signal: \(error); retrying") }
-                failures += 1
+                outage.failed(error, diagnostics)
                 sleepThread(for: backoff.next())
                 continue
             }
-            if failures > 0 {
-                diagnostics?("baton: signal: batond answers again")
-                failures = 0
-            }
+            outage.over(diagnostics)
             if answer != seen { return answer }
             // Unchanged: the long-poll ran out, ask again. An unchanged answer long before
             // the deadline is not what the contract says; back off so that a server that
@@ -216,7 +229,7 @@ public struct BatonAgent: Sendable {
             if ContinuousClock.now - started < wait / 2 {
                 sleepThread(for: backoff.next())
             } else {
-                backoff = Backoff()
+                backoff = retryPolicy.start()
             }
         }
     }
@@ -224,8 +237,8 @@ public struct BatonAgent: Sendable {
     /// Reports that the instance has finished its work after ``Signal/stop``; exit 0 right
     /// after (batond sends SIGTERM to an instance that reported stopped and lingers).
     /// `timeout` as for ``ready(timeout:)``; after SIGTERM, pass a short one (a few
-    /// seconds): batond may be going away, and SIGKILL follows.
-    public func stopped(timeout: Duration = .seconds(60)) throws {
+    /// seconds): SIGKILL follows.
+    public func stopped(timeout: Duration? = nil) throws {
         let target = "/v1/instances/\(Self.pathSegment(instance))/stopped"
         _ = try withRetry(timeout: timeout, what: "stopped") { attempt in
             try request("POST", target, body: Array("{}".utf8), timeout: attempt)
@@ -241,7 +254,7 @@ public struct BatonAgent: Sendable {
     /// retried: each call creates an instance.
     public static func register(
         agent: String, version: String, pid: Int32 = getpid(), registrationToken: String, endpoint: Endpoint,
-        diagnostics: (@Sendable (String) -> Void)? = nil
+        diagnostics: (@Sendable (String) -> Void)? = nil, retryPolicy: RetryPolicy = .standard
     ) throws -> BatonAgent {
         struct Body: Encodable { let pid: Int32; let version: String }
         struct Answer: Decodable { let instance: String; let token: String }
@@ -254,12 +267,12 @@ public struct BatonAgent: Sendable {
         }
         return BatonAgent(
             agent: agent, instance: answer.instance, version: version, token: answer.token,
-            endpoint: endpoint, diagnostics: diagnostics)
+            endpoint: endpoint, diagnostics: diagnostics, retryPolicy: retryPolicy)
     }
 
     // MARK: plumbing
 
-    private func post(_ route: String, body: [UInt8], timeout: Duration) throws -> Signal {
+    private func post(_ route: String, body: [UInt8], timeout: Duration?) throws -> Signal {
         let target = "/v1/instances/\(Self.pathSegment(instance))/\(route)"
         let response = try withRetry(timeout: timeout, what: route) { attempt in
             try request("POST", target, body: body, timeout: attempt)
@@ -272,19 +285,22 @@ public struct BatonAgent: Sendable {
     private static let reportAttempt: Duration = .seconds(40)
 
     /// Calls `call` with the time its attempt may take, retrying transient failures
-    /// until `timeout` has passed since the start.
+    /// until `timeout` (nil: forever) has passed since the start.
     private func withRetry(
-        timeout: Duration, what: String, _ call: (Duration) throws -> HTTPResponse
+        timeout: Duration?, what: String, _ call: (Duration) throws -> HTTPResponse
     ) throws -> HTTPResponse {
-        let giveUp = ContinuousClock.now + max(timeout, .seconds(1))
-        var backoff = Backoff()
+        let giveUp = timeout.map { ContinuousClock.now + max($0, .seconds(1)) }
+        var backoff = retryPolicy.start()
+        var outage = Outage(what: what)
         while true {
             do {
-                return try call(min(Self.reportAttempt, giveUp - ContinuousClock.now))
+                let response = try call(giveUp.map { min(Self.reportAttempt, $0 - ContinuousClock.now) } ?? Self.reportAttempt)
+                outage.over(diagnostics)
+                return response
             } catch let error as BatonAgentError where error.isTransient {
                 let pause = backoff.next()
-                guard ContinuousClock.now + pause + .milliseconds(100) < giveUp else { throw error }
-                diagnostics?("baton: \(what): \(error); retrying")
+                if let giveUp, ContinuousClock.now + pause + .milliseconds(100) >= giveUp { throw error }
+                outage.failed(error, diagnostics)
                 sleepThread(for: pause)
             }
         }
@@ -390,12 +406,24 @@ public enum BatonAgentError: Error, Sendable, Equatable, CustomStringConvertible
     /// A 2xx answer that is not what the protocol says.
     case malformedResponse(String)
 
-    /// Worth retrying: batond restarting or busy. `waitForSignal` retries these itself.
+    /// Worth retrying: batond away, restarting or busy. Every call but `register`
+    /// retries these itself.
     public var isTransient: Bool {
         switch self {
         case .transport: true
         case .server(let status, _, _): status == 502 || status == 503 || status == 504
         case .missingEnvironment, .invalidEnvironment, .malformedResponse: false
+        }
+    }
+
+    /// batond does not know this instance (`401`: its token is unknown; `404`: no such
+    /// instance), e.g. a batond started on an empty state directory. Whatever that batond
+    /// starts may already be working: stop working at once and exit non-zero, never
+    /// keep working beside it.
+    public var isUnknownInstance: Bool {
+        switch self {
+        case .server(let status, _, _): status == 401 || status == 404
+        case .missingEnvironment, .invalidEnvironment, .transport, .malformedResponse: false
         }
     }
 
@@ -425,13 +453,60 @@ private struct Secret: Sendable, CustomStringConvertible, CustomDebugStringConve
     var customMirror: Mirror { Mirror(self, children: []) }
 }
 
-/// 100 ms, 200 ms, 400 ms, 800 ms, then 1 s each time.
-private struct Backoff {
-    private var current: Duration = .milliseconds(100)
+/// How long an agent waits between attempts while batond is away.
+public struct RetryPolicy: Sendable, Equatable {
+    /// The first pause.
+    public let first: Duration
+    /// Each pause doubles up to this.
+    public let cap: Duration
+
+    /// 100 ms, 200 ms, 400 ms... doubling to 5 s: a restarted batond is heard within
+    /// about 5 s, and an agent waiting on a dead one costs one connect every 5 s.
+    public static let standard = RetryPolicy(first: .milliseconds(100), cap: .seconds(5))
+
+    public init(first: Duration, cap: Duration) {
+        self.first = max(first, .milliseconds(1))
+        self.cap = max(cap, self.first)
+    }
+
+    func start() -> Backoff { Backoff(step: first, cap: cap) }
+}
+
+/// The pauses of one outage: each step doubles up to the cap, and each pause is drawn
+/// at random between half the step and all of it, so that the agents a dead batond
+/// cut off together do not all come back in the same millisecond.
+struct Backoff {
+    var step: Duration
+    let cap: Duration
 
     mutating func next() -> Duration {
-        let pause = current
-        current = min(current * 2, .seconds(1))
+        let pause = step * Double.random(in: 0.5...1)
+        step = min(step * 2, cap)
         return pause
+    }
+}
+
+/// What an outage says through `diagnostics`: a line when it starts, one about every
+/// 30 s while it lasts, and one when batond answers again.
+private struct Outage {
+    let what: String
+    private var lastLine: ContinuousClock.Instant?
+    private var failures = 0
+
+    init(what: String) { self.what = what }
+
+    mutating func failed(_ error: BatonAgentError, _ diagnostics: (@Sendable (String) -> Void)?) {
+        failures += 1
+        let now = ContinuousClock.now
+        if let lastLine, now - lastLine < .seconds(30) { return }
+        lastLine = now
+        diagnostics?("baton: \(what): \(error); retrying" + (failures > 1 ? " (attempt \(failures))" : ""))
+    }
+
+    mutating func over(_ diagnostics: (@Sendable (String) -> Void)?) {
+        guard failures > 0 else { return }
+        diagnostics?("baton: \(what): batond answers again after \(failures) failed attempts")
+        failures = 0
+        lastLine = nil
     }
 }

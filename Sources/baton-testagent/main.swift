@@ -9,100 +9,73 @@
 // Exit codes: 0 stopped cleanly (stop signal or SIGTERM), 1 protocol or environment
 // error, 2 --exit-before-ready, 3 --fail-check, 64 bad command line, 70 --crash-after.
 
+import ArgumentParser
 import BatonAgent
 import Foundation
 import Glibc
 import Synchronization
 
-// In a type, not at top level: top-level variables of main.swift are main-actor isolated.
-enum Usage {
-    static let text = """
-        usage: baton-testagent [switches]   (seconds are decimals, e.g. 0.5)
-          --ready-after S      sleep S before reporting ready (the "self-check" time; default 0)
-          --never-ready        never report ready; sleep, still handling SIGTERM
-          --fail-check         report failed ("self-check failed (--fail-check)") after
-                               --ready-after, then exit 3 (also on a SIGTERM meanwhile)
-          --crash-after S      S seconds after go, exit 70 without reporting
-          --exit-before-ready  print "boom: exiting before ready" to stderr, exit 2 at once
-          --ignore-stop        on stop: record it, keep working, never report stopped
-          --ignore-term        ignore SIGTERM entirely
-          --stop-takes S       after stop (or SIGTERM): keep working S seconds, then report
-                               stopped and exit 0 (a SIGTERM during those S seconds does not
-                               shorten them)
-          --events FILE        append `<event> <instance> <version> <monotonic_ns>` lines;
-                               events: started ready go stop-received stopped term exit
-          --log-every S        print a line every S seconds while working
-        environment: BATON_SOCKET or BATON_URL, BATON_AGENT, BATON_INSTANCE, BATON_TOKEN,
-        BATON_VERSION (set by batond).
-        """
-}
-
 // MARK: command line
 
-struct Options: Sendable {
+/// The switches. Seconds are decimals (`0.5`); `--name value` and `--name=value` both
+/// work. Only parsed: `Main` runs the agent (`run()` is never called).
+struct Options: ParsableCommand, Sendable {
+    static let configuration = CommandConfiguration(
+        commandName: "baton-testagent",
+        abstract: "An agent with misbehaviour switches, for tests and demos (docs/agent-protocol.md).",
+        discussion: """
+            Environment: BATON_SOCKET or BATON_URL, BATON_AGENT, BATON_INSTANCE, BATON_TOKEN, \
+            BATON_VERSION (set by batond).
+
+            Exit codes: 0 stopped cleanly, 1 environment or protocol error (batond not \
+            knowing this instance included), 2 --exit-before-ready, 3 --fail-check, 64 bad \
+            command line, 70 --crash-after.
+            """)
+
+    @Option(help: ArgumentHelp("Sleep S seconds before reporting ready (the \"self-check\").", valueName: "S"))
     var readyAfter: Double = 0
+
+    @Flag(help: "Never report ready; sleep, still handling SIGTERM.")
     var neverReady = false
+
+    @Flag(help: "Report failed (\"self-check failed (--fail-check)\") after --ready-after, then exit 3 (also on a SIGTERM meanwhile).")
     var failCheck = false
+
+    @Option(help: ArgumentHelp("S seconds after go, exit 70 without reporting.", valueName: "S"))
     var crashAfter: Double?
+
+    @Flag(help: "Print \"boom: exiting before ready\" to stderr and exit 2 at once.")
     var exitBeforeReady = false
+
+    @Flag(help: "On stop: record it, keep working, never report stopped.")
     var ignoreStop = false
+
+    @Flag(help: "Ignore SIGTERM entirely.")
     var ignoreTerm = false
+
+    @Option(help: ArgumentHelp(
+        "After stop (or SIGTERM): keep working S seconds, then report stopped and exit 0 (a SIGTERM meanwhile does not shorten them).",
+        valueName: "S"))
     var stopTakes: Double = 0
+
+    @Option(name: .customLong("events"), help: ArgumentHelp(
+        "Append `<event> <instance> <version> <monotonic_ns>` lines; events: started ready go work stop-received stopped term disowned exit.",
+        valueName: "FILE"))
     var eventsPath: String?
+
+    @Option(help: ArgumentHelp("Print a line every S seconds while working.", valueName: "S"))
     var logEvery: Double?
 
-    /// Parses the arguments; on a mistake prints usage and exits 64.
-    static func parse(_ arguments: [String]) -> Options {
-        var options = Options()
-        var rest = arguments[...]
-        func fail(_ message: String) -> Never {
-            Output.err("baton-testagent: \(message)\n\(Usage.text)")
-            _exit(64)
+    @Option(help: ArgumentHelp("Record a `work` event every S seconds while working.", valueName: "S"))
+    var workEvery: Double?
+
+    func validate() throws {
+        for (name, value) in [("--ready-after", readyAfter), ("--stop-takes", stopTakes), ("--crash-after", crashAfter ?? 0)] {
+            guard value.isFinite, value >= 0 else { throw ValidationError("\(name): not a number of seconds: \(value)") }
         }
-        while let argument = rest.popFirst() {
-            // Both `--switch value` and `--switch=value`.
-            var name = argument
-            var inlineValue: String?
-            if let equals = argument.firstIndex(of: "="), argument.hasPrefix("--") {
-                name = String(argument[..<equals])
-                inlineValue = String(argument[argument.index(after: equals)...])
-            }
-            func value() -> String {
-                if let inlineValue { return inlineValue }
-                guard let next = rest.popFirst() else { fail("\(name) needs a value") }
-                return next
-            }
-            func seconds() -> Double {
-                let text = value()
-                guard let number = Double(text), number.isFinite, number >= 0 else {
-                    fail("\(name): not a number of seconds: \(text)")
-                }
-                return number
-            }
-            func flag() {
-                if inlineValue != nil { fail("\(name) takes no value") }
-            }
-            switch name {
-            case "--ready-after": options.readyAfter = seconds()
-            case "--never-ready": flag(); options.neverReady = true
-            case "--fail-check": flag(); options.failCheck = true
-            case "--crash-after": options.crashAfter = seconds()
-            case "--exit-before-ready": flag(); options.exitBeforeReady = true
-            case "--ignore-stop": flag(); options.ignoreStop = true
-            case "--ignore-term": flag(); options.ignoreTerm = true
-            case "--stop-takes": options.stopTakes = seconds()
-            case "--events": options.eventsPath = value()
-            case "--log-every":
-                let every = seconds()
-                guard every > 0 else { fail("--log-every must be above 0") }
-                options.logEvery = every
-            case "-h", "--help":
-                Output.out(Usage.text)
-                _exit(0)
-            default: fail("unknown argument \(argument)")
-            }
+        for (name, value) in [("--log-every", logEvery), ("--work-every", workEvery)] {
+            if let value, !(value.isFinite && value > 0) { throw ValidationError("\(name) must be a number of seconds above 0") }
         }
-        return options
     }
 }
 
@@ -268,10 +241,10 @@ final class TestAgent: Sendable {
         events.record("ready")
         var signal: BatonAgent.Signal
         do {
+            // Retried until batond answers, however long it is away.
             signal = try baton.ready()
         } catch {
-            Output.err("\(name): reporting ready: \(error)")
-            finish(1)
+            giveUp("reporting ready", error)
         }
         Output.out("\(name) ready; signal \(signal)")
 
@@ -282,15 +255,28 @@ final class TestAgent: Sendable {
             case .stop: stopSignalled()
             }
             do {
+                // While batond is away this keeps asking with the same `seen`, and the
+                // work goes on under the signal held.
                 signal = try baton.waitForSignal(seen: signal)
             } catch {
-                // Not transient (those are retried inside): batond no longer knows this
-                // instance. Working on regardless could break the exclusion.
-                Output.err("\(name): waiting for a signal: \(error)")
-                finish(1)
+                giveUp("waiting for a signal", error)
             }
             Output.out("\(name) signal \(signal)")
         }
+    }
+
+    /// A call failed for good (transient failures are retried inside). When batond does
+    /// not know this instance, whatever it starts may already be working: the work
+    /// stops before anything else, and the process exits 1.
+    private func giveUp(_ doing: String, _ error: any Error) -> Never {
+        if let error = error as? BatonAgentError, error.isUnknownInstance {
+            state.withLock { $0.working = false }
+            events.record("disowned")
+            Output.err("\(name): batond does not know this instance (\(error)); stopped working, exiting 1 so as not to work beside what it starts")
+        } else {
+            Output.err("\(name): \(doing): \(error)")
+        }
+        finish(1)
     }
 
     private func startWorking() {
@@ -305,7 +291,10 @@ final class TestAgent: Sendable {
         Output.out("\(name) go: working")
         guard first else { return }
         if let every = options.logEvery {
-            Thread.detachNewThread { [self] in logWhileWorking(every: every) }
+            whileWorking(every: every) { [self] tick in Output.out("\(name) working (tick \(tick))") }
+        }
+        if let every = options.workEvery {
+            whileWorking(every: every) { [self] _ in events.record("work") }
         }
         if let after = options.crashAfter {
             Thread.detachNewThread { [self] in
@@ -324,13 +313,19 @@ final class TestAgent: Sendable {
         if paused { Output.out("\(name) told to wait: not working") }
     }
 
-    private func logWhileWorking(every: Double) {
-        var tick = 0
-        while true {
-            sleep(seconds: every)
-            if state.withLock({ $0.working }) {
-                tick += 1
-                Output.out("\(name) working (tick \(tick))")
+    /// Calls `tick` (with 1, 2, 3...) every `every` seconds, on a thread of its own,
+    /// whenever the instance is working then. Under the lock, so that no tick follows
+    /// the line that says the work ended (`stopped`, `disowned`).
+    private func whileWorking(every: Double, _ tick: @escaping @Sendable (Int) -> Void) {
+        Thread.detachNewThread { [self] in
+            var ticks = 0
+            while true {
+                sleep(seconds: every)
+                state.withLock { state in
+                    guard state.working else { return }
+                    ticks += 1
+                    tick(ticks)
+                }
             }
         }
     }
@@ -362,13 +357,16 @@ final class TestAgent: Sendable {
     func terminated() {
         events.record("term")
         Output.out("\(name) SIGTERM")
-        let (start, failing) = state.withLock { state in
+        let (start, failing, finished) = state.withLock { state in
             defer { state.stopping = true }
-            return (!state.stopping, state.failing)
+            return (!state.stopping, state.failing, state.finishedWork)
         }
         // Nothing was ever worked on: the failure stands.
         if failing { finish(3) }
-        // Already stopping: that path goes on and exits.
+        // The work is over and the stopped report is being retried (batond away): the
+        // exit tells batond as much as the report would.
+        if finished { finish(0) }
+        // Still finishing the work after a stop signal: that path goes on and exits.
         if start { stop(byTerm: true) }
     }
 
@@ -382,7 +380,8 @@ final class TestAgent: Sendable {
         }
         events.record("stopped")
         do {
-            try baton.stopped(timeout: byTerm ? .seconds(3) : .seconds(60))
+            // After a stop signal the report is retried until batond answers it.
+            try baton.stopped(timeout: byTerm ? .seconds(3) : nil)
             Output.out("\(name) reported stopped")
         } catch {
             Output.err("\(name): reporting stopped: \(error)")
@@ -427,8 +426,11 @@ enum TermSignal {
 
 enum Main {
     static func run() -> Never {
-        let options = Options.parse(Array(CommandLine.arguments.dropFirst()))
+        let options = Options.parseOrExit()
         TermSignal.prepare(ignore: options.ignoreTerm)
+        // Its output goes to a pipe batond reads: if batond dies, a write must fail
+        // (and be ignored), not kill the instance that keeps working meanwhile.
+        signal(SIGPIPE, SIG_IGN)
         let baton: BatonAgent
         do {
             baton = try BatonAgent(diagnostics: { Output.err($0) })

@@ -105,6 +105,9 @@ public final class BatondProcess {
 
     deinit {
         if process.isRunning {
+            // Its instances outlive a batond killed with SIGKILL (they keep working and
+            // retrying while it is away): a test that ends early must not leave them behind.
+            for instance in ProcessProbe(process.processIdentifier).descendants { instance.kill() }
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
