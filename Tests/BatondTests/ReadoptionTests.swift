@@ -62,10 +62,15 @@ struct ReadoptionTests {
     }
 
     @Test func afterKill9TheNextBatondAdoptsTheSamePidsAndAHandoffCommits() throws {
-        let (first, agents) = try start(["1.0": [], "2.0": []])
+        let (first, agents) = try start(["1.0": ["--work-every", "0.05"], "2.0": []])
         let before = try pids(first)
         #expect(before.count == 1)
         try kill9(first)
+        // The agent works on while batond is down: its own event file says so.
+        let killedAt = monotonicNanoseconds()
+        try waitUntil(timeout: 10) {
+            agents.log().filter { $0.event == "work" && $0.nanoseconds > killedAt }.count >= 5
+        }
         #expect(before.allSatisfy(alive), "the agent died with batond")
 
         let second = try restart(agents)
