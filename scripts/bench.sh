@@ -8,6 +8,8 @@
 #   ledger appends/s with 32 writers >= 5x with 1 writer
 #   200 handoffs of baton-testagent (bench/handoffs.py): gap p50 < 1 ms and
 #   p99 < 5 ms; batond's overhead per handoff p50 < 20 ms
+#   10 self-upgrades of batond under wrk load (bench/selfupgrade.py): 0 refused
+#   or failed requests; the time from POST to the new image's READY=1 is reported
 # The exit status is non-zero only when something failed to run or a
 # measurement is invalid (non-2xx answers, a server that did not start).
 #
@@ -237,3 +239,10 @@ echo
 echo "== ${BENCH_HANDOFFS:-200} handoffs of baton-testagent (bench/handoffs.py)"
 python3 bench/handoffs.py "$batond" .build/release/baton-testagent "${BENCH_HANDOFFS:-200}" \
     || die "the handoff benchmark failed"
+
+# MARK: - Self-upgrade
+
+echo
+echo "== ${BENCH_SELF_UPGRADES:-10} self-upgrades of batond under load (bench/selfupgrade.py)"
+python3 bench/selfupgrade.py "$batond" "${BENCH_SELF_UPGRADES:-10}" \
+    || die "the self-upgrade benchmark failed"

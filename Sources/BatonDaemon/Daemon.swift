@@ -227,7 +227,7 @@ public struct Daemon: Sendable {
     /// the same sockets (libmicrohttpd cannot un-quiesce: new daemons on the same fds).
     private func reexecute(into binary: String, digest: String, server: HTTPServer,
                            served: [(role: String, listener: Listener, policy: ListenerPolicy)], ledger: Ledger) -> String {
-        server.handOver(grace: .seconds(2))
+        guard server.handOver(grace: .seconds(2)) else { return "batond is stopping; no re-exec" }
         for entry in served { _ = entry.listener.setInheritable(true) }
         var environment = ProcessInfo.processInfo.environment
         environment[Listener.handedOverVariable] = Listener.handOverDescription(served.map { ($0.role, $0.listener) })

@@ -166,10 +166,11 @@ public final class HTTPServer: Sendable {
     /// parked request with its deadline answer, answers whatever else comes with
     /// `Connection: close`, closes connections idle for 100 ms, and waits up to `grace`
     /// for every connection to close before stopping the daemons.
-    /// The caller owns the sockets, as before; `resumeServing` undoes this.
-    public func handOver(grace: Duration) {
+    /// The caller owns the sockets, as before; `resumeServing` undoes this. Returns false,
+    /// doing nothing, when the server is shutting down or handing over already.
+    public func handOver(grace: Duration) -> Bool {
         guard !draining.load(ordering: .sequentiallyConsistent),
-              !handingOver.exchange(true, ordering: .sequentiallyConsistent) else { return }
+              !handingOver.exchange(true, ordering: .sequentiallyConsistent) else { return false }
         let contexts = daemons.withLock { $0 }
         for context in contexts {
             if let daemon = context.daemonPointer { _ = MHD_quiesce_daemon(daemon) }
@@ -204,6 +205,7 @@ public final class HTTPServer: Sendable {
             context.daemon.withLock { $0 = 0 }
         }
         daemons.withLock { $0.removeAll() }
+        return true
     }
 
     /// Serves again on the listeners a `handOver` stopped serving (the successor never
