@@ -242,12 +242,12 @@ public struct Daemon: Sendable {
         clock_gettime(CLOCK_MONOTONIC, &now)
         notifier.send("RELOADING=1\nMONOTONIC_USEC=\(Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000)\n"
                       + "STATUS=re-executing into batond \(digest)")
-        // No write is half done when the image goes: the journal ends on a whole batch.
         // The mask crosses exec: a signal blocked on this thread would stay blocked for
         // the new image's whole life.
         var everything = sigset_t(), previous = sigset_t()
         sigemptyset(&everything)
         pthread_sigmask(SIG_SETMASK, &everything, &previous)
+        // No write is half done when the image goes: the journal ends on a whole batch.
         let error: Int32 = ledger.withWritesHeld {
             execve(binary, argv, envp)
             return errno

@@ -257,6 +257,7 @@ public struct Listener: Sendable, CustomStringConvertible {
         }
         return listeners
     }
+
     /// What a listening socket is bound to (getsockname), or nil for other kinds.
     private static func socketAddress(_ fd: Int32) -> Address? {
         var storage = sockaddr_storage()

@@ -196,6 +196,37 @@ struct SelfUpgradeTests {
         #expect(restarted.stop() == 0)
     }
 
+    @Test func aFailedExecLeavesTheOldImageServingOnTheSameSockets() throws {
+        let daemon = try BatondProcess()
+        let token = daemon.token
+        let before = try daemon.endpoint.get("/v1/daemon", token: token).json()
+        // Passes its check, then takes its own execute bit away: the execve that follows fails.
+        let script = Array("#!/bin/sh\nchmod 0644 \"$0\"\nexit 0\n".utf8)
+        let digest = try Self.sha256(script)
+        #expect(try Self.put(script, digest: digest, to: daemon.endpoint, token: token).status == 201)
+        let sockets = [daemon.socketPath, daemon.agentSocketPath].map(Self.inode)
+        let accepted = try daemon.endpoint.json("POST", "/v1/daemon/upgrade", token: token, #"{"digest":"\#(digest)"}"#)
+        #expect(accepted.status == 202, "\(accepted.text)")
+        _ = try daemon.notify.wait(for: "RELOADING=1", timeout: 30)
+        _ = try daemon.notify.wait(for: "READY=1", timeout: 30)
+
+        try waitUntil(timeout: 20) {
+            ((try? daemon.endpoint.get("/v1/daemon", token: token).json()["last_upgrade"] as? [String: Any])??["stage"] as? String) == "exec"
+        }
+        let after = try daemon.endpoint.get("/v1/daemon", token: token).json()
+        #expect(after["pid"] as? Int == before["pid"] as? Int)
+        #expect(after["sha256"] as? String == before["sha256"] as? String)
+        #expect(after["started_at"] as? String == before["started_at"] as? String, "the same image serves on")
+        let last = try #require(after["last_upgrade"] as? [String: Any])
+        #expect(last["outcome"] as? String == "failed")
+        #expect((last["reason"] as? String)?.contains("execve") == true, "\(last)")
+        #expect(try daemon.unix.get("/healthz").status == 200)
+        #expect(try daemon.endpoint.get("/healthz").status == 200)
+        #expect([daemon.socketPath, daemon.agentSocketPath].map(Self.inode) == sockets)
+        #expect(daemon.process.isRunning)
+        #expect(daemon.stop() == 0)
+    }
+
     // MARK: - Helpers
 
     /// `batond --install-self` on `state`; returns the digest `daemon/current` names.
