@@ -38,6 +38,9 @@ struct DaemonRoutes: Sendable {
                 guard let sink = request.sink as? UploadSink else {
                     throw HTTPError(status: 500, code: "internal", message: "the upload lost its sink")
                 }
+                guard sink.upload.size > 0 else {
+                    throw HTTPError(status: 400, code: "binary_required", message: "the body must be the batond binary; it was empty")
+                }
                 // fsync and rename: disk work, kept off libmicrohttpd's thread.
                 let pending = request.park(deadline: .seconds(60)) {
                     HTTPError(status: 503, code: "busy", message: "storing the binary took too long; retry",

@@ -75,6 +75,9 @@ struct SelfUpgradeTests {
         #expect(wrong.status == 422 && wrong.errorCode == "digest_mismatch", "\(wrong.text)")
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: store)) ?? []).isEmpty, "nothing is kept")
 
+        let empty = try Self.put([], digest: try Self.sha256([]), to: daemon.endpoint, token: token)
+        #expect(empty.status == 400 && empty.errorCode == "binary_required", "\(empty.text)")
+
         let anonymous = try Self.put(bytes, digest: digest, to: daemon.endpoint, token: nil)
         #expect(anonymous.status == 401)
         let stranger = try Self.put(bytes, digest: digest, to: daemon.endpoint, token: "not-the-token")
