@@ -58,6 +58,7 @@ public struct Daemon: Sendable {
         }
         let operatorGID = try resolveOperatorGroup()
         let binaries = DaemonBinaries(stateDirectory: config.stateDir)
+        binaries.removeLeftoverUploads()
         let running: RunningBinary
         do {
             running = try RunningBinary.identify(store: binaries)

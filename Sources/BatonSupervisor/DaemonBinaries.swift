@@ -55,6 +55,14 @@ public struct DaemonBinaries: Sendable {
         try Self.syncDirectory(root)
     }
 
+    /// Removes the temporary files of uploads a crash cut short. Only the batond that
+    /// holds the state directory's lock calls it (at start), so none is in progress.
+    public func removeLeftoverUploads() {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] where name.hasPrefix(".upload-") {
+            unlink("\(root)/\(name)")
+        }
+    }
+
     /// Starts storing a binary whose SHA-256 should be `expected`: its bytes go to a
     /// temporary file in `daemon/` as they arrive (`BinaryUpload.write`), and `finish`
     /// keeps it only if the digest matches.
