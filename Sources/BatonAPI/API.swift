@@ -25,7 +25,7 @@ public final class API: Sendable {
     let ledger: Ledger
     let supervisor: Supervisor
     let auth: OperatorAuth
-    let daemon: (any DaemonControl)?
+    let daemon: any DaemonControl
     let metrics: Metrics
     /// The encoded `/v1/status` body and the ledger position it was built at.
     private let statusCache = Mutex<(seq: UInt64, instances: Int, writable: Bool, body: [UInt8])?>(nil)
@@ -35,7 +35,7 @@ public final class API: Sendable {
     private let server = Mutex<HTTPServer?>(nil)
 
     public init(context: Context, ledger: Ledger, supervisor: Supervisor, auth: OperatorAuth,
-                daemon: (any DaemonControl)? = nil, logger: Logger) {
+                daemon: any DaemonControl, logger: Logger) {
         self.context = context
         self.ledger = ledger
         self.supervisor = supervisor
@@ -74,7 +74,7 @@ public final class API: Sendable {
         ]
         + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
         + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes
-        + (daemon.map { DaemonRoutes(control: $0).routes } ?? []))
+        + DaemonRoutes(control: daemon).routes)
     }
 
     // MARK: - Probes

@@ -43,8 +43,7 @@ struct DaemonRoutes: Sendable {
                 }
                 // fsync and rename: disk work, kept off libmicrohttpd's thread.
                 let pending = request.park(deadline: .seconds(60)) {
-                    HTTPError(status: 503, code: "busy", message: "storing the binary took too long; retry",
-                              headers: ["Retry-After": "1"]).response
+                    HTTPError(status: 503, code: "timeout", message: "storing the binary took too long; retry").response
                 }
                 DispatchQueue.global().async {
                     do throws(DaemonBinaries.StoreError) {
@@ -65,8 +64,7 @@ struct DaemonRoutes: Sendable {
                 let by = (request.principal as? Principal)?.name ?? "operator"
                 // The self-check has its own deadline; this one only guards the parked slot.
                 let pending = request.park(deadline: .seconds(120)) {
-                    HTTPError(status: 503, code: "busy", message: "the upgrade did not answer in time; see GET /v1/daemon",
-                              headers: ["Retry-After": "1"]).response
+                    HTTPError(status: 503, code: "timeout", message: "the upgrade did not answer in time; see GET /v1/daemon").response
                 }
                 do throws(HTTPError) {
                     try control.upgrade(to: body.digest, force: body.force ?? false, by: by) { pending.answer($0) }
