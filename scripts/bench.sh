@@ -10,6 +10,8 @@
 #   p99 < 5 ms; batond's overhead per handoff p50 < 20 ms
 #   kill -9 of batond to /readyz with 100 agents re-adopted (bench/readopt.py):
 #   p50 < 500 ms, against a cold start of the same agents
+#   10 self-upgrades of batond under wrk load (bench/selfupgrade.py): 0 refused
+#   or failed requests; the time from POST to the new image's READY=1 is reported
 # The exit status is non-zero only when something failed to run or a
 # measurement is invalid (non-2xx answers, a server that did not start).
 #
@@ -246,3 +248,9 @@ echo
 echo "== kill -9 of batond, restart, re-adoption of ${BENCH_AGENTS:-100} agents (bench/readopt.py)"
 python3 bench/readopt.py "$batond" .build/release/baton-testagent "${BENCH_AGENTS:-100}" "${BENCH_READOPT_ROUNDS:-5}" \
     || die "the re-adoption benchmark failed"
+# MARK: - Self-upgrade
+
+echo
+echo "== ${BENCH_SELF_UPGRADES:-10} self-upgrades of batond under load (bench/selfupgrade.py)"
+python3 bench/selfupgrade.py "$batond" "${BENCH_SELF_UPGRADES:-10}" \
+    || die "the self-upgrade benchmark failed"

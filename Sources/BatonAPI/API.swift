@@ -25,6 +25,7 @@ public final class API: Sendable {
     let ledger: Ledger
     let supervisor: Supervisor
     let auth: OperatorAuth
+    let daemon: any DaemonControl
     let metrics: Metrics
     /// The encoded `/v1/status` body and the ledger position it was built at.
     private let statusCache = Mutex<(seq: UInt64, instances: Int, writable: Bool, body: [UInt8])?>(nil)
@@ -33,11 +34,13 @@ public final class API: Sendable {
     /// Installed by `attach`; read by /metrics for the parked gauge.
     private let server = Mutex<HTTPServer?>(nil)
 
-    public init(context: Context, ledger: Ledger, supervisor: Supervisor, auth: OperatorAuth, logger: Logger) {
+    public init(context: Context, ledger: Ledger, supervisor: Supervisor, auth: OperatorAuth,
+                daemon: any DaemonControl, logger: Logger) {
         self.context = context
         self.ledger = ledger
         self.supervisor = supervisor
         self.auth = auth
+        self.daemon = daemon
         self.logger = logger
         self.events = EventWaiters(ledger: ledger)
         self.metrics = Metrics()
@@ -70,7 +73,8 @@ public final class API: Sendable {
             },
         ]
         + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
-        + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes)
+        + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes
+        + DaemonRoutes(control: daemon).routes)
     }
 
     // MARK: - Probes

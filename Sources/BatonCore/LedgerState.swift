@@ -18,6 +18,8 @@ public struct LedgerState: Codable, Sendable, Equatable {
         public var cleanStops = 0
         public var lastStartedAt: Timestamp?
         public var lastStoppedAt: Timestamp?
+        /// batond's own upgrades (absent from snapshots written before they existed).
+        public var upgrades: DaemonUpgrades?
     }
 
     public mutating func apply(_ record: Record) {
@@ -69,6 +71,10 @@ public struct LedgerState: Codable, Sendable, Equatable {
         case .releaseCurrent(let e):
             agents[e.agent, default: AgentLedger()].current = e.version
             agents[e.agent, default: AgentLedger()].previous = e.previous
+        case .daemonUpgradeBegan, .daemonUpgraded, .daemonUpgradeFailed:
+            var upgrades = daemon.upgrades ?? DaemonUpgrades()
+            upgrades.apply(record.event, at: at)
+            daemon.upgrades = upgrades
         case .ledgerCut, .unknown:
             break
         }

@@ -33,6 +33,9 @@ public enum LedgerEvent: Sendable, Equatable {
     case agentError(AgentError)
     case releaseCurrent(ReleaseCurrent)
     case ledgerCut(LedgerCut)
+    case daemonUpgradeBegan(DaemonUpgradeBegan)
+    case daemonUpgraded(DaemonUpgraded)
+    case daemonUpgradeFailed(DaemonUpgradeFailed)
     case unknown(kind: String, version: Int)
 
     public var kind: String {
@@ -51,6 +54,9 @@ public enum LedgerEvent: Sendable, Equatable {
         case .agentError: "agent.error"
         case .releaseCurrent: "release.current"
         case .ledgerCut: "ledger.cut"
+        case .daemonUpgradeBegan: "daemon.upgrade_began"
+        case .daemonUpgraded: "daemon.upgraded"
+        case .daemonUpgradeFailed: "daemon.upgrade_failed"
         case .unknown(let kind, _): kind
         }
     }
@@ -64,7 +70,7 @@ public enum LedgerEvent: Sendable, Equatable {
     public static let knownKinds = [
         "daemon.started", "daemon.stopped", "agent.desired", "handoff.began", "handoff.phase", "handoff.ended",
         "instance.spawned", "instance.ready", "instance.stopped", "instance.exited", "agent.error", "release.current",
-        "ledger.cut", "instance.signal",
+        "ledger.cut", "instance.signal", "daemon.upgrade_began", "daemon.upgraded", "daemon.upgrade_failed",
     ]
 }
 

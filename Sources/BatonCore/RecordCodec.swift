@@ -133,6 +133,9 @@ public enum RecordCodec {
         case .agentError(let value): return try json(value)
         case .releaseCurrent(let value): return try json(value)
         case .ledgerCut(let value): return try json(value)
+        case .daemonUpgradeBegan(let value): return try json(value)
+        case .daemonUpgraded(let value): return try json(value)
+        case .daemonUpgradeFailed(let value): return try json(value)
         case .unknown: throw EncodingError.invalidValue(event, .init(codingPath: [], debugDescription: "unknown kinds are never written"))
         }
     }
@@ -166,6 +169,9 @@ public enum RecordCodec {
             case ("agent.error", 1): event = .agentError(try data(AgentError.self))
             case ("release.current", 1): event = .releaseCurrent(try data(ReleaseCurrent.self))
             case ("ledger.cut", 1): event = .ledgerCut(try data(LedgerCut.self))
+            case ("daemon.upgrade_began", 1): event = .daemonUpgradeBegan(try data(DaemonUpgradeBegan.self))
+            case ("daemon.upgraded", 1): event = .daemonUpgraded(try data(DaemonUpgraded.self))
+            case ("daemon.upgrade_failed", 1): event = .daemonUpgradeFailed(try data(DaemonUpgradeFailed.self))
             default: event = .unknown(kind: kind, version: version)
             }
             record = Record(seq: seq, time: time, event: event)

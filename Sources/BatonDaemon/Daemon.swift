@@ -11,7 +11,7 @@ import ServiceLifecycle
 
 /// batond's life: lock and load the ledger, bind the listeners, serve, and on SIGTERM or
 /// SIGINT answer every parked request, record the clean stop and exit 0.
-public struct Daemon {
+public struct Daemon: Sendable {
     /// Exit codes that mean something to a service manager (sysexits.h).
     public enum Exit: Int32, Sendable {
         case ok = 0
@@ -57,16 +57,31 @@ public struct Daemon {
             throw Failure(exit: .ioError, description: error.description)
         }
         let operatorGID = try resolveOperatorGroup()
-
-        let listeners = try bindListeners(operatorGID: operatorGID)
-        let agentListener: Listener
+        let binaries = DaemonBinaries(stateDirectory: config.stateDir)
+        binaries.removeLeftoverUploads()
+        let running: RunningBinary
         do {
-            // Any local user may connect: its routes want an instance's token or a
-            // registration, and each peer has its own cap.
-            agentListener = try Listener.unix(path: config.agentSocketPath, mode: 0o666)
+            running = try RunningBinary.identify(store: binaries)
         } catch {
-            listeners.forEach { $0.close() }
-            throw Failure(exit: .failure, description: error.description)
+            throw Failure(exit: .failure, description: "cannot read this binary's digest: \(error)")
+        }
+
+        // After a re-exec the previous image's sockets, never bound again: clients
+        // queued in their backlogs meanwhile are served, not refused.
+        let handedOver = Listener.handedOver()
+        let listeners = try bindListeners(operatorGID: operatorGID, handedOver: handedOver)
+        let agentListener: Listener
+        if let inherited = handedOver[Role.agent] {
+            agentListener = inherited
+        } else {
+            do {
+                // Any local user may connect: its routes want an instance's token or a
+                // registration, and each peer has its own cap.
+                agentListener = try Listener.unix(path: config.agentSocketPath, mode: 0o666)
+            } catch {
+                listeners.forEach { $0.close() }
+                throw Failure(exit: .failure, description: error.description)
+            }
         }
         let addressFile = config.stateDir + "/batond.addr"
         defer {
@@ -87,8 +102,10 @@ public struct Daemon {
                                     agent.registrationToken.map { (agent.name, $0) }
                                 }),
                                 adopting: { [supervisor] in supervisor.isAdopting })
+        let upgrader = SelfUpgrader(ledger: ledger, binaries: binaries, running: running, startedAt: startedAt,
+                                    arguments: Array(CommandLine.arguments.dropFirst()), logger: logger)
         let api = API(context: .init(config: config, startedAt: startedAt, listeners: described),
-                      ledger: ledger, supervisor: supervisor, auth: auth, logger: logger)
+                      ledger: ledger, supervisor: supervisor, auth: auth, daemon: upgrader, logger: logger)
         var httpConfiguration = HTTPServer.Configuration()
         httpConfiguration.maxBodyBytes = config.http.maxBodyBytes
         httpConfiguration.connectionLimit = UInt32(config.http.maxConnections)
@@ -107,12 +124,23 @@ public struct Daemon {
         } catch {
             throw Failure(exit: .ioError, description: "cannot record the start in the ledger: \(error)")
         }
-        let served = listeners.map { ($0, ListenerPolicy(maxConnections: config.http.maxConnections)) } + [(agentListener, agentPolicy)]
-        for (listener, policy) in served {
+        let served = listeners.map { (role: $0.isUnix ? Role.control : Role.tcp, listener: $0,
+                                      policy: ListenerPolicy(maxConnections: config.http.maxConnections)) }
+            + [(role: Role.agent, listener: agentListener, policy: agentPolicy)]
+        for (_, listener, policy) in served {
             do { try server.serve(listener, policy: policy) } catch {
                 server.shutdown(grace: .zero)
                 throw Failure(exit: .failure, description: error.description)
             }
+        }
+        do {
+            try await upgrader.settle()
+        } catch {
+            server.shutdown(grace: .zero)
+            throw Failure(exit: .ioError, description: "cannot settle the last upgrade in the ledger: \(error)")
+        }
+        upgrader.install { [self] binary, digest in
+            reexecute(into: binary, digest: digest, server: server, served: served, ledger: ledger)
         }
         logger.info("batond serving", metadata: ["listeners": "\(described.joined(separator: ", "))",
                                                  "state_dir": "\(config.stateDir)", "pid": "\(getpid())"])
@@ -122,6 +150,7 @@ public struct Daemon {
                 .init(service: HTTPService(server: server, listeners: listeners.map(\.description),
                                            adopted: { [supervisor] in await supervisor.adopted() }, notifier: notifier, logger: logger)),
                 .init(service: WatchdogService(notifier: notifier)),
+                .init(service: UpgradeService(upgrader: upgrader)),
                 // Last, so it stops first: agents are stopped while the API still serves them.
                 .init(service: SupervisorService(supervisor: supervisor, logger: logger)),
             ],
@@ -151,8 +180,19 @@ public struct Daemon {
         return group.pointee.gr_gid
     }
 
-    /// systemd's sockets when activated, else the configured socket and TCP address.
-    private func bindListeners(operatorGID: gid_t?) throws(Failure) -> [Listener] {
+    /// The roles of the listeners, as they are named across a re-exec.
+    enum Role {
+        static let control = "control"
+        static let tcp = "tcp"
+        static let agent = "agent"
+    }
+
+    /// The previous image's sockets after a re-exec, else systemd's when activated, else
+    /// the configured socket and TCP address.
+    private func bindListeners(operatorGID: gid_t?, handedOver: [String: Listener]) throws(Failure) -> [Listener] {
+        if let control = handedOver[Role.control] {
+            return [control] + (handedOver[Role.tcp].map { [$0] } ?? [])
+        }
         let activated = Listener.activated()
         var listeners: [Listener] = []
         if let unix = activated.first(where: \.isUnix) {
@@ -180,6 +220,50 @@ public struct Daemon {
             logger.warning("ignoring an extra activated socket", metadata: ["socket": "\(extra)"])
         }
         return listeners
+    }
+
+    // MARK: - Re-executing in place
+
+    /// Hands the listening sockets over and replaces this image with `binary`: same pid,
+    /// same arguments, the agents untouched (no supervisor shutdown: they stay children
+    /// of this pid and keep working). Returns only if `execve` failed, serving again on
+    /// the same sockets (libmicrohttpd cannot un-quiesce: new daemons on the same fds).
+    private func reexecute(into binary: String, digest: String, server: HTTPServer,
+                           served: [(role: String, listener: Listener, policy: ListenerPolicy)], ledger: Ledger) -> String {
+        guard server.handOver(grace: .seconds(2)) else { return "batond is stopping; no re-exec" }
+        for entry in served { _ = entry.listener.setInheritable(true) }
+        var environment = ProcessInfo.processInfo.environment
+        environment[Listener.handedOverVariable] = Listener.handOverDescription(served.map { ($0.role, $0.listener) })
+        environment[SelfUpgrader.markerVariable] = digest
+        let argv = ([binary] + CommandLine.arguments.dropFirst()).map { strdup($0) } + [nil]
+        let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        notifier.send("RELOADING=1\nMONOTONIC_USEC=\(Int64(now.tv_sec) * 1_000_000 + Int64(now.tv_nsec) / 1000)\n"
+                      + "STATUS=re-executing into batond \(digest)")
+        // The mask crosses exec: a signal blocked on this thread would stay blocked for
+        // the new image's whole life.
+        var everything = sigset_t(), previous = sigset_t()
+        sigemptyset(&everything)
+        pthread_sigmask(SIG_SETMASK, &everything, &previous)
+        // No write is half done when the image goes: the journal ends on a whole batch.
+        let error: Int32 = ledger.withWritesHeld {
+            execve(binary, argv, envp)
+            return errno
+        }
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
+        for entry in served { _ = entry.listener.setInheritable(false) }
+        do {
+            try server.resumeServing(served.map { ($0.listener, $0.policy) })
+        } catch {
+            logger.critical("cannot serve again after the failed re-exec", metadata: ["error": "\(error)"])
+        }
+        notifier.send("READY=1\nSTATUS=serving (re-exec into \(digest) failed)")
+        return "execve \(binary): \(String(cString: strerror(error)))"
     }
 
     /// Writes the TCP address (`HOST:PORT`) to `<state_dir>/batond.addr`, atomically, so

@@ -215,6 +215,18 @@ struct ConnectionTable {
         return expired
     }
 
+    /// The connections waiting for a head for `idle` or longer, now `closing`: shut them
+    /// down (the listeners are being handed over, and these clients send nothing).
+    mutating func closeIdle(for idle: Duration, now: Tick) -> [Int32] {
+        var closed: [Int32] = []
+        for (key, entry) in entries {
+            guard case .head(let since, _) = entry.phase, since + idle <= now else { continue }
+            entries[key]?.phase = .closing
+            closed.append(entry.fd)
+        }
+        return closed
+    }
+
     private mutating func move(_ connection: UInt, to phase: Phase) {
         guard let index = entries.index(forKey: connection), entries.values[index].phase != .closing else { return }
         entries.values[index].phase = phase

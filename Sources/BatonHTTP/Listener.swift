@@ -190,6 +190,52 @@ public struct Listener: Sendable, CustomStringConvertible {
         }
     }
 
+    // MARK: - Handed over across an exec
+
+    /// The variable through which batond's previous image names the listening sockets
+    /// it left open across its re-exec: `ROLE=FD[:owned],...`, e.g.
+    /// `control=5:owned,tcp=6,agent=7:owned` (`owned`: this process created the socket
+    /// file, so it removes it on a clean stop).
+    public static let handedOverVariable = "BATON_LISTEN_FDS"
+
+    /// Describes `listeners` for `handedOverVariable`.
+    public static func handOverDescription(_ listeners: [(role: String, listener: Listener)]) -> String {
+        listeners.map { "\($0.role)=\($0.listener.fd)\($0.listener.ownsPath ? ":owned" : "")" }.joined(separator: ",")
+    }
+
+    /// Keeps the socket open across an exec (`true`) or closes it there (`false`).
+    public func setInheritable(_ inheritable: Bool) -> Bool {
+        let flags = fcntl(fd, F_GETFD)
+        guard flags >= 0 else { return false }
+        return fcntl(fd, F_SETFD, inheritable ? flags & ~FD_CLOEXEC : flags | FD_CLOEXEC) == 0
+    }
+
+    /// The listening sockets the previous image handed over, by role; empty when batond
+    /// was not re-executed. Each is made close-on-exec again, and the variable removed.
+    /// A socket file is never unlinked or bound again: clients keep connecting to the
+    /// same socket, queued in its backlog while no image accepts.
+    public static func handedOver() -> [String: Listener] {
+        defer { unsetenv(handedOverVariable) }
+        guard let text = getenv(handedOverVariable).map({ String(cString: $0) }) else { return [:] }
+        var found: [String: Listener] = [:]
+        for entry in text.split(separator: ",") {
+            let parts = entry.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2 else { continue }
+            let fields = parts[1].split(separator: ":")
+            guard let fd = fields.first.flatMap({ Int32($0) }), fd >= 0 else { continue }
+            let owned = fields.dropFirst().contains("owned")
+            guard let address = socketAddress(fd) else { continue }
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            var identity: (UInt, UInt)?
+            if owned, case .unix(let path) = address {
+                var info = stat()
+                if lstat(path, &info) == 0 { identity = (UInt(info.st_dev), UInt(info.st_ino)) }
+            }
+            found[String(parts[0])] = Listener(fd: fd, address: address, ownsPath: owned && identity != nil, fileIdentity: identity)
+        }
+        return found
+    }
+
     // MARK: - systemd socket activation
 
     /// The sockets systemd passed (`LISTEN_FDS` for this pid), fds 3 and up; empty when
@@ -206,36 +252,42 @@ public struct Listener: Sendable, CustomStringConvertible {
         var listeners: [Listener] = []
         for fd in 3..<(3 + count) {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            var storage = sockaddr_storage()
-            var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            let ok = withUnsafeMutablePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-            }
-            guard ok == 0 else { continue }
-            switch Int32(storage.ss_family) {
-            case AF_UNIX:
-                let path = withUnsafeBytes(of: storage) { raw -> String in
-                    let address = raw.load(as: sockaddr_un.self)
-                    return withUnsafeBytes(of: address.sun_path) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-                }
-                listeners.append(Listener(fd: fd, address: .unix(path: path), ownsPath: false, fileIdentity: nil))
-            case AF_INET, AF_INET6:
-                var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-                let host: String = withUnsafeBytes(of: storage) { raw in
-                    if Int32(storage.ss_family) == AF_INET {
-                        var address = raw.load(as: sockaddr_in.self).sin_addr
-                        inet_ntop(AF_INET, &address, &text, socklen_t(text.count))
-                    } else {
-                        var address = raw.load(as: sockaddr_in6.self).sin6_addr
-                        inet_ntop(AF_INET6, &address, &text, socklen_t(text.count))
-                    }
-                    return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                }
-                listeners.append(Listener(fd: fd, address: .tcp(host: host, port: boundPort(fd) ?? 0), ownsPath: false, fileIdentity: nil))
-            default:
-                continue
-            }
+            guard let address = socketAddress(fd) else { continue }
+            listeners.append(Listener(fd: fd, address: address, ownsPath: false, fileIdentity: nil))
         }
         return listeners
+    }
+
+    /// What a listening socket is bound to (getsockname), or nil for other kinds.
+    private static func socketAddress(_ fd: Int32) -> Address? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let ok = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard ok == 0 else { return nil }
+        switch Int32(storage.ss_family) {
+        case AF_UNIX:
+            let path = withUnsafeBytes(of: storage) { raw -> String in
+                let address = raw.load(as: sockaddr_un.self)
+                return withUnsafeBytes(of: address.sun_path) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            }
+            return .unix(path: path)
+        case AF_INET, AF_INET6:
+            var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+            let host: String = withUnsafeBytes(of: storage) { raw in
+                if Int32(storage.ss_family) == AF_INET {
+                    var address = raw.load(as: sockaddr_in.self).sin_addr
+                    inet_ntop(AF_INET, &address, &text, socklen_t(text.count))
+                } else {
+                    var address = raw.load(as: sockaddr_in6.self).sin6_addr
+                    inet_ntop(AF_INET6, &address, &text, socklen_t(text.count))
+                }
+                return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+            return .tcp(host: host, port: boundPort(fd) ?? 0)
+        default:
+            return nil
+        }
     }
 }

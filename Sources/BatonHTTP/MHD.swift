@@ -50,6 +50,9 @@ public final class HTTPServer: Sendable {
     private let openExchanges = Atomic<Int>(0)
     private let drained = DispatchSemaphore(value: 0)
     let draining = Atomic<Bool>(false)
+    /// Set while the listeners are handed over (`handOver`): every answer closes its
+    /// connection, so clients reconnect to whoever accepts next.
+    let handingOver = Atomic<Bool>(false)
 
     public init(configuration: Configuration = .init(), router: Router,
                 admission: @escaping Admission = { _ in nil },
@@ -152,6 +155,65 @@ public final class HTTPServer: Sendable {
         for context in contexts {
             if let daemon = context.daemonPointer { MHD_stop_daemon(daemon) }
             context.daemon.withLock { $0 = 0 }
+        }
+    }
+
+    // MARK: - Handing the listeners over
+
+    /// Stops serving while keeping every listening socket open, for a successor that
+    /// accepts on the same sockets (batond's re-exec): connections that arrive meanwhile
+    /// wait in the kernel's backlog, never refused. Quiesces each daemon, answers every
+    /// parked request with its deadline answer, answers whatever else comes with
+    /// `Connection: close`, closes connections idle for 100 ms, and waits up to `grace`
+    /// for every connection to close before stopping the daemons.
+    /// The caller owns the sockets, as before; `resumeServing` undoes this. Returns false,
+    /// doing nothing, when the server is shutting down or handing over already.
+    public func handOver(grace: Duration) -> Bool {
+        guard !draining.load(ordering: .sequentiallyConsistent),
+              !handingOver.exchange(true, ordering: .sequentiallyConsistent) else { return false }
+        let contexts = daemons.withLock { $0 }
+        for context in contexts {
+            if let daemon = context.daemonPointer { _ = MHD_quiesce_daemon(daemon) }
+        }
+        for pending in parked.withLock({ Array($0.all.values) }) {
+            pending.expire()
+        }
+        // A connection answered just before the quiesce sends its next request at once and
+        // gets `Connection: close`; one that stays silent this long is idle: closing it
+        // cannot cut a request short.
+        let idle = Duration.milliseconds(100)
+        let deadline = ContinuousClock.now + grace
+        while ContinuousClock.now < deadline {
+            let now = Tick.now
+            var open = 0
+            for context in contexts {
+                open += context.table.withLock { table in
+                    for fd in table.closeIdle(for: idle, now: now) { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+                    return table.open
+                }
+            }
+            if open == 0 && openExchanges.load(ordering: .sequentiallyConsistent) == 0 { break }
+            // Connections close on libmicrohttpd's threads, which signal nothing here: poll.
+            Thread.sleep(forTimeInterval: 0.002)
+        }
+        let left = contexts.reduce(0) { total, context in total + context.table.withLock { $0.open } }
+        if left > 0 {
+            logger.info("closing idle connections to hand the listeners over", metadata: ["open": "\(left)"])
+        }
+        for context in contexts {
+            if let daemon = context.daemonPointer { MHD_stop_daemon(daemon) }
+            context.daemon.withLock { $0 = 0 }
+        }
+        daemons.withLock { $0.removeAll() }
+        return true
+    }
+
+    /// Serves again on the listeners a `handOver` stopped serving (the successor never
+    /// came: batond's exec failed).
+    public func resumeServing(_ listeners: [(Listener, ListenerPolicy)]) throws(ListenerError) {
+        handingOver.store(false, ordering: .sequentiallyConsistent)
+        for (listener, policy) in listeners {
+            try serve(listener, policy: policy)
         }
     }
 
@@ -308,6 +370,10 @@ final class Exchange {
     private var answered = false
     private var tooLarge = false
     private var pending: Pending?
+    /// A streamed body's sink, the bytes it took, and why it stopped taking them.
+    private var sink: (any BodySink)?
+    private var streamedBytes = 0
+    private var sinkFailure: HTTPError?
     /// An error decided from the head of a request without a body, answered at the final call.
     private var refusal: Response?
     /// For metrics: the matched route (nil for none) and the method as sent.
@@ -351,14 +417,17 @@ final class Exchange {
             if let refusal = server.admission(&request) {
                 return refuse(refusal)
             }
-            let limit = server.configuration.maxBodyBytes
+            let limit = route.streamed?.maxBytes ?? server.configuration.maxBodyBytes
             if let length, length > limit {
                 return refuse(.payloadTooLarge(limit: limit))
             }
             if let length, length > 0, !route.takesBody {
                 return refuse(.bodyNotAllowed)
             }
-            if hasBody && route.takesBody {
+            if let streamed = route.streamed {
+                // Opened before any of the body is read, so the route can refuse it whole.
+                do { sink = try streamed.open(request) } catch { return refuse(error) }
+            } else if hasBody && route.takesBody {
                 let type = lookup(header: "Content-Type")
                 let mediaType = type?.split(separator: ";").first.map { String($0).trimmedOfSpaces.lowercased() }
                 guard mediaType == "application/json" else {
@@ -375,12 +444,24 @@ final class Exchange {
     func finish() {
         request = nil
         body = []
+        sink = nil
     }
 
     /// Later calls: body chunks, then the final call (size 0), or the call after a resume.
     func proceed(uploadData: UnsafePointer<CChar>?, size: UnsafeMutablePointer<Int>) -> MHD_Result {
         if size.pointee > 0 {
-            if !answered && !tooLarge, let uploadData {
+            if !answered && !tooLarge, let uploadData, let sink {
+                // Past a failure the rest of the body is read and dropped.
+                if sinkFailure == nil, let limit = request?.route.streamed?.maxBytes {
+                    streamedBytes += size.pointee
+                    do throws(HTTPError) {
+                        guard streamedBytes <= limit else { throw HTTPError.payloadTooLarge(limit: limit) }
+                        try sink.write(UnsafeRawBufferPointer(start: uploadData, count: size.pointee))
+                    } catch {
+                        sinkFailure = error
+                    }
+                }
+            } else if !answered && !tooLarge, let uploadData {
                 if body.count + size.pointee > server.configuration.maxBodyBytes {
                     // Chunked bodies have no length to refuse up front: stop keeping them.
                     tooLarge = true
@@ -405,6 +486,9 @@ final class Exchange {
         if tooLarge {
             return queue(HTTPError.payloadTooLarge(limit: server.configuration.maxBodyBytes).response)
         }
+        if let sinkFailure {
+            return queue(sinkFailure.response)
+        }
         // Taken out: a request refers to its exchange, so keeping it here would be a cycle.
         guard var request = self.request.take() else {
             return queue(HTTPError(status: 500, code: "internal", message: "lost request").response)
@@ -415,6 +499,7 @@ final class Exchange {
             return queue(HTTPError.bodyNotAllowed.response)
         }
         request.body = body
+        request.sink = sink.take()
         body = []
         return dispatch(request)
     }
@@ -433,7 +518,7 @@ final class Exchange {
             guard let pending else {
                 return queue(HTTPError(status: 500, code: "internal", message: "handler parked without a pending answer").response)
             }
-            if server.draining.load(ordering: .relaxed) { pending.expire() }
+            if server.draining.load(ordering: .relaxed) || server.handingOver.load(ordering: .relaxed) { pending.expire() }
             return deliver(pending)
         }
     }
@@ -485,6 +570,9 @@ final class Exchange {
         defer { MHD_destroy_response(mhdResponse) }
         for (name, value) in response.headers {
             _ = MHD_add_response_header(mhdResponse, name, value)
+        }
+        if server.handingOver.load(ordering: .relaxed) && !response.headers.contains(where: { $0.name == "Connection" }) {
+            _ = MHD_add_response_header(mhdResponse, "Connection", "close")
         }
         server.observer(route, method, response.status)
         return MHD_queue_response(connection, UInt32(response.status), mhdResponse)

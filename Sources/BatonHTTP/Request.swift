@@ -30,6 +30,8 @@ public struct Request {
     public let parameters: [String: String]
     public let peer: Peer
     public internal(set) var body: [UInt8] = []
+    /// A streamed body's sink (routes with `StreamedBody`), every chunk written to it.
+    public internal(set) var sink: (any BodySink)?
     /// Set by the admission hook: who the request acts as.
     public var principal: (any Sendable)?
 

@@ -18,6 +18,28 @@ public typealias Handler = @Sendable (Request) throws(HTTPError) -> Reply
 /// principal. Runs before the body is read, so unauthorised uploads are never buffered.
 public typealias Admission = @Sendable (inout Request) -> HTTPError?
 
+/// Where a streamed request body goes, a chunk at a time, as it arrives: uploads that
+/// must never sit whole in memory. Chunks come in order on the listener's thread; a
+/// throw stops the writing (the rest of the body is read and dropped) and answers the
+/// request with the error.
+public protocol BodySink: AnyObject, Sendable {
+    func write(_ bytes: UnsafeRawBufferPointer) throws(HTTPError)
+}
+
+/// How a route takes a streamed body: `open` runs once the head is admitted (it may
+/// refuse with an error, before any of the body is read) and returns the sink; the
+/// handler then finds it in `Request.sink`. `maxBytes` replaces the server's JSON body
+/// limit for this route; any media type is accepted.
+public struct StreamedBody: Sendable {
+    public var maxBytes: Int
+    public var open: @Sendable (Request) throws(HTTPError) -> any BodySink
+
+    public init(maxBytes: Int, open: @escaping @Sendable (Request) throws(HTTPError) -> any BodySink) {
+        self.maxBytes = maxBytes
+        self.open = open
+    }
+}
+
 /// One route: a method and a path template whose `{name}` segments are parameters.
 /// A class: requests carry their route by reference, and metrics key on its identity.
 public final class Route: Sendable {
@@ -27,6 +49,8 @@ public final class Route: Sendable {
     public let scope: String
     /// Whether the route takes a JSON body.
     public let takesBody: Bool
+    /// Set when the route takes its body as a stream instead.
+    public let streamed: StreamedBody?
     public let handler: Handler
     let segments: [Segment]
 
@@ -35,11 +59,13 @@ public final class Route: Sendable {
         case parameter(String)
     }
 
-    public init(_ method: HTTPMethod, _ template: String, scope: String, takesBody: Bool = false, handler: @escaping Handler) {
+    public init(_ method: HTTPMethod, _ template: String, scope: String, takesBody: Bool = false,
+                streamed: StreamedBody? = nil, handler: @escaping Handler) {
         self.method = method
         self.template = template
         self.scope = scope
-        self.takesBody = takesBody
+        self.takesBody = takesBody || streamed != nil
+        self.streamed = streamed
         self.handler = handler
         self.segments = template.split(separator: "/", omittingEmptySubsequences: true).map { part in
             if part.hasPrefix("{") && part.hasSuffix("}") {

@@ -205,6 +205,14 @@ public final class Ledger: Sendable {
         lock.release()
     }
 
+    /// Runs `body` while no write is in flight and none can start: batond re-executes
+    /// itself inside it, so the journal never ends in half a batch because of the exec.
+    /// Records appended meanwhile wait (and, if the exec succeeds, were never
+    /// acknowledged). The writer goes on when `body` returns.
+    public func withWritesHeld<T: Sendable>(_ body: () -> T) -> T {
+        writer.withLock { _ in body() }
+    }
+
     // MARK: - The writer thread
 
     private func runWriter() {

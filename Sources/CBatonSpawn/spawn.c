@@ -150,6 +150,10 @@ int baton_collapse_front(int fd, long long length) {
     return fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, 0, (off_t)length);
 }
 
+int baton_pipe_cloexec(int fds[2]) {
+    return pipe2(fds, O_CLOEXEC);
+}
+
 int baton_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
 }

@@ -12,7 +12,9 @@ struct Batond: AsyncParsableCommand {
         abstract: "Runs agents and hands each over to a new release with zero downtime.",
         discussion: """
             Exit codes: 0 clean stop, 1 failure, 64 usage, 74 ledger I/O error, \
-            75 state directory in use by another batond, 78 invalid configuration.
+            75 state directory in use by another batond, 78 invalid configuration. \
+            --self-check exits 0 when this binary could take over the state directory, \
+            else 74 or 78 with the reason on stderr.
             """)
 
     @Option(name: .long, help: "The TOML configuration file (default: /etc/baton/batond.toml when it exists).")
@@ -33,6 +35,12 @@ struct Batond: AsyncParsableCommand {
     @Flag(name: .long, help: "Validate the configuration and exit.")
     var checkConfig = false
 
+    @Flag(name: .long, help: "Check that this binary could run on this config and state directory (read-only; beside a running batond too) and exit.")
+    var selfCheck = false
+
+    @Flag(name: .long, help: "Store this binary as <state_dir>/daemon/<sha256>/batond and, if daemon/current names nothing yet, point it there (the systemd unit starts batond through daemon/current); then exit.")
+    var installSelf = false
+
     @Flag(name: .long, help: "Print the version and exit.")
     var version = false
 
@@ -50,6 +58,24 @@ struct Batond: AsyncParsableCommand {
         }
         if checkConfig {
             print("\(settings.file ?? "(built-in defaults)"): OK, \(settings.agents.count) agent(s), state in \(settings.stateDir)")
+            return
+        }
+        if installSelf {
+            do {
+                print(try InstallSelf.run(stateDirectory: settings.stateDir))
+            } catch {
+                FileHandle.standardError.write(Data("batond: \(error.description)\n".utf8))
+                throw ExitCode(error.exit.rawValue)
+            }
+            return
+        }
+        if selfCheck {
+            do {
+                print(try SelfCheck.run(config: settings))
+            } catch {
+                FileHandle.standardError.write(Data("batond: self-check failed: \(error.description)\n".utf8))
+                throw ExitCode(error.exit.rawValue)
+            }
             return
         }
         let level = Logger.Level(rawValue: settings.logLevel.rawValue) ?? .info

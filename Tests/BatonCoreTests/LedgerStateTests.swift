@@ -110,4 +110,20 @@ struct LedgerStateTests {
                                               follows: 0, highestCutSeq: nil))
         #expect(fold([cut]) == fold([.unknown(kind: "future.kind", version: 2)]))
     }
+
+    @Test func selfUpgradesFoldIntoTheLastAttemptAndTheBinariesThatDiedBeforeConfirming() {
+        let a = String(repeating: "a", count: 64), b = String(repeating: "b", count: 64)
+        let began = LedgerEvent.daemonUpgradeBegan(.init(from: a, fromVersion: "1", to: b, pid: 7, by: "operator"))
+        #expect(fold([began]).daemon.upgrades?.last?.outcome == .inProgress)
+        let died = fold([began, .daemonUpgradeFailed(.init(from: a, to: b, stage: .confirm, reason: "died"))])
+        #expect(died.daemon.upgrades?.last?.outcome == .failed)
+        #expect(died.daemon.upgrades?.last?.stage == .confirm)
+        #expect(died.daemon.upgrades?.diedBeforeConfirming == [b])
+        let refused = fold([.daemonUpgradeFailed(.init(from: a, to: b, stage: .selfCheck, reason: "exit 1"))])
+        #expect(refused.daemon.upgrades?.diedBeforeConfirming == [], "a refused self-check is no reason to shun the binary")
+        let forced = fold([began, .daemonUpgradeFailed(.init(from: a, to: b, stage: .confirm, reason: "died")), began,
+                           .daemonUpgraded(.init(from: a, fromVersion: "1", to: b, toVersion: "2", pid: 7))])
+        #expect(forced.daemon.upgrades?.last?.outcome == .upgraded)
+        #expect(forced.daemon.upgrades?.diedBeforeConfirming == [])
+    }
 }

@@ -23,6 +23,12 @@ struct RecordCodecTests {
         .releaseCurrent(.init(agent: "web", version: "2.0", previous: "1.0")),
         .ledgerCut(.init(file: "journal.jsonl.cut-20261130T021939.123Z", line: 3, bytes: 57, reason: "no end of line",
                          follows: 2, highestCutSeq: 3)),
+        .daemonUpgradeBegan(.init(from: String(repeating: "a", count: 64), fromVersion: "0.1.0",
+                                  to: String(repeating: "b", count: 64), pid: 42, by: "operator (token)")),
+        .daemonUpgraded(.init(from: String(repeating: "a", count: 64), fromVersion: "0.1.0",
+                              to: String(repeating: "b", count: 64), toVersion: "0.2.0", pid: 42)),
+        .daemonUpgradeFailed(.init(from: String(repeating: "a", count: 64), to: String(repeating: "b", count: 64),
+                                   stage: .confirm, reason: "died before confirming")),
     ]
 
     @Test func everyKnownKindIsCovered() {

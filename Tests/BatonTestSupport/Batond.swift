@@ -29,7 +29,8 @@ public final class BatondProcess {
     /// Starts batond and waits for READY=1. `arguments` come after the defaults.
     public init(state: TemporaryDirectory = TemporaryDirectory("batond"), arguments: [String] = [],
                 configText: String? = nil, tcp: Bool = true, waitReady: Bool = true,
-                environment extra: [String: String] = [:], wrapper: [String] = [], agentsOutlive: Bool = false) throws {
+                environment extra: [String: String] = [:], wrapper: [String] = [], executable: String? = nil,
+                agentsOutlive: Bool = false) throws {
         self.state = state
         notify = try NotifySocket(path: state.file("notify-\(UUID().uuidString.prefix(8)).sock"))
         var args = ["--state-dir", state.path, "--socket", state.file("batond.sock"), "--log-level", "debug"]
@@ -44,9 +45,11 @@ public final class BatondProcess {
             try configText.write(toFile: path, atomically: true, encoding: .utf8)
             args += ["--config", path]
         }
-        // `wrapper` runs batond through another command (e.g. `unshare --pid --fork`).
-        process.executableURL = URL(fileURLWithPath: wrapper.first ?? Products.path("batond"))
-        process.arguments = (wrapper.isEmpty ? [] : Array(wrapper.dropFirst()) + [Products.path("batond")]) + args + arguments
+        // `wrapper` runs batond through another command (e.g. `unshare --pid --fork`);
+        // `executable` is another batond binary (e.g. `<state>/daemon/current/batond`).
+        let batond = executable ?? Products.path("batond")
+        process.executableURL = URL(fileURLWithPath: wrapper.first ?? batond)
+        process.arguments = (wrapper.isEmpty ? [] : Array(wrapper.dropFirst()) + [batond]) + args + arguments
         var environment = ProcessInfo.processInfo.environment
         environment["NOTIFY_SOCKET"] = notify.path
         environment.merge(extra) { _, new in new }

@@ -30,6 +30,9 @@ struct AuthTests {
         Call(method: "POST", path: "/v1/agents/demo/rollback", body: "{}"),
         Call(method: "GET", path: "/v1/handoffs/demo-1", body: nil),
         Call(method: "POST", path: "/v1/agents/demo/instances", body: #"{"pid":999999999,"version":"1.0"}"#),
+        Call(method: "GET", path: "/v1/daemon", body: nil),
+        Call(method: "PUT", path: "/v1/daemon/binary", body: "not a binary"),
+        Call(method: "POST", path: "/v1/daemon/upgrade", body: #"{"digest":"\#(String(repeating: "0", count: 64))"}"#),
     ]
     static let instanceCalls = [
         Call(method: "POST", path: "/v1/instances/demo.1/ready", body: "{}"),

@@ -28,7 +28,8 @@ struct InProcessAPITests {
         config.stateDir = state.path
         let supervisor = Supervisor(config: config, ledger: ledger, socketPath: state.file("none.sock"), url: nil, logger: logger)
         api = API(context: .init(config: config, startedAt: .now(), listeners: []), ledger: ledger, supervisor: supervisor,
-                  auth: OperatorAuth(token: token, operatorGID: nil, probesOpen: true), logger: logger)
+                  auth: OperatorAuth(token: token, operatorGID: nil, probesOpen: true),
+                  daemon: FixedDaemon(binaries: DaemonBinaries(stateDirectory: state.path)), logger: logger)
         server = api.makeServer(configuration: .init())
         listener = try Listener.tcp(host: "127.0.0.1", port: 0)
         try server.serve(listener)
@@ -96,5 +97,21 @@ extension InProcessAPITests {
         }
         done.wait()
         return try result.get()!.get()[0]
+    }
+}
+
+/// batond itself as the daemon routes see it, in a test that runs no batond: the view
+/// is fixed and no upgrade ever starts.
+struct FixedDaemon: DaemonControl {
+    let binaries: DaemonBinaries
+
+    var view: DaemonView {
+        DaemonView(version: "test", sha256: String(repeating: "0", count: 64), pid: getpid(), startedAt: .now(),
+                   current: nil, lastUpgrade: nil)
+    }
+
+    func upgrade(to digest: String, force: Bool, by: String,
+                 answer: @escaping @Sendable (Response) -> Void) throws(HTTPError) {
+        throw HTTPError(status: 409, code: "upgrade_in_progress", message: "no upgrade in a test without batond")
     }
 }

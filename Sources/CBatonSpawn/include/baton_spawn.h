@@ -31,6 +31,9 @@ pid_t baton_parent_pid(pid_t pid);
 /// cannot: tmpfs, btrfs, ext4 without extents).
 int baton_collapse_front(int fd, long long length);
 
+/// pipe2(fds, O_CLOEXEC): a GNU call Swift's Glibc module does not show.
+int baton_pipe_cloexec(int fds[2]);
+
 /// A pidfd for any process (not only a child): readable once it exits. -1 on error.
 int baton_pidfd_open(pid_t pid);
 

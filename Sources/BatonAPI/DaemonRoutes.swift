@@ -1,0 +1,132 @@
+import BatonCore
+import BatonHTTP
+import BatonSupervisor
+import Foundation
+
+/// What the daemon routes need from batond itself: who it is, where its binaries are
+/// kept, and the upgrade. The daemon implements it; tests may fake it.
+public protocol DaemonControl: Sendable {
+    var view: DaemonView { get }
+    var binaries: DaemonBinaries { get }
+    /// Starts an upgrade to the stored binary `digest` and answers through `answer`,
+    /// once: 202 just before the re-exec, 422 when its self-check refused, 503 when the
+    /// ledger cannot record the attempt. Throws what can be told at once (409 busy, 409
+    /// a binary that died before confirming, without `force`).
+    func upgrade(to digest: String, force: Bool, by: String,
+                 answer: @escaping @Sendable (Response) -> Void) throws(HTTPError)
+}
+
+/// `GET /v1/daemon`, `PUT /v1/daemon/binary`, `POST /v1/daemon/upgrade`: operator only.
+struct DaemonRoutes: Sendable {
+    let control: any DaemonControl
+
+    /// The largest batond binary `PUT /v1/daemon/binary` takes.
+    static let maxBinaryBytes = 512 << 20
+
+    var routes: [Route] {
+        [
+            Route(.GET, "/v1/daemon", scope: Scope.operator) { [control] _ in .respond(.json(control.view)) },
+            Route(.PUT, "/v1/daemon/binary", scope: Scope.operator,
+                  streamed: StreamedBody(maxBytes: Self.maxBinaryBytes) { [control] (request) throws(HTTPError) -> any BodySink in
+                      let expected = try Self.contentDigest(request.header("Content-Digest"))
+                      do throws(DaemonBinaries.StoreError) {
+                          return UploadSink(try control.binaries.upload(expected: expected, maxBytes: Self.maxBinaryBytes))
+                      } catch {
+                          throw Self.http(error)
+                      }
+                  }) { (request) throws(HTTPError) -> Reply in
+                guard let sink = request.sink as? UploadSink else {
+                    throw HTTPError(status: 500, code: "internal", message: "the upload lost its sink")
+                }
+                guard sink.upload.size > 0 else {
+                    throw HTTPError(status: 400, code: "binary_required", message: "the body must be the batond binary; it was empty")
+                }
+                // fsync and rename: disk work, kept off libmicrohttpd's thread.
+                let pending = request.park(deadline: .seconds(60)) {
+                    HTTPError(status: 503, code: "timeout", message: "storing the binary took too long; retry").response
+                }
+                DispatchQueue.global().async {
+                    do throws(DaemonBinaries.StoreError) {
+                        let stored = try sink.upload.finish()
+                        pending.answer(.json(status: stored.existed ? 200 : 201, StoredBinary(sha256: stored.digest, size: stored.size)))
+                    } catch {
+                        pending.answer(Self.http(error).response)
+                    }
+                }
+                return .parked
+            },
+            Route(.POST, "/v1/daemon/upgrade", scope: Scope.operator, takesBody: true) { [control] (request) throws(HTTPError) -> Reply in
+                let body = try request.decodeJSON(UpgradeRequest.self)
+                guard DaemonBinaries.isDigest(body.digest) else {
+                    throw HTTPError(status: 422, code: "invalid_digest",
+                                    message: "digest must be a SHA-256 in 64 lowercase hex digits, not \(WireJSON.quote(body.digest))")
+                }
+                let by = (request.principal as? Principal)?.name ?? "operator"
+                // The self-check has its own deadline; this one only guards the parked slot.
+                let pending = request.park(deadline: .seconds(120)) {
+                    HTTPError(status: 503, code: "timeout", message: "the upgrade did not answer in time; see GET /v1/daemon").response
+                }
+                do throws(HTTPError) {
+                    try control.upgrade(to: body.digest, force: body.force ?? false, by: by) { pending.answer($0) }
+                } catch {
+                    pending.answer(error.response)
+                }
+                return .parked
+            },
+        ]
+    }
+
+    /// The SHA-256 of `Content-Digest: sha-256=:BASE64:` (RFC 9530; other algorithms in
+    /// the field are ignored). 400 when there is none or it is not 32 bytes of base64.
+    static func contentDigest(_ field: String?) throws(HTTPError) -> [UInt8] {
+        guard let field else {
+            throw HTTPError(status: 400, code: "digest_required",
+                            message: "the body's SHA-256 is required as Content-Digest: sha-256=:BASE64: (RFC 9530)")
+        }
+        for member in field.split(separator: ",") {
+            let parts = member.split(separator: "=", maxSplits: 1)
+            guard parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces).lowercased() == "sha-256" else { continue }
+            let value = parts[1].trimmingCharacters(in: .whitespaces)
+            guard value.count > 2, value.hasPrefix(":"), value.hasSuffix(":"),
+                  let bytes = Data(base64Encoded: String(value.dropFirst().dropLast())), bytes.count == 32 else {
+                throw HTTPError(status: 400, code: "invalid_digest",
+                                message: "Content-Digest's sha-256 must be :BASE64: of 32 bytes, not \(WireJSON.quote(value))")
+            }
+            return Array(bytes)
+        }
+        throw HTTPError(status: 400, code: "digest_required",
+                        message: "Content-Digest has no sha-256 member; send sha-256=:BASE64: (RFC 9530)")
+    }
+
+    static func http(_ error: DaemonBinaries.StoreError) -> HTTPError {
+        switch error {
+        case .mismatch: HTTPError(status: 422, code: "digest_mismatch", message: error.description)
+        case .tooLarge(let limit): HTTPError.payloadTooLarge(limit: limit)
+        case .notStored: HTTPError(status: 404, code: "binary_not_found", message: error.description)
+        case .io: HTTPError(status: 500, code: "store_failed", message: "the binary could not be stored: \(error)")
+        }
+    }
+}
+
+/// The HTTP layer's view of an upload in the binary store.
+final class UploadSink: BodySink {
+    let upload: BinaryUpload
+
+    init(_ upload: BinaryUpload) { self.upload = upload }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws(HTTPError) {
+        do { try upload.write(bytes) } catch { throw DaemonRoutes.http(error) }
+    }
+}
+
+struct StoredBinary: Encodable, Sendable {
+    var sha256: String
+    var size: Int
+}
+
+struct UpgradeRequest: ClosedJSONObject, Sendable {
+    static let fieldNames: Set<String> = ["digest", "force"]
+    var digest: String
+    /// Try a binary that died before confirming once already (the operator's explicit choice).
+    var force: Bool?
+}

@@ -1,0 +1,361 @@
+import BatonCore
+import CBatonSpawn
+import Crypto
+import Foundation
+import Glibc
+import Synchronization
+
+/// batond's own binaries, kept like releases: `<state_dir>/daemon/<sha256hex>/batond`
+/// (0755, named by the SHA-256 of its bytes) and `daemon/current`, a symlink to the
+/// digest directory that the service manager's `ExecStart=` goes through
+/// (`daemon/current/batond`). `current` moves only once a new binary has confirmed
+/// (`daemon.upgraded`), atomically (new link, rename, fsync of the directory).
+public struct DaemonBinaries: Sendable {
+    public static let directoryName = "daemon"
+    public static let binaryName = "batond"
+
+    public let root: String
+
+    public init(stateDirectory: String) {
+        root = stateDirectory + "/" + Self.directoryName
+    }
+
+    /// The stored binary with this digest (64 lowercase hex digits), if there is one.
+    public func binary(digest: String) -> String? {
+        guard Self.isDigest(digest) else { return nil }
+        let path = "\(root)/\(digest)/\(Self.binaryName)"
+        var info = stat()
+        guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return path
+    }
+
+    /// The digest `current` points at, when it points at a stored binary.
+    public var current: String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let count = readlink("\(root)/current", &buffer, buffer.count - 1)
+        guard count > 0 else { return nil }
+        let target = String(decoding: buffer[0..<count].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let digest = target.split(separator: "/").last.map(String.init) ?? target
+        return binary(digest: digest) == nil ? nil : digest
+    }
+
+    /// Points `current` at a stored binary: a new link under a temporary name renamed
+    /// over the old one, then the directory fsync'd, so `current` names one binary or
+    /// the other, durably.
+    public func setCurrent(_ digest: String) throws(StoreError) {
+        guard binary(digest: digest) != nil else { throw .notStored(digest) }
+        let temporary = "\(root)/.current.\(getpid()).tmp"
+        unlink(temporary)
+        guard symlink(digest, temporary) == 0 else { throw .io("symlink \(temporary)", errno) }
+        guard rename(temporary, "\(root)/current") == 0 else {
+            let error = errno
+            unlink(temporary)
+            throw .io("rename \(temporary)", error)
+        }
+        try Self.syncDirectory(root)
+    }
+
+    /// Removes the temporary files of uploads a crash cut short. Only the batond that
+    /// holds the state directory's lock calls it (at start), so none is in progress.
+    public func removeLeftoverUploads() {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? [] where name.hasPrefix(".upload-") {
+            unlink("\(root)/\(name)")
+        }
+    }
+
+    /// Starts storing a binary whose SHA-256 should be `expected`: its bytes go to a
+    /// temporary file in `daemon/` as they arrive (`BinaryUpload.write`), and `finish`
+    /// keeps it only if the digest matches.
+    public func upload(expected: [UInt8], maxBytes: Int) throws(StoreError) -> BinaryUpload {
+        try Self.makeDirectory(root)
+        return try BinaryUpload(store: self, expected: expected, maxBytes: maxBytes)
+    }
+
+    /// Stores the file at `path` (e.g. `/proc/self/exe`) under its digest; returns the
+    /// digest and whether it was stored already.
+    public func store(copyOf path: String) throws(StoreError) -> (digest: String, existed: Bool) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io("open \(path)", errno) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw .io("stat \(path)", errno) }
+        let digest = try Self.digest(of: fd, path: path)
+        let upload = try upload(expected: Array(digest.bytes), maxBytes: Int(info.st_size))
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        guard lseek(fd, 0, SEEK_SET) == 0 else { throw .io("seek \(path)", errno) }
+        while true {
+            let count = read(fd, &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            guard count >= 0 else { throw .io("read \(path)", errno) }
+            if count == 0 { break }
+            let failure: StoreError? = buffer.withUnsafeBytes { raw in
+                do throws(StoreError) {
+                    try upload.write(UnsafeRawBufferPointer(rebasing: raw[..<count]))
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            if let failure { throw failure }
+        }
+        let stored = try upload.finish()
+        return (stored.digest, stored.existed)
+    }
+
+    /// The SHA-256 (hex) of a file, read a chunk at a time.
+    public static func digest(ofFile path: String) throws(StoreError) -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io("open \(path)", errno) }
+        defer { close(fd) }
+        return try digest(of: fd, path: path).hex
+    }
+
+    private static func digest(of fd: Int32, path: String) throws(StoreError) -> (bytes: [UInt8], hex: String) {
+        var hasher = SHA256()
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = read(fd, &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            guard count >= 0 else { throw .io("read \(path)", errno) }
+            if count == 0 { break }
+            buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
+        }
+        let bytes = Array(hasher.finalize())
+        return (bytes, hex(bytes))
+    }
+
+    public static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(bytes.count * 2)
+        for byte in bytes {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0xf)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// 64 lowercase hex digits: the only names the store has.
+    public static func isDigest(_ text: String) -> Bool {
+        text.utf8.count == 64 && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
+    }
+
+    static func makeDirectory(_ path: String) throws(StoreError) {
+        if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .io("mkdir \(path)", errno) }
+    }
+
+    static func syncDirectory(_ path: String) throws(StoreError) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw .io("open \(path)", errno) }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw .io("fsync \(path)", errno) }
+    }
+
+    public enum StoreError: Error, Sendable, CustomStringConvertible {
+        case notStored(String)
+        case tooLarge(limit: Int)
+        case mismatch(expected: String, actual: String)
+        case io(String, Int32)
+
+        public var description: String {
+            switch self {
+            case .notStored(let digest): "no stored batond binary has the digest \(digest)"
+            case .tooLarge(let limit): "the binary exceeds \(limit) bytes"
+            case .mismatch(let expected, let actual): "the body's SHA-256 is \(actual), not \(expected) as Content-Digest says; nothing was kept"
+            case .io(let operation, let errno): "\(operation): \(String(cString: strerror(errno)))"
+            }
+        }
+    }
+}
+
+/// A binary on its way into the store: bytes are written to a temporary file and hashed
+/// as they come, so the body is never whole in memory. `finish` checks the digest,
+/// fsyncs, and renames it to `daemon/<digest>/batond`; an upload that is never finished,
+/// or whose digest does not match, leaves nothing behind.
+public final class BinaryUpload: Sendable {
+    private struct State {
+        var fd: Int32
+        var hasher = SHA256()
+        var size = 0
+        var done = false
+    }
+
+    let store: DaemonBinaries
+    let expected: [UInt8]
+    let maxBytes: Int
+    let temporary: String
+    private let state: Mutex<State>
+
+    init(store: DaemonBinaries, expected: [UInt8], maxBytes: Int) throws(DaemonBinaries.StoreError) {
+        self.store = store
+        self.expected = expected
+        self.maxBytes = maxBytes
+        var template = Array("\(store.root)/.upload-XXXXXX".utf8CString)
+        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
+        guard fd >= 0 else { throw .io("create a temporary file in \(store.root)", errno) }
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        temporary = String(cString: template)
+        state = Mutex(State(fd: fd))
+    }
+
+    deinit { abandon() }
+
+    public var size: Int { state.withLock { $0.size } }
+
+    /// Appends a chunk: written to the file and hashed. Past `maxBytes`, throws (and the
+    /// upload is abandoned).
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(DaemonBinaries.StoreError) {
+        let failure: DaemonBinaries.StoreError? = state.withLock { state in
+            guard !state.done else { return .io("write to a finished upload", EBADF) }
+            guard state.size + bytes.count <= maxBytes else { return .tooLarge(limit: maxBytes) }
+            var offset = 0
+            while offset < bytes.count {
+                let written = Glibc.write(state.fd, bytes.baseAddress! + offset, bytes.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    return .io("write \(temporary)", errno)
+                }
+                offset += written
+            }
+            state.hasher.update(bufferPointer: bytes)
+            state.size += bytes.count
+            return nil
+        }
+        if let failure {
+            abandon()
+            throw failure
+        }
+    }
+
+    /// Checks the digest and keeps the binary: fsync, 0755, rename into its digest's
+    /// directory, fsync both directories. When that digest is stored already, the
+    /// upload is dropped and `existed` is true.
+    public func finish() throws(DaemonBinaries.StoreError) -> (digest: String, size: Int, existed: Bool) {
+        let (fd, digest, size): (Int32, [UInt8], Int) = try state.withLock { (state) throws(DaemonBinaries.StoreError) in
+            guard !state.done else { throw .io("finish an abandoned upload", EBADF) }
+            return (state.fd, Array(state.hasher.finalize()), state.size)
+        }
+        let hex = DaemonBinaries.hex(digest)
+        guard digest == expected else {
+            abandon()
+            throw .mismatch(expected: DaemonBinaries.hex(expected), actual: hex)
+        }
+        if store.binary(digest: hex) != nil {
+            abandon()
+            return (hex, size, true)
+        }
+        do throws(DaemonBinaries.StoreError) {
+            guard fchmod(fd, 0o755) == 0 else { throw .io("chmod \(temporary)", errno) }
+            guard fsync(fd) == 0 else { throw .io("fsync \(temporary)", errno) }
+            let directory = "\(store.root)/\(hex)"
+            try DaemonBinaries.makeDirectory(directory)
+            let target = "\(directory)/\(DaemonBinaries.binaryName)"
+            guard rename(temporary, target) == 0 else { throw .io("rename \(temporary) to \(target)", errno) }
+            state.withLock { state in
+                close(state.fd)
+                state.done = true
+            }
+            try DaemonBinaries.syncDirectory(directory)
+            try DaemonBinaries.syncDirectory(store.root)
+        } catch {
+            abandon()
+            throw error
+        }
+        return (hex, size, false)
+    }
+
+    /// Drops the upload: closes and removes the temporary file. Idempotent.
+    public func abandon() {
+        state.withLock { state in
+            guard !state.done else { return }
+            state.done = true
+            close(state.fd)
+            unlink(temporary)
+        }
+    }
+}
+
+// MARK: - Running a binary's self-check
+
+extension DaemonBinaries {
+    /// How a `--self-check` run ended.
+    public struct CheckResult: Sendable {
+        public var exitCode: Int32?
+        public var signal: Int32?
+        public var timedOut: Bool
+        /// The last 4 KiB of what it printed (stdout and stderr together).
+        public var outputTail: String
+
+        public var passed: Bool { exitCode == 0 && !timedOut }
+
+        /// Why it did not pass, with the output's tail.
+        public var reason: String {
+            let how = timedOut ? "did not finish in time (killed)"
+                : exitCode.map { "exited \($0)" } ?? "was killed by signal \(signal ?? 0)"
+            let tail = outputTail.trimmingCharacters(in: .whitespacesAndNewlines)
+            return "--self-check \(how)" + (tail.isEmpty ? "" : ": \(tail)")
+        }
+    }
+
+    /// Runs `binary` with `arguments` (`--self-check` among them) in its own process
+    /// group, stdin from /dev/null, and waits up to `timeout`; past it the group is
+    /// killed. Blocks the calling thread: call it off the cooperative pool.
+    /// `environment` should not carry NOTIFY_SOCKET: the check is no service.
+    public static func runCheck(binary: String, arguments: [String], environment: [String: String],
+                                timeout: Duration) -> CheckResult {
+        var pipeEnds: [Int32] = [0, 0]
+        guard baton_pipe_cloexec(&pipeEnds) == 0 else {
+            return CheckResult(exitCode: nil, signal: nil, timedOut: false, outputTail: "pipe: \(String(cString: strerror(errno)))")
+        }
+        let cArgv = ([binary] + arguments).map { strdup($0) } + [nil]
+        let cEnv = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            cArgv.forEach { free($0) }
+            cEnv.forEach { free($0) }
+        }
+        var childErrno: Int32 = 0
+        var stage: UnsafePointer<CChar>?
+        let pid = baton_spawn(binary, cArgv, cEnv, pipeEnds[1], nil, 0, 0, 0, nil, &childErrno, &stage)
+        close(pipeEnds[1])
+        defer { close(pipeEnds[0]) }
+        guard pid > 0 else {
+            let step = stage.map { String(cString: $0) } ?? "spawn"
+            return CheckResult(exitCode: nil, signal: nil, timedOut: false,
+                               outputTail: "\(step) \(binary): \(String(cString: strerror(childErrno)))")
+        }
+        let deadline = ContinuousClock.now + timeout
+        var tail: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var timedOut = false
+        // Read until end of file (the check closed its output, usually by exiting).
+        while true {
+            let left = deadline - ContinuousClock.now
+            guard left > .zero else { timedOut = true; break }
+            var poller = pollfd(fd: pipeEnds[0], events: Int16(POLLIN), revents: 0)
+            let ready = poll(&poller, 1, Int32(max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)))
+            if ready < 0 && errno == EINTR { continue }
+            if ready == 0 { continue }
+            let count = read(pipeEnds[0], &buffer, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            if count <= 0 { break }
+            tail += buffer[..<count]
+            if tail.count > 4096 { tail.removeFirst(tail.count - 4096) }
+        }
+        var status: Int32 = 0
+        while !timedOut {
+            let reaped = waitpid(pid, &status, WNOHANG)
+            if reaped == pid { break }
+            if reaped < 0 && errno != EINTR { break }
+            if ContinuousClock.now >= deadline { timedOut = true; break }
+            usleep(5_000)
+        }
+        if timedOut {
+            kill(-pid, SIGKILL)
+            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        }
+        let exited = (status & 0x7f) == 0
+        return CheckResult(exitCode: timedOut ? nil : exited ? (status >> 8) & 0xff : nil,
+                           signal: exited ? nil : status & 0x7f, timedOut: timedOut,
+                           outputTail: String(decoding: tail, as: UTF8.self))
+    }
+}
