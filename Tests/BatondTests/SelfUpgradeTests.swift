@@ -131,9 +131,19 @@ struct SelfUpgradeTests {
     func anUpgradeUnderLoadKeepsThePidAndRefusesNothing() throws {
         let state = TemporaryDirectory("batond")
         let seeded = try Self.installSelf(state)
-        let daemon = try BatondProcess(state: state, executable: state.file("daemon/current/batond"))
+        // An agent working throughout, recording its work in its own event file.
+        let agents = TestReleases(state: state)
+        try agents.add("1.0", ["--work-every", "0.05"])
+        try agents.setCurrent("1.0")
+        let daemon = try BatondProcess(state: state, configText: agents.config(), executable: state.file("daemon/current/batond"))
         let token = daemon.token
         guard case .tcp(let host, let port) = daemon.endpoint else { throw TestFailure("no TCP listener") }
+        func instances() throws -> [[String: Any]] {
+            try daemon.endpoint.get("/v1/agents/web", token: token).json()["instances"] as? [[String: Any]] ?? []
+        }
+        try waitUntil(timeout: 30) { agents.log().contains { $0.event == "work" } }
+        let agentPids = try instances().compactMap { $0["pid"] as? Int }
+        #expect(agentPids.count == 1)
         #expect(try daemon.endpoint.get("/v1/daemon", token: token).json()["sha256"] as? String == seeded)
         let sockets = [daemon.socketPath, daemon.agentSocketPath].map(Self.inode)
 
@@ -160,6 +170,7 @@ struct SelfUpgradeTests {
         #expect(accepted.status == 202, "\(accepted.text)")
         #expect(accepted.header("Connection") == "close")
         _ = try daemon.notify.wait(for: "RELOADING=1", timeout: 30)
+        let execAt = monotonicNanoseconds()
         _ = try daemon.notify.wait(for: "READY=1", timeout: 60)
         #expect(try parked.wait(timeout: 30) == 200, "the parked request was answered at the handover, long before its 60 s")
         let wrk = try load.wait(timeout: 60)
@@ -177,6 +188,12 @@ struct SelfUpgradeTests {
         let current = try FileManager.default.destinationOfSymbolicLink(atPath: state.file("daemon/current"))
         #expect(current == digest, "a restart now runs the new binary")
         #expect([daemon.socketPath, daemon.agentSocketPath].map(Self.inode) == sockets, "the socket files were never replaced")
+        // The agent is the same process, adopted by the new image, and never stopped working.
+        #expect(try instances().compactMap { $0["pid"] as? Int } == agentPids, "the agent was not re-adopted")
+        try waitUntil(timeout: 10) { agents.log().contains { $0.event == "work" && $0.nanoseconds > execAt + 500_000_000 } }
+        let events = agents.log()
+        #expect(events.filter { $0.event == "started" }.count == 1, "a second copy was started: \(events)")
+        #expect(!events.contains { ["stop-received", "term", "exit", "disowned"].contains($0.event) }, "\(events)")
         #expect(daemon.stop() == 0, "the new image stops cleanly on SIGTERM")
     }
 
