@@ -862,18 +862,35 @@ actor AgentRunner {
                      "BATON_TOKEN": token, "BATON_VERSION": version]
         if let url = context.url { baton["BATON_URL"] = url }
         let argv = config.command.map { $0.replacingOccurrences(of: "{release}", with: directory) }
-        let process: ProcessHandle
+        let held: HeldProcess
         let environment: [String: String]
         do {
             let credentials = try Credentials.resolve(user: config.user, group: config.group)
             environment = InstanceEnvironment.make(config: config, uid: credentials?.uid ?? getuid(),
                                                    inherited: ProcessInfo.processInfo.environment, baton: baton)
-            process = try Processes.spawn(argv: argv, environment: environment, log: context.log(id),
-                                          directory: directory, credentials: credentials)
+            held = try Processes.spawn(argv: argv, environment: environment, log: context.log(id),
+                                       directory: directory, credentials: credentials)
         } catch {
             // The generation is used up either way, so ids never repeat.
             record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: 0, startTime: 0, handoff: handoff)))
             record(.instanceExited(.init(agent: name, instance: id, exitCode: nil, signal: nil)))
+            return .failure(error)
+        }
+        // No effect without a record: the process runs nothing of the agent until its
+        // record is durable, so a batond killed meanwhile leaves no unknown instance.
+        record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: held.pid,
+                                      startTime: held.startTime, handoff: handoff, role: role?.rawValue,
+                                      tokenDigest: TokenDigest.hex(token))))
+        if let failure = await flush() {
+            // Given up before exec; when the ledger writes again it says so.
+            record(.instanceExited(.init(agent: name, instance: id, exitCode: 127, signal: nil)))
+            return .failure(SpawnError(description: "not started: \(failure)"))
+        }
+        let process: ProcessHandle
+        do {
+            process = try held.release()
+        } catch {
+            record(.instanceExited(.init(agent: name, instance: id, exitCode: 127, signal: nil)))
             return .failure(error)
         }
         processes[id] = process
@@ -892,9 +909,6 @@ actor AgentRunner {
                 runner.send(.report(instance: id, .ready, reply: { _ in }))
             }
         }
-        record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: process.pid,
-                                      startTime: process.startTime, handoff: handoff, role: role?.rawValue,
-                                      tokenDigest: TokenDigest.hex(token))))
         logger.info("instance started", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(process.pid)", "version": "\(version)"])
         return .success(id)
     }

@@ -139,6 +139,46 @@ final class ProcessHandle: Sendable {
     }
 }
 
+/// A child forked and set up but held before exec (see `Processes.spawn`). `release`
+/// lets it run; dropped without it, the child ends without running anything of the
+/// agent. Used by one runner (an actor) only.
+final class HeldProcess {
+    let pid: Int32
+    /// Read while the child is held, so it is this child's.
+    let startTime: UInt64
+    let path: String
+    let log: InstanceLog
+    private let gate: Int32
+    private let report: Int32
+    private var settled = false
+
+    init(pid: Int32, path: String, log: InstanceLog, gate: Int32, report: Int32) {
+        self.pid = pid
+        self.startTime = baton_process_start_time(pid)
+        self.path = path
+        self.log = log
+        self.gate = gate
+        self.report = report
+    }
+
+    /// Lets it exec and waits until it did.
+    func release() throws(SpawnError) -> ProcessHandle {
+        precondition(!settled, "a held process is released once")
+        settled = true
+        var childErrno: Int32 = 0
+        var stage: UnsafePointer<CChar>?
+        guard baton_spawn_release(pid, gate, report, &childErrno, &stage) == 0 else {
+            let step = stage.map { String(cString: $0) } ?? "spawn"
+            throw SpawnError(description: "\(step) \(path): \(String(cString: strerror(childErrno)))")
+        }
+        return .child(pid: pid, log: log)
+    }
+
+    deinit {
+        if !settled { baton_spawn_abandon(pid, gate, report) }
+    }
+}
+
 /// Who a child runs as, when not batond's own user.
 struct Credentials: Sendable {
     let uid: uid_t
@@ -176,27 +216,27 @@ struct Credentials: Sendable {
 }
 
 enum Processes {
-    /// Starts `argv` in its own process group with `environment`, its stdout and stderr
-    /// being `log`'s file (no pipe: its writes never depend on batond).
+    /// Forks `argv` in its own process group with `environment`, its stdout and stderr
+    /// being `log`'s file (no pipe: its writes never depend on batond), and holds it
+    /// before exec: nothing of the agent runs until `release`, once batond's record of
+    /// the process is durable. Should batond die first, the child ends without exec.
     static func spawn(argv: [String], environment: [String: String], log: InstanceLog, directory: String?,
-                      credentials: Credentials?) throws(SpawnError) -> ProcessHandle {
+                      credentials: Credentials?) throws(SpawnError) -> HeldProcess {
         guard let program = argv.first, !program.isEmpty else { throw SpawnError(description: "empty command") }
         let path = try resolve(program, path: environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
         let output = try log.openForAppending()
         defer { close(output) }
-        let cArgv = argv.map { strdup($0) } + [nil]
-        let cEnv = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            cArgv.forEach { free($0) }
-            cEnv.forEach { free($0) }
-        }
         var childErrno: Int32 = 0
         var stage: UnsafePointer<CChar>?
-        let pid = path.withCString { cPath in
-            withOptionalCString(directory) { cDirectory in
-                withOptionalCString(credentials?.userName) { cUser in
-                    baton_spawn(cPath, cArgv, cEnv, output, cDirectory, credentials == nil ? 0 : 1,
-                                credentials?.uid ?? 0, credentials?.gid ?? 0, cUser, &childErrno, &stage)
+        var gate: Int32 = -1, report: Int32 = -1
+        let pid = withCStrings(argv, environment) { cArgv, cEnv in
+            path.withCString { cPath in
+                withOptionalCString(directory) { cDirectory in
+                    withOptionalCString(credentials?.userName) { cUser in
+                        baton_spawn_held(cPath, cArgv, cEnv, output, cDirectory, credentials == nil ? 0 : 1,
+                                         credentials?.uid ?? 0, credentials?.gid ?? 0, cUser, &gate, &report,
+                                         &childErrno, &stage)
+                    }
                 }
             }
         }
@@ -204,7 +244,19 @@ enum Processes {
             let step = stage.map { String(cString: $0) } ?? "spawn"
             throw SpawnError(description: "\(step) \(path): \(String(cString: strerror(childErrno)))")
         }
-        return .child(pid: pid, log: log)
+        return HeldProcess(pid: pid, path: path, log: log, gate: gate, report: report)
+    }
+
+    /// `argv` and `environment` as the NULL-terminated C arrays exec wants, for `body`.
+    static func withCStrings<R>(_ argv: [String], _ environment: [String: String],
+                                _ body: ([UnsafeMutablePointer<CChar>?], [UnsafeMutablePointer<CChar>?]) -> R) -> R {
+        let cArgv = argv.map { strdup($0) } + [nil]
+        let cEnv = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            cArgv.forEach { free($0) }
+            cEnv.forEach { free($0) }
+        }
+        return body(cArgv, cEnv)
     }
 
     static func parent(of pid: Int32) -> Int32? {

@@ -26,8 +26,9 @@ enum ReadinessProbe {
             let command = argv.map { $0.replacingOccurrences(of: "{release}", with: directory) }
             return await withCheckedContinuation { continuation in
                 do {
+                    // A probe is batond's own check, not an instance: nothing to record first.
                     let process = try Processes.spawn(argv: command, environment: environment, log: log,
-                                                      directory: directory, credentials: nil)
+                                                      directory: directory, credentials: nil).release()
                     process.watch { status in
                         process.reap()
                         continuation.resume(returning: status == .exited(0))

@@ -29,13 +29,20 @@ static void close_from(int lowest) {
     for (int fd = lowest; fd < highest; fd++) close(fd);
 }
 
-pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int output_fd,
-                  const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
-                  int *child_errno, const char **stage) {
-    int report[2];
+pid_t baton_spawn_held(const char *path, char *const argv[], char *const envp[], int output_fd,
+                       const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
+                       int *gate_fd, int *report_fd, int *child_errno, const char **stage) {
+    int report[2], gate[2];
     if (pipe2(report, O_CLOEXEC) != 0) {
         *child_errno = errno;
         *stage = stages[6];
+        return -1;
+    }
+    if (pipe2(gate, O_CLOEXEC) != 0) {
+        *child_errno = errno;
+        *stage = stages[6];
+        close(report[0]);
+        close(report[1]);
         return -1;
     }
     pid_t pid = fork();
@@ -44,6 +51,8 @@ pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int 
         *stage = stages[0];
         close(report[0]);
         close(report[1]);
+        close(gate[0]);
+        close(gate[1]);
         return -1;
     }
     if (pid == 0) {
@@ -54,19 +63,20 @@ pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int 
         for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setpgid(0, 0);
+        close(gate[1]);
         int null = open("/dev/null", O_RDONLY);
         if (null >= 0) { dup2(null, 0); if (null != 0) close(null); }
         dup2(output_fd, 1);
         dup2(output_fd, 2);
         // Nothing of batond's (nor what its parent left open) reaches the agent: only 0,
-        // 1 and 2, and the failure report (close-on-exec) moved to 3 until exec.
-        int report_fd = report[1];
-        if (report_fd != 3) {
-            report_fd = dup3(report[1], 3, O_CLOEXEC);
-            if (report_fd < 0) report_fd = report[1];
-        }
-        close_from(report_fd == 3 ? 4 : 3);
-        report[1] = report_fd;
+        // 1 and 2. Until exec the failure report sits at 3 and the gate at 4, both
+        // close-on-exec.
+        int moved_report = fcntl(report[1], F_DUPFD_CLOEXEC, 10);
+        int moved_gate = fcntl(gate[0], F_DUPFD_CLOEXEC, 10);
+        if (moved_report < 0 || moved_gate < 0) _exit(127);
+        if (dup3(moved_report, 3, O_CLOEXEC) != 3 || dup3(moved_gate, 4, O_CLOEXEC) != 4) _exit(127);
+        close_from(5);
+        report[1] = 3;
         if (directory != NULL && chdir(directory) != 0) { failure[0] = errno; failure[1] = 1; goto fail; }
         if (set_ids) {
             if (setgid(gid) != 0) { failure[0] = errno; failure[1] = 2; goto fail; }
@@ -75,6 +85,15 @@ pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int 
             }
             if (setuid(uid) != 0) { failure[0] = errno; failure[1] = 4; goto fail; }
         }
+        // Held here until batond's record of this process is durable: one byte lets it
+        // run; end of file (batond gave it up, or died) ends it before any agent code.
+        char go;
+        ssize_t got;
+        do {
+            got = read(4, &go, 1);
+        } while (got < 0 && errno == EINTR);
+        if (got != 1) _exit(127);
+        close(4);
         execve(path, argv, envp);
         failure[0] = errno;
         failure[1] = 5;
@@ -83,12 +102,24 @@ pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int 
         _exit(127);
     }
     close(report[1]);
+    close(gate[0]);
+    *gate_fd = gate[1];
+    *report_fd = report[0];
+    return pid;
+}
+
+int baton_spawn_release(pid_t pid, int gate_fd, int report_fd, int *child_errno, const char **stage) {
+    ssize_t wrote;
+    do {
+        wrote = write(gate_fd, "g", 1);
+    } while (wrote < 0 && errno == EINTR);
+    close(gate_fd);
     int failure[2];
     ssize_t got;
     do {
-        got = read(report[0], failure, sizeof(failure));
+        got = read(report_fd, failure, sizeof(failure));
     } while (got < 0 && errno == EINTR);
-    close(report[0]);
+    close(report_fd);
     if (got == (ssize_t)sizeof(failure)) {
         // exec did not happen: reap the child, which exits 127 at once.
         int status;
@@ -97,7 +128,30 @@ pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int 
         *stage = stages[failure[1]];
         return -1;
     }
-    return pid;
+    if (wrote != 1) {
+        // The child was gone before it could be let go (killed meanwhile).
+        *child_errno = ESRCH;
+        *stage = stages[5];
+        return -1;
+    }
+    return 0;
+}
+
+void baton_spawn_abandon(pid_t pid, int gate_fd, int report_fd) {
+    close(gate_fd);
+    close(report_fd);
+    int status;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+}
+
+pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int output_fd,
+                  const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
+                  int *child_errno, const char **stage) {
+    int gate, report;
+    pid_t pid = baton_spawn_held(path, argv, envp, output_fd, directory, set_ids, uid, gid, user_name,
+                                 &gate, &report, child_errno, stage);
+    if (pid < 0) return -1;
+    return baton_spawn_release(pid, gate, report, child_errno, stage) == 0 ? pid : -1;
 }
 
 /// Reads the start of /proc/PID/NAME into `buffer`, NUL-terminated. 0, or -1.

@@ -87,7 +87,7 @@ struct InstanceLogTests {
         let log = InstanceLog(path: state.file("fast.log"), capBytes: 256 << 10)
         let lines = 1_000_000
         let writer = try Processes.spawn(argv: ["/usr/bin/awk", "BEGIN { for (i = 1; i <= \(lines); i++) print i }"],
-                                         environment: [:], log: log, directory: nil, credentials: nil)
+                                         environment: [:], log: log, directory: nil, credentials: nil).release()
         var rotated: [UInt8] = []
         var rotations = 0
         var status: Int32 = 0
@@ -110,7 +110,7 @@ struct InstanceLogTests {
         let state = TemporaryDirectory("log")
         let log = InstanceLog(path: state.file("child.log"), capBytes: 1 << 20)
         let child = try Processes.spawn(argv: ["/bin/sh", "-c", "echo out; echo err >&2; exec sleep 300"], environment: [:],
-                                        log: log, directory: nil, credentials: nil)
+                                        log: log, directory: nil, credentials: nil).release()
         defer {
             child.send(SIGKILL)
             var status: Int32 = 0

@@ -94,7 +94,7 @@ struct ProcessHandleTests {
     func sleeper() throws -> Int32 {
         let state = TemporaryDirectory("sleeper")
         return try Processes.spawn(argv: ["/bin/sleep", "300"], environment: [:], log: InstanceLog(path: state.file("log"), capBytes: 1 << 20),
-                                   directory: nil, credentials: nil).pid
+                                   directory: nil, credentials: nil).release().pid
     }
 
     /// How a child ended, reaping it.
@@ -131,7 +131,7 @@ struct ProcessHandleTests {
     @Test func aChildStaysAZombieUntilItsRunnerReapsIt() throws {
         let state = TemporaryDirectory("handles")
         let child = try Processes.spawn(argv: ["/bin/sh", "-c", "exit 3"], environment: [:], log: InstanceLog(path: state.file("child.log"), capBytes: 1 << 20),
-                                        directory: nil, credentials: nil)
+                                        directory: nil, credentials: nil).release()
         let exited = DispatchSemaphore(value: 0)
         let status = Locked<BatonSupervisor.ExitStatus?>(nil)
         child.watch { status.set($0); exited.signal() }
@@ -163,5 +163,33 @@ struct ProcessHandleTests {
         #expect(ProcessHandle.adopted(pid: stranger, startTime: recordedStart, log: nil) == nil,
                 "the process that reused pid \(pid) was adopted")
         _ = end(stranger, with: SIGKILL)
+    }
+
+    /// No effect without a record: a spawned child runs nothing of the agent until batond
+    /// lets it (once its record is durable); given up, or orphaned by batond's death, it
+    /// ends without running anything.
+    @Test func aHeldChildRunsNothingUntilReleased() throws {
+        let state = TemporaryDirectory("held")
+        let marker = state.file("ran")
+        func held() throws -> HeldProcess {
+            try Processes.spawn(argv: ["/bin/sh", "-c", "touch '\(marker)'"], environment: [:],
+                                log: InstanceLog(path: state.file("log"), capBytes: 1 << 20), directory: nil, credentials: nil)
+        }
+        var abandoned: HeldProcess? = try held()
+        let pid = try #require(abandoned?.pid)
+        // Forked, not exec'd: still this test's image, not /bin/sh.
+        let image = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")
+        #expect(image != "/bin/sh" && image != "/usr/bin/sh" && !image.hasSuffix("dash"), "\(image)")
+        #expect(abandoned?.startTime == ProcessHandle.foreign(pid: pid)?.startTime)
+        abandoned = nil  // given up: reaped, never ran
+        #expect(kill(pid, 0) != 0 && errno == ESRCH)
+        #expect(access(marker, F_OK) != 0, "a child given up ran the agent's command")
+
+        let child = try held().release()
+        let exited = DispatchSemaphore(value: 0)
+        child.watch { _ in exited.signal() }
+        #expect(exited.wait(timeout: .now() + 30) == .success)
+        child.reap()
+        #expect(access(marker, F_OK) == 0, "a released child runs")
     }
 }

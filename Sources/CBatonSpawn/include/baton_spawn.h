@@ -17,6 +17,22 @@ pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int 
                   const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
                   int *child_errno, const char **stage);
 
+/// The same, in two steps: the child is forked and set up (process group, output,
+/// directory, user), then held before exec until `baton_spawn_release` lets it run,
+/// so that batond can make its record of the process durable first. If batond gives it
+/// up (`baton_spawn_abandon`) or dies meanwhile, the child ends (exit 127) without
+/// running any agent code. `*gate_fd` and `*report_fd` are for those two calls.
+pid_t baton_spawn_held(const char *path, char *const argv[], char *const envp[], int output_fd,
+                       const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
+                       int *gate_fd, int *report_fd, int *child_errno, const char **stage);
+
+/// Lets a held child exec and waits until it did: 0, or -1 with `*child_errno` and
+/// `*stage` (the child was reaped). Closes both descriptors.
+int baton_spawn_release(pid_t pid, int gate_fd, int report_fd, int *child_errno, const char **stage);
+
+/// Gives up a held child: it ends without exec; reaped here. Closes both descriptors.
+void baton_spawn_abandon(pid_t pid, int gate_fd, int report_fd);
+
 /// The start time of a process in clock ticks since boot (field 22 of /proc/PID/stat),
 /// or 0 when it cannot be read: with the pid, it names one process, not a reused pid.
 unsigned long long baton_process_start_time(pid_t pid);
