@@ -14,28 +14,17 @@ The baseline, measured in the same run: the cold start of the same batond with t
 same agents (start to `/readyz` 200 and every agent running).
 Target: re-adoption of 100 agents to /readyz under 500 ms (p50).
 """
-import http.client
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=5):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
+from unixhttp import UnixHTTPConnection
 
 
 def main():
@@ -64,7 +53,7 @@ def main():
         return subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def get(path):
-        connection = UnixConnection(sock)
+        connection = UnixHTTPConnection(sock)
         try:
             connection.request("GET", path)
             response = connection.getresponse()

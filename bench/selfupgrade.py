@@ -31,16 +31,7 @@ import tempfile
 import threading
 import time
 
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=10):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
+from unixhttp import UnixHTTPConnection
 
 
 def main():

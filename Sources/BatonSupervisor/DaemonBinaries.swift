@@ -307,15 +307,11 @@ extension DaemonBinaries {
         guard baton_pipe_cloexec(&pipeEnds) == 0 else {
             return CheckResult(exitCode: nil, signal: nil, timedOut: false, outputTail: "pipe: \(String(cString: strerror(errno)))")
         }
-        let cArgv = ([binary] + arguments).map { strdup($0) } + [nil]
-        let cEnv = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            cArgv.forEach { free($0) }
-            cEnv.forEach { free($0) }
-        }
         var childErrno: Int32 = 0
         var stage: UnsafePointer<CChar>?
-        let pid = baton_spawn(binary, cArgv, cEnv, pipeEnds[1], nil, 0, 0, 0, nil, &childErrno, &stage)
+        let pid = Processes.withCStrings([binary] + arguments, environment) { cArgv, cEnv in
+            baton_spawn(binary, cArgv, cEnv, pipeEnds[1], nil, 0, 0, 0, nil, &childErrno, &stage)
+        }
         close(pipeEnds[1])
         defer { close(pipeEnds[0]) }
         guard pid > 0 else {
