@@ -96,7 +96,8 @@ let package = Package(
         .testTarget(name: "BatonSupervisorTests", dependencies: ["BatonSupervisor", "BatonCore", "BatonTestSupport"]),
         .testTarget(
             name: "BatondTests",
-            dependencies: ["BatonTestSupport", "BatonCore", "BatonAPI", "BatonSupervisor"]
+            dependencies: ["BatonTestSupport", "BatonCore", "BatonAPI", "BatonSupervisor", "BatonLedger",
+                           .product(name: "Logging", package: "swift-log")]
         ),
         // Client library for Swift agents: the agent side of the protocol. Foundation and Glibc only.
         .target(name: "BatonAgent"),
