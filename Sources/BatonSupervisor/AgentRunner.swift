@@ -571,6 +571,7 @@ actor AgentRunner {
     }
 
     private func finishShutdown() {
+        for timer in timers.values { timer.task.cancel() }
         shutdownDone?()
         shutdownDone = nil
         inbox.finish()
