@@ -66,7 +66,7 @@ actor AgentRunner {
     /// The handoff the machine runs, as the API shows it.
     struct Flight {
         var view: HandoffView
-        /// The instance that held go when it began, and when it was gone.
+        /// The instance that held go when it began; the gap starts once it is gone.
         var old: String?
         var oldGoneAt: ContinuousClock.Instant?
         /// When batond took the handoff up again after a restart: the old instance may
@@ -285,7 +285,7 @@ actor AgentRunner {
         await feed(.boot(current: current, instances: found, handoff: interrupted.map { handoff in
             // "began" is recorded with its first phase, before any effect: nothing of it
             // happened, and a handoff that spawned nothing ends cancelled.
-            Machine.InterruptedHandoff(mode: handoff.mode == .parallel ? .parallel : .sequential, from: handoff.from, to: handoff.to,
+            Machine.InterruptedHandoff(mode: Handoff.Mode(handoff.mode), from: handoff.from, to: handoff.to,
                                        phase: Handoff.Phase(rawValue: handoff.phase) ?? .spawning)
         }))
         if case .handingOff(let run) = machine.state { flight?.old = run.roles[.old] }
@@ -303,11 +303,12 @@ actor AgentRunner {
         // One recorded before tokens had digests cannot be known by its token: it is
         // taken as told stop, so it goes, and go waits for it.
         let signal: AgentSignal = instance.tokenDigest == nil ? .stop : instance.signal
+        let inFlight = instance.handoff != nil && instance.handoff == interrupted?.id
         if let process {
             processes[instance.id] = process
             if let log { context.logs.watch(instance.id, log) }
             context.registry.add(.init(id: instance.id, agent: name, version: instance.version, pid: instance.pid,
-                                       signal: signal, handoff: instance.handoff == interrupted?.id ? instance.handoff : nil,
+                                       signal: signal, handoff: inFlight ? instance.handoff : nil,
                                        startedAt: instance.startedAt, ready: instance.state != .spawned,
                                        stopped: instance.state == .stopped, spawned: !instance.registered,
                                        tokenDigest: instance.tokenDigest ?? ""))
@@ -322,7 +323,7 @@ actor AgentRunner {
             logger.notice("a recorded instance is gone", metadata: ["agent": "\(name)", "instance": "\(instance.id)", "pid": "\(instance.pid)"])
             record(.instanceExited(.init(agent: name, instance: instance.id, exitCode: nil, signal: nil)))
         }
-        let role = interrupted != nil && instance.handoff == interrupted?.id ? instance.role.flatMap(Handoff.Role.init(rawValue:)) : nil
+        let role = inFlight ? instance.role.flatMap(Handoff.Role.init(rawValue:)) : nil
         return .init(id: instance.id, version: instance.version, registered: instance.registered, signal: signal,
                      heldGo: instance.heldGo, ready: instance.state != .spawned, stopped: instance.state == .stopped,
                      role: role, alive: process != nil)
@@ -338,7 +339,7 @@ actor AgentRunner {
         guard context.releases.exists(agent: name, version: version) else {
             return .failure(.releaseNotFound(agent: name, version: version))
         }
-        let (next, actions, refusal) = attempt(.desired(version: version, mode: mode == .parallel ? .parallel : .sequential))
+        let (next, actions, refusal) = attempt(.desired(version: version, mode: Handoff.Mode(mode)))
         if let refusal { return .failure(refusal) }
         record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
         if let failure = await flush() {
@@ -496,7 +497,7 @@ actor AgentRunner {
         switch note {
         case .handoffBegan(let from, let to, let mode):
             let id = nextHandoffID()
-            let mode: HandoffMode = mode == .parallel ? .parallel : .sequential
+            let mode = HandoffMode(mode)
             record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: to, mode: mode)))
             var old: String?
             if case .handingOff(let run) = machine.state { old = run.roles[.old] }
@@ -519,8 +520,7 @@ actor AgentRunner {
             flight.view.endedAt = now
             flight.view.phase = outcome.rawValue
             if flight.view.steps.last?.phase != outcome.rawValue { flight.view.steps.append(.init(phase: outcome.rawValue, at: now)) }
-            self.flight = flight
-            publish()
+            context.handoffs.store(flight.view)
             self.flight = nil
             record(.handoffEnded(.init(handoff: flight.view.id, agent: name, outcome: outcome, gapMs: flight.gapMs, error: error)))
             context.stats.handoffEnded(agent: name, outcome: outcome, gapMs: flight.gapMs)
@@ -717,5 +717,24 @@ actor AgentRunner {
             return .ledger("the ledger cannot write; batond retries by itself (see /readyz)")
         }
         return nil
+    }
+}
+
+// The ledger's and the API's handoff mode, and the machine's.
+extension Handoff.Mode {
+    init(_ mode: HandoffMode) {
+        self = switch mode {
+        case .parallel: .parallel
+        case .sequential: .sequential
+        }
+    }
+}
+
+extension HandoffMode {
+    init(_ mode: Handoff.Mode) {
+        self = switch mode {
+        case .parallel: .parallel
+        case .sequential: .sequential
+        }
     }
 }
