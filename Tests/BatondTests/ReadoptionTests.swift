@@ -151,6 +151,20 @@ struct ReadoptionTests {
         #expect(neverTwoWorking(agents), "\(agents.log())")
     }
 
+    @Test func sequentialKilledWhileTheSuccessorVerifiesItselfTheCurrentReleaseStartsAgain() throws {
+        // The old one is gone already: the successor, not ready, is terminated, and a
+        // fresh 1.0 gets go.
+        let (view, agents, daemon) = try killDuring("waiting_ready", releases: ["1.0": [], "2.0": ["--ready-after", "3"]],
+                                                    mode: "sequential")
+        defer { daemon.stop() }
+        #expect(view["outcome"] as? String == "cancelled", "\(view)")
+        try waitUntil(timeout: 10) {
+            self.working(agents) == ["1.0"] && agents.log().filter { $0.event == "started" && $0.version == "1.0" }.count == 2
+        }
+        #expect(!agents.log().contains { $0.version == "2.0" && $0.event == "go" }, "the successor got go")
+        #expect(neverTwoWorking(agents), "\(agents.log())")
+    }
+
     @Test func killedWhileTheOldOneStopsItIsWaitedForAndTheSuccessorGetsGo() throws {
         let (view, agents, daemon) = try killDuring("stopping_old", releases: ["1.0": ["--stop-takes", "2"], "2.0": []])
         defer { daemon.stop() }
