@@ -45,7 +45,10 @@ public enum InstanceReport: Sendable, Equatable {
 /// `current` flipped, a token issued) runs through `whenDurable`, after every record
 /// queued before it is on disk. While the ledger cannot write, effects wait in order in
 /// `deferred` and run, in that order, once it recovers; requests that would change
-/// something are refused meanwhile (`SupervisorError.ledger`).
+/// something are refused meanwhile (`SupervisorError.ledger`). A spawn that waits so is
+/// answered late, after other events: a `.spawned` the machine no longer waits for is a
+/// stray to it, and terminated. At shutdown, effects no longer wait (stopping never lets
+/// two work) and those still waiting are dropped.
 actor AgentRunner {
     typealias Machine = Supervision<ContinuousClock>
 
