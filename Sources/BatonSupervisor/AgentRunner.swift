@@ -304,7 +304,7 @@ actor AgentRunner {
         let log = instance.registered ? nil : context.log(instance.id)
         let process = ProcessHandle.adopted(pid: instance.pid, startTime: instance.startTime, log: log)
         // One recorded before tokens had digests cannot be known by its token: it is
-        // taken as told stop, so it goes, and go waits for it.
+        // taken as told stop, and goes to its exit like any instance told stop.
         let signal: AgentSignal = instance.tokenDigest == nil ? .stop : instance.signal
         let inFlight = instance.handoff != nil && instance.handoff == interrupted?.id
         if let process {
