@@ -59,6 +59,7 @@ public struct LedgerState: Codable, Sendable, Equatable {
                       handoff: e.handoff, role: e.role, tokenDigest: e.tokenDigest, registered: e.registered ?? false)
         case .instanceSignal(let e):
             agents[e.agent]?.instances[e.instance]?.signal = e.signal
+            if e.signal == .go { agents[e.agent]?.instances[e.instance]?.heldGo = true }
         case .instanceReady(let e):
             agents[e.agent]?.instances[e.instance]?.state = .ready
         case .instanceStopped(let e):
@@ -173,13 +174,15 @@ public struct InstanceLedger: Codable, Sendable, Equatable {
     public var registered: Bool
     /// The last signal recorded for it.
     public var signal: AgentSignal
+    /// Whether it was ever told go: told stop since, it may still be working.
+    public var heldGo: Bool
 
     public init(id: String, version: String, pid: Int32, startTime: UInt64, startedAt: Timestamp, state: State,
                 handoff: String? = nil, role: String? = nil, tokenDigest: String? = nil, registered: Bool = false,
-                signal: AgentSignal = .wait) {
+                signal: AgentSignal = .wait, heldGo: Bool = false) {
         self.id = id; self.version = version; self.pid = pid; self.startTime = startTime; self.startedAt = startedAt
         self.state = state; self.handoff = handoff; self.role = role; self.tokenDigest = tokenDigest
-        self.registered = registered; self.signal = signal
+        self.registered = registered; self.signal = signal; self.heldGo = heldGo
     }
 
     // Snapshots written before these fields existed still load.
@@ -196,5 +199,8 @@ public struct InstanceLedger: Codable, Sendable, Equatable {
         tokenDigest = try c.decodeIfPresent(String.self, forKey: .tokenDigest)
         registered = try c.decodeIfPresent(Bool.self, forKey: .registered) ?? false
         signal = try c.decodeIfPresent(AgentSignal.self, forKey: .signal) ?? .wait
+        // Written before it was kept: one in go, or told stop (perhaps after go), may
+        // still work, so go waits for it.
+        heldGo = try c.decodeIfPresent(Bool.self, forKey: .heldGo) ?? (signal != .wait)
     }
 }

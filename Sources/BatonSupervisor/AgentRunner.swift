@@ -29,42 +29,48 @@ public enum InstanceReport: Sendable, Equatable {
     case stopped
 }
 
-/// Runs one agent: its instances, the handoff between them, supervision after it.
-/// Every change goes through one mailbox, processed to completion one message at a
-/// time (ledger appends included), so the handoff machine never sees interleaved events.
+/// Runs one agent: the shell that performs what its `Supervision` machine decides. The
+/// machine says who works, what starts and what must go; the runner turns processes,
+/// reports, timers and requests into its events, and its actions into records, signals
+/// and processes.
+///
+/// One event loop: the mailbox, one message at a time to completion (ledger appends
+/// included). An action whose performing yields an event (a spawn answers `.spawned` or
+/// `.spawnFailed`) queues it in `followUps`, fed before the next message: the machine
+/// never hears an event from inside another's actions. One timer facility, keyed by
+/// `Supervision.TimerKey`: starting a key replaces its timer, and only its latest
+/// firing is fed.
 ///
 /// Ledger before effect: every effect (a signal, a process started or signalled,
 /// `current` flipped, a token issued) runs through `whenDurable`, after every record
 /// queued before it is on disk. While the ledger cannot write, effects wait in order in
 /// `deferred` and run, in that order, once it recovers; requests that would change
-/// something are refused meanwhile (`SupervisorError.ledger`).
+/// something are refused meanwhile (`SupervisorError.ledger`). A spawn that waits so is
+/// answered late, after other events: a `.spawned` the machine no longer waits for is a
+/// stray to it, and terminated. At shutdown, effects no longer wait (stopping never lets
+/// two work) and those still waiting are dropped.
 actor AgentRunner {
+    typealias Machine = Supervision<ContinuousClock>
+
     enum Message: Sendable {
-        /// batond starts: adopt what an earlier batond left, then start what is missing.
-        case boot(adopted: @Sendable () -> Void)
         case desired(version: String, mode: HandoffMode?, by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
         case rollback(by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
         case report(instance: String, InstanceReport, reply: @Sendable (Result<SignalView, SupervisorError>) -> Void)
-        case exited(instance: String, ExitStatus)
-        case handoffTimer(Handoff.Timer, token: Int)
-        case readyDeadline(instance: String)
-        case restart(token: Int)
-        case escalate(instance: String, Int32)
         case register(pid: Int32, version: String, caller: RegistrationCaller,
                       reply: @Sendable (Result<Registration, SupervisorError>) -> Void)
+        case exited(instance: String, ExitStatus)
+        /// A timer went off; only the latest start of its key (`generation`) counts.
+        case timerFired(Machine.TimerKey, generation: Int)
         /// The ledger writes again: deferred effects may run.
         case ledgerRecovered
         case shutdown(done: @Sendable () -> Void)
     }
 
-    /// A handoff in progress.
-    struct Run {
+    /// The handoff the machine runs, as the API shows it.
+    struct Flight {
         var view: HandoffView
-        var machine: Handoff
-        var roles: [Handoff.Role: String] = [:]
-        /// Roles already filled by a registered process that reported ready: the
-        /// machine's spawn and ready steps are fed at once.
-        var registered: Set<Handoff.Role> = []
+        /// The instance that held go when it began; the gap starts once it is gone.
+        var old: String?
         var oldGoneAt: ContinuousClock.Instant?
         /// When batond took the handoff up again after a restart: the old instance may
         /// have gone while it was down, so the gap it can measure starts here.
@@ -77,21 +83,13 @@ actor AgentRunner {
     private let mailbox: AsyncStream<Message>
     private let inbox: AsyncStream<Message>.Continuation
 
-    /// The instance that holds go, or will once ready (supervision start).
-    private var active: String?
-    private var run: Run?
+    private var machine: Machine
+    /// Events that performing actions yielded, fed in order before the next message.
+    private var followUps: [Machine.Event] = []
     private var processes: [String: ProcessHandle] = [:]
-    /// Instances started by supervision (boot, restart) that have not reported ready yet.
-    private var starting: Set<String> = []
-    /// Registered processes (not batond's children) that have not reported ready yet.
-    private var registered: Set<String> = []
-    /// Registered processes that reported ready while a handoff ran: next in line.
-    private var waitingRegistered: [String] = []
-    private var timers: [Handoff.Timer: (token: Int, task: Task<Void, Never>)] = [:]
-    private var nextToken = 0
-    private var backoff: Duration = .seconds(1)
-    private var restartToken: Int?
-    private var goSince: ContinuousClock.Instant?
+    private var timers: [Machine.TimerKey: (generation: Int, task: Task<Void, Never>)] = [:]
+    private var timerGenerations = 0
+    private var flight: Flight?
     private var shutdownDone: (@Sendable () -> Void)?
     /// Readiness probes running, for agents that do not speak the protocol.
     private var probes: [String: Task<Void, Never>] = [:]
@@ -113,6 +111,9 @@ actor AgentRunner {
         let recorded = context.ledger.state.agents[config.name]
         generations = recorded?.spawns ?? 0
         handoffNumbers = recorded?.handoffsBegun ?? 0
+        machine = Machine(settings: .init(timeouts: .init(ready: config.readyTimeout, stop: config.stopTimeout, kill: config.killTimeout),
+                                          stopRegisteredOnExit: config.stopRegisteredOnExit),
+                          clock: ContinuousClock())
         (mailbox, inbox) = AsyncStream.makeStream(of: Message.self)
     }
 
@@ -128,17 +129,6 @@ actor AgentRunner {
         return "\(name)-\(handoffNumbers)"
     }
 
-    /// A handoff that begins now, with the machine for `mode`.
-    private func makeRun(id: String, from: String?, to: String, mode: HandoffMode, hasOld: Bool) -> Run {
-        let now = Timestamp.now()
-        return Run(view: HandoffView(id: id, agent: name, from: from, to: to, mode: mode, phase: "began",
-                                     outcome: nil, error: nil, gapMs: nil, startedAt: now, endedAt: nil,
-                                     steps: [.init(phase: "began", at: now)]),
-                   machine: Handoff(mode: mode == .parallel ? .parallel : .sequential,
-                                    timeouts: .init(ready: config.readyTimeout, stop: config.stopTimeout, kill: config.killTimeout),
-                                    hasOld: hasOld))
-    }
-
     nonisolated func send(_ message: Message) {
         inbox.yield(message)
     }
@@ -146,245 +136,229 @@ actor AgentRunner {
     var name: String { config.name }
     var logger: Logger { context.logger }
 
-    /// Processes messages until shutdown completes.
-    func runLoop() async {
+    /// Adopts what an earlier batond left (then `adopted`), and processes messages until
+    /// shutdown completes.
+    func runLoop(adopted: @Sendable () -> Void) async {
+        await boot()
+        await flush()
+        adopted()
         for await message in mailbox {
             await handle(message)
-            if shutdownDone != nil && processes.isEmpty {
+            await flush()
+            if shutdownDone != nil, machine.isFinished {
                 finishShutdown()
                 break
             }
         }
     }
 
-    // MARK: - Messages
+    // MARK: - The event loop
 
-    private func handle(_ message: Message) async {
-        await process(message)
-        await flush()
+    /// Gives the machine `event`, then every event that performing its actions yields.
+    private func feed(_ event: Machine.Event) async {
+        followUps.append(event)
+        await drain()
     }
 
-    private func process(_ message: Message) async {
+    private func drain() async {
+        while !followUps.isEmpty {
+            let event = followUps.removeFirst()
+            switch event {
+            case .stopped(let id), .exited(let id, _):
+                if id == flight?.old, flight?.oldGoneAt == nil { flight?.oldGoneAt = .now }
+            case .boot, .desired, .spawned, .spawnFailed, .registered, .ready, .failed, .timerFired, .shutdown:
+                break
+            }
+            await perform(machine.handle(event))
+        }
+    }
+
+    /// Performs the actions in order: records first, each effect only once the records
+    /// before it are durable.
+    private func perform(_ actions: [Machine.Action]) async {
+        for action in actions {
+            switch action {
+            case .record(let note):
+                await inOrder { self.record(note) }
+            case .recordError(let reason, let instance):
+                await inOrder { self.recordError(reason, instance: instance) }
+            case .spawn(let spawn):
+                await whenDurable { await self.spawn(spawn) }
+            case .signal(let instance, let signal):
+                await inOrder {
+                    self.record(.instanceSignal(.init(agent: self.name, instance: instance, signal: signal, handoff: self.flight?.view.id)))
+                }
+                await whenDurable { self.signal(instance, signal) }
+            case .terminate(let instance):
+                await whenDurable { self.processes[instance]?.send(SIGTERM) }
+            case .kill(let instance):
+                await whenDurable { self.processes[instance]?.send(SIGKILL) }
+            case .startTimer(let key, let duration):
+                await inOrder { self.startTimer(key, duration) }
+            case .cancelTimer(let key):
+                await inOrder { self.cancelTimer(key) }
+            case .commit(let version):
+                await inOrder {
+                    self.record(.releaseCurrent(.init(agent: self.name, version: version, previous: self.flight?.view.from)))
+                }
+                await whenDurable { self.flipCurrent(to: version) }
+            case .release(let instance):
+                letGo(instance)
+            case .refuse:
+                break // the request that caused it answers with it: see `attempt`
+            }
+        }
+    }
+
+    /// A request that changes something, tried on a copy of the machine: its refusal, or
+    /// the actions to perform once the caller made its own records durable.
+    private func attempt(_ event: Machine.Event) -> (Machine, [Machine.Action], SupervisorError?) {
+        var trial = machine
+        let actions = trial.handle(event)
+        for case .refuse(let refusal) in actions {
+            let error: SupervisorError = switch refusal {
+            case .handoffInProgress: .handoffInProgress(flight?.view.id ?? "in progress")
+            // `runLoop` boots before it reads a request: a request is never before boot.
+            case .notBooted, .shuttingDown: .shuttingDown
+            }
+            return (machine, [], error)
+        }
+        return (trial, actions, nil)
+    }
+
+    private func handle(_ message: Message) async {
         switch message {
-        case .boot(let adopted):
-            if let fixed = context.releases.reconcile(agent: name, recorded: context.ledger.state.agents[name]?.current) {
-                logger.warning("current did not match the ledger's last commit; fixed", metadata: ["agent": "\(name)", "current": "\(fixed)"])
-            }
-            await adopt()
-            adopted()
-            guard run == nil, active == nil else { return }
-            guard let version = context.releases.current(agent: name) else {
-                logger.notice("agent has no current release; waiting for a desired version", metadata: ["agent": "\(name)"])
-                return
-            }
-            await startSupervised(version: version)
         case .desired(let version, let mode, let by, let reply):
-            let result = await begin(to: version, mode: mode ?? config.mode, by: by)
-            await flush()
-            reply(result)
+            reply(await begin(to: version, mode: mode ?? config.mode, by: by))
         case .rollback(let by, let reply):
             let state = context.ledger.state.agents[name]
             guard let previous = state?.previous, context.releases.exists(agent: name, version: previous) else {
-                reply(.failure(.noPreviousRelease(name)))
-                return
+                return reply(.failure(.noPreviousRelease(name)))
             }
-            let result = await begin(to: previous, mode: config.mode, by: by)
-            await flush()
-            reply(result)
+            reply(await begin(to: previous, mode: config.mode, by: by))
         case .report(let instance, let report, let reply):
             guard context.registry.instance(instance) != nil else { return reply(.failure(.instanceNotFound(instance))) }
             await received(report, from: instance)
             if let failure = await flush() { return reply(.failure(.ledger(failure.description))) }
             guard let view = context.registry.view(instance) else { return reply(.failure(.instanceNotFound(instance))) }
             reply(.success(view))
-        case .exited(let instance, let status):
-            await exited(instance, status)
-        case .handoffTimer(let timer, let token):
-            guard timers[timer]?.token == token else { return }
-            timers[timer] = nil
-            await feed(.timeout(timer))
-        case .readyDeadline(let instance):
-            guard starting.contains(instance), processes[instance] != nil else { return }
-            // A late ready report must not give go to an instance on its way out.
-            starting.remove(instance)
-            recordError("not ready within \(config.readyTimeout)", instance: instance)
-            await stop(instance)
-        case .restart(let token):
-            guard restartToken == token, shutdownDone == nil, run == nil, active == nil else { return }
-            context.stats.backingOff(agent: name, false)
-            restartToken = nil
-            if let version = context.releases.current(agent: name) {
-                context.stats.restarted(agent: name)
-                await startSupervised(version: version)
-            }
-        case .escalate(let instance, let signal):
-            if shutdownDone != nil {
-                // Stopping never lets two work: at shutdown it does not wait for the ledger.
-                processes[instance]?.send(signal)
-            } else {
-                await whenDurable { self.processes[instance]?.send(signal) }
-            }
         case .register(let pid, let version, let caller, let reply):
             reply(await register(pid: pid, version: version, caller: caller))
+        case .exited(let instance, let status):
+            await exited(instance, status)
+        case .timerFired(let key, let generation):
+            guard timers[key]?.generation == generation else { return }
+            timers[key] = nil
+            if key == .restart { context.stats.restarted(agent: name) }
+            await feed(.timerFired(key))
         case .ledgerRecovered:
             await runDeferred()
         case .shutdown(let done):
-            shutdownDone = done
-            await stopEverything()
+            await shutDown(done)
         }
     }
 
-    // MARK: - Re-adoption
+    // MARK: - Boot: adoption
 
     /// batond starts where an earlier batond left off (killed, or stopped without
     /// stopping its agents): every instance the ledger says is live and that still runs,
     /// the same pid *and* process start time, is adopted with its recorded signal and
-    /// token (by its digest); the others are recorded as gone. A handoff left in flight
-    /// is taken up again (`Handoff.resuming`). A second copy is never started beside a
-    /// live instance: the caller starts `current` only when nothing was adopted.
-    private func adopt() async {
-        guard let recorded = context.ledger.state.agents[name] else { return }
-        let instances = recorded.instances.values.sorted { ($0.startedAt, $0.id) < ($1.startedAt, $1.id) }
-        var alive: [InstanceLedger] = []
-        for instance in instances {
-            let log = instance.registered ? nil : context.log(instance.id)
-            guard let process = ProcessHandle.adopted(pid: instance.pid, startTime: instance.startTime, log: log) else {
-                logger.notice("a recorded instance is gone", metadata: ["agent": "\(name)", "instance": "\(instance.id)", "pid": "\(instance.pid)"])
-                record(.instanceExited(.init(agent: name, instance: instance.id, exitCode: nil, signal: nil)))
-                continue
-            }
+    /// token (by its digest); the others are recorded as gone. The machine decides the
+    /// rest (`Supervision.adopt`): a handoff left in flight is finished or ended, and the
+    /// current release starts only when nothing was adopted to work.
+    private func boot() async {
+        if let fixed = context.releases.reconcile(agent: name, recorded: context.ledger.state.agents[name]?.current) {
+            logger.warning("current did not match the ledger's last commit; fixed", metadata: ["agent": "\(name)", "current": "\(fixed)"])
+        }
+        let recorded = context.ledger.state.agents[name]
+        let interrupted = recorded?.handoff
+        if let interrupted {
+            let steps = [HandoffView.Step(phase: interrupted.phase, at: interrupted.startedAt)]
+            flight = Flight(view: HandoffView(id: interrupted.id, agent: name, from: interrupted.from, to: interrupted.to,
+                                              mode: interrupted.mode, phase: interrupted.phase, outcome: nil, error: nil, gapMs: nil,
+                                              startedAt: interrupted.startedAt, endedAt: nil, steps: steps),
+                            resumedAt: .now)
+            publish()
+            logger.notice("taking up a handoff left in flight", metadata: ["agent": "\(name)", "handoff.id": "\(interrupted.id)",
+                                                                             "phase": "\(interrupted.phase)"])
+        }
+        let instances = (recorded.map { Array($0.instances.values) } ?? []).sorted { ($0.startedAt, $0.id) < ($1.startedAt, $1.id) }
+        let found = instances.map { adopt($0, in: interrupted) }
+        let current = context.releases.current(agent: name)
+        await feed(.boot(current: current, instances: found, handoff: interrupted.map { handoff in
+            // "began" is recorded with its first phase, before any effect: nothing of it
+            // happened, and a handoff that spawned nothing ends cancelled.
+            Machine.InterruptedHandoff(mode: Handoff.Mode(handoff.mode), from: handoff.from, to: handoff.to,
+                                       phase: Handoff.Phase(rawValue: handoff.phase) ?? .spawning)
+        }))
+        if case .handingOff(let run) = machine.state { flight?.old = run.roles[.old] }
+        if current == nil, case .idle = machine.state {
+            logger.notice("agent has no current release; waiting for a desired version", metadata: ["agent": "\(name)"])
+        }
+    }
+
+    /// One instance the ledger says is live, as found: adopted (registry entry with its
+    /// token digest, watched, its log rotated) if it is still the recorded process, else
+    /// recorded as gone.
+    private func adopt(_ instance: InstanceLedger, in interrupted: ActiveHandoff?) -> Machine.AdoptedInstance {
+        let log = instance.registered ? nil : context.log(instance.id)
+        let process = ProcessHandle.adopted(pid: instance.pid, startTime: instance.startTime, log: log)
+        // One recorded before tokens had digests cannot be known by its token: it is
+        // taken as told stop, and goes to its exit like any instance told stop.
+        let signal: AgentSignal = instance.tokenDigest == nil ? .stop : instance.signal
+        let inFlight = instance.handoff != nil && instance.handoff == interrupted?.id
+        if let process {
             processes[instance.id] = process
             if let log { context.logs.watch(instance.id, log) }
-            // An instance recorded before tokens had digests cannot be known by its token:
-            // it is adopted (so nothing starts beside it) and stopped.
             context.registry.add(.init(id: instance.id, agent: name, version: instance.version, pid: instance.pid,
-                                       signal: instance.signal, handoff: nil, startedAt: instance.startedAt,
-                                       ready: instance.state != .spawned, stopped: instance.state == .stopped,
-                                       spawned: !instance.registered, tokenDigest: instance.tokenDigest ?? ""))
+                                       signal: signal, handoff: inFlight ? instance.handoff : nil,
+                                       startedAt: instance.startedAt, ready: instance.state != .spawned,
+                                       stopped: instance.state == .stopped, spawned: !instance.registered,
+                                       tokenDigest: instance.tokenDigest ?? ""))
+            if signal != instance.signal {
+                record(.instanceSignal(.init(agent: name, instance: instance.id, signal: signal, handoff: nil)))
+            }
             let runner = self, id = instance.id
             process.watch { status in runner.send(.exited(instance: id, status)) }
             logger.info("instance adopted", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(instance.pid)",
-                                                       "signal": "\(instance.signal.rawValue)"])
-            alive.append(instance)
+                                                       "signal": "\(signal.rawValue)"])
+        } else {
+            logger.notice("a recorded instance is gone", metadata: ["agent": "\(name)", "instance": "\(instance.id)", "pid": "\(instance.pid)"])
+            record(.instanceExited(.init(agent: name, instance: instance.id, exitCode: nil, signal: nil)))
         }
-        var others = alive
-        if let flight = recorded.handoff {
-            others = await resume(flight, recorded: instances, alive: alive)
-        }
-        for instance in others {
-            await readopt(instance)
-        }
+        let role = inFlight ? instance.role.flatMap(Handoff.Role.init(rawValue:)) : nil
+        return .init(id: instance.id, version: instance.version, registered: instance.registered, signal: signal,
+                     heldGo: instance.heldGo, ready: instance.state != .spawned, stopped: instance.state == .stopped,
+                     role: role, alive: process != nil)
     }
 
-    /// An adopted instance outside any handoff takes up its place: go works on, stop is
-    /// seen through, a start not yet ready gets its ready deadline again, a ready one
-    /// with no go yet gets it if nothing else works.
-    private func readopt(_ instance: InstanceLedger) async {
-        let id = instance.id
-        if instance.tokenDigest == nil { return await stop(id) }
-        switch instance.signal {
-        case .go where active == nil:
-            active = id
-            goSince = .now
-        case .go, .stop:
-            // A second instance in go cannot happen (go is given after the other is gone);
-            // were it so, the later one would stop.
-            if instance.signal == .go { await give(.stop, to: id, handoff: nil) }
-            expectExit(id)
-        case .wait where instance.registered:
-            if instance.state == .spawned { registered.insert(id) } else { await takeOver(registeredInstance: id) }
-        case .wait where active != nil || run != nil:
-            await stop(id)
-        case .wait where instance.state == .spawned:
-            active = id
-            starting.insert(id)
-            readyDeadline(id)
-        case .wait:
-            active = id
-            await give(.go, to: id, handoff: nil)
-        }
-    }
+    // MARK: - Requests
 
-    /// Takes up the handoff `flight`, left in flight by an earlier batond; returns the
-    /// adopted instances that are not part of it.
-    private func resume(_ flight: ActiveHandoff, recorded: [InstanceLedger], alive: [InstanceLedger]) async -> [InstanceLedger] {
-        let live = Set(alive.map(\.id))
-        func found(_ instance: InstanceLedger?) -> Handoff.Found {
-            guard let instance else { return .none }
-            guard live.contains(instance.id) else { return .gone }
-            return .alive(ready: instance.state != .spawned, stopped: instance.state == .stopped)
+    /// A handoff to `version`, asked for by `by`: answered with its view once its
+    /// first records are durable.
+    private func begin(to version: String, mode: HandoffMode, by: String) async -> Result<HandoffView, SupervisorError> {
+        guard Names.isValidVersion(version) else { return .failure(.invalidVersion(version)) }
+        if let refusal = refuseChanges() { return .failure(refusal) }
+        guard context.releases.exists(agent: name, version: version) else {
+            return .failure(.releaseNotFound(agent: name, version: version))
         }
-        let successor = recorded.last { $0.handoff == flight.id && $0.role != Handoff.Role.previous.rawValue }
-        let previous = recorded.last { $0.handoff == flight.id && $0.role == Handoff.Role.previous.rawValue }
-        // The old instance: the one that held go when the handoff began, told stop by it since.
-        let old = recorded.last { $0.handoff == nil && $0.signal == .go }
-            ?? recorded.last { $0.handoff == nil && $0.signal == .stop && !$0.registered }
-        let (machine, actions) = Handoff.resuming(
-            phase: flight.phase, mode: flight.mode == .parallel ? .parallel : .sequential,
-            timeouts: .init(ready: config.readyTimeout, stop: config.stopTimeout, kill: config.killTimeout),
-            old: found(old), successor: found(successor), previous: found(previous),
-            fromRecorded: flight.mode == .sequential && flight.from != nil)
-        var run = Run(view: HandoffView(id: flight.id, agent: name, from: flight.from, to: flight.to, mode: flight.mode,
-                                        phase: flight.phase, outcome: nil, error: nil, gapMs: nil, startedAt: flight.startedAt,
-                                        endedAt: nil, steps: [.init(phase: flight.phase, at: flight.startedAt)]),
-                      machine: machine)
-        run.resumedAt = .now
-        if let old, live.contains(old.id) {
-            run.roles[.old] = old.id
-            if old.signal == .go { active = old.id; goSince = .now }
-            // It reported stopped: it must exit, as before batond died.
-            if old.state == .stopped { expectExit(old.id) }
+        let (next, actions, refusal) = attempt(.desired(version: version, mode: Handoff.Mode(mode)))
+        if let refusal { return .failure(refusal) }
+        record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
+        if let failure = await flush() {
+            // Refused: its record must not reach the ledger later either.
+            unflushed.removeAll()
+            return .failure(.ledger(failure.description))
         }
-        if let successor, live.contains(successor.id) { run.roles[.successor] = successor.id }
-        if let previous, live.contains(previous.id) { run.roles[.previous] = previous.id }
-        for (_, instance) in run.roles { context.registry.update(instance) { $0.handoff = flight.id } }
-        self.run = run
-        publish()
-        logger.notice("taking up a handoff left in flight", metadata: ["agent": "\(name)", "handoff.id": "\(flight.id)",
-                                                                         "phase": "\(flight.phase)"])
+        machine = next
         await perform(actions)
-        let roles = Set(run.roles.values)
-        return alive.filter { !roles.contains($0.id) }
-    }
-
-    // MARK: - Supervision: start, watch, restart
-
-    /// Starts `version` with no handoff: it gets go once it reports ready.
-    private func startSupervised(version: String) async {
-        await whenDurable { await self.spawnSupervised(version: version) }
-    }
-
-    private func spawnSupervised(version: String) async {
-        guard shutdownDone == nil, run == nil, active == nil else { return }
-        switch await spawn(version: version, handoff: nil) {
-        case .success(let id):
-            active = id
-            starting.insert(id)
-            readyDeadline(id)
-        case .failure(let error):
-            recordError("cannot start \(version): \(error)", instance: nil)
-            scheduleRestart()
-        }
-    }
-
-    /// Changes `instance`'s signal: recorded first, so a restarted batond knows who
-    /// holds go, and seen by the instance once the record is durable.
-    private func give(_ signal: AgentSignal, to instance: String, handoff: String?) async {
-        await inOrder { self.record(.instanceSignal(.init(agent: self.name, instance: instance, signal: signal, handoff: handoff))) }
-        await whenDurable {
-            if signal == .go { self.goSince = .now }
-            self.context.registry.setSignal(instance, signal, handoff: handoff)
-        }
-    }
-
-    /// A supervised start that is not ready within ready_timeout is stopped.
-    private func readyDeadline(_ id: String) {
-        let deadline = config.readyTimeout
-        let runner = self
-        Task {
-            try? await Task.sleep(for: deadline)
-            runner.send(.readyDeadline(instance: id))
-        }
+        await drain()
+        await flush()
+        // The handoff just begun took the last number. The book holds every change of its
+        // view, also once it ended.
+        let id = "\(name)-\(handoffNumbers)"
+        guard let view = context.handoffs.view(id) else { return .failure(.ledger("handoff \(id) was not recorded")) }
+        return .success(view)
     }
 
     private func received(_ report: InstanceReport, from instance: String) async {
@@ -396,65 +370,13 @@ actor AgentRunner {
         case .ready:
             context.registry.update(instance) { $0.ready = true }
             record(.instanceReady(.init(agent: name, instance: instance)))
+            await feed(.ready(instance))
         case .stopped:
             context.registry.update(instance) { $0.stopped = true }
             record(.instanceStopped(.init(agent: name, instance: instance)))
-        case .failed:
-            break
-        }
-        if let role = role(of: instance) {
-            switch report {
-            case .ready: await feed(.ready(role))
-            case .failed(let reason): await feed(.reportedFailure(role, reason: reason))
-            case .stopped:
-                await feed(.stopped(role))
-                expectExit(instance)
-            }
-            return
-        }
-        if starting.contains(instance) {
-            switch report {
-            case .ready:
-                starting.remove(instance)
-                await give(.go, to: instance, handoff: nil)
-            case .failed(let reason):
-                starting.remove(instance)
-                recordError("reported failure: \(reason)", instance: instance)
-                await stop(instance)
-            case .stopped:
-                expectExit(instance)
-            }
-            return
-        }
-        if registered.contains(instance) {
-            switch report {
-            case .ready:
-                registered.remove(instance)
-                await takeOver(registeredInstance: instance)
-            case .failed(let reason):
-                registered.remove(instance)
-                recordError("reported failure: \(reason)", instance: instance)
-            case .stopped:
-                expectExit(instance)
-            }
-            return
-        }
-        if case .stopped = report { expectExit(instance) }
-    }
-
-    // MARK: - Registered processes
-
-    /// A registered instance is ready: it gets go when nothing works, the same handoff
-    /// as for releases batond starts when another instance works, or waits its turn
-    /// while a handoff runs.
-    private func takeOver(registeredInstance instance: String) async {
-        if run != nil {
-            waitingRegistered.append(instance)
-        } else if let active, processes[active] != nil {
-            await beginRegistered(successor: instance, old: active)
-        } else {
-            active = instance
-            await give(.go, to: instance, handoff: nil)
+            await feed(.stopped(instance))
+        case .failed(let reason):
+            await feed(.failed(instance, reason: reason))
         }
     }
 
@@ -462,7 +384,6 @@ actor AgentRunner {
     /// (`OwnershipRule`) and no instance holds its pid. Its record is durable before the
     /// token exists; a ledger that cannot write refuses the registration.
     private func register(pid: Int32, version: String, caller: RegistrationCaller) async -> Result<Registration, SupervisorError> {
-        guard shutdownDone == nil else { return .failure(.shuttingDown) }
         guard Names.isValidVersion(version) else { return .failure(.invalidVersion(version)) }
         if let refusal = refuseChanges() { return .failure(refusal) }
         if let refusal = OwnershipRule.refusal(pid: pid, caller: caller, daemon: getpid(), tcpUIDs: config.tcpRegistrationUIDs,
@@ -481,6 +402,11 @@ actor AgentRunner {
             }
             return .failure(.noSuchProcess(pid))
         }
+        let (next, actions, refusal) = attempt(.registered(id, version: version))
+        if let refusal {
+            context.registry.release(pid: pid, claimedBy: id)
+            return .failure(refusal)
+        }
         let token = context.makeToken()
         record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: pid, startTime: process.startTime,
                                       handoff: nil, tokenDigest: TokenDigest.hex(token), registered: true)))
@@ -490,29 +416,16 @@ actor AgentRunner {
             return .failure(.ledger(failure.description))
         }
         processes[id] = process
-        registered.insert(id)
         context.registry.add(.init(id: id, agent: name, version: version, pid: pid, signal: .wait, handoff: nil,
                                    startedAt: .now(), ready: false, stopped: false, spawned: false,
                                    tokenDigest: TokenDigest.hex(token)))
         let runner = self
         process.watch { status in runner.send(.exited(instance: id, status)) }
         logger.info("instance registered", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(pid)", "version": "\(version)"])
+        machine = next
+        await perform(actions)
+        await drain()
         return .success(Registration(instance: id, token: token, signal: .wait))
-    }
-
-    private func beginRegistered(successor: String, old: String) async {
-        guard let to = context.registry.instance(successor)?.version else { return }
-        let from = context.registry.instance(old)?.version
-        let id = nextHandoffID()
-        record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: to, mode: .parallel)))
-        var run = makeRun(id: id, from: from, to: to, mode: .parallel, hasOld: true)
-        run.roles = [.old: old, .successor: successor]
-        run.registered = [.successor]
-        context.registry.update(successor) { $0.handoff = id }
-        self.run = run
-        publish()
-        logger.info("handoff between registered instances began", metadata: ["agent": "\(name)", "handoff.id": "\(id)"])
-        await feed(.begin)
     }
 
     private func exited(_ instance: String, _ status: ExitStatus) async {
@@ -523,263 +436,104 @@ actor AgentRunner {
         context.registry.remove(instance)
         context.logs.forget(instance)
         record(.instanceExited(.init(agent: name, instance: instance, exitCode: status.code, signal: status.signal)))
-        if let role = role(of: instance) {
-            await feed(.exited(role, description: status.description))
-            return
-        }
-        registered.remove(instance)
-        waitingRegistered.removeAll { $0 == instance }
-        let wasStarting = starting.remove(instance) != nil
-        guard active == instance else { return }
-        active = nil
-        guard shutdownDone == nil else { return }
-        let reason = wasStarting ? "exited before it was ready (\(status))" : "exited unexpectedly (\(status))"
-        recordError(reason, instance: instance, output: process.log?.lastOutput)
-        if let since = goSince, ContinuousClock.now - since > .seconds(60) { backoff = .seconds(1) }
-        goSince = nil
-        scheduleRestart()
+        await feed(.exited(instance, description: status.description))
     }
 
-    /// Exponential backoff from 1 s to 60 s, reset after a minute of stable work.
-    private func scheduleRestart() {
-        guard shutdownDone == nil else { return }
-        nextToken += 1
-        let token = nextToken
-        restartToken = token
-        let delay = backoff
-        backoff = min(backoff * 2, .seconds(60))
-        context.stats.backingOff(agent: name, true)
-        logger.notice("restarting after backoff", metadata: ["agent": "\(name)", "delay": "\(delay)"])
+    // MARK: - Actions
+
+    /// The instance sees its new signal (its record is durable by now).
+    private func signal(_ instance: String, _ signal: AgentSignal) {
+        if signal == .go, var flight, instance != flight.old, let gone = flight.oldGoneAt ?? flight.resumedAt {
+            let gap = ContinuousClock.now - gone
+            flight.gapMs = Double(gap.components.seconds) * 1000 + Double(gap.components.attoseconds) / 1e15
+            self.flight = flight
+        }
+        context.registry.setSignal(instance, signal, handoff: flight?.view.id)
+        // An agent without the protocol cannot hear stop: SIGTERM is its stop.
+        if signal == .stop, config.readiness != nil { processes[instance]?.send(SIGTERM) }
+    }
+
+    /// Starts a process for the machine, and queues its answer.
+    private func spawn(_ spawn: Machine.Spawn) async {
+        var role: Handoff.Role?
+        if case .handoff(let part) = spawn.purpose { role = part }
+        switch await start(version: spawn.version, handoff: role == nil ? nil : flight?.view.id, role: role) {
+        case .success(let instance): followUps.append(.spawned(instance, spawn))
+        case .failure(let error): followUps.append(.spawnFailed(spawn, reason: error.description))
+        }
+    }
+
+    private func flipCurrent(to version: String) {
+        // Registered processes may run releases batond does not store.
+        guard context.releases.exists(agent: name, version: version) else { return }
+        do {
+            try context.releases.setCurrent(agent: name, version: version)
+        } catch {
+            logger.critical("cannot flip the current release", metadata: ["agent": "\(name)", "error": "\(error)"])
+        }
+    }
+
+    private func startTimer(_ key: Machine.TimerKey, _ duration: Duration) {
+        timerGenerations += 1
+        let generation = timerGenerations
         let runner = self
-        Task {
-            try? await Task.sleep(for: delay)
-            runner.send(.restart(token: token))
+        timers[key]?.task.cancel()
+        timers[key] = (generation, Task {
+            try? await Task.sleep(for: duration)
+            guard !Task.isCancelled else { return }
+            runner.send(.timerFired(key, generation: generation))
+        })
+        if key == .restart {
+            context.stats.backingOff(agent: name, true)
+            logger.notice("restarting after backoff", metadata: ["agent": "\(name)", "delay": "\(duration)"])
         }
     }
 
-    /// A stopped instance must exit: TERM after kill_timeout, KILL after twice that.
-    private func expectExit(_ instance: String) {
-        escalateLater(instance, SIGTERM, after: config.killTimeout)
-        escalateLater(instance, SIGKILL, after: config.killTimeout * 2)
+    private func cancelTimer(_ key: Machine.TimerKey) {
+        timers.removeValue(forKey: key)?.task.cancel()
+        if key == .restart { context.stats.backingOff(agent: name, false) }
     }
 
-    private func stop(_ instance: String) async {
-        await whenDurable {
-            guard let process = self.processes[instance] else { return }
-            process.send(SIGTERM)
-            self.escalateLater(instance, SIGKILL, after: self.config.killTimeout)
-        }
-    }
-
-    private func escalateLater(_ instance: String, _ signal: Int32, after delay: Duration) {
-        let runner = self
-        Task {
-            try? await Task.sleep(for: delay)
-            runner.send(.escalate(instance: instance, signal))
-        }
-    }
-
-    // MARK: - Handoffs
-
-    private func begin(to version: String, mode: HandoffMode, by: String) async -> Result<HandoffView, SupervisorError> {
-        guard shutdownDone == nil else { return .failure(.shuttingDown) }
-        guard Names.isValidVersion(version) else { return .failure(.invalidVersion(version)) }
-        if let refusal = refuseChanges() { return .failure(refusal) }
-        guard context.releases.exists(agent: name, version: version) else {
-            return .failure(.releaseNotFound(agent: name, version: version))
-        }
-        if let run { return .failure(.handoffInProgress(run.view.id)) }
-        // A supervised start that has not reported ready yet is superseded: the successor
-        // takes its place.
-        let superseded = active.flatMap { starting.contains($0) ? $0 : nil }
-        let working = superseded == nil ? active : nil
-        let from = working.flatMap { context.registry.instance($0)?.version } ?? context.releases.current(agent: name)
-        let id = nextHandoffID()
-        record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
-        record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: version, mode: mode)))
-        if let failure = await flush() {
-            // Refused: its records must not reach the ledger later either.
-            unflushed.removeAll()
-            return .failure(.ledger(failure.description))
-        }
-        // Recorded: the superseded start and a pending restart give way.
-        restartToken = nil
-        context.stats.backingOff(agent: name, false)
-        if let superseded {
-            starting.remove(superseded)
-            active = nil
-            await stop(superseded)
-        }
-        var run = makeRun(id: id, from: from, to: version, mode: mode, hasOld: active != nil)
-        if let active { run.roles[.old] = active }
-        self.run = run
-        publish()
-        logger.info("handoff began", metadata: ["agent": "\(name)", "handoff.id": "\(id)", "from": "\(from ?? "-")", "to": "\(version)"])
-        await feed(.begin)
-        // The book holds every change of the view, also after a handoff that already ended.
-        return .success(context.handoffs.view(id) ?? run.view)
-    }
-
-    private func role(of instance: String) -> Handoff.Role? {
-        run?.roles.first { $0.value == instance }?.key
-    }
-
-    /// Gives the machine an event and performs what it asks, in order.
-    private func feed(_ event: Handoff.Event) async {
-        guard var current = run else { return }
-        if case .stopped(.old) = event, current.oldGoneAt == nil { current.oldGoneAt = .now }
-        if case .exited(.old, _) = event, current.oldGoneAt == nil { current.oldGoneAt = .now }
-        let actions = current.machine.handle(event)
-        run = current
-        // Each action in order; an effect only once the records before it are durable.
-        await perform(actions)
-    }
-
-    /// Performs a machine's actions in order; an effect only once the records before it
-    /// are durable.
-    private func perform(_ actions: [Handoff.Action]) async {
-        for action in actions {
-            switch action {
-            case .signalGo(let role), .signalStop(let role):
-                let signal: AgentSignal = action == .signalGo(role) ? .go : .stop
-                await inOrder {
-                    guard let run = self.run, let instance = run.roles[role] else { return }
-                    self.record(.instanceSignal(.init(agent: self.name, instance: instance, signal: signal, handoff: run.view.id)))
-                }
-                await whenDurable { await self.perform(action) }
-            case .spawn, .terminate, .kill:
-                await whenDurable { await self.perform(action) }
-            case .recordPhase, .startTimer, .cancelTimer, .commit, .end:
-                await inOrder { await self.perform(action) }
-            }
-        }
-    }
-
-    private func perform(_ action: Handoff.Action) async {
-        guard var current = run else { return }
-        let id = current.view.id
-        switch action {
-        case .recordPhase(let phase):
-            current.view.phase = phase.rawValue
-            current.view.steps.append(.init(phase: phase.rawValue, at: .now()))
-            run = current
+    /// What the machine notes, in the ledger and in the handoff's view.
+    private func record(_ note: Machine.Note) {
+        let now = Timestamp.now()
+        switch note {
+        case .handoffBegan(let from, let to, let mode):
+            let id = nextHandoffID()
+            let mode = HandoffMode(mode)
+            record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: to, mode: mode)))
+            var old: String?
+            if case .handingOff(let run) = machine.state { old = run.roles[.old] }
+            flight = Flight(view: HandoffView(id: id, agent: name, from: from, to: to, mode: mode, phase: "began", outcome: nil,
+                                              error: nil, gapMs: nil, startedAt: now, endedAt: nil, steps: [.init(phase: "began", at: now)]),
+                            old: old)
+            publish()
+            logger.info("handoff began", metadata: ["agent": "\(name)", "handoff.id": "\(id)", "from": "\(from ?? "-")", "to": "\(to)"])
+        case .handoffPhase(let phase):
+            guard let id = flight?.view.id else { return }
+            flight?.view.phase = phase.rawValue
+            flight?.view.steps.append(.init(phase: phase.rawValue, at: now))
             publish()
             record(.handoffPhase(.init(handoff: id, agent: name, phase: phase.rawValue)))
-        case .spawn(let role) where current.registered.contains(role):
-            await feed(.spawned(role))
-            await feed(.ready(role))
-        case .spawn(let role):
-            let version = role == .previous ? (current.view.from ?? current.view.to) : current.view.to
-            switch await spawn(version: version, handoff: id, role: role) {
-            case .success(let instance):
-                run?.roles[role] = instance
-                await feed(.spawned(role))
-            case .failure(let error):
-                await feed(.spawnFailed(role, reason: error.description))
-            }
-        case .signalGo(let role):
-            guard let instance = current.roles[role] else { return }
-            context.registry.setSignal(instance, .go, handoff: id)
-            if let gone = current.oldGoneAt ?? current.resumedAt {
-                let gap = ContinuousClock.now - gone
-                run?.gapMs = Double(gap.components.seconds) * 1000 + Double(gap.components.attoseconds) / 1e15
-            }
-            active = instance
-            goSince = .now
-            backoff = .seconds(1)
-        case .signalStop(let role):
-            guard let instance = current.roles[role] else { return }
-            context.registry.setSignal(instance, .stop, handoff: id)
-            // An agent without the protocol cannot hear stop: SIGTERM is its stop.
-            if config.readiness != nil { processes[instance]?.send(SIGTERM) }
-        case .terminate(let role):
-            guard let instance = current.roles[role], let process = processes[instance] else { return }
-            process.send(SIGTERM)
-        case .kill(let role):
-            guard let instance = current.roles[role], let process = processes[instance] else { return }
-            process.send(SIGKILL)
-        case .startTimer(let timer, let duration):
-            nextToken += 1
-            let token = nextToken
-            let runner = self
-            timers[timer]?.task.cancel()
-            timers[timer] = (token, Task {
-                try? await Task.sleep(for: duration)
-                guard !Task.isCancelled else { return }
-                runner.send(.handoffTimer(timer, token: token))
-            })
-        case .cancelTimer(let timer):
-            timers.removeValue(forKey: timer)?.task.cancel()
-        case .commit:
-            let from = current.view.from
-            record(.releaseCurrent(.init(agent: name, version: current.view.to, previous: from)))
-            let version = current.view.to
-            await whenDurable {
-                // Registered processes may run releases batond does not store.
-                guard self.context.releases.exists(agent: self.name, version: version) else { return }
-                do {
-                    try self.context.releases.setCurrent(agent: self.name, version: version)
-                } catch {
-                    self.logger.critical("cannot flip the current release", metadata: ["agent": "\(self.name)", "error": "\(error)"])
-                }
-            }
-        case .end(let outcome, let error):
-            await end(outcome, error: error)
-        }
-    }
-
-    private func end(_ outcome: HandoffOutcome, error: String?) async {
-        guard var current = run else { return }
-        for (_, timer) in timers { timer.task.cancel() }
-        timers = [:]
-        let now = Timestamp.now()
-        current.view.outcome = outcome
-        current.view.error = error
-        current.view.gapMs = current.gapMs
-        current.view.endedAt = now
-        current.view.phase = current.machine.phase.rawValue
-        current.view.steps.append(.init(phase: current.machine.phase.rawValue, at: now))
-        run = current
-        publish()
-        // The error first: whoever sees the end in the ledger finds the reason there too.
-        if let error {
-            let failed = current.roles[.successor]
-            // Its output is in its log file, also once it exited.
-            let output = failed.map { context.log($0).lastOutput } ?? ""
-            recordError(error, instance: failed, output: output)
-        }
-        record(.handoffEnded(.init(handoff: current.view.id, agent: name, outcome: outcome, gapMs: current.gapMs, error: error)))
-        context.stats.handoffEnded(agent: name, outcome: outcome, gapMs: current.gapMs)
-        logger.info("handoff ended", metadata: ["agent": "\(name)", "handoff.id": "\(current.view.id)",
-                                                "outcome": "\(outcome.rawValue)", "gap_ms": "\(current.gapMs.map { String($0) } ?? "-")"])
-        guard shutdownDone == nil else {
-            // batond stops: every instance is stopped the normal way, nothing restarts.
-            run = nil
-            return
-        }
-        // Instances of this handoff that are not the one holding go must go away.
-        for (role, instance) in current.roles where instance != active {
-            if role == .old, current.machine.oldAlive { continue }
-            if processes[instance] != nil, context.registry.instance(instance)?.stopped == false { await stop(instance) }
-        }
-        run = nil
-        if let next = waitingRegistered.first {
-            waitingRegistered.removeFirst()
-            if processes[next] != nil { await takeOver(registeredInstance: next) }
-            return
-        }
-        if outcome == .failed, let active, processes[active] == nil {
-            // The old instance is gone (crashed, or stopped for a successor that then
-            // failed): supervision brings the current release back.
-            self.active = nil
-            scheduleRestart()
-        } else if outcome == .failed, active == nil {
-            scheduleRestart()
+        case .handoffEnded(let outcome, let error):
+            guard var flight else { return }
+            flight.view.outcome = outcome
+            flight.view.error = error
+            flight.view.gapMs = flight.gapMs
+            flight.view.endedAt = now
+            flight.view.phase = outcome.rawValue
+            if flight.view.steps.last?.phase != outcome.rawValue { flight.view.steps.append(.init(phase: outcome.rawValue, at: now)) }
+            context.handoffs.store(flight.view)
+            self.flight = nil
+            record(.handoffEnded(.init(handoff: flight.view.id, agent: name, outcome: outcome, gapMs: flight.gapMs, error: error)))
+            context.stats.handoffEnded(agent: name, outcome: outcome, gapMs: flight.gapMs)
+            logger.info("handoff ended", metadata: ["agent": "\(name)", "handoff.id": "\(flight.view.id)", "outcome": "\(outcome.rawValue)",
+                                                    "gap_ms": "\(flight.gapMs.map { String($0) } ?? "-")"])
         }
     }
 
     private func publish() {
-        if let view = run?.view { context.handoffs.store(view) }
+        if let view = flight?.view { context.handoffs.store(view) }
     }
 
     // MARK: - Shutdown
@@ -787,21 +541,10 @@ actor AgentRunner {
     /// batond stops. By default its agents keep working: batond lets go of every
     /// instance as it is, a handoff in flight included, and the next batond re-adopts
     /// them from the ledger. With `stop_agents_on_exit`, every instance is stopped the
-    /// normal way: stop signal, then TERM after stop_timeout, then KILL after kill_timeout.
-    private func stopEverything() async {
-        restartToken = nil
-        for (_, timer) in timers { timer.task.cancel() }
-        timers = [:]
-        guard context.stopAgentsOnExit else { return await letGo() }
-        // Registered instances belong to another supervisor unless the config says otherwise:
-        // batond lets go of them (their tokens die with it) and never signals them.
-        if !config.stopRegisteredOnExit {
-            for (instance, process) in processes where process.isRegistered {
-                processes[instance] = nil
-                context.registry.remove(instance)
-                logger.info("leaving a registered instance running", metadata: ["agent": "\(name)", "instance": "\(instance)", "pid": "\(process.pid)"])
-            }
-        }
+    /// normal way: stop signal, then TERM after stop_timeout, then KILL after kill_timeout;
+    /// a handoff in flight ends cancelled.
+    private func shutDown(_ done: @escaping @Sendable () -> Void) async {
+        shutdownDone = done
         // batond stops even when the ledger cannot write: stopping never lets two work,
         // and what waits for the ledger (a go, a spawn, a current flip) is not done.
         if !deferred.isEmpty {
@@ -810,32 +553,10 @@ actor AgentRunner {
             deferred.removeAll()
             context.stats.effectsWaiting(agent: name, 0)
         }
-        // A handoff cut short by batond's own stop is nobody's fault: it ends cancelled.
-        if run != nil { await feed(.cancel) }
-        for instance in processes.keys {
-            record(.instanceSignal(.init(agent: name, instance: instance, signal: .stop, handoff: run?.view.id)))
-        }
-        await flush()
-        for instance in processes.keys {
-            context.registry.setSignal(instance, .stop, handoff: run?.view.id)
-            if config.readiness != nil { processes[instance]?.send(SIGTERM) }
-            escalateLater(instance, SIGTERM, after: config.stopTimeout)
-            escalateLater(instance, SIGKILL, after: config.stopTimeout + config.killTimeout)
-        }
-    }
-
-    /// Leaves every instance working as it is. What waits for the ledger is not done
-    /// (it was never recorded); what was recorded is made durable if the ledger can.
-    private func letGo() async {
+        await feed(.shutdown(stopAgents: context.stopAgentsOnExit))
+        guard !context.stopAgentsOnExit else { return }
         for task in probes.values { task.cancel() }
         probes = [:]
-        if !deferred.isEmpty {
-            logger.warning("stopping with effects that were never recorded; they are not done",
-                           metadata: ["agent": "\(name)", "effects": "\(deferred.count)"])
-            deferred.removeAll()
-            context.stats.effectsWaiting(agent: name, 0)
-        }
-        await flush()
         // The registry keeps them: forgetting one would answer its long-poll with stop.
         // Their parked requests get 503 when the HTTP side stops; they retry.
         for (instance, process) in processes {
@@ -844,7 +565,16 @@ actor AgentRunner {
         processes = [:]
     }
 
+    /// A registered instance batond lets go of at its stop: another supervisor's unless
+    /// the config says otherwise. Its token dies with batond; it is never signalled.
+    private func letGo(_ instance: String) {
+        guard let process = processes.removeValue(forKey: instance) else { return }
+        context.registry.remove(instance)
+        logger.info("leaving a registered instance running", metadata: ["agent": "\(name)", "instance": "\(instance)", "pid": "\(process.pid)"])
+    }
+
     private func finishShutdown() {
+        for timer in timers.values { timer.task.cancel() }
         shutdownDone?()
         shutdownDone = nil
         inbox.finish()
@@ -852,7 +582,7 @@ actor AgentRunner {
 
     // MARK: - Spawning and records
 
-    private func spawn(version: String, handoff: String?, role: Handoff.Role? = nil) async -> Result<String, SpawnError> {
+    private func start(version: String, handoff: String?, role: Handoff.Role?) async -> Result<String, SpawnError> {
         guard let directory = context.releases.directory(agent: name, version: version) else {
             return .failure(SpawnError(description: "invalid version \(version)"))
         }
@@ -913,10 +643,12 @@ actor AgentRunner {
         return .success(id)
     }
 
-    private func recordError(_ reason: String, instance: String?, output: String? = nil) {
-        let tail = output ?? instance.flatMap { processes[$0]?.log?.lastOutput } ?? ""
+    /// The agent's last error, with the tail of `instance`'s output (its log file, also
+    /// once it exited).
+    private func recordError(_ reason: String, instance: String?) {
+        let tail = instance.map { context.log($0).lastOutput } ?? ""
         logger.warning("agent error", metadata: ["agent": "\(name)", "instance": "\(instance ?? "-")", "reason": "\(reason)"])
-        record(.agentError(.init(agent: name, reason: reason, stderrTail: tail, handoff: run?.view.id, instance: instance)))
+        record(.agentError(.init(agent: name, reason: reason, stderrTail: tail, handoff: flight?.view.id, instance: instance)))
     }
 
     /// Queues a record. Records are written (one group commit) by `flush`, which runs
@@ -955,6 +687,11 @@ actor AgentRunner {
     /// Runs `effect` once every record queued so far is durable. While the ledger cannot
     /// write, the effect waits behind those already waiting, so effects keep their order.
     private func whenDurable(_ effect: @escaping () async -> Void) async {
+        // batond stops: stopping never lets two work, so it does not wait for the ledger.
+        guard shutdownDone == nil else {
+            await flush()
+            return await effect()
+        }
         guard deferred.isEmpty, await flush() == nil else { return holdBack(effect) }
         await effect()
     }
@@ -972,9 +709,10 @@ actor AgentRunner {
         context.stats.effectsWaiting(agent: name, deferred.count)
     }
 
-    /// The ledger writes again: runs the waiting effects in order. An effect that decides
-    /// more effects runs them before the next waiting one, as it would have without the
-    /// wait; if the ledger fails again, the rest keep waiting.
+    /// The ledger writes again: runs the waiting effects in order. An effect that yields
+    /// an event (a spawn) has it fed, and its actions performed, before the next waiting
+    /// one, as it would have without the wait; if the ledger fails again, the rest keep
+    /// waiting.
     private func runDeferred() async {
         while !deferred.isEmpty {
             guard await flush() == nil else { return }
@@ -982,6 +720,7 @@ actor AgentRunner {
             let rest = deferred
             deferred = []
             await next()
+            await drain()
             deferred += rest
             context.stats.effectsWaiting(agent: name, deferred.count)
         }
@@ -995,5 +734,24 @@ actor AgentRunner {
             return .ledger("the ledger cannot write; batond retries by itself (see /readyz)")
         }
         return nil
+    }
+}
+
+// The ledger's and the API's handoff mode, and the machine's.
+extension Handoff.Mode {
+    init(_ mode: HandoffMode) {
+        self = switch mode {
+        case .parallel: .parallel
+        case .sequential: .sequential
+        }
+    }
+}
+
+extension HandoffMode {
+    init(_ mode: Handoff.Mode) {
+        self = switch mode {
+        case .parallel: .parallel
+        case .sequential: .sequential
+        }
     }
 }

@@ -38,8 +38,6 @@ final class ProcessHandle: Sendable {
     let pid: Int32
     /// With the pid, the process's identity (clock ticks since boot, from /proc).
     let startTime: UInt64
-    /// The file its stdout and stderr are; nil for a registered process.
-    let log: InstanceLog?
     /// The pidfd of a process batond did not start in this run (-1 for a child it
     /// spawned); closed with the handle.
     private let pidfd: Int32
@@ -48,20 +46,17 @@ final class ProcessHandle: Sendable {
     /// Whether it leads its own process group (batond started it, in this run or an
     /// earlier one): signals go to the whole group.
     let leadsGroup: Bool
-    /// A process that registered itself: batond did not start it.
-    var isRegistered: Bool { log == nil }
 
-    private init(pid: Int32, startTime: UInt64, log: InstanceLog?, pidfd: Int32, isChild: Bool, leadsGroup: Bool) {
+    private init(pid: Int32, startTime: UInt64, pidfd: Int32, isChild: Bool, leadsGroup: Bool) {
         self.pid = pid
         self.startTime = startTime
-        self.log = log
         self.pidfd = pidfd
         self.isChild = isChild
         self.leadsGroup = leadsGroup
     }
 
-    static func child(pid: Int32, log: InstanceLog) -> ProcessHandle {
-        ProcessHandle(pid: pid, startTime: baton_process_start_time(pid), log: log, pidfd: -1, isChild: true, leadsGroup: true)
+    static func child(pid: Int32) -> ProcessHandle {
+        ProcessHandle(pid: pid, startTime: baton_process_start_time(pid), pidfd: -1, isChild: true, leadsGroup: true)
     }
 
     /// A process an earlier batond started or registered, found again at start: adopted
@@ -78,7 +73,7 @@ final class ProcessHandle: Sendable {
             close(fd)
             return nil
         }
-        return ProcessHandle(pid: pid, startTime: startTime, log: log, pidfd: fd,
+        return ProcessHandle(pid: pid, startTime: startTime, pidfd: fd,
                              isChild: Processes.parent(of: pid) == getpid(), leadsGroup: log != nil)
     }
 
@@ -94,7 +89,7 @@ final class ProcessHandle: Sendable {
             close(fd)
             return nil
         }
-        return ProcessHandle(pid: pid, startTime: start, log: nil, pidfd: fd, isChild: false, leadsGroup: false)
+        return ProcessHandle(pid: pid, startTime: start, pidfd: fd, isChild: false, leadsGroup: false)
     }
 
     deinit {
@@ -171,7 +166,7 @@ final class HeldProcess {
             let step = stage.map { String(cString: $0) } ?? "spawn"
             throw SpawnError(description: "\(step) \(path): \(String(cString: strerror(childErrno)))")
         }
-        return .child(pid: pid, log: log)
+        return .child(pid: pid)
     }
 
     deinit {

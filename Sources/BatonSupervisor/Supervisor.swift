@@ -176,8 +176,7 @@ public final class Supervisor: Sendable {
         context.logs.start()
         await withDiscardingTaskGroup { group in
             for runner in runners.values {
-                group.addTask { await runner.runLoop() }
-                runner.send(.boot(adopted: { [self] in runnerAdopted() }))
+                group.addTask { await runner.runLoop(adopted: { [self] in runnerAdopted() }) }
             }
         }
         context.logs.stop()

@@ -1,4 +1,5 @@
 import BatonCore
+import Foundation
 import Testing
 
 /// The state the ledger folds from its records, one transition per row.
@@ -75,6 +76,27 @@ struct LedgerStateTests {
             .instanceExited(.init(agent: "web", instance: "web.1", exitCode: 0, signal: nil)),
         ])
         #expect(exited.agents["web"]?.instances.isEmpty == true)
+    }
+
+    /// Re-adoption needs to know who may still work: one told stop after go works until it is gone.
+    @Test func anInstanceToldGoKeepsHavingHeldGoOnceToldStop() throws {
+        let spawned = LedgerEvent.instanceSpawned(.init(agent: "web", instance: "web.1", version: "1.0", pid: 10, startTime: 5, handoff: nil))
+        let stopped = fold([spawned, .instanceSignal(.init(agent: "web", instance: "web.1", signal: .stop, handoff: nil))])
+        #expect(stopped.agents["web"]?.instances["web.1"]?.heldGo == false)
+        let state = fold([spawned, .instanceSignal(.init(agent: "web", instance: "web.1", signal: .go, handoff: nil)),
+                          .instanceSignal(.init(agent: "web", instance: "web.1", signal: .stop, handoff: "web-1"))])
+        #expect(state.agents["web"]?.instances["web.1"]?.signal == .stop)
+        #expect(state.agents["web"]?.instances["web.1"]?.heldGo == true)
+
+        // A snapshot written before heldGo was kept: whoever was told anything may still work.
+        let old = try JSONEncoder().encode(state.agents["web"]!.instances["web.1"]!)
+        var fields = try #require(JSONSerialization.jsonObject(with: old) as? [String: Any])
+        fields["heldGo"] = nil
+        for signal in ["wait", "go", "stop"] {
+            fields["signal"] = signal
+            let decoded = try JSONDecoder().decode(InstanceLedger.self, from: JSONSerialization.data(withJSONObject: fields))
+            #expect(decoded.heldGo == (signal != "wait"), "\(signal)")
+        }
     }
 
     @Test func errorsAndCurrentReleaseAreKept() {

@@ -143,11 +143,30 @@ struct ReadoptionTests {
         return working
     }
 
-    @Test func killedWhileTheSuccessorVerifiesItselfTheHandoffGoesOnAndCommits() throws {
+    @Test func killedWhileTheSuccessorVerifiesItselfItIsTerminatedAndTheOldOneKeepsGo() throws {
         let (view, agents, daemon) = try killDuring("waiting_ready", releases: ["1.0": [], "2.0": ["--ready-after", "2"]])
         defer { daemon.stop() }
-        #expect(view["outcome"] as? String == "committed", "\(view)")
-        try waitUntil(timeout: 10) { self.working(agents) == ["2.0"] }
+        #expect(view["outcome"] as? String == "cancelled", "\(view)")
+        #expect(view["error"] is NSNull, "\(view)")
+        try waitUntil(timeout: 10) { agents.log().contains { $0.version == "2.0" && $0.event == "exit" } }
+        #expect(working(agents) == ["1.0"])
+        #expect(!agents.log().contains { $0.version == "2.0" && $0.event == "go" }, "the successor got go")
+        #expect(!agents.log().contains { $0.version == "1.0" && $0.event == "stop-received" }, "the old one was disturbed")
+        #expect(agents.log().filter { $0.event == "started" }.count == 2, "only the two instances ever ran")
+        #expect(neverTwoWorking(agents), "\(agents.log())")
+    }
+
+    @Test func sequentialKilledWhileTheSuccessorVerifiesItselfTheCurrentReleaseStartsAgain() throws {
+        // The old one is gone already: the successor, not ready, is terminated, and a
+        // fresh 1.0 gets go.
+        let (view, agents, daemon) = try killDuring("waiting_ready", releases: ["1.0": [], "2.0": ["--ready-after", "3"]],
+                                                    mode: "sequential")
+        defer { daemon.stop() }
+        #expect(view["outcome"] as? String == "cancelled", "\(view)")
+        try waitUntil(timeout: 10) {
+            self.working(agents) == ["1.0"] && agents.log().filter { $0.event == "started" && $0.version == "1.0" }.count == 2
+        }
+        #expect(!agents.log().contains { $0.version == "2.0" && $0.event == "go" }, "the successor got go")
         #expect(neverTwoWorking(agents), "\(agents.log())")
     }
 

@@ -140,6 +140,25 @@ struct RegistrationOwnershipTests {
         #expect(!isRunning(stopped.processIdentifier), "stop_registered_on_exit = true stops it")
     }
 
+    /// It failed its own check: it never gets go, and batond makes sure it does not run
+    /// on (SIGTERM, then SIGKILL after kill_timeout), as for an instance it started.
+    @Test func aRegisteredInstanceThatReportsFailureIsTerminated() throws {
+        let failing = try child()
+        defer { kill(failing.processIdentifier, SIGKILL) }
+        let (daemon, _) = try start()
+        defer { daemon.stop() }
+        let registered = try register(daemon.unix, pid: failing.processIdentifier)
+        #expect(registered.status == 201, "\(registered.text)")
+        let answer = try registered.json()
+        let id = try #require(answer["instance"] as? String)
+        let token = try #require(answer["token"] as? String)
+        let report = try daemon.unix.json("POST", "/v1/instances/\(id)/failed", token: token, #"{"reason":"self-check failed"}"#)
+        #expect(report.status == 200, "\(report.text)")
+        try waitUntil(timeout: 10) { !self.isRunning(failing.processIdentifier) }
+        let agent = try daemon.endpoint.get("/v1/agents/ext", token: daemon.token).json()
+        #expect((agent["last_error"] as? [String: Any])?["reason"] as? String == "reported failure: self-check failed", "\(agent)")
+    }
+
     static let canUnshare = getuid() == 0 && which("unshare") != nil && which("nsenter") != nil && which("curl") != nil
 
     /// In a container the session's leader is often outside batond's PID namespace, and
