@@ -64,6 +64,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         public var version: String
         /// A process batond did not start: it registered itself.
         public var registered: Bool
+        /// Whether batond stores its release (a registered process may run another).
+        public var stored = true
         public var ready = false
         /// Reported stopped: it no longer works, and must exit.
         public var stopped = false
@@ -126,12 +128,14 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         public var role: Handoff.Role?
         /// Whether its pid still runs the same process (start time checked).
         public var alive: Bool
+        /// Whether batond stores its release (see `Event.registered`).
+        public var stored: Bool
 
         public init(id: String, version: String, registered: Bool = false, signal: AgentSignal, heldGo: Bool? = nil,
-                    ready: Bool, stopped: Bool = false, role: Handoff.Role? = nil, alive: Bool = true) {
+                    ready: Bool, stopped: Bool = false, role: Handoff.Role? = nil, alive: Bool = true, stored: Bool = true) {
             self.id = id; self.version = version; self.registered = registered; self.signal = signal
             self.heldGo = heldGo ?? (signal != .wait)
-            self.ready = ready; self.stopped = stopped; self.role = role; self.alive = alive
+            self.ready = ready; self.stopped = stopped; self.role = role; self.alive = alive; self.stored = stored
         }
     }
 
@@ -158,7 +162,9 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         case spawned(String, Spawn)
         case spawnFailed(Spawn, reason: String)
         /// A process batond did not start registered itself; it was told wait.
-        case registered(String, version: String)
+        /// `stored`: whether batond stores that release (it may run one batond does not
+        /// keep; supervision never starts such a release).
+        case registered(String, version: String, stored: Bool)
         /// What an instance reports about itself (or its readiness probe, for it).
         case ready(String)
         case failed(String, reason: String)
@@ -272,7 +278,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             // One that stopped, or is on its way out, never gets go: its ready counts for nothing.
             instances[id] == nil || instances[id]!.stopped || instances[id]!.leaving != nil
         case .failed(let id, _), .stopped(let id), .exited(let id, _): instances[id] == nil
-        case .registered(let id, _): instances[id] != nil
+        case .registered(let id, _, _): instances[id] != nil
         case .timerFired(let key): !armed.contains(key)
         case .boot, .desired, .spawned, .spawnFailed, .shutdown: false
         }
@@ -351,10 +357,10 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         // MARK: registered
         case (.booting, .registered):
             emit(.refuse(.notBooted))
-        case (.idle, .registered(let id, let version)), (.starting, .registered(let id, let version)),
-             (.working, .registered(let id, let version)), (.backingOff, .registered(let id, let version)),
-             (.handingOff, .registered(let id, let version)):
-            instances[id] = Instance(version: version, registered: true) // told wait; ready decides
+        case (.idle, .registered(let id, let version, let stored)), (.starting, .registered(let id, let version, let stored)),
+             (.working, .registered(let id, let version, let stored)), (.backingOff, .registered(let id, let version, let stored)),
+             (.handingOff, .registered(let id, let version, let stored)):
+            instances[id] = Instance(version: version, registered: true, stored: stored) // told wait; ready decides
         case (.stopping, .registered), (.stopped, .registered):
             emit(.refuse(.shuttingDown))
 
@@ -721,7 +727,9 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         case .cancelTimer(let timer):
             disarm(.handoff(timer))
         case .commit:
-            current = run.to
+            // A registered successor may run a release batond does not store: supervision
+            // goes on starting the one it has.
+            if let successor = run.roles[.successor], instances[successor]?.stored == false {} else { current = run.to }
             emit(.commit(version: run.to))
         case .end(let outcome, let error):
             if let error { emit(.recordError(error, instance: run.roles[.successor])) }
@@ -797,7 +805,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         for instance in adopted where instance.alive {
             let toldStop = instance.signal == .stop
             instances[instance.id] = Instance(
-                version: instance.version, registered: instance.registered, ready: instance.ready, stopped: instance.stopped,
+                version: instance.version, registered: instance.registered, stored: instance.stored,
+                ready: instance.ready, stopped: instance.stopped,
                 signal: instance.signal, holdsGo: !instance.stopped && instance.signal != .wait && instance.heldGo,
                 leaving: instance.stopped || toldStop ? .asked : nil)
         }

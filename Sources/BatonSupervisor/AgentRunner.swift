@@ -329,7 +329,8 @@ actor AgentRunner {
         let role = inFlight ? instance.role.flatMap(Handoff.Role.init(rawValue:)) : nil
         return .init(id: instance.id, version: instance.version, registered: instance.registered, signal: signal,
                      heldGo: instance.heldGo, ready: instance.state != .spawned, stopped: instance.state == .stopped,
-                     role: role, alive: process != nil)
+                     role: role, alive: process != nil,
+                     stored: !instance.registered || context.releases.exists(agent: name, version: instance.version))
     }
 
     // MARK: - Requests
@@ -402,7 +403,8 @@ actor AgentRunner {
             }
             return .failure(.noSuchProcess(pid))
         }
-        let (next, actions, refusal) = attempt(.registered(id, version: version))
+        let stored = context.releases.exists(agent: name, version: version)
+        let (next, actions, refusal) = attempt(.registered(id, version: version, stored: stored))
         if let refusal {
             context.registry.release(pid: pid, claimedBy: id)
             return .failure(refusal)

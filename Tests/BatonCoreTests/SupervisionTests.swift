@@ -83,7 +83,7 @@ struct SupervisionTests {
     }
 
     static let stray: [A] = [.terminate("x.9"), .startTimer(.escalate("x.9"), t.kill)]
-    static let reg: E = .registered("r.1", version: "r")
+    static let reg: E = .registered("r.1", version: "r", stored: true)
     static let beganV2FromV1: [A] = [.record(.handoffBegan(from: "v1", to: "v2", mode: .parallel)), .record(.handoffPhase(.spawning)),
                                      .spawn(Fixture.successor2)]
 
@@ -453,7 +453,7 @@ struct SupervisionTests {
     /// ready meanwhile waits for the handoff, then takes over by a handoff of its own.
     @Test func aRegisteredInstanceWaitsForTheRunningHandoff() {
         var machine = Fixture.handingOff.machine()
-        _ = machine.handle(.registered("r.1", version: "r"))
+        _ = machine.handle(.registered("r.1", version: "r", stored: true))
         #expect(machine.handle(.ready("r.1")).isEmpty)
         _ = machine.handle(.ready("a.2"))
         let commit = machine.handle(.stopped("a.1"))
@@ -464,5 +464,19 @@ struct SupervisionTests {
         #expect(commit.last == .startTimer(.handoff(.stop), Self.t.stop))
         #expect(name(machine.state) == "handingOff(stopping_old)")
         #expect(machine.holder == "a.2")
+    }
+
+    /// A registered instance may run a release batond does not store: its handoff
+    /// commits, but supervision goes on starting the release it has when it exits.
+    @Test func aCommittedUnstoredReleaseIsNeverStartedBySupervision() {
+        var machine = Fixture.working.machine()
+        _ = machine.handle(.registered("r.1", version: "elsewhere", stored: false))
+        _ = machine.handle(.ready("r.1"))
+        let commit = machine.handle(.stopped("a.1"))
+        #expect(commit.contains(.commit(version: "elsewhere")) && commit.contains(.signal("r.1", .go)))
+        #expect(machine.current == "v1")
+        _ = machine.handle(.exited("r.1", description: "exit 1"))
+        _ = machine.handle(.timerFired(.restart))
+        #expect(name(machine.state) == "starting(v1, -)")
     }
 }

@@ -124,7 +124,7 @@ struct SupervisionWalkTests {
                 registrations += 1
                 let id = "r.\(registrations)"
                 processes[id] = Process(version: "r\(registrations)", registered: true)
-                return .registered(id, version: "r\(registrations)")
+                return .registered(id, version: "r\(registrations)", stored: registrations % 2 == 0)
             case 90..<95:
                 // Stale: about an instance long gone, or a timer no longer armed.
                 let dead = processes.keys.filter { !processes[$0]!.alive }.sorted()
