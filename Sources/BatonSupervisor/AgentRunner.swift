@@ -176,7 +176,10 @@ actor AgentRunner {
     /// Performs the actions in order: records first, each effect only once the records
     /// before it are durable.
     private func perform(_ actions: [Machine.Action]) async {
-        for action in actions {
+        // The go that follows a commit is recorded with it: the flip and the go then wait
+        // for one fdatasync, not two, and the gap holds only one.
+        var goRecordedWithCommit: String?
+        for (index, action) in actions.enumerated() {
             switch action {
             case .record(let note):
                 await inOrder { self.record(note) }
@@ -185,8 +188,8 @@ actor AgentRunner {
             case .spawn(let spawn):
                 await whenDurable { await self.spawn(spawn) }
             case .signal(let instance, let signal):
-                await inOrder {
-                    self.record(.instanceSignal(.init(agent: self.name, instance: instance, signal: signal, handoff: self.flight?.view.id)))
+                if goRecordedWithCommit != instance || signal != .go {
+                    await inOrder { self.recordSignal(instance, signal) }
                 }
                 await whenDurable { self.signal(instance, signal) }
             case .terminate(let instance):
@@ -198,8 +201,12 @@ actor AgentRunner {
             case .cancelTimer(let key):
                 await inOrder { self.cancelTimer(key) }
             case .commit(let version):
+                var go: String?
+                if index + 1 < actions.count, case .signal(let instance, .go) = actions[index + 1] { go = instance }
+                goRecordedWithCommit = go
                 await inOrder {
                     self.record(.releaseCurrent(.init(agent: self.name, version: version, previous: self.flight?.view.from)))
+                    if let go { self.recordSignal(go, .go) }
                 }
                 await whenDurable { self.flipCurrent(to: version) }
             case .release(let instance):
@@ -208,6 +215,10 @@ actor AgentRunner {
                 break // the request that caused it answers with it: see `attempt`
             }
         }
+    }
+
+    private func recordSignal(_ instance: String, _ signal: AgentSignal) {
+        record(.instanceSignal(.init(agent: name, instance: instance, signal: signal, handoff: flight?.view.id)))
     }
 
     /// A request that changes something, tried on a copy of the machine: its refusal, or

@@ -156,10 +156,15 @@ struct SelfUpgradeTests {
         // A parked long-poll is answered (its deadline answer) before the exec, not cut.
         let lastSeq = try #require(try daemon.endpoint.get("/v1/status", token: token).json()["ledger"] as? [String: Any])["last_seq"] as? Int ?? 0
         let endpoint = daemon.endpoint
-        let parked = inBackground { try endpoint.get("/v1/events?since=\(lastSeq + 1000)&wait=60", token: token, timeout: 90).status }
-        try waitUntil(timeout: 20) {
-            (try? endpoint.get("/metrics").text.contains("baton_http_parked_requests 1\n")) ?? false
+        // The agent's own long-poll may be parked too: wait for one more than before.
+        func parkedCount() -> Int? {
+            guard let text = try? endpoint.get("/metrics").text,
+                  let line = text.split(separator: "\n").first(where: { $0.hasPrefix("baton_http_parked_requests ") }) else { return nil }
+            return Int(line.split(separator: " ").last ?? "")
         }
+        let parkedBefore = try #require(parkedCount())
+        let parked = inBackground { try endpoint.get("/v1/events?since=\(lastSeq + 1000)&wait=60", token: token, timeout: 90).status }
+        try waitUntil(timeout: 20) { (parkedCount() ?? 0) > parkedBefore }
         let load = inBackground { () -> WrkResult in
             let result = try run([which("wrk")!, "-t2", "-c16", "-d6s", "--latency", "http://\(host):\(port)/healthz"])
             return WrkResult(status: result.status, output: result.output)
