@@ -41,7 +41,9 @@ struct ReadoptionTests {
         guard daemon.waitForExit() != nil else { throw TestFailure("batond did not die") }
     }
 
-    func alive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 }
+    /// Running, and not a zombie: an orphaned agent that exited waits for whoever reaps
+    /// orphans here, which may be nobody (a container's pid 1).
+    func alive(_ pid: Int32) -> Bool { ProcessProbe(pid).isAlive }
 
     /// At no moment did two instances hold go, by the agents' own events: an instance
     /// works from `go` until it records `stop-received`, `stopped`, `term` or `exit`.
