@@ -579,10 +579,11 @@ actor AgentRunner {
     }
 
     /// A registered instance batond lets go of at its stop: another supervisor's unless
-    /// the config says otherwise. Its token dies with batond; it is never signalled.
+    /// the config says otherwise. It is never signalled, nor told stop: the registry
+    /// keeps it (forgetting it would answer its long-poll with stop), and the next batond
+    /// adopts it.
     private func letGo(_ instance: String) {
         guard let process = processes.removeValue(forKey: instance) else { return }
-        context.registry.remove(instance)
         logger.info("leaving a registered instance running", metadata: ["agent": "\(name)", "instance": "\(instance)", "pid": "\(process.pid)"])
     }
 

@@ -140,6 +140,26 @@ struct RegistrationOwnershipTests {
         #expect(!isRunning(stopped.processIdentifier), "stop_registered_on_exit = true stops it")
     }
 
+    /// Let go of at batond's stop, a registered instance is not told stop either: its
+    /// long-poll ends without a signal (batond is going), and it works on under its own.
+    @Test func aRegisteredInstanceLetGoIsNotToldStop() throws {
+        let kept = try child()
+        defer { kill(kept.processIdentifier, SIGKILL) }
+        let (daemon, _) = try start()
+        let answer = try register(daemon.unix, pid: kept.processIdentifier).json()
+        let id = try #require(answer["instance"] as? String)
+        let token = try #require(answer["token"] as? String)
+        let endpoint = daemon.unix
+        let poll = inBackground { try endpoint.get("/v1/instances/\(id)/signal?seen=wait&wait=60", token: token, timeout: 90) }
+        try waitUntil(timeout: 20) {
+            (try? daemon.endpoint.get("/metrics").text.contains("baton_http_parked_requests 1\n")) ?? false
+        }
+        #expect(daemon.stop() == 0)
+        let answered = try? poll.wait(timeout: 30)
+        #expect(!(answered?.text.contains(#""signal":"stop""#) ?? false), "told stop: \(answered?.text ?? "-")")
+        #expect(isRunning(kept.processIdentifier))
+    }
+
     /// It failed its own check: it never gets go, and batond makes sure it does not run
     /// on (SIGTERM, then SIGKILL after kill_timeout), as for an instance it started.
     @Test func aRegisteredInstanceThatReportsFailureIsTerminated() throws {
