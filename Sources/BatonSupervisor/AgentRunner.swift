@@ -312,15 +312,14 @@ actor AgentRunner {
     /// token digest, watched, its log rotated) if it is still the recorded process, else
     /// recorded as gone.
     private func adopt(_ instance: InstanceLedger, in interrupted: ActiveHandoff?) -> Machine.AdoptedInstance {
-        let log = instance.registered ? nil : context.log(instance.id)
-        let process = ProcessHandle.adopted(pid: instance.pid, startTime: instance.startTime, log: log)
+        let process = ProcessHandle.adopted(pid: instance.pid, startTime: instance.startTime, leadsGroup: !instance.registered)
         // One recorded before tokens had digests cannot be known by its token: it is
         // taken as told stop, and goes to its exit like any instance told stop.
         let signal: AgentSignal = instance.tokenDigest == nil ? .stop : instance.signal
         let inFlight = instance.handoff != nil && instance.handoff == interrupted?.id
         if let process {
             processes[instance.id] = process
-            if let log { context.logs.watch(instance.id, log) }
+            if !instance.registered { context.logs.watch(instance.id, context.log(instance.id)) }
             context.registry.add(.init(id: instance.id, agent: name, version: instance.version, pid: instance.pid,
                                        signal: signal, handoff: inFlight ? instance.handoff : nil,
                                        startedAt: instance.startedAt, ready: instance.state != .spawned,
@@ -421,8 +420,9 @@ actor AgentRunner {
             return .failure(refusal)
         }
         let token = context.makeToken()
+        let tokenDigest = TokenDigest.hex(token)
         record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: pid, startTime: process.startTime,
-                                      handoff: nil, tokenDigest: TokenDigest.hex(token), registered: true)))
+                                      handoff: nil, tokenDigest: tokenDigest, registered: true)))
         if let failure = await flush() {
             unflushed.removeAll()
             context.registry.release(pid: pid, claimedBy: id)
@@ -431,7 +431,7 @@ actor AgentRunner {
         processes[id] = process
         context.registry.add(.init(id: id, agent: name, version: version, pid: pid, signal: .wait, handoff: nil,
                                    startedAt: .now(), ready: false, stopped: false, spawned: false,
-                                   tokenDigest: TokenDigest.hex(token)))
+                                   tokenDigest: tokenDigest))
         let runner = self
         process.watch { status in runner.send(.exited(instance: id, status)) }
         logger.info("instance registered", metadata: ["agent": "\(name)", "instance": "\(id)", "pid": "\(pid)", "version": "\(version)"])
@@ -602,6 +602,7 @@ actor AgentRunner {
         }
         let id = nextInstanceID()
         let token = context.makeToken()
+        let tokenDigest = TokenDigest.hex(token)
         var baton = ["BATON_SOCKET": context.socketPath, "BATON_AGENT": name, "BATON_INSTANCE": id,
                      "BATON_TOKEN": token, "BATON_VERSION": version]
         if let url = context.url { baton["BATON_URL"] = url }
@@ -624,7 +625,7 @@ actor AgentRunner {
         // record is durable, so a batond killed meanwhile leaves no unknown instance.
         record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: held.pid,
                                       startTime: held.startTime, handoff: handoff, role: role?.rawValue,
-                                      tokenDigest: TokenDigest.hex(token))))
+                                      tokenDigest: tokenDigest)))
         if let failure = await flush() {
             // Given up before exec; when the ledger writes again it says so.
             record(.instanceExited(.init(agent: name, instance: id, exitCode: 127, signal: nil)))
@@ -641,7 +642,7 @@ actor AgentRunner {
         context.logs.watch(id, context.log(id))
         context.registry.add(.init(id: id, agent: name, version: version, pid: process.pid, signal: .wait, handoff: handoff,
                                    startedAt: .now(), ready: false, stopped: false, spawned: true,
-                                   tokenDigest: TokenDigest.hex(token)))
+                                   tokenDigest: tokenDigest))
         let runner = self
         process.watch { status in runner.send(.exited(instance: id, status)) }
         if let readiness = config.readiness {

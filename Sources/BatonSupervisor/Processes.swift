@@ -63,9 +63,9 @@ final class ProcessHandle: Sendable {
     /// only if it is still the very process the ledger recorded, pid *and* start time,
     /// checked after its pidfd is open (a pid reused by a stranger is never adopted).
     /// After batond re-executed itself the process is still its child; after a restart
-    /// it is not, and only its pidfd says when it ends. `log` is its output file when
-    /// batond started it (nil for a registered process).
-    static func adopted(pid: Int32, startTime: UInt64, log: InstanceLog?) -> ProcessHandle? {
+    /// it is not, and only its pidfd says when it ends. `leadsGroup` when batond started
+    /// it (not for a registered process).
+    static func adopted(pid: Int32, startTime: UInt64, leadsGroup: Bool) -> ProcessHandle? {
         guard pid > 1, pid != getpid() else { return nil }
         let fd = baton_pidfd_open(pid)
         guard fd >= 0 else { return nil }
@@ -74,7 +74,7 @@ final class ProcessHandle: Sendable {
             return nil
         }
         return ProcessHandle(pid: pid, startTime: startTime, pidfd: fd,
-                             isChild: Processes.parent(of: pid) == getpid(), leadsGroup: log != nil)
+                             isChild: Processes.parent(of: pid) == getpid(), leadsGroup: leadsGroup)
     }
 
     /// A handle on a process batond did not start, or nil when it does not exist. The
@@ -141,17 +141,16 @@ final class HeldProcess {
     let pid: Int32
     /// Read while the child is held, so it is this child's.
     let startTime: UInt64
+    /// The program, for the error if exec fails.
     let path: String
-    let log: InstanceLog
     private let gate: Int32
     private let report: Int32
     private var settled = false
 
-    init(pid: Int32, path: String, log: InstanceLog, gate: Int32, report: Int32) {
+    init(pid: Int32, path: String, gate: Int32, report: Int32) {
         self.pid = pid
         self.startTime = baton_process_start_time(pid)
         self.path = path
-        self.log = log
         self.gate = gate
         self.report = report
     }
@@ -239,7 +238,7 @@ enum Processes {
             let step = stage.map { String(cString: $0) } ?? "spawn"
             throw SpawnError(description: "\(step) \(path): \(String(cString: strerror(childErrno)))")
         }
-        return HeldProcess(pid: pid, path: path, log: log, gate: gate, report: report)
+        return HeldProcess(pid: pid, path: path, gate: gate, report: report)
     }
 
     /// `argv` and `environment` as the NULL-terminated C arrays exec wants, for `body`.

@@ -6,10 +6,7 @@ import Synchronization
 /// a restarted batond knows an adopted instance by its token without ever storing it.
 public enum TokenDigest {
     public static func hex(_ token: String) -> String {
-        SHA256.hash(data: Array(token.utf8)).map { byte in
-            let hex = String(byte, radix: 16)
-            return byte < 16 ? "0" + hex : hex
-        }.joined()
+        DaemonBinaries.hex(Array(SHA256.hash(data: Array(token.utf8))))
     }
 }
 

@@ -151,8 +151,8 @@ struct ProcessHandleTests {
     func aReusedPidIsNeverAdopted() throws {
         let pid = try sleeper()
         let recordedStart = try #require(ProcessHandle.foreign(pid: pid)).startTime
-        #expect(ProcessHandle.adopted(pid: pid, startTime: recordedStart, log: nil) != nil, "the recorded process itself")
-        #expect(ProcessHandle.adopted(pid: pid, startTime: recordedStart + 1, log: nil) == nil, "another start time")
+        #expect(ProcessHandle.adopted(pid: pid, startTime: recordedStart, leadsGroup: true) != nil, "the recorded process itself")
+        #expect(ProcessHandle.adopted(pid: pid, startTime: recordedStart + 1, leadsGroup: true) == nil, "another start time")
         _ = end(pid, with: SIGKILL)
         // Start times count clock ticks (10 ms): a stranger started within the same tick
         // would look the same. A real reuse comes after a whole turn of the pid space;
@@ -160,7 +160,7 @@ struct ProcessHandleTests {
         usleep(30_000)
 
         let stranger = try #require(try sleeper(reusing: pid), "the kernel did not hand out pid \(pid) again")
-        #expect(ProcessHandle.adopted(pid: stranger, startTime: recordedStart, log: nil) == nil,
+        #expect(ProcessHandle.adopted(pid: stranger, startTime: recordedStart, leadsGroup: true) == nil,
                 "the process that reused pid \(pid) was adopted")
         _ = end(stranger, with: SIGKILL)
     }

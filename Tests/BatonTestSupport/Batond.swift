@@ -22,6 +22,11 @@ public final class BatondProcess {
     public var unix: Endpoint { .unix(path: socketPath) }
     /// The socket instances are given (`BATON_SOCKET`).
     public var agentSocketPath: String { state.file("agent.sock") }
+    /// `instances` of `GET /v1/agents/AGENT`: id, pid, version, state, started_at.
+    public func instances(of agent: String = "web") throws -> [[String: Any]] {
+        try endpoint.get("/v1/agents/\(agent)", token: token).json()["instances"] as? [[String: Any]] ?? []
+    }
+
     public var token: String {
         ((try? String(contentsOfFile: state.file("operator.token"), encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
     }

@@ -31,13 +31,9 @@ struct InterruptedLedgerTests {
         ledger.close()
     }
 
-    func instances(_ daemon: BatondProcess) throws -> [[String: Any]] {
-        try daemon.endpoint.get("/v1/agents/web", token: daemon.token).json()["instances"] as? [[String: Any]] ?? []
-    }
-
     @Test func killedRightAfterRecordingSpawningTheOldOneKeepsGo() async throws {
         let (first, agents) = try start(["1.0": ["--work-every", "0.05"], "2.0": []])
-        let before = try instances(first).compactMap { $0["pid"] as? Int }
+        let before = try first.instances().compactMap { $0["pid"] as? Int }
         try await kill(first, after: [
             .agentDesired(.init(agent: "web", version: "2.0", mode: .parallel, by: "test")),
             .handoffBegan(.init(handoff: "web-1", agent: "web", from: "1.0", to: "2.0", mode: .parallel)),
@@ -51,7 +47,7 @@ struct InterruptedLedgerTests {
             return view["outcome"] is String
         }
         #expect(view["outcome"] as? String == "cancelled", "\(view)")
-        #expect(try instances(second).compactMap { $0["pid"] as? Int } == before, "the old one was not kept")
+        #expect(try second.instances().compactMap { $0["pid"] as? Int } == before, "the old one was not kept")
         let since = monotonicNanoseconds()
         try waitUntil(timeout: 10) { agents.log().contains { $0.event == "work" && $0.version == "1.0" && $0.nanoseconds > since } }
         #expect(!agents.log().contains { $0.version == "1.0" && ["stop-received", "term", "exit"].contains($0.event) })
@@ -63,7 +59,7 @@ struct InterruptedLedgerTests {
         let (first, agents) = try start(["1.0": []])
         let stranger = try spawnSleeper()
         defer { _ = Glibc.kill(stranger, SIGKILL); var status: Int32 = 0; waitpid(stranger, &status, 0) }
-        let original = try #require(try instances(first).first?["pid"] as? Int)
+        let original = try #require(try first.instances().first?["pid"] as? Int)
         try await kill(first, after: [
             // What batond saw: web.1 exited; web.2 started, its pid now reused by the stranger.
             .instanceExited(.init(agent: "web", instance: "web.1", exitCode: 0, signal: nil)),
@@ -74,9 +70,9 @@ struct InterruptedLedgerTests {
         _ = Glibc.kill(Int32(original), SIGKILL)  // the real web.1, which the records say is gone
         let second = try BatondProcess(state: agents.state, configText: agents.config())
         try waitUntil(timeout: 30) {
-            ((try? instances(second)) ?? []).contains { ($0["id"] as? String) == "web.3" }
+            ((try? second.instances()) ?? []).contains { ($0["id"] as? String) == "web.3" }
         }
-        let pids = try instances(second).compactMap { $0["pid"] as? Int }
+        let pids = try second.instances().compactMap { $0["pid"] as? Int }
         #expect(!pids.contains(Int(stranger)), "the stranger was adopted")
         #expect(second.stop() == 0)
         var status: Int32 = 0

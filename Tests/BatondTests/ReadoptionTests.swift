@@ -8,12 +8,8 @@ import Testing
 /// takes up a handoff it left in flight. Checked from the agents' own event files.
 @Suite("re-adoption", .serialized)
 struct ReadoptionTests {
-    func instances(_ daemon: BatondProcess) throws -> [[String: Any]] {
-        try daemon.endpoint.get("/v1/agents/web", token: daemon.token).json()["instances"] as? [[String: Any]] ?? []
-    }
-
     func pids(_ daemon: BatondProcess) throws -> [Int32] {
-        try instances(daemon).compactMap { ($0["pid"] as? Int).map(Int32.init) }
+        try daemon.instances().compactMap { ($0["pid"] as? Int).map(Int32.init) }
     }
 
     func agentState(_ daemon: BatondProcess) throws -> String? {

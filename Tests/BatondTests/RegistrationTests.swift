@@ -11,7 +11,8 @@ struct RegistrationOwnershipTests {
 
     /// batond with agent `web` (batond's own child, working) and agent `ext` for
     /// registered processes.
-    func start(ext extra: String = "") throws -> (BatondProcess, TestReleases) {
+    /// `wrapper` runs batond through another command (without TCP then).
+    func start(ext extra: String = "", wrapper: [String] = []) throws -> (BatondProcess, TestReleases) {
         let state = TemporaryDirectory("registration")
         let web = TestReleases(state: state)
         try web.add("1.0")
@@ -24,7 +25,7 @@ struct RegistrationOwnershipTests {
             stop_timeout = "1s"
             kill_timeout = "1s"
             \(extra)
-            """)
+            """, tcp: wrapper.isEmpty, wrapper: wrapper)
         return (daemon, web)
     }
 
@@ -186,16 +187,7 @@ struct RegistrationOwnershipTests {
     /// (CI runs so, and every registration was refused there).
     @Test(.enabled(if: canUnshare, "needs root, unshare, nsenter and curl"))
     func aSessionLedFromOutsideBatondsPIDNamespaceStillCounts() throws {
-        let state = TemporaryDirectory("registration-ns")
-        let web = TestReleases(state: state)
-        try web.add("1.0")
-        try web.setCurrent("1.0")
-        let daemon = try BatondProcess(state: state, configText: web.config() + """
-
-            [agents.ext]
-            command = ["/bin/false"]
-            registration_token = "\(Self.registrationToken)"
-            """, tcp: false, wrapper: ["/usr/bin/env", "unshare", "--pid", "--fork", "--mount-proc"])
+        let (daemon, _) = try start(wrapper: ["/usr/bin/env", "unshare", "--pid", "--fork", "--mount-proc"])
         // batond is `unshare`'s only child: the namespace's pid 1.
         let unshare = daemon.process.processIdentifier
         let children = try String(contentsOfFile: "/proc/\(unshare)/task/\(unshare)/children", encoding: .utf8)

@@ -138,11 +138,8 @@ struct SelfUpgradeTests {
         let daemon = try BatondProcess(state: state, configText: agents.config(), executable: state.file("daemon/current/batond"))
         let token = daemon.token
         guard case .tcp(let host, let port) = daemon.endpoint else { throw TestFailure("no TCP listener") }
-        func instances() throws -> [[String: Any]] {
-            try daemon.endpoint.get("/v1/agents/web", token: token).json()["instances"] as? [[String: Any]] ?? []
-        }
         try waitUntil(timeout: 30) { agents.log().contains { $0.event == "work" } }
-        let agentPids = try instances().compactMap { $0["pid"] as? Int }
+        let agentPids = try daemon.instances().compactMap { $0["pid"] as? Int }
         #expect(agentPids.count == 1)
         #expect(try daemon.endpoint.get("/v1/daemon", token: token).json()["sha256"] as? String == seeded)
         let sockets = [daemon.socketPath, daemon.agentSocketPath].map(Self.inode)
@@ -194,7 +191,7 @@ struct SelfUpgradeTests {
         #expect(current == digest, "a restart now runs the new binary")
         #expect([daemon.socketPath, daemon.agentSocketPath].map(Self.inode) == sockets, "the socket files were never replaced")
         // The agent is the same process, adopted by the new image, and never stopped working.
-        #expect(try instances().compactMap { $0["pid"] as? Int } == agentPids, "the agent was not re-adopted")
+        #expect(try daemon.instances().compactMap { $0["pid"] as? Int } == agentPids, "the agent was not re-adopted")
         try waitUntil(timeout: 10) { agents.log().contains { $0.event == "work" && $0.nanoseconds > execAt + 500_000_000 } }
         let events = agents.log()
         #expect(events.filter { $0.event == "started" }.count == 1, "a second copy was started: \(events)")
