@@ -24,6 +24,9 @@ let package = Package(
             pkgConfig: "libmicrohttpd",
             providers: [.apt(["libmicrohttpd-dev"])]
         ),
+        // libarchive, for unpacking releases; libcurl, for fetching them.
+        .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
         // The pure core: names, versions, ledger records and their codec, wire types. No I/O.
         .target(name: "BatonCore"),
         // The ledger on disk: journal, snapshot, recovery, lock, group commit.
@@ -38,11 +41,19 @@ let package = Package(
         ),
         // Process creation in C: fork, switch user and group, exec (posix_spawn cannot).
         .target(name: "CBatonSpawn"),
-        // Processes: spawn, watch, signal; instances and their signals; handoffs; releases.
+        // Releases on disk: push and fetch, verify, unpack safely, list, collect.
+        .target(
+            name: "BatonReleases",
+            dependencies: [
+                "BatonCore", "CArchive", "CCurl",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
+        // Processes: spawn, watch, signal; instances and their signals; handoffs.
         .target(
             name: "BatonSupervisor",
             dependencies: [
-                "BatonCore", "BatonLedger", "BatonConfig", "CBatonSpawn",
+                "BatonCore", "BatonLedger", "BatonConfig", "BatonReleases", "CBatonSpawn",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -56,7 +67,7 @@ let package = Package(
         .target(
             name: "BatonAPI",
             dependencies: [
-                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonSupervisor",
+                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonSupervisor", "BatonReleases",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -93,10 +104,11 @@ let package = Package(
         .testTarget(name: "BatonLedgerTests", dependencies: ["BatonLedger", "BatonCore", "BatonTestSupport"]),
         .testTarget(name: "BatonHTTPTests", dependencies: ["BatonHTTP", "BatonTestSupport"]),
         .testTarget(name: "BatonConfigTests", dependencies: ["BatonConfig", "BatonTestSupport"]),
+        .testTarget(name: "BatonReleasesTests", dependencies: ["BatonReleases", "BatonCore", "BatonTestSupport"]),
         .testTarget(name: "BatonSupervisorTests", dependencies: ["BatonSupervisor", "BatonCore", "BatonTestSupport"]),
         .testTarget(
             name: "BatondTests",
-            dependencies: ["BatonTestSupport", "BatonCore", "BatonAPI", "BatonSupervisor", "BatonLedger",
+            dependencies: ["BatonTestSupport", "BatonCore", "BatonAPI", "BatonSupervisor", "BatonLedger", "BatonReleases",
                            .product(name: "Logging", package: "swift-log")]
         ),
         // Client library for Swift agents: the agent side of the protocol. Foundation and Glibc only.

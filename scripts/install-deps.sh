@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what baton needs on a Debian 12 machine, and only what is missing:
-#   build: pkg-config, libmicrohttpd-dev
-#   tests: curl, systemd (systemd-analyze, systemd-socket-activate),
+#   build: pkg-config, libmicrohttpd-dev, libarchive-dev, libcurl4-openssl-dev
+#   tests: curl, xz-utils and zstd (release archives), systemd (systemd-analyze, systemd-socket-activate),
 #          prometheus (for promtool), python3 with PyYAML and jsonschema
 #          (scripts/check-contract.py), and a virtualenv .build-venv/ with
 #          the Python tools of scripts/requirements-test.txt, pinned
@@ -53,8 +53,12 @@ need_pkg() {
 # build
 need_cmd pkg-config pkg-config
 need_pkg libmicrohttpd-dev
+need_pkg libarchive-dev
+need_pkg libcurl4-openssl-dev
 # tests
 need_cmd curl curl
+need_cmd xz-utils xz
+need_cmd zstd zstd
 need_cmd systemd systemd-analyze systemd-socket-activate
 # Debian ships promtool only inside the prometheus package. Note that
 # installing it also enables and starts a Prometheus server (port 9090).

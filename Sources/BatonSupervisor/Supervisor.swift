@@ -1,6 +1,7 @@
 import BatonConfig
 import BatonCore
 import BatonLedger
+import BatonReleases
 import Foundation
 import Logging
 import Synchronization

@@ -23,6 +23,15 @@ public struct ReleaseStore: Sendable {
         return stat(directory, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
     }
 
+    /// What `release.json` says of a release; nil for one dropped in by hand without it.
+    /// A hand-dropped release may carry only the author's part (`Declared`): it is read
+    /// as a `local` release with those flags.
+    public func manifest(agent: String, version: String) -> ReleaseManifest? {
+        guard let directory = directory(agent: agent, version: version),
+              let data = FileManager.default.contents(atPath: "\(directory)/\(ReleaseManifest.fileName)") else { return nil }
+        return try? ReleaseManifest.decode(data)
+    }
+
     /// The version `current` points at, if it points at a valid release.
     public func current(agent: String) -> String? {
         guard Names.isValidAgent(agent) else { return nil }
@@ -41,20 +50,20 @@ public struct ReleaseStore: Sendable {
     /// not fsync'd here: the ledger's `release.current` record is durable first, and at
     /// boot the supervisor puts `current` back in line with the ledger (`reconcile`),
     /// which keeps an fdatasync out of the handoff's gap.
-    public func setCurrent(agent: String, version: String) throws(SpawnError) {
+    public func setCurrent(agent: String, version: String) throws(ReleaseError) {
         guard directory(agent: agent, version: version) != nil else {
-            throw SpawnError(description: "invalid agent or version")
+            throw .invalidName("\(agent)/\(version)")
         }
         let base = "\(root)/\(agent)"
         let temporary = "\(base)/.current.\(getpid()).tmp"
         unlink(temporary)
         guard symlink(version, temporary) == 0 else {
-            throw SpawnError(description: "symlink \(temporary): \(String(cString: strerror(errno)))")
+            throw .io("symlink \(temporary)", errno)
         }
         guard rename(temporary, "\(base)/current") == 0 else {
             let error = errno
             unlink(temporary)
-            throw SpawnError(description: "rename \(temporary): \(String(cString: strerror(error)))")
+            throw .io("rename \(temporary)", error)
         }
     }
 
@@ -63,5 +72,18 @@ public struct ReleaseStore: Sendable {
     public func reconcile(agent: String, recorded: String?) -> String? {
         guard let recorded, recorded != current(agent: agent), exists(agent: agent, version: recorded) else { return nil }
         return (try? setCurrent(agent: agent, version: recorded)) == nil ? nil : recorded
+    }
+}
+
+/// Why the release store refused or failed.
+public enum ReleaseError: Error, Sendable, Equatable, CustomStringConvertible {
+    case invalidName(String)
+    case io(String, Int32)
+
+    public var description: String {
+        switch self {
+        case .invalidName(let name): "\"\(name)\" is not a valid agent name and version"
+        case .io(let operation, let code): "\(operation): \(String(cString: strerror(code)))"
+        }
     }
 }

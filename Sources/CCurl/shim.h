@@ -1,0 +1,29 @@
+// libcurl (Debian's libcurl4-openssl-dev), for fetching releases: fixed-arity
+// wrappers around its variadic calls, which Swift cannot call.
+// BatonReleases is the only module that imports it.
+#ifndef BATON_CCURL_SHIM_H
+#define BATON_CCURL_SHIM_H
+
+#include <curl/curl.h>
+
+static inline CURLcode baton_curl_setopt_long(CURL *curl, CURLoption option, long value) {
+    return curl_easy_setopt(curl, option, value);
+}
+
+static inline CURLcode baton_curl_setopt_pointer(CURL *curl, CURLoption option, void *value) {
+    return curl_easy_setopt(curl, option, value);
+}
+
+static inline CURLcode baton_curl_setopt_string(CURL *curl, CURLoption option, const char *value) {
+    return curl_easy_setopt(curl, option, value);
+}
+
+static inline CURLcode baton_curl_setopt_offset(CURL *curl, CURLoption option, curl_off_t value) {
+    return curl_easy_setopt(curl, option, value);
+}
+
+static inline CURLcode baton_curl_getinfo_long(CURL *curl, CURLINFO info, long *value) {
+    return curl_easy_getinfo(curl, info, value);
+}
+
+#endif
