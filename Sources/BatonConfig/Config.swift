@@ -23,6 +23,7 @@ public struct BatondConfig: Sendable, Equatable {
     public var http = HTTPSettings()
     public var ledger = LedgerSettings()
     public var logs = LogSettings()
+    public var releases = ReleaseSettings()
     public var agents: [AgentConfig] = []
 
     public init() {}
@@ -59,6 +60,28 @@ public struct BatondConfig: Sendable, Equatable {
         /// Past it, a file is moved to `.log.1` at the next check.
         public var maxBytes = 1 << 20
         public var checkInterval: Duration = .seconds(1)
+        public init() {}
+    }
+
+    /// Releases pushed and fetched: limits, collection, trust.
+    public struct ReleaseSettings: Sendable, Equatable {
+        /// Releases kept per agent; older ones are collected (never current, previous, or
+        /// one in use). 0 keeps every release.
+        public var keepReleases = 10
+        /// Refuse pushes and fetches that no trusted key signed.
+        public var requireSignature = false
+        /// Ed25519 public keys (32 raw bytes) by name.
+        public var trustedKeys: [String: [UInt8]] = [:]
+        /// The largest release pushed or fetched, as sent (compressed).
+        public var maxBytes: Int64 = 1 << 30
+        /// What an archive may unpack to: bytes and entries.
+        public var maxUnpackedBytes: Int64 = 4 << 30
+        public var maxFiles = 100_000
+        /// Free space a push or fetch leaves besides its own bytes.
+        public var freeSpaceMargin: Int64 = 64 << 20
+        /// A fetch's whole deadline, and how long it may receive nothing.
+        public var fetchTimeout: Duration = .seconds(1800)
+        public var fetchStallTimeout: Duration = .seconds(60)
         public init() {}
     }
 

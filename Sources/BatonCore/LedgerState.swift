@@ -72,6 +72,12 @@ public struct LedgerState: Codable, Sendable, Equatable {
         case .releaseCurrent(let e):
             agents[e.agent, default: AgentLedger()].current = e.version
             agents[e.agent, default: AgentLedger()].previous = e.previous
+        case .releaseStored(let e):
+            agents[e.agent, default: AgentLedger()].stored[e.version] = e.sha256
+        case .releaseDeleted(let e):
+            agents[e.agent]?.stored[e.version] = nil
+        case .releaseFetchFailed:
+            break // history only
         case .daemonUpgradeBegan, .daemonUpgraded, .daemonUpgradeFailed:
             var upgrades = daemon.upgrades ?? DaemonUpgrades()
             upgrades.apply(record.event, at: at)
@@ -94,12 +100,21 @@ public struct AgentLedger: Codable, Sendable, Equatable {
     public var handoff: ActiveHandoff?
     public var history: [HandoffSummary] = []
     public var instances: [String: InstanceLedger] = [:]
+    /// The releases batond stored (pushed or fetched) and has not removed: version to
+    /// SHA-256. Absent from snapshots written before releases were recorded.
+    public var releases: [String: String]?
     /// Processes spawned so far: the next instance is `<agent>.<spawns + 1>`.
     public var spawns = 0
     /// Handoffs begun so far: the next one is `<agent>-<handoffsBegun + 1>`.
     public var handoffsBegun = 0
 
     public init() {}
+
+    /// `releases`, empty when absent.
+    public var stored: [String: String] {
+        get { releases ?? [:] }
+        set { releases = newValue.isEmpty ? nil : newValue }
+    }
 }
 
 public struct DesiredVersion: Codable, Sendable, Equatable {

@@ -32,6 +32,9 @@ public enum LedgerEvent: Sendable, Equatable {
     case instanceSignal(InstanceSignal)
     case agentError(AgentError)
     case releaseCurrent(ReleaseCurrent)
+    case releaseStored(ReleaseStored)
+    case releaseDeleted(ReleaseDeleted)
+    case releaseFetchFailed(ReleaseFetchFailed)
     case ledgerCut(LedgerCut)
     case daemonUpgradeBegan(DaemonUpgradeBegan)
     case daemonUpgraded(DaemonUpgraded)
@@ -53,6 +56,9 @@ public enum LedgerEvent: Sendable, Equatable {
         case .instanceSignal: "instance.signal"
         case .agentError: "agent.error"
         case .releaseCurrent: "release.current"
+        case .releaseStored: "release.stored"
+        case .releaseDeleted: "release.deleted"
+        case .releaseFetchFailed: "release.fetch_failed"
         case .ledgerCut: "ledger.cut"
         case .daemonUpgradeBegan: "daemon.upgrade_began"
         case .daemonUpgraded: "daemon.upgraded"
@@ -71,6 +77,7 @@ public enum LedgerEvent: Sendable, Equatable {
         "daemon.started", "daemon.stopped", "agent.desired", "handoff.began", "handoff.phase", "handoff.ended",
         "instance.spawned", "instance.ready", "instance.stopped", "instance.exited", "agent.error", "release.current",
         "ledger.cut", "instance.signal", "daemon.upgrade_began", "daemon.upgraded", "daemon.upgrade_failed",
+        "release.stored", "release.deleted", "release.fetch_failed",
     ]
 }
 
@@ -212,6 +219,59 @@ public struct ReleaseCurrent: Codable, Sendable, Equatable {
     public var previous: String?
     public init(agent: String, version: String, previous: String?) {
         self.agent = agent; self.version = version; self.previous = previous
+    }
+}
+
+/// A release was stored (pushed, fetched), recorded before it appears under its version.
+/// `found`: batond found it whole on disk at start without a record (a removal that a
+/// crash cut short before it began), and recorded it then.
+public struct ReleaseStored: Codable, Sendable, Equatable {
+    public var agent: String
+    public var version: String
+    public var sha256: String
+    public var size: Int64
+    public var source: String
+    public var url: String?
+    public var by: String
+    public var signedBy: String?
+    public var irreversible: Bool
+    public var found: Bool?
+    public init(agent: String, version: String, sha256: String, size: Int64, source: String, url: String?, by: String,
+                signedBy: String?, irreversible: Bool, found: Bool? = nil) {
+        self.agent = agent; self.version = version; self.sha256 = sha256; self.size = size; self.source = source
+        self.url = url; self.by = by; self.signedBy = signedBy; self.irreversible = irreversible; self.found = found
+    }
+}
+
+/// A release stored by batond was removed: recorded before it goes.
+public struct ReleaseDeleted: Codable, Sendable, Equatable {
+    public enum Reason: String, Codable, Sendable {
+        /// `DELETE /v1/releases/{agent}/{version}`.
+        case deleted
+        /// Beyond `keep_releases`, oldest first.
+        case collected
+        /// Recorded as stored, but not on disk at start (removed by hand, or a crash cut
+        /// its storing short after the record).
+        case missing
+    }
+    public var agent: String
+    public var version: String
+    public var by: String
+    public var reason: Reason
+    public init(agent: String, version: String, by: String, reason: Reason) {
+        self.agent = agent; self.version = version; self.by = by; self.reason = reason
+    }
+}
+
+/// A fetch batond ran for an operator ended without a release.
+public struct ReleaseFetchFailed: Codable, Sendable, Equatable {
+    public var agent: String
+    public var version: String
+    public var url: String
+    public var by: String
+    public var error: String
+    public init(agent: String, version: String, url: String, by: String, error: String) {
+        self.agent = agent; self.version = version; self.url = url; self.by = by; self.error = error
     }
 }
 

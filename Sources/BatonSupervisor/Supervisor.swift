@@ -119,6 +119,7 @@ public final class Supervisor: Sendable {
     public let registry: InstanceRegistry
     public let handoffs: HandoffBook
     public let stats = SupervisorStats()
+    public let releases: Releases
     let context: SupervisorContext
     private let runners: [String: AgentRunner]
     /// Runners that have not yet re-adopted what the ledger says is live, and who waits
@@ -135,6 +136,8 @@ public final class Supervisor: Sendable {
                                     handoffs: handoffs, stats: stats, logger: logger, socketPath: socketPath, url: url,
                                     logDirectory: logDirectory, logSettings: config.logs,
                                     stopAgentsOnExit: config.stopAgentsOnExit)
+        releases = Releases(store: context.releases, settings: config.releases, agents: Set(config.agents.map(\.name)),
+                            ledger: ledger, registry: registry, logger: logger)
         var runners: [String: AgentRunner] = [:]
         for agent in config.agents { runners[agent.name] = AgentRunner(config: agent, context: context) }
         self.runners = runners
@@ -143,8 +146,6 @@ public final class Supervisor: Sendable {
             for runner in runners.values { runner.send(.ledgerRecovered) }
         }
     }
-
-    public var releases: ReleaseStore { context.releases }
 
     /// Whether some agent has not yet re-adopted its live instances (batond just started).
     public var isAdopting: Bool { adoption.withLock { $0.remaining > 0 } }
