@@ -35,6 +35,9 @@ public enum LedgerEvent: Sendable, Equatable {
     case releaseStored(ReleaseStored)
     case releaseDeleted(ReleaseDeleted)
     case releaseFetchFailed(ReleaseFetchFailed)
+    case rolloutBegan(RolloutBegan)
+    case rolloutStep(RolloutStep)
+    case rolloutEnded(RolloutEnded)
     case ledgerCut(LedgerCut)
     case daemonUpgradeBegan(DaemonUpgradeBegan)
     case daemonUpgraded(DaemonUpgraded)
@@ -59,6 +62,9 @@ public enum LedgerEvent: Sendable, Equatable {
         case .releaseStored: "release.stored"
         case .releaseDeleted: "release.deleted"
         case .releaseFetchFailed: "release.fetch_failed"
+        case .rolloutBegan: "rollout.began"
+        case .rolloutStep: "rollout.step"
+        case .rolloutEnded: "rollout.ended"
         case .ledgerCut: "ledger.cut"
         case .daemonUpgradeBegan: "daemon.upgrade_began"
         case .daemonUpgraded: "daemon.upgraded"
@@ -77,7 +83,7 @@ public enum LedgerEvent: Sendable, Equatable {
         "daemon.started", "daemon.stopped", "agent.desired", "handoff.began", "handoff.phase", "handoff.ended",
         "instance.spawned", "instance.ready", "instance.stopped", "instance.exited", "agent.error", "release.current",
         "ledger.cut", "instance.signal", "daemon.upgrade_began", "daemon.upgraded", "daemon.upgrade_failed",
-        "release.stored", "release.deleted", "release.fetch_failed",
+        "release.stored", "release.deleted", "release.fetch_failed", "rollout.began", "rollout.step", "rollout.ended",
     ]
 }
 
@@ -272,6 +278,54 @@ public struct ReleaseFetchFailed: Codable, Sendable, Equatable {
     public var error: String
     public init(agent: String, version: String, url: String, by: String, error: String) {
         self.agent = agent; self.version = version; self.url = url; self.by = by; self.error = error
+    }
+}
+
+/// The machine moves to `version` (`PUT /v1/version`): the version is pending until
+/// `rollout.ended`.
+public struct RolloutBegan: Codable, Sendable, Equatable {
+    public struct Agent: Codable, Sendable, Equatable {
+        public var agent: String
+        public var from: String?
+        public init(agent: String, from: String?) { self.agent = agent; self.from = from }
+    }
+    public var rollout: String
+    public var version: String
+    public var barrier: Bool
+    public var migration: [String]?
+    public var agents: [Agent]
+    public var by: String
+    public init(rollout: String, version: String, barrier: Bool, migration: [String]?, agents: [Agent], by: String) {
+        self.rollout = rollout; self.version = version; self.barrier = barrier; self.migration = migration
+        self.agents = agents; self.by = by
+    }
+}
+
+/// One step of a rollout: its phase changed, an agent's status changed, or the
+/// migration ended. Recorded before what follows from it.
+public struct RolloutStep: Codable, Sendable, Equatable {
+    public var rollout: String
+    public var phase: MachineRollout.Phase?
+    public var agent: String?
+    public var status: MachineRollout.AgentStatus?
+    public var error: String?
+    /// The migration's end: whether it exited 0, and how it ended with its output's tail.
+    public var migrationSucceeded: Bool?
+    public var migration: String?
+    public init(rollout: String, phase: MachineRollout.Phase? = nil, agent: String? = nil, status: MachineRollout.AgentStatus? = nil,
+                error: String? = nil, migrationSucceeded: Bool? = nil, migration: String? = nil) {
+        self.rollout = rollout; self.phase = phase; self.agent = agent; self.status = status; self.error = error
+        self.migrationSucceeded = migrationSucceeded; self.migration = migration
+    }
+}
+
+public struct RolloutEnded: Codable, Sendable, Equatable {
+    public var rollout: String
+    /// `done`, `failed` or `restored`.
+    public var outcome: MachineRollout.Phase
+    public var error: String?
+    public init(rollout: String, outcome: MachineRollout.Phase, error: String?) {
+        self.rollout = rollout; self.outcome = outcome; self.error = error
     }
 }
 
