@@ -130,6 +130,10 @@ public struct AgentConfig: Sendable, Equatable {
     public var killTimeout: Duration = .seconds(10)
     public var user: String?
     public var group: String?
+    /// argv run once by a barrier upgrade while every agent is halted, when the release
+    /// declares none in its `release.json`; `{release}` expands to the new release.
+    public var migration: [String]?
+    public var migrationTimeout: Duration = .seconds(600)
     /// For agents that do not speak the protocol: ready when this succeeds.
     public var readiness: Readiness?
     /// A token an externally started process presents to register as this agent.
@@ -152,6 +156,7 @@ public struct AgentConfig: Sendable, Equatable {
     public static let readyTimeoutRange: ClosedRange<Duration> = .seconds(1) ... .seconds(24 * 3600)
     public static let stopTimeoutRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
     public static let killTimeoutRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
+    public static let migrationTimeoutRange: ClosedRange<Duration> = .seconds(1) ... .seconds(24 * 3600)
 
     public init(name: String, command: [String]) {
         self.name = name

@@ -235,7 +235,8 @@ private struct Reader {
     func readAgent(_ table: TOMLTable, name: String, path: [String]) throws(ConfigError) -> AgentConfig {
         try only(table, path, allowed: ["command", "env", "mode", "ready_timeout", "stop_timeout", "kill_timeout",
                                         "user", "group", "readiness", "registration_token",
-                                        "tcp_registration_uids", "stop_registered_on_exit", "inherit_env"])
+                                        "tcp_registration_uids", "stop_registered_on_exit", "inherit_env",
+                                        "migration", "migration_timeout"])
         guard let command = try strings(table, "command", path: path) else {
             throw error(path + ["command"], "is required: the agent's argv, e.g. [\"{release}/bin/\(name)\"]")
         }
@@ -292,6 +293,13 @@ private struct Reader {
             }
         }
         if let stop = try bool(table, "stop_registered_on_exit", path: path) { agent.stopRegisteredOnExit = stop }
+        if let migration = try strings(table, "migration", path: path) {
+            guard let program = migration.first, !program.isEmpty else { throw error(path + ["migration"], "must name a program") }
+            agent.migration = migration
+        }
+        if let value = try duration(table, "migration_timeout", path: path, range: AgentConfig.migrationTimeoutRange) {
+            agent.migrationTimeout = value
+        }
         if let readiness = try self.table(table, "readiness", path: path) {
             let key = path + ["readiness"]
             try only(readiness, key, allowed: ["command", "http"])

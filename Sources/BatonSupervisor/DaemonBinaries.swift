@@ -242,70 +242,20 @@ extension DaemonBinaries {
 
         public var passed: Bool { exitCode == 0 && !timedOut }
 
-        /// Why it did not pass, with the output's tail.
+        /// How it ended, with the output's tail: "exited 3: ...".
         public var reason: String {
             let how = timedOut ? "did not finish in time (killed)"
                 : exitCode.map { "exited \($0)" } ?? "was killed by signal \(signal ?? 0)"
             let tail = outputTail.trimmingCharacters(in: .whitespacesAndNewlines)
-            return "--self-check \(how)" + (tail.isEmpty ? "" : ": \(tail)")
+            return how + (tail.isEmpty ? "" : ": \(tail)")
         }
     }
 
-    /// Runs `binary` with `arguments` (`--self-check` among them) in its own process
-    /// group, stdin from /dev/null, and waits up to `timeout`; past it the group is
-    /// killed. Blocks the calling thread: call it off the cooperative pool.
-    /// `environment` should not carry NOTIFY_SOCKET: the check is no service.
+    /// Runs `binary` with `arguments` (`--self-check` among them) and waits up to
+    /// `timeout` (see `Processes.runToEnd`). Blocks the calling thread: call it off the
+    /// cooperative pool. `environment` should not carry NOTIFY_SOCKET: the check is no service.
     public static func runCheck(binary: String, arguments: [String], environment: [String: String],
                                 timeout: Duration) -> CheckResult {
-        var pipeEnds: [Int32] = [0, 0]
-        guard baton_pipe_cloexec(&pipeEnds) == 0 else {
-            return CheckResult(exitCode: nil, signal: nil, timedOut: false, outputTail: "pipe: \(String(cString: strerror(errno)))")
-        }
-        var childErrno: Int32 = 0
-        var stage: UnsafePointer<CChar>?
-        let pid = Processes.withCStrings([binary] + arguments, environment) { cArgv, cEnv in
-            baton_spawn(binary, cArgv, cEnv, pipeEnds[1], nil, 0, 0, 0, nil, &childErrno, &stage)
-        }
-        close(pipeEnds[1])
-        defer { close(pipeEnds[0]) }
-        guard pid > 0 else {
-            let step = stage.map { String(cString: $0) } ?? "spawn"
-            return CheckResult(exitCode: nil, signal: nil, timedOut: false,
-                               outputTail: "\(step) \(binary): \(String(cString: strerror(childErrno)))")
-        }
-        let deadline = ContinuousClock.now + timeout
-        var tail: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        var timedOut = false
-        // Read until end of file (the check closed its output, usually by exiting).
-        while true {
-            let left = deadline - ContinuousClock.now
-            guard left > .zero else { timedOut = true; break }
-            var poller = pollfd(fd: pipeEnds[0], events: Int16(POLLIN), revents: 0)
-            let ready = poll(&poller, 1, Int32(max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)))
-            if ready < 0 && errno == EINTR { continue }
-            if ready == 0 { continue }
-            let count = read(pipeEnds[0], &buffer, buffer.count)
-            if count < 0 && errno == EINTR { continue }
-            if count <= 0 { break }
-            tail += buffer[..<count]
-            if tail.count > 4096 { tail.removeFirst(tail.count - 4096) }
-        }
-        var status: Int32 = 0
-        while !timedOut {
-            let reaped = waitpid(pid, &status, WNOHANG)
-            if reaped == pid { break }
-            if reaped < 0 && errno != EINTR { break }
-            if ContinuousClock.now >= deadline { timedOut = true; break }
-            usleep(5_000)
-        }
-        if timedOut {
-            kill(-pid, SIGKILL)
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        }
-        let exited = (status & 0x7f) == 0
-        return CheckResult(exitCode: timedOut ? nil : exited ? (status >> 8) & 0xff : nil,
-                           signal: exited ? nil : status & 0x7f, timedOut: timedOut,
-                           outputTail: String(decoding: tail, as: UTF8.self))
+        Processes.runToEnd([binary] + arguments, environment: environment, timeout: timeout)
     }
 }
