@@ -104,7 +104,10 @@ let package = Package(
         .testTarget(name: "BatonLedgerTests", dependencies: ["BatonLedger", "BatonCore", "BatonTestSupport"]),
         .testTarget(name: "BatonHTTPTests", dependencies: ["BatonHTTP", "BatonTestSupport"]),
         .testTarget(name: "BatonConfigTests", dependencies: ["BatonConfig", "BatonTestSupport"]),
-        .testTarget(name: "BatonReleasesTests", dependencies: ["BatonReleases", "BatonCore", "BatonTestSupport"]),
+        .testTarget(
+            name: "BatonReleasesTests",
+            dependencies: ["BatonReleases", "BatonCore", "BatonTestSupport", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         .testTarget(name: "BatonSupervisorTests", dependencies: ["BatonSupervisor", "BatonCore", "BatonTestSupport"]),
         .testTarget(
             name: "BatondTests",
