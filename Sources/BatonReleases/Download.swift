@@ -189,6 +189,10 @@ private final class Transfer {
     private var failure: DownloadError?
 
     static let pollInterval: Duration = .milliseconds(100)
+    /// libcurl's clock rounds to milliseconds and may call its deadline (CURLOPT_TIMEOUT_MS,
+    /// the same as ours) a little before ours: its timeout that late is the deadline, and
+    /// an earlier one is the connect timeout.
+    static let clockSlack: Duration = .milliseconds(50)
     /// Large reads: fewer wake-ups and calls to `write` (curl's own tool uses 100 KiB).
     static let bufferBytes = 256 * 1024
 
@@ -274,7 +278,7 @@ private final class Transfer {
             throw .httpStatus(status, url: effectiveURL)
         case CURLE_FILESIZE_EXCEEDED:
             throw .tooLarge(limits.maxBytes)
-        case CURLE_OPERATION_TIMEDOUT where ContinuousClock.now - started >= limits.deadline:
+        case CURLE_OPERATION_TIMEDOUT where ContinuousClock.now - started >= limits.deadline - Transfer.clockSlack:
             throw .timedOut(limits.deadline)
         case CURLE_UNSUPPORTED_PROTOCOL:
             throw .invalidURL("GET \(url) redirected to \(effectiveURL), which is not http or https (\(text))")
