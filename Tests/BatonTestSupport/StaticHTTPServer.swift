@@ -257,7 +257,7 @@ private final class Core: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while true {
             let count = read(file, &buffer, buffer.count)
-            guard count > 0, send(fd, Array(buffer[0..<count])) else { return }
+            guard count > 0, buffer.withUnsafeBytes({ send(fd, UnsafeRawBufferPointer(rebasing: $0[0..<count])) }) else { return }
         }
     }
 
@@ -274,14 +274,18 @@ private final class Core: @unchecked Sendable {
 
     /// All of `bytes`, or false when the peer is gone. MSG_NOSIGNAL: a peer that hung up
     /// must not raise SIGPIPE in the test process.
-    private func send(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    private func send(_ fd: Int32, _ bytes: UnsafeRawBufferPointer) -> Bool {
         var offset = 0
         while offset < bytes.count {
-            let sent = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            let sent = Glibc.send(fd, bytes.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
             if sent < 0, errno == EINTR { continue }
             guard sent > 0 else { return false }
             offset += sent
         }
         return true
+    }
+
+    private func send(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { send(fd, $0) }
     }
 }
