@@ -217,6 +217,7 @@ private final class Transfer {
         set(CURLOPT_MAXREDIRS, Download.maxRedirects)
         set(CURLOPT_FAILONERROR, 1)
         set(CURLOPT_NOSIGNAL, 1)
+        set(CURLOPT_NETRC, Int(CURL_NETRC_IGNORED.rawValue))  // the default, said out loud: no credentials from ~/.netrc
         set(CURLOPT_USERAGENT, Download.userAgent)
         set(CURLOPT_TIMEOUT_MS, max(1, Int(milliseconds(limits.deadline))))
         set(CURLOPT_CONNECTTIMEOUT_MS, max(1, Int(milliseconds(limits.connectTimeout))))

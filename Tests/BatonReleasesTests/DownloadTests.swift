@@ -72,6 +72,20 @@ struct DownloadTests {
         #expect(fetched.written <= 1 << 20)
     }
 
+    @Test func aBodyOfExactlyTheLimitPassesAndOneByteMoreDoesNot() async throws {
+        let server = try StaticHTTPServer()
+        defer { server.close() }
+        server.route("/exact", .bytes(pattern(1000)))
+        server.route("/exact-chunked", .chunked(pattern(1000), chunkSize: 100))
+        server.route("/over", .bytes(pattern(1001)))
+        server.route("/over-chunked", .chunked(pattern(1001), chunkSize: 100))
+        let limits = Self.limits.with { $0.maxBytes = 1000 }
+        #expect(try await download(server.url("/exact"), limits: limits).result.get().bytes == 1000)
+        #expect(try await download(server.url("/exact-chunked"), limits: limits).result.get().bytes == 1000)
+        #expect(await download(server.url("/over"), limits: limits).error == .tooLarge(1000))
+        #expect(await download(server.url("/over-chunked"), limits: limits).error == .tooLarge(1000))
+    }
+
     // MARK: - Time
 
     @Test func headersThenSilenceStalls() async throws {
