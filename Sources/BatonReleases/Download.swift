@@ -197,7 +197,9 @@ private final class Transfer {
     static let bufferBytes = 256 * 1024
 
     init(url: String, limits: DownloadLimits, write: @escaping (UnsafeRawBufferPointer) throws -> Void) throws(DownloadError) {
-        guard let easy = curl_easy_init(), let multi = curl_multi_init() else {
+        guard let easy = curl_easy_init() else { throw .network("libcurl could not start a transfer") }
+        guard let multi = curl_multi_init() else {
+            curl_easy_cleanup(easy)
             throw .network("libcurl could not start a transfer")
         }
         self.easy = easy
@@ -208,8 +210,16 @@ private final class Transfer {
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE))
         let context = Unmanaged.passUnretained(self).toOpaque()
         var code = CURLE_OK
+        // The first option libcurl refuses is the one reported.
         func set(_ option: CURLoption, _ value: Int) { if code == CURLE_OK { code = baton_curl_setopt_long(easy, option, value) } }
         func set(_ option: CURLoption, _ value: String) { if code == CURLE_OK { code = baton_curl_setopt_string(easy, option, value) } }
+        func set(_ option: CURLoption, offset: curl_off_t) { if code == CURLE_OK { code = baton_curl_setopt_offset(easy, option, offset) } }
+        func set(_ option: CURLoption, pointer: UnsafeMutableRawPointer) {
+            if code == CURLE_OK { code = baton_curl_setopt_pointer(easy, option, pointer) }
+        }
+        func set(_ option: CURLoption, function: curl_write_callback) {
+            if code == CURLE_OK { code = baton_curl_setopt_write_function(easy, option, function) }
+        }
         set(CURLOPT_URL, url)
         set(CURLOPT_PROTOCOLS_STR, Download.protocols)
         set(CURLOPT_REDIR_PROTOCOLS_STR, Download.protocols)
@@ -222,12 +232,12 @@ private final class Transfer {
         set(CURLOPT_TIMEOUT_MS, max(1, Int(milliseconds(limits.deadline))))
         set(CURLOPT_CONNECTTIMEOUT_MS, max(1, Int(milliseconds(limits.connectTimeout))))
         set(CURLOPT_BUFFERSIZE, Transfer.bufferBytes)
-        if code == CURLE_OK { code = baton_curl_setopt_offset(easy, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(limits.maxBytes)) }
-        if code == CURLE_OK { code = baton_curl_setopt_pointer(easy, CURLOPT_ERRORBUFFER, errorBuffer) }
-        if code == CURLE_OK { code = baton_curl_setopt_write_function(easy, CURLOPT_WRITEFUNCTION, onBody) }
-        if code == CURLE_OK { code = baton_curl_setopt_pointer(easy, CURLOPT_WRITEDATA, context) }
-        if code == CURLE_OK { code = baton_curl_setopt_write_function(easy, CURLOPT_HEADERFUNCTION, onHeader) }
-        if code == CURLE_OK { code = baton_curl_setopt_pointer(easy, CURLOPT_HEADERDATA, context) }
+        set(CURLOPT_MAXFILESIZE_LARGE, offset: curl_off_t(limits.maxBytes))
+        set(CURLOPT_ERRORBUFFER, pointer: errorBuffer)
+        set(CURLOPT_WRITEFUNCTION, function: onBody)
+        set(CURLOPT_WRITEDATA, pointer: context)
+        set(CURLOPT_HEADERFUNCTION, function: onHeader)
+        set(CURLOPT_HEADERDATA, pointer: context)
         guard code == CURLE_OK else { throw .network("libcurl refused an option: \(String(cString: curl_easy_strerror(code)))") }
         let added = curl_multi_add_handle(multi, easy)
         guard added == CURLM_OK else { throw .network("libcurl: \(String(cString: curl_multi_strerror(added)))") }
