@@ -291,7 +291,7 @@ struct DownloadTests {
 // MARK: - Helpers
 
 /// What a download did: its result, the bytes written (digested, not kept), its time.
-struct Fetched: Sendable {
+private struct Fetched: Sendable {
     var result: Result<DownloadResult, DownloadError>
     var written = 0
     var digest = ""
@@ -303,11 +303,11 @@ struct Fetched: Sendable {
     }
 }
 
-struct DiskFull: Error, CustomStringConvertible {
+private struct DiskFull: Error, CustomStringConvertible {
     var description: String { "No space left on device" }
 }
 
-enum Cancel: Sendable {
+private enum Cancel: Sendable {
     case never
     case afterFirstWrite
     /// Cancelled the n-th time `isCancelled` is asked.
@@ -315,7 +315,7 @@ enum Cancel: Sendable {
 }
 
 /// Runs `Download.fetch` on a thread of its own, as batond does.
-func download(_ url: String, limits: DownloadLimits = DownloadTests.limits, failWrites: Bool = false,
+private func download(_ url: String, limits: DownloadLimits = DownloadTests.limits, failWrites: Bool = false,
               cancel: Cancel = .never) async -> Fetched {
     await onThread {
         var hasher = SHA256()
@@ -346,18 +346,18 @@ func download(_ url: String, limits: DownloadLimits = DownloadTests.limits, fail
 }
 
 /// Blocking work on a plain thread, awaited without holding a thread of Swift's pool.
-func onThread<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+private func onThread<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
     await withCheckedContinuation { continuation in
         Thread { continuation.resume(returning: work()) }.start()
     }
 }
 
 /// Bytes that differ from offset to offset, so a lost or repeated piece changes the digest.
-func pattern(_ count: Int) -> [UInt8] {
+private func pattern(_ count: Int) -> [UInt8] {
     (0..<count).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) }
 }
 
-extension DownloadLimits {
+private extension DownloadLimits {
     func with(_ change: (inout DownloadLimits) -> Void) -> DownloadLimits {
         var copy = self
         change(&copy)
@@ -365,6 +365,6 @@ extension DownloadLimits {
     }
 }
 
-extension Digest {
+private extension Digest {
     var hex: String { map { String(format: "%02x", $0) }.joined() }
 }
