@@ -41,6 +41,41 @@ struct ReleaseRoutes: Sendable {
                 }
                 return .parked
             },
+            Route(.POST, "/v1/releases/{agent}/{version}", scope: Scope.operator, takesBody: true) { [releases] (request) throws(HTTPError) -> Reply in
+                let (agent, version) = try request.release()
+                let body = try request.decodeJSON(FetchBody.self)
+                guard Hex.isSHA256(body.sha256.lowercased()), let digest = Hex.decode(body.sha256) else {
+                    throw HTTPError(status: 422, code: "invalid_digest", message: "sha256 must be 64 hex digits, not \(WireJSON.quote(body.sha256))")
+                }
+                var signature: [UInt8]?
+                if let text = body.signature {
+                    guard let parsed = TrustedKeys.parseSignature(Array(text.utf8)) else {
+                        throw HTTPError(status: 422, code: "invalid_signature", message: "signature must be the base64 of a 64-byte Ed25519 signature")
+                    }
+                    signature = parsed
+                }
+                let fetch = Releases.FetchRequest(agent: agent, version: version, url: body.url, sha256: digest, signature: signature,
+                                                  irreversible: body.irreversible ?? false, by: request.by)
+                // Looking for <url>.sig may take a moment: the answer waits for it.
+                let pending = request.park(deadline: .seconds(60)) {
+                    HTTPError(status: 503, code: "timeout", message: "the fetch did not start in time; see GET /v1/releases/{agent}/{version}").response
+                }
+                Task {
+                    do throws(ReleaseRefusal) {
+                        switch try await releases.fetch(fetch) {
+                        case .started(let view):
+                            var response = Response.json(status: 202, view)
+                            response.headers.append((name: "Location", value: "/v1/releases/\(agent)/\(version)"))
+                            pending.answer(response)
+                        case .stored(let view):
+                            pending.answer(.json(status: 200, view))
+                        }
+                    } catch {
+                        pending.answer(error.http.response)
+                    }
+                }
+                return .parked
+            },
             Route(.GET, "/v1/releases/{agent}", scope: Scope.operator) { [releases] (request) throws(HTTPError) -> Reply in
                 let agent = try request.releaseAgent()
                 do throws(ReleaseRefusal) {
@@ -77,6 +112,16 @@ struct ReleaseRoutes: Sendable {
     }
 }
 
+/// `POST /v1/releases/{agent}/{version}`.
+struct FetchBody: ClosedJSONObject, Sendable {
+    static let fieldNames: Set<String> = ["url", "sha256", "signature", "irreversible"]
+    var url: String
+    var sha256: String
+    /// Base64 of the Ed25519 signature over the digest; else batond looks for `<url>.sig`.
+    var signature: String?
+    var irreversible: Bool?
+}
+
 /// The HTTP layer's view of a push's intake.
 final class ReleaseSink: BodySink {
     let intake: Releases.Intake
@@ -98,6 +143,8 @@ extension ReleaseRefusal {
         case .inUse: HTTPError(status: 409, code: "release_in_use", message: description)
         case .signatureRequired: HTTPError(status: 403, code: "signature_required", message: description)
         case .badSignature: HTTPError(status: 403, code: "bad_signature", message: description)
+        case .badURL: HTTPError(status: 422, code: "invalid_url", message: description)
+        case .signatureUnavailable: HTTPError(status: 502, code: "signature_unavailable", message: description)
         case .ledger: HTTPError(status: 503, code: "ledger_unavailable", message: description)
         case .store(let error):
             switch error {

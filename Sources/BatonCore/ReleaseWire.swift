@@ -61,7 +61,11 @@ public struct ReleaseView: Codable, Sendable, Equatable {
 /// A fetch batond runs (or ran last) for a version it does not store yet.
 public struct FetchProgress: Codable, Sendable, Equatable {
     public enum Phase: String, Codable, Sendable {
-        case downloading, verifying, unpacking, failed
+        /// Bytes arrive.
+        case downloading
+        /// All arrived: checked against the digest, unpacked, recorded.
+        case verifying
+        case failed
     }
     public var url: String
     public var phase: Phase

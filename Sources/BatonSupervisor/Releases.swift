@@ -18,6 +18,10 @@ public enum ReleaseRefusal: Error, Sendable, Equatable, CustomStringConvertible 
     case inUse(agent: String, version: String, reason: String)
     case signatureRequired
     case badSignature
+    /// The fetch's URL is not one batond fetches from.
+    case badURL(String)
+    /// The detached signature (`<url>.sig`) could not be fetched.
+    case signatureUnavailable(String)
     case store(ReleaseError)
     /// The ledger cannot record it: nothing was done.
     case ledger(String)
@@ -32,6 +36,8 @@ public enum ReleaseRefusal: Error, Sendable, Equatable, CustomStringConvertible 
         case .signatureRequired:
             "this batond requires releases signed by a trusted key: send Baton-Signature (base64 Ed25519 signature over the SHA-256 digest)"
         case .badSignature: "the signature does not verify under any trusted key (it signs the 32 bytes of the SHA-256 digest)"
+        case .badURL(let reason): "not a URL batond fetches from: \(reason)"
+        case .signatureUnavailable(let reason): "the detached signature could not be fetched: \(reason)"
         case .store(let error): error.description
         case .ledger(let reason): "the ledger cannot record it (\(reason)); nothing was done"
         }
@@ -52,6 +58,8 @@ public final class Releases: Sendable {
     let logger: Logger
     /// `agent/version` of every request that holds a version.
     private let claimed = Mutex<Set<String>>([])
+    /// Fetches running, and the last failed one, by `agent/version`.
+    let fetches = Mutex<[String: FetchProgress]>([:])
 
     init(store: ReleaseStore, settings: BatondConfig.ReleaseSettings, agents: Set<String>, ledger: Ledger,
          registry: InstanceRegistry, logger: Logger) {
@@ -301,13 +309,22 @@ public final class Releases: Sendable {
                         storedAt: release.storedAt, current: release.version == current,
                         previous: release.version == state?.previous, inUse: inUse[release.version])
         }
+        let stored = Set(views.map(\.version))
+        let fetching = fetches.withLock { $0 }.filter { $0.key.hasPrefix(agent + "/") }.sorted { $0.key < $1.key }
+            .compactMap { key, fetch -> ReleaseView? in
+                let version = String(key.dropFirst(agent.count + 1))
+                return stored.contains(version) ? nil : Self.fetchView(agent: agent, version: version, fetch)
+            }
         return ReleaseList(agent: agent, current: current, previous: state?.previous, keepReleases: settings.keepReleases,
-                           releases: views)
+                           releases: views + fetching)
     }
 
     public func view(agent: String, version: String) throws(ReleaseRefusal) -> ReleaseView {
         guard agents.contains(agent) else { throw .agentNotFound(agent) }
-        guard let release = store.release(agent: agent, version: version) else { throw .notFound(agent: agent, version: version) }
+        guard let release = store.release(agent: agent, version: version) else {
+            guard let fetch = fetches.withLock({ $0["\(agent)/\(version)"] }) else { throw .notFound(agent: agent, version: version) }
+            return Self.fetchView(agent: agent, version: version, fetch)
+        }
         let state = ledger.state.agents[agent]
         let current = store.current(agent: agent) ?? state?.current
         return ReleaseView(agent: agent, version: version, manifest: release.manifest, declared: release.declared,
