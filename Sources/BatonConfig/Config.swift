@@ -117,6 +117,15 @@ public struct AgentConfig: Sendable, Equatable {
     /// Whether batond stops registered instances (processes it did not start) when it
     /// stops. Off by default: another supervisor owns them.
     public var stopRegisteredOnExit = false
+    /// The wait before supervision starts the current release again: the first, doubling
+    /// up to the max (reset after a minute of work).
+    public var restartBackoff: Duration = .seconds(1)
+    public var restartBackoffMax: Duration = .seconds(60)
+    /// A crash loop: this many abnormal exits of the current release within the window
+    /// (0: never one). batond then rewinds to the previous release, or gives up on an
+    /// irreversible one.
+    public var crashLoopExits = 5
+    public var crashLoopWindow: Duration = .seconds(300)
 
     public enum Readiness: Sendable, Equatable {
         case command([String])
@@ -129,6 +138,9 @@ public struct AgentConfig: Sendable, Equatable {
     public static let readyTimeoutRange: ClosedRange<Duration> = .seconds(1) ... .seconds(24 * 3600)
     public static let stopTimeoutRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
     public static let killTimeoutRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
+    public static let restartBackoffRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
+    public static let crashLoopExitsRange: ClosedRange<Int> = 0 ... 1000
+    public static let crashLoopWindowRange: ClosedRange<Duration> = .seconds(1) ... .seconds(24 * 3600)
 
     public init(name: String, command: [String]) {
         self.name = name
