@@ -597,7 +597,6 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             state = .idle
             return
         }
-        if let reason = gaveUp { return state = .failed(reason: reason) }
         state = .starting(version: version, instance: nil)
         emit(.spawn(Spawn(version: version, purpose: .start)))
     }
