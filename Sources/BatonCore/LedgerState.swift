@@ -101,8 +101,8 @@ public struct AgentLedger: Codable, Sendable, Equatable {
     public var lastError: LastError?
     /// Supervision's verdict on a crash loop, until the next desired version (absent from
     /// snapshots written before they existed).
-    public var rewound: Rewound?
-    public var failed: Failed?
+    public var rewound: RewoundRelease?
+    public var failed: FailedRelease?
     public var handoff: ActiveHandoff?
     public var history: [HandoffSummary] = []
     public var instances: [String: InstanceLedger] = [:]
@@ -149,7 +149,7 @@ public struct LastError: Codable, Sendable, Equatable {
 }
 
 /// batond handed back from `from` to `to` by itself: `from` crash-looped.
-public struct Rewound: Codable, Sendable, Equatable {
+public struct RewoundRelease: Codable, Sendable, Equatable {
     public var from: String
     public var to: String
     public var reason: String
@@ -163,7 +163,7 @@ public struct Rewound: Codable, Sendable, Equatable {
 }
 
 /// batond gave up on `version`: an irreversible release that crash-looped.
-public struct Failed: Codable, Sendable, Equatable {
+public struct FailedRelease: Codable, Sendable, Equatable {
     public var version: String
     public var reason: String
     public var at: Timestamp

@@ -629,7 +629,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         abnormalExits.append(now)
         guard abnormalExits.count >= settings.crashLoopExits else { return false }
         abnormalExits = []
-        let loop = "\(current) crash-looped: \(settings.crashLoopExits) abnormal exits within \(Self.spelled(settings.crashLoopWindow))"
+        let loop = "\(current) crash-looped: \(settings.crashLoopExits) abnormal exits within \(settings.crashLoopWindow.spelled)"
         if irreversible.contains(current) {
             let reason = "\(loop); it is irreversible, so batond does not rewind it and stops restarting it: "
                 + "set a desired version, or roll back with force"
@@ -665,14 +665,6 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
     private mutating func operatorAsked() {
         verdict = nil
         abnormalExits = []
-    }
-
-    /// `300s` as `5m`, for people.
-    static func spelled(_ duration: Duration) -> String {
-        let (seconds, attoseconds) = duration.components
-        guard attoseconds == 0, seconds > 0 else { return "\(seconds * 1000 + attoseconds / 1_000_000_000_000_000)ms" }
-        for (unit, scale) in [("h", Int64(3600)), ("m", 60)] where seconds % scale == 0 { return "\(seconds / scale)\(unit)" }
-        return "\(seconds)s"
     }
 
     // MARK: - Instances that must go

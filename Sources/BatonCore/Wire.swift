@@ -38,8 +38,8 @@ public struct AgentView: Codable, Sendable, Equatable {
     public var instances: [Instance]
     public var lastError: LastError?
     /// batond's verdict on a crash loop, until an operator's desired version or rollback.
-    public var rewound: Rewound?
-    public var failed: Failed?
+    public var rewound: RewoundRelease?
+    public var failed: FailedRelease?
     public var config: Config
 
     /// The view of a configured agent, from what the ledger knows of it.

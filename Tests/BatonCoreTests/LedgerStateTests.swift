@@ -116,9 +116,9 @@ struct LedgerStateTests {
         let failed = LedgerEvent.agentFailed(.init(agent: "web", version: "1.0", reason: "irreversible"))
         let desired = LedgerEvent.agentDesired(.init(agent: "web", version: "3.0", mode: .parallel, by: "alice"))
         let both = fold([rewound, failed])
-        #expect(both.agents["web"]?.rewound == Rewound(from: "2.0", to: "1.0", reason: "crash loop", at: Timestamp(milliseconds: 0),
+        #expect(both.agents["web"]?.rewound == RewoundRelease(from: "2.0", to: "1.0", reason: "crash loop", at: Timestamp(milliseconds: 0),
                                                         exits: 5, windowMs: 300_000))
-        #expect(both.agents["web"]?.failed == Failed(version: "1.0", reason: "irreversible", at: Timestamp(milliseconds: 1000)))
+        #expect(both.agents["web"]?.failed == FailedRelease(version: "1.0", reason: "irreversible", at: Timestamp(milliseconds: 1000)))
         let cleared = fold([rewound, failed, desired])
         #expect(cleared.agents["web"]?.rewound == nil && cleared.agents["web"]?.failed == nil)
         // A snapshot written before the verdicts existed still loads.
