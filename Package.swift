@@ -109,6 +109,7 @@ let package = Package(
         .testTarget(
             name: "BatondTests",
             dependencies: ["BatonTestSupport", "BatonCore", "BatonAPI", "BatonSupervisor", "BatonLedger", "BatonReleases",
+                           .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "Logging", package: "swift-log")]
         ),
         // Client library for Swift agents: the agent side of the protocol. Foundation and Glibc only.

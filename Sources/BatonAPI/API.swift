@@ -74,6 +74,7 @@ public final class API: Sendable {
         ]
         + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
         + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes
+        + ReleaseRoutes(releases: supervisor.releases).routes
         + DaemonRoutes(control: daemon).routes)
     }
 

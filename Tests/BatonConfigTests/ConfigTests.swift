@@ -211,6 +211,39 @@ struct ConfigTests {
         #expect(failure.description.hasPrefix("test.toml:2: \(key): must be between "), "\(failure)")
     }
 
+    @Test func releaseSettingsAndTrustedKeysAreRead() throws {
+        let key = String(repeating: "A", count: 43) + "="
+        let config = try parse("""
+            [releases]
+            keep_releases = 3
+            require_signature = true
+            max_bytes = 1000
+            max_unpacked_bytes = 2000
+            max_files = 10
+            free_space_margin = 0
+            fetch_timeout = "2m"
+            fetch_stall_timeout = "500ms"
+            [releases.trusted_keys]
+            ci = "\(key)"
+            """)
+        #expect(config.releases.keepReleases == 3 && config.releases.requireSignature)
+        #expect(config.releases.maxBytes == 1000 && config.releases.maxUnpackedBytes == 2000 && config.releases.maxFiles == 10)
+        #expect(config.releases.freeSpaceMargin == 0)
+        #expect(config.releases.fetchTimeout == .seconds(120) && config.releases.fetchStallTimeout == .milliseconds(500))
+        #expect(config.releases.trustedKeys["ci"] == [UInt8](repeating: 0, count: 32))
+    }
+
+    @Test(arguments: [
+        ("[releases]\nrequire_signature = true\n", "test.toml:2: releases.require_signature: is true, but [releases.trusted_keys] names no key"),
+        ("[releases.trusted_keys]\nci = \"c2hvcnQ=\"\n", "test.toml:2: releases.trusted_keys.ci: must be the base64 of a 32-byte Ed25519 public key"),
+        ("[releases]\nkeep_releases = -1\n", "test.toml:2: releases.keep_releases: must be between 0 and 10000"),
+        ("[releases]\nkeep = 3\n", "test.toml:2: releases.keep: unknown key"),
+    ])
+    func releaseSettingsAreChecked(_ text: String, _ message: String) throws {
+        let failure = try #require(error(text))
+        #expect(failure.description.hasPrefix(message), "\(failure)")
+    }
+
     @Test func theRangesBoundsAreAccepted() throws {
         let config = try parse("""
             [http]
