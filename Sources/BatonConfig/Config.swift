@@ -144,6 +144,15 @@ public struct AgentConfig: Sendable, Equatable {
     /// Whether batond stops registered instances (processes it did not start) when it
     /// stops. Off by default: another supervisor owns them.
     public var stopRegisteredOnExit = false
+    /// The wait before supervision starts the current release again: the first, doubling
+    /// up to the max (reset after a minute of work).
+    public var restartBackoff: Duration = .seconds(1)
+    public var restartBackoffMax: Duration = .seconds(60)
+    /// A crash loop: this many abnormal exits of the current release within the window
+    /// (0: never one). batond then rewinds to the previous release, or gives up on an
+    /// irreversible one.
+    public var crashLoopExits = 5
+    public var crashLoopWindow: Duration = .seconds(300)
 
     public enum Readiness: Sendable, Equatable {
         case command([String])
@@ -156,6 +165,9 @@ public struct AgentConfig: Sendable, Equatable {
     public static let readyTimeoutRange: ClosedRange<Duration> = .seconds(1) ... .seconds(24 * 3600)
     public static let stopTimeoutRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
     public static let killTimeoutRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
+    public static let restartBackoffRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
+    public static let crashLoopExitsRange: ClosedRange<Int> = 0 ... 1000
+    public static let crashLoopWindowRange: ClosedRange<Duration> = .seconds(1) ... .seconds(24 * 3600)
     public static let migrationTimeoutRange: ClosedRange<Duration> = .seconds(1) ... .seconds(24 * 3600)
 
     public init(name: String, command: [String]) {
@@ -172,14 +184,5 @@ public struct AgentConfig: Sendable, Equatable {
 extension Duration {
     public var milliseconds: Int64 {
         components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
-    }
-
-    /// In the config's own notation, with the largest unit that is exact: "500ms", "30s", "24h".
-    var spelled: String {
-        let milliseconds = self.milliseconds
-        for (unit, scale) in [("h", Int64(3_600_000)), ("m", 60_000), ("s", 1000)] where milliseconds % scale == 0 && milliseconds != 0 {
-            return "\(milliseconds / scale)\(unit)"
-        }
-        return "\(milliseconds)ms"
     }
 }

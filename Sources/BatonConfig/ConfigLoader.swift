@@ -236,7 +236,8 @@ private struct Reader {
         try only(table, path, allowed: ["command", "env", "mode", "ready_timeout", "stop_timeout", "kill_timeout",
                                         "user", "group", "readiness", "registration_token",
                                         "tcp_registration_uids", "stop_registered_on_exit", "inherit_env",
-                                        "migration", "migration_timeout"])
+                                        "migration", "migration_timeout",
+                                        "restart_backoff", "restart_backoff_max", "crash_loop_exits", "crash_loop_window"])
         guard let command = try strings(table, "command", path: path) else {
             throw error(path + ["command"], "is required: the agent's argv, e.g. [\"{release}/bin/\(name)\"]")
         }
@@ -271,6 +272,20 @@ private struct Reader {
         if let value = try duration(table, "ready_timeout", path: path, range: AgentConfig.readyTimeoutRange) { agent.readyTimeout = value }
         if let value = try duration(table, "stop_timeout", path: path, range: AgentConfig.stopTimeoutRange) { agent.stopTimeout = value }
         if let value = try duration(table, "kill_timeout", path: path, range: AgentConfig.killTimeoutRange) { agent.killTimeout = value }
+        if let value = try duration(table, "restart_backoff", path: path, range: AgentConfig.restartBackoffRange) {
+            agent.restartBackoff = value
+            agent.restartBackoffMax = max(agent.restartBackoffMax, value)
+        }
+        if let value = try duration(table, "restart_backoff_max", path: path, range: AgentConfig.restartBackoffRange) {
+            guard value >= agent.restartBackoff else {
+                throw error(path + ["restart_backoff_max"], "must not be below restart_backoff (\(agent.restartBackoff.spelled))")
+            }
+            agent.restartBackoffMax = value
+        }
+        if let value = try int(table, "crash_loop_exits", path: path, range: AgentConfig.crashLoopExitsRange) { agent.crashLoopExits = value }
+        if let value = try duration(table, "crash_loop_window", path: path, range: AgentConfig.crashLoopWindowRange) {
+            agent.crashLoopWindow = value
+        }
         if let user = try string(table, "user", path: path) {
             guard uid_t(user) != nil || (!user.isEmpty && accounts.userExists(user)) else {
                 throw error(path + ["user"], "no user named \"\(user)\" on this machine")

@@ -37,6 +37,9 @@ public struct LedgerState: Codable, Sendable, Equatable {
             daemon.lastStoppedAt = at
         case .agentDesired(let e):
             agents[e.agent, default: AgentLedger()].desired = .init(version: e.version, mode: e.mode, setAt: at, setBy: e.by)
+            // An operator acted: supervision's verdict on a crash loop no longer stands.
+            agents[e.agent]?.rewound = nil
+            agents[e.agent]?.failed = nil
         case .handoffBegan(let e):
             agents[e.agent, default: AgentLedger()].handoffsBegun += 1
             agents[e.agent, default: AgentLedger()].handoff =
@@ -74,6 +77,11 @@ public struct LedgerState: Codable, Sendable, Equatable {
         case .releaseCurrent(let e):
             agents[e.agent, default: AgentLedger()].current = e.version
             agents[e.agent, default: AgentLedger()].previous = e.previous
+        case .agentRewound(let e):
+            agents[e.agent, default: AgentLedger()].rewound =
+                .init(from: e.from, to: e.to, reason: e.reason, at: at, exits: e.exits, windowMs: e.windowMs)
+        case .agentFailed(let e):
+            agents[e.agent, default: AgentLedger()].failed = .init(version: e.version, reason: e.reason, at: at)
         case .releaseStored(let e):
             agents[e.agent, default: AgentLedger()].stored[e.version] = e.sha256
         case .releaseDeleted(let e):
@@ -169,6 +177,10 @@ public struct AgentLedger: Codable, Sendable, Equatable {
     public var current: String?
     public var previous: String?
     public var lastError: LastError?
+    /// Supervision's verdict on a crash loop, until the next desired version (absent from
+    /// snapshots written before they existed).
+    public var rewound: RewoundRelease?
+    public var failed: FailedRelease?
     public var handoff: ActiveHandoff?
     public var history: [HandoffSummary] = []
     public var instances: [String: InstanceLedger] = [:]
@@ -220,6 +232,31 @@ public struct LastError: Codable, Sendable, Equatable {
         try c.encode(at, forKey: .at)
         try c.encode(stderrTail, forKey: .stderrTail)
         try c.encode(handoff, forKey: .handoff)
+    }
+}
+
+/// batond handed back from `from` to `to` by itself: `from` crash-looped.
+public struct RewoundRelease: Codable, Sendable, Equatable {
+    public var from: String
+    public var to: String
+    public var reason: String
+    public var at: Timestamp
+    public var exits: Int
+    public var windowMs: Int64
+
+    public init(from: String, to: String, reason: String, at: Timestamp, exits: Int, windowMs: Int64) {
+        self.from = from; self.to = to; self.reason = reason; self.at = at; self.exits = exits; self.windowMs = windowMs
+    }
+}
+
+/// batond gave up on `version`: an irreversible release that crash-looped.
+public struct FailedRelease: Codable, Sendable, Equatable {
+    public var version: String
+    public var reason: String
+    public var at: Timestamp
+
+    public init(version: String, reason: String, at: Timestamp) {
+        self.version = version; self.reason = reason; self.at = at
     }
 }
 

@@ -42,6 +42,8 @@ public enum LedgerEvent: Sendable, Equatable {
     case daemonUpgradeBegan(DaemonUpgradeBegan)
     case daemonUpgraded(DaemonUpgraded)
     case daemonUpgradeFailed(DaemonUpgradeFailed)
+    case agentRewound(AgentRewound)
+    case agentFailed(AgentFailed)
     case unknown(kind: String, version: Int)
 
     public var kind: String {
@@ -69,6 +71,8 @@ public enum LedgerEvent: Sendable, Equatable {
         case .daemonUpgradeBegan: "daemon.upgrade_began"
         case .daemonUpgraded: "daemon.upgraded"
         case .daemonUpgradeFailed: "daemon.upgrade_failed"
+        case .agentRewound: "agent.rewound"
+        case .agentFailed: "agent.failed"
         case .unknown(let kind, _): kind
         }
     }
@@ -84,6 +88,7 @@ public enum LedgerEvent: Sendable, Equatable {
         "instance.spawned", "instance.ready", "instance.stopped", "instance.exited", "agent.error", "release.current",
         "ledger.cut", "instance.signal", "daemon.upgrade_began", "daemon.upgraded", "daemon.upgrade_failed",
         "release.stored", "release.deleted", "release.fetch_failed", "rollout.began", "rollout.step", "rollout.ended",
+        "agent.rewound", "agent.failed",
     ]
 }
 
@@ -225,6 +230,32 @@ public struct ReleaseCurrent: Codable, Sendable, Equatable {
     public var previous: String?
     public init(agent: String, version: String, previous: String?) {
         self.agent = agent; self.version = version; self.previous = previous
+    }
+}
+
+/// A crash loop of `from`: supervision hands back to `to` by itself, through a normal
+/// handoff that begins after this record.
+public struct AgentRewound: Codable, Sendable, Equatable {
+    public var agent: String
+    public var from: String
+    public var to: String
+    public var reason: String
+    /// The limit reached: `exits` abnormal exits within `windowMs`.
+    public var exits: Int
+    public var windowMs: Int64
+    public init(agent: String, from: String, to: String, reason: String, exits: Int, windowMs: Int64) {
+        self.agent = agent; self.from = from; self.to = to; self.reason = reason; self.exits = exits; self.windowMs = windowMs
+    }
+}
+
+/// A crash loop of an irreversible release: supervision gave up on `version` and starts
+/// it no more until an operator's desired version.
+public struct AgentFailed: Codable, Sendable, Equatable {
+    public var agent: String
+    public var version: String
+    public var reason: String
+    public init(agent: String, version: String, reason: String) {
+        self.agent = agent; self.version = version; self.reason = reason
     }
 }
 

@@ -142,6 +142,8 @@ public enum RecordCodec {
         case .daemonUpgradeBegan(let value): return try json(value)
         case .daemonUpgraded(let value): return try json(value)
         case .daemonUpgradeFailed(let value): return try json(value)
+        case .agentRewound(let value): return try json(value)
+        case .agentFailed(let value): return try json(value)
         case .unknown: throw EncodingError.invalidValue(event, .init(codingPath: [], debugDescription: "unknown kinds are never written"))
         }
     }
@@ -184,6 +186,8 @@ public enum RecordCodec {
             case ("daemon.upgrade_began", 1): event = .daemonUpgradeBegan(try data(DaemonUpgradeBegan.self))
             case ("daemon.upgraded", 1): event = .daemonUpgraded(try data(DaemonUpgraded.self))
             case ("daemon.upgrade_failed", 1): event = .daemonUpgradeFailed(try data(DaemonUpgradeFailed.self))
+            case ("agent.rewound", 1): event = .agentRewound(try data(AgentRewound.self))
+            case ("agent.failed", 1): event = .agentFailed(try data(AgentFailed.self))
             default: event = .unknown(kind: kind, version: version)
             }
             record = Record(seq: seq, time: time, event: event)

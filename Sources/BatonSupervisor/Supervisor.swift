@@ -246,9 +246,11 @@ public final class Supervisor: Sendable {
         }
     }
 
-    public func rollback(agent: String, by: String, reply: @escaping @Sendable (Result<HandoffView, SupervisorError>) -> Void) {
+    /// Back to the previous release; from an irreversible one only with `force`.
+    public func rollback(agent: String, by: String, force: Bool = false,
+                         reply: @escaping @Sendable (Result<HandoffView, SupervisorError>) -> Void) {
         guard let runner = runners[agent] else { return reply(.failure(.agentNotFound(agent))) }
-        runner.send(.rollback(by: by, reply: reply))
+        runner.send(.rollback(by: by, force: force, reply: reply))
     }
 
     /// Registers a process batond did not start as an instance of `agent`, if `caller`

@@ -142,6 +142,22 @@ struct LedgerStateTests {
         #expect(state.agents["web"]?.previous == "1.0")
     }
 
+    /// supervision's verdict on a crash loop stands until an operator's desired version.
+    @Test func aRewindOrAFailureStandsUntilTheNextDesiredVersion() {
+        let rewound = LedgerEvent.agentRewound(.init(agent: "web", from: "2.0", to: "1.0", reason: "crash loop", exits: 5, windowMs: 300_000))
+        let failed = LedgerEvent.agentFailed(.init(agent: "web", version: "1.0", reason: "irreversible"))
+        let desired = LedgerEvent.agentDesired(.init(agent: "web", version: "3.0", mode: .parallel, by: "alice"))
+        let both = fold([rewound, failed])
+        #expect(both.agents["web"]?.rewound == RewoundRelease(from: "2.0", to: "1.0", reason: "crash loop", at: Timestamp(milliseconds: 0),
+                                                        exits: 5, windowMs: 300_000))
+        #expect(both.agents["web"]?.failed == FailedRelease(version: "1.0", reason: "irreversible", at: Timestamp(milliseconds: 1000)))
+        let cleared = fold([rewound, failed, desired])
+        #expect(cleared.agents["web"]?.rewound == nil && cleared.agents["web"]?.failed == nil)
+        // A snapshot written before the verdicts existed still loads.
+        let old = try? JSONDecoder().decode(AgentLedger.self, from: Data(#"{"history":[],"instances":{},"spawns":0,"handoffsBegun":0}"#.utf8))
+        #expect(old != nil && old?.rewound == nil)
+    }
+
     @Test func historyIsBounded() {
         var events: [LedgerEvent] = []
         for index in 0..<(LedgerState.historyLimit + 5) {

@@ -41,6 +41,9 @@ struct RecordCodecTests {
                               to: String(repeating: "b", count: 64), toVersion: "0.2.0", pid: 42)),
         .daemonUpgradeFailed(.init(from: String(repeating: "a", count: 64), to: String(repeating: "b", count: 64),
                                    stage: .confirm, reason: "died before confirming")),
+        .agentRewound(.init(agent: "web", from: "2.0", to: "1.0", reason: "2.0 crash-looped: 5 abnormal exits within 5m; rewound to 1.0",
+                            exits: 5, windowMs: 300_000)),
+        .agentFailed(.init(agent: "web", version: "2.0", reason: "2.0 crash-looped; it is irreversible")),
     ]
 
     @Test func everyKnownKindIsCovered() {
