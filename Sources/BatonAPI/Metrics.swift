@@ -89,7 +89,7 @@ public final class Metrics: Sendable {
             out += "baton_http_connections{listener=\"\(escape(stats.listener))\"} \(stats.open)\n"
         }
         family("baton_http_connections_closed_total", "counter",
-               "Connections batond closed before answering, by listener and reason (head_deadline, body_deadline, evicted, refused, peer_cap).")
+               "Connections batond closed before answering, by listener and reason (head_deadline, body_deadline, abandoned, evicted, refused, peer_cap).")
         for stats in gauges.listeners {
             for reason in ConnectionClosure.allCases {
                 out += "baton_http_connections_closed_total{listener=\"\(escape(stats.listener))\",reason=\"\(reason.rawValue)\"} \(stats.closed[reason] ?? 0)\n"

@@ -52,6 +52,9 @@ public enum ConnectionClosure: String, Sendable, CaseIterable {
     case headDeadline = "head_deadline"
     /// Its request body was not complete by the deadline.
     case bodyDeadline = "body_deadline"
+    /// Its client closed the connection in the middle of the body (libmicrohttpd may
+    /// miss that end of file until the deadline: the sweep looks for it).
+    case abandoned
     /// The listener was full and a new connection took its slot while it waited for a head.
     case evicted
     /// The listener was full of busy connections when it arrived.
@@ -213,6 +216,19 @@ struct ConnectionTable {
             }
         }
         return expired
+    }
+
+    /// The connections in the middle of a body whose client has gone (`gone` says so of a
+    /// socket), now `closing`: shut them down.
+    mutating func abandoned(gone: (Int32) -> Bool) -> [Int32] {
+        var closed: [Int32] = []
+        for (key, entry) in entries {
+            guard case .body = entry.phase, gone(entry.fd) else { continue }
+            entries[key]?.phase = .closing
+            closures[.abandoned, default: 0] += 1
+            closed.append(entry.fd)
+        }
+        return closed
     }
 
     /// The connections waiting for a head for `idle` or longer, now `closing`: shut them

@@ -115,13 +115,17 @@ public final class HTTPServer: Sendable {
         }
     }
 
-    /// Shuts down every connection past its head or body deadline: libmicrohttpd then
-    /// reads end-of-file and closes it on its own thread.
+    /// Shuts down every connection past its head or body deadline, and every one whose
+    /// client left in the middle of a body: libmicrohttpd then reads end-of-file and
+    /// closes it on its own thread. (Its edge-triggered epoll can miss a client's end of
+    /// file that comes while its read buffer is full: an upload cut short would otherwise
+    /// hold its temporary file until the body deadline.) Under the table's lock, which
+    /// libmicrohttpd takes before it closes a socket, so no descriptor is reused meanwhile.
     private func closeOverdue() {
         let now = Tick.now
         for context in daemons.withLock({ $0 }) {
             let closed = context.table.withLock { table in
-                let overdue = table.expire(now: now)
+                let overdue = table.expire(now: now) + table.abandoned(gone: Self.peerClosed)
                 for fd in overdue { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
                 return overdue.count
             }
@@ -129,6 +133,13 @@ public final class HTTPServer: Sendable {
                 logger.debug("closed connections past their request deadline", metadata: ["count": "\(closed)"])
             }
         }
+    }
+
+    /// Whether the client of `fd` closed its side and everything it sent was read: a
+    /// peek finds end of file.
+    private static func peerClosed(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        return recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT)) == 0
     }
 
     /// Stops accepting, answers every parked request with its deadline answer, waits up to

@@ -51,8 +51,15 @@ extension Releases {
             return .stored(try view(agent: agent, version: version))
         }
         var signature = request.signature
-        if signature == nil {
-            signature = try await detachedSignature(of: request.url)
+        if signature == nil && !trusted.isEmpty {
+            do throws(ReleaseRefusal) {
+                signature = try await detachedSignature(of: request.url)
+            } catch {
+                // Unsigned is acceptable here: only a required signature must be found.
+                if settings.requireSignature { throw error }
+                logger.warning("no detached signature could be read; fetching unsigned",
+                               metadata: ["url": "\(request.url)", "error": "\(error)"])
+            }
         }
         let signedBy = try verify(digest: request.sha256, signature: signature)
         let file: DigestingFile

@@ -208,9 +208,10 @@ public final class Releases: Sendable {
     }
 
     /// The name of the trusted key that signed `digest`; nil for an unsigned release
-    /// where none is required.
+    /// where none is required. With no trusted key configured there is nothing to check
+    /// a signature against: it is not checked.
     func verify(digest: [UInt8], signature: [UInt8]?) throws(ReleaseRefusal) -> String? {
-        guard let signature else {
+        guard let signature, !trusted.isEmpty else {
             if settings.requireSignature { throw .signatureRequired }
             return nil
         }

@@ -85,6 +85,21 @@ struct ConnectionTableTests {
         #expect(result15.isEmpty, "each connection is shut down once")
     }
 
+    @Test func onlyABodyWhoseClientLeftIsClosedAsAbandoned() {
+        var connections = table()
+        for key in UInt(1)...3 {
+            _ = connections.admit()
+            _ = connections.started(key, fd: Int32(10 + key), peer: nil, now: start)
+        }
+        connections.headReceived(1, now: start)
+        connections.headReceived(2, now: start)
+        connections.bodyReceived(2)
+        // Every peer is "gone": only the one in the middle of a body is closed.
+        #expect(connections.abandoned(gone: { _ in true }) == [11])
+        #expect(connections.closures[.abandoned] == 1)
+        #expect(connections.abandoned(gone: { _ in true }) == [], "closing stays closing")
+    }
+
     @Test func aKeptAliveConnectionMayIdleBeforeItsNextHead() {
         var connections = table()
         _ = connections.started(1, fd: 11, peer: nil, now: start)

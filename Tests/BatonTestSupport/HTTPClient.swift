@@ -51,7 +51,7 @@ public enum Endpoint: Sendable, CustomStringConvertible {
 
 /// One connection. Requests on it are sent one after another (keep-alive).
 public final class HTTPConnection {
-    let fd: Int32
+    private(set) var fd: Int32
     private var buffer: [UInt8] = []
 
     public init(_ endpoint: Endpoint, timeout: Double = 30) throws {
@@ -78,10 +78,13 @@ public final class HTTPConnection {
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { close(fd) } }
 
-    /// Ends the connection now, as a client that gives up mid-request.
-    public func closeNow() { shutdown(fd, Int32(SHUT_RDWR)) }
+    /// Closes the connection now, as a client that gives up mid-request (or dies).
+    public func closeNow() {
+        close(fd)
+        fd = -1
+    }
 
     public func send(_ bytes: [UInt8]) throws {
         var offset = 0

@@ -18,6 +18,8 @@ struct AuthTests {
                 .replacingOccurrences(of: "/agents/demo", with: "/agents/{name}")
                 .replacingOccurrences(of: "/instances/demo.1", with: "/instances/{id}")
                 .replacingOccurrences(of: "/handoffs/demo-1", with: "/handoffs/{id}")
+                .replacingOccurrences(of: "/releases/demo/1.0", with: "/releases/{agent}/{version}")
+                .replacingOccurrences(of: "/releases/demo", with: "/releases/{agent}")
         }
     }
 
@@ -33,6 +35,12 @@ struct AuthTests {
         Call(method: "GET", path: "/v1/daemon", body: nil),
         Call(method: "PUT", path: "/v1/daemon/binary", body: "not a binary"),
         Call(method: "POST", path: "/v1/daemon/upgrade", body: #"{"digest":"\#(String(repeating: "0", count: 64))"}"#),
+        Call(method: "GET", path: "/v1/releases/demo", body: nil),
+        Call(method: "GET", path: "/v1/releases/demo/1.0", body: nil),
+        Call(method: "PUT", path: "/v1/releases/demo/1.0?sha256=\(String(repeating: "0", count: 64))", body: "#!/bin/sh\n"),
+        Call(method: "POST", path: "/v1/releases/demo/1.0",
+             body: #"{"url":"http://127.0.0.1:9/x","sha256":"\#(String(repeating: "0", count: 64))"}"#),
+        Call(method: "DELETE", path: "/v1/releases/demo/1.0", body: nil),
     ]
     static let instanceCalls = [
         Call(method: "POST", path: "/v1/instances/demo.1/ready", body: "{}"),
