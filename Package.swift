@@ -92,7 +92,7 @@ let package = Package(
         // Benchmarks live apart from tests (`make bench`).
         .executableTarget(
             name: "baton-bench",
-            dependencies: ["BatonCore", "BatonLedger", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["BatonCore", "BatonLedger", "BatonReleases", .product(name: "Logging", package: "swift-log")],
             path: "bench/Sources/baton-bench"
         ),
         // Helpers shared by the test targets: a raw HTTP client, temp dirs, a batond launcher.
