@@ -172,9 +172,9 @@ public enum Unpacker {
 
     /// Unpacks the tar archive at `path` into `directory`, an existing empty directory
     /// (a temporary one on the release store's filesystem, renamed into place by the
-    /// caller once this returns). Every file and directory written, and `directory`
-    /// itself, is fsync'd before it returns, so the caller's rename and its fsync of the
-    /// parent make the release durable whole.
+    /// caller once this returns). Everything written is durable when it returns (see
+    /// `sync`), so the caller's rename and its fsync of the parent make the release
+    /// durable whole.
     ///
     /// Modes are kept (executable bits) without setuid, setgid and sticky bits; owners
     /// are not restored (files belong to batond's user). The top directory's own entry
@@ -186,7 +186,8 @@ public enum Unpacker {
         guard let resolved = realpath(directory, nil) else { throw .io("realpath \(directory)", errno) }
         let root = String(cString: resolved)
         free(resolved)
-        try requireEmptyDirectory(root)
+        let rootFD = try openEmptyDirectory(root)
+        defer { close(rootFD) }
 
         let reader = try openReader(path, format: format)
         defer { archive_read_free(reader) }
@@ -261,6 +262,7 @@ public enum Unpacker {
                 }
             }
             try check(archive_write_finish_entry(writer), writer, "finish \"\(name.display)\"")
+            if case .file = kind, size > 0 { startWriteback(root + "/" + name.relative) }
         }
         // Directory modes and times are set here (libarchive defers them so that a
         // read-only directory can still be filled).
@@ -276,7 +278,7 @@ public enum Unpacker {
                 throw .manifest("does not parse: \(error)")
             }
         }
-        try sync(tree, root: root)
+        try sync(rootFD, root: root)
         return Unpacked(bytes: bytes, files: tree.count, declared: declared)
     }
 
@@ -433,36 +435,48 @@ public enum Unpacker {
 
     // MARK: - Durability
 
-    /// fsync every regular file written, then every directory deepest first, `root` last.
-    private static func sync(_ tree: ReleaseTree, root: String) throws(UnpackError) {
-        for path in tree.files { try fsync(root + "/" + path, directory: false) }
-        for path in tree.directories.sorted(by: { $0.count > $1.count }) { try fsync(root + "/" + path, directory: true) }
-        try fsync(root, directory: true)
+    /// Starts writing a file back while the next ones are unpacked, so that the fsyncs at
+    /// the end mostly find clean pages. Advice only: errors show at fsync.
+    private static func startWriteback(_ path: String) {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        baton_start_writeback(fd)
+        close(fd)
     }
 
-    private static func fsync(_ path: String, directory: Bool) throws(UnpackError) {
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | (directory ? O_DIRECTORY : 0))
-        guard fd >= 0 else { throw .io("open \(path) to fsync it", errno) }
-        defer { close(fd) }
-        guard Glibc.fsync(fd) == 0 else {
+    /// Makes the release durable: syncfs(2) of its filesystem through `root`, opened
+    /// before anything was written, so that the error it returns covers every file and
+    /// directory written since (Linux reports writeback errors to syncfs from 5.8).
+    /// One call instead of an fsync per file: with ~1100 files, fsync'ing each took
+    /// 3 s where the whole extraction took 2 s (`baton-bench unpack`), one journal
+    /// commit each.
+    private static func sync(_ fd: Int32, root: String) throws(UnpackError) {
+        guard baton_syncfs(fd) == 0 else {
             let code = errno
-            if code == ENOSPC || code == EDQUOT { throw .noSpace("fsync \(path)", code) }
-            throw .io("fsync \(path)", code)
+            if code == ENOSPC || code == EDQUOT { throw .noSpace("syncfs \(root)", code) }
+            throw .io("syncfs \(root)", code)
         }
     }
 
-    private static func requireEmptyDirectory(_ path: String) throws(UnpackError) {
+    /// Opens `path`, refusing it unless it is an empty directory; the caller closes it.
+    private static func openEmptyDirectory(_ path: String) throws(UnpackError) -> Int32 {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0, let stream = fdopendir(fd) else {
+        guard fd >= 0 else { throw .io("open \(path)", errno) }
+        let copy = dup(fd)
+        guard copy >= 0, let stream = fdopendir(copy) else {
             let code = errno
-            if fd >= 0 { close(fd) }
-            throw .io("open \(path)", code)
+            close(fd)
+            throw .io("read \(path)", code)
         }
         defer { closedir(stream) }
         while let record = readdir(stream) {
             let name = withUnsafeBytes(of: record.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if name != "." && name != ".." { throw .io("\(path) is not empty", ENOTEMPTY) }
+            if name != "." && name != ".." {
+                close(fd)
+                throw .io("\(path) is not empty", ENOTEMPTY)
+            }
         }
+        return fd
     }
 }
 
@@ -520,8 +534,6 @@ struct ReleaseTree {
     private var nodes: [String: Node] = [:]
     /// Symlinks in archive order, to report the first one that leads out.
     private var symlinks: [(path: String, target: String)] = []
-    private(set) var files: [String] = []
-    private(set) var directories: [String] = []
 
     var count: Int { nodes.count }
 
@@ -550,7 +562,6 @@ struct ReleaseTree {
             try insert(path, .directory, for: name, limits: limits)
         case .file:
             try insert(path, .file, for: name, limits: limits)
-            files.append(path)
         case .hardlink(let target):
             guard nodes[target.relative] == .file else { throw .hardlinkOut(name.display, target.display) }
             try insert(path, .file, for: name, limits: limits)
@@ -567,7 +578,6 @@ struct ReleaseTree {
         guard nodes[path] == nil else { throw .duplicate(name.display) }
         guard nodes.count < limits.maxFiles else { throw .tooManyFiles(name.display, limits.maxFiles) }
         nodes[path] = node
-        if node == .directory { directories.append(path) }
     }
 
     /// Every symlink, resolved through the complete tree, stays inside it.
