@@ -94,6 +94,28 @@ struct UnpackerTests {
         #expect(try String(contentsOfFile: box.release + "/a/up", encoding: .utf8) == "1")
     }
 
+    @Test(.enabled(if: tools, "needs python3"), arguments: ["GNU_FORMAT", "PAX_FORMAT", "USTAR_FORMAT"])
+    func nonASCIIAndLongNamesLandAsTheyAreNamed(_ format: String) throws {
+        let box = Box()
+        let long = String(repeating: "d", count: format == "USTAR_FORMAT" ? 60 : 150)
+        let unpacked = try box.unpack(#"f("données/\#(long)/é.txt", b"1")"#, format: format)
+        #expect(unpacked.files == 3)
+        #expect(try String(contentsOfFile: box.release + "/données/\(long)/é.txt", encoding: .utf8) == "1")
+    }
+
+    @Test(.enabled(if: tools, "needs python3")) func aMalformedReleaseJSONIsRefusedByName() throws {
+        let box = Box()
+        let error = try #require(throws: UnpackError.self) {
+            try box.unpack(#"f("release.json", b'{"irreversible": "yes"}')"#)
+        }
+        guard case .manifest(let message) = error else { Issue.record("\(error)"); return }
+        #expect(message.hasPrefix("does not parse"))
+        #expect(error.description.hasPrefix("release.json in the archive: does not parse"))
+        // Only the top-level one is the release's.
+        let other = Box()
+        #expect(try other.unpack(#"f("lib/release.json", b"not json")"#).declared == nil)
+    }
+
     // MARK: - Hostile archives
 
     /// One hostile archive each: the exact refusal, and nothing written outside the release.
@@ -308,12 +330,13 @@ final class Box: Sendable {
             && listing(outside) == [outside + "/secret"]
     }
 
-    /// Builds an uncompressed tar from Python lines (see `Hostile.entries`).
-    func tar(_ entries: String, into path: String) throws {
+    /// Builds an uncompressed tar from Python lines (see `Hostile.entries`) in one of
+    /// tarfile's formats.
+    func tar(_ entries: String, into path: String, format: String = "GNU_FORMAT") throws {
         let script = build + "/build.py"
         try Data("""
             import io, sys, tarfile
-            t = tarfile.open(sys.argv[1], "w", format=tarfile.GNU_FORMAT)
+            t = tarfile.open(sys.argv[1], "w", format=tarfile.\(format))
             def add(name, type, data=b"", mode=0o644, link=""):
                 i = tarfile.TarInfo(name); i.type = type; i.mode = mode; i.linkname = link
                 i.size = len(data) if type == tarfile.REGTYPE else 0
@@ -334,9 +357,9 @@ final class Box: Sendable {
 
     /// Builds the entries into a .tar.gz and unpacks it into `release`.
     @discardableResult
-    func unpack(_ entries: String, limits: UnpackLimits = UnpackerTests.limits) throws -> Unpacked {
+    func unpack(_ entries: String, limits: UnpackLimits = UnpackerTests.limits, format: String = "GNU_FORMAT") throws -> Unpacked {
         let archive = build + "/hostile.tar"
-        try tar(entries, into: archive)
+        try tar(entries, into: archive, format: format)
         try shell("gzip -n -f '\(archive)'")
         return try Unpacker.unpack(archive: archive + ".gz", format: .tarGzip, into: release, limits: limits)
     }
