@@ -248,14 +248,17 @@ public enum Unpacker {
                     if read == ARCHIVE_EOF { break }
                     guard read >= ARCHIVE_WARN else { throw .malformed(errorString(reader)) }
                     written += Int64(length)
-                    // The header's size bounds what libarchive writes; this bounds what
-                    // is read, should a format ever hand over more.
-                    guard written <= size else { throw .tooLarge(name.display, written, limits.maxBytes) }
+                    // The header's size (counted against the limit above) bounds what
+                    // libarchive writes; this bounds what is read, blocks of a sparse
+                    // file included, should a reader ever hand over more.
+                    guard written <= size, offset >= 0, offset + Int64(length) <= size else {
+                        throw .malformed("entry \"\(name.display)\" holds more data than its header declares")
+                    }
                     guard length > 0, let block else { continue }
                     if isManifest {
-                        let end = Int(offset) + length
+                        let start = Int(offset), end = start + length
                         if manifest!.count < end { manifest!.append(contentsOf: repeatElement(0, count: end - manifest!.count)) }
-                        manifest!.replaceSubrange(Int(offset)..<end, with: UnsafeRawBufferPointer(start: block, count: length))
+                        manifest!.replaceSubrange(start..<end, with: UnsafeRawBufferPointer(start: block, count: length))
                     }
                     let status = archive_write_data_block(writer, block, length, offset)
                     try check(status < 0 ? Int32(status) : ARCHIVE_OK, writer, "write \"\(name.display)\"")
@@ -293,24 +296,16 @@ public enum Unpacker {
         var info = stat()
         guard lstat(path, &info) == 0 else { return errno == ENOENT }
         guard (info.st_mode & S_IFMT) == S_IFDIR else { return unlink(path) == 0 || errno == ENOENT }
-        let fd = openDirectory(AT_FDCWD, path)
+        let fd = openForRemoval(AT_FDCWD, path, mode: info.st_mode)
         guard fd >= 0 else { return false }
         let emptied = empty(fd, device: info.st_dev)
         close(fd)
         return emptied && (rmdir(path) == 0 || errno == ENOENT)
     }
 
-    /// Empties the directory open at `fd` (and closes nothing): depth first, one open
-    /// descriptor per level.
+    /// Empties the directory open at `fd`, depth first, one open descriptor per level.
     private static func empty(_ fd: Int32, device: dev_t) -> Bool {
-        let copy = dup(fd)
-        guard copy >= 0, let stream = fdopendir(copy) else { return false }
-        defer { closedir(stream) }
-        var names: [String] = []
-        while let record = readdir(stream) {
-            let name = withUnsafeBytes(of: record.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if name != "." && name != ".." { names.append(name) }
-        }
+        guard let names = names(in: fd) else { return false }
         var emptied = true
         for name in names {
             var info = stat()
@@ -320,11 +315,8 @@ public enum Unpacker {
             }
             if (info.st_mode & S_IFMT) == S_IFDIR {
                 guard info.st_dev == device else { emptied = false; continue }
-                var child = openDirectory(fd, name)
-                if child < 0 && errno == EACCES && fchmodat(fd, name, 0o700, 0) == 0 { child = openDirectory(fd, name) }
+                let child = openForRemoval(fd, name, mode: info.st_mode)
                 guard child >= 0 else { emptied = false; continue }
-                // A directory without write permission cannot lose its entries.
-                if (info.st_mode & 0o300) != 0o300 { fchmod(child, 0o700) }
                 let inner = empty(child, device: device)
                 close(child)
                 if !inner || unlinkat(fd, name, AT_REMOVEDIR) != 0 && errno != ENOENT { emptied = false }
@@ -335,8 +327,31 @@ public enum Unpacker {
         return emptied
     }
 
-    private static func openDirectory(_ at: Int32, _ name: String) -> Int32 {
-        openat(at, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+    /// Opens a directory (never through a symlink) so that its entries can be removed:
+    /// one without read, write or search permission for batond is given them first.
+    private static func openForRemoval(_ at: Int32, _ name: String, mode: mode_t) -> Int32 {
+        let flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC
+        var fd = openat(at, name, flags)
+        if fd < 0 && errno == EACCES && fchmodat(at, name, 0o700, 0) == 0 { fd = openat(at, name, flags) }
+        if fd >= 0 && (mode & 0o700) != 0o700 { fchmod(fd, 0o700) }
+        return fd
+    }
+
+    /// The names in the directory open at `fd`, `.` and `..` left out.
+    private static func names(in fd: Int32) -> [String]? {
+        let copy = dup(fd)
+        guard copy >= 0 else { return nil }
+        guard let stream = fdopendir(copy) else {
+            close(copy)
+            return nil
+        }
+        defer { closedir(stream) }
+        var names: [String] = []
+        while let record = readdir(stream) {
+            let name = withUnsafeBytes(of: record.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
     }
 
     // MARK: - libarchive
@@ -462,19 +477,14 @@ public enum Unpacker {
     private static func openEmptyDirectory(_ path: String) throws(UnpackError) -> Int32 {
         let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw .io("open \(path)", errno) }
-        let copy = dup(fd)
-        guard copy >= 0, let stream = fdopendir(copy) else {
+        guard let names = names(in: fd) else {
             let code = errno
             close(fd)
             throw .io("read \(path)", code)
         }
-        defer { closedir(stream) }
-        while let record = readdir(stream) {
-            let name = withUnsafeBytes(of: record.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-            if name != "." && name != ".." {
-                close(fd)
-                throw .io("\(path) is not empty", ENOTEMPTY)
-            }
+        guard names.isEmpty else {
+            close(fd)
+            throw .io("unpack into \(path)", ENOTEMPTY)
         }
         return fd
     }

@@ -187,7 +187,7 @@ struct UnpackerTests {
         #expect(box.outsideIsUntouched())
     }
 
-    @Test(.enabled(if: tools, "needs python3")) func contentNotOfTheFormatItWasToldIsRefused() throws {
+    @Test(.enabled(if: tools, "needs python3")) func contentNotOfTheFormatItWasToldOrANonEmptyTargetIsRefused() throws {
         let box = Box()
         try box.tar(#"f("a")"#, into: box.build + "/plain.tar")
         #expect(throws: UnpackError.formatMismatch(.tarGzip, "none")) {
@@ -196,6 +196,12 @@ struct UnpackerTests {
         #expect(throws: UnpackError.notAnArchive) {
             try Unpacker.unpack(archive: box.build + "/plain.tar", format: .executable, into: box.release, limits: Self.limits)
         }
+        // Only into an empty directory.
+        try Data().write(to: URL(fileURLWithPath: box.release + "/left"))
+        let error = try #require(throws: UnpackError.self) {
+            try Unpacker.unpack(archive: box.build + "/plain.tar", format: .tar, into: box.release, limits: Self.limits)
+        }
+        guard case .io(_, ENOTEMPTY) = error else { Issue.record("\(error)"); return }
     }
 
     @Test(.enabled(if: tools && getuid() == 0, "needs root to mount a small tmpfs"))

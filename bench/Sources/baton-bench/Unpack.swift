@@ -93,15 +93,19 @@ private func makeRelease(_ root: String, megabytes: Int) throws {
     try FileManager.default.createDirectory(atPath: root + "/bin", withIntermediateDirectories: true)
     for index in 0..<megabytes {
         let content = random(512 * 1024) + text.prefix(512 * 1024)
-        FileManager.default.createFile(atPath: root + "/bin/large-\(index)", contents: Data(content),
-                                       attributes: [.posixPermissions: index % 10 == 0 ? 0o755 : 0o644])
+        guard FileManager.default.createFile(atPath: root + "/bin/large-\(index)", contents: Data(content),
+                                             attributes: [.posixPermissions: index % 10 == 0 ? 0o755 : 0o644]) else {
+            throw BenchFailure(description: "cannot write \(root)/bin/large-\(index)")
+        }
     }
     for directory in 0..<10 {
         let path = root + "/lib/part-\(directory)"
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         for index in 0..<megabytes {
             let size = 1024 * (1 + (index * 7 + directory) % 8)
-            FileManager.default.createFile(atPath: path + "/small-\(index)", contents: Data(random(size / 2) + text.prefix(size / 2)))
+            guard FileManager.default.createFile(atPath: path + "/small-\(index)", contents: Data(random(size / 2) + text.prefix(size / 2))) else {
+                throw BenchFailure(description: "cannot write \(path)/small-\(index)")
+            }
         }
     }
 }
