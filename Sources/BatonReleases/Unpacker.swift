@@ -2,6 +2,7 @@ import BatonCore
 import CArchive
 import Foundation
 import Glibc
+import Synchronization
 
 /// How much a release may make on disk.
 public struct UnpackLimits: Sendable, Equatable {
@@ -179,8 +180,21 @@ public enum Unpacker {
     /// Modes are kept (executable bits) without setuid, setgid and sticky bits; owners
     /// are not restored (files belong to batond's user). The top directory's own entry
     /// (`./`) is skipped: `directory` keeps its mode.
+    ///
+    /// One unpack runs at a time in the process: archive_write_disk reads the umask with
+    /// `umask(umask(0))` before each entry, and two extractions interleaving there can
+    /// leave the whole process with umask 0 (libarchive issue #1876).
     public static func unpack(archive path: String, format: ReleaseManifest.Format, into directory: String,
                               limits: UnpackLimits) throws(UnpackError) -> Unpacked {
+        try extracting.withLock { _ throws(UnpackError) in
+            try extract(archive: path, format: format, into: directory, limits: limits)
+        }
+    }
+
+    private static let extracting = Mutex(())
+
+    private static func extract(archive path: String, format: ReleaseManifest.Format, into directory: String,
+                                limits: UnpackLimits) throws(UnpackError) -> Unpacked {
         // libarchive's SECURE_SYMLINKS refuses a path with any symlink among its
         // components, the directory's own included: resolve it once.
         guard let resolved = realpath(directory, nil) else { throw .io("realpath \(directory)", errno) }
