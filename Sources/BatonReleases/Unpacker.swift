@@ -48,7 +48,7 @@ public enum UnpackError: Error, Sendable, Equatable, CustomStringConvertible {
     case malformed(String)
     /// No entry besides its top directory.
     case empty
-    /// An entry name that is empty or not UTF-8 (shown with the bytes made readable).
+    /// An entry name that is empty or not UTF-8 (then shown as "?").
     case badName(String)
     case absolutePath(String)
     case dotDot(String)

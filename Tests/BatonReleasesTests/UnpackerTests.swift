@@ -45,7 +45,7 @@ struct UnpackerTests {
         ("tar.gz", "-z", ReleaseManifest.Format.tarGzip), ("tar.xz", "-J", .tarXz), ("tar.zst", "--zstd", .tarZstd), ("tar", "", .tar),
     ])
     func aGoodArchiveLandsWithItsModesLinksAndManifest(_ suffix: String, _ flag: String, _ format: ReleaseManifest.Format) throws {
-        let box = Box()
+        let box = ArchiveBox()
         let manifest = #"{"irreversible": true, "migration": ["{release}/bin/app", "migrate"]}"#
         try shell("""
             cd '\(box.build)' && mkdir -p src/bin src/lib/deep/er \
@@ -82,7 +82,7 @@ struct UnpackerTests {
     }
 
     @Test(.enabled(if: tools, "needs python3")) func entriesWithoutTheirParentsAndAParentListedLaterAreFine() throws {
-        let box = Box()
+        let box = ArchiveBox()
         let unpacked = try box.unpack("""
             f("a/b/c", b"1")
             d("a/b")
@@ -96,7 +96,7 @@ struct UnpackerTests {
 
     @Test(.enabled(if: tools, "needs python3"), arguments: ["GNU_FORMAT", "PAX_FORMAT", "USTAR_FORMAT"])
     func nonASCIIAndLongNamesLandAsTheyAreNamed(_ format: String) throws {
-        let box = Box()
+        let box = ArchiveBox()
         let long = String(repeating: "d", count: format == "USTAR_FORMAT" ? 60 : 150)
         let unpacked = try box.unpack(#"f("données/\#(long)/é.txt", b"1")"#, format: format)
         #expect(unpacked.files == 3)
@@ -104,7 +104,7 @@ struct UnpackerTests {
     }
 
     @Test(.enabled(if: tools, "needs python3")) func aMalformedReleaseJSONIsRefusedByName() throws {
-        let box = Box()
+        let box = ArchiveBox()
         let error = try #require(throws: UnpackError.self) {
             try box.unpack(#"f("release.json", b'{"irreversible": "yes"}')"#)
         }
@@ -112,16 +112,16 @@ struct UnpackerTests {
         #expect(message.hasPrefix("does not parse"))
         #expect(error.description.hasPrefix("release.json in the archive: does not parse"))
         // Only the top-level one is the release's.
-        let other = Box()
+        let other = ArchiveBox()
         #expect(try other.unpack(#"f("lib/release.json", b"not json")"#).declared == nil)
     }
 
-    // MARK: - Hostile archives
+    // MARK: - HostileArchive archives
 
     /// One hostile archive each: the exact refusal, and nothing written outside the release.
-    @Test(.enabled(if: tools, "needs python3"), arguments: Hostile.all)
-    func aHostileArchiveIsRefused(_ hostile: Hostile) throws {
-        let box = Box()
+    @Test(.enabled(if: tools, "needs python3"), arguments: HostileArchive.all)
+    func aHostileArchiveIsRefused(_ hostile: HostileArchive) throws {
+        let box = ArchiveBox()
         let entries = hostile.entries.replacingOccurrences(of: "OUTSIDE", with: box.outside)
         let error = try #require(throws: UnpackError.self) {
             try box.unpack(entries, limits: hostile.limits)
@@ -134,7 +134,7 @@ struct UnpackerTests {
     }
 
     @Test(.enabled(if: tools, "needs python3")) func aHardlinkToAFileOutsideLeavesItsLinkCountAlone() throws {
-        let box = Box()
+        let box = ArchiveBox()
         let error = try #require(throws: UnpackError.self) {
             try box.unpack(#"hard("pw", "/etc/passwd")"# + "\n" + #"hard("sec", "../../outside/secret")"#)
         }
@@ -142,7 +142,7 @@ struct UnpackerTests {
         #expect(try lstatOf("/etc/passwd").st_nlink == 1)
         #expect(try lstatOf(box.outside + "/secret").st_nlink == 1)
 
-        let second = Box()
+        let second = ArchiveBox()
         #expect(throws: UnpackError.hardlinkOut("sec", "../../outside/secret")) {
             try second.unpack(#"hard("sec", "../../outside/secret")"#)
         }
@@ -150,7 +150,7 @@ struct UnpackerTests {
     }
 
     @Test(.enabled(if: tools, "needs tar")) func aSparseTenGigabyteFileIsRefusedAtOnceByItsDeclaredSize() throws {
-        let box = Box()
+        let box = ArchiveBox()
         try shell("cd '\(box.build)' && mkdir bomb && truncate -s 10G bomb/big && tar -C bomb -S -czf bomb.tar.gz big && rm bomb/big")
         let started = monotonicNanoseconds()
         #expect(throws: UnpackError.tooLarge("big", 10 << 30, 100 << 20)) {
@@ -163,7 +163,7 @@ struct UnpackerTests {
     }
 
     @Test(.enabled(if: tools, "needs gzip")) func aCompressedStreamThatIsNotATarIsRefused() throws {
-        let box = Box()
+        let box = ArchiveBox()
         try shell("cd '\(box.build)' && head -c 100000 /dev/urandom | gzip -c > junk.gz")
         let archive = box.build + "/junk.gz"
         #expect(try Unpacker.format(ofFileAt: archive) == .tarGzip)
@@ -175,7 +175,7 @@ struct UnpackerTests {
     }
 
     @Test(.enabled(if: tools, "needs tar, gzip")) func aTruncatedArchiveIsRefused() throws {
-        let box = Box()
+        let box = ArchiveBox()
         try shell("""
             cd '\(box.build)' && mkdir src && head -c 400000 /dev/urandom > src/blob \
             && tar -C src -czf whole.tar.gz . && head -c 200000 whole.tar.gz > cut.tar.gz
@@ -188,7 +188,7 @@ struct UnpackerTests {
     }
 
     @Test(.enabled(if: tools, "needs python3")) func contentNotOfTheFormatItWasToldOrANonEmptyTargetIsRefused() throws {
-        let box = Box()
+        let box = ArchiveBox()
         try box.tar(#"f("a")"#, into: box.build + "/plain.tar")
         #expect(throws: UnpackError.formatMismatch(.tarGzip, "none")) {
             try Unpacker.unpack(archive: box.build + "/plain.tar", format: .tarGzip, into: box.release, limits: Self.limits)
@@ -206,7 +206,7 @@ struct UnpackerTests {
 
     @Test(.enabled(if: tools && getuid() == 0, "needs root to mount a small tmpfs"))
     func aFullDiskIsNoSpace() throws {
-        let box = Box()
+        let box = ArchiveBox()
         let small = box.build + "/small"
         try shell("""
             cd '\(box.build)' && mkdir src small && head -c 4000000 /dev/urandom > src/blob && tar -C src -czf big.tar.gz . \
@@ -245,66 +245,66 @@ struct UnpackerTests {
     }
 }
 
-// MARK: - Hostile entries
+// MARK: - HostileArchive entries
 
-struct Hostile: Sendable, CustomTestStringConvertible {
+struct HostileArchive: Sendable, CustomTestStringConvertible {
     let name: String
-    /// Python lines calling `f`, `d`, `sym`, `hard`, `char`, `fifo` (see `Box.build`);
+    /// Python lines calling `f`, `d`, `sym`, `hard`, `char`, `fifo` (see `ArchiveBox.build`);
     /// OUTSIDE stands for the absolute path of the directory beside the release.
     let entries: String
-    let expected: @Sendable (Box) -> UnpackError
+    let expected: @Sendable (ArchiveBox) -> UnpackError
     var limits = UnpackerTests.limits
     /// Paths that must not exist afterwards.
-    var absent: @Sendable (Box) -> [String] = { _ in [] }
+    var absent: @Sendable (ArchiveBox) -> [String] = { _ in [] }
 
     var testDescription: String { name }
 
-    static let all: [Hostile] = [
-        Hostile(name: "../x", entries: #"f("../x")"#, expected: { _ in .dotDot("../x") },
+    static let all: [HostileArchive] = [
+        HostileArchive(name: "../x", entries: #"f("../x")"#, expected: { _ in .dotDot("../x") },
                 absent: { [$0.work.file("box/x")] }),
-        Hostile(name: "x/../../y", entries: #"f("x/../../y")"#, expected: { _ in .dotDot("x/../../y") },
+        HostileArchive(name: "x/../../y", entries: #"f("x/../../y")"#, expected: { _ in .dotDot("x/../../y") },
                 absent: { [$0.work.file("box/y"), $0.release + "/x"] }),
-        Hostile(name: "an absolute path", entries: #"f("OUTSIDE/abs")"#, expected: { .absolutePath($0.outside + "/abs") },
+        HostileArchive(name: "an absolute path", entries: #"f("OUTSIDE/abs")"#, expected: { .absolutePath($0.outside + "/abs") },
                 absent: { [$0.outside + "/abs"] }),
-        Hostile(name: "/etc/x", entries: #"f("/etc/baton-unpack-probe")"#, expected: { _ in .absolutePath("/etc/baton-unpack-probe") },
+        HostileArchive(name: "/etc/x", entries: #"f("/etc/baton-unpack-probe")"#, expected: { _ in .absolutePath("/etc/baton-unpack-probe") },
                 absent: { _ in ["/etc/baton-unpack-probe"] }),
-        Hostile(name: "a symlink to / then a file written through it",
+        HostileArchive(name: "a symlink to / then a file written through it",
                 entries: #"sym("link", "/")"# + "\n" + #"f("linkOUTSIDE/pwned")"#,
                 expected: { _ in .symlinkOut("link", "/") }, absent: { [$0.outside + "/pwned", $0.release + "/link"] }),
-        Hostile(name: "a symlink up -> ../..", entries: #"sym("up", "../..")"#, expected: { _ in .symlinkOut("up", "../..") },
+        HostileArchive(name: "a symlink up -> ../..", entries: #"sym("up", "../..")"#, expected: { _ in .symlinkOut("up", "../..") },
                 absent: { [$0.release + "/up"] }),
-        Hostile(name: "a symlink leading out through a symlink listed after it",
+        HostileArchive(name: "a symlink leading out through a symlink listed after it",
                 entries: #"d("sub")"# + "\n" + #"sym("sub/b", "a/..")"# + "\n" + #"sym("sub/a", "..")"#,
                 expected: { _ in .symlinkOut("sub/b", "a/..") }),
-        Hostile(name: "a symlink loop", entries: #"sym("a", "b")"# + "\n" + #"sym("b", "a")"#, expected: { _ in .symlinkLoop("b") }),
-        Hostile(name: "a file written through a symlink inside",
+        HostileArchive(name: "a symlink loop", entries: #"sym("a", "b")"# + "\n" + #"sym("b", "a")"#, expected: { _ in .symlinkLoop("b") }),
+        HostileArchive(name: "a file written through a symlink inside",
                 entries: #"d("sub")"# + "\n" + #"sym("d", "sub")"# + "\n" + #"f("d/x")"#,
                 expected: { _ in .parentNotDirectory("d/x", "d", "symlink") }, absent: { [$0.release + "/sub/x"] }),
-        Hostile(name: "a hardlink to /etc/passwd", entries: #"hard("pw", "/etc/passwd")"#,
+        HostileArchive(name: "a hardlink to /etc/passwd", entries: #"hard("pw", "/etc/passwd")"#,
                 expected: { _ in .hardlinkOut("pw", "/etc/passwd") }, absent: { [$0.release + "/pw"] }),
-        Hostile(name: "a hardlink to ../outside", entries: #"hard("sec", "../../outside/secret")"#,
+        HostileArchive(name: "a hardlink to ../outside", entries: #"hard("sec", "../../outside/secret")"#,
                 expected: { _ in .hardlinkOut("sec", "../../outside/secret") }, absent: { [$0.release + "/sec"] }),
-        Hostile(name: "a hardlink to a file not extracted yet", entries: #"hard("h", "later")"# + "\n" + #"f("later")"#,
+        HostileArchive(name: "a hardlink to a file not extracted yet", entries: #"hard("h", "later")"# + "\n" + #"f("later")"#,
                 expected: { _ in .hardlinkOut("h", "later") }),
-        Hostile(name: "a hardlink to a directory", entries: #"d("dir")"# + "\n" + #"hard("h", "dir")"#,
+        HostileArchive(name: "a hardlink to a directory", entries: #"d("dir")"# + "\n" + #"hard("h", "dir")"#,
                 expected: { _ in .hardlinkOut("h", "dir") }),
-        Hostile(name: "a character device", entries: #"char("null")"#, expected: { _ in .special("null", "character device") },
+        HostileArchive(name: "a character device", entries: #"char("null")"#, expected: { _ in .special("null", "character device") },
                 absent: { [$0.release + "/null"] }),
-        Hostile(name: "a fifo", entries: #"fifo("pipe")"#, expected: { _ in .special("pipe", "fifo") },
+        HostileArchive(name: "a fifo", entries: #"fifo("pipe")"#, expected: { _ in .special("pipe", "fifo") },
                 absent: { [$0.release + "/pipe"] }),
-        Hostile(name: "too many files", entries: "for i in range(20): f(f\"f{i}\")",
+        HostileArchive(name: "too many files", entries: "for i in range(20): f(f\"f{i}\")",
                 expected: { _ in .tooManyFiles("f10", 10) }, limits: UnpackLimits(maxBytes: 1 << 20, maxFiles: 10),
                 absent: { [$0.release + "/f10"] }),
-        Hostile(name: "too many implicit directories", entries: #"f("a/b/c/d/e/f/g/h/i/j/k")"#,
+        HostileArchive(name: "too many implicit directories", entries: #"f("a/b/c/d/e/f/g/h/i/j/k")"#,
                 expected: { _ in .tooManyFiles("a/b/c/d/e/f/g/h/i/j/k", 10) }, limits: UnpackLimits(maxBytes: 1 << 20, maxFiles: 10)),
-        Hostile(name: "too many bytes", entries: #"f("a", b"x" * 600)"# + "\n" + #"f("b", b"x" * 600)"#,
+        HostileArchive(name: "too many bytes", entries: #"f("a", b"x" * 600)"# + "\n" + #"f("b", b"x" * 600)"#,
                 expected: { _ in .tooLarge("b", 600, 1000) }, limits: UnpackLimits(maxBytes: 1000, maxFiles: 10),
                 absent: { [$0.release + "/b"] }),
-        Hostile(name: "a path twice", entries: #"f("a")"# + "\n" + #"f("a")"#, expected: { _ in .duplicate("a") }),
-        Hostile(name: "a directory over a file", entries: #"f("a")"# + "\n" + #"d("a")"#, expected: { _ in .duplicate("a/") }),
-        Hostile(name: "release.json as a symlink", entries: #"f("x")"# + "\n" + #"sym("release.json", "x")"#,
+        HostileArchive(name: "a path twice", entries: #"f("a")"# + "\n" + #"f("a")"#, expected: { _ in .duplicate("a") }),
+        HostileArchive(name: "a directory over a file", entries: #"f("a")"# + "\n" + #"d("a")"#, expected: { _ in .duplicate("a/") }),
+        HostileArchive(name: "release.json as a symlink", entries: #"f("x")"# + "\n" + #"sym("release.json", "x")"#,
                 expected: { _ in .manifest("it is a symlink, not a regular file") }),
-        Hostile(name: "an empty archive", entries: #"d(".")"#, expected: { _ in .empty }),
+        HostileArchive(name: "an empty archive", entries: #"d(".")"#, expected: { _ in .empty }),
     ]
 }
 
@@ -313,7 +313,7 @@ struct Hostile: Sendable, CustomTestStringConvertible {
 /// `work/box/release`, the empty directory unpacked into, `work/outside/secret` beside
 /// it, and `work/build` for the test's own files; `outsideIsUntouched` says whether
 /// everything but the release and `build` is as it was.
-final class Box: Sendable {
+final class ArchiveBox: Sendable {
     let work = TemporaryDirectory("unpack")
     let release: String
     let outside: String
@@ -336,7 +336,7 @@ final class Box: Sendable {
             && listing(outside) == [outside + "/secret"]
     }
 
-    /// Builds an uncompressed tar from Python lines (see `Hostile.entries`) in one of
+    /// Builds an uncompressed tar from Python lines (see `HostileArchive.entries`) in one of
     /// tarfile's formats.
     func tar(_ entries: String, into path: String, format: String = "GNU_FORMAT") throws {
         let script = build + "/build.py"
@@ -372,7 +372,7 @@ final class Box: Sendable {
 }
 
 /// Every path under `root` (not following symlinks), sorted.
-func listing(_ root: String) -> [String] {
+fileprivate func listing(_ root: String) -> [String] {
     var found: [String] = []
     func walk(_ directory: String) {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
@@ -386,20 +386,20 @@ func listing(_ root: String) -> [String] {
     return found.sorted()
 }
 
-func lstatOf(_ path: String) throws -> stat {
+fileprivate func lstatOf(_ path: String) throws -> stat {
     var info = stat()
     guard lstat(path, &info) == 0 else { throw TestFailure("lstat \(path): \(String(cString: strerror(errno)))") }
     return info
 }
 
-func exists(_ path: String) -> Bool {
+fileprivate func exists(_ path: String) -> Bool {
     var info = stat()
     return lstat(path, &info) == 0
 }
 
 /// Runs a shell command with posix_spawn and waitpid (not Foundation's Process, which was
 /// seen to miss a shell's exit); throws when it fails.
-func shell(_ command: String) throws {
+fileprivate func shell(_ command: String) throws {
     let words = ["/bin/sh", "-c", command]
     let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
