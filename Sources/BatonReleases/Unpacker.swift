@@ -464,8 +464,8 @@ public enum Unpacker {
 
     // MARK: - Durability
 
-    /// Starts writing a file back while the next ones are unpacked, so that the fsyncs at
-    /// the end mostly find clean pages. Advice only: errors show at fsync.
+    /// Starts writing a file back while the next ones are unpacked, so that the syncfs at
+    /// the end finds little left to write. Advice only: errors show at syncfs.
     private static func startWriteback(_ path: String) {
         let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
         guard fd >= 0 else { return }
