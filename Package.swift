@@ -92,7 +92,8 @@ let package = Package(
         // Benchmarks live apart from tests (`make bench`).
         .executableTarget(
             name: "baton-bench",
-            dependencies: ["BatonCore", "BatonLedger", "BatonReleases", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["BatonCore", "BatonLedger", .product(name: "Logging", package: "swift-log"),
+                           "BatonReleases", "BatonTestSupport"],
             path: "bench/Sources/baton-bench"
         ),
         // Helpers shared by the test targets: a raw HTTP client, temp dirs, a batond launcher.
@@ -104,11 +105,15 @@ let package = Package(
         .testTarget(name: "BatonLedgerTests", dependencies: ["BatonLedger", "BatonCore", "BatonTestSupport"]),
         .testTarget(name: "BatonHTTPTests", dependencies: ["BatonHTTP", "BatonTestSupport"]),
         .testTarget(name: "BatonConfigTests", dependencies: ["BatonConfig", "BatonTestSupport"]),
-        .testTarget(name: "BatonReleasesTests", dependencies: ["BatonReleases", "BatonCore", "BatonTestSupport"]),
+        .testTarget(
+            name: "BatonReleasesTests",
+            dependencies: ["BatonReleases", "BatonCore", "BatonTestSupport", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         .testTarget(name: "BatonSupervisorTests", dependencies: ["BatonSupervisor", "BatonCore", "BatonTestSupport"]),
         .testTarget(
             name: "BatondTests",
             dependencies: ["BatonTestSupport", "BatonCore", "BatonAPI", "BatonSupervisor", "BatonLedger", "BatonReleases",
+                           .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "Logging", package: "swift-log")]
         ),
         // Client library for Swift agents: the agent side of the protocol. Foundation and Glibc only.

@@ -74,6 +74,7 @@ public final class API: Sendable {
         ]
         + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
         + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes
+        + ReleaseRoutes(releases: supervisor.releases).routes
         + DaemonRoutes(control: daemon).routes)
     }
 
@@ -146,14 +147,22 @@ public final class API: Sendable {
         view.instances = live.map {
             AgentView.Instance(id: $0.id, pid: $0.pid, version: $0.version, state: $0.stopped ? "stopped" : $0.signal == .go ? "working" : $0.ready ? "ready" : $0.signal == .stop ? "stopping" : "starting", startedAt: $0.startedAt)
         }
-        if let working = live.first(where: { $0.signal == .go }) {
+        let working = live.first { $0.signal == .go }
+        if let working {
             view.running = RunningVersion(version: working.version, since: working.startedAt)
-            view.state = ledger?.handoff != nil ? .handingOff : .running
+            view.state = .running
         } else {
             view.running = nil
-            view.state = ledger?.handoff != nil ? .handingOff
-                : !live.isEmpty ? .starting
-                : supervisor.stats.isBackingOff(config.name) ? .backoff : .stopped
+            view.state = !live.isEmpty ? .starting : supervisor.stats.isBackingOff(config.name) ? .backoff : .stopped
+        }
+        // A handoff shows first; then batond's verdict on a crash loop, until an operator acts:
+        // given up on current (while nothing works), or rewound (whatever runs).
+        if ledger?.handoff != nil {
+            view.state = .handingOff
+        } else if let failed = ledger?.failed, failed.version == ledger?.current ?? failed.version, working == nil {
+            view.state = .failed
+        } else if ledger?.rewound != nil {
+            view.state = .rewound
         }
         return view
     }

@@ -28,7 +28,7 @@ struct DaemonRoutes: Sendable {
             Route(.GET, "/v1/daemon", scope: Scope.operator) { [control] _ in .respond(.json(control.view)) },
             Route(.PUT, "/v1/daemon/binary", scope: Scope.operator,
                   streamed: StreamedBody(maxBytes: Self.maxBinaryBytes) { [control] (request) throws(HTTPError) -> any BodySink in
-                      let expected = try Self.contentDigest(request.header("Content-Digest"))
+                      let expected = try request.announcedSHA256()
                       do throws(DaemonBinaries.StoreError) {
                           return UploadSink(try control.binaries.upload(expected: expected, maxBytes: Self.maxBinaryBytes))
                       } catch {
@@ -61,7 +61,7 @@ struct DaemonRoutes: Sendable {
                     throw HTTPError(status: 422, code: "invalid_digest",
                                     message: "digest must be a SHA-256 in 64 lowercase hex digits, not \(WireJSON.quote(body.digest))")
                 }
-                let by = (request.principal as? Principal)?.name ?? "operator"
+                let by = request.by
                 // The self-check has its own deadline; this one only guards the parked slot.
                 let pending = request.park(deadline: .seconds(120)) {
                     HTTPError(status: 503, code: "timeout", message: "the upgrade did not answer in time; see GET /v1/daemon").response
@@ -74,28 +74,6 @@ struct DaemonRoutes: Sendable {
                 return .parked
             },
         ]
-    }
-
-    /// The SHA-256 of `Content-Digest: sha-256=:BASE64:` (RFC 9530; other algorithms in
-    /// the field are ignored). 400 when there is none or it is not 32 bytes of base64.
-    static func contentDigest(_ field: String?) throws(HTTPError) -> [UInt8] {
-        guard let field else {
-            throw HTTPError(status: 400, code: "digest_required",
-                            message: "the body's SHA-256 is required as Content-Digest: sha-256=:BASE64: (RFC 9530)")
-        }
-        for member in field.split(separator: ",") {
-            let parts = member.split(separator: "=", maxSplits: 1)
-            guard parts.count == 2, parts[0].trimmingCharacters(in: .whitespaces).lowercased() == "sha-256" else { continue }
-            let value = parts[1].trimmingCharacters(in: .whitespaces)
-            guard value.count > 2, value.hasPrefix(":"), value.hasSuffix(":"),
-                  let bytes = Data(base64Encoded: String(value.dropFirst().dropLast())), bytes.count == 32 else {
-                throw HTTPError(status: 400, code: "invalid_digest",
-                                message: "Content-Digest's sha-256 must be :BASE64: of 32 bytes, not \(WireJSON.quote(value))")
-            }
-            return Array(bytes)
-        }
-        throw HTTPError(status: 400, code: "digest_required",
-                        message: "Content-Digest has no sha-256 member; send sha-256=:BASE64: (RFC 9530)")
     }
 
     static func http(_ error: DaemonBinaries.StoreError) -> HTTPError {

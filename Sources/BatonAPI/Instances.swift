@@ -98,10 +98,10 @@ struct HandoffRoutes: Sendable {
             },
             Route(.POST, "/v1/agents/{name}/rollback", scope: Scope.operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
                 let name = try request.agentName()
-                _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
+                let body = try request.decodeOptionalJSON(RollbackRequest.self)
                 let by = (request.principal as? Principal)?.name ?? "operator"
                 let pending = request.park(deadline: .seconds(60)) { Self.busy }
-                supervisor.rollback(agent: name, by: by) { result in pending.answer(Self.answer(result)) }
+                supervisor.rollback(agent: name, by: by, force: body?.force ?? false) { result in pending.answer(Self.answer(result)) }
                 return .parked
             },
             Route(.POST, "/v1/agents/{name}/instances", scope: Scope.registration, takesBody: true) { (request) throws(HTTPError) -> Reply in
@@ -168,6 +168,10 @@ extension SupervisorError {
             HTTPError(status: 409, code: "handoff_in_progress", message: "handoff \(id) is in progress; see /v1/handoffs/\(id)")
         case .noPreviousRelease(let agent):
             HTTPError(status: 409, code: "no_previous_release", message: "\(agent) has no previous release to roll back to")
+        case .irreversibleRelease(let agent, let version, let previous):
+            HTTPError(status: 409, code: "irreversible_release",
+                      message: "\(agent)'s release \(version) is irreversible: it may have migrated data that \(previous) cannot read. "
+                          + "Roll back anyway with {\"force\": true}, or set a desired version")
         case .shuttingDown:
             HTTPError.shuttingDown
         case .ledger(let detail):
@@ -195,6 +199,10 @@ extension RegistrationRequest: ClosedJSONObject {
 
 extension DesiredRequest: ClosedJSONObject {
     public static let fieldNames: Set<String> = ["version", "mode"]
+}
+
+extension RollbackRequest: ClosedJSONObject {
+    public static let fieldNames: Set<String> = ["force"]
 }
 
 extension FailedReport: ClosedJSONObject {

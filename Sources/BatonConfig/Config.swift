@@ -23,6 +23,7 @@ public struct BatondConfig: Sendable, Equatable {
     public var http = HTTPSettings()
     public var ledger = LedgerSettings()
     public var logs = LogSettings()
+    public var releases = ReleaseSettings()
     public var agents: [AgentConfig] = []
 
     public init() {}
@@ -59,6 +60,28 @@ public struct BatondConfig: Sendable, Equatable {
         /// Past it, a file is moved to `.log.1` at the next check.
         public var maxBytes = 1 << 20
         public var checkInterval: Duration = .seconds(1)
+        public init() {}
+    }
+
+    /// Releases pushed and fetched: limits, collection, trust.
+    public struct ReleaseSettings: Sendable, Equatable {
+        /// Releases kept per agent; older ones are collected (never current, previous, or
+        /// one in use). 0 keeps every release.
+        public var keepReleases = 10
+        /// Refuse pushes and fetches that no trusted key signed.
+        public var requireSignature = false
+        /// Ed25519 public keys (32 raw bytes) by name.
+        public var trustedKeys: [String: [UInt8]] = [:]
+        /// The largest release pushed or fetched, as sent (compressed).
+        public var maxBytes: Int64 = 1 << 30
+        /// What an archive may unpack to: bytes and entries.
+        public var maxUnpackedBytes: Int64 = 4 << 30
+        public var maxFiles = 100_000
+        /// Free space a push or fetch leaves besides its own bytes.
+        public var freeSpaceMargin: Int64 = 64 << 20
+        /// A fetch's whole deadline, and how long it may receive nothing.
+        public var fetchTimeout: Duration = .seconds(1800)
+        public var fetchStallTimeout: Duration = .seconds(60)
         public init() {}
     }
 
@@ -107,6 +130,10 @@ public struct AgentConfig: Sendable, Equatable {
     public var killTimeout: Duration = .seconds(10)
     public var user: String?
     public var group: String?
+    /// argv run once by a barrier upgrade while every agent is halted, when the release
+    /// declares none in its `release.json`; `{release}` expands to the new release.
+    public var migration: [String]?
+    public var migrationTimeout: Duration = .seconds(600)
     /// For agents that do not speak the protocol: ready when this succeeds.
     public var readiness: Readiness?
     /// A token an externally started process presents to register as this agent.
@@ -117,6 +144,15 @@ public struct AgentConfig: Sendable, Equatable {
     /// Whether batond stops registered instances (processes it did not start) when it
     /// stops. Off by default: another supervisor owns them.
     public var stopRegisteredOnExit = false
+    /// The wait before supervision starts the current release again: the first, doubling
+    /// up to the max (reset after a minute of work).
+    public var restartBackoff: Duration = .seconds(1)
+    public var restartBackoffMax: Duration = .seconds(60)
+    /// A crash loop: this many abnormal exits of the current release within the window
+    /// (0: never one). batond then rewinds to the previous release, or gives up on an
+    /// irreversible one.
+    public var crashLoopExits = 5
+    public var crashLoopWindow: Duration = .seconds(300)
 
     public enum Readiness: Sendable, Equatable {
         case command([String])
@@ -129,6 +165,10 @@ public struct AgentConfig: Sendable, Equatable {
     public static let readyTimeoutRange: ClosedRange<Duration> = .seconds(1) ... .seconds(24 * 3600)
     public static let stopTimeoutRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
     public static let killTimeoutRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
+    public static let restartBackoffRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(3600)
+    public static let crashLoopExitsRange: ClosedRange<Int> = 0 ... 1000
+    public static let crashLoopWindowRange: ClosedRange<Duration> = .seconds(1) ... .seconds(24 * 3600)
+    public static let migrationTimeoutRange: ClosedRange<Duration> = .seconds(1) ... .seconds(24 * 3600)
 
     public init(name: String, command: [String]) {
         self.name = name
@@ -144,14 +184,5 @@ public struct AgentConfig: Sendable, Equatable {
 extension Duration {
     public var milliseconds: Int64 {
         components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
-    }
-
-    /// In the config's own notation, with the largest unit that is exact: "500ms", "30s", "24h".
-    var spelled: String {
-        let milliseconds = self.milliseconds
-        for (unit, scale) in [("h", Int64(3_600_000)), ("m", 60_000), ("s", 1000)] where milliseconds % scale == 0 && milliseconds != 0 {
-            return "\(milliseconds / scale)\(unit)"
-        }
-        return "\(milliseconds)ms"
     }
 }

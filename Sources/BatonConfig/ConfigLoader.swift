@@ -106,7 +106,7 @@ private struct Reader {
 
     func read(_ root: TOMLTable) throws(ConfigError) -> BatondConfig {
         var config = BatondConfig()
-        try only(root, [], allowed: ["daemon", "http", "ledger", "logs", "agents"])
+        try only(root, [], allowed: ["daemon", "http", "ledger", "logs", "releases", "agents"])
         if let daemon = try table(root, "daemon", path: []) {
             let path = ["daemon"]
             try only(daemon, path, allowed: ["state_dir", "socket", "agent_socket", "listen", "log_level", "operator_group",
@@ -180,6 +180,9 @@ private struct Reader {
                 config.logs.checkInterval = value
             }
         }
+        if let releases = try table(root, "releases", path: []) {
+            config.releases = try readReleases(releases)
+        }
         if let agents = try table(root, "agents", path: []) {
             for name in agents.keys.sorted() {
                 let path = ["agents", name]
@@ -193,10 +196,48 @@ private struct Reader {
         return config
     }
 
+    func readReleases(_ table: TOMLTable) throws(ConfigError) -> BatondConfig.ReleaseSettings {
+        let path = ["releases"]
+        var settings = BatondConfig.ReleaseSettings()
+        try only(table, path, allowed: ["keep_releases", "require_signature", "trusted_keys", "max_bytes", "max_unpacked_bytes",
+                                        "max_files", "free_space_margin", "fetch_timeout", "fetch_stall_timeout"])
+        if let value = try int(table, "keep_releases", path: path, range: 0...10_000) { settings.keepReleases = value }
+        if let value = try bool(table, "require_signature", path: path) { settings.requireSignature = value }
+        if let value = try int(table, "max_bytes", path: path, range: 1...(1 << 50)) { settings.maxBytes = Int64(value) }
+        if let value = try int(table, "max_unpacked_bytes", path: path, range: 1...(1 << 50)) { settings.maxUnpackedBytes = Int64(value) }
+        if let value = try int(table, "max_files", path: path, range: 1...100_000_000) { settings.maxFiles = value }
+        if let value = try int(table, "free_space_margin", path: path, range: 0...(1 << 50)) { settings.freeSpaceMargin = Int64(value) }
+        if let value = try duration(table, "fetch_timeout", path: path, range: .seconds(1) ... .seconds(24 * 3600)) {
+            settings.fetchTimeout = value
+        }
+        if let value = try duration(table, "fetch_stall_timeout", path: path, range: .milliseconds(100) ... .seconds(3600)) {
+            settings.fetchStallTimeout = value
+        }
+        if let keys = try self.table(table, "trusted_keys", path: path) {
+            for name in keys.keys.sorted() {
+                let key = path + ["trusted_keys", name]
+                guard Names.isValidAgent(name) else {
+                    throw error(key, "invalid key name: use 1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit")
+                }
+                guard let text = keys[name]?.string else { throw error(key, "must be a string: the base64 of a 32-byte Ed25519 public key") }
+                guard let bytes = Data(base64Encoded: text), bytes.count == 32 else {
+                    throw error(key, "must be the base64 of a 32-byte Ed25519 public key (e.g. `openssl pkey -pubout -outform DER | tail -c 32 | base64`)")
+                }
+                settings.trustedKeys[name] = Array(bytes)
+            }
+        }
+        if settings.requireSignature && settings.trustedKeys.isEmpty {
+            throw error(path + ["require_signature"], "is true, but [releases.trusted_keys] names no key: every push and fetch would be refused")
+        }
+        return settings
+    }
+
     func readAgent(_ table: TOMLTable, name: String, path: [String]) throws(ConfigError) -> AgentConfig {
         try only(table, path, allowed: ["command", "env", "mode", "ready_timeout", "stop_timeout", "kill_timeout",
                                         "user", "group", "readiness", "registration_token",
-                                        "tcp_registration_uids", "stop_registered_on_exit", "inherit_env"])
+                                        "tcp_registration_uids", "stop_registered_on_exit", "inherit_env",
+                                        "migration", "migration_timeout",
+                                        "restart_backoff", "restart_backoff_max", "crash_loop_exits", "crash_loop_window"])
         guard let command = try strings(table, "command", path: path) else {
             throw error(path + ["command"], "is required: the agent's argv, e.g. [\"{release}/bin/\(name)\"]")
         }
@@ -231,6 +272,20 @@ private struct Reader {
         if let value = try duration(table, "ready_timeout", path: path, range: AgentConfig.readyTimeoutRange) { agent.readyTimeout = value }
         if let value = try duration(table, "stop_timeout", path: path, range: AgentConfig.stopTimeoutRange) { agent.stopTimeout = value }
         if let value = try duration(table, "kill_timeout", path: path, range: AgentConfig.killTimeoutRange) { agent.killTimeout = value }
+        if let value = try duration(table, "restart_backoff", path: path, range: AgentConfig.restartBackoffRange) {
+            agent.restartBackoff = value
+            agent.restartBackoffMax = max(agent.restartBackoffMax, value)
+        }
+        if let value = try duration(table, "restart_backoff_max", path: path, range: AgentConfig.restartBackoffRange) {
+            guard value >= agent.restartBackoff else {
+                throw error(path + ["restart_backoff_max"], "must not be below restart_backoff (\(agent.restartBackoff.spelled))")
+            }
+            agent.restartBackoffMax = value
+        }
+        if let value = try int(table, "crash_loop_exits", path: path, range: AgentConfig.crashLoopExitsRange) { agent.crashLoopExits = value }
+        if let value = try duration(table, "crash_loop_window", path: path, range: AgentConfig.crashLoopWindowRange) {
+            agent.crashLoopWindow = value
+        }
         if let user = try string(table, "user", path: path) {
             guard uid_t(user) != nil || (!user.isEmpty && accounts.userExists(user)) else {
                 throw error(path + ["user"], "no user named \"\(user)\" on this machine")
@@ -253,6 +308,13 @@ private struct Reader {
             }
         }
         if let stop = try bool(table, "stop_registered_on_exit", path: path) { agent.stopRegisteredOnExit = stop }
+        if let migration = try strings(table, "migration", path: path) {
+            guard let program = migration.first, !program.isEmpty else { throw error(path + ["migration"], "must name a program") }
+            agent.migration = migration
+        }
+        if let value = try duration(table, "migration_timeout", path: path, range: AgentConfig.migrationTimeoutRange) {
+            agent.migrationTimeout = value
+        }
         if let readiness = try self.table(table, "readiness", path: path) {
             let key = path + ["readiness"]
             try only(readiness, key, allowed: ["command", "http"])

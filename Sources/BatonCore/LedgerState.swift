@@ -7,6 +7,8 @@ public struct LedgerState: Codable, Sendable, Equatable {
     public var lastSeq: UInt64 = 0
     public var daemon = DaemonHistory()
     public var agents: [String: AgentLedger] = [:]
+    /// The machine's version and its rollouts (absent from snapshots written before them).
+    public var machine: MachineLedger?
 
     /// How many finished handoffs each agent keeps in its history.
     public static let historyLimit = 100
@@ -35,6 +37,9 @@ public struct LedgerState: Codable, Sendable, Equatable {
             daemon.lastStoppedAt = at
         case .agentDesired(let e):
             agents[e.agent, default: AgentLedger()].desired = .init(version: e.version, mode: e.mode, setAt: at, setBy: e.by)
+            // An operator acted: supervision's verdict on a crash loop no longer stands.
+            agents[e.agent]?.rewound = nil
+            agents[e.agent]?.failed = nil
         case .handoffBegan(let e):
             agents[e.agent, default: AgentLedger()].handoffsBegun += 1
             agents[e.agent, default: AgentLedger()].handoff =
@@ -72,6 +77,44 @@ public struct LedgerState: Codable, Sendable, Equatable {
         case .releaseCurrent(let e):
             agents[e.agent, default: AgentLedger()].current = e.version
             agents[e.agent, default: AgentLedger()].previous = e.previous
+        case .agentRewound(let e):
+            agents[e.agent, default: AgentLedger()].rewound =
+                .init(from: e.from, to: e.to, reason: e.reason, at: at, exits: e.exits, windowMs: e.windowMs)
+        case .agentFailed(let e):
+            agents[e.agent, default: AgentLedger()].failed = .init(version: e.version, reason: e.reason, at: at)
+        case .releaseStored(let e):
+            agents[e.agent, default: AgentLedger()].stored[e.version] = e.sha256
+        case .releaseDeleted(let e):
+            agents[e.agent]?.stored[e.version] = nil
+        case .releaseFetchFailed:
+            break // history only
+        case .rolloutBegan(let e):
+            var machine = self.machine ?? MachineLedger()
+            machine.rollouts += 1
+            machine.rollout = ActiveRollout(
+                id: e.rollout, version: e.version, barrier: e.barrier, migration: e.migration, phase: .pending,
+                agents: e.agents.map { .init(name: $0.agent, from: $0.from) }, startedAt: at, by: e.by)
+            self.machine = machine
+        case .rolloutStep(let e):
+            guard var rollout = machine?.rollout, rollout.id == e.rollout else { break }
+            if let phase = e.phase { rollout.phase = phase }
+            if let agent = e.agent, let status = e.status, let index = rollout.agents.firstIndex(where: { $0.name == agent }) {
+                rollout.agents[index].status = status
+                rollout.agents[index].error = e.error
+            }
+            if let ok = e.migrationSucceeded { rollout.migrationSucceeded = ok; rollout.migrationDetail = e.migration }
+            machine?.rollout = rollout
+        case .rolloutEnded(let e):
+            guard var machine, let rollout = machine.rollout, rollout.id == e.rollout else { break }
+            if e.outcome == .done { machine.version = rollout.version }
+            machine.lastError = e.error.map { LastError(reason: $0, at: at, stderrTail: "", handoff: nil) } ?? machine.lastError
+            machine.history.append(.init(id: rollout.id, version: rollout.version, barrier: rollout.barrier,
+                                         startedAt: rollout.startedAt, endedAt: at, outcome: e.outcome, error: e.error))
+            if machine.history.count > MachineLedger.historyLimit {
+                machine.history.removeFirst(machine.history.count - MachineLedger.historyLimit)
+            }
+            machine.rollout = nil
+            self.machine = machine
         case .daemonUpgradeBegan, .daemonUpgraded, .daemonUpgradeFailed:
             var upgrades = daemon.upgrades ?? DaemonUpgrades()
             upgrades.apply(record.event, at: at)
@@ -80,6 +123,49 @@ public struct LedgerState: Codable, Sendable, Equatable {
             break
         }
     }
+}
+
+/// The machine as the ledger knows it: the version it was last moved to whole, and the
+/// rollout in progress (its version is the pending one).
+public struct MachineLedger: Codable, Sendable, Equatable {
+    public var version: String?
+    public var rollout: ActiveRollout?
+    public var lastError: LastError?
+    public var history: [RolloutSummary] = []
+    /// Rollouts begun so far: the next one is `machine-<rollouts + 1>`.
+    public var rollouts = 0
+
+    public static let historyLimit = 20
+    public init() {}
+}
+
+public struct ActiveRollout: Codable, Sendable, Equatable {
+    public struct Agent: Codable, Sendable, Equatable {
+        public var name: String
+        public var from: String?
+        public var status: MachineRollout.AgentStatus = .waiting
+        public var error: String?
+    }
+    public var id: String
+    public var version: String
+    public var barrier: Bool
+    public var migration: [String]?
+    public var phase: MachineRollout.Phase
+    public var agents: [Agent]
+    public var startedAt: Timestamp
+    public var by: String
+    public var migrationSucceeded: Bool?
+    public var migrationDetail: String?
+}
+
+public struct RolloutSummary: Codable, Sendable, Equatable {
+    public var id: String
+    public var version: String
+    public var barrier: Bool
+    public var startedAt: Timestamp
+    public var endedAt: Timestamp
+    public var outcome: MachineRollout.Phase
+    public var error: String?
 }
 
 /// One agent as the ledger knows it. `desired` is what was asked; `running` and
@@ -91,15 +177,28 @@ public struct AgentLedger: Codable, Sendable, Equatable {
     public var current: String?
     public var previous: String?
     public var lastError: LastError?
+    /// Supervision's verdict on a crash loop, until the next desired version (absent from
+    /// snapshots written before they existed).
+    public var rewound: RewoundRelease?
+    public var failed: FailedRelease?
     public var handoff: ActiveHandoff?
     public var history: [HandoffSummary] = []
     public var instances: [String: InstanceLedger] = [:]
+    /// The releases batond stored (pushed or fetched) and has not removed: version to
+    /// SHA-256. Absent from snapshots written before releases were recorded.
+    public var releases: [String: String]?
     /// Processes spawned so far: the next instance is `<agent>.<spawns + 1>`.
     public var spawns = 0
     /// Handoffs begun so far: the next one is `<agent>-<handoffsBegun + 1>`.
     public var handoffsBegun = 0
 
     public init() {}
+
+    /// `releases`, empty when absent.
+    public var stored: [String: String] {
+        get { releases ?? [:] }
+        set { releases = newValue.isEmpty ? nil : newValue }
+    }
 }
 
 public struct DesiredVersion: Codable, Sendable, Equatable {
@@ -133,6 +232,31 @@ public struct LastError: Codable, Sendable, Equatable {
         try c.encode(at, forKey: .at)
         try c.encode(stderrTail, forKey: .stderrTail)
         try c.encode(handoff, forKey: .handoff)
+    }
+}
+
+/// batond handed back from `from` to `to` by itself: `from` crash-looped.
+public struct RewoundRelease: Codable, Sendable, Equatable {
+    public var from: String
+    public var to: String
+    public var reason: String
+    public var at: Timestamp
+    public var exits: Int
+    public var windowMs: Int64
+
+    public init(from: String, to: String, reason: String, at: Timestamp, exits: Int, windowMs: Int64) {
+        self.from = from; self.to = to; self.reason = reason; self.at = at; self.exits = exits; self.windowMs = windowMs
+    }
+}
+
+/// batond gave up on `version`: an irreversible release that crash-looped.
+public struct FailedRelease: Codable, Sendable, Equatable {
+    public var version: String
+    public var reason: String
+    public var at: Timestamp
+
+    public init(version: String, reason: String, at: Timestamp) {
+        self.version = version; self.reason = reason; self.at = at
     }
 }
 

@@ -32,10 +32,18 @@ public enum LedgerEvent: Sendable, Equatable {
     case instanceSignal(InstanceSignal)
     case agentError(AgentError)
     case releaseCurrent(ReleaseCurrent)
+    case releaseStored(ReleaseStored)
+    case releaseDeleted(ReleaseDeleted)
+    case releaseFetchFailed(ReleaseFetchFailed)
+    case rolloutBegan(RolloutBegan)
+    case rolloutStep(RolloutStep)
+    case rolloutEnded(RolloutEnded)
     case ledgerCut(LedgerCut)
     case daemonUpgradeBegan(DaemonUpgradeBegan)
     case daemonUpgraded(DaemonUpgraded)
     case daemonUpgradeFailed(DaemonUpgradeFailed)
+    case agentRewound(AgentRewound)
+    case agentFailed(AgentFailed)
     case unknown(kind: String, version: Int)
 
     public var kind: String {
@@ -53,10 +61,18 @@ public enum LedgerEvent: Sendable, Equatable {
         case .instanceSignal: "instance.signal"
         case .agentError: "agent.error"
         case .releaseCurrent: "release.current"
+        case .releaseStored: "release.stored"
+        case .releaseDeleted: "release.deleted"
+        case .releaseFetchFailed: "release.fetch_failed"
+        case .rolloutBegan: "rollout.began"
+        case .rolloutStep: "rollout.step"
+        case .rolloutEnded: "rollout.ended"
         case .ledgerCut: "ledger.cut"
         case .daemonUpgradeBegan: "daemon.upgrade_began"
         case .daemonUpgraded: "daemon.upgraded"
         case .daemonUpgradeFailed: "daemon.upgrade_failed"
+        case .agentRewound: "agent.rewound"
+        case .agentFailed: "agent.failed"
         case .unknown(let kind, _): kind
         }
     }
@@ -71,6 +87,8 @@ public enum LedgerEvent: Sendable, Equatable {
         "daemon.started", "daemon.stopped", "agent.desired", "handoff.began", "handoff.phase", "handoff.ended",
         "instance.spawned", "instance.ready", "instance.stopped", "instance.exited", "agent.error", "release.current",
         "ledger.cut", "instance.signal", "daemon.upgrade_began", "daemon.upgraded", "daemon.upgrade_failed",
+        "release.stored", "release.deleted", "release.fetch_failed", "rollout.began", "rollout.step", "rollout.ended",
+        "agent.rewound", "agent.failed",
     ]
 }
 
@@ -212,6 +230,133 @@ public struct ReleaseCurrent: Codable, Sendable, Equatable {
     public var previous: String?
     public init(agent: String, version: String, previous: String?) {
         self.agent = agent; self.version = version; self.previous = previous
+    }
+}
+
+/// A crash loop of `from`: supervision hands back to `to` by itself, through a normal
+/// handoff that begins after this record.
+public struct AgentRewound: Codable, Sendable, Equatable {
+    public var agent: String
+    public var from: String
+    public var to: String
+    public var reason: String
+    /// The limit reached: `exits` abnormal exits within `windowMs`.
+    public var exits: Int
+    public var windowMs: Int64
+    public init(agent: String, from: String, to: String, reason: String, exits: Int, windowMs: Int64) {
+        self.agent = agent; self.from = from; self.to = to; self.reason = reason; self.exits = exits; self.windowMs = windowMs
+    }
+}
+
+/// A crash loop of an irreversible release: supervision gave up on `version` and starts
+/// it no more until an operator's desired version.
+public struct AgentFailed: Codable, Sendable, Equatable {
+    public var agent: String
+    public var version: String
+    public var reason: String
+    public init(agent: String, version: String, reason: String) {
+        self.agent = agent; self.version = version; self.reason = reason
+    }
+}
+
+/// A release was stored (pushed, fetched), recorded before it appears under its version.
+/// `found`: batond found it whole on disk at start without a record (a removal that a
+/// crash cut short before it began), and recorded it then.
+public struct ReleaseStored: Codable, Sendable, Equatable {
+    public var agent: String
+    public var version: String
+    public var sha256: String
+    public var size: Int64
+    public var source: String
+    public var url: String?
+    public var by: String
+    public var signedBy: String?
+    public var irreversible: Bool
+    public var found: Bool?
+    public init(agent: String, version: String, sha256: String, size: Int64, source: String, url: String?, by: String,
+                signedBy: String?, irreversible: Bool, found: Bool? = nil) {
+        self.agent = agent; self.version = version; self.sha256 = sha256; self.size = size; self.source = source
+        self.url = url; self.by = by; self.signedBy = signedBy; self.irreversible = irreversible; self.found = found
+    }
+}
+
+/// A release stored by batond was removed: recorded before it goes.
+public struct ReleaseDeleted: Codable, Sendable, Equatable {
+    public enum Reason: String, Codable, Sendable {
+        /// `DELETE /v1/releases/{agent}/{version}`.
+        case deleted
+        /// Beyond `keep_releases`, oldest first.
+        case collected
+        /// Recorded as stored, but not on disk at start (removed by hand, or a crash cut
+        /// its storing short after the record).
+        case missing
+    }
+    public var agent: String
+    public var version: String
+    public var by: String
+    public var reason: Reason
+    public init(agent: String, version: String, by: String, reason: Reason) {
+        self.agent = agent; self.version = version; self.by = by; self.reason = reason
+    }
+}
+
+/// A fetch batond ran for an operator ended without a release.
+public struct ReleaseFetchFailed: Codable, Sendable, Equatable {
+    public var agent: String
+    public var version: String
+    public var url: String
+    public var by: String
+    public var error: String
+    public init(agent: String, version: String, url: String, by: String, error: String) {
+        self.agent = agent; self.version = version; self.url = url; self.by = by; self.error = error
+    }
+}
+
+/// The machine moves to `version` (`PUT /v1/version`): the version is pending until
+/// `rollout.ended`.
+public struct RolloutBegan: Codable, Sendable, Equatable {
+    public struct Agent: Codable, Sendable, Equatable {
+        public var agent: String
+        public var from: String?
+        public init(agent: String, from: String?) { self.agent = agent; self.from = from }
+    }
+    public var rollout: String
+    public var version: String
+    public var barrier: Bool
+    public var migration: [String]?
+    public var agents: [Agent]
+    public var by: String
+    public init(rollout: String, version: String, barrier: Bool, migration: [String]?, agents: [Agent], by: String) {
+        self.rollout = rollout; self.version = version; self.barrier = barrier; self.migration = migration
+        self.agents = agents; self.by = by
+    }
+}
+
+/// One step of a rollout: its phase changed, an agent's status changed, or the
+/// migration ended. Recorded before what follows from it.
+public struct RolloutStep: Codable, Sendable, Equatable {
+    public var rollout: String
+    public var phase: MachineRollout.Phase?
+    public var agent: String?
+    public var status: MachineRollout.AgentStatus?
+    public var error: String?
+    /// The migration's end: whether it exited 0, and how it ended with its output's tail.
+    public var migrationSucceeded: Bool?
+    public var migration: String?
+    public init(rollout: String, phase: MachineRollout.Phase? = nil, agent: String? = nil, status: MachineRollout.AgentStatus? = nil,
+                error: String? = nil, migrationSucceeded: Bool? = nil, migration: String? = nil) {
+        self.rollout = rollout; self.phase = phase; self.agent = agent; self.status = status; self.error = error
+        self.migrationSucceeded = migrationSucceeded; self.migration = migration
+    }
+}
+
+public struct RolloutEnded: Codable, Sendable, Equatable {
+    public var rollout: String
+    /// `done`, `failed` or `restored`.
+    public var outcome: MachineRollout.Phase
+    public var error: String?
+    public init(rollout: String, outcome: MachineRollout.Phase, error: String?) {
+        self.rollout = rollout; self.outcome = outcome; self.error = error
     }
 }
 

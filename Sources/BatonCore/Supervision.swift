@@ -15,6 +15,15 @@
 /// registration already heard are stale, and dropped before the table; every other
 /// state × event pair is a cell of `step`.
 ///
+/// Crash loops: an instance of the current release that exits unexpectedly while it
+/// works, or before it was ready on a start, is counted; `crashLoopExits` of them within
+/// `crashLoopWindow` are a crash loop. Supervision then hands back to the previous release
+/// by itself (a parallel handoff from nothing, recorded first as `.rewound`), once: until
+/// an operator's desired version, a second crash loop only backs off and says so. An
+/// irreversible release is never rewound: supervision gives up on it (`failed`) and
+/// starts it no more. The facts it needs (the previous release, which releases are
+/// irreversible, what the ledger shows it decided before) come in events.
+///
 /// The supervisor's side of the contract: it answers every `.spawn` with `.spawned` or
 /// `.spawnFailed` before it feeds anything else; it keeps one timer per `TimerKey`
 /// (starting a timer again replaces it) and feeds `.timerFired` only for the latest one.
@@ -41,6 +50,12 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         /// A handoff runs. Next: working (committed, reverted, or failed with the old one
         /// still working), backingOff or idle (failed, nothing works), stopping, stopped.
         case handingOff(HandingOff)
+        /// Supervision gave up on the current release (an irreversible release crash-looped,
+        /// so it is not rewound): nothing starts until an operator's desired version (a
+        /// rollback is one). A registered instance that is ready still works, as in idle,
+        /// and the state comes back here when nothing works. Next: handingOff (desired),
+        /// working (a registered instance is ready), stopping, stopped.
+        case failed(reason: String)
         /// batond stops and stops every instance: waiting for them to exit. Next: stopped.
         case stopping
         /// Final: batond stopped; its instances exited, or it let them run on.
@@ -57,6 +72,9 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         public var queue: [String] = []
         /// Since when the old instance has held go, for the backoff if it keeps working.
         public var oldSince: C.Instant?
+        /// Whether batond stores the release it hands over from (a registered old instance
+        /// may run one it does not): only such a release can be rewound to.
+        public var fromStored = true
     }
 
     /// An instance that runs (batond's child, or a registered process), as observed.
@@ -152,19 +170,45 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         }
     }
 
+    /// What the ledger and the release store say of the agent's releases at boot, as far
+    /// as a crash loop needs.
+    public struct Releases: Sendable, Equatable {
+        /// The release before current, when batond stores it: where a crash loop goes back to.
+        public var previous: String?
+        /// Which of the releases that may become current (current, previous, the target
+        /// of a handoff in flight, those of adopted instances) declare themselves
+        /// irreversible (`release.json`).
+        public var irreversible: Set<String>
+        /// What supervision decided of a crash loop since the last desired version.
+        public var verdict: Verdict?
+
+        public init(previous: String? = nil, irreversible: Set<String> = [], verdict: Verdict? = nil) {
+            self.previous = previous; self.irreversible = irreversible; self.verdict = verdict
+        }
+    }
+
+    /// What supervision decided of a crash loop; only an operator's desired version clears it.
+    public enum Verdict: Sendable, Equatable {
+        /// It handed back from `from` to `to` by itself, and does not again.
+        case rewound(from: String, to: String)
+        /// It gave up on `version`, an irreversible release, and starts it no more.
+        case failed(version: String, reason: String)
+    }
+
     public enum Event: Sendable, Equatable {
         /// batond starts: the current release, the instances the ledger says are live, and
         /// the handoff it shows in flight. A first start has neither.
-        case boot(current: String?, instances: [AdoptedInstance], handoff: InterruptedHandoff?)
-        /// An operator asks for `version` (a rollback is a desired version too).
-        case desired(version: String, mode: Handoff.Mode)
+        case boot(current: String?, instances: [AdoptedInstance], handoff: InterruptedHandoff?, releases: Releases = .init())
+        /// An operator asks for `version` (a rollback is a desired version too);
+        /// `irreversible`: its release declares itself so.
+        case desired(version: String, mode: Handoff.Mode, irreversible: Bool = false)
         /// The answer to `.spawn`: the process runs as `instance`, or could not start.
         case spawned(String, Spawn)
         case spawnFailed(Spawn, reason: String)
         /// A process batond did not start registered itself; it was told wait.
         /// `stored`: whether batond stores that release (it may run one batond does not
         /// keep; supervision never starts such a release).
-        case registered(String, version: String, stored: Bool)
+        case registered(String, version: String, stored: Bool, irreversible: Bool = false)
         /// What an instance reports about itself (or its readiness probe, for it).
         case ready(String)
         case failed(String, reason: String)
@@ -182,6 +226,11 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         case handoffBegan(from: String?, to: String, mode: Handoff.Mode)
         case handoffPhase(Handoff.Phase)
         case handoffEnded(HandoffOutcome, error: String?)
+        /// A crash loop of `from`: supervision hands back to `to` by itself. Recorded
+        /// before the handoff begins.
+        case rewound(from: String, to: String, reason: String, exits: Int, window: Duration)
+        /// A crash loop of `version`, irreversible: supervision gives up on it.
+        case failed(version: String, reason: String)
     }
 
     /// Why a request is refused; the API answers with it.
@@ -220,14 +269,21 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         public var firstBackoff: Duration
         public var maxBackoff: Duration
         public var stable: Duration
+        /// A crash loop: this many abnormal exits of the current release within
+        /// `crashLoopWindow` (0: never one).
+        public var crashLoopExits: Int
+        public var crashLoopWindow: Duration
 
         public init(timeouts: Handoff.Timeouts = .init(), stopRegisteredOnExit: Bool = false,
-                    firstBackoff: Duration = .seconds(1), maxBackoff: Duration = .seconds(60), stable: Duration = .seconds(60)) {
+                    firstBackoff: Duration = .seconds(1), maxBackoff: Duration = .seconds(60), stable: Duration = .seconds(60),
+                    crashLoopExits: Int = 5, crashLoopWindow: Duration = .seconds(300)) {
             self.timeouts = timeouts
             self.stopRegisteredOnExit = stopRegisteredOnExit
             self.firstBackoff = firstBackoff
             self.maxBackoff = maxBackoff
             self.stable = stable
+            self.crashLoopExits = crashLoopExits
+            self.crashLoopWindow = crashLoopWindow
         }
     }
 
@@ -242,6 +298,15 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
     public private(set) var armed: Set<TimerKey> = []
     /// Restarts since the last stable work: the next backoff is `first * 2^failures`.
     public private(set) var failures = 0
+    /// The release before current that batond stores: where a crash loop goes back to.
+    public private(set) var previous: String?
+    /// The releases known to declare themselves irreversible.
+    public private(set) var irreversible: Set<String> = []
+    /// What supervision decided of a crash loop since the last desired version.
+    public private(set) var verdict: Verdict?
+    /// When instances of the current release exited abnormally, since its commit or the
+    /// last crash loop, within the window.
+    public private(set) var abnormalExits: [C.Instant] = []
     private var out: [Action] = []
 
     public init(settings: Settings, clock: C) {
@@ -278,13 +343,14 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             // One that stopped, or is on its way out, never gets go: its ready counts for nothing.
             instances[id] == nil || instances[id]!.stopped || instances[id]!.leaving != nil
         case .failed(let id, _), .stopped(let id), .exited(let id, _): instances[id] == nil
-        case .registered(let id, _, _): instances[id] != nil
+        case .registered(let id, _, _, _): instances[id] != nil
         case .timerFired(let key): !armed.contains(key)
         case .boot, .desired, .spawned, .spawnFailed, .shutdown: false
         }
     }
 
-    /// What an instance says of itself is true whatever supervision does about it.
+    /// What an instance says of itself, and what a release declares, is true whatever
+    /// supervision does about it.
     private mutating func observe(_ event: Event) {
         switch event {
         case .ready(let id):
@@ -292,7 +358,9 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         case .stopped(let id):
             instances[id]?.stopped = true
             instances[id]?.holdsGo = false
-        case .boot, .desired, .spawned, .spawnFailed, .registered, .failed, .exited, .timerFired, .shutdown:
+        case .desired(let version, _, let irreversible), .registered(_, let version, _, let irreversible):
+            if irreversible { self.irreversible.insert(version) } else { self.irreversible.remove(version) }
+        case .boot, .spawned, .spawnFailed, .failed, .exited, .timerFired, .shutdown:
             break
         }
     }
@@ -301,24 +369,31 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
     private mutating func step(_ event: Event) {
         switch (state, event) {
         // MARK: boot
-        case (.booting, .boot(let current, let adopted, let interrupted)):
+        case (.booting, .boot(let current, let adopted, let interrupted, let releases)):
+            previous = releases.previous
+            irreversible = releases.irreversible
+            verdict = releases.verdict
             adopt(current: current, adopted, interrupted)
-        case (.idle, .boot), (.starting, .boot), (.working, .boot), (.backingOff, .boot), (.handingOff, .boot),
+        case (.idle, .boot), (.starting, .boot), (.working, .boot), (.backingOff, .boot), (.handingOff, .boot), (.failed, .boot),
              (.stopping, .boot), (.stopped, .boot):
             break // boot comes once
 
         // MARK: desired
         case (.booting, .desired):
             emit(.refuse(.notBooted))
-        case (.idle, .desired(let version, let mode)):
+        case (.idle, .desired(let version, let mode, _)), (.failed, .desired(let version, let mode, _)):
+            operatorAsked()
             begin(to: version, mode: mode, old: nil)
-        case (.starting(_, let instance), .desired(let version, let mode)):
+        case (.starting(_, let instance), .desired(let version, let mode, _)):
             // A start not yet ready is superseded: the successor takes its place.
+            operatorAsked()
             if let instance { dismiss(instance) }
             begin(to: version, mode: mode, old: nil)
-        case (.working(let working, let since), .desired(let version, let mode)):
+        case (.working(let working, let since), .desired(let version, let mode, _)):
+            operatorAsked()
             begin(to: version, mode: mode, old: outgoing(working), oldSince: since)
-        case (.backingOff, .desired(let version, let mode)):
+        case (.backingOff, .desired(let version, let mode, _)):
+            operatorAsked()
             disarm(.restart)
             begin(to: version, mode: mode, old: nil)
         case (.handingOff, .desired):
@@ -341,7 +416,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             state = .handingOff(run)
             feed(.spawned(role))
         case (.booting, .spawned(let id, let spawn)), (.idle, .spawned(let id, let spawn)), (.working, .spawned(let id, let spawn)),
-             (.backingOff, .spawned(let id, let spawn)), (.stopping, .spawned(let id, let spawn)), (.stopped, .spawned(let id, let spawn)):
+             (.backingOff, .spawned(let id, let spawn)), (.failed, .spawned(let id, let spawn)), (.stopping, .spawned(let id, let spawn)),
+             (.stopped, .spawned(let id, let spawn)):
             stray(id, spawn) // nothing asked for it: it must not run
         case (.starting(let version, let instance), .spawnFailed(let spawn, let reason)):
             guard instance == nil, spawn == Spawn(version: version, purpose: .start) else { return }
@@ -351,21 +427,21 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             guard let role = awaitedSpawn(run), spawn == Spawn(version: spawnVersion(run, role), purpose: .handoff(role)) else { return }
             feed(.spawnFailed(role, reason: reason))
         case (.booting, .spawnFailed), (.idle, .spawnFailed), (.working, .spawnFailed), (.backingOff, .spawnFailed),
-             (.stopping, .spawnFailed), (.stopped, .spawnFailed):
+             (.failed, .spawnFailed), (.stopping, .spawnFailed), (.stopped, .spawnFailed):
             break // an answer nobody waits for
 
         // MARK: registered
         case (.booting, .registered):
             emit(.refuse(.notBooted))
-        case (.idle, .registered(let id, let version, let stored)), (.starting, .registered(let id, let version, let stored)),
-             (.working, .registered(let id, let version, let stored)), (.backingOff, .registered(let id, let version, let stored)),
-             (.handingOff, .registered(let id, let version, let stored)):
+        case (.idle, .registered(let id, let version, let stored, _)), (.starting, .registered(let id, let version, let stored, _)),
+             (.working, .registered(let id, let version, let stored, _)), (.backingOff, .registered(let id, let version, let stored, _)),
+             (.handingOff, .registered(let id, let version, let stored, _)), (.failed, .registered(let id, let version, let stored, _)):
             instances[id] = Instance(version: version, registered: true, stored: stored) // told wait; ready decides
         case (.stopping, .registered), (.stopped, .registered):
             emit(.refuse(.shuttingDown))
 
         // MARK: ready
-        case (.idle, .ready(let id)):
+        case (.idle, .ready(let id)), (.failed, .ready(let id)):
             guard isAvailable(id) else { return }
             giveGoAndWork(id)
         case (.starting(_, let instance), .ready(let id)):
@@ -402,7 +478,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         case (.handingOff(let run), .failed(let id, let reason)) where role(of: id, in: run) != nil:
             feed(.reportedFailure(role(of: id, in: run)!, reason: reason))
         case (.idle, .failed(let id, let reason)), (.starting, .failed(let id, let reason)), (.working, .failed(let id, let reason)),
-             (.backingOff, .failed(let id, let reason)), (.handingOff, .failed(let id, let reason)):
+             (.backingOff, .failed(let id, let reason)), (.handingOff, .failed(let id, let reason)), (.failed, .failed(let id, let reason)):
             // A registered instance that failed its check never gets go; one that already
             // holds go reports too late to matter.
             guard instances[id]?.holdsGo == false, instances[id]?.leaving == nil else { return }
@@ -416,23 +492,27 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             expectExit(id)
             feed(.stopped(role(of: id, in: run)!))
         case (.idle, .stopped(let id)), (.starting, .stopped(let id)), (.working, .stopped(let id)), (.backingOff, .stopped(let id)),
-             (.handingOff, .stopped(let id)), (.stopping, .stopped(let id)):
+             (.handingOff, .stopped(let id)), (.failed, .stopped(let id)), (.stopping, .stopped(let id)):
             expectExit(id)
         case (.booting, .stopped), (.stopped, .stopped):
             break // nothing of ours runs
 
         // MARK: exited
         case (.starting(_, let instance), .exited(let id, let description)) where id == instance:
+            // Abnormal whatever ended it: it exited, failed its check, or was not ready in time.
             if instances[id]?.leaving == nil {
                 emit(.recordError("exited before it was ready (\(description))", instance: id))
             }
+            let version = instances[id]?.version
             forget(id)
-            scheduleRestart()
+            if !crashed(version) { scheduleRestart() }
         case (.working(let working, let since), .exited(let id, let description)) where id == working:
+            // Never told stop while it works here (exit 0 included: it must work until told).
             emit(.recordError("exited unexpectedly (\(description))", instance: id))
+            let version = instances[id]?.version
             forget(id)
             if since.duration(to: clock.now) >= settings.stable { failures = 0 }
-            scheduleRestart()
+            if !crashed(version) { scheduleRestart() }
         case (.handingOff(let run), .exited(let id, let description)) where role(of: id, in: run) != nil:
             forget(id)
             feed(.exited(role(of: id, in: run)!, description: description))
@@ -440,8 +520,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             forget(id)
             if instances.isEmpty { state = .stopped }
         case (.idle, .exited(let id, _)), (.starting, .exited(let id, _)), (.working, .exited(let id, _)),
-             (.backingOff, .exited(let id, _)), (.handingOff, .exited(let id, _)), (.booting, .exited(let id, _)),
-             (.stopped, .exited(let id, _)):
+             (.backingOff, .exited(let id, _)), (.handingOff, .exited(let id, _)), (.failed, .exited(let id, _)),
+             (.booting, .exited(let id, _)), (.stopped, .exited(let id, _)):
             forget(id) // one on its way out, or waiting for its turn
 
         // MARK: timers
@@ -450,31 +530,32 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             dismiss(id) // stays starting until it exited
         case (.booting, .timerFired(.ready)), (.idle, .timerFired(.ready)), (.starting, .timerFired(.ready)),
              (.working, .timerFired(.ready)), (.backingOff, .timerFired(.ready)), (.handingOff, .timerFired(.ready)),
-             (.stopping, .timerFired(.ready)), (.stopped, .timerFired(.ready)):
+             (.failed, .timerFired(.ready)), (.stopping, .timerFired(.ready)), (.stopped, .timerFired(.ready)):
             break // disarmed when its start ended; armed only while starting
         case (.booting, .timerFired(.escalate(let id))), (.idle, .timerFired(.escalate(let id))),
              (.starting, .timerFired(.escalate(let id))), (.working, .timerFired(.escalate(let id))),
              (.backingOff, .timerFired(.escalate(let id))), (.handingOff, .timerFired(.escalate(let id))),
-             (.stopping, .timerFired(.escalate(let id))), (.stopped, .timerFired(.escalate(let id))):
+             (.failed, .timerFired(.escalate(let id))), (.stopping, .timerFired(.escalate(let id))),
+             (.stopped, .timerFired(.escalate(let id))):
             escalate(id)
         case (.backingOff, .timerFired(.restart)):
             startCurrent()
         case (.booting, .timerFired(.restart)), (.idle, .timerFired(.restart)), (.starting, .timerFired(.restart)),
-             (.working, .timerFired(.restart)), (.handingOff, .timerFired(.restart)), (.stopping, .timerFired(.restart)),
-             (.stopped, .timerFired(.restart)):
+             (.working, .timerFired(.restart)), (.handingOff, .timerFired(.restart)), (.failed, .timerFired(.restart)),
+             (.stopping, .timerFired(.restart)), (.stopped, .timerFired(.restart)):
             break // armed only while backing off
         case (.handingOff, .timerFired(.handoff(let timer))):
             feed(.timeout(timer))
         case (.booting, .timerFired(.handoff)), (.idle, .timerFired(.handoff)), (.starting, .timerFired(.handoff)),
-             (.working, .timerFired(.handoff)), (.backingOff, .timerFired(.handoff)), (.stopping, .timerFired(.handoff)),
-             (.stopped, .timerFired(.handoff)):
+             (.working, .timerFired(.handoff)), (.backingOff, .timerFired(.handoff)), (.failed, .timerFired(.handoff)),
+             (.stopping, .timerFired(.handoff)), (.stopped, .timerFired(.handoff)):
             break // disarmed when the handoff ended
 
         // MARK: shutdown
         case (.booting, .shutdown):
             state = .stopped
         case (.idle, .shutdown(let stopAgents)), (.starting, .shutdown(let stopAgents)), (.working, .shutdown(let stopAgents)),
-             (.backingOff, .shutdown(let stopAgents)), (.handingOff, .shutdown(let stopAgents)):
+             (.backingOff, .shutdown(let stopAgents)), (.handingOff, .shutdown(let stopAgents)), (.failed, .shutdown(let stopAgents)):
             shutDown(stopAgents: stopAgents)
         case (.stopping, .shutdown), (.stopped, .shutdown):
             break // already
@@ -526,12 +607,64 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             state = .idle
             return
         }
+        if let reason = gaveUp { return state = .failed(reason: reason) }
         var delay = settings.firstBackoff
         for _ in 0..<failures where delay < settings.maxBackoff { delay *= 2 }
         delay = min(delay, settings.maxBackoff)
         failures += 1
         arm(.restart, delay)
         state = .backingOff(until: clock.now.advanced(by: delay))
+    }
+
+    // MARK: - Crash loops
+
+    /// An instance of `version` exited abnormally. One of the current release counts
+    /// toward a crash loop; at the limit supervision rewinds, gives up on an irreversible
+    /// release, or says why it can do neither. Whether it took over (else the caller
+    /// backs off as before).
+    private mutating func crashed(_ version: String?) -> Bool {
+        guard settings.crashLoopExits > 0, let current, version == current else { return false }
+        let now = clock.now, window = settings.crashLoopWindow
+        abnormalExits.removeAll { $0.duration(to: now) >= window }
+        abnormalExits.append(now)
+        guard abnormalExits.count >= settings.crashLoopExits else { return false }
+        abnormalExits = []
+        let loop = "\(current) crash-looped: \(settings.crashLoopExits) abnormal exits within \(settings.crashLoopWindow.spelled)"
+        if irreversible.contains(current) {
+            let reason = "\(loop); it is irreversible, so batond does not rewind it and stops restarting it: "
+                + "set a desired version, or roll back with force"
+            emit(.record(.failed(version: current, reason: reason)))
+            verdict = .failed(version: current, reason: reason)
+            state = .failed(reason: reason)
+            return true
+        }
+        if case .rewound(let from, let to)? = verdict {
+            emit(.recordError("\(loop); batond rewound from \(from) to \(to) already and does not rewind again: "
+                              + "restarting it with backoff until a desired version or a rollback", instance: nil))
+            return false
+        }
+        guard let previous, previous != current else {
+            emit(.recordError("\(loop); batond stores no previous release to rewind to: restarting it with backoff", instance: nil))
+            return false
+        }
+        emit(.record(.rewound(from: current, to: previous, reason: "\(loop); rewound to \(previous)",
+                              exits: settings.crashLoopExits, window: settings.crashLoopWindow)))
+        verdict = .rewound(from: current, to: previous)
+        begin(to: previous, mode: .parallel, old: nil)
+        return true
+    }
+
+    /// Why supervision gave up on the current release, if it did: it starts it no more
+    /// (a registered instance's handoff may have made another release current since).
+    private var gaveUp: String? {
+        if case .failed(let version, let reason)? = verdict, version == current { reason } else { nil }
+    }
+
+    /// An operator's desired version (or rollback) is accepted: what supervision decided
+    /// of a crash loop no longer stands, and the count starts again.
+    private mutating func operatorAsked() {
+        verdict = nil
+        abnormalExits = []
     }
 
     // MARK: - Instances that must go
@@ -656,7 +789,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         roles[.old] = old
         roles[.successor] = registeredSuccessor
         state = .handingOff(HandingOff(handoff: Handoff(mode: mode, timeouts: settings.timeouts, hasOld: old != nil),
-                                       from: from, to: version, roles: roles, oldSince: oldSince))
+                                       from: from, to: version, roles: roles, oldSince: oldSince,
+                                       fromStored: old.flatMap { instances[$0]?.stored } ?? true))
         feed(.begin)
     }
 
@@ -729,7 +863,13 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         case .commit:
             // A registered successor may run a release batond does not store: supervision
             // goes on starting the one it has.
-            if let successor = run.roles[.successor], instances[successor]?.stored == false {} else { current = run.to }
+            if let successor = run.roles[.successor], instances[successor]?.stored == false {} else {
+                // The ledger's previous is the release handed over from: a crash loop goes
+                // back to it if batond stores it.
+                previous = run.fromStored ? run.from : nil
+                current = run.to
+                abnormalExits = []
+            }
             emit(.commit(version: run.to))
         case .end(let outcome, let error):
             if let error { emit(.recordError(error, instance: run.roles[.successor])) }
@@ -839,7 +979,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         if case .booting = state { settle(keep: keep) }
         switch state {
         case .working(let id, _), .starting(_, let id?): placed.insert(id)
-        case .booting, .idle, .starting, .backingOff, .handingOff, .stopping, .stopped: break
+        case .booting, .idle, .starting, .backingOff, .handingOff, .failed, .stopping, .stopped: break
         }
         // The rest: registered instances take their turn; stray children go.
         for id in instances.keys.sorted() where !placed.contains(id) {
@@ -865,7 +1005,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
                                   oldAlive: oldAlive, successorAlive: successorAlive, previousAlive: previousAlive)
             var kept = roles
             if !successorAlive { kept[.successor] = nil }
-            state = .handingOff(HandingOff(handoff: handoff, from: interrupted.from, to: interrupted.to, roles: kept))
+            state = .handingOff(HandingOff(handoff: handoff, from: interrupted.from, to: interrupted.to, roles: kept,
+                                           fromStored: roles[.old].flatMap { instances[$0]?.stored } ?? true))
         }
         func stopOld() {
             guard let id = roles[.old] else { return }
@@ -931,12 +1072,16 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             state = .working(instance: keep, since: clock.now)
             return
         }
+        // Given up on current: only a registered instance may work; a start goes with the strays.
         let waiting = instances.keys.sorted().filter {
             let instance = instances[$0]!
-            return instance.leaving == nil && !instance.holdsGo && !instance.stopped && (instance.registered || instance.version == current)
+            return instance.leaving == nil && !instance.holdsGo && !instance.stopped
+                && (instance.registered || (instance.version == current && gaveUp == nil))
         }
         if let ready = waiting.first(where: { instances[$0]!.ready }) {
             giveGoAndWork(ready)
+        } else if let reason = gaveUp {
+            state = .failed(reason: reason)
         } else if let start = waiting.first(where: { !instances[$0]!.registered }), let current {
             state = .starting(version: current, instance: start)
             arm(.ready(start), settings.timeouts.ready)

@@ -3,7 +3,7 @@
 
 public struct AgentView: Codable, Sendable, Equatable {
     public enum State: String, Codable, Sendable {
-        case stopped, starting, running, handingOff = "handing_off", backoff, failed
+        case stopped, starting, running, handingOff = "handing_off", backoff, rewound, failed
     }
 
     public struct Instance: Codable, Sendable, Equatable {
@@ -37,6 +37,9 @@ public struct AgentView: Codable, Sendable, Equatable {
     public var state: State
     public var instances: [Instance]
     public var lastError: LastError?
+    /// batond's verdict on a crash loop, until an operator's desired version or rollback.
+    public var rewound: RewoundRelease?
+    public var failed: FailedRelease?
     public var config: Config
 
     /// The view of a configured agent, from what the ledger knows of it.
@@ -45,6 +48,8 @@ public struct AgentView: Codable, Sendable, Equatable {
         self.desired = ledger?.desired
         self.running = ledger?.running
         self.lastError = ledger?.lastError
+        self.rewound = ledger?.rewound
+        self.failed = ledger?.failed
         self.instances = (ledger?.instances.values.sorted { $0.id < $1.id } ?? []).map {
             Instance(id: $0.id, pid: $0.pid, version: $0.version, state: $0.state.rawValue, startedAt: $0.startedAt)
         }
@@ -61,6 +66,8 @@ public struct AgentView: Codable, Sendable, Equatable {
         try c.encode(state, forKey: .state)
         try c.encode(instances, forKey: .instances)
         try c.encode(lastError, forKey: .lastError)
+        try c.encode(rewound, forKey: .rewound)
+        try c.encode(failed, forKey: .failed)
         try c.encode(config, forKey: .config)
     }
 }
@@ -146,6 +153,12 @@ public struct DesiredRequest: Codable, Sendable, Equatable {
         self.version = version
         self.mode = mode
     }
+}
+
+/// `POST /v1/agents/{name}/rollback`: `force` rolls back from an irreversible release too.
+public struct RollbackRequest: Codable, Sendable, Equatable {
+    public var force: Bool?
+    public init(force: Bool? = nil) { self.force = force }
 }
 
 /// A handoff as the API shows it: `outcome` stays null until it ends.

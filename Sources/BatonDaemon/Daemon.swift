@@ -95,6 +95,7 @@ public struct Daemon: Sendable {
         // Instances talk to batond over their own socket, out of reach of floods on the others.
         let supervisor = Supervisor(config: config, ledger: ledger, socketPath: config.agentSocketPath,
                                     url: listeners.first { !$0.isUnix }?.url, logger: logger)
+        await supervisor.releases.boot()
         let auth = OperatorAuth(token: token, operatorGID: operatorGID, probesOpen: config.http.probesOpen,
                                 instanceForToken: { [registry = supervisor.registry] in registry.instance(forToken: $0) },
                                 instanceForProcess: { [supervisor] in supervisor.instance(forProcess: $0) },

@@ -113,7 +113,7 @@ final class SelfUpgrader: DaemonControl {
     private func perform(_ job: Job) async {
         let check = await Self.selfCheck(job.binary, arguments: arguments)
         guard check.passed else {
-            let reason = check.reason
+            let reason = "--self-check " + check.reason
             logger.warning("the new batond refused its self-check; nothing changes",
                            metadata: ["to": "\(job.digest)", "reason": "\(reason)"])
             do {

@@ -23,13 +23,10 @@ public struct ReleaseStore: Sendable {
         return stat(directory, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
     }
 
-    /// What `release.json` says of a release; nil for one dropped in by hand without it.
-    /// A hand-dropped release may carry only the author's part (`Declared`): it is read
-    /// as a `local` release with those flags.
+    /// What batond's `release.json` says of a release it stored; nil for one dropped in
+    /// by hand (see `release(agent:version:)`, which reads those too).
     public func manifest(agent: String, version: String) -> ReleaseManifest? {
-        guard let directory = directory(agent: agent, version: version),
-              let data = FileManager.default.contents(atPath: "\(directory)/\(ReleaseManifest.fileName)") else { return nil }
-        return try? ReleaseManifest.decode(data)
+        release(agent: agent, version: version)?.manifest
     }
 
     /// The version `current` points at, if it points at a valid release.
@@ -72,18 +69,5 @@ public struct ReleaseStore: Sendable {
     public func reconcile(agent: String, recorded: String?) -> String? {
         guard let recorded, recorded != current(agent: agent), exists(agent: agent, version: recorded) else { return nil }
         return (try? setCurrent(agent: agent, version: recorded)) == nil ? nil : recorded
-    }
-}
-
-/// Why the release store refused or failed.
-public enum ReleaseError: Error, Sendable, Equatable, CustomStringConvertible {
-    case invalidName(String)
-    case io(String, Int32)
-
-    public var description: String {
-        switch self {
-        case .invalidName(let name): "\"\(name)\" is not a valid agent name and version"
-        case .io(let operation, let code): "\(operation): \(String(cString: strerror(code)))"
-        }
     }
 }

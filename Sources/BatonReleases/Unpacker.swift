@@ -71,6 +71,9 @@ public enum UnpackError: Error, Sendable, Equatable, CustomStringConvertible {
     case tooManyFiles(String, Int)
     /// `release.json` at the top is not a regular file, too large, or does not parse.
     case manifest(String)
+    /// libarchive refused an entry by its own checks, with no system error behind it
+    /// (what it was doing, its words). The checks before it should leave nothing to it.
+    case refused(String)
     /// ENOSPC or EDQUOT while writing (what failed, errno): the route answers 507.
     case noSpace(String, Int32)
     /// Any other system error (what failed, errno).
@@ -112,6 +115,8 @@ public enum UnpackError: Error, Sendable, Equatable, CustomStringConvertible {
             "entry \"\(name)\" takes the release past its limit of \(limit) files: refused"
         case .manifest(let message):
             "\(ReleaseManifest.fileName) in the archive: \(message)"
+        case .refused(let what):
+            "\(what): refused"
         case .noSpace(let operation, let code), .io(let operation, let code):
             "\(operation): \(String(cString: strerror(code)))"
         }
@@ -419,6 +424,9 @@ public enum Unpacker {
         let code = archive_errno(archive)
         let what = "\(operation): \(errorString(archive))"
         if code == ENOSPC || code == EDQUOT { throw .noSpace(what, code) }
+        // No errno, or ARCHIVE_ERRNO_MISC (-1 in libarchive's private archive_platform.h):
+        // a refusal of libarchive's own, "Path contains '..'" and the like.
+        if code == 0 || code == -1 { throw .refused(what) }
         throw .io(what, code)
     }
 

@@ -14,6 +14,8 @@ public enum SupervisorError: Error, Sendable, Equatable {
     case releaseNotFound(agent: String, version: String)
     case handoffInProgress(String)
     case noPreviousRelease(String)
+    /// A rollback from an irreversible release, without force.
+    case irreversibleRelease(agent: String, version: String, previous: String)
     case shuttingDown
     case ledger(String)
     case instanceNotFound(String)
@@ -55,7 +57,8 @@ actor AgentRunner {
 
     enum Message: Sendable {
         case desired(version: String, mode: HandoffMode?, by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
-        case rollback(by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
+        /// `force`: also from an irreversible release.
+        case rollback(by: String, force: Bool, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
         case report(instance: String, InstanceReport, reply: @Sendable (Result<SignalView, SupervisorError>) -> Void)
         case register(pid: Int32, version: String, caller: RegistrationCaller,
                       reply: @Sendable (Result<Registration, SupervisorError>) -> Void)
@@ -113,7 +116,9 @@ actor AgentRunner {
         generations = recorded?.spawns ?? 0
         handoffNumbers = recorded?.handoffsBegun ?? 0
         machine = Machine(settings: .init(timeouts: .init(ready: config.readyTimeout, stop: config.stopTimeout, kill: config.killTimeout),
-                                          stopRegisteredOnExit: config.stopRegisteredOnExit),
+                                          stopRegisteredOnExit: config.stopRegisteredOnExit,
+                                          firstBackoff: config.restartBackoff, maxBackoff: config.restartBackoffMax,
+                                          crashLoopExits: config.crashLoopExits, crashLoopWindow: config.crashLoopWindow),
                           clock: ContinuousClock())
         (mailbox, inbox) = AsyncStream.makeStream(of: Message.self)
     }
@@ -242,10 +247,14 @@ actor AgentRunner {
         switch message {
         case .desired(let version, let mode, let by, let reply):
             reply(await begin(to: version, mode: mode ?? config.mode, by: by))
-        case .rollback(let by, let reply):
+        case .rollback(let by, let force, let reply):
             let state = context.ledger.state.agents[name]
             guard let previous = state?.previous, context.releases.exists(agent: name, version: previous) else {
                 return reply(.failure(.noPreviousRelease(name)))
+            }
+            // The release it leaves may have migrated data the previous one cannot read.
+            if !force, let current = state?.current, isIrreversible(current) {
+                return reply(.failure(.irreversibleRelease(agent: name, version: current, previous: previous)))
             }
             reply(await begin(to: previous, mode: config.mode, by: by))
         case .report(let instance, let report, let reply):
@@ -302,11 +311,29 @@ actor AgentRunner {
             // happened, and a handoff that spawned nothing ends cancelled.
             Machine.InterruptedHandoff(mode: Handoff.Mode(handoff.mode), from: handoff.from, to: handoff.to,
                                        phase: Handoff.Phase(rawValue: handoff.phase) ?? .spawning)
-        }))
+        }, releases: releaseFacts(current: current, recorded: recorded, adopted: found)))
         if case .handingOff(let run) = machine.state { flight?.old = run.roles[.old] }
         if current == nil, case .idle = machine.state {
             logger.notice("agent has no current release; waiting for a desired version", metadata: ["agent": "\(name)"])
         }
+    }
+
+    /// What a crash loop needs to know at boot: the previous release if batond stores it,
+    /// which of the releases that may become current are irreversible (current, previous,
+    /// the target of a handoff in flight, those of adopted instances), and what the ledger
+    /// shows supervision decided.
+    private func releaseFacts(current: String?, recorded: AgentLedger?, adopted: [Machine.AdoptedInstance]) -> Machine.Releases {
+        let previous = recorded?.previous.flatMap { context.releases.exists(agent: name, version: $0) ? $0 : nil }
+        var verdict: Machine.Verdict?
+        if let rewound = recorded?.rewound { verdict = .rewound(from: rewound.from, to: rewound.to) }
+        if let failed = recorded?.failed { verdict = .failed(version: failed.version, reason: failed.reason) }
+        let versions = Set([current, previous, recorded?.handoff?.to].compactMap { $0 } + adopted.filter(\.stored).map(\.version))
+        return Machine.Releases(previous: previous, irreversible: versions.filter(isIrreversible), verdict: verdict)
+    }
+
+    /// Whether the release declares itself irreversible (`release.json`; one without says nothing).
+    private func isIrreversible(_ version: String) -> Bool {
+        context.releases.manifest(agent: name, version: version)?.irreversible ?? false
     }
 
     /// One instance the ledger says is live, as found: adopted (registry entry with its
@@ -354,7 +381,7 @@ actor AgentRunner {
         guard context.releases.exists(agent: name, version: version) else {
             return .failure(.releaseNotFound(agent: name, version: version))
         }
-        let (next, actions, refusal) = attempt(.desired(version: version, mode: Handoff.Mode(mode)))
+        let (next, actions, refusal) = attempt(.desired(version: version, mode: Handoff.Mode(mode), irreversible: isIrreversible(version)))
         if let refusal { return .failure(refusal) }
         record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
         if let failure = await flush() {
@@ -415,7 +442,7 @@ actor AgentRunner {
             return .failure(.noSuchProcess(pid))
         }
         let stored = context.releases.exists(agent: name, version: version)
-        let (next, actions, refusal) = attempt(.registered(id, version: version, stored: stored))
+        let (next, actions, refusal) = attempt(.registered(id, version: version, stored: stored, irreversible: stored && isIrreversible(version)))
         if let refusal {
             context.registry.release(pid: pid, claimedBy: id)
             return .failure(refusal)
@@ -529,6 +556,13 @@ actor AgentRunner {
             flight?.view.steps.append(.init(phase: phase.rawValue, at: now))
             publish()
             record(.handoffPhase(.init(handoff: id, agent: name, phase: phase.rawValue)))
+        case .rewound(let from, let to, let reason, let exits, let window):
+            record(.agentRewound(.init(agent: name, from: from, to: to, reason: reason, exits: exits, windowMs: window.milliseconds)))
+            logger.error("crash loop: rewinding", metadata: ["agent": "\(name)", "from": "\(from)", "to": "\(to)", "reason": "\(reason)"])
+        case .failed(let version, let reason):
+            record(.agentFailed(.init(agent: name, version: version, reason: reason)))
+            logger.critical("crash loop of an irreversible release: gave up", metadata: ["agent": "\(name)", "version": "\(version)",
+                                                                                         "reason": "\(reason)"])
         case .handoffEnded(let outcome, let error):
             guard var flight else { return }
             flight.view.outcome = outcome

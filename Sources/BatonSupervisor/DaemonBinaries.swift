@@ -1,4 +1,5 @@
 import BatonCore
+import BatonReleases
 import CBatonSpawn
 import Crypto
 import Foundation
@@ -121,24 +122,11 @@ public struct DaemonBinaries: Sendable {
             buffer.withUnsafeBytes { hasher.update(bufferPointer: UnsafeRawBufferPointer(rebasing: $0[..<count])) }
         }
         let bytes = Array(hasher.finalize())
-        return (bytes, hex(bytes))
-    }
-
-    public static func hex(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out = [UInt8]()
-        out.reserveCapacity(bytes.count * 2)
-        for byte in bytes {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0xf)])
-        }
-        return String(decoding: out, as: UTF8.self)
+        return (bytes, Hex.encode(bytes))
     }
 
     /// 64 lowercase hex digits: the only names the store has.
-    public static func isDigest(_ text: String) -> Bool {
-        text.utf8.count == 64 && text.utf8.allSatisfy { (48...57).contains($0) || (97...102).contains($0) }
-    }
+    public static func isDigest(_ text: String) -> Bool { Hex.isSHA256(text) }
 
     static func makeDirectory(_ path: String) throws(StoreError) {
         if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .io("mkdir \(path)", errno) }
@@ -169,108 +157,74 @@ public struct DaemonBinaries: Sendable {
 }
 
 /// A binary on its way into the store: bytes are written to a temporary file and hashed
-/// as they come, so the body is never whole in memory. `finish` checks the digest,
-/// fsyncs, and renames it to `daemon/<digest>/batond`; an upload that is never finished,
-/// or whose digest does not match, leaves nothing behind.
+/// as they come (`DigestingFile`), so the body is never whole in memory. `finish` checks
+/// the digest, and renames it to `daemon/<digest>/batond`; an upload that is never
+/// finished, or whose digest does not match, leaves nothing behind.
 public final class BinaryUpload: Sendable {
-    private struct State {
-        var fd: Int32
-        var hasher = SHA256()
-        var size = 0
-        var done = false
-    }
-
     let store: DaemonBinaries
     let expected: [UInt8]
-    let maxBytes: Int
-    let temporary: String
-    private let state: Mutex<State>
+    let file: DigestingFile
 
     init(store: DaemonBinaries, expected: [UInt8], maxBytes: Int) throws(DaemonBinaries.StoreError) {
         self.store = store
         self.expected = expected
-        self.maxBytes = maxBytes
-        var template = Array("\(store.root)/.upload-XXXXXX".utf8CString)
-        let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
-        guard fd >= 0 else { throw .io("create a temporary file in \(store.root)", errno) }
-        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        temporary = String(cString: template)
-        state = Mutex(State(fd: fd))
+        do {
+            file = try DigestingFile(directory: store.root, prefix: ".upload-", maxBytes: Int64(maxBytes))
+        } catch {
+            throw DaemonBinaries.StoreError(error)
+        }
     }
 
-    deinit { abandon() }
-
-    public var size: Int { state.withLock { $0.size } }
+    public var size: Int { Int(file.size) }
 
     /// Appends a chunk: written to the file and hashed. Past `maxBytes`, throws (and the
     /// upload is abandoned).
     public func write(_ bytes: UnsafeRawBufferPointer) throws(DaemonBinaries.StoreError) {
-        let failure: DaemonBinaries.StoreError? = state.withLock { state in
-            guard !state.done else { return .io("write to a finished upload", EBADF) }
-            guard state.size + bytes.count <= maxBytes else { return .tooLarge(limit: maxBytes) }
-            var offset = 0
-            while offset < bytes.count {
-                let written = Glibc.write(state.fd, bytes.baseAddress! + offset, bytes.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    return .io("write \(temporary)", errno)
-                }
-                offset += written
-            }
-            state.hasher.update(bufferPointer: bytes)
-            state.size += bytes.count
-            return nil
-        }
-        if let failure {
-            abandon()
-            throw failure
-        }
+        do { try file.write(bytes) } catch { throw DaemonBinaries.StoreError(error) }
     }
 
     /// Checks the digest and keeps the binary: fsync, 0755, rename into its digest's
     /// directory, fsync both directories. When that digest is stored already, the
     /// upload is dropped and `existed` is true.
     public func finish() throws(DaemonBinaries.StoreError) -> (digest: String, size: Int, existed: Bool) {
-        let (fd, digest, size): (Int32, [UInt8], Int) = try state.withLock { (state) throws(DaemonBinaries.StoreError) in
-            guard !state.done else { throw .io("finish an abandoned upload", EBADF) }
-            return (state.fd, Array(state.hasher.finalize()), state.size)
-        }
-        let hex = DaemonBinaries.hex(digest)
-        guard digest == expected else {
-            abandon()
-            throw .mismatch(expected: DaemonBinaries.hex(expected), actual: hex)
+        let sealed: (digest: [UInt8], size: Int64)
+        do { sealed = try file.seal(mode: 0o755) } catch { throw DaemonBinaries.StoreError(error) }
+        let temporary = file.path
+        let hex = Hex.encode(sealed.digest)
+        guard sealed.digest == expected else {
+            unlink(temporary)
+            throw .mismatch(expected: Hex.encode(expected), actual: hex)
         }
         if store.binary(digest: hex) != nil {
-            abandon()
-            return (hex, size, true)
+            unlink(temporary)
+            return (hex, Int(sealed.size), true)
         }
         do throws(DaemonBinaries.StoreError) {
-            guard fchmod(fd, 0o755) == 0 else { throw .io("chmod \(temporary)", errno) }
-            guard fsync(fd) == 0 else { throw .io("fsync \(temporary)", errno) }
             let directory = "\(store.root)/\(hex)"
             try DaemonBinaries.makeDirectory(directory)
             let target = "\(directory)/\(DaemonBinaries.binaryName)"
             guard rename(temporary, target) == 0 else { throw .io("rename \(temporary) to \(target)", errno) }
-            state.withLock { state in
-                close(state.fd)
-                state.done = true
-            }
             try DaemonBinaries.syncDirectory(directory)
             try DaemonBinaries.syncDirectory(store.root)
         } catch {
-            abandon()
+            unlink(temporary)
             throw error
         }
-        return (hex, size, false)
+        return (hex, Int(sealed.size), false)
     }
 
     /// Drops the upload: closes and removes the temporary file. Idempotent.
     public func abandon() {
-        state.withLock { state in
-            guard !state.done else { return }
-            state.done = true
-            close(state.fd)
-            unlink(temporary)
+        file.discard()
+    }
+}
+
+extension DaemonBinaries.StoreError {
+    init(_ failure: DigestingFile.Failure) {
+        switch failure {
+        case .tooLarge(let limit): self = .tooLarge(limit: Int(limit))
+        case .noSpace(let operation): self = .io(operation, ENOSPC)
+        case .io(let operation, let code): self = .io(operation, code)
         }
     }
 }
@@ -288,70 +242,20 @@ extension DaemonBinaries {
 
         public var passed: Bool { exitCode == 0 && !timedOut }
 
-        /// Why it did not pass, with the output's tail.
+        /// How it ended, with the output's tail: "exited 3: ...".
         public var reason: String {
             let how = timedOut ? "did not finish in time (killed)"
                 : exitCode.map { "exited \($0)" } ?? "was killed by signal \(signal ?? 0)"
             let tail = outputTail.trimmingCharacters(in: .whitespacesAndNewlines)
-            return "--self-check \(how)" + (tail.isEmpty ? "" : ": \(tail)")
+            return how + (tail.isEmpty ? "" : ": \(tail)")
         }
     }
 
-    /// Runs `binary` with `arguments` (`--self-check` among them) in its own process
-    /// group, stdin from /dev/null, and waits up to `timeout`; past it the group is
-    /// killed. Blocks the calling thread: call it off the cooperative pool.
-    /// `environment` should not carry NOTIFY_SOCKET: the check is no service.
+    /// Runs `binary` with `arguments` (`--self-check` among them) and waits up to
+    /// `timeout` (see `Processes.runToEnd`). Blocks the calling thread: call it off the
+    /// cooperative pool. `environment` should not carry NOTIFY_SOCKET: the check is no service.
     public static func runCheck(binary: String, arguments: [String], environment: [String: String],
                                 timeout: Duration) -> CheckResult {
-        var pipeEnds: [Int32] = [0, 0]
-        guard baton_pipe_cloexec(&pipeEnds) == 0 else {
-            return CheckResult(exitCode: nil, signal: nil, timedOut: false, outputTail: "pipe: \(String(cString: strerror(errno)))")
-        }
-        var childErrno: Int32 = 0
-        var stage: UnsafePointer<CChar>?
-        let pid = Processes.withCStrings([binary] + arguments, environment) { cArgv, cEnv in
-            baton_spawn(binary, cArgv, cEnv, pipeEnds[1], nil, 0, 0, 0, nil, &childErrno, &stage)
-        }
-        close(pipeEnds[1])
-        defer { close(pipeEnds[0]) }
-        guard pid > 0 else {
-            let step = stage.map { String(cString: $0) } ?? "spawn"
-            return CheckResult(exitCode: nil, signal: nil, timedOut: false,
-                               outputTail: "\(step) \(binary): \(String(cString: strerror(childErrno)))")
-        }
-        let deadline = ContinuousClock.now + timeout
-        var tail: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        var timedOut = false
-        // Read until end of file (the check closed its output, usually by exiting).
-        while true {
-            let left = deadline - ContinuousClock.now
-            guard left > .zero else { timedOut = true; break }
-            var poller = pollfd(fd: pipeEnds[0], events: Int16(POLLIN), revents: 0)
-            let ready = poll(&poller, 1, Int32(max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)))
-            if ready < 0 && errno == EINTR { continue }
-            if ready == 0 { continue }
-            let count = read(pipeEnds[0], &buffer, buffer.count)
-            if count < 0 && errno == EINTR { continue }
-            if count <= 0 { break }
-            tail += buffer[..<count]
-            if tail.count > 4096 { tail.removeFirst(tail.count - 4096) }
-        }
-        var status: Int32 = 0
-        while !timedOut {
-            let reaped = waitpid(pid, &status, WNOHANG)
-            if reaped == pid { break }
-            if reaped < 0 && errno != EINTR { break }
-            if ContinuousClock.now >= deadline { timedOut = true; break }
-            usleep(5_000)
-        }
-        if timedOut {
-            kill(-pid, SIGKILL)
-            while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        }
-        let exited = (status & 0x7f) == 0
-        return CheckResult(exitCode: timedOut ? nil : exited ? (status >> 8) & 0xff : nil,
-                           signal: exited ? nil : status & 0x7f, timedOut: timedOut,
-                           outputTail: String(decoding: tail, as: UTF8.self))
+        Processes.runToEnd([binary] + arguments, environment: environment, timeout: timeout)
     }
 }

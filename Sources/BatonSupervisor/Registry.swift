@@ -6,7 +6,7 @@ import Synchronization
 /// a restarted batond knows an adopted instance by its token without ever storing it.
 public enum TokenDigest {
     public static func hex(_ token: String) -> String {
-        DaemonBinaries.hex(Array(SHA256.hash(data: Array(token.utf8))))
+        Hex.encode(Array(SHA256.hash(data: Array(token.utf8))))
     }
 }
 

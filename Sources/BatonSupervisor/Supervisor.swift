@@ -103,13 +103,37 @@ public final class SupervisorStats: Sendable {
 /// Handoffs by id, for `GET /v1/handoffs/{id}`: the ones of this run of batond (the
 /// ledger's history has the older ones).
 public final class HandoffBook: Sendable {
-    private let views = Mutex<[String: HandoffView]>([:])
+    private struct State {
+        var views: [String: HandoffView] = [:]
+        /// Who waits for a handoff to end (`ended`).
+        var waiters: [String: [CheckedContinuation<HandoffView, Never>]] = [:]
+    }
+    private let state = Mutex(State())
 
     public init() {}
 
-    func store(_ view: HandoffView) { views.withLock { $0[view.id] = view } }
+    func store(_ view: HandoffView) {
+        let waiters = state.withLock { state -> [CheckedContinuation<HandoffView, Never>] in
+            state.views[view.id] = view
+            guard view.outcome != nil else { return [] }
+            return state.waiters.removeValue(forKey: view.id) ?? []
+        }
+        for waiter in waiters { waiter.resume(returning: view) }
+    }
 
-    public func view(_ id: String) -> HandoffView? { views.withLock { $0[id] } }
+    public func view(_ id: String) -> HandoffView? { state.withLock { $0.views[id] } }
+
+    /// The handoff's view once it ended (at once if it has).
+    public func ended(_ id: String) async -> HandoffView {
+        await withCheckedContinuation { continuation in
+            let done = state.withLock { state -> HandoffView? in
+                if let view = state.views[id], view.outcome != nil { return view }
+                state.waiters[id, default: []].append(continuation)
+                return nil
+            }
+            if let done { continuation.resume(returning: done) }
+        }
+    }
 }
 
 /// The supervisor: one runner per configured agent, started at boot, stopped (every
@@ -119,6 +143,7 @@ public final class Supervisor: Sendable {
     public let registry: InstanceRegistry
     public let handoffs: HandoffBook
     public let stats = SupervisorStats()
+    public let releases: Releases
     let context: SupervisorContext
     private let runners: [String: AgentRunner]
     /// Runners that have not yet re-adopted what the ledger says is live, and who waits
@@ -135,6 +160,8 @@ public final class Supervisor: Sendable {
                                     handoffs: handoffs, stats: stats, logger: logger, socketPath: socketPath, url: url,
                                     logDirectory: logDirectory, logSettings: config.logs,
                                     stopAgentsOnExit: config.stopAgentsOnExit)
+        releases = Releases(store: context.releases, settings: config.releases, agents: Set(config.agents.map(\.name)),
+                            ledger: ledger, registry: registry, logger: logger)
         var runners: [String: AgentRunner] = [:]
         for agent in config.agents { runners[agent.name] = AgentRunner(config: agent, context: context) }
         self.runners = runners
@@ -143,8 +170,6 @@ public final class Supervisor: Sendable {
             for runner in runners.values { runner.send(.ledgerRecovered) }
         }
     }
-
-    public var releases: ReleaseStore { context.releases }
 
     /// Whether some agent has not yet re-adopted its live instances (batond just started).
     public var isAdopting: Bool { adoption.withLock { $0.remaining > 0 } }
@@ -206,9 +231,26 @@ public final class Supervisor: Sendable {
         runner.send(.desired(version: version, mode: mode, by: by, reply: reply))
     }
 
-    public func rollback(agent: String, by: String, reply: @escaping @Sendable (Result<HandoffView, SupervisorError>) -> Void) {
+    /// A parallel handoff of `agent` to `version`, awaited to its end: whether it
+    /// committed, and why not.
+    public func handOver(agent: String, to version: String, by: String) async -> (committed: Bool, error: String?) {
+        let begun = await withCheckedContinuation { (continuation: CheckedContinuation<Result<HandoffView, SupervisorError>, Never>) in
+            setDesired(agent: agent, version: version, mode: .parallel, by: by) { continuation.resume(returning: $0) }
+        }
+        switch begun {
+        case .failure(let error):
+            return (false, "the handoff could not begin: \(error)")
+        case .success(let view):
+            let ended = await handoffs.ended(view.id)
+            return (ended.outcome == .committed, ended.outcome == .committed ? nil : ended.error ?? "the handoff ended \(ended.outcome?.rawValue ?? "")")
+        }
+    }
+
+    /// Back to the previous release; from an irreversible one only with `force`.
+    public func rollback(agent: String, by: String, force: Bool = false,
+                         reply: @escaping @Sendable (Result<HandoffView, SupervisorError>) -> Void) {
         guard let runner = runners[agent] else { return reply(.failure(.agentNotFound(agent))) }
-        runner.send(.rollback(by: by, reply: reply))
+        runner.send(.rollback(by: by, force: force, reply: reply))
     }
 
     /// Registers a process batond did not start as an instance of `agent`, if `caller`

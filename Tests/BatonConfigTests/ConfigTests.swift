@@ -172,6 +172,12 @@ struct ConfigTests {
         ("stop_timeout = \"99ms\"", "agents.web.stop_timeout", "between 100ms and 1h"),
         ("kill_timeout = \"2562047788015215h\"", "agents.web.kill_timeout", "between 100ms and 1h"),
         ("kill_timeout = 0", "agents.web.kill_timeout", "between 100ms and 1h"),
+        ("restart_backoff = \"99ms\"", "agents.web.restart_backoff", "between 100ms and 1h"),
+        ("restart_backoff_max = \"2h\"", "agents.web.restart_backoff_max", "between 100ms and 1h"),
+        ("crash_loop_window = \"0s\"", "agents.web.crash_loop_window", "between 1s and 24h"),
+        ("crash_loop_window = 9223372036854775807", "agents.web.crash_loop_window", "between 1s and 24h"),
+        ("crash_loop_exits = -1", "agents.web.crash_loop_exits", "between 0 and 1000, not -1"),
+        ("crash_loop_exits = \"5\"", "agents.web.crash_loop_exits", "an integer"),
     ])
     func agentDurationsHaveRanges(_ line: String, _ key: String, _ message: String) throws {
         let failure = try #require(error("[agents.web]\ncommand = [\"/x\"]\n\(line)\n"))
@@ -205,6 +211,39 @@ struct ConfigTests {
         #expect(failure.description.hasPrefix("test.toml:2: \(key): must be between "), "\(failure)")
     }
 
+    @Test func releaseSettingsAndTrustedKeysAreRead() throws {
+        let key = String(repeating: "A", count: 43) + "="
+        let config = try parse("""
+            [releases]
+            keep_releases = 3
+            require_signature = true
+            max_bytes = 1000
+            max_unpacked_bytes = 2000
+            max_files = 10
+            free_space_margin = 0
+            fetch_timeout = "2m"
+            fetch_stall_timeout = "500ms"
+            [releases.trusted_keys]
+            ci = "\(key)"
+            """)
+        #expect(config.releases.keepReleases == 3 && config.releases.requireSignature)
+        #expect(config.releases.maxBytes == 1000 && config.releases.maxUnpackedBytes == 2000 && config.releases.maxFiles == 10)
+        #expect(config.releases.freeSpaceMargin == 0)
+        #expect(config.releases.fetchTimeout == .seconds(120) && config.releases.fetchStallTimeout == .milliseconds(500))
+        #expect(config.releases.trustedKeys["ci"] == [UInt8](repeating: 0, count: 32))
+    }
+
+    @Test(arguments: [
+        ("[releases]\nrequire_signature = true\n", "test.toml:2: releases.require_signature: is true, but [releases.trusted_keys] names no key"),
+        ("[releases.trusted_keys]\nci = \"c2hvcnQ=\"\n", "test.toml:2: releases.trusted_keys.ci: must be the base64 of a 32-byte Ed25519 public key"),
+        ("[releases]\nkeep_releases = -1\n", "test.toml:2: releases.keep_releases: must be between 0 and 10000"),
+        ("[releases]\nkeep = 3\n", "test.toml:2: releases.keep: unknown key"),
+    ])
+    func releaseSettingsAreChecked(_ text: String, _ message: String) throws {
+        let failure = try #require(error(text))
+        #expect(failure.description.hasPrefix(message), "\(failure)")
+    }
+
     @Test func theRangesBoundsAreAccepted() throws {
         let config = try parse("""
             [http]
@@ -232,6 +271,30 @@ struct ConfigTests {
     func unknownUsersAndGroupsAreRefused(_ text: String, _ key: String, _ line: Int) throws {
         let failure = try #require(error(text, accounts: .system))
         #expect(failure.description.hasPrefix("test.toml:\(line): \(key): no "), "\(failure)")
+    }
+
+    /// Restarts back off 1 s doubling to 60 s, and 5 abnormal exits within 5 min are a
+    /// crash loop, unless the agent's table says otherwise.
+    @Test func backoffAndCrashLoopKnobs() throws {
+        let plain = try #require(try parse("[agents.a]\ncommand = [\"/x\"]\n").agents.first)
+        #expect(plain.restartBackoff == .seconds(1) && plain.restartBackoffMax == .seconds(60))
+        #expect(plain.crashLoopExits == 5 && plain.crashLoopWindow == .seconds(300))
+        let set = try #require(try parse("""
+            [agents.a]
+            command = ["/x"]
+            restart_backoff = "100ms"
+            restart_backoff_max = "2s"
+            crash_loop_exits = 0
+            crash_loop_window = "30s"
+            """).agents.first)
+        #expect(set.restartBackoff == .milliseconds(100) && set.restartBackoffMax == .seconds(2))
+        #expect(set.crashLoopExits == 0 && set.crashLoopWindow == .seconds(30))
+        // A first wait above the default max raises the max; a max below the first is refused.
+        let raised = try #require(try parse("[agents.a]\ncommand = [\"/x\"]\nrestart_backoff = \"2m\"\n").agents.first)
+        #expect(raised.restartBackoffMax == .seconds(120))
+        let failure = error("[agents.a]\ncommand = [\"/x\"]\nrestart_backoff = \"5s\"\nrestart_backoff_max = \"2s\"\n")
+        #expect(failure?.description == "test.toml:4: agents.a.restart_backoff_max: must not be below restart_backoff (5s)",
+                "\(String(describing: failure))")
     }
 
     @Test func registeredInstancesAreLeftAloneAndTCPRegistrationIsOffByDefault() throws {

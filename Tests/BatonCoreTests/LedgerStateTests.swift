@@ -23,6 +23,38 @@ struct LedgerStateTests {
         #expect(state.lastSeq == 3)
     }
 
+    @Test func storedReleasesAreKeptUntilDeleted() {
+        let state = fold([
+            .releaseStored(.init(agent: "web", version: "1.0", sha256: "a", size: 1, source: "push", url: nil, by: "x",
+                                 signedBy: nil, irreversible: false)),
+            .releaseStored(.init(agent: "web", version: "2.0", sha256: "b", size: 1, source: "fetch", url: "u", by: "x",
+                                 signedBy: nil, irreversible: false)),
+            .releaseDeleted(.init(agent: "web", version: "1.0", by: "batond", reason: .collected)),
+        ])
+        #expect(state.agents["web"]?.stored == ["2.0": "b"])
+    }
+
+    @Test func aRolloutIsPendingUntilItEndsAndOnlyDoneMovesTheMachineVersion() {
+        let began = LedgerEvent.rolloutBegan(.init(rollout: "machine-1", version: "2.0", barrier: true, migration: ["m"],
+                                                   agents: [.init(agent: "web", from: "1.0")], by: "alice"))
+        var state = fold([began, .rolloutStep(.init(rollout: "machine-1", phase: .halting)),
+                          .rolloutStep(.init(rollout: "machine-1", agent: "web", status: .halted)),
+                          .rolloutStep(.init(rollout: "machine-9", phase: .done))])
+        #expect(state.machine?.rollout?.phase == .halting, "another rollout's step changes nothing")
+        #expect(state.machine?.rollout?.agents.first?.status == .halted)
+        #expect(state.machine?.version == nil)
+        state.apply(Record(seq: 5, time: Timestamp(milliseconds: 9000),
+                           event: .rolloutEnded(.init(rollout: "machine-1", outcome: .restored, error: "the migration failed"))))
+        #expect(state.machine?.rollout == nil && state.machine?.version == nil)
+        #expect(state.machine?.lastError?.reason == "the migration failed")
+        #expect(state.machine?.history.last?.outcome == .restored)
+        state.apply(Record(seq: 6, time: Timestamp(milliseconds: 9500), event: .rolloutBegan(.init(
+            rollout: "machine-2", version: "2.1", barrier: false, migration: nil, agents: [], by: "alice"))))
+        state.apply(Record(seq: 7, time: Timestamp(milliseconds: 9600),
+                           event: .rolloutEnded(.init(rollout: "machine-2", outcome: .done, error: nil))))
+        #expect(state.machine?.version == "2.1" && state.machine?.rollouts == 2)
+    }
+
     @Test func desiredIsRecordedWithWhoAndWhen() {
         let state = fold([.agentDesired(.init(agent: "web", version: "2.0", mode: .sequential, by: "alice"))])
         let desired = state.agents["web"]?.desired
@@ -108,6 +140,22 @@ struct LedgerStateTests {
         #expect(state.agents["web"]?.lastError?.stderrTail == "boom")
         #expect(state.agents["web"]?.current == "2.0")
         #expect(state.agents["web"]?.previous == "1.0")
+    }
+
+    /// supervision's verdict on a crash loop stands until an operator's desired version.
+    @Test func aRewindOrAFailureStandsUntilTheNextDesiredVersion() {
+        let rewound = LedgerEvent.agentRewound(.init(agent: "web", from: "2.0", to: "1.0", reason: "crash loop", exits: 5, windowMs: 300_000))
+        let failed = LedgerEvent.agentFailed(.init(agent: "web", version: "1.0", reason: "irreversible"))
+        let desired = LedgerEvent.agentDesired(.init(agent: "web", version: "3.0", mode: .parallel, by: "alice"))
+        let both = fold([rewound, failed])
+        #expect(both.agents["web"]?.rewound == RewoundRelease(from: "2.0", to: "1.0", reason: "crash loop", at: Timestamp(milliseconds: 0),
+                                                        exits: 5, windowMs: 300_000))
+        #expect(both.agents["web"]?.failed == FailedRelease(version: "1.0", reason: "irreversible", at: Timestamp(milliseconds: 1000)))
+        let cleared = fold([rewound, failed, desired])
+        #expect(cleared.agents["web"]?.rewound == nil && cleared.agents["web"]?.failed == nil)
+        // A snapshot written before the verdicts existed still loads.
+        let old = try? JSONDecoder().decode(AgentLedger.self, from: Data(#"{"history":[],"instances":{},"spawns":0,"handoffsBegun":0}"#.utf8))
+        #expect(old != nil && old?.rewound == nil)
     }
 
     @Test func historyIsBounded() {

@@ -21,6 +21,18 @@ struct RecordCodecTests {
         .instanceExited(.init(agent: "web", instance: "web.2", exitCode: 0, signal: nil)),
         .agentError(.init(agent: "web", reason: "exited before ready", stderrTail: "panic: \"quoted\"\nline two\u{1}", handoff: "h-2", instance: "web.4")),
         .releaseCurrent(.init(agent: "web", version: "2.0", previous: "1.0")),
+        .releaseStored(.init(agent: "web", version: "2.0", sha256: String(repeating: "c", count: 64), size: 1 << 33,
+                             source: "fetch", url: "https://releases.example/web-2.0.tar.zst", by: "operator (token)",
+                             signedBy: "ci", irreversible: true, found: nil)),
+        .releaseDeleted(.init(agent: "web", version: "1.0", by: "batond", reason: .collected)),
+        .releaseFetchFailed(.init(agent: "web", version: "3.0", url: "https://releases.example/web-3.0.tar.gz",
+                                  by: "uid 0", error: "GET answered 404")),
+        .rolloutBegan(.init(rollout: "machine-1", version: "2.0", barrier: true, migration: ["{release}/bin/migrate", "--to", "2"],
+                            agents: [.init(agent: "db", from: "1.0"), .init(agent: "web", from: nil)], by: "operator (token)")),
+        .rolloutStep(.init(rollout: "machine-1", phase: .migrating)),
+        .rolloutStep(.init(rollout: "machine-1", agent: "db", status: .failed, error: "not ready within 10s")),
+        .rolloutStep(.init(rollout: "machine-1", migrationSucceeded: false, migration: "exited 3: no such table")),
+        .rolloutEnded(.init(rollout: "machine-1", outcome: .restored, error: "the migration failed")),
         .ledgerCut(.init(file: "journal.jsonl.cut-20261130T021939.123Z", line: 3, bytes: 57, reason: "no end of line",
                          follows: 2, highestCutSeq: 3)),
         .daemonUpgradeBegan(.init(from: String(repeating: "a", count: 64), fromVersion: "0.1.0",
@@ -29,6 +41,9 @@ struct RecordCodecTests {
                               to: String(repeating: "b", count: 64), toVersion: "0.2.0", pid: 42)),
         .daemonUpgradeFailed(.init(from: String(repeating: "a", count: 64), to: String(repeating: "b", count: 64),
                                    stage: .confirm, reason: "died before confirming")),
+        .agentRewound(.init(agent: "web", from: "2.0", to: "1.0", reason: "2.0 crash-looped: 5 abnormal exits within 5m; rewound to 1.0",
+                            exits: 5, windowMs: 300_000)),
+        .agentFailed(.init(agent: "web", version: "2.0", reason: "2.0 crash-looped; it is irreversible")),
     ]
 
     @Test func everyKnownKindIsCovered() {

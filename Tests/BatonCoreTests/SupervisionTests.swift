@@ -5,13 +5,17 @@ typealias Machine = Supervision<ManualClock>
 
 /// Shared vocabulary of the supervision tests: settings, spawns, a state's short name.
 enum Fixture: String, CaseIterable, Sendable {
-    case booting, idle, starting, working, backingOff, handingOff, stopping, stopped
+    case booting, idle, starting, working, backingOff, handingOff, failed, stopping, stopped
 
     typealias E = Machine.Event
     static let timeouts = Handoff.Timeouts(ready: .seconds(60), stop: .seconds(30), kill: .seconds(10))
     static let settings = Machine.Settings(timeouts: timeouts)
     static let start1 = Machine.Spawn(version: "v1", purpose: .start)
     static let successor2 = Machine.Spawn(version: "v2", purpose: .handoff(.successor))
+    static let gaveUp = "v1 crash-looped"
+    /// A batond started again over a ledger that shows it gave up on v1 (irreversible).
+    static let bootGivenUp: E = .boot(current: "v1", instances: [], handoff: nil,
+                                      releases: .init(previous: "v0", irreversible: ["v1"], verdict: .failed(version: "v1", reason: gaveUp)))
 
     /// The events that lead a fresh machine here: `a.1` is the instance of the current
     /// release v1 (holding go from `working` on), `a.2` the successor of a handoff to v2.
@@ -23,6 +27,7 @@ enum Fixture: String, CaseIterable, Sendable {
         case .working: Fixture.starting.events + [.ready("a.1")]
         case .backingOff: Fixture.working.events + [.exited("a.1", description: "exit 1")]
         case .handingOff: Fixture.working.events + [.desired(version: "v2", mode: .parallel), .spawned("a.2", Self.successor2)]
+        case .failed: [Self.bootGivenUp]
         case .stopping: Fixture.working.events + [.shutdown(stopAgents: true)]
         case .stopped: Fixture.working.events + [.shutdown(stopAgents: false)]
         }
@@ -43,6 +48,7 @@ func name(_ state: Machine.State) -> String {
     case .working(let instance, _): "working(\(instance))"
     case .backingOff: "backingOff"
     case .handingOff(let run): "handingOff(\(run.handoff.phase.rawValue))"
+    case .failed: "failed"
     case .stopping: "stopping"
     case .stopped: "stopped"
     }
@@ -218,6 +224,26 @@ struct SupervisionTests {
                        .signal("a.1", .stop), .startTimer(.escalate("a.1"), t.stop), .signal("a.2", .stop), .startTimer(.escalate("a.2"), t.stop)],
              after: "stopping"),
         Cell(from: .handingOff, event: .shutdown(stopAgents: false), actions: [.cancelTimer(.handoff(.ready))], after: "stopped"),
+
+        // MARK: failed (batond gave up on v1, irreversible; nothing runs)
+        Cell(from: .failed, event: .boot(current: "v1", instances: [], handoff: nil), actions: [], after: "failed"),
+        Cell(from: .failed, event: .desired(version: "v2", mode: .parallel),
+             actions: [.record(.handoffBegan(from: "v1", to: "v2", mode: .parallel)), .record(.handoffPhase(.spawning)), .spawn(Fixture.successor2)],
+             after: "handingOff(spawning)"),
+        Cell(from: .failed, event: .spawned("x.9", Fixture.start1), actions: stray, after: "failed"),
+        Cell(from: .failed, event: .spawnFailed(Fixture.start1, reason: "e"), actions: [], after: "failed"),
+        Cell(from: .failed, event: reg, actions: [], after: "failed"),
+        Cell(from: .failed, setup: [reg], event: .ready("r.1"), actions: [.signal("r.1", .go)], after: "working(r.1)"),
+        Cell(from: .failed, setup: [reg], event: .failed("r.1", reason: "bad"),
+             actions: [.recordError("reported failure: bad", instance: "r.1"), .terminate("r.1"), .startTimer(.escalate("r.1"), t.kill)],
+             after: "failed"),
+        Cell(from: .failed, setup: [reg], event: .stopped("r.1"), actions: [.startTimer(.escalate("r.1"), t.kill)], after: "failed"),
+        Cell(from: .failed, setup: [reg], event: .exited("r.1", description: "exit 0"), actions: [], after: "failed"),
+        Cell(from: .failed, setup: [reg, .stopped("r.1")], event: .timerFired(.escalate("r.1")),
+             actions: [.terminate("r.1"), .startTimer(.escalate("r.1"), t.kill)], after: "failed"),
+        Cell(from: .failed, event: .timerFired(.restart), actions: [], after: "failed"),
+        Cell(from: .failed, setup: [reg], event: .shutdown(stopAgents: true), actions: [.release("r.1")], after: "stopped"),
+        Cell(from: .failed, event: .shutdown(stopAgents: false), actions: [], after: "stopped"),
 
         // MARK: stopping (a.1 told stop)
         Cell(from: .stopping, event: .boot(current: "v1", instances: [], handoff: nil), actions: [], after: "stopping"),

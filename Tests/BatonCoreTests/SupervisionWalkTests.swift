@@ -20,7 +20,10 @@ struct SeededGenerator: RandomNumberGenerator {
 /// The world below plays the processes and the ledger; after every step it checks:
 /// - at most one instance holds go (told go, and not since reported stopped or exited);
 /// - a commit comes only after the successor reported ready and the old one is gone;
-/// - no action addresses an instance that exited.
+/// - no action addresses an instance that exited;
+/// - crash loops (2 abnormal exits within a minute, v2 and v3 irreversible): never a second
+///   rewind without an operator's desired version between, never a rewind of an
+///   irreversible release, and no start of a release supervision gave up on.
 @Suite("supervision random walk")
 struct SupervisionWalkTests {
     typealias E = Machine.Event
@@ -53,8 +56,12 @@ struct SupervisionWalkTests {
         var steps = 0
         var restarts = 0
         var commits = 0
+        var rewinds = 0
+        var givenUp = 0
         // The ledger's view.
         var current: String? = "v1"
+        var previous: String?
+        var verdict: Machine.Verdict?
         var began: Machine.Note?
         var phase: Handoff.Phase?
         var roles: [Handoff.Role: String] = [:]
@@ -68,7 +75,15 @@ struct SupervisionWalkTests {
             trace = ProcessInfo.processInfo.environment["BATON_WALK_TRACE"] == String(seed)
             self.seed = seed
             rng = SeededGenerator(state: seed)
-            machine = Machine(settings: Fixture.settings, clock: clock)
+            machine = Machine(settings: Self.settings, clock: clock)
+        }
+
+        static let settings = Machine.Settings(timeouts: Fixture.timeouts, crashLoopExits: 2, crashLoopWindow: .seconds(60))
+        static let irreversible: Set<String> = ["v2", "v3"]
+
+        /// The releases batond stores: every v*, and every other registered one.
+        static func isStored(_ version: String) -> Bool {
+            version.hasPrefix("v") || Int(version.dropFirst()).map { $0 % 2 == 0 } == true
         }
 
         var alive: [String] { processes.keys.filter { processes[$0]!.alive }.sorted() }
@@ -119,7 +134,9 @@ struct SupervisionWalkTests {
                     return .timerFired(key)
                 }
             case 75..<83:
-                return .desired(version: pick(["v1", "v2", "v3"])!, mode: chance(0.5) ? .parallel : .sequential)
+                let version = pick(["v1", "v2", "v3"])!
+                return .desired(version: version, mode: chance(0.5) ? .parallel : .sequential,
+                                irreversible: Self.irreversible.contains(version))
             case 83..<90:
                 registrations += 1
                 let id = "r.\(registrations)"
@@ -152,6 +169,10 @@ struct SupervisionWalkTests {
             if case .timerFired(let key) = event { armed[key] = nil }
             let before = machine.state
             let actions = machine.handle(event)
+            // An operator's desired version, once accepted (recorded), clears the verdict.
+            if case .desired = event, !actions.contains(where: { if case .refuse = $0 { true } else { false } }) {
+                verdict = nil
+            }
             if trace { print("[\(steps)] \(event)\n    → \(actions)\n    state \(name(machine.state)), holders \(holders)") }
             let performed = keep.map { Array(actions.prefix($0)) } ?? actions
             for (index, action) in performed.enumerated() {
@@ -185,6 +206,9 @@ struct SupervisionWalkTests {
                 processes[id]?.dying = true
             case .spawn(let spawn):
                 #expect(awaitedSpawn == nil, "two spawns at once: \(where_)")
+                if case .failed(let version, _)? = verdict {
+                    #expect(spawn != Machine.Spawn(version: version, purpose: .start), "a start of \(version), given up: \(where_)")
+                }
                 awaitedSpawn = spawn
             case .startTimer(let key, let duration):
                 armed[key] = duration
@@ -192,7 +216,12 @@ struct SupervisionWalkTests {
                 armed[key] = nil
             case .commit(let version):
                 commits += 1
-                current = version
+                // The shell records the handoff's from as previous; a registered successor
+                // of a release batond does not store leaves current as it was.
+                if Self.isStored(version) {
+                    if case .handoffBegan(let from, _, _)? = began { previous = from }
+                    current = version
+                }
                 phase = .committed
                 // Go follows, or waits for one told stop before batond's restart to be gone.
                 let following: String? = if case .signal(let id, .go)? = next { id } else { machine.awaitingGo }
@@ -220,6 +249,16 @@ struct SupervisionWalkTests {
                 began = nil
                 phase = nil
                 roles = [:]
+            case .record(.rewound(let from, let to, _, _, _)):
+                rewinds += 1
+                #expect(!Self.irreversible.contains(from), "rewound an irreversible release: \(where_)")
+                if case .rewound? = verdict { Issue.record("rewound twice without an operator's desired version: \(where_)") }
+                #expect(from == current && to == previous, "rewound from \(from) to \(to), not \(current ?? "-") to \(previous ?? "-"): \(where_)")
+                verdict = .rewound(from: from, to: to)
+            case .record(.failed(let version, let reason)):
+                givenUp += 1
+                #expect(Self.irreversible.contains(version), "gave up on a release that is not irreversible: \(where_)")
+                verdict = .failed(version: version, reason: reason)
             case .recordError, .refuse:
                 break
             }
@@ -285,18 +324,27 @@ struct SupervisionWalkTests {
                 guard let process = processes[id] else { return nil }
                 let role = roles.first { $0.value == id }?.key
                 return .init(id: id, version: process.version, registered: process.registered, signal: process.signal,
-                             heldGo: process.heldGo, ready: process.ready, stopped: process.stopped, role: began == nil ? nil : role, alive: process.alive)
+                             heldGo: process.heldGo, ready: process.ready, stopped: process.stopped, role: began == nil ? nil : role, alive: process.alive,
+                             stored: Self.isStored(process.version))
             }
             var interrupted: Machine.InterruptedHandoff?
             if case .handoffBegan(let from, let to, let mode)? = began, let phase {
                 interrupted = .init(mode: mode, from: from, to: to, phase: phase)
             }
             diedWhileDown = []
-            machine = Machine(settings: Fixture.settings, clock: clock)
+            machine = Machine(settings: Self.settings, clock: clock)
             began = nil
             phase = nil
             roles = [:]
-            feed(.boot(current: current, instances: adopted, handoff: interrupted))
+            let stored = previous.flatMap { Self.isStored($0) ? $0 : nil }
+            feed(.boot(current: current, instances: adopted, handoff: interrupted,
+                       releases: releases(previous: stored, versions: [current, stored, interrupted?.to] + adopted.map(\.version))))
+        }
+
+        /// What the shell tells the machine at boot: the previous release, which of the
+        /// releases it may make current are irreversible, and the ledger's verdict.
+        func releases(previous: String?, versions: [String?]) -> Machine.Releases {
+            Machine.Releases(previous: previous, irreversible: Self.irreversible.intersection(versions.compactMap { $0 }), verdict: verdict)
         }
     }
 
@@ -311,6 +359,8 @@ struct SupervisionWalkTests {
         // The walk went everywhere that matters.
         #expect(world.commits > 0, "seed \(seed): no commit")
         #expect(world.restarts > 0, "seed \(seed): batond never restarted")
+        #expect(world.rewinds > 0, "seed \(seed): no rewind")
+        #expect(world.givenUp > 0, "seed \(seed): never gave up on an irreversible release")
     }
 
     /// Random ledgers at boot: any phase, any mix of live and dead instances, signals
@@ -343,7 +393,12 @@ struct SupervisionWalkTests {
             if Bool.random(using: &rng) { add("x", "v1", role: nil, signal: Bool.random(using: &rng) ? .wait : .stop) }
             if Bool.random(using: &rng) { add("r", "r0", role: nil, signal: .wait, registered: true) }
             let interrupted = phase.map { Machine.InterruptedHandoff(mode: mode, from: "v1", to: "v2", phase: $0) }
-            world.feed(.boot(current: "v1", instances: adopted, handoff: interrupted))
+            if let phase {
+                world.began = .handoffBegan(from: "v1", to: "v2", mode: mode)
+                world.phase = phase
+            }
+            world.feed(.boot(current: "v1", instances: adopted, handoff: interrupted,
+                             releases: world.releases(previous: nil, versions: ["v1", interrupted?.to] + adopted.map(\.version))))
             for _ in 0..<60 { world.step() }
         }
     }

@@ -80,6 +80,9 @@ public final class HTTPConnection {
 
     deinit { close(fd) }
 
+    /// Ends the connection now, as a client that gives up mid-request.
+    public func closeNow() { shutdown(fd, Int32(SHUT_RDWR)) }
+
     public func send(_ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {

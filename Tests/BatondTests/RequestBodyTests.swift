@@ -38,6 +38,7 @@ struct RequestBodyTests {
         let bodies: [(String, Set<String>)] = [
             ("DesiredRequest", DesiredRequest.fieldNames), ("FailedReport", FailedReport.fieldNames),
             ("RegistrationRequest", RegistrationRequest.fieldNames), ("EmptyObject", EmptyJSONObject.fieldNames),
+            ("RollbackRequest", RollbackRequest.fieldNames),
         ]
         for (schema, fields) in bodies {
             #expect(spec.isClosed(schema), "\(schema) has additionalProperties: false")
@@ -53,6 +54,7 @@ struct RequestBodyTests {
             ("PUT", "/v1/agents/demo/desired", #"{"version":"1..0"}"#, 422, "invalid_version"),
             ("PUT", "/v1/agents/demo/desired", #"["1.0"]"#, 422, "invalid_body"),
             ("POST", "/v1/agents/demo/rollback", #"{"to":"1.0"}"#, 422, "invalid_body"),
+            ("POST", "/v1/agents/demo/rollback", #"{"force":"yes"}"#, 422, "invalid_body"),
             ("POST", "/v1/agents/demo/rollback", "{nope", 400, "malformed_json"),
             ("POST", "/v1/agents/demo/instances", #"{"pid":2,"version":"1.0","uid":0}"#, 422, "invalid_body"),
             ("POST", "/v1/agents/demo/instances", #"{"pid":2,"pid":3,"version":"1.0"}"#, 400, "malformed_json"),

@@ -95,7 +95,7 @@ private func makeRelease(_ root: String, megabytes: Int) throws {
         let content = random(512 * 1024) + text.prefix(512 * 1024)
         guard FileManager.default.createFile(atPath: root + "/bin/large-\(index)", contents: Data(content),
                                              attributes: [.posixPermissions: index % 10 == 0 ? 0o755 : 0o644]) else {
-            throw BenchFailure(description: "cannot write \(root)/bin/large-\(index)")
+            throw BenchFailure("cannot write \(root)/bin/large-\(index)")
         }
     }
     for directory in 0..<10 {
@@ -104,25 +104,14 @@ private func makeRelease(_ root: String, megabytes: Int) throws {
         for index in 0..<megabytes {
             let size = 1024 * (1 + (index * 7 + directory) % 8)
             guard FileManager.default.createFile(atPath: path + "/small-\(index)", contents: Data(random(size / 2) + text.prefix(size / 2))) else {
-                throw BenchFailure(description: "cannot write \(path)/small-\(index)")
+                throw BenchFailure("cannot write \(path)/small-\(index)")
             }
         }
     }
 }
 
+/// A command found on PATH, run to its end (`spawnAndWait`); throws when it fails.
 private func run(_ arguments: [String]) throws {
-    let words = ["/usr/bin/env"] + arguments
-    let argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    var child: pid_t = 0
-    guard posix_spawn(&child, "/usr/bin/env", nil, nil, argv, environ) == 0 else {
-        throw BenchFailure(description: "posix_spawn \(arguments[0])")
-    }
-    var status: Int32 = 0
-    while waitpid(child, &status, 0) < 0 && errno == EINTR {}
-    guard status == 0 else { throw BenchFailure(description: "\(arguments.joined(separator: " ")): exit status \(status)") }
-}
-
-private struct BenchFailure: Error, CustomStringConvertible {
-    let description: String
+    let status = try spawnAndWait(["/usr/bin/env"] + arguments)
+    guard status == 0 else { throw BenchFailure("\(arguments.joined(separator: " ")): exit status \(status)") }
 }

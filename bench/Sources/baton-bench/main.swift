@@ -21,8 +21,15 @@ func option(_ name: String, default value: String) -> String {
 }
 
 if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "unpack" { unpackBench() }
+if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "download" {
+    do { try benchDownload() } catch {
+        FileHandle.standardError.write(Data("baton-bench: \(error)\n".utf8))
+        exit(74)
+    }
+    exit(0)
+}
 guard CommandLine.arguments.count > 1, CommandLine.arguments[1] == "ledger" else {
-    FileHandle.standardError.write(Data("usage: baton-bench ledger --writers N --seconds S --dir DIR\n       baton-bench unpack --size-mb N --dir DIR\n".utf8))
+    FileHandle.standardError.write(Data("usage: baton-bench ledger --writers N --seconds S --dir DIR\n       baton-bench download --mb M --runs R --dir DIR\n       baton-bench unpack --size-mb N --dir DIR\n".utf8))
     exit(64)
 }
 let writers = Int(option("--writers", default: "1")) ?? 1
