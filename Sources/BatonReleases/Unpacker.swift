@@ -380,14 +380,21 @@ public enum Unpacker {
         // Only tar, and only the one filter the content was told by: no other format
         // or filter libarchive knows is let near a release.
         archive_read_support_format_tar(reader)
+        let filter: Int32
         switch format {
         case .executable:
             archive_read_free(reader)
             throw .notAnArchive
-        case .tar: break
-        case .tarGzip: archive_read_support_filter_gzip(reader)
-        case .tarXz: archive_read_support_filter_xz(reader)
-        case .tarZstd: archive_read_support_filter_zstd(reader)
+        case .tar: filter = ARCHIVE_OK
+        case .tarGzip: filter = archive_read_support_filter_gzip(reader)
+        case .tarXz: filter = archive_read_support_filter_xz(reader)
+        case .tarZstd: filter = archive_read_support_filter_zstd(reader)
+        }
+        // ARCHIVE_WARN: this libarchive was built without the library and would run an
+        // external program (`zstd -d`…), forked from batond's threads. Not that.
+        guard filter == ARCHIVE_OK else {
+            archive_read_free(reader)
+            throw .io("libarchive cannot decompress \(format.rawValue) by itself", ENOTSUP)
         }
         // Opening reads the first blocks and bids on them: content that is no tar
         // (ARCHIVE_ERRNO_FILE_FORMAT, EILSEQ on Linux) is refused here.
