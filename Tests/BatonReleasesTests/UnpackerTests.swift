@@ -220,6 +220,42 @@ struct UnpackerTests {
         #expect(Unpacker.removeTree(small + "/release"))
     }
 
+    // MARK: - Through the store's intake
+
+    /// The seam with the release store: an archive received, checked, unpacked and
+    /// published; a hostile one refused with nothing left in the agent's directory.
+    @Test(.enabled(if: tools, "needs tar, python3, sha256sum"))
+    func anArchiveGoesThroughTheStoresIntakeAndAHostileOneLeavesNothing() throws {
+        let box = ArchiveBox()
+        let store = ReleaseStore(stateDirectory: box.build + "/state")
+        try shell("""
+            cd '\(box.build)' && mkdir -p state src/bin && printf '#!/bin/sh\\necho hi\\n' > src/bin/web && chmod 755 src/bin/web \
+            && printf '{"irreversible": true}' > src/release.json && tar -C src -czf good.tar.gz .
+            """)
+        try box.tar(#"f("bin/web", b"x")"# + "\n" + #"sym("up", "../..")"#, into: box.build + "/bad.tar")
+        try shell("gzip -n '\(box.build)/bad.tar'")
+
+        func intake(_ archive: String, version: String) throws -> PreparedRelease {
+            let bytes = try Data(contentsOf: URL(fileURLWithPath: archive))
+            let file = try store.receive(agent: "web", maxBytes: 1 << 20)
+            try bytes.withUnsafeBytes { try file.write($0) }
+            let digest = try sha256(archive)
+            return try store.prepare(file, expected: digest, agent: "web", version: version,
+                                     provenance: Provenance(source: .push, by: "operator"), limits: Self.limits)
+        }
+
+        try intake(box.build + "/good.tar.gz", version: "1.0").publish()
+        let manifest = try #require(store.manifest(agent: "web", version: "1.0"))
+        #expect(manifest.format == .tarGzip)
+        #expect(manifest.irreversible)
+        #expect(manifest.files == 3)
+        #expect(access(store.root + "/web/1.0/bin/web", X_OK) == 0)
+
+        let error = try #require(throws: ReleaseError.self) { try intake(box.build + "/bad.tar.gz", version: "2.0") }
+        #expect(error == .unsafeArchive(UnpackError.symlinkOut("up", "../..").description))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: store.root + "/web") == ["1.0"])
+    }
+
     // MARK: - Removing trees
 
     @Test func removeTreeFollowsNoSymlinkAndOpensUpLockedDirectories() throws {
@@ -390,6 +426,14 @@ fileprivate func lstatOf(_ path: String) throws -> stat {
     var info = stat()
     guard lstat(path, &info) == 0 else { throw TestFailure("lstat \(path): \(String(cString: strerror(errno)))") }
     return info
+}
+
+/// The SHA-256 of a file, by `sha256sum`.
+fileprivate func sha256(_ path: String) throws -> [UInt8] {
+    let output = path + ".sha256"
+    try shell("sha256sum '\(path)' > '\(output)'")
+    let hex = Array(try String(contentsOfFile: output, encoding: .utf8).prefix(64))
+    return stride(from: 0, to: hex.count, by: 2).compactMap { UInt8(String(hex[$0...$0 + 1]), radix: 16) }
 }
 
 fileprivate func exists(_ path: String) -> Bool {
