@@ -523,7 +523,7 @@ public enum Unpacker {
 
 /// An entry's name made relative and plain: no empty or `.` components, refused when
 /// absolute, with a `..` component, empty, or not UTF-8. The root (`./`) has no components.
-struct EntryPath: Hashable {
+struct EntryPath {
     let components: [Substring]
     let display: String
 
