@@ -6,6 +6,8 @@
 #   batond /healthz   >= 0.9x the C server
 #   batond /v1/status >= 0.5x the C server
 #   ledger appends/s with 32 writers >= 5x with 1 writer
+#   unpacking a 100 MB .tar.gz release (baton-bench unpack) against tar -xzf,
+#   with and without sync: reported, no target
 #   200 handoffs of baton-testagent (bench/handoffs.py): gap p50 < 1 ms and
 #   p99 < 5 ms; batond's overhead per handoff p50 < 20 ms
 #   kill -9 of batond to /readyz with 100 agents re-adopted (bench/readopt.py):
@@ -234,6 +236,14 @@ ledger_ratio=$(ratio_of "${aps[32]}" "${aps[1]}")
 echo
 printf 'ledger appends/s: 1 writer %s, 32 writers %s, ratio %sx\n' "${aps[1]}" "${aps[32]}" "$ledger_ratio"
 printf '%s  ledger 32 writers >= 5x 1 writer  (%sx)\n' "$(verdict "${aps[32]}" "${aps[1]}" 5)" "$ledger_ratio"
+
+# MARK: - Unpacking a release
+
+echo
+dir=$(mktemp -d "$tmp/unpack.XXXXXX")
+echo "== baton-bench unpack --size-mb 100 ($fs): the release unpacker against tar -xzf, medians of 3"
+"$baton_bench" unpack --size-mb 100 --dir "$dir/run" | sed 's/^/   /' || die "baton-bench unpack failed"
+rm -rf "$dir"
 
 # MARK: - Handoffs
 

@@ -153,7 +153,8 @@ extension ReleaseStore {
 extension ReleaseError {
     init(_ error: UnpackError) {
         switch error {
-        case .noSpace(let operation): self = .noSpace(operation)
+        case .noSpace(let operation, _): self = .noSpace(operation)
+        case .io(let operation, let code): self = .io(operation, code)
         default: self = .unsafeArchive(error.description)
         }
     }

@@ -4,6 +4,11 @@
 //
 // N threads each append a record and wait until it is durable, again and again, for
 // S seconds, on a ledger in DIR. Prints appends_per_second=… and the batch figures.
+//
+//   baton-bench unpack --size-mb N --dir DIR
+//
+// Unpacks a release of about N MB with the release store's unpacker and with `tar -x`
+// (Unpack.swift).
 import BatonCore
 import BatonLedger
 import Foundation
@@ -15,6 +20,7 @@ func option(_ name: String, default value: String) -> String {
     return arguments[index + 1]
 }
 
+if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "unpack" { unpackBench() }
 if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "download" {
     do { try benchDownload() } catch {
         FileHandle.standardError.write(Data("baton-bench: \(error)\n".utf8))
@@ -23,7 +29,7 @@ if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "download" {
     exit(0)
 }
 guard CommandLine.arguments.count > 1, CommandLine.arguments[1] == "ledger" else {
-    FileHandle.standardError.write(Data("usage: baton-bench ledger --writers N --seconds S --dir DIR\n       baton-bench download --mb M --runs R --dir DIR\n".utf8))
+    FileHandle.standardError.write(Data("usage: baton-bench ledger --writers N --seconds S --dir DIR\n       baton-bench download --mb M --runs R --dir DIR\n       baton-bench unpack --size-mb N --dir DIR\n".utf8))
     exit(64)
 }
 let writers = Int(option("--writers", default: "1")) ?? 1
