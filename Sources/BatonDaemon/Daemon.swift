@@ -37,6 +37,7 @@ public struct Daemon: Sendable {
 
     public func run() async throws(Failure) {
         raiseFileLimit()
+        Processes.keepUmask()
         let startedAt = Timestamp.now()
         let ledger: Ledger
         do {

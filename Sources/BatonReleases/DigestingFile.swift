@@ -34,7 +34,7 @@ public final class DigestingFile: Sendable {
         // batond spawns only through CBatonSpawn, which closes every other descriptor in
         // the child; FD_CLOEXEC is the second line of defence.
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        path = String(cString: template)
+        path = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         self.maxBytes = maxBytes
         state = Mutex(State(fd: fd))
     }

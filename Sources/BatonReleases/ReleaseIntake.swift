@@ -98,7 +98,7 @@ extension ReleaseStore {
         guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
             throw .failure("create a temporary directory in \(base)", errno)
         }
-        let temporary = String(cString: template)
+        let temporary = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         let prepared: PreparedRelease
         do throws(ReleaseError) {
             guard chmod(temporary, 0o755) == 0 else { throw .failure("chmod \(temporary)", errno) }

@@ -82,7 +82,7 @@ extension ReleaseStore {
         guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
             throw .io("create a temporary directory in \(base)", errno)
         }
-        let trash = String(cString: template)
+        let trash = template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         guard rename(directory, trash) == 0 else {
             let code = errno
             rmdir(trash)

@@ -22,6 +22,13 @@ public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
     var signal: Int32? { if case .signalled(let signal) = self { signal } else { nil } }
 }
 
+extension Processes {
+    /// Every child gets batond's umask as it is now, whatever a library does to the
+    /// process's umask later (libarchive zeroes it for an instant per entry). Call once at
+    /// start, before any release is unpacked.
+    public static func keepUmask() { baton_spawn_keep_umask() }
+}
+
 public struct SpawnError: Error, Sendable, CustomStringConvertible {
     public let description: String
 }
@@ -209,7 +216,7 @@ struct Credentials: Sendable {
     }
 }
 
-enum Processes {
+public enum Processes {
     /// Forks `argv` in its own process group with `environment`, its stdout and stderr
     /// being `log`'s file (no pipe: its writes never depend on batond), and holds it
     /// before exec: nothing of the agent runs until `release`, once batond's record of

@@ -12,9 +12,22 @@
 #include <unistd.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 static const char *const stages[] = {"fork", "chdir", "setgid", "initgroups", "setuid", "exec", "setup"};
+
+/// batond's umask, read once before any thread could change it: every child gets it
+/// explicitly. (libarchive sets the umask to 0 for an instant while it extracts, to
+/// read it; a child forked in that instant would otherwise inherit 0.)
+static mode_t spawn_umask = 022;
+static int spawn_umask_kept = 0;
+
+void baton_spawn_keep_umask(void) {
+    spawn_umask = umask(022);
+    umask(spawn_umask);
+    spawn_umask_kept = 1;
+}
 
 #ifndef SYS_close_range
 #define SYS_close_range 436
@@ -62,6 +75,7 @@ pid_t baton_spawn_held(const char *path, char *const argv[], char *const envp[],
         sigemptyset(&none);
         for (int sig = 1; sig < NSIG; sig++) signal(sig, SIG_DFL);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        if (spawn_umask_kept) umask(spawn_umask);
         setpgid(0, 0);
         close(gate[1]);
         int null = open("/dev/null", O_RDONLY);

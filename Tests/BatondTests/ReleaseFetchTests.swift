@@ -93,7 +93,8 @@ struct ReleaseFetchTests {
         #expect(try Self.fetch(daemon, "2.0", url: server.url("/slow"), sha256: ReleasePushTests.sha256(body)).status == 202)
         let view = try Self.settled(daemon, "2.0")
         #expect(view["state"] as? String == "failed")
-        #expect(((view["fetch"] as? [String: Any])?["error"] as? String ?? "").contains("deadline"), "\(view)")
+        let error = (view["fetch"] as? [String: Any])?["error"] as? String ?? ""
+        #expect(error.contains("deadline"), "\(view)")
         #expect(ReleasePushTests.entries(daemon) == [])
     }
 
