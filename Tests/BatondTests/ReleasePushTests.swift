@@ -237,6 +237,70 @@ struct ReleasePushTests {
         withExtendedLifetime(disk) {}
     }
 
+    // MARK: - Archives
+
+    /// A .tar.gz made by Python's tarfile: `entries` are (name, bytes) regular files, and
+    /// `hostile` adds one entry by name as it is (e.g. "../x").
+    static func archive(_ scratch: TemporaryDirectory, files: [(String, Int)], hostile: String? = nil) throws -> [UInt8] {
+        let out = scratch.file("release.tar.gz")
+        let script = """
+        import io, os, sys, tarfile
+        out, hostile, specs = sys.argv[1], sys.argv[2], sys.argv[3:]
+        with tarfile.open(out, "w:gz", compresslevel=1) as tar:
+            for spec in specs:
+                name, size = spec.rsplit(":", 1)
+                data = os.urandom(int(size))
+                info = tarfile.TarInfo(name); info.size = len(data); info.mode = 0o755
+                tar.addfile(info, io.BytesIO(data))
+            if hostile:
+                info = tarfile.TarInfo(hostile); info.size = 2
+                tar.addfile(info, io.BytesIO(b"x\\n"))
+        """
+        let result = try run([which("python3") ?? "/usr/bin/python3", "-c", script, out, hostile ?? ""]
+                             + files.map { "\($0.0):\($0.1)" })
+        guard result.status == 0 else { throw TestFailure("tarfile: \(result.output)") }
+        return Array(try Data(contentsOf: URL(fileURLWithPath: out)))
+    }
+
+    @Test func anArchiveIsUnpackedAndAHostileOneLeavesNothing() throws {
+        let scratch = TemporaryDirectory("archive")
+        let daemon = try BatondProcess(configText: Self.config)
+        let good = try Self.archive(scratch, files: [("bin/web", 64), ("lib/data", 4096)])
+        let stored = try Self.push(daemon, "2.0", good)
+        #expect(stored.status == 201, "\(stored.text)")
+        #expect(try stored.json()["format"] as? String == "tar.gz" && stored.json()["files"] as? Int == 4)
+        #expect(FileManager.default.fileExists(atPath: daemon.state.file("releases/web/2.0/lib/data")))
+
+        let outside = scratch.path + "/escaped"
+        let hostile = try Self.archive(scratch, files: [("bin/web", 64)], hostile: "../../../../../../../../\(outside.dropFirst())")
+        let refused = try Self.push(daemon, "3.0", hostile)
+        #expect(refused.status == 422 && refused.errorCode == "unsafe_archive", "\(refused.text)")
+        #expect(!FileManager.default.fileExists(atPath: outside))
+        #expect(Self.entries(daemon) == ["2.0"], "nothing of 3.0, no temporary directory")
+    }
+
+    @Test func killedDuringAnUnpackNothingPartialIsListedOrLeftAfterTheRestart() throws {
+        let scratch = TemporaryDirectory("archive")
+        let state = TemporaryDirectory("batond")
+        let daemon = try BatondProcess(state: state, configText: Self.config)
+        // Big enough that the unpack takes a while: 1,500 files of 64 KiB of random bytes.
+        let big = try Self.archive(scratch, files: (0..<1500).map { ("data/\($0)", 64 << 10) })
+        let connection = try HTTPConnection(daemon.endpoint, timeout: 60)
+        let head = "PUT /v1/releases/web/2.0?sha256=\(Self.sha256(big)) HTTP/1.1\r\nHost: localhost\r\n"
+            + "Authorization: Bearer \(daemon.token)\r\nContent-Length: \(big.count)\r\n\r\n"
+        try connection.send(Array(head.utf8) + big)
+        try waitUntil(timeout: 30) { Self.entries(daemon).contains { $0.hasPrefix(".unpack-") } }
+        daemon.signal(SIGKILL)
+        _ = daemon.waitForExit()
+        #expect(!FileManager.default.fileExists(atPath: state.file("releases/web/2.0")), "killed before it was whole")
+
+        let restarted = try BatondProcess(state: state, configText: Self.config)
+        #expect(Self.entries(restarted) == [], "swept at start")
+        let list = try restarted.endpoint.get("/v1/releases/web", token: restarted.token).json()
+        #expect((list["releases"] as? [Any])?.isEmpty == true)
+        #expect(try Self.records(restarted, kind: "release.stored").isEmpty)
+    }
+
     // MARK: - A crash mid-push
 
     @Test func killedDuringAPushNothingPartialIsListedOrLeftAfterTheRestart() throws {
