@@ -56,6 +56,11 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         /// and the state comes back here when nothing works. Next: handingOff (desired),
         /// working (a registered instance is ready), stopping, stopped.
         case failed(reason: String)
+        /// A barrier upgrade holds the agent: every instance was told stop (then TERM and
+        /// KILL by their deadlines) and nothing starts or gets go until a desired version
+        /// (the barrier's new version, or its old one when the migration failed). Next:
+        /// handingOff (desired), stopping, stopped.
+        case halted
         /// batond stops and stops every instance: waiting for them to exit. Next: stopped.
         case stopping
         /// Final: batond stopped; its instances exited, or it let them run on.
@@ -181,9 +186,11 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         public var irreversible: Set<String>
         /// What supervision decided of a crash loop since the last desired version.
         public var verdict: Verdict?
+        /// A barrier upgrade held the agent halted when batond stopped: it stays halted.
+        public var halted: Bool
 
-        public init(previous: String? = nil, irreversible: Set<String> = [], verdict: Verdict? = nil) {
-            self.previous = previous; self.irreversible = irreversible; self.verdict = verdict
+        public init(previous: String? = nil, irreversible: Set<String> = [], verdict: Verdict? = nil, halted: Bool = false) {
+            self.previous = previous; self.irreversible = irreversible; self.verdict = verdict; self.halted = halted
         }
     }
 
@@ -219,6 +226,9 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         /// batond stops: it stops every instance, or (`stopAgents` false) lets them run
         /// on for the next batond to adopt, a handoff in flight included.
         case shutdown(stopAgents: Bool)
+        /// A barrier upgrade: stop every instance and start none (`halted`). A handoff in
+        /// flight ends cancelled.
+        case halt
     }
 
     /// What the ledger must hold before the effects after it.
@@ -345,7 +355,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         case .failed(let id, _), .stopped(let id), .exited(let id, _): instances[id] == nil
         case .registered(let id, _, _, _): instances[id] != nil
         case .timerFired(let key): !armed.contains(key)
-        case .boot, .desired, .spawned, .spawnFailed, .shutdown: false
+        case .boot, .desired, .spawned, .spawnFailed, .shutdown, .halt: false
         }
     }
 
@@ -360,7 +370,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             instances[id]?.holdsGo = false
         case .desired(let version, _, let irreversible), .registered(_, let version, _, let irreversible):
             if irreversible { self.irreversible.insert(version) } else { self.irreversible.remove(version) }
-        case .boot, .spawned, .spawnFailed, .failed, .exited, .timerFired, .shutdown:
+        case .boot, .spawned, .spawnFailed, .failed, .exited, .timerFired, .shutdown, .halt:
             break
         }
     }
@@ -373,15 +383,16 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             previous = releases.previous
             irreversible = releases.irreversible
             verdict = releases.verdict
-            adopt(current: current, adopted, interrupted)
+            adopt(current: current, adopted, interrupted, halted: releases.halted)
         case (.idle, .boot), (.starting, .boot), (.working, .boot), (.backingOff, .boot), (.handingOff, .boot), (.failed, .boot),
-             (.stopping, .boot), (.stopped, .boot):
+             (.halted, .boot), (.stopping, .boot), (.stopped, .boot):
             break // boot comes once
 
         // MARK: desired
         case (.booting, .desired):
             emit(.refuse(.notBooted))
-        case (.idle, .desired(let version, let mode, _)), (.failed, .desired(let version, let mode, _)):
+        case (.idle, .desired(let version, let mode, _)), (.failed, .desired(let version, let mode, _)),
+             (.halted, .desired(let version, let mode, _)):
             operatorAsked()
             begin(to: version, mode: mode, old: nil)
         case (.starting(_, let instance), .desired(let version, let mode, _)):
@@ -416,8 +427,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             state = .handingOff(run)
             feed(.spawned(role))
         case (.booting, .spawned(let id, let spawn)), (.idle, .spawned(let id, let spawn)), (.working, .spawned(let id, let spawn)),
-             (.backingOff, .spawned(let id, let spawn)), (.failed, .spawned(let id, let spawn)), (.stopping, .spawned(let id, let spawn)),
-             (.stopped, .spawned(let id, let spawn)):
+             (.backingOff, .spawned(let id, let spawn)), (.failed, .spawned(let id, let spawn)), (.halted, .spawned(let id, let spawn)),
+             (.stopping, .spawned(let id, let spawn)), (.stopped, .spawned(let id, let spawn)):
             stray(id, spawn) // nothing asked for it: it must not run
         case (.starting(let version, let instance), .spawnFailed(let spawn, let reason)):
             guard instance == nil, spawn == Spawn(version: version, purpose: .start) else { return }
@@ -427,7 +438,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             guard let role = awaitedSpawn(run), spawn == Spawn(version: spawnVersion(run, role), purpose: .handoff(role)) else { return }
             feed(.spawnFailed(role, reason: reason))
         case (.booting, .spawnFailed), (.idle, .spawnFailed), (.working, .spawnFailed), (.backingOff, .spawnFailed),
-             (.failed, .spawnFailed), (.stopping, .spawnFailed), (.stopped, .spawnFailed):
+             (.failed, .spawnFailed), (.halted, .spawnFailed), (.stopping, .spawnFailed), (.stopped, .spawnFailed):
             break // an answer nobody waits for
 
         // MARK: registered
@@ -435,7 +446,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             emit(.refuse(.notBooted))
         case (.idle, .registered(let id, let version, let stored, _)), (.starting, .registered(let id, let version, let stored, _)),
              (.working, .registered(let id, let version, let stored, _)), (.backingOff, .registered(let id, let version, let stored, _)),
-             (.handingOff, .registered(let id, let version, let stored, _)), (.failed, .registered(let id, let version, let stored, _)):
+             (.handingOff, .registered(let id, let version, let stored, _)), (.failed, .registered(let id, let version, let stored, _)),
+             (.halted, .registered(let id, let version, let stored, _)):
             instances[id] = Instance(version: version, registered: true, stored: stored) // told wait; ready decides
         case (.stopping, .registered), (.stopped, .registered):
             emit(.refuse(.shuttingDown))
@@ -468,8 +480,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
                 run.queue.append(id)
                 state = .handingOff(run)
             }
-        case (.booting, .ready), (.stopping, .ready), (.stopped, .ready):
-            break // nobody gets go now
+        case (.booting, .ready), (.halted, .ready), (.stopping, .ready), (.stopped, .ready):
+            break // nobody gets go now (halted: it waits, told wait, for the next handoff)
 
         // MARK: failed
         case (.starting(_, let instance), .failed(let id, let reason)) where id == instance:
@@ -478,7 +490,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         case (.handingOff(let run), .failed(let id, let reason)) where role(of: id, in: run) != nil:
             feed(.reportedFailure(role(of: id, in: run)!, reason: reason))
         case (.idle, .failed(let id, let reason)), (.starting, .failed(let id, let reason)), (.working, .failed(let id, let reason)),
-             (.backingOff, .failed(let id, let reason)), (.handingOff, .failed(let id, let reason)), (.failed, .failed(let id, let reason)):
+             (.backingOff, .failed(let id, let reason)), (.handingOff, .failed(let id, let reason)), (.failed, .failed(let id, let reason)),
+             (.halted, .failed(let id, let reason)):
             // A registered instance that failed its check never gets go; one that already
             // holds go reports too late to matter.
             guard instances[id]?.holdsGo == false, instances[id]?.leaving == nil else { return }
@@ -492,7 +505,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             expectExit(id)
             feed(.stopped(role(of: id, in: run)!))
         case (.idle, .stopped(let id)), (.starting, .stopped(let id)), (.working, .stopped(let id)), (.backingOff, .stopped(let id)),
-             (.handingOff, .stopped(let id)), (.failed, .stopped(let id)), (.stopping, .stopped(let id)):
+             (.handingOff, .stopped(let id)), (.failed, .stopped(let id)), (.halted, .stopped(let id)), (.stopping, .stopped(let id)):
             expectExit(id)
         case (.booting, .stopped), (.stopped, .stopped):
             break // nothing of ours runs
@@ -521,7 +534,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             if instances.isEmpty { state = .stopped }
         case (.idle, .exited(let id, _)), (.starting, .exited(let id, _)), (.working, .exited(let id, _)),
              (.backingOff, .exited(let id, _)), (.handingOff, .exited(let id, _)), (.failed, .exited(let id, _)),
-             (.booting, .exited(let id, _)), (.stopped, .exited(let id, _)):
+             (.halted, .exited(let id, _)), (.booting, .exited(let id, _)), (.stopped, .exited(let id, _)):
             forget(id) // one on its way out, or waiting for its turn
 
         // MARK: timers
@@ -530,35 +543,51 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             dismiss(id) // stays starting until it exited
         case (.booting, .timerFired(.ready)), (.idle, .timerFired(.ready)), (.starting, .timerFired(.ready)),
              (.working, .timerFired(.ready)), (.backingOff, .timerFired(.ready)), (.handingOff, .timerFired(.ready)),
-             (.failed, .timerFired(.ready)), (.stopping, .timerFired(.ready)), (.stopped, .timerFired(.ready)):
+             (.failed, .timerFired(.ready)), (.halted, .timerFired(.ready)), (.stopping, .timerFired(.ready)),
+             (.stopped, .timerFired(.ready)):
             break // disarmed when its start ended; armed only while starting
         case (.booting, .timerFired(.escalate(let id))), (.idle, .timerFired(.escalate(let id))),
              (.starting, .timerFired(.escalate(let id))), (.working, .timerFired(.escalate(let id))),
              (.backingOff, .timerFired(.escalate(let id))), (.handingOff, .timerFired(.escalate(let id))),
-             (.failed, .timerFired(.escalate(let id))), (.stopping, .timerFired(.escalate(let id))),
-             (.stopped, .timerFired(.escalate(let id))):
+             (.failed, .timerFired(.escalate(let id))), (.halted, .timerFired(.escalate(let id))),
+             (.stopping, .timerFired(.escalate(let id))), (.stopped, .timerFired(.escalate(let id))):
             escalate(id)
         case (.backingOff, .timerFired(.restart)):
             startCurrent()
         case (.booting, .timerFired(.restart)), (.idle, .timerFired(.restart)), (.starting, .timerFired(.restart)),
              (.working, .timerFired(.restart)), (.handingOff, .timerFired(.restart)), (.failed, .timerFired(.restart)),
-             (.stopping, .timerFired(.restart)), (.stopped, .timerFired(.restart)):
+             (.halted, .timerFired(.restart)), (.stopping, .timerFired(.restart)), (.stopped, .timerFired(.restart)):
             break // armed only while backing off
         case (.handingOff, .timerFired(.handoff(let timer))):
             feed(.timeout(timer))
         case (.booting, .timerFired(.handoff)), (.idle, .timerFired(.handoff)), (.starting, .timerFired(.handoff)),
              (.working, .timerFired(.handoff)), (.backingOff, .timerFired(.handoff)), (.failed, .timerFired(.handoff)),
-             (.stopping, .timerFired(.handoff)), (.stopped, .timerFired(.handoff)):
+             (.halted, .timerFired(.handoff)), (.stopping, .timerFired(.handoff)), (.stopped, .timerFired(.handoff)):
             break // disarmed when the handoff ended
 
         // MARK: shutdown
         case (.booting, .shutdown):
             state = .stopped
         case (.idle, .shutdown(let stopAgents)), (.starting, .shutdown(let stopAgents)), (.working, .shutdown(let stopAgents)),
-             (.backingOff, .shutdown(let stopAgents)), (.handingOff, .shutdown(let stopAgents)), (.failed, .shutdown(let stopAgents)):
+             (.backingOff, .shutdown(let stopAgents)), (.handingOff, .shutdown(let stopAgents)), (.failed, .shutdown(let stopAgents)),
+             (.halted, .shutdown(let stopAgents)):
             shutDown(stopAgents: stopAgents)
         case (.stopping, .shutdown), (.stopped, .shutdown):
             break // already
+
+        // MARK: halt
+        case (.booting, .halt):
+            emit(.refuse(.notBooted))
+        case (.idle, .halt), (.starting, .halt), (.working, .halt), (.backingOff, .halt), (.failed, .halt):
+            haltAll()
+        case (.handingOff, .halt):
+            // Nobody's fault: the handoff ends cancelled, `current` unchanged.
+            feed(.cancel)
+            haltAll()
+        case (.halted, .halt):
+            break // already
+        case (.stopping, .halt), (.stopped, .halt):
+            emit(.refuse(.shuttingDown))
         }
     }
 
@@ -742,6 +771,27 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             run.queue.removeAll { $0 == id }
             state = .handingOff(run)
         }
+    }
+
+    // MARK: - Halt
+
+    /// Every instance is told stop (TERM after stop_timeout, KILL after kill_timeout more),
+    /// registered ones too: a barrier means nothing works. Nothing restarts.
+    private mutating func haltAll() {
+        disarm(.restart)
+        awaitingGo = nil
+        for id in instances.keys.sorted() {
+            guard let instance = instances[id] else { continue }
+            disarm(.ready(id))
+            if instance.leaving == nil && !instance.stopped {
+                ask(id, within: settings.timeouts.stop)
+            } else if instance.leaving == nil {
+                expectExit(id)
+            } else {
+                continueLeaving(id)
+            }
+        }
+        state = .halted
     }
 
     // MARK: - Shutdown
@@ -939,7 +989,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
     /// has not reported ready is the start it was, with a new ready_timeout; any other
     /// child is terminated. When nothing holds go and nothing is resumed or starting, the
     /// current release starts at once (no backoff).
-    private mutating func adopt(current: String?, _ adopted: [AdoptedInstance], _ interrupted: InterruptedHandoff?) {
+    private mutating func adopt(current: String?, _ adopted: [AdoptedInstance], _ interrupted: InterruptedHandoff?,
+                                halted: Bool) {
         self.current = current
         var roles: [Handoff.Role: String] = [:]
         for instance in adopted where instance.alive {
@@ -976,10 +1027,12 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
                 arm(.escalate(id), settings.timeouts.stop)
             }
         }
-        if case .booting = state { settle(keep: keep) }
+        if case .booting = state {
+            if halted { haltAll() } else { settle(keep: keep) }
+        }
         switch state {
         case .working(let id, _), .starting(_, let id?): placed.insert(id)
-        case .booting, .idle, .starting, .backingOff, .handingOff, .failed, .stopping, .stopped: break
+        case .booting, .idle, .starting, .backingOff, .handingOff, .failed, .halted, .stopping, .stopped: break
         }
         // The rest: registered instances take their turn; stray children go.
         for id in instances.keys.sorted() where !placed.contains(id) {

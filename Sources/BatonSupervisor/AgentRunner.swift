@@ -68,6 +68,9 @@ actor AgentRunner {
         /// The ledger writes again: deferred effects may run.
         case ledgerRecovered
         case shutdown(done: @Sendable () -> Void)
+        /// A barrier upgrade: stop every instance, start none; `done` once none is left
+        /// (nil: refused, with why).
+        case halt(done: @Sendable (SupervisorError?) -> Void)
     }
 
     /// The handoff the machine runs, as the API shows it.
@@ -95,6 +98,8 @@ actor AgentRunner {
     private var timerGenerations = 0
     private var flight: Flight?
     private var shutdownDone: (@Sendable () -> Void)?
+    /// Who waits for the halt to leave no instance.
+    private var haltWaiters: [@Sendable (SupervisorError?) -> Void] = []
     /// Readiness probes running, for agents that do not speak the protocol.
     private var probes: [String: Task<Void, Never>] = [:]
     /// Records not yet written: see `record` and `flush`.
@@ -151,6 +156,11 @@ actor AgentRunner {
         for await message in mailbox {
             await handle(message)
             await flush()
+            if !haltWaiters.isEmpty, machine.state == .halted, machine.instances.isEmpty {
+                let waiters = haltWaiters
+                haltWaiters = []
+                for waiter in waiters { waiter(nil) }
+            }
             if shutdownDone != nil, machine.isFinished {
                 finishShutdown()
                 break
@@ -172,7 +182,7 @@ actor AgentRunner {
             switch event {
             case .stopped(let id), .exited(let id, _):
                 if id == flight?.old, flight?.oldGoneAt == nil { flight?.oldGoneAt = .now }
-            case .boot, .desired, .spawned, .spawnFailed, .registered, .ready, .failed, .timerFired, .shutdown:
+            case .boot, .desired, .spawned, .spawnFailed, .registered, .ready, .failed, .timerFired, .shutdown, .halt:
                 break
             }
             await perform(machine.handle(event))
@@ -276,6 +286,15 @@ actor AgentRunner {
             await runDeferred()
         case .shutdown(let done):
             await shutDown(done)
+        case .halt(let done):
+            if let refusal = refuseChanges() { return done(refusal) }
+            let (next, actions, refusal) = attempt(.halt)
+            if let refusal { return done(refusal) }
+            machine = next
+            haltWaiters.append(done)
+            logger.notice("halting for a barrier upgrade", metadata: ["agent": "\(name)", "instances": "\(machine.instances.count)"])
+            await perform(actions)
+            await drain()
         }
     }
 
@@ -328,7 +347,12 @@ actor AgentRunner {
         if let rewound = recorded?.rewound { verdict = .rewound(from: rewound.from, to: rewound.to) }
         if let failed = recorded?.failed { verdict = .failed(version: failed.version, reason: failed.reason) }
         let versions = Set([current, previous, recorded?.handoff?.to].compactMap { $0 } + adopted.filter(\.stored).map(\.version))
-        return Machine.Releases(previous: previous, irreversible: versions.filter(isIrreversible), verdict: verdict)
+        // A barrier upgrade had it halted (halting, or halted while the migration ran).
+        let rollout = context.ledger.state.machine?.rollout
+        let halted = rollout.map { rollout in
+            rollout.barrier && rollout.agents.contains { $0.name == name && ($0.status == .halting || $0.status == .halted) }
+        } ?? false
+        return Machine.Releases(previous: previous, irreversible: versions.filter(isIrreversible), verdict: verdict, halted: halted)
     }
 
     /// Whether the release declares itself irreversible (`release.json`; one without says nothing).

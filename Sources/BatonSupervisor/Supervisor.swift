@@ -247,6 +247,15 @@ public final class Supervisor: Sendable {
     }
 
     /// Back to the previous release; from an irreversible one only with `force`.
+    /// Halts `agent` for a barrier upgrade; returns once none of its instances is left
+    /// (or why it could not).
+    public func halt(agent: String) async -> SupervisorError? {
+        guard let runner = runners[agent] else { return .agentNotFound(agent) }
+        return await withCheckedContinuation { continuation in
+            runner.send(.halt(done: { continuation.resume(returning: $0) }))
+        }
+    }
+
     public func rollback(agent: String, by: String, force: Bool = false,
                          reply: @escaping @Sendable (Result<HandoffView, SupervisorError>) -> Void) {
         guard let runner = runners[agent] else { return reply(.failure(.agentNotFound(agent))) }

@@ -5,7 +5,7 @@ typealias Machine = Supervision<ManualClock>
 
 /// Shared vocabulary of the supervision tests: settings, spawns, a state's short name.
 enum Fixture: String, CaseIterable, Sendable {
-    case booting, idle, starting, working, backingOff, handingOff, failed, stopping, stopped
+    case booting, idle, starting, working, backingOff, handingOff, failed, halted, stopping, stopped
 
     typealias E = Machine.Event
     static let timeouts = Handoff.Timeouts(ready: .seconds(60), stop: .seconds(30), kill: .seconds(10))
@@ -28,6 +28,7 @@ enum Fixture: String, CaseIterable, Sendable {
         case .backingOff: Fixture.working.events + [.exited("a.1", description: "exit 1")]
         case .handingOff: Fixture.working.events + [.desired(version: "v2", mode: .parallel), .spawned("a.2", Self.successor2)]
         case .failed: [Self.bootGivenUp]
+        case .halted: Fixture.working.events + [.halt]
         case .stopping: Fixture.working.events + [.shutdown(stopAgents: true)]
         case .stopped: Fixture.working.events + [.shutdown(stopAgents: false)]
         }
@@ -49,6 +50,7 @@ func name(_ state: Machine.State) -> String {
     case .backingOff: "backingOff"
     case .handingOff(let run): "handingOff(\(run.handoff.phase.rawValue))"
     case .failed: "failed"
+    case .halted: "halted"
     case .stopping: "stopping"
     case .stopped: "stopped"
     }
@@ -67,6 +69,7 @@ func kind(_ event: Machine.Event) -> String {
     case .exited: "exited"
     case .timerFired: "timerFired"
     case .shutdown: "shutdown"
+    case .halt: "halt"
     }
 }
 
@@ -245,6 +248,46 @@ struct SupervisionTests {
         Cell(from: .failed, setup: [reg], event: .shutdown(stopAgents: true), actions: [.release("r.1")], after: "stopped"),
         Cell(from: .failed, event: .shutdown(stopAgents: false), actions: [], after: "stopped"),
 
+        // MARK: halt, from every state
+        Cell(from: .booting, event: .halt, actions: [.refuse(.notBooted)], after: "booting"),
+        Cell(from: .idle, event: .halt, actions: [], after: "halted"),
+        Cell(from: .starting, event: .halt,
+             actions: [.cancelTimer(.ready("a.1")), .signal("a.1", .stop), .startTimer(.escalate("a.1"), t.stop)], after: "halted"),
+        Cell(from: .working, event: .halt, actions: [.signal("a.1", .stop), .startTimer(.escalate("a.1"), t.stop)], after: "halted"),
+        Cell(from: .working, setup: [reg], event: .halt,
+             actions: [.signal("a.1", .stop), .startTimer(.escalate("a.1"), t.stop), .signal("r.1", .stop), .startTimer(.escalate("r.1"), t.stop)],
+             after: "halted"),
+        Cell(from: .backingOff, event: .halt, actions: [.cancelTimer(.restart)], after: "halted"),
+        Cell(from: .handingOff, event: .halt,
+             actions: [.cancelTimer(.handoff(.ready)), .record(.handoffEnded(.cancelled, error: nil)),
+                       .signal("a.1", .stop), .startTimer(.escalate("a.1"), t.stop),
+                       .signal("a.2", .stop), .startTimer(.escalate("a.2"), t.stop)],
+             after: "halted"),
+        Cell(from: .failed, event: .halt, actions: [], after: "halted"),
+        Cell(from: .stopping, event: .halt, actions: [.refuse(.shuttingDown)], after: "stopping"),
+        Cell(from: .stopped, event: .halt, actions: [.refuse(.shuttingDown)], after: "stopped"),
+
+        // MARK: halted (a barrier upgrade; a.1 told stop, not yet gone)
+        Cell(from: .halted, event: .boot(current: "v1", instances: [], handoff: nil), actions: [], after: "halted"),
+        Cell(from: .halted, event: .desired(version: "v2", mode: .parallel), actions: beganV2FromV1, after: "handingOff(spawning)"),
+        Cell(from: .halted, setup: [.exited("a.1", description: "exit 0")], event: .desired(version: "v2", mode: .parallel),
+             actions: [.record(.handoffBegan(from: "v1", to: "v2", mode: .parallel)), .record(.handoffPhase(.spawning)), .spawn(Fixture.successor2)],
+             after: "handingOff(spawning)"),
+        Cell(from: .halted, event: .spawned("x.9", Fixture.start1), actions: stray, after: "halted"),
+        Cell(from: .halted, event: .spawnFailed(Fixture.start1, reason: "e"), actions: [], after: "halted"),
+        Cell(from: .halted, event: reg, actions: [], after: "halted"),
+        Cell(from: .halted, setup: [reg], event: .ready("r.1"), actions: [], after: "halted"),
+        Cell(from: .halted, setup: [reg], event: .failed("r.1", reason: "bad"),
+             actions: [.recordError("reported failure: bad", instance: "r.1"), .terminate("r.1"), .startTimer(.escalate("r.1"), t.kill)],
+             after: "halted"),
+        Cell(from: .halted, event: .stopped("a.1"), actions: [.startTimer(.escalate("a.1"), t.kill)], after: "halted"),
+        Cell(from: .halted, event: .exited("a.1", description: "exit 0"), actions: [.cancelTimer(.escalate("a.1"))], after: "halted"),
+        Cell(from: .halted, event: .timerFired(.escalate("a.1")), actions: [.terminate("a.1"), .startTimer(.escalate("a.1"), t.kill)],
+             after: "halted"),
+        Cell(from: .halted, event: .timerFired(.restart), actions: [], after: "halted"),
+        Cell(from: .halted, event: .shutdown(stopAgents: true), actions: [], after: "stopping"),
+        Cell(from: .halted, event: .halt, actions: [], after: "halted"),
+
         // MARK: stopping (a.1 told stop)
         Cell(from: .stopping, event: .boot(current: "v1", instances: [], handoff: nil), actions: [], after: "stopping"),
         Cell(from: .stopping, event: .desired(version: "v2", mode: .parallel), actions: [.refuse(.shuttingDown)], after: "stopping"),
@@ -286,7 +329,8 @@ struct SupervisionTests {
 
     /// The table has a row for every state × event.
     @Test func everyCellHasARow() {
-        let kinds = ["boot", "desired", "spawned", "spawnFailed", "registered", "ready", "failed", "stopped", "exited", "timerFired", "shutdown"]
+        let kinds = ["boot", "desired", "spawned", "spawnFailed", "registered", "ready", "failed", "stopped", "exited", "timerFired",
+                     "shutdown", "halt"]
         let covered = Set(Self.cells.map { "\($0.from.rawValue) × \(kind($0.event))" })
         for state in Fixture.allCases {
             for event in kinds { #expect(covered.contains("\(state.rawValue) × \(event)")) }

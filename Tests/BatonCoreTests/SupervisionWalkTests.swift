@@ -133,7 +133,10 @@ struct SupervisionWalkTests {
                     clock.advance(by: armed[key]!)
                     return .timerFired(key)
                 }
-            case 75..<83:
+            case 75..<77:
+                // A barrier upgrade halts the agent; a desired version ends it.
+                return .halt
+            case 77..<83:
                 let version = pick(["v1", "v2", "v3"])!
                 return .desired(version: version, mode: chance(0.5) ? .parallel : .sequential,
                                 irreversible: Self.irreversible.contains(version))
@@ -174,6 +177,11 @@ struct SupervisionWalkTests {
                 verdict = nil
             }
             if trace { print("[\(steps)] \(event)\n    → \(actions)\n    state \(name(machine.state)), holders \(holders)") }
+            // Halted for a barrier, nothing starts and nobody gets go.
+            if machine.state == .halted {
+                #expect(!actions.contains { if case .spawn = $0 { true } else if case .signal(_, .go) = $0 { true } else { false } },
+                        "halted, yet a start or a go: seed \(seed), step \(steps), \(event) → \(actions)")
+            }
             let performed = keep.map { Array(actions.prefix($0)) } ?? actions
             for (index, action) in performed.enumerated() {
                 apply(action, next: performed.dropFirst(index + 1).first, cut: performed.count < actions.count, event: event)
