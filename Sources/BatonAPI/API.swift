@@ -24,6 +24,7 @@ public final class API: Sendable {
     let context: Context
     let ledger: Ledger
     let supervisor: Supervisor
+    let rollouts: Rollouts
     let auth: OperatorAuth
     let daemon: any DaemonControl
     let metrics: Metrics
@@ -34,11 +35,12 @@ public final class API: Sendable {
     /// Installed by `attach`; read by /metrics for the parked gauge.
     private let server = Mutex<HTTPServer?>(nil)
 
-    public init(context: Context, ledger: Ledger, supervisor: Supervisor, auth: OperatorAuth,
+    public init(context: Context, ledger: Ledger, supervisor: Supervisor, rollouts: Rollouts, auth: OperatorAuth,
                 daemon: any DaemonControl, logger: Logger) {
         self.context = context
         self.ledger = ledger
         self.supervisor = supervisor
+        self.rollouts = rollouts
         self.auth = auth
         self.daemon = daemon
         self.logger = logger
@@ -75,6 +77,7 @@ public final class API: Sendable {
         + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
         + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes
         + ReleaseRoutes(releases: supervisor.releases).routes
+        + VersionRoutes(rollouts: rollouts).routes
         + DaemonRoutes(control: daemon).routes)
     }
 
@@ -94,6 +97,9 @@ public final class API: Sendable {
         if supervisor.isAdopting {
             return HTTPError(status: 503, code: "not_ready",
                              message: "batond is re-adopting the instances an earlier batond left running").response
+        }
+        if let barrier = rollouts.barrierReason {
+            return HTTPError(status: 503, code: "not_ready", message: barrier).response
         }
         return .json(bytes: Array(#"{"checks":{"ledger":"ok"},"status":"ready"}"#.utf8))
     }

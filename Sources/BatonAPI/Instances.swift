@@ -182,6 +182,9 @@ extension SupervisorError {
             HTTPError(status: 403, code: "registration_refused", message: reason)
         case .alreadyRegistered(let pid, let instance):
             HTTPError(status: 409, code: "already_registered", message: "process \(pid) is already instance \(instance)")
+        case .rolloutInProgress(let rollout):
+            HTTPError(status: 409, code: "rollout_in_progress",
+                      message: "rollout \(rollout) moves this agent; wait for it to end (GET /v1/version)")
         }
     }
 }

@@ -77,6 +77,10 @@ public struct MachineRollout: Sendable, Equatable {
 
     public enum Event: Sendable, Equatable {
         case begin
+        /// batond started again in the middle: ask again what was asked and not answered
+        /// (a halt, the next agent's turn). A migration that was running has an unknown
+        /// outcome: it counts as failed, and the previous versions start.
+        case resume
         /// The handoff the rollout asked of `agent` ended: committed, or not (`error`).
         case handedOver(String, committed: Bool, error: String?)
         /// No instance of `agent` runs any more.
@@ -123,6 +127,13 @@ public struct MachineRollout: Sendable, Equatable {
         self.agents = agents.sorted { $0.name < $1.name }
     }
 
+    /// A rollout the ledger shows in progress, where it was (a batond restarted in the
+    /// middle takes it up: see `resume`).
+    public init(version: String, barrier: Bool, migration: [String]?, agents: [Agent], resumingAt phase: Phase) {
+        self.init(version: version, barrier: barrier, migration: migration, agents: agents)
+        self.phase = phase
+    }
+
     public var isFinished: Bool { phase.isFinal }
 
     public mutating func handle(_ event: Event) -> [Action] {
@@ -151,6 +162,20 @@ public struct MachineRollout: Sendable, Equatable {
         case (.handingOver, .begin), (.halting, .begin), (.migrating, .begin), (.starting, .begin), (.restoring, .begin),
              (.done, .begin), (.failed, .begin), (.restored, .begin):
             break // begins once
+
+        // MARK: resume
+        case (.handingOver, .resume):
+            // The agent whose handoff ran is awaited by the shell; none: the next one's turn.
+            if !agents.contains(where: { $0.status == .handingOver }) { next() }
+        case (.halting, .resume):
+            for agent in agents where agent.status == .halting { out.append(.halt(agent.name)) }
+            afterHalt()
+        case (.migrating, .resume):
+            step(.migrated(ok: false, detail: "batond stopped while the migration ran: its outcome is unknown"))
+        case (.starting, .resume), (.restoring, .resume):
+            break // the shell awaits (or asks again) each agent still handing over
+        case (.pending, .resume), (.done, .resume), (.failed, .resume), (.restored, .resume):
+            break // nothing in flight
 
         // MARK: handedOver
         case (.handingOver, .handedOver(let name, let committed, let error)):

@@ -106,8 +106,10 @@ public struct Daemon: Sendable {
                                 adopting: { [supervisor] in supervisor.isAdopting })
         let upgrader = SelfUpgrader(ledger: ledger, binaries: binaries, running: running, startedAt: startedAt,
                                     arguments: Array(CommandLine.arguments.dropFirst()), logger: logger)
+        let rollouts = Rollouts(supervisor: supervisor, ledger: ledger, agents: config.agents,
+                                logDirectory: config.stateDir + "/logs", logger: logger)
         let api = API(context: .init(config: config, startedAt: startedAt, listeners: described),
-                      ledger: ledger, supervisor: supervisor, auth: auth, daemon: upgrader, logger: logger)
+                      ledger: ledger, supervisor: supervisor, rollouts: rollouts, auth: auth, daemon: upgrader, logger: logger)
         var httpConfiguration = HTTPServer.Configuration()
         httpConfiguration.maxBodyBytes = config.http.maxBodyBytes
         httpConfiguration.connectionLimit = UInt32(config.http.maxConnections)
@@ -150,7 +152,11 @@ public struct Daemon: Sendable {
         let services = ServiceGroup(configuration: .init(
             services: [
                 .init(service: HTTPService(server: server, listeners: listeners.map(\.description),
-                                           adopted: { [supervisor] in await supervisor.adopted() }, notifier: notifier, logger: logger)),
+                                           adopted: { [supervisor] in
+                                               await supervisor.adopted()
+                                               // A rollout a restart cut short goes on once every agent re-adopted.
+                                               await rollouts.resume()
+                                           }, notifier: notifier, logger: logger)),
                 .init(service: WatchdogService(notifier: notifier)),
                 .init(service: UpgradeService(upgrader: upgrader)),
                 // Last, so it stops first: agents are stopped while the API still serves them.

@@ -21,6 +21,8 @@ public enum SupervisorError: Error, Sendable, Equatable {
     case instanceNotFound(String)
     /// The caller may not register this process (it does not own it).
     case registrationRefused(String)
+    /// A machine rollout (`PUT /v1/version`) moves this agent until it ends.
+    case rolloutInProgress(String)
     /// The pid is already an instance (of this agent or another).
     case alreadyRegistered(pid: Int32, instance: String)
 }

@@ -228,14 +228,31 @@ public final class Supervisor: Sendable {
     public func setDesired(agent: String, version: String, mode: HandoffMode?, by: String,
                            reply: @escaping @Sendable (Result<HandoffView, SupervisorError>) -> Void) {
         guard let runner = runners[agent] else { return reply(.failure(.agentNotFound(agent))) }
+        if let rollout = heldBy(agent) { return reply(.failure(.rolloutInProgress(rollout))) }
         runner.send(.desired(version: version, mode: mode, by: by, reply: reply))
     }
+
+    /// The agents a rollout moves are its own until it ends: an operator's desired version
+    /// or rollback is refused meanwhile (during a barrier it would start an agent while
+    /// the migration runs).
+    private let holds = Mutex<[String: String]>([:])
+
+    public func hold(_ agents: [String], for rollout: String) {
+        holds.withLock { for agent in agents { $0[agent] = rollout } }
+    }
+
+    public func release(_ rollout: String) {
+        holds.withLock { $0 = $0.filter { $0.value != rollout } }
+    }
+
+    func heldBy(_ agent: String) -> String? { holds.withLock { $0[agent] } }
 
     /// A parallel handoff of `agent` to `version`, awaited to its end: whether it
     /// committed, and why not.
     public func handOver(agent: String, to version: String, by: String) async -> (committed: Bool, error: String?) {
+        guard let runner = runners[agent] else { return (false, "\(SupervisorError.agentNotFound(agent))") }
         let begun = await withCheckedContinuation { (continuation: CheckedContinuation<Result<HandoffView, SupervisorError>, Never>) in
-            setDesired(agent: agent, version: version, mode: .parallel, by: by) { continuation.resume(returning: $0) }
+            runner.send(.desired(version: version, mode: .parallel, by: by, reply: { continuation.resume(returning: $0) }))
         }
         switch begun {
         case .failure(let error):
@@ -259,6 +276,7 @@ public final class Supervisor: Sendable {
     public func rollback(agent: String, by: String, force: Bool = false,
                          reply: @escaping @Sendable (Result<HandoffView, SupervisorError>) -> Void) {
         guard let runner = runners[agent] else { return reply(.failure(.agentNotFound(agent))) }
+        if let rollout = heldBy(agent) { return reply(.failure(.rolloutInProgress(rollout))) }
         runner.send(.rollback(by: by, force: force, reply: reply))
     }
 

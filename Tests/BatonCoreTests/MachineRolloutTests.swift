@@ -98,6 +98,23 @@ struct MachineRolloutTests {
         #expect(rollout.error == "did not start at 2.0: a (exited before it was ready)")
     }
 
+    // MARK: - Resumed after a restart
+
+    @Test func resumedMidHaltItAsksAgainAndMidMigrationItRestores() {
+        let agents = [R.Agent(name: "a", from: "1.0", status: .halted), R.Agent(name: "b", from: "1.0", status: .halting)]
+        var halting = R(version: "2.0", barrier: true, migration: ["m"], agents: agents, resumingAt: .halting)
+        #expect(halting.handle(.resume) == [.halt("b")])
+        var migrating = R(version: "2.0", barrier: true, migration: ["m"],
+                          agents: agents.map { R.Agent(name: $0.name, from: $0.from, status: .halted) }, resumingAt: .migrating)
+        let actions = migrating.handle(.resume)
+        #expect(migrating.phase == .restoring)
+        #expect(Self.handOvers(actions) == ["a->1.0", "b->1.0"], "never run twice: the old versions start")
+        #expect(actions.contains(.record(.migration(ok: false, detail: "batond stopped while the migration ran: its outcome is unknown"))))
+        var rolling = R(version: "2.0", barrier: false, migration: nil,
+                        agents: [R.Agent(name: "a", from: "1.0", status: .done), R.Agent(name: "b", from: "1.0")], resumingAt: .handingOver)
+        #expect(Self.handOvers(rolling.handle(.resume)) == ["b->2.0"])
+    }
+
     // MARK: - The table: every phase × event
 
     /// Puts a two-agent rollout in `phase` by the events that lead there.
@@ -130,7 +147,7 @@ struct MachineRolloutTests {
     static let events: [R.Event] = [
         .begin, .handedOver("a", committed: true, error: nil), .handedOver("a", committed: false, error: "x"),
         .handedOver("ghost", committed: true, error: nil), .halted("a"), .halted("ghost"),
-        .migrated(ok: true, detail: "0"), .migrated(ok: false, detail: "1"),
+        .migrated(ok: true, detail: "0"), .migrated(ok: false, detail: "1"), .resume,
     ]
 
     @Test(arguments: R.Phase.allCases)
@@ -147,6 +164,7 @@ struct MachineRolloutTests {
             case (.migrating, .migrated): true
             case (.starting, .handedOver("a", _, _)): true
             case (.restoring, .handedOver("a", _, _)): true
+            case (.halting, .resume), (.migrating, .resume): true
             default: false
             }
             if expectsChange {

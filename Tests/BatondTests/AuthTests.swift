@@ -35,6 +35,8 @@ struct AuthTests {
         Call(method: "GET", path: "/v1/daemon", body: nil),
         Call(method: "PUT", path: "/v1/daemon/binary", body: "not a binary"),
         Call(method: "POST", path: "/v1/daemon/upgrade", body: #"{"digest":"\#(String(repeating: "0", count: 64))"}"#),
+        Call(method: "GET", path: "/v1/version", body: nil),
+        Call(method: "PUT", path: "/v1/version", body: #"{"version":"1.0"}"#),
         Call(method: "GET", path: "/v1/releases/demo", body: nil),
         Call(method: "GET", path: "/v1/releases/demo/1.0", body: nil),
         Call(method: "PUT", path: "/v1/releases/demo/1.0?sha256=\(String(repeating: "0", count: 64))", body: "#!/bin/sh\n"),

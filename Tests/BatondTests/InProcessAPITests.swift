@@ -28,6 +28,7 @@ struct InProcessAPITests {
         config.stateDir = state.path
         let supervisor = Supervisor(config: config, ledger: ledger, socketPath: state.file("none.sock"), url: nil, logger: logger)
         api = API(context: .init(config: config, startedAt: .now(), listeners: []), ledger: ledger, supervisor: supervisor,
+                  rollouts: Rollouts(supervisor: supervisor, ledger: ledger, agents: [], logDirectory: state.path, logger: logger),
                   auth: OperatorAuth(token: token, operatorGID: nil, probesOpen: true),
                   daemon: FixedDaemon(binaries: DaemonBinaries(stateDirectory: state.path)), logger: logger)
         server = api.makeServer(configuration: .init())
