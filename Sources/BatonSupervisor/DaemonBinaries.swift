@@ -244,9 +244,10 @@ extension DaemonBinaries {
 
         /// How it ended, with the output's tail: "exited 3: ...".
         public var reason: String {
+            let tail = outputTail.trimmingCharacters(in: .whitespacesAndNewlines)
+            if !timedOut && exitCode == nil && signal == nil { return "could not start: \(tail)" }
             let how = timedOut ? "did not finish in time (killed)"
                 : exitCode.map { "exited \($0)" } ?? "was killed by signal \(signal ?? 0)"
-            let tail = outputTail.trimmingCharacters(in: .whitespacesAndNewlines)
             return how + (tail.isEmpty ? "" : ": \(tail)")
         }
     }

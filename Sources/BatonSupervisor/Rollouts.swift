@@ -101,8 +101,12 @@ public actor Rollouts {
         let chosen = agents.filter { store.exists(agent: $0.name, version: version) }
         guard !chosen.isEmpty else { throw .noRelease(version) }
         let id = "machine-\((state.machine?.rollouts ?? 0) + 1)"
+        // Where each agent is: the version its working instance runs, else the last
+        // committed one, else the release `current` names (a start without a handoff).
         let planned = chosen.map { agent in
-            MachineRollout.Agent(name: agent.name, from: state.agents[agent.name]?.running?.version ?? state.agents[agent.name]?.current)
+            let working = supervisor.registry.instances(of: agent.name).first { $0.signal == .go }?.version
+            return MachineRollout.Agent(name: agent.name, from: working ?? state.agents[agent.name]?.running?.version
+                                            ?? store.current(agent: agent.name))
         }
         let migrations = barrier ? chosen.compactMap { migration(of: $0, version: version) } : []
         let display = migrations.isEmpty ? nil : migrations.flatMap { [$0.agent.name + ":"] + $0.argv }
