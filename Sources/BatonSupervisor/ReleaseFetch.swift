@@ -99,6 +99,7 @@ extension Releases {
     /// Downloads into `file`, then stores as a push would. Runs after the request was
     /// answered; its outcome is the release (or the failure) `GET` shows, and the ledger.
     private func download(_ request: FetchRequest, into file: DigestingFile, signedBy: String?, claim: Claim) async {
+        defer { claim.release() }
         let key = "\(request.agent)/\(request.version)"
         let limits = DownloadLimits(maxBytes: settings.maxBytes, deadline: settings.fetchTimeout,
                                     stallTimeout: settings.fetchStallTimeout)

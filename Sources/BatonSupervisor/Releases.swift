@@ -113,15 +113,22 @@ public final class Releases: Sendable {
 
     // MARK: - Claims
 
-    /// A version held by one request; let go when the request is done or dropped.
+    /// A version held by one request; let go when the request is done (`release`: its
+    /// answer may be sent before the HTTP layer drops the request) or dropped.
     final class Claim: Sendable {
         let key: String
         let releases: Releases
+        /// Once: a later request may hold the same version by then.
+        private let held = Atomic(true)
         init(key: String, releases: Releases) {
             self.key = key
             self.releases = releases
         }
-        deinit { _ = releases.claimed.withLock { $0.remove(key) } }
+        func release() {
+            guard held.exchange(false, ordering: .acquiringAndReleasing) else { return }
+            _ = releases.claimed.withLock { $0.remove(key) }
+        }
+        deinit { release() }
     }
 
     func claim(_ agent: String, _ version: String) throws(ReleaseRefusal) -> Claim {
@@ -236,6 +243,7 @@ public final class Releases: Sendable {
     /// The body is in: checks it, makes the release, records it, publishes it, collects
     /// what is beyond `keep_releases`. Disk work runs off the caller's thread.
     public func complete(_ intake: Intake) async throws(ReleaseRefusal) -> Stored {
+        defer { intake.claim.release() }
         let announcement = intake.announcement
         switch intake.target {
         case .compare(let digest):
@@ -279,7 +287,7 @@ public final class Releases: Sendable {
         }
         logger.info("release stored", metadata: ["agent": "\(agent)", "version": "\(version)", "sha256": "\(prepared.manifest.sha256)",
                                                   "source": "\(provenance.source.rawValue)", "by": "\(provenance.by)"])
-        withExtendedLifetime(claim) {}
+        claim.release()
         await collect(agent: agent, keeping: version)
         return Stored(view: try view(agent: agent, version: version), created: true)
     }
@@ -342,7 +350,7 @@ public final class Releases: Sendable {
         guard store.release(agent: agent, version: version) != nil else { throw .notFound(agent: agent, version: version) }
         if let reason = inUse(agent: agent)[version] { throw .inUse(agent: agent, version: version, reason: reason) }
         try await remove(agent: agent, version: version, by: by, reason: .deleted)
-        withExtendedLifetime(claim) {}
+        claim.release()
     }
 
     func remove(agent: String, version: String, by: String, reason: ReleaseDeleted.Reason) async throws(ReleaseRefusal) {
@@ -370,12 +378,12 @@ public final class Releases: Sendable {
             do {
                 try await remove(agent: agent, version: release.version, by: "batond", reason: .collected)
                 excess -= 1
+                claim.release()
             } catch {
                 logger.warning("cannot collect an old release", metadata: ["agent": "\(agent)", "version": "\(release.version)",
                                                                            "error": "\(error)"])
                 return
             }
-            withExtendedLifetime(claim) {}
         }
     }
 }
