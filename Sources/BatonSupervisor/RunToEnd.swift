@@ -8,8 +8,11 @@ extension Processes {
     /// together) and waits up to `timeout`; past it the group is killed. Its output is
     /// appended to `log` when given, and its last 4 KiB kept for the result. Blocks the
     /// calling thread: call it off the cooperative pool.
+    /// With `diesWithBatond`, the process is killed when batond dies (it never outlives
+    /// the batond that waits for it).
     static func runToEnd(_ argv: [String], environment: [String: String], directory: String? = nil,
-                         credentials: Credentials? = nil, timeout: Duration, log: String? = nil) -> DaemonBinaries.CheckResult {
+                         credentials: Credentials? = nil, timeout: Duration, log: String? = nil,
+                         diesWithBatond: Bool = false) -> DaemonBinaries.CheckResult {
         typealias Result = DaemonBinaries.CheckResult
         let program = argv.first ?? ""
         var pipeEnds: [Int32] = [0, 0]
@@ -20,7 +23,8 @@ extension Processes {
         var stage: UnsafePointer<CChar>?
         let pid = withCStrings(argv, environment) { cArgv, cEnv in
             baton_spawn(program, cArgv, cEnv, pipeEnds[1], directory, credentials == nil ? 0 : 1,
-                        credentials?.uid ?? 0, credentials?.gid ?? 0, credentials?.userName, &childErrno, &stage)
+                        credentials?.uid ?? 0, credentials?.gid ?? 0, credentials?.userName, diesWithBatond ? 1 : 0,
+                        &childErrno, &stage)
         }
         close(pipeEnds[1])
         defer { close(pipeEnds[0]) }
@@ -70,7 +74,8 @@ extension Processes {
 
     /// An agent's migration: as the agent's user, in `directory`, with the agent's
     /// environment and `BATON_AGENT`, `BATON_VERSION`, `BATON_MIGRATION=1`; off the
-    /// cooperative pool.
+    /// cooperative pool. It dies with batond: a batond started again counts it as failed
+    /// and starts the previous versions, so it must not run on beside them.
     static func runMigration(_ argv: [String], agent: AgentConfig, version: String, directory: String, timeout: Duration,
                              log: String) async -> DaemonBinaries.CheckResult {
         await withCheckedContinuation { continuation in
@@ -85,7 +90,8 @@ extension Processes {
                     config: agent, uid: credentials?.uid ?? getuid(), inherited: ProcessInfo.processInfo.environment,
                     baton: ["BATON_AGENT": agent.name, "BATON_VERSION": version, "BATON_MIGRATION": "1"])
                 continuation.resume(returning: runToEnd(argv, environment: environment, directory: directory,
-                                                        credentials: credentials, timeout: timeout, log: log))
+                                                        credentials: credentials, timeout: timeout, log: log,
+                                                        diesWithBatond: true))
             }
         }
     }

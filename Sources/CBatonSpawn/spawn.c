@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -42,9 +43,10 @@ static void close_from(int lowest) {
     for (int fd = lowest; fd < highest; fd++) close(fd);
 }
 
-pid_t baton_spawn_held(const char *path, char *const argv[], char *const envp[], int output_fd,
-                       const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
-                       int *gate_fd, int *report_fd, int *child_errno, const char **stage) {
+static pid_t spawn_held(const char *path, char *const argv[], char *const envp[], int output_fd,
+                        const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
+                        int die_with_parent, int *gate_fd, int *report_fd, int *child_errno, const char **stage) {
+    pid_t parent = getpid();
     int report[2], gate[2];
     if (pipe2(report, O_CLOEXEC) != 0) {
         *child_errno = errno;
@@ -99,6 +101,8 @@ pid_t baton_spawn_held(const char *path, char *const argv[], char *const envp[],
             }
             if (setuid(uid) != 0) { failure[0] = errno; failure[1] = 4; goto fail; }
         }
+        // After the credentials change, which clears it: killed when batond dies.
+        if (die_with_parent && (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)) _exit(127);
         // Held here until batond's record of this process is durable: one byte lets it
         // run; end of file (batond gave it up, or died) ends it before any agent code.
         char go;
@@ -151,6 +155,13 @@ int baton_spawn_release(pid_t pid, int gate_fd, int report_fd, int *child_errno,
     return 0;
 }
 
+pid_t baton_spawn_held(const char *path, char *const argv[], char *const envp[], int output_fd,
+                       const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
+                       int *gate_fd, int *report_fd, int *child_errno, const char **stage) {
+    return spawn_held(path, argv, envp, output_fd, directory, set_ids, uid, gid, user_name, 0,
+                      gate_fd, report_fd, child_errno, stage);
+}
+
 void baton_spawn_abandon(pid_t pid, int gate_fd, int report_fd) {
     close(gate_fd);
     close(report_fd);
@@ -160,10 +171,10 @@ void baton_spawn_abandon(pid_t pid, int gate_fd, int report_fd) {
 
 pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int output_fd,
                   const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
-                  int *child_errno, const char **stage) {
+                  int die_with_parent, int *child_errno, const char **stage) {
     int gate, report;
-    pid_t pid = baton_spawn_held(path, argv, envp, output_fd, directory, set_ids, uid, gid, user_name,
-                                 &gate, &report, child_errno, stage);
+    pid_t pid = spawn_held(path, argv, envp, output_fd, directory, set_ids, uid, gid, user_name, die_with_parent,
+                           &gate, &report, child_errno, stage);
     if (pid < 0) return -1;
     return baton_spawn_release(pid, gate, report, child_errno, stage) == 0 ? pid : -1;
 }

@@ -138,6 +138,53 @@ struct RolloutIntegrationTests {
         #expect(output.contains("migrated"))
     }
 
+    /// batond killed while the migration runs: the migration dies with it, and the next
+    /// batond counts it as failed (its outcome is unknown; it never runs twice) and brings
+    /// the previous versions back.
+    @Test(.enabled(if: which("python3") != nil, "the migration stamps CLOCK_MONOTONIC with python3"))
+    func killedDuringTheMigrationTheNextBatondRestoresAndNeverRunsItTwice() throws {
+        let machine = try Machine(migration: "")
+        let log = machine.migrationLog, gate = machine.gate
+        let script = machine.state.file("releases/a/2.0/bin/migrate")
+        try """
+        #!/bin/sh
+        echo $$ > '\(machine.state.file("migration.pid"))'
+        \(Machine.stamp("begin", log))
+        while [ ! -e '\(gate)' ]; do sleep 0.05; done
+        \(Machine.stamp("end", log))
+        """.write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        #expect(try machine.daemon.endpoint.json("PUT", "/v1/version", token: machine.daemon.token,
+                                                 #"{"version":"2.0","barrier":true}"#).status == 202)
+        try waitUntil(timeout: 30) { machine.stamps()["begin"] != nil }
+        let pid = try #require(Int32(try String(contentsOfFile: machine.state.file("migration.pid"), encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)))
+        machine.daemon.signal(SIGKILL)
+        _ = machine.daemon.waitForExit()
+        try waitUntil(timeout: 10) { kill(pid, 0) != 0 }
+
+        let restarted = try BatondProcess(state: machine.state, configText: try String(contentsOfFile: machine.state.file("batond.toml"),
+                                                                                       encoding: .utf8))
+        var view: [String: Any] = [:]
+        try waitUntil(timeout: 60) {
+            view = (try? restarted.endpoint.get("/v1/version", token: restarted.token).json()) ?? [:]
+            return view["pending"] is NSNull
+        }
+        let last = try #require((view["history"] as? [[String: Any]])?.last)
+        #expect(last["outcome"] as? String == "restored", "\(view)")
+        #expect((last["error"] as? String)?.contains("outcome is unknown") == true, "\(last)")
+        for name in Self.agents {
+            try waitUntil(timeout: 30) {
+                let agent = (try? restarted.endpoint.get("/v1/agents/\(name)", token: restarted.token).json()) ?? [:]
+                return (agent["running"] as? [String: Any])?["version"] as? String == "1.0"
+            }
+            #expect(try #require(machine.releases[name]).log().allSatisfy { $0.version == "1.0" })
+        }
+        #expect(machine.stamps()["end"] == nil, "the migration never finished, and never ran again")
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        #expect(text.components(separatedBy: "begin").count == 2, "it began once: \(text)")
+    }
+
     @Test func aFailedMigrationBringsThePreviousVersionsBack() throws {
         let machine = try Machine(migration: "echo 'no such table: users' >&2; exit 3")
         let begun = try machine.daemon.endpoint.json("PUT", "/v1/version", token: machine.daemon.token, #"{"version":"2.0","barrier":true}"#)

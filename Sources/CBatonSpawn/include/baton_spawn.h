@@ -13,12 +13,14 @@
 /// groups from `user_name`, when given) and `uid` before exec.
 /// Returns the child's pid, or -1 with `*child_errno` set to what failed (fork, or in
 /// the child: chdir, setgid, initgroups, setuid, exec) and `*stage` naming the step.
-/// Keeps batond's umask for every child (call once at start, before any thread runs).
-void baton_spawn_keep_umask(void);
-
+/// With `die_with_parent`, the child is killed (SIGKILL) when batond dies: for work
+/// that must not outlive it (a migration the next batond counts as failed).
 pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int output_fd,
                   const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
-                  int *child_errno, const char **stage);
+                  int die_with_parent, int *child_errno, const char **stage);
+
+/// Keeps batond's umask for every child (call once at start, before any thread runs).
+void baton_spawn_keep_umask(void);
 
 /// The same, in two steps: the child is forked and set up (process group, output,
 /// directory, user), then held before exec until `baton_spawn_release` lets it run,
