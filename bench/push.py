@@ -10,7 +10,9 @@ measures:
     first byte sent to the 201 (streamed to disk, hashed, fsync'd, recorded in
     the ledger, renamed into place);
   - `cp FILE DIR/` into the same state directory, then `cp` followed by
-    `sync -f` (cp alone does not make the copy durable; batond's push does).
+    `sync -f` (cp alone does not make the copy durable; batond's push does),
+    then `sha256sum` + `cp` + `sync -f` (what a careful copy does: batond's
+    push checks the digest too).
 Prints the medians in MB/s and the ratios.
 """
 import os
@@ -52,7 +54,7 @@ def main():
         address = [line for line in open(address_file).read().split() if not line.startswith("unix:")][0]
         token = open(os.path.join(state, "operator.token")).read().strip()
 
-        pushes, copies, synced = [], [], []
+        pushes, copies, synced, checked = [], [], [], []
         for round in range(rounds):
             start = time.monotonic()
             result = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
@@ -73,15 +75,22 @@ def main():
             subprocess.run(["sync", "-f", target], check=True)
             synced.append(time.monotonic() - start)
             os.unlink(target)
+            start = time.monotonic()
+            subprocess.run(["sha256sum", artifact], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(["cp", artifact, target], check=True)
+            subprocess.run(["sync", "-f", target], check=True)
+            checked.append(time.monotonic() - start)
+            os.unlink(target)
 
         def rate(seconds):
             return size / (1 << 20) / statistics.median(seconds)
 
-        push, cp, cp_sync = rate(pushes), rate(copies), rate(synced)
+        push, cp, cp_sync, careful = rate(pushes), rate(copies), rate(synced), rate(checked)
         print(f"push of a {size >> 20} MiB executable, median of {rounds}:")
         print(f"  batond PUT        {push:8.1f} MB/s   ({statistics.median(pushes) * 1000:.0f} ms)")
         print(f"  cp                {cp:8.1f} MB/s   ({statistics.median(copies) * 1000:.0f} ms)   push/cp = {push / cp:.2f}x")
         print(f"  cp + sync -f      {cp_sync:8.1f} MB/s   ({statistics.median(synced) * 1000:.0f} ms)   push/(cp+sync) = {push / cp_sync:.2f}x")
+        print(f"  sha256sum+cp+sync {careful:8.1f} MB/s   ({statistics.median(checked) * 1000:.0f} ms)   push/that = {push / careful:.2f}x")
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -6,6 +6,8 @@
 #   batond /healthz   >= 0.9x the C server
 #   batond /v1/status >= 0.5x the C server
 #   ledger appends/s with 32 writers >= 5x with 1 writer
+#   pushing a 100 MiB release (bench/push.py) against cp, cp + sync and
+#   sha256sum + cp + sync of the same file on the same disk: reported, no target
 #   unpacking a 100 MB .tar.gz release (baton-bench unpack) against tar -xzf,
 #   with and without sync: reported, no target
 #   200 handoffs of baton-testagent (bench/handoffs.py): gap p50 < 1 ms and
@@ -244,6 +246,12 @@ dir=$(mktemp -d "$tmp/unpack.XXXXXX")
 echo "== baton-bench unpack --size-mb 100 ($fs): the release unpacker against tar -xzf, medians of 3"
 "$baton_bench" unpack --size-mb 100 --dir "$dir/run" | sed 's/^/   /' || die "baton-bench unpack failed"
 rm -rf "$dir"
+
+# MARK: - Pushing a release
+
+echo
+echo "== a 100 MiB release pushed to batond against cp, cp + sync, sha256sum + cp + sync (bench/push.py)"
+python3 bench/push.py "$batond" 100 3 | sed 's/^/   /' || die "the push benchmark failed"
 
 # MARK: - Handoffs
 
