@@ -240,27 +240,73 @@ struct ReleasePushTests {
 
     // MARK: - Archives
 
-    /// A .tar.gz made by Python's tarfile: `entries` are (name, bytes) regular files, and
-    /// `hostile` adds one entry by name as it is (e.g. "../x").
-    static func archive(_ scratch: TemporaryDirectory, files: [(String, Int)], hostile: String? = nil) throws -> [UInt8] {
+    /// A .tar.gz made by Python's tarfile: `files` are (name, bytes) regular files of
+    /// random bytes; `hostile` is Python run inside the archive's block, with
+    /// `entry(name, data=b"x\\n", type=tarfile.REGTYPE, linkname="", mode=0o644, devmajor=0, devminor=0)`.
+    static func archive(_ scratch: TemporaryDirectory, files: [(String, Int)], hostile: String = "") throws -> [UInt8] {
         let out = scratch.file("release.tar.gz")
         let script = """
         import io, os, sys, tarfile
         out, hostile, specs = sys.argv[1], sys.argv[2], sys.argv[3:]
-        with tarfile.open(out, "w:gz", compresslevel=1) as tar:
+        with tarfile.open(out, "w:gz", compresslevel=1, format=tarfile.GNU_FORMAT) as tar:
+            def entry(name, data=b"x\\n", type=tarfile.REGTYPE, linkname="", mode=0o644, devmajor=0, devminor=0):
+                info = tarfile.TarInfo(name)
+                info.type, info.linkname, info.mode, info.devmajor, info.devminor = type, linkname, mode, devmajor, devminor
+                info.size = len(data) if type == tarfile.REGTYPE else 0
+                tar.addfile(info, io.BytesIO(data) if type == tarfile.REGTYPE else None)
             for spec in specs:
                 name, size = spec.rsplit(":", 1)
-                data = os.urandom(int(size))
-                info = tarfile.TarInfo(name); info.size = len(data); info.mode = 0o755
-                tar.addfile(info, io.BytesIO(data))
-            if hostile:
-                info = tarfile.TarInfo(hostile); info.size = 2
-                tar.addfile(info, io.BytesIO(b"x\\n"))
+                entry(name, os.urandom(int(size)), mode=0o755)
+            exec(hostile)
         """
-        let result = try run([which("python3") ?? "/usr/bin/python3", "-c", script, out, hostile ?? ""]
+        let result = try run([which("python3") ?? "/usr/bin/python3", "-c", script, out, hostile]
                              + files.map { "\($0.0):\($0.1)" })
         guard result.status == 0 else { throw TestFailure("tarfile: \(result.output)") }
         return Array(try Data(contentsOf: URL(fileURLWithPath: out)))
+    }
+
+    /// Each hostile archive, pushed to a real batond: refused whole (422), nothing of it
+    /// in the store, nothing written outside.
+    static let hostile: [(name: String, python: String, outside: String?)] = [
+        ("../x", #"entry("../escaped-dotdot")"#, "releases/web/escaped-dotdot"),
+        ("/etc/x", #"entry("/tmp/baton-hostile-absolute")"#, "/tmp/baton-hostile-absolute"),
+        ("a symlink to / then a file through it",
+         #"entry("link", type=tarfile.SYMTYPE, linkname="/"); entry("link/tmp/baton-hostile-through")"#, "/tmp/baton-hostile-through"),
+        ("a hardlink to a file outside", #"entry("hard", type=tarfile.LNKTYPE, linkname="/etc/passwd")"#, nil),
+        ("a device node", #"entry("null", type=tarfile.CHRTYPE, devmajor=1, devminor=3)"#, nil),
+        ("a fifo", #"entry("pipe", type=tarfile.FIFOTYPE)"#, nil),
+    ]
+
+    @Test(arguments: hostile.indices)
+    func aHostileArchiveIsRefusedWholeThroughTheRoute(_ index: Int) throws {
+        let (name, python, outside) = Self.hostile[index]
+        let scratch = TemporaryDirectory("archive")
+        let daemon = try BatondProcess(configText: Self.config)
+        let bytes = try Self.archive(scratch, files: [("bin/web", 64)], hostile: python)
+        let refused = try Self.push(daemon, "3.0", bytes)
+        #expect(refused.status == 422 && refused.errorCode == "unsafe_archive", "\(name): \(refused.text)")
+        #expect(Self.entries(daemon) == [], "\(name): nothing of it, no temporary directory")
+        if let outside {
+            let path = outside.hasPrefix("/") ? outside : daemon.state.file(outside)
+            #expect(!FileManager.default.fileExists(atPath: path), "\(name): \(path) was written")
+        }
+        #expect(try Self.records(daemon, kind: "release.stored").isEmpty)
+    }
+
+    @Test(.enabled(if: which("tar") != nil && which("truncate") != nil, "needs tar and truncate"))
+    func aTenGigabyteSparseBombIsRefusedAtOnce() throws {
+        let scratch = TemporaryDirectory("bomb")
+        try FileManager.default.createDirectory(atPath: scratch.file("in/bin"), withIntermediateDirectories: true)
+        _ = try run(["/usr/bin/env", "truncate", "-s", "10G", scratch.file("in/bin/web")])
+        let tar = try run(["/usr/bin/env", "tar", "-C", scratch.file("in"), "-czSf", scratch.file("bomb.tar.gz"), "bin"])
+        #expect(tar.status == 0, "\(tar.output)")
+        let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: scratch.file("bomb.tar.gz"))))
+        let daemon = try BatondProcess(configText: Self.config + "\n[releases]\nmax_unpacked_bytes = 104857600\n")
+        let started = ContinuousClock.now
+        let refused = try Self.push(daemon, "3.0", bytes)
+        #expect(refused.status == 422 && refused.errorCode == "unsafe_archive", "\(refused.text)")
+        #expect(ContinuousClock.now - started < .seconds(10), "refused from the declared size, not after writing gigabytes")
+        #expect(Self.entries(daemon) == [])
     }
 
     @Test func anArchiveIsUnpackedAndAHostileOneLeavesNothing() throws {
@@ -273,7 +319,8 @@ struct ReleasePushTests {
         #expect(FileManager.default.fileExists(atPath: daemon.state.file("releases/web/2.0/lib/data")))
 
         let outside = scratch.path + "/escaped"
-        let hostile = try Self.archive(scratch, files: [("bin/web", 64)], hostile: "../../../../../../../../\(outside.dropFirst())")
+        let hostile = try Self.archive(scratch, files: [("bin/web", 64)],
+                                       hostile: #"entry("../../../../../../../../\#(outside.dropFirst())")"#)
         let refused = try Self.push(daemon, "3.0", hostile)
         #expect(refused.status == 422 && refused.errorCode == "unsafe_archive", "\(refused.text)")
         #expect(!FileManager.default.fileExists(atPath: outside))
