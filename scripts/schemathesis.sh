@@ -95,13 +95,23 @@ done
 [[ -n $instance_token ]] || { cat "$state/batond.log" >&2; echo "schemathesis.sh: machine-0 did not start" >&2; exit 1; }
 # Two runs, each with its credentials; no cache of past runs in the work tree.
 # A schema cannot say that Content-Digest must be the body's own SHA-256: a binary
-# generated from the schema is refused 422 digest_mismatch, rightly.
+# generated from the schema is refused 422 digest_mismatch, rightly. A release push
+# also needs one of Content-Digest and ?sha256= (400 without either: a schema cannot
+# require one of two parameters) and bytes that are an executable or a tar archive
+# (415 otherwise); a fetch's URL must be one libcurl parses as http or https with a
+# host (422 invalid_url), which the schema's pattern only approximates.
 cat >"$state/operator.toml" <<EOF
 headers = { Authorization = "Bearer $token" }
 [cache]
 enabled = false
 [[operations]]
 include-operation-id = "putDaemonBinary"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
+[[operations]]
+include-operation-id = "pushRelease"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "415", "422", "429", "5xx"]
+[[operations]]
+include-operation-id = "fetchRelease"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 EOF
 cat >"$state/instance.toml" <<EOF

@@ -15,6 +15,20 @@ extension Releases {
         public var irreversible: Bool
         public var by: String
 
+        /// The URL as logs, records, manifests and views show it: a query may carry a
+        /// credential (a presigned URL), so it is never shown.
+        var shown: String { Self.redacted(url) }
+
+        static func redacted(_ url: String) -> String {
+            guard let cut = url.firstIndex(where: { $0 == "?" || $0 == "#" }) else { return url }
+            return String(url[..<cut]) + "?…"
+        }
+
+        /// `text` with the URL in it shown redacted.
+        func redacting(_ text: String) -> String {
+            shown == url ? text : text.replacingOccurrences(of: url, with: shown)
+        }
+
         public init(agent: String, version: String, url: String, sha256: [UInt8], signature: [UInt8]?,
                     irreversible: Bool, by: String) {
             self.agent = agent; self.version = version; self.url = url; self.sha256 = sha256
@@ -53,12 +67,12 @@ extension Releases {
         var signature = request.signature
         if signature == nil && !trusted.isEmpty {
             do throws(ReleaseRefusal) {
-                signature = try await detachedSignature(of: request.url)
+                signature = try await detachedSignature(of: request)
             } catch {
                 // Unsigned is acceptable here: only a required signature must be found.
                 if settings.requireSignature { throw error }
                 logger.warning("no detached signature could be read; fetching unsigned",
-                               metadata: ["url": "\(request.url)", "error": "\(error)"])
+                               metadata: ["url": "\(request.shown)", "error": "\(request.redacting(error.description))"])
             }
         }
         let signedBy = try verify(digest: request.sha256, signature: signature)
@@ -69,30 +83,34 @@ extension Releases {
         } catch {
             throw .store(error)
         }
-        let progress = FetchProgress(url: request.url, phase: .downloading, receivedBytes: 0, totalBytes: nil,
+        let progress = FetchProgress(url: request.shown, phase: .downloading, receivedBytes: 0, totalBytes: nil,
                                      startedAt: .now(), by: request.by)
         fetches.withLock { $0["\(agent)/\(version)"] = progress }
-        logger.info("release fetch began", metadata: ["agent": "\(agent)", "version": "\(version)", "url": "\(request.url)",
+        logger.info("release fetch began", metadata: ["agent": "\(agent)", "version": "\(version)", "url": "\(request.shown)",
                                                       "by": "\(request.by)"])
         Task { await download(request, into: file, signedBy: signedBy, claim: claim) }
         return .started(Self.fetchView(agent: agent, version: version, progress))
     }
 
-    /// `<url>.sig`, if the server publishes one (nil on 404).
-    private func detachedSignature(of url: String) async throws(ReleaseRefusal) -> [UInt8]? {
+    /// `<url>.sig` (`.sig` added to the path, a query kept), if the server publishes one
+    /// (nil on 404).
+    private func detachedSignature(of request: FetchRequest) async throws(ReleaseRefusal) -> [UInt8]? {
+        let cut = request.url.firstIndex(of: "?") ?? request.url.endIndex
+        let url = String(request.url[..<cut]) + ".sig" + String(request.url[cut...])
+        let shown = FetchRequest.redacted(url)
         let limits = DownloadLimits(maxBytes: 4096, deadline: .seconds(30), stallTimeout: settings.fetchStallTimeout)
         let fetched = await offload { () -> Result<[UInt8]?, DownloadError> in
-            Result { () throws(DownloadError) -> [UInt8]? in try Download.fetchSmall(url: url + ".sig", maxBytes: 4096, limits: limits) }
+            Result { () throws(DownloadError) -> [UInt8]? in try Download.fetchSmall(url: url, maxBytes: 4096, limits: limits) }
         }
         switch fetched {
         case .success(nil): return nil
         case .success(let bytes?):
             guard let signature = TrustedKeys.parseSignature(bytes) else {
-                throw .signatureUnavailable("\(url).sig is not a base64 or raw 64-byte Ed25519 signature")
+                throw .signatureUnavailable("\(shown) is not a base64 or raw 64-byte Ed25519 signature")
             }
             return signature
         case .failure(let error):
-            throw .signatureUnavailable("\(url).sig: \(error)")
+            throw .signatureUnavailable("\(shown): \(error.description.replacingOccurrences(of: url, with: shown))")
         }
     }
 
@@ -134,7 +152,7 @@ extension Releases {
         fetches.withLock { $0[key]?.phase = .verifying }
         let announcement = Announcement(agent: request.agent, version: request.version, sha256: request.sha256, signature: nil,
                                         length: nil, irreversible: request.irreversible, by: request.by)
-        let provenance = Provenance(source: .fetch, url: request.url, by: request.by, signedBy: signedBy,
+        let provenance = Provenance(source: .fetch, url: request.shown, by: request.by, signedBy: signedBy,
                                     irreversible: request.irreversible)
         do throws(ReleaseRefusal) {
             _ = try await self.store(file, announcement: announcement, provenance: provenance, claim: claim)
@@ -145,14 +163,15 @@ extension Releases {
     }
 
     private func failed(_ request: FetchRequest, reason: String) async {
+        let reason = request.redacting(reason)
         fetches.withLock {
             $0["\(request.agent)/\(request.version)"]?.phase = .failed
             $0["\(request.agent)/\(request.version)"]?.error = reason
         }
         logger.warning("release fetch failed", metadata: ["agent": "\(request.agent)", "version": "\(request.version)",
-                                                          "url": "\(request.url)", "error": "\(reason)"])
+                                                          "url": "\(request.shown)", "error": "\(reason)"])
         do throws(LedgerError) {
-            _ = try await ledger.append(.releaseFetchFailed(.init(agent: request.agent, version: request.version, url: request.url,
+            _ = try await ledger.append(.releaseFetchFailed(.init(agent: request.agent, version: request.version, url: request.shown,
                                                                   by: request.by, error: reason)))
         } catch {
             logger.warning("the failed fetch could not be recorded", metadata: ["error": "\(error)"])

@@ -147,6 +147,29 @@ struct ReleaseFetchTests {
         #expect(view["state"] as? String == "stored" && view["signed_by"] as? String == "ci", "\(view)")
     }
 
+    /// A presigned URL's query is a credential: it is used, never shown or recorded.
+    @Test func aURLsQueryIsNeverShownNorRecorded() throws {
+        let server = try StaticHTTPServer()
+        defer { server.close() }
+        server.route("/web-2.0", .bytes(ReleasePushTests.script))
+        let daemon = try BatondProcess(configText: Self.config)
+        let secret = "X-Amz-Signature=0123456789secret"
+        let url = server.url("/web-2.0") + "?" + secret
+        #expect(try Self.fetch(daemon, "2.0", url: url, sha256: ReleasePushTests.sha256(ReleasePushTests.script)).status == 202)
+        #expect(try Self.fetch(daemon, "2.1", url: server.url("/missing") + "?" + secret,
+                               sha256: ReleasePushTests.sha256(ReleasePushTests.script)).status == 202)
+        let stored = try Self.settled(daemon, "2.0"), failed = try Self.settled(daemon, "2.1")
+        #expect(stored["state"] as? String == "stored" && stored["url"] as? String == server.url("/web-2.0") + "?…", "\(stored)")
+        #expect(failed["state"] as? String == "failed")
+        #expect(server.requests.contains { $0.path.hasPrefix("/web-2.0") }, "the query was used to fetch")
+        for text in [try daemon.endpoint.get("/v1/releases/web", token: daemon.token).text,
+                     try String(contentsOfFile: daemon.state.file("ledger/journal.jsonl"), encoding: .utf8),
+                     try String(contentsOfFile: daemon.state.file("releases/web/2.0/release.json"), encoding: .utf8),
+                     daemon.log] {
+            #expect(!text.contains("secret"), "the query shows: \(text.suffix(500))")
+        }
+    }
+
     @Test func aBadURLIsRefusedAtOnce() throws {
         let daemon = try BatondProcess(configText: Self.config)
         let digest = String(repeating: "0", count: 64)
