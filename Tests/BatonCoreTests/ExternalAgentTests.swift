@@ -15,10 +15,11 @@ struct ExternalAgentTests {
         actions.filter { if case .spawn = $0 { true } else { false } }
     }
 
-    /// Booted over a current release, with `r.1` (v1) registered, ready and working.
+    /// Booted over a current release v1 (v0 before it, stored), with `r.1` (v1)
+    /// registered, ready and working.
     static func working(clock: ManualClock = ManualClock()) -> Machine {
         var machine = Machine(settings: settings, clock: clock)
-        #expect(machine.handle(.boot(current: "v1", instances: [], handoff: nil)) == [])
+        #expect(machine.handle(.boot(current: "v1", instances: [], handoff: nil, releases: .init(previous: "v0"))) == [])
         #expect(machine.state == .idle)
         _ = machine.handle(.registered("r.1", version: "v1", stored: true))
         #expect(machine.handle(.ready("r.1")) == [.signal("r.1", .go)])
@@ -54,6 +55,7 @@ struct ExternalAgentTests {
             let actions = machine.handle(.exited("r.\(round)", description: "exit 1"))
             #expect(Self.spawns(actions).isEmpty)
             #expect(!actions.contains { if case .record(.rewound) = $0 { true } else { false } }, "\(actions)")
+            #expect(!actions.contains { if case .record(.handoffBegan) = $0 { true } else { false } }, "\(actions)")
             #expect(!actions.contains(.startTimer(.restart, Self.settings.firstBackoff)))
             #expect(name(machine.state) == "idle")
             _ = machine.handle(.registered("r.\(round + 1)", version: "v1", stored: true))
