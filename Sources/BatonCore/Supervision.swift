@@ -297,7 +297,6 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         public init(timeouts: Handoff.Timeouts = .init(), stopRegisteredOnExit: Bool = false,
                     firstBackoff: Duration = .seconds(1), maxBackoff: Duration = .seconds(60), stable: Duration = .seconds(60),
                     crashLoopExits: Int = 5, crashLoopWindow: Duration = .seconds(300), startsReleases: Bool = true) {
-            self.startsReleases = startsReleases
             self.timeouts = timeouts
             self.stopRegisteredOnExit = stopRegisteredOnExit
             self.firstBackoff = firstBackoff
@@ -305,6 +304,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             self.stable = stable
             self.crashLoopExits = crashLoopExits
             self.crashLoopWindow = crashLoopWindow
+            self.startsReleases = startsReleases
         }
     }
 

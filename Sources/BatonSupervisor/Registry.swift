@@ -62,6 +62,9 @@ public final class InstanceRegistry: Sendable {
         var waiters: [String: [Waiter]] = [:]
         /// Each agent's desired version, as instances are shown it.
         var desired: [String: DesiredVersion] = [:]
+        /// Every live instance's pid, and pids claimed by a registration in progress:
+        /// one live registration per pid.
+        var pids: [Int32: String] = [:]
 
         /// What the instance is told: its signal, its handoff, and the agent's desired
         /// version unless it runs that version already.
@@ -69,9 +72,6 @@ public final class InstanceRegistry: Sendable {
             let desired = self.desired[instance.agent].flatMap { $0.version == instance.version ? nil : $0 }
             return SignalView(instance: instance.id, signal: instance.signal, handoff: instance.handoff, desired: desired)
         }
-        /// Every live instance's pid, and pids claimed by a registration in progress:
-        /// one live registration per pid.
-        var pids: [Int32: String] = [:]
     }
 
     private let state = Mutex(State())
