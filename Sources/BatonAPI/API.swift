@@ -149,6 +149,8 @@ public final class API: Sendable {
     /// What the ledger knows of an agent, with its live instances from the supervisor.
     func view(of config: AgentConfig, ledger: AgentLedger?) -> AgentView {
         var view = AgentView(name: config.name, ledger: ledger, config: config.view)
+        // With the stored release's digest and URL, as the agent's instances see it.
+        view.desired = supervisor.registry.desired(of: config.name) ?? view.desired
         let live = supervisor.registry.instances(of: config.name)
         view.instances = live.map {
             AgentView.Instance(id: $0.id, pid: $0.pid, version: $0.version, state: $0.stopped ? "stopped" : $0.signal == .go ? "working" : $0.ready ? "ready" : $0.signal == .stop ? "stopping" : "starting", startedAt: $0.startedAt)

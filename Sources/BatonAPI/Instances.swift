@@ -1,9 +1,12 @@
 import BatonCore
 import BatonHTTP
+import BatonReleases
 import BatonSupervisor
 
 /// The instance protocol: an agent's process reports ready, failed or stopped, and
-/// long-polls its signal with the last one it saw.
+/// long-polls its signal with the last one it saw (`seen`) and, if it cares, the last
+/// desired version it saw (`seen_desired`). A parked poll is answered when the signal
+/// changes or when the desired version its answer carries changes.
 struct InstanceRoutes: Sendable {
     let supervisor: Supervisor
     let maxWait: Duration
@@ -58,18 +61,24 @@ struct InstanceRoutes: Sendable {
             }
             seen = value
         }
+        // The desired version the agent last saw (empty: none): one it has not seen is news too.
+        let seenDesired = request.query("seen_desired")
+        if let seenDesired, !seenDesired.isEmpty, !Names.isValidVersion(seenDesired) {
+            throw HTTPError.badParameter("seen_desired", "must be a version, or empty for none, not \"\(seenDesired)\"")
+        }
         let wait = try request.wait(max: maxWait)
         let registry = supervisor.registry
         guard let now = registry.view(id) else {
             throw HTTPError(status: 404, code: "instance_not_found", message: "no instance \(id)")
         }
         if wait == 0 || seen != now.signal { return .respond(.json(now)) }
+        if let seenDesired, seenDesired != now.desired?.version ?? "" { return .respond(.json(now)) }
         let pending = try request.park(deadline: .milliseconds(Int64(wait * 1000)),
                                        limit: ParkLimit(group: "signal \(id)", most: Self.signalWaiters, overflow: .answerOldest)) {
             .json(registry.view(id) ?? SignalView(instance: id, signal: .stop, handoff: nil))
         }
         let waiter = InstanceRegistry.Waiter(seen: seen, answer: { pending.answer(.json($0)) }, isAnswered: { pending.isAnswered })
-        if let changed = registry.signalOrPark(id, seen: seen, waiter: waiter) {
+        if let changed = registry.signalOrPark(id, seen: seen, seenDesired: seenDesired, waiter: waiter) {
             pending.answer(.json(changed))
         }
         return .parked
@@ -90,6 +99,19 @@ struct HandoffRoutes: Sendable {
                     throw HTTPError(status: 422, code: "invalid_version", message: "\"\(body.version)\" is not a valid version")
                 }
                 let by = (request.principal as? Principal)?.name ?? "operator"
+                guard let startsReleases = supervisor.startsReleases(of: name) else { throw SupervisorError.agentNotFound(name).http }
+                if !startsReleases {
+                    try Self.validateSource(body)
+                    let pending = request.park(deadline: .seconds(60)) { Self.busy }
+                    supervisor.recordDesired(agent: name, body, by: by) { result in
+                        switch result {
+                        case .success(let desired): pending.answer(.json(status: 202, desired))
+                        case .failure(let error): pending.answer(error.http.response)
+                        }
+                    }
+                    return .parked
+                }
+                if body.url != nil || body.sha256 != nil { throw SupervisorError.notExternal(name).http }
                 let pending = request.park(deadline: .seconds(60)) { Self.busy }
                 supervisor.setDesired(agent: name, version: body.version, mode: body.mode, by: by) { result in
                     pending.answer(Self.answer(result))
@@ -130,6 +152,22 @@ struct HandoffRoutes: Sendable {
     }
 
     static let busy = HTTPError(status: 503, code: "timeout", message: "the request was not processed in time").response
+
+    /// An external agent's desired version may say where to fetch it, checked as a fetch's:
+    /// a URL batond itself would fetch from, and a digest to check it against.
+    static func validateSource(_ body: DesiredRequest) throws(HTTPError) {
+        if let sha256 = body.sha256, !Hex.isSHA256(sha256.lowercased()) {
+            throw HTTPError(status: 422, code: "invalid_digest", message: "sha256 must be 64 hex digits, not \(WireJSON.quote(sha256))")
+        }
+        if let url = body.url {
+            if let reason = Download.validate(url: url) {
+                throw HTTPError(status: 422, code: "invalid_url", message: "url \(WireJSON.quote(url)): \(reason)")
+            }
+            guard body.sha256 != nil else {
+                throw HTTPError(status: 422, code: "invalid_digest", message: "a url needs its sha256: the agent checks what it downloads")
+            }
+        }
+    }
 
     /// A handoff of an earlier run of batond, from the ledger's history.
     private func historical(_ id: String) -> HandoffView? {
@@ -185,6 +223,12 @@ extension SupervisorError {
         case .rolloutInProgress(let rollout):
             HTTPError(status: 409, code: "rollout_in_progress",
                       message: "rollout \(rollout) moves this agent; wait for it to end (GET /v1/version)")
+        case .externalAgent(let agent):
+            HTTPError(status: 409, code: "external_agent",
+                      message: "batond does not start \(agent) (external = true): set a desired version, which its instances fetch and start")
+        case .notExternal(let agent):
+            HTTPError(status: 422, code: "not_external",
+                      message: "url and sha256 are for external agents; batond starts \(agent) from a stored release (push or fetch it first)")
         }
     }
 }
@@ -201,7 +245,7 @@ extension RegistrationRequest: ClosedJSONObject {
 }
 
 extension DesiredRequest: ClosedJSONObject {
-    public static let fieldNames: Set<String> = ["version", "mode"]
+    public static let fieldNames: Set<String> = ["version", "mode", "url", "sha256"]
 }
 
 extension RollbackRequest: ClosedJSONObject {

@@ -42,6 +42,30 @@ public struct BatonAgent: Sendable {
         public var description: String { rawValue }
     }
 
+    /// The agent's desired version while it is not this instance's own, as a signal
+    /// answer carries it: for an agent that fetches its own release (see
+    /// docs/agent-protocol.md, "Agents that fetch their own release").
+    public struct Desired: Sendable, Equatable, Decodable {
+        public let version: String
+        /// SHA-256 (hex) and source of the release, when batond knows them.
+        public let sha256: String?
+        public let url: String?
+
+        public init(version: String, sha256: String? = nil, url: String? = nil) {
+            self.version = version; self.sha256 = sha256; self.url = url
+        }
+    }
+
+    /// A signal answer: the signal, and the desired version when it is not this instance's.
+    public struct Update: Sendable, Equatable {
+        public let signal: Signal
+        public let desired: Desired?
+
+        public init(signal: Signal, desired: Desired?) {
+            self.signal = signal; self.desired = desired
+        }
+    }
+
     /// Where batond listens.
     public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
         /// batond's Unix control socket (`BATON_SOCKET`), preferred when there is one.
@@ -206,23 +230,45 @@ public struct BatonAgent: Sendable {
     /// (``BatonAgentError/isUnknownInstance``) means batond does not know this instance:
     /// stop working and exit non-zero.
     public func waitForSignal(seen: Signal?, wait: Duration = .seconds(60)) throws -> Signal {
+        var query = ""
+        if let seen { query = "?seen=\(seen.rawValue)" }
+        return try longPoll(query: query, wait: wait, answersAtOnce: seen == nil) { $0.signal != seen }.signal
+    }
+
+    /// Like ``waitForSignal(seen:wait:)``, but also returns when the desired version the
+    /// answer carries differs from the one in `seen` (it passes `seen_desired`): an agent
+    /// that fetches its own release learns of a new desired version while it works. With
+    /// `seen` nil, returns the current answer at once.
+    public func waitForUpdate(seen: Update?, wait: Duration = .seconds(60)) throws -> Update {
+        var query = ""
+        if let seen {
+            query = "?seen=\(seen.signal.rawValue)&seen_desired=\(Self.pathSegment(seen.desired?.version ?? ""))"
+        }
+        return try longPoll(query: query, wait: wait, answersAtOnce: seen == nil) {
+            $0.signal != seen?.signal || $0.desired?.version != seen?.desired?.version
+        }
+    }
+
+    /// Long-polls the signal route until `isNews` holds for an answer (see
+    /// ``waitForSignal(seen:wait:)`` for the retries).
+    private func longPoll(query: String, wait: Duration, answersAtOnce: Bool, isNews: (Update) -> Bool) throws -> Update {
         let wait = max(wait, .seconds(1))
-        var target = "/v1/instances/\(Self.pathSegment(instance))/signal"
-        if let seen { target += "?seen=\(seen.rawValue)&wait=\(Self.seconds(wait))" }
+        var target = "/v1/instances/\(Self.pathSegment(instance))/signal" + query
+        if !answersAtOnce { target += "&wait=\(Self.seconds(wait))" }
         var backoff = retryPolicy.start()
         var outage = Outage(what: "signal")
         while true {
             let started = ContinuousClock.now
-            let answer: Signal
+            let answer: Update
             do {
-                answer = try decodeSignal(request("GET", target, body: nil, timeout: wait + .seconds(10)))
+                answer = try decodeUpdate(request("GET", target, body: nil, timeout: wait + .seconds(10)))
             } catch let error as BatonAgentError where error.isTransient {
                 outage.failed(error, diagnostics)
                 sleepThread(for: backoff.next())
                 continue
             }
             outage.over(diagnostics)
-            if answer != seen { return answer }
+            if answersAtOnce || isNews(answer) { return answer }
             // Unchanged: the long-poll ran out, ask again. An unchanged answer long before
             // the deadline is not what the contract says; back off so that a server that
             // does not hold requests cannot turn this into a busy loop.
@@ -277,7 +323,7 @@ public struct BatonAgent: Sendable {
         let response = try withRetry(timeout: timeout, what: route) { attempt in
             try request("POST", target, body: body, timeout: attempt)
         }
-        return try decodeSignal(response)
+        return try decodeUpdate(response).signal
     }
 
     /// batond answers a report within 30 s (or `503 timeout`); an attempt waits a little
@@ -337,8 +383,8 @@ public struct BatonAgent: Sendable {
         return response
     }
 
-    private func decodeSignal(_ response: HTTPResponse) throws -> Signal {
-        struct Answer: Decodable { let signal: String }
+    private func decodeUpdate(_ response: HTTPResponse) throws -> Update {
+        struct Answer: Decodable { let signal: String; let desired: Desired? }
         guard let answer = try? JSONDecoder().decode(Answer.self, from: Data(response.body)) else {
             let text = String(decoding: response.body.prefix(200), as: UTF8.self)
             throw BatonAgentError.malformedResponse("no signal in the answer: \(text)")
@@ -346,7 +392,7 @@ public struct BatonAgent: Sendable {
         guard let signal = Signal(rawValue: answer.signal) else {
             throw BatonAgentError.malformedResponse("unknown signal \"\(answer.signal)\"")
         }
-        return signal
+        return Update(signal: signal, desired: answer.desired)
     }
 
     /// Percent-encodes everything but unreserved characters (names never need it).

@@ -119,8 +119,12 @@ public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
 /// One `[agents.NAME]` table.
 public struct AgentConfig: Sendable, Equatable {
     public var name: String
-    /// argv; `{release}` expands to the agent's release directory.
+    /// argv; `{release}` expands to the agent's release directory. Empty for an external agent.
     public var command: [String]
+    /// batond never starts the agent: its instances start elsewhere (a container runtime,
+    /// another supervisor), register themselves, fetch their own releases, and hand over
+    /// by the usual handoff. A desired version is only recorded and shown to them.
+    public var external = false
     public var env: [String: String] = [:]
     /// Variables passed on from batond's own environment (instances get a defined one).
     public var inheritEnv: [String] = []
@@ -176,7 +180,7 @@ public struct AgentConfig: Sendable, Equatable {
     }
 
     public var view: AgentView.Config {
-        AgentView.Config(mode: mode, command: command, readyTimeoutMs: readyTimeout.milliseconds,
+        AgentView.Config(mode: mode, command: command, external: external, readyTimeoutMs: readyTimeout.milliseconds,
                          stopTimeoutMs: stopTimeout.milliseconds, killTimeoutMs: killTimeout.milliseconds)
     }
 }

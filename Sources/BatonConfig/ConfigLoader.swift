@@ -233,18 +233,34 @@ private struct Reader {
     }
 
     func readAgent(_ table: TOMLTable, name: String, path: [String]) throws(ConfigError) -> AgentConfig {
-        try only(table, path, allowed: ["command", "env", "mode", "ready_timeout", "stop_timeout", "kill_timeout",
+        try only(table, path, allowed: ["command", "external", "env", "mode", "ready_timeout", "stop_timeout", "kill_timeout",
                                         "user", "group", "readiness", "registration_token",
                                         "tcp_registration_uids", "stop_registered_on_exit", "inherit_env",
                                         "migration", "migration_timeout",
                                         "restart_backoff", "restart_backoff_max", "crash_loop_exits", "crash_loop_window"])
+        if try bool(table, "external", path: path) == true {
+            // What only a process batond starts would use is a mistake here, not a default.
+            for key in Self.spawnOnlyKeys where table.keys.contains(key) {
+                throw error(path + [key], "is for agents batond starts; this one is external (its instances start elsewhere and register)")
+            }
+            var agent = AgentConfig(name: name, command: [])
+            agent.external = true
+            return try readCommon(table, into: agent, path: path)
+        }
         guard let command = try strings(table, "command", path: path) else {
-            throw error(path + ["command"], "is required: the agent's argv, e.g. [\"{release}/bin/\(name)\"]")
+            throw error(path + ["command"], "is required: the agent's argv, e.g. [\"{release}/bin/\(name)\"] (or external = true)")
         }
         guard let program = command.first, !program.isEmpty else {
             throw error(path + ["command"], "must name a program")
         }
-        var agent = AgentConfig(name: name, command: command)
+        return try readCommon(table, into: AgentConfig(name: name, command: command), path: path)
+    }
+
+    /// The keys about starting a process: refused with `external = true`.
+    static let spawnOnlyKeys = ["command", "env", "inherit_env", "user", "group", "readiness"]
+
+    private func readCommon(_ table: TOMLTable, into agent: AgentConfig, path: [String]) throws(ConfigError) -> AgentConfig {
+        var agent = agent
         if let env = try self.table(table, "env", path: path) {
             for key in env.keys {
                 let variable = path + ["env", key]

@@ -36,7 +36,8 @@ public struct LedgerState: Codable, Sendable, Equatable {
             daemon.cleanStops += 1
             daemon.lastStoppedAt = at
         case .agentDesired(let e):
-            agents[e.agent, default: AgentLedger()].desired = .init(version: e.version, mode: e.mode, setAt: at, setBy: e.by)
+            agents[e.agent, default: AgentLedger()].desired =
+                .init(version: e.version, mode: e.mode, setAt: at, setBy: e.by, sha256: e.sha256, url: e.url)
             // An operator acted: supervision's verdict on a crash loop no longer stands.
             agents[e.agent]?.rewound = nil
             agents[e.agent]?.failed = nil
@@ -206,6 +207,15 @@ public struct DesiredVersion: Codable, Sendable, Equatable {
     public var mode: HandoffMode
     public var setAt: Timestamp
     public var setBy: String
+    /// Where the release is and its digest, for an agent that fetches its own release:
+    /// as the desired request gave them, or (in views) from the stored release's
+    /// `release.json`. Absent when unknown.
+    public var sha256: String?
+    public var url: String?
+
+    public init(version: String, mode: HandoffMode, setAt: Timestamp, setBy: String, sha256: String? = nil, url: String? = nil) {
+        self.version = version; self.mode = mode; self.setAt = setAt; self.setBy = setBy; self.sha256 = sha256; self.url = url
+    }
 }
 
 public struct RunningVersion: Codable, Sendable, Equatable {

@@ -119,8 +119,12 @@ public struct AgentDesired: Codable, Sendable, Equatable {
     public var version: String
     public var mode: HandoffMode
     public var by: String
-    public init(agent: String, version: String, mode: HandoffMode, by: String) {
-        self.agent = agent; self.version = version; self.mode = mode; self.by = by
+    /// For an agent that fetches its own release (`external`): where it is and its
+    /// SHA-256, as the request gave them (absent from records that had none).
+    public var url: String?
+    public var sha256: String?
+    public init(agent: String, version: String, mode: HandoffMode, by: String, url: String? = nil, sha256: String? = nil) {
+        self.agent = agent; self.version = version; self.mode = mode; self.by = by; self.url = url; self.sha256 = sha256
     }
 }
 

@@ -24,6 +24,11 @@
 /// starts it no more. The facts it needs (the previous release, which releases are
 /// irreversible, what the ledger shows it decided before) come in events.
 ///
+/// An external agent (`Settings.startsReleases` false) is never started by batond: no
+/// `.spawn` ever comes out, its desired versions are refused (the shell only records them,
+/// for its instances to fetch and start themselves), a crash is no crash loop, and where
+/// a release would start the machine goes idle until a registered instance is ready.
+///
 /// The supervisor's side of the contract: it answers every `.spawn` with `.spawned` or
 /// `.spawnFailed` before it feeds anything else; it keeps one timer per `TimerKey`
 /// (starting a timer again replaces it) and feeds `.timerFired` only for the latest one.
@@ -246,6 +251,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
     /// Why a request is refused; the API answers with it.
     public enum Refusal: Sendable, Equatable {
         case notBooted, handoffInProgress, shuttingDown
+        /// A desired version of an external agent: batond starts none of its releases.
+        case startsNoReleases
     }
 
     public enum Action: Sendable, Equatable {
@@ -283,10 +290,13 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         /// `crashLoopWindow` (0: never one).
         public var crashLoopExits: Int
         public var crashLoopWindow: Duration
+        /// Whether batond starts the agent's releases; false for an external agent, whose
+        /// instances all register themselves.
+        public var startsReleases: Bool
 
         public init(timeouts: Handoff.Timeouts = .init(), stopRegisteredOnExit: Bool = false,
                     firstBackoff: Duration = .seconds(1), maxBackoff: Duration = .seconds(60), stable: Duration = .seconds(60),
-                    crashLoopExits: Int = 5, crashLoopWindow: Duration = .seconds(300)) {
+                    crashLoopExits: Int = 5, crashLoopWindow: Duration = .seconds(300), startsReleases: Bool = true) {
             self.timeouts = timeouts
             self.stopRegisteredOnExit = stopRegisteredOnExit
             self.firstBackoff = firstBackoff
@@ -294,6 +304,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             self.stable = stable
             self.crashLoopExits = crashLoopExits
             self.crashLoopWindow = crashLoopWindow
+            self.startsReleases = startsReleases
         }
     }
 
@@ -337,6 +348,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         out = []
         defer { out = [] }
         guard !isStale(event) else { return [] }
+        // An external agent's desired version is its own to fetch and start, never a handoff of batond's.
+        if case .desired = event, !settings.startsReleases { return [.refuse(.startsNoReleases)] }
         if case .timerFired(let key) = event { armed.remove(key) }
         observe(event)
         step(event)
@@ -622,7 +635,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
     // MARK: - Starting and restarting
 
     private mutating func startCurrent() {
-        guard let version = current else {
+        guard settings.startsReleases, let version = current else {
             state = .idle
             return
         }
@@ -632,7 +645,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
 
     /// Nothing works: the current release starts again after the backoff.
     private mutating func scheduleRestart() {
-        guard current != nil else {
+        guard settings.startsReleases, current != nil else {
             state = .idle
             return
         }
@@ -652,7 +665,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
     /// release, or says why it can do neither. Whether it took over (else the caller
     /// backs off as before).
     private mutating func crashed(_ version: String?) -> Bool {
-        guard settings.crashLoopExits > 0, let current, version == current else { return false }
+        guard settings.startsReleases, settings.crashLoopExits > 0, let current, version == current else { return false }
         let now = clock.now, window = settings.crashLoopWindow
         abnormalExits.removeAll { $0.duration(to: now) >= window }
         abnormalExits.append(now)
@@ -889,6 +902,9 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
                 // A registered successor runs and is ready already.
                 feed(.spawned(.successor))
                 feed(.ready(.successor))
+            } else if !settings.startsReleases {
+                // A handoff of an external agent taken up from an older ledger: nothing starts.
+                feed(.spawnFailed(role, reason: "batond starts no release of an external agent"))
             } else {
                 emit(.spawn(Spawn(version: spawnVersion(run, role), purpose: .handoff(role))))
             }

@@ -20,13 +20,17 @@ public struct AgentView: Codable, Sendable, Equatable {
 
     public struct Config: Codable, Sendable, Equatable {
         public var mode: HandoffMode
+        /// Empty for an external agent.
         public var command: [String]
+        /// batond never starts it: its instances register themselves.
+        public var external: Bool
         public var readyTimeoutMs: Int64
         public var stopTimeoutMs: Int64
         public var killTimeoutMs: Int64
 
-        public init(mode: HandoffMode, command: [String], readyTimeoutMs: Int64, stopTimeoutMs: Int64, killTimeoutMs: Int64) {
-            self.mode = mode; self.command = command; self.readyTimeoutMs = readyTimeoutMs
+        public init(mode: HandoffMode, command: [String], external: Bool = false, readyTimeoutMs: Int64, stopTimeoutMs: Int64,
+                    killTimeoutMs: Int64) {
+            self.mode = mode; self.command = command; self.external = external; self.readyTimeoutMs = readyTimeoutMs
             self.stopTimeoutMs = stopTimeoutMs; self.killTimeoutMs = killTimeoutMs
         }
     }
@@ -119,16 +123,20 @@ public enum AgentSignal: String, Codable, Sendable, CaseIterable {
     case stop
 }
 
-/// The answer of every instance route: the instance's signal now.
+/// The answer of every instance route: the instance's signal now, and the agent's
+/// desired version when it is not the instance's own (null otherwise): an agent that
+/// fetches its own release learns there what to fetch and start.
 public struct SignalView: Codable, Sendable, Equatable {
     public var instance: String
     public var signal: AgentSignal
     public var handoff: String?
+    public var desired: DesiredVersion?
 
-    public init(instance: String, signal: AgentSignal, handoff: String?) {
+    public init(instance: String, signal: AgentSignal, handoff: String?, desired: DesiredVersion? = nil) {
         self.instance = instance
         self.signal = signal
         self.handoff = handoff
+        self.desired = desired
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -136,6 +144,7 @@ public struct SignalView: Codable, Sendable, Equatable {
         try c.encode(instance, forKey: .instance)
         try c.encode(signal, forKey: .signal)
         try c.encode(handoff, forKey: .handoff)
+        try c.encode(desired, forKey: .desired)
     }
 }
 
@@ -149,9 +158,14 @@ public struct FailedReport: Codable, Sendable, Equatable {
 public struct DesiredRequest: Codable, Sendable, Equatable {
     public var version: String
     public var mode: HandoffMode?
-    public init(version: String, mode: HandoffMode?) {
+    /// Only for an `external` agent, which fetches its own release: where, and its SHA-256.
+    public var url: String?
+    public var sha256: String?
+    public init(version: String, mode: HandoffMode?, url: String? = nil, sha256: String? = nil) {
         self.version = version
         self.mode = mode
+        self.url = url
+        self.sha256 = sha256
     }
 }
 

@@ -25,6 +25,11 @@ public enum SupervisorError: Error, Sendable, Equatable {
     case rolloutInProgress(String)
     /// The pid is already an instance (of this agent or another).
     case alreadyRegistered(pid: Int32, instance: String)
+    /// A handoff of an agent batond does not start (`external`): its desired version is
+    /// only recorded, for its instances to fetch and start.
+    case externalAgent(String)
+    /// A url or sha256 with a desired version of an agent batond starts itself.
+    case notExternal(String)
 }
 
 /// What an instance reports about itself.
@@ -59,6 +64,8 @@ actor AgentRunner {
 
     enum Message: Sendable {
         case desired(version: String, mode: HandoffMode?, by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
+        /// An external agent's desired version: recorded and shown to its instances.
+        case recordDesired(DesiredRequest, by: String, reply: @Sendable (Result<DesiredVersion, SupervisorError>) -> Void)
         /// `force`: also from an irreversible release.
         case rollback(by: String, force: Bool, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
         case report(instance: String, InstanceReport, reply: @Sendable (Result<SignalView, SupervisorError>) -> Void)
@@ -125,7 +132,8 @@ actor AgentRunner {
         machine = Machine(settings: .init(timeouts: .init(ready: config.readyTimeout, stop: config.stopTimeout, kill: config.killTimeout),
                                           stopRegisteredOnExit: config.stopRegisteredOnExit,
                                           firstBackoff: config.restartBackoff, maxBackoff: config.restartBackoffMax,
-                                          crashLoopExits: config.crashLoopExits, crashLoopWindow: config.crashLoopWindow),
+                                          crashLoopExits: config.crashLoopExits, crashLoopWindow: config.crashLoopWindow,
+                                          startsReleases: !config.external),
                           clock: ContinuousClock())
         (mailbox, inbox) = AsyncStream.makeStream(of: Message.self)
     }
@@ -249,6 +257,7 @@ actor AgentRunner {
             case .handoffInProgress: .handoffInProgress(flight?.view.id ?? "in progress")
             // `runLoop` boots before it reads a request: a request is never before boot.
             case .notBooted, .shuttingDown: .shuttingDown
+            case .startsNoReleases: .externalAgent(name)
             }
             return (machine, [], error)
         }
@@ -259,6 +268,8 @@ actor AgentRunner {
         switch message {
         case .desired(let version, let mode, let by, let reply):
             reply(await begin(to: version, mode: mode ?? config.mode, by: by))
+        case .recordDesired(let request, let by, let reply):
+            reply(await recordDesired(request, by: by))
         case .rollback(let by, let force, let reply):
             let state = context.ledger.state.agents[name]
             guard let previous = state?.previous, context.releases.exists(agent: name, version: previous) else {
@@ -334,9 +345,23 @@ actor AgentRunner {
                                        phase: Handoff.Phase(rawValue: handoff.phase) ?? .spawning)
         }, releases: releaseFacts(current: current, recorded: recorded, adopted: found)))
         if case .handingOff(let run) = machine.state { flight?.old = run.roles[.old] }
-        if current == nil, case .idle = machine.state {
+        if config.external {
+            logger.notice("external agent: waiting for its instances to register", metadata: ["agent": "\(name)"])
+        } else if current == nil, case .idle = machine.state {
             logger.notice("agent has no current release; waiting for a desired version", metadata: ["agent": "\(name)"])
         }
+        publishDesired()
+    }
+
+    /// Shows the agent's desired version to its instances (`SignalView.desired`): as
+    /// recorded, with the stored release's digest and URL when the record has none.
+    private func publishDesired() {
+        var desired = context.ledger.state.agents[name]?.desired
+        if let recorded = desired, recorded.sha256 == nil, let manifest = context.releases.manifest(agent: name, version: recorded.version) {
+            desired?.sha256 = manifest.sha256
+            desired?.url = manifest.url
+        }
+        context.registry.setDesired(agent: name, desired)
     }
 
     /// What a crash loop needs to know at boot: the previous release if batond stores it,
@@ -415,6 +440,7 @@ actor AgentRunner {
             unflushed.removeAll()
             return .failure(.ledger(failure.description))
         }
+        publishDesired()
         machine = next
         await perform(actions)
         await drain()
@@ -424,6 +450,25 @@ actor AgentRunner {
         let id = "\(name)-\(handoffNumbers)"
         guard let view = context.handoffs.view(id) else { return .failure(.ledger("handoff \(id) was not recorded")) }
         return .success(view)
+    }
+
+    /// An external agent's desired version: recorded, then shown to its instances, which
+    /// fetch and start it themselves. Nothing begins here: the handoff follows when an
+    /// instance of that version registers and reports ready.
+    private func recordDesired(_ request: DesiredRequest, by: String) async -> Result<DesiredVersion, SupervisorError> {
+        guard config.external else { return .failure(.notExternal(name)) }
+        guard Names.isValidVersion(request.version) else { return .failure(.invalidVersion(request.version)) }
+        if let refusal = refuseChanges() { return .failure(refusal) }
+        record(.agentDesired(.init(agent: name, version: request.version, mode: request.mode ?? config.mode, by: by,
+                                   url: request.url, sha256: request.sha256?.lowercased())))
+        if let failure = await flush() {
+            unflushed.removeAll()
+            return .failure(.ledger(failure.description))
+        }
+        publishDesired()
+        logger.info("desired version recorded for the agent to fetch", metadata: ["agent": "\(name)", "version": "\(request.version)"])
+        guard let recorded = context.ledger.state.agents[name]?.desired else { return .failure(.ledger("the desired version was not recorded")) }
+        return .success(recorded)
     }
 
     private func received(_ report: InstanceReport, from instance: String) async {

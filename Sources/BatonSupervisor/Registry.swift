@@ -11,11 +11,16 @@ public enum TokenDigest {
 }
 
 /// The live instances of every agent, as the API needs them: their tokens, their
-/// signals, and the long-polls waiting for a signal to change. Read from libmicrohttpd's
-/// threads, written by the agents' run loops; everything under one lock.
+/// signals, each agent's desired version, and the long-polls waiting for a change. Read
+/// from libmicrohttpd's threads, written by the agents' run loops; everything under one
+/// lock.
+///
+/// An instance's view carries the agent's desired version when it is not the instance's
+/// own version (`SignalView.desired`).
 ///
 /// Invariant: a waiter is parked only while its instance's signal equals the `seen` it
-/// asked with; any change of signal answers it.
+/// asked with and the desired version its view carries is the one it carried when the
+/// waiter parked; any change of either answers it.
 public final class InstanceRegistry: Sendable {
     public struct Instance: Sendable, Equatable {
         public var id: String
@@ -55,9 +60,18 @@ public final class InstanceRegistry: Sendable {
         /// Instance ids by token digest.
         var byToken: [String: String] = [:]
         var waiters: [String: [Waiter]] = [:]
+        /// Each agent's desired version, as instances are shown it.
+        var desired: [String: DesiredVersion] = [:]
         /// Every live instance's pid, and pids claimed by a registration in progress:
         /// one live registration per pid.
         var pids: [Int32: String] = [:]
+
+        /// What the instance is told: its signal, its handoff, and the agent's desired
+        /// version unless it runs that version already.
+        func view(of instance: Instance) -> SignalView {
+            let desired = self.desired[instance.agent].flatMap { $0.version == instance.version ? nil : $0 }
+            return SignalView(instance: instance.id, signal: instance.signal, handoff: instance.handoff, desired: desired)
+        }
     }
 
     private let state = Mutex(State())
@@ -132,9 +146,31 @@ public final class InstanceRegistry: Sendable {
     }
 
     public func view(_ id: String) -> SignalView? {
-        state.withLock { state in
-            state.instances[id].map { SignalView(instance: $0.id, signal: $0.signal, handoff: $0.handoff) }
+        state.withLock { state in state.instances[id].map { state.view(of: $0) } }
+    }
+
+    /// The agent's desired version as its instances see it (nil before the first).
+    public func desired(of agent: String) -> DesiredVersion? {
+        state.withLock { $0.desired[agent] }
+    }
+
+    /// Sets the agent's desired version, and answers the waiters of every instance whose
+    /// view now carries another desired version (one appears, goes, or changes version).
+    public func setDesired(agent: String, _ desired: DesiredVersion?) {
+        let answers = state.withLock { state -> [(Waiter, SignalView)] in
+            guard state.desired[agent] != desired else { return [] }
+            state.generation += 1
+            let before = state.instances.values.filter { $0.agent == agent }.map { ($0, state.view(of: $0).desired?.version) }
+            state.desired[agent] = desired
+            var answers: [(Waiter, SignalView)] = []
+            for (instance, carried) in before {
+                let view = state.view(of: instance)
+                guard view.desired?.version != carried else { continue }
+                answers += (state.waiters.removeValue(forKey: instance.id) ?? []).map { ($0, view) }
+            }
+            return answers
         }
+        for (waiter, view) in answers { waiter.answer(view) }
     }
 
     public func update(_ id: String, _ change: (inout Instance) -> Void) {
@@ -158,18 +194,20 @@ public final class InstanceRegistry: Sendable {
             let all = state.waiters[id] ?? []
             let ready = all.filter { $0.seen != signal }
             state.waiters[id] = all.filter { $0.seen == signal && !$0.isAnswered() }
-            return (ready, SignalView(instance: id, signal: signal, handoff: handoff))
+            return (ready, state.view(of: instance))
         }
         if let view { for waiter in ready { waiter.answer(view) } }
     }
 
-    /// Answers at once (returns the view) when the signal differs from `seen`, else
-    /// parks `waiter` and returns nil.
-    public func signalOrPark(_ id: String, seen: AgentSignal?, waiter: Waiter) -> SignalView? {
+    /// Answers at once (returns the view) when the signal differs from `seen`, or when
+    /// `seenDesired` is given (empty: none) and the desired version the view carries
+    /// differs from it; else parks `waiter` and returns nil.
+    public func signalOrPark(_ id: String, seen: AgentSignal?, seenDesired: String? = nil, waiter: Waiter) -> SignalView? {
         state.withLock { state in
             guard let instance = state.instances[id] else { return SignalView(instance: id, signal: .stop, handoff: nil) }
-            let view = SignalView(instance: id, signal: instance.signal, handoff: instance.handoff)
+            let view = state.view(of: instance)
             if seen != instance.signal { return view }
+            if let seenDesired, seenDesired != view.desired?.version ?? "" { return view }
             var list = state.waiters[id, default: []].filter { !$0.isAnswered() }
             list.append(waiter)
             state.waiters[id] = list
@@ -177,3 +215,4 @@ public final class InstanceRegistry: Sendable {
         }
     }
 }
+

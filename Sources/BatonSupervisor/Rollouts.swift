@@ -98,7 +98,8 @@ public actor Rollouts {
         if let machine, !machine.isFinished, let id { throw .inProgress(id: id, version: machine.version) }
         let state = ledger.state
         if let active = state.machine?.rollout { throw .inProgress(id: active.id, version: active.version) }
-        let chosen = agents.filter { store.exists(agent: $0.name, version: version) }
+        // Agents batond does not start (external) fetch and start their releases themselves.
+        let chosen = agents.filter { !$0.external && store.exists(agent: $0.name, version: version) }
         guard !chosen.isEmpty else { throw .noRelease(version) }
         let id = "machine-\((state.machine?.rollouts ?? 0) + 1)"
         // Where each agent is: the version its working instance runs, else the last

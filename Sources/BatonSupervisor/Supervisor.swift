@@ -247,6 +247,19 @@ public final class Supervisor: Sendable {
 
     func heldBy(_ agent: String) -> String? { holds.withLock { $0[agent] } }
 
+    /// Records the desired version of an agent batond does not start (`external`), with
+    /// where to fetch it; its instances see it in their signal.
+    public func recordDesired(agent: String, _ request: DesiredRequest, by: String,
+                              reply: @escaping @Sendable (Result<DesiredVersion, SupervisorError>) -> Void) {
+        guard let runner = runners[agent] else { return reply(.failure(.agentNotFound(agent))) }
+        runner.send(.recordDesired(request, by: by, reply: reply))
+    }
+
+    /// Whether batond starts `agent` itself (nil: no such agent).
+    public func startsReleases(of agent: String) -> Bool? {
+        runners[agent].map { !$0.config.external }
+    }
+
     /// A parallel handoff of `agent` to `version`, awaited to its end: whether it
     /// committed, and why not.
     public func handOver(agent: String, to version: String, by: String) async -> (committed: Bool, error: String?) {

@@ -17,6 +17,17 @@ struct ConfigTests {
         do { _ = try parse(text, accounts: accounts); return nil } catch { return error }
     }
 
+    /// `external = true`: no command needed, the rest of the table as for any agent.
+    @Test func anExternalAgentNeedsNoCommand() throws {
+        let config = try parse("[agents.web]\nexternal = true\nregistration_token = \"\(String(repeating: "t", count: 32))\"\nstop_timeout = \"5s\"\n")
+        let web = try #require(config.agents.first)
+        #expect(web.external && web.command.isEmpty)
+        #expect(web.stopTimeout == .seconds(5) && web.registrationToken?.count == 32)
+        #expect(web.view.external)
+        let plain = try parse("[agents.web]\nexternal = false\ncommand = [\"/x\"]\n")
+        #expect(plain.agents.first?.external == false)
+    }
+
     @Test func theBundledConfigsLoad() throws {
         for name in ["batond.toml", "dev.toml"] {
             let config = try BatondConfig.load(path: Products.packageRoot + "/config/" + name, workingDirectory: "/srv", accounts: Self.accounts)
@@ -149,6 +160,13 @@ struct ConfigTests {
         ("\n\n[agents.\"a/../b\"]\ncommand = [\"/x\"]\n", "agents.\"a/../b\"", 3),
         ("[agents.\"unit.db\"]\ncommand = [\"/x\"]\nmode = \"fast\"\n[agents.unit]\ncommand = [\"/y\"]\n", "agents.\"unit.db\".mode", 3),
         ("[agents]\nweb.command = [\"/x\"]\nweb.mode = \"fast\"\n", "agents.web.mode", 3),
+        // An external agent starts elsewhere: what only a process batond starts uses is refused.
+        ("[agents.web]\nexternal = true\ncommand = [\"/x\"]\n", "agents.web.command", 3),
+        ("[agents.web]\nexternal = true\n\nreadiness = { http = \"http://x\" }\n", "agents.web.readiness", 4),
+        ("[agents.web]\nexternal = true\nuser = \"web\"\n", "agents.web.user", 3),
+        ("[agents.web]\nexternal = true\ninherit_env = [\"TZ\"]\n", "agents.web.inherit_env", 3),
+        ("[agents.web]\nexternal = true\n[agents.web.env]\nA = \"1\"\n", "agents.web.env", 3),
+        ("[agents.web]\nexternal = \"yes\"\n", "agents.web.external", 2),
     ])
     func badValuesNameKeyAndLine(_ text: String, _ key: String, _ line: Int) throws {
         // The same lines whether the file ends its lines with LF or, as TOML allows, CRLF.

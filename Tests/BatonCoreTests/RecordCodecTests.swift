@@ -8,6 +8,9 @@ struct RecordCodecTests {
         .daemonStarted(.init(pid: 42, version: "0.1.0", config: "/etc/baton/batond.toml", listeners: ["unix:/run/baton/batond.sock"])),
         .daemonStopped(.init(pid: 42, reason: "signal")),
         .agentDesired(.init(agent: "web", version: "2.0", mode: .sequential, by: "uid 0")),
+        // An external agent's: where it fetches the release, and its digest.
+        .agentDesired(.init(agent: "ext", version: "2.0", mode: .parallel, by: "uid 0",
+                            url: "https://releases.example/ext-2.0.tar.gz", sha256: String(repeating: "d", count: 64))),
         .handoffBegan(.init(handoff: "h-1", agent: "web", from: "1.0", to: "2.0", mode: .parallel)),
         .handoffPhase(.init(handoff: "h-1", agent: "web", phase: "waiting_ready")),
         .handoffEnded(.init(handoff: "h-1", agent: "web", outcome: .committed, gapMs: 0.4, error: nil)),

@@ -71,14 +71,17 @@ struct SupervisionWalkTests {
         /// Set BATON_WALK_TRACE to a world's seed to see its every step.
         var trace: Bool
 
-        init(seed: UInt64) {
+        let settings: Machine.Settings
+
+        init(seed: UInt64, external: Bool = false) {
             trace = ProcessInfo.processInfo.environment["BATON_WALK_TRACE"] == String(seed)
             self.seed = seed
             rng = SeededGenerator(state: seed)
-            machine = Machine(settings: Self.settings, clock: clock)
+            settings = Machine.Settings(timeouts: Fixture.timeouts, crashLoopExits: 2, crashLoopWindow: .seconds(60),
+                                        startsReleases: !external)
+            machine = Machine(settings: settings, clock: clock)
         }
 
-        static let settings = Machine.Settings(timeouts: Fixture.timeouts, crashLoopExits: 2, crashLoopWindow: .seconds(60))
         static let irreversible: Set<String> = ["v2", "v3"]
 
         /// The releases batond stores: every v*, and every other registered one.
@@ -213,6 +216,7 @@ struct SupervisionWalkTests {
             case .terminate(let id), .kill(let id):
                 processes[id]?.dying = true
             case .spawn(let spawn):
+                #expect(settings.startsReleases, "a release of an external agent started: \(where_)")
                 #expect(awaitedSpawn == nil, "two spawns at once: \(where_)")
                 if case .failed(let version, _)? = verdict {
                     #expect(spawn != Machine.Spawn(version: version, purpose: .start), "a start of \(version), given up: \(where_)")
@@ -340,7 +344,7 @@ struct SupervisionWalkTests {
                 interrupted = .init(mode: mode, from: from, to: to, phase: phase)
             }
             diedWhileDown = []
-            machine = Machine(settings: Self.settings, clock: clock)
+            machine = Machine(settings: settings, clock: clock)
             began = nil
             phase = nil
             roles = [:]
@@ -371,14 +375,27 @@ struct SupervisionWalkTests {
         #expect(world.givenUp > 0, "seed \(seed): never gave up on an irreversible release")
     }
 
-    /// Random ledgers at boot: any phase, any mix of live and dead instances, signals
-    /// consistent with one holder of go at most; then a random walk from there.
+    /// An external agent: the same walk (desired versions refused, registered instances
+    /// handing over), and batond never starts one of its releases, whatever happens.
     @Test(arguments: seeds)
-    func adoptionOfRandomLedgers(seed: UInt64) {
+    func walkOfAnExternalAgent(seed: UInt64) {
+        var world = World(seed: seed, external: true)
+        world.feed(.boot(current: "v1", instances: [], handoff: nil))
+        for _ in 0..<4_000 { world.step() }
+        #expect(world.commits > 0, "seed \(seed): no registered instance took over")
+        #expect(world.restarts > 0, "seed \(seed): batond never restarted")
+        #expect(world.spawns == 0 && world.rewinds == 0)
+    }
+
+    /// Random ledgers at boot: any phase, any mix of live and dead instances, signals
+    /// consistent with one holder of go at most; then a random walk from there. Also for
+    /// an external agent (its ledger written before it became external).
+    @Test(arguments: seeds, [false, true])
+    func adoptionOfRandomLedgers(seed: UInt64, external: Bool) {
         for round in 0..<200 {
             let worldSeed = seed &* 1_000 &+ UInt64(round)
             var rng = SeededGenerator(state: worldSeed ^ 0xAD0B7)
-            var world = World(seed: worldSeed)
+            var world = World(seed: worldSeed, external: external)
             let phases: [Handoff.Phase?] = [nil, .stoppingFirst, .spawning, .waitingReady, .stoppingOld, .abortingSuccessor,
                                             .revertingSpawn, .revertingReady, .committed, .failed]
             let phase = phases[Int.random(in: 0..<phases.count, using: &rng)]

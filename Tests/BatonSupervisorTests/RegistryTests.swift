@@ -1,0 +1,94 @@
+import BatonCore
+@testable import BatonSupervisor
+import Synchronization
+import Testing
+
+/// The registry's signal long-polls and the desired version they carry: a waiter is
+/// answered when its instance's signal changes, or when the desired version its answer
+/// carries changes; never for a change that leaves its answer's desired version as it was.
+@Suite("instance registry")
+struct RegistryTests {
+    static let at = Timestamp(milliseconds: 1_795_560_776_824)
+
+    static func desired(_ version: String, sha256: String? = nil) -> DesiredVersion {
+        DesiredVersion(version: version, mode: .parallel, setAt: at, setBy: "uid 0", sha256: sha256, url: sha256.map { _ in "http://x/\(version)" })
+    }
+
+    /// A registry with `ext.1` at 1.0 (told go) and `ext.2` at 2.0 (told wait).
+    static func registry() -> InstanceRegistry {
+        let registry = InstanceRegistry()
+        for (id, version, signal) in [("ext.1", "1.0", AgentSignal.go), ("ext.2", "2.0", .wait)] {
+            registry.add(.init(id: id, agent: "ext", version: version, pid: id == "ext.1" ? 101 : 102, signal: signal, handoff: nil,
+                               startedAt: at, ready: true, stopped: false, spawned: false, tokenDigest: id))
+        }
+        return registry
+    }
+
+    /// A parked waiter that keeps what it was answered.
+    final class Parked: Sendable {
+        let answers = Mutex<[SignalView]>([])
+        var waiter: InstanceRegistry.Waiter {
+            InstanceRegistry.Waiter(seen: nil, answer: { view in self.answers.withLock { $0.append(view) } },
+                                    isAnswered: { self.answers.withLock { !$0.isEmpty } })
+        }
+        func parked(seen: AgentSignal) -> InstanceRegistry.Waiter {
+            InstanceRegistry.Waiter(seen: seen, answer: { view in self.answers.withLock { $0.append(view) } },
+                                    isAnswered: { self.answers.withLock { !$0.isEmpty } })
+        }
+        var answered: [SignalView] { answers.withLock { $0 } }
+    }
+
+    @Test func theViewCarriesTheDesiredVersionOnlyWhereItIsNotTheInstancesOwn() {
+        let registry = Self.registry()
+        #expect(registry.view("ext.1")?.desired == nil)
+        registry.setDesired(agent: "ext", Self.desired("2.0", sha256: String(repeating: "a", count: 64)))
+        #expect(registry.view("ext.1")?.desired == Self.desired("2.0", sha256: String(repeating: "a", count: 64)))
+        #expect(registry.view("ext.2")?.desired == nil, "ext.2 runs 2.0 already")
+        #expect(registry.desired(of: "ext")?.version == "2.0")
+        #expect(registry.desired(of: "other") == nil)
+    }
+
+    @Test func aParkedPollIsAnsweredWhenItsDesiredVersionChanges() {
+        let registry = Self.registry()
+        let one = Parked(), two = Parked()
+        #expect(registry.signalOrPark("ext.1", seen: .go, waiter: one.parked(seen: .go)) == nil)
+        #expect(registry.signalOrPark("ext.2", seen: .wait, waiter: two.parked(seen: .wait)) == nil)
+        let generation = registry.generation
+        registry.setDesired(agent: "ext", Self.desired("2.0"))
+        #expect(one.answered.map(\.desired?.version) == ["2.0"])
+        #expect(one.answered.first?.signal == .go, "the same signal, with the news")
+        #expect(two.answered.isEmpty, "its answer carries no desired version either way")
+        #expect(registry.generation > generation, "cached views are rebuilt")
+
+        // The same version again (set again, by someone else): nothing new to answer.
+        let again = Parked()
+        #expect(registry.signalOrPark("ext.1", seen: .go, waiter: again.parked(seen: .go)) == nil)
+        var later = Self.desired("2.0")
+        later.setBy = "operator (token)"
+        registry.setDesired(agent: "ext", later)
+        #expect(again.answered.isEmpty)
+        // Back to 1.0: ext.1's answer loses it, ext.2's gains it.
+        let three = Parked()
+        #expect(registry.signalOrPark("ext.2", seen: .wait, waiter: three.parked(seen: .wait)) == nil)
+        registry.setDesired(agent: "ext", Self.desired("1.0"))
+        #expect(again.answered.count == 1 && again.answered.first?.desired == nil)
+        #expect(three.answered.map(\.desired?.version) == ["1.0"])
+        // A signal change still answers as before, with the desired version.
+        let four = Parked()
+        #expect(registry.signalOrPark("ext.2", seen: .wait, waiter: four.parked(seen: .wait)) == nil)
+        registry.setSignal("ext.2", .go, handoff: "ext-1")
+        #expect(four.answered.map(\.signal) == [.go] && four.answered.first?.desired?.version == "1.0")
+    }
+
+    @Test func seenDesiredAnswersAtOnceWhatTheAgentHasNotSeen() {
+        let registry = Self.registry()
+        registry.setDesired(agent: "ext", Self.desired("2.0"))
+        let parked = Parked()
+        #expect(registry.signalOrPark("ext.1", seen: .go, seenDesired: "", waiter: parked.waiter)?.desired?.version == "2.0")
+        #expect(registry.signalOrPark("ext.1", seen: .go, seenDesired: "1.5", waiter: parked.waiter)?.desired?.version == "2.0")
+        #expect(registry.signalOrPark("ext.1", seen: .go, seenDesired: "2.0", waiter: parked.parked(seen: .go)) == nil)
+        #expect(registry.signalOrPark("ext.2", seen: .wait, seenDesired: "", waiter: Parked().parked(seen: .wait)) == nil,
+                "ext.2 runs the desired version: none to see")
+        #expect(parked.answered.isEmpty)
+    }
+}
