@@ -151,10 +151,16 @@ struct RegistrationOwnershipTests {
         let id = try #require(answer["instance"] as? String)
         let token = try #require(answer["token"] as? String)
         let endpoint = daemon.unix
-        let poll = inBackground { try endpoint.get("/v1/instances/\(id)/signal?seen=wait&wait=60", token: token, timeout: 90) }
-        try waitUntil(timeout: 20) {
-            (try? daemon.endpoint.get("/metrics").text.contains("baton_http_parked_requests 1\n")) ?? false
+        // The web agent's instance parks its own long-poll once it works: count from there.
+        func parked() -> Int {
+            let text = (try? daemon.endpoint.get("/metrics").text) ?? ""
+            return text.split(separator: "\n").first { $0.hasPrefix("baton_http_parked_requests ") }
+                .flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
         }
+        try waitUntil(timeout: 20) { parked() >= 1 }
+        let before = parked()
+        let poll = inBackground { try endpoint.get("/v1/instances/\(id)/signal?seen=wait&wait=60", token: token, timeout: 90) }
+        try waitUntil(timeout: 20) { parked() == before + 1 }
         #expect(daemon.stop() == 0)
         let answered = try? poll.wait(timeout: 30)
         #expect(!(answered?.text.contains(#""signal":"stop""#) ?? false), "told stop: \(answered?.text ?? "-")")
