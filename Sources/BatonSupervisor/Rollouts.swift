@@ -61,6 +61,8 @@ public actor Rollouts {
     private var id: String?
     private var by = ""
     private var migrations: [Migration] = []
+    /// A `begin` waits for its record: the actor may take another request meanwhile.
+    private var beginning: String?
 
     public init(supervisor: Supervisor, ledger: Ledger, agents: [AgentConfig], logDirectory: String, logger: Logger) {
         self.supervisor = supervisor
@@ -96,6 +98,7 @@ public actor Rollouts {
     public func begin(version: String, barrier: Bool, by: String) async throws(RolloutRefusal) -> MachineVersionView {
         guard Names.isValidVersion(version) else { throw .invalidVersion(version) }
         if let machine, !machine.isFinished, let id { throw .inProgress(id: id, version: machine.version) }
+        if let beginning { throw .inProgress(id: "(being recorded)", version: beginning) }
         let state = ledger.state
         if let active = state.machine?.rollout { throw .inProgress(id: active.id, version: active.version) }
         // Agents batond does not start (external) fetch and start their releases themselves.
@@ -111,6 +114,8 @@ public actor Rollouts {
         }
         let migrations = barrier ? chosen.compactMap { migration(of: $0, version: version) } : []
         let display = migrations.isEmpty ? nil : migrations.flatMap { [$0.agent.name + ":"] + $0.argv }
+        beginning = version
+        defer { beginning = nil }
         do throws(LedgerError) {
             _ = try await ledger.append(.rolloutBegan(.init(rollout: id, version: version, barrier: barrier, migration: display,
                                                             agents: planned.map { .init(agent: $0.name, from: $0.from) }, by: by)))
