@@ -99,7 +99,9 @@ done
 # also needs one of Content-Digest and ?sha256= (400 without either: a schema cannot
 # require one of two parameters) and bytes that are an executable or a tar archive
 # (415 otherwise); a fetch's URL must be one libcurl parses as http or https with a
-# host (422 invalid_url), which the schema's pattern only approximates.
+# host (422 invalid_url), which the schema's pattern only approximates. A desired
+# version's url and sha256 are for agents batond does not start (external = true);
+# the schema cannot say which agents those are (422 not_external otherwise).
 cat >"$state/operator.toml" <<EOF
 headers = { Authorization = "Bearer $token" }
 [cache]
@@ -110,6 +112,9 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 [[operations]]
 include-operation-id = "pushRelease"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "415", "422", "429", "5xx"]
+[[operations]]
+include-operation-id = "setDesired"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 [[operations]]
 include-operation-id = "fetchRelease"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
