@@ -38,6 +38,16 @@ struct ReleasePushTests {
         return try daemon.endpoint.request("PUT", path, token: daemon.token, headers: headers, body: bytes, timeout: 60)
     }
 
+    /// Begins a push of `body` as 2.0 (its head says all of it) and sends its first
+    /// `sending` bytes; the connection stays open for the test to cut or read.
+    static func pushPart(_ daemon: BatondProcess, of body: [UInt8], sending: Int) throws -> HTTPConnection {
+        let connection = try HTTPConnection(daemon.endpoint, timeout: 60)
+        let head = "PUT /v1/releases/web/2.0?sha256=\(sha256(body)) HTTP/1.1\r\nHost: localhost\r\n"
+            + "Authorization: Bearer \(daemon.token)\r\nContent-Type: application/octet-stream\r\nContent-Length: \(body.count)\r\n\r\n"
+        try connection.send(Array(head.utf8) + Array(body[..<sending]))
+        return connection
+    }
+
     /// What the agent's release directory holds, temporary entries included.
     static func entries(_ daemon: BatondProcess, _ agent: String = "web") -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: daemon.state.file("releases/\(agent)"))) ?? []).sorted()
@@ -73,11 +83,7 @@ struct ReleasePushTests {
 
     @Test func aPushCutShortByTheClientLeavesNothing() throws {
         let daemon = try BatondProcess(configText: Self.config)
-        let body = [UInt8](repeating: 0x41, count: 4 << 20)
-        let connection = try HTTPConnection(daemon.endpoint)
-        let head = "PUT /v1/releases/web/2.0?sha256=\(Self.sha256(body)) HTTP/1.1\r\nHost: localhost\r\n"
-            + "Authorization: Bearer \(daemon.token)\r\nContent-Type: application/octet-stream\r\nContent-Length: \(body.count)\r\n\r\n"
-        try connection.send(Array(head.utf8) + Array(body[..<(1 << 20)]))
+        let connection = try Self.pushPart(daemon, of: [UInt8](repeating: 0x41, count: 4 << 20), sending: 1 << 20)
         // The upload's temporary file exists while the body comes.
         try waitUntil(timeout: 10) { Self.entries(daemon).contains { $0.hasPrefix(".upload-") } }
         connection.closeNow()
@@ -333,10 +339,8 @@ struct ReleasePushTests {
         let daemon = try BatondProcess(state: state, configText: Self.config)
         // Big enough that the unpack takes a while: 1,500 files of 64 KiB of random bytes.
         let big = try Self.archive(scratch, files: (0..<1500).map { ("data/\($0)", 64 << 10) })
-        let connection = try HTTPConnection(daemon.endpoint, timeout: 60)
-        let head = "PUT /v1/releases/web/2.0?sha256=\(Self.sha256(big)) HTTP/1.1\r\nHost: localhost\r\n"
-            + "Authorization: Bearer \(daemon.token)\r\nContent-Length: \(big.count)\r\n\r\n"
-        try connection.send(Array(head.utf8) + big)
+        let connection = try Self.pushPart(daemon, of: big, sending: big.count)
+        defer { withExtendedLifetime(connection) {} }
         try waitUntil(timeout: 30) { Self.entries(daemon).contains { $0.hasPrefix(".unpack-") } }
         daemon.signal(SIGKILL)
         _ = daemon.waitForExit()
@@ -354,11 +358,8 @@ struct ReleasePushTests {
     @Test func killedDuringAPushNothingPartialIsListedOrLeftAfterTheRestart() throws {
         let state = TemporaryDirectory("batond")
         let daemon = try BatondProcess(state: state, configText: Self.config)
-        let body = [UInt8](repeating: 0x42, count: 8 << 20)
-        let connection = try HTTPConnection(daemon.endpoint)
-        let head = "PUT /v1/releases/web/2.0?sha256=\(Self.sha256(body)) HTTP/1.1\r\nHost: localhost\r\n"
-            + "Authorization: Bearer \(daemon.token)\r\nContent-Length: \(body.count)\r\n\r\n"
-        try connection.send(Array(head.utf8) + Array(body[..<(2 << 20)]))
+        let connection = try Self.pushPart(daemon, of: [UInt8](repeating: 0x42, count: 8 << 20), sending: 2 << 20)
+        defer { withExtendedLifetime(connection) {} }
         try waitUntil(timeout: 10) { Self.entries(daemon).contains { $0.hasPrefix(".upload-") } }
         daemon.signal(SIGKILL)
         _ = daemon.waitForExit()
