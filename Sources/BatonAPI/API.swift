@@ -62,15 +62,15 @@ public final class API: Sendable {
 
     public var router: Router {
         Router([
-            Route(.GET, "/healthz", scope: Scope.probe) { _ in .respond(Self.healthy) },
-            Route(.GET, "/readyz", scope: Scope.probe) { [self] _ in .respond(readiness()) },
-            Route(.GET, "/metrics", scope: Scope.probe) { [self] _ in .respond(metricsPage()) },
-            Route(.GET, "/v1/status", scope: Scope.operator) { [self] _ in .respond(statusResponse()) },
-            Route(.GET, "/v1/agents", scope: Scope.operator) { [self] _ in .respond(.json(AgentList(agents: agentViews()))) },
-            Route(.GET, "/v1/agents/{name}", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in
+            Route(.GET, "/healthz", scope: .probe) { _ in .respond(Self.healthy) },
+            Route(.GET, "/readyz", scope: .probe) { [self] _ in .respond(readiness()) },
+            Route(.GET, "/metrics", scope: .probe) { [self] _ in .respond(metricsPage()) },
+            Route(.GET, "/v1/status", scope: .operator) { [self] _ in .respond(statusResponse()) },
+            Route(.GET, "/v1/agents", scope: .operator) { [self] _ in .respond(.json(AgentList(agents: agentViews()))) },
+            Route(.GET, "/v1/agents/{name}", scope: .operator) { [self] (request) throws(HTTPError) -> Reply in
                 .respond(.json(try agentView(request.agentName())))
             },
-            Route(.GET, "/v1/events", scope: Scope.operator) { [self] (request) throws(HTTPError) -> Reply in
+            Route(.GET, "/v1/events", scope: .operator) { [self] (request) throws(HTTPError) -> Reply in
                 try events.handle(request, maxWait: context.config.http.maxWait, most: context.config.http.maxEventWaiters)
             },
         ]

@@ -23,17 +23,20 @@ public enum Principal: Sendable, Equatable {
     }
 }
 
-/// The auth scopes routes are tagged with.
-public enum Scope {
+/// The auth scopes routes are tagged with: these four and no other (`admit` refuses a
+/// route tagged otherwise).
+extension RouteScope {
     /// Monitoring: /healthz, /readyz, /metrics. Open unless configured otherwise.
-    public static let probe = "probe"
+    public static let probe = RouteScope("probe")
     /// People, the CLI and automation.
-    public static let `operator` = "operator"
+    public static let `operator` = RouteScope("operator")
     /// An instance, about itself (the `{id}` of its path).
-    public static let instance = "instance"
+    public static let instance = RouteScope("instance")
     /// Registering a process batond did not start: the operator, or the agent's
     /// registration token from the config.
-    public static let registration = "registration"
+    public static let registration = RouteScope("registration")
+
+    public static let all: Set<RouteScope> = [.probe, .operator, .instance, .registration]
 }
 
 /// Who may call what. Operators: a bearer token (the state directory's
@@ -72,7 +75,11 @@ public struct OperatorAuth: Sendable {
     }
 
     public func admit(_ request: inout Request) -> HTTPError? {
-        if request.route.scope == Scope.probe && probesOpen {
+        // Fail closed: a route with no known scope is nobody's.
+        guard RouteScope.all.contains(request.route.scope) else {
+            return HTTPError(status: 500, code: "internal", message: "route \(request.route.template) has no known auth scope")
+        }
+        if request.route.scope == .probe && probesOpen {
             request.principal = Principal.anonymous
             return nil
         }
@@ -84,7 +91,7 @@ public struct OperatorAuth: Sendable {
             }
             presented = token
         }
-        if request.route.scope == Scope.registration, let presented,
+        if request.route.scope == .registration, let presented,
            let agent = request.parameters["name"], let expected = registrationTokens[agent],
            Self.constantTimeEqual(presented, expected) {
             request.principal = Principal.registrar(agent)
@@ -96,11 +103,11 @@ public struct OperatorAuth: Sendable {
         case .failure(let error): return error
         }
         switch (request.route.scope, principal) {
-        case (Scope.instance, .instance(let id)):
+        case (.instance, .instance(let id)):
             guard id == request.parameters["id"] else {
                 return Self.forbidden("instance \(id) may act only on itself")
             }
-        case (Scope.instance, _):
+        case (.instance, _):
             return Self.forbidden("this route is for the instance itself, with its own token")
         case (_, .instance(let id)):
             return Self.forbidden("instance \(id) is not an operator")
@@ -115,7 +122,7 @@ public struct OperatorAuth: Sendable {
         if let presented {
             if Self.constantTimeEqual(presented, token) { return .success(.operator(via: "token")) }
             if let id = instanceForToken(String(decoding: presented, as: UTF8.self)) { return .success(.instance(id)) }
-            if request.route.scope == Scope.instance, adopting() {
+            if request.route.scope == .instance, adopting() {
                 return .failure(HTTPError(status: 503, code: "starting",
                                           message: "batond is re-adopting its instances; retry in a moment",
                                           headers: ["Retry-After": "1"]))

@@ -25,8 +25,8 @@ struct DaemonRoutes: Sendable {
 
     var routes: [Route] {
         [
-            Route(.GET, "/v1/daemon", scope: Scope.operator) { [control] _ in .respond(.json(control.view)) },
-            Route(.PUT, "/v1/daemon/binary", scope: Scope.operator,
+            Route(.GET, "/v1/daemon", scope: .operator) { [control] _ in .respond(.json(control.view)) },
+            Route(.PUT, "/v1/daemon/binary", scope: .operator,
                   streamed: StreamedBody(maxBytes: Self.maxBinaryBytes) { [control] (request) throws(HTTPError) -> any BodySink in
                       let expected = try request.announcedSHA256()
                       do throws(DaemonBinaries.StoreError) {
@@ -55,7 +55,7 @@ struct DaemonRoutes: Sendable {
                 }
                 return .parked
             },
-            Route(.POST, "/v1/daemon/upgrade", scope: Scope.operator, takesBody: true) { [control] (request) throws(HTTPError) -> Reply in
+            Route(.POST, "/v1/daemon/upgrade", scope: .operator, takesBody: true) { [control] (request) throws(HTTPError) -> Reply in
                 let body = try request.decodeJSON(UpgradeRequest.self)
                 guard DaemonBinaries.isDigest(body.digest) else {
                     throw HTTPError(status: 422, code: "invalid_digest",

@@ -19,19 +19,19 @@ struct InstanceRoutes: Sendable {
 
     var routes: [Route] {
         [
-            Route(.POST, "/v1/instances/{id}/ready", scope: Scope.instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
+            Route(.POST, "/v1/instances/{id}/ready", scope: .instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
                 _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
                 return report(request, .ready)
             },
-            Route(.POST, "/v1/instances/{id}/failed", scope: Scope.instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
+            Route(.POST, "/v1/instances/{id}/failed", scope: .instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
                 let body = try request.decodeJSON(FailedReport.self)
                 return report(request, .failed(reason: String(body.reason.prefix(4096))))
             },
-            Route(.POST, "/v1/instances/{id}/stopped", scope: Scope.instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
+            Route(.POST, "/v1/instances/{id}/stopped", scope: .instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
                 _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
                 return report(request, .stopped)
             },
-            Route(.GET, "/v1/instances/{id}/signal", scope: Scope.instance) { (request) throws(HTTPError) -> Reply in
+            Route(.GET, "/v1/instances/{id}/signal", scope: .instance) { (request) throws(HTTPError) -> Reply in
                 try signal(request)
             },
         ]
@@ -92,7 +92,7 @@ struct HandoffRoutes: Sendable {
 
     var routes: [Route] {
         [
-            Route(.PUT, "/v1/agents/{name}/desired", scope: Scope.operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
+            Route(.PUT, "/v1/agents/{name}/desired", scope: .operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
                 let name = try request.agentName()
                 let body = try request.decodeJSON(DesiredRequest.self)
                 guard Names.isValidVersion(body.version) else {
@@ -118,7 +118,7 @@ struct HandoffRoutes: Sendable {
                 }
                 return .parked
             },
-            Route(.POST, "/v1/agents/{name}/rollback", scope: Scope.operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
+            Route(.POST, "/v1/agents/{name}/rollback", scope: .operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
                 let name = try request.agentName()
                 let body = try request.decodeOptionalJSON(RollbackRequest.self)
                 let by = (request.principal as? Principal)?.name ?? "operator"
@@ -126,7 +126,7 @@ struct HandoffRoutes: Sendable {
                 supervisor.rollback(agent: name, by: by, force: body?.force ?? false) { result in pending.answer(Self.answer(result)) }
                 return .parked
             },
-            Route(.POST, "/v1/agents/{name}/instances", scope: Scope.registration, takesBody: true) { (request) throws(HTTPError) -> Reply in
+            Route(.POST, "/v1/agents/{name}/instances", scope: .registration, takesBody: true) { (request) throws(HTTPError) -> Reply in
                 let name = try request.agentName()
                 let body = try request.decodeJSON(RegistrationRequest.self)
                 let pending = request.park(deadline: .seconds(60)) { Self.busy }
@@ -142,7 +142,7 @@ struct HandoffRoutes: Sendable {
                 }
                 return .parked
             },
-            Route(.GET, "/v1/handoffs/{id}", scope: Scope.operator) { (request) throws(HTTPError) -> Reply in
+            Route(.GET, "/v1/handoffs/{id}", scope: .operator) { (request) throws(HTTPError) -> Reply in
                 let id = request.parameters["id"] ?? ""
                 if let view = supervisor.handoffs.view(id) { return .respond(.json(view)) }
                 if let view = historical(id) { return .respond(.json(view)) }

@@ -11,7 +11,7 @@ struct ReleaseRoutes: Sendable {
 
     var routes: [Route] {
         [
-            Route(.PUT, "/v1/releases/{agent}/{version}", scope: Scope.operator,
+            Route(.PUT, "/v1/releases/{agent}/{version}", scope: .operator,
                   streamed: StreamedBody(maxBytes: Int(clamping: releases.settings.maxBytes)) { [releases] (request) throws(HTTPError) -> any BodySink in
                       let (agent, version) = try request.release()
                       let announcement = Releases.Announcement(
@@ -41,7 +41,7 @@ struct ReleaseRoutes: Sendable {
                 }
                 return .parked
             },
-            Route(.POST, "/v1/releases/{agent}/{version}", scope: Scope.operator, takesBody: true) { [releases] (request) throws(HTTPError) -> Reply in
+            Route(.POST, "/v1/releases/{agent}/{version}", scope: .operator, takesBody: true) { [releases] (request) throws(HTTPError) -> Reply in
                 let (agent, version) = try request.release()
                 let body = try request.decodeJSON(FetchBody.self)
                 guard Hex.isSHA256(body.sha256.lowercased()), let digest = Hex.decode(body.sha256) else {
@@ -76,7 +76,7 @@ struct ReleaseRoutes: Sendable {
                 }
                 return .parked
             },
-            Route(.GET, "/v1/releases/{agent}", scope: Scope.operator) { [releases] (request) throws(HTTPError) -> Reply in
+            Route(.GET, "/v1/releases/{agent}", scope: .operator) { [releases] (request) throws(HTTPError) -> Reply in
                 let agent = try request.releaseAgent()
                 do throws(ReleaseRefusal) {
                     return .respond(.json(try releases.list(agent: agent)))
@@ -84,7 +84,7 @@ struct ReleaseRoutes: Sendable {
                     throw error.http
                 }
             },
-            Route(.GET, "/v1/releases/{agent}/{version}", scope: Scope.operator) { [releases] (request) throws(HTTPError) -> Reply in
+            Route(.GET, "/v1/releases/{agent}/{version}", scope: .operator) { [releases] (request) throws(HTTPError) -> Reply in
                 let (agent, version) = try request.release()
                 do throws(ReleaseRefusal) {
                     return .respond(.json(try releases.view(agent: agent, version: version)))
@@ -92,7 +92,7 @@ struct ReleaseRoutes: Sendable {
                     throw error.http
                 }
             },
-            Route(.DELETE, "/v1/releases/{agent}/{version}", scope: Scope.operator) { [releases] (request) throws(HTTPError) -> Reply in
+            Route(.DELETE, "/v1/releases/{agent}/{version}", scope: .operator) { [releases] (request) throws(HTTPError) -> Reply in
                 let (agent, version) = try request.release()
                 let by = request.by
                 let pending = request.park(deadline: .seconds(120)) {

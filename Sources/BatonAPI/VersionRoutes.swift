@@ -8,8 +8,8 @@ struct VersionRoutes: Sendable {
 
     var routes: [Route] {
         [
-            Route(.GET, "/v1/version", scope: Scope.operator) { [rollouts] _ in .respond(.json(rollouts.view)) },
-            Route(.PUT, "/v1/version", scope: Scope.operator, takesBody: true) { [rollouts] (request) throws(HTTPError) -> Reply in
+            Route(.GET, "/v1/version", scope: .operator) { [rollouts] _ in .respond(.json(rollouts.view)) },
+            Route(.PUT, "/v1/version", scope: .operator, takesBody: true) { [rollouts] (request) throws(HTTPError) -> Reply in
                 let body = try request.decodeJSON(VersionRequest.self)
                 guard Names.isValidVersion(body.version) else {
                     throw HTTPError(status: 422, code: "invalid_version", message: "\(WireJSON.quote(body.version)) is not a valid version")

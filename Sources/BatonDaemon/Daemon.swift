@@ -120,7 +120,7 @@ public struct Daemon: Sendable {
         let agentPolicy = ListenerPolicy(
             maxConnections: config.http.agentMaxConnections, maxConnectionsPerPeer: config.http.agentConnectionsPerPeer,
             peerKey: { [supervisor] peer in supervisor.instance(forProcess: peer.pid).map { "instance \($0)" } ?? "uid \(peer.uid)" },
-            scopes: [Scope.instance, Scope.registration])
+            scopes: [.instance, .registration])
 
         do {
             try await ledger.append(.daemonStarted(.init(pid: getpid(), version: BatonVersion.current, config: config.file,

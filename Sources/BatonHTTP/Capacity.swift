@@ -11,11 +11,11 @@ public struct ListenerPolicy: Sendable {
     /// instance the process belongs to, else its uid).
     public var peerKey: @Sendable (PeerCredentials) -> String
     /// The route scopes served here; nil serves every route. Other routes answer 404.
-    public var scopes: Set<String>?
+    public var scopes: Set<RouteScope>?
 
     public init(maxConnections: Int, maxConnectionsPerPeer: Int? = nil,
                 peerKey: @escaping @Sendable (PeerCredentials) -> String = { "uid \($0.uid)" },
-                scopes: Set<String>? = nil) {
+                scopes: Set<RouteScope>? = nil) {
         self.maxConnections = maxConnections
         self.maxConnectionsPerPeer = maxConnectionsPerPeer
         self.peerKey = peerKey

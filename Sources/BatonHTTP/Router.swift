@@ -40,13 +40,22 @@ public struct StreamedBody: Sendable {
     }
 }
 
+/// What a route is for, as the admission hook reads it (the API's auth scopes). A
+/// type, not a string: a route can only be tagged with a scope its API declared
+/// (`extension RouteScope { static let … }`), so a typo does not compile.
+public struct RouteScope: Hashable, Sendable, CustomStringConvertible {
+    public let name: String
+    public init(_ name: String) { self.name = name }
+    public var description: String { name }
+}
+
 /// One route: a method and a path template whose `{name}` segments are parameters.
 /// A class: requests carry their route by reference, and metrics key on its identity.
 public final class Route: Sendable {
     public let method: HTTPMethod
     public let template: String
-    /// Free-form tag the admission hook reads (e.g. the auth scope).
-    public let scope: String
+    /// What the admission hook reads (the auth scope).
+    public let scope: RouteScope
     /// Whether the route takes a JSON body.
     public let takesBody: Bool
     /// Set when the route takes its body as a stream instead.
@@ -59,7 +68,7 @@ public final class Route: Sendable {
         case parameter(String)
     }
 
-    public init(_ method: HTTPMethod, _ template: String, scope: String, takesBody: Bool = false,
+    public init(_ method: HTTPMethod, _ template: String, scope: RouteScope, takesBody: Bool = false,
                 streamed: StreamedBody? = nil, handler: @escaping Handler) {
         self.method = method
         self.template = template

@@ -23,10 +23,10 @@ final class CapacityTests {
         configuration.requestBodyTimeout = .milliseconds(500)
         let parked = self.parked
         let router = Router([
-            Route(.GET, "/hello", scope: "open") { _ in .respond(.json(["hello": "world"])) },
-            Route(.GET, "/operator", scope: "operator") { _ in .respond(.json(["ok": true])) },
-            Route(.POST, "/echo", scope: "open", takesBody: true) { request in .respond(.json(["bytes": request.body.count])) },
-            Route(.GET, "/park", scope: "open") { (request) throws(HTTPError) -> Reply in
+            Route(.GET, "/hello", scope: RouteScope("open")) { _ in .respond(.json(["hello": "world"])) },
+            Route(.GET, "/operator", scope: RouteScope("operator")) { _ in .respond(.json(["ok": true])) },
+            Route(.POST, "/echo", scope: RouteScope("open"), takesBody: true) { request in .respond(.json(["bytes": request.body.count])) },
+            Route(.GET, "/park", scope: RouteScope("open")) { (request) throws(HTTPError) -> Reply in
                 let most = Int(request.query("most") ?? "") ?? 1000
                 let overflow: ParkLimit.Overflow = request.query("displace") == nil ? .refuse : .answerOldest
                 _ = try request.park(deadline: .seconds(30), limit: ParkLimit(group: "park", most: most, overflow: overflow)) {
@@ -40,7 +40,7 @@ final class CapacityTests {
         tcp = try Listener.tcp(host: "127.0.0.1", port: 0)
         unix = try Listener.unix(path: directory.file("capacity.sock"))
         try server.serve(tcp, policy: ListenerPolicy(maxConnections: 4))
-        try server.serve(unix, policy: ListenerPolicy(maxConnections: 8, maxConnectionsPerPeer: 2, scopes: ["open"]))
+        try server.serve(unix, policy: ListenerPolicy(maxConnections: 8, maxConnectionsPerPeer: 2, scopes: [RouteScope("open")]))
         guard case .tcp(let host, let port) = tcp.address else { throw TestFailure("not tcp") }
         endpoint = .tcp(host: host, port: port)
     }

@@ -24,32 +24,32 @@ final class ServerTests {
         var configuration = HTTPServer.Configuration()
         configuration.maxBodyBytes = 64 * 1024
         let router = Router([
-            Route(.POST, "/echo", scope: "open", takesBody: true) { (request) throws(HTTPError) -> Reply in
+            Route(.POST, "/echo", scope: RouteScope("open"), takesBody: true) { (request) throws(HTTPError) -> Reply in
                 .respond(.json(try request.decodeJSON(Name.self)))
             },
-            Route(.GET, "/items/{id}", scope: "open") { request in
+            Route(.GET, "/items/{id}", scope: RouteScope("open")) { request in
                 .respond(.json(["id": request.parameters["id"] ?? ""]))
             },
-            Route(.GET, "/items/special", scope: "open") { _ in .respond(.json(["id": "literal"])) },
-            Route(.GET, "/secret", scope: "locked") { _ in .respond(.json(["ok": true])) },
-            Route(.GET, "/peer", scope: "open") { request in
+            Route(.GET, "/items/special", scope: RouteScope("open")) { _ in .respond(.json(["id": "literal"])) },
+            Route(.GET, "/secret", scope: RouteScope("locked")) { _ in .respond(.json(["ok": true])) },
+            Route(.GET, "/peer", scope: RouteScope("open")) { request in
                 switch request.peer {
                 case .tcp: return .respond(.json(["peer": "tcp"]))
                 case .unix(let credentials): return .respond(.json(["peer": "unix", "uid": "\(credentials?.uid ?? 9999)", "pid": "\(credentials?.pid ?? 0)"]))
                 }
             },
-            Route(.GET, "/park", scope: "open") { request in
+            Route(.GET, "/park", scope: RouteScope("open")) { request in
                 let milliseconds = Int64(request.query("deadline_ms") ?? "60000") ?? 60000
                 let pending = request.park(deadline: .milliseconds(milliseconds)) { .json(["answer": "deadline"]) }
                 parked.set(parked.get() + [pending])
                 return .parked
             },
-            Route(.GET, "/throws", scope: "open") { (_) throws(HTTPError) -> Reply in
+            Route(.GET, "/throws", scope: RouteScope("open")) { (_) throws(HTTPError) -> Reply in
                 throw HTTPError(status: 409, code: "conflict", message: "busy")
             },
         ])
         server = HTTPServer(configuration: configuration, router: router, admission: { request in
-            request.route.scope == "locked" && request.header("Authorization") != "Bearer sesame"
+            request.route.scope == RouteScope("locked") && request.header("Authorization") != "Bearer sesame"
                 ? HTTPError(status: 401, code: "unauthorized", message: "no") : nil
         }, logger: Logger(label: "http-test"))
         tcp = try Listener.tcp(host: "127.0.0.1", port: 0)
@@ -241,7 +241,7 @@ struct ServerMemoryTests {
     @Test func anAnsweredRequestIsReleased() throws {
         let probe = Weak()
         let router = Router([
-            Route(.GET, "/probe", scope: "open") { request in
+            Route(.GET, "/probe", scope: RouteScope("open")) { request in
                 probe.exchange = request.exchangeObject
                 return .respond(.json(["ok": true]))
             },

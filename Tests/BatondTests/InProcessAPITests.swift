@@ -51,6 +51,36 @@ struct InProcessAPITests {
         #expect(routes == spec)
     }
 
+    /// Every route has one of the four scopes, and the right one: the probes, the
+    /// instance protocol and registration by name, every other route the operator's.
+    @Test func everyRouteHasItsScope() throws {
+        defer { close() }
+        let probes: Set<String> = ["GET /healthz", "GET /readyz", "GET /metrics"]
+        let registration: Set<String> = ["POST /v1/agents/{name}/instances"]
+        for route in api.router.routes {
+            let name = "\(route.method.rawValue) \(route.template)"
+            let expected: RouteScope = probes.contains(name) ? .probe
+                : registration.contains(name) ? .registration
+                : route.template.hasPrefix("/v1/instances/") ? .instance : .operator
+            #expect(route.scope == expected, "\(name) is tagged \(route.scope), not \(expected)")
+        }
+    }
+
+    /// A route tagged with a scope auth does not know is nobody's, not the operator's.
+    @Test func aRouteWithAnUnknownScopeIsRefusedEvenToTheOperator() throws {
+        defer { close() }
+        let auth = OperatorAuth(token: token, operatorGID: nil, probesOpen: true)
+        let typo = HTTPServer(configuration: .init(),
+                              router: Router([Route(.GET, "/typo", scope: RouteScope("opertor")) { _ in .respond(.json(["ok": true])) }]),
+                              admission: { auth.admit(&$0) }, logger: Logger(label: "test"))
+        let listener = try Listener.tcp(host: "127.0.0.1", port: 0)
+        try typo.serve(listener)
+        defer { typo.shutdown(grace: .zero); listener.close() }
+        guard case .tcp(let host, let port) = listener.address else { throw TestFailure("not tcp") }
+        let answer = try Endpoint.tcp(host: host, port: port).get("/typo", token: token)
+        #expect(answer.status == 500 && answer.text.contains("no known auth scope"), "\(answer.text)")
+    }
+
     @Test func aParkedWaitIsAnsweredWhenARecordIsAppended() throws {
         defer { close() }
         let answer = inBackground { [endpoint, token, since = ledger.lastSeq] in
