@@ -113,8 +113,12 @@ struct HandoffRoutes: Sendable {
                 }
                 if body.url != nil || body.sha256 != nil { throw SupervisorError.notExternal(name).http }
                 let pending = request.park(deadline: .seconds(60)) { Self.busy }
-                supervisor.setDesired(agent: name, version: body.version, mode: body.mode, by: by) { result in
-                    pending.answer(Self.answer(result))
+                supervisor.setDesired(agent: name, version: body.version, mode: body.mode, by: by, force: body.force ?? false) { result in
+                    switch result {
+                    case .success(.handoff(let view)): pending.answer(.json(status: 202, view))
+                    case .success(.unchanged(let agent, let version)): pending.answer(.json(status: 200, UnchangedView(agent: agent, version: version)))
+                    case .failure(let error): pending.answer(error.http.response)
+                    }
                 }
                 return .parked
             },
@@ -245,7 +249,7 @@ extension RegistrationRequest: ClosedJSONObject {
 }
 
 extension DesiredRequest: ClosedJSONObject {
-    public static let fieldNames: Set<String> = ["version", "mode", "url", "sha256"]
+    public static let fieldNames: Set<String> = ["version", "mode", "url", "sha256", "force"]
 }
 
 extension RollbackRequest: ClosedJSONObject {

@@ -161,11 +161,36 @@ public struct DesiredRequest: Codable, Sendable, Equatable {
     /// Only for an `external` agent, which fetches its own release: where, and its SHA-256.
     public var url: String?
     public var sha256: String?
-    public init(version: String, mode: HandoffMode?, url: String? = nil, sha256: String? = nil) {
+    /// Hand over even when the version already works (a restart by handoff).
+    public var force: Bool?
+    public init(version: String, mode: HandoffMode?, url: String? = nil, sha256: String? = nil, force: Bool? = nil) {
         self.version = version
         self.mode = mode
         self.url = url
         self.sha256 = sha256
+        self.force = force
+    }
+}
+
+/// What `PUT /v1/agents/{name}/desired` did.
+public enum DesiredAnswer: Sendable, Equatable {
+    /// A handoff began (202).
+    case handoff(HandoffView)
+    /// That version already works: recorded as desired, nothing handed over (200).
+    case unchanged(agent: String, version: String)
+}
+
+/// The `200` of a desired version that already works.
+public struct UnchangedView: Codable, Sendable, Equatable {
+    public var agent: String
+    public var version: String
+    public var unchanged: Bool
+    public var message: String
+    public init(agent: String, version: String) {
+        self.agent = agent
+        self.version = version
+        self.unchanged = true
+        self.message = "\(agent) already runs \(version): nothing to hand over (send \"force\": true to hand over anyway)"
     }
 }
 

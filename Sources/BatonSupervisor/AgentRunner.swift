@@ -63,7 +63,9 @@ actor AgentRunner {
     typealias Machine = Supervision<ContinuousClock>
 
     enum Message: Sendable {
-        case desired(version: String, mode: HandoffMode?, by: String, reply: @Sendable (Result<HandoffView, SupervisorError>) -> Void)
+        /// `force`: hand over even to the version that already works.
+        case desired(version: String, mode: HandoffMode?, by: String, force: Bool,
+                     reply: @Sendable (Result<DesiredAnswer, SupervisorError>) -> Void)
         /// An external agent's desired version: recorded and shown to its instances.
         case recordDesired(DesiredRequest, by: String, reply: @Sendable (Result<DesiredVersion, SupervisorError>) -> Void)
         /// `force`: also from an irreversible release.
@@ -266,8 +268,11 @@ actor AgentRunner {
 
     private func handle(_ message: Message) async {
         switch message {
-        case .desired(let version, let mode, let by, let reply):
-            reply(await begin(to: version, mode: mode ?? config.mode, by: by))
+        case .desired(let version, let mode, let by, let force, let reply):
+            if !force, let working = workingVersion, working == version {
+                return reply(await unchanged(version, mode: mode ?? config.mode, by: by))
+            }
+            reply(await begin(to: version, mode: mode ?? config.mode, by: by).map(DesiredAnswer.handoff))
         case .recordDesired(let request, let by, let reply):
             reply(await recordDesired(request, by: by))
         case .rollback(let by, let force, let reply):
@@ -426,6 +431,27 @@ actor AgentRunner {
 
     /// A handoff to `version`, asked for by `by`: answered with its view once its
     /// first records are durable.
+    /// The version the instance holding go runs, while no handoff runs.
+    private var workingVersion: String? {
+        guard case .working(let instance, _) = machine.state, machine.holder == instance else { return nil }
+        return machine.instances[instance]?.version
+    }
+
+    /// A desired version that already works: recorded (so desired and running agree
+    /// again), nothing handed over.
+    private func unchanged(_ version: String, mode: HandoffMode, by: String) async -> Result<DesiredAnswer, SupervisorError> {
+        if let refusal = refuseChanges() { return .failure(refusal) }
+        if context.ledger.state.agents[name]?.desired?.version != version {
+            record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
+            if let failure = await flush() {
+                unflushed.removeAll()
+                return .failure(.ledger(failure.description))
+            }
+            publishDesired()
+        }
+        return .success(.unchanged(agent: name, version: version))
+    }
+
     private func begin(to version: String, mode: HandoffMode, by: String) async -> Result<HandoffView, SupervisorError> {
         guard Names.isValidVersion(version) else { return .failure(.invalidVersion(version)) }
         if let refusal = refuseChanges() { return .failure(refusal) }

@@ -225,11 +225,13 @@ public final class Supervisor: Sendable {
 
     // MARK: - Requests from the API (any thread)
 
-    public func setDesired(agent: String, version: String, mode: HandoffMode?, by: String,
-                           reply: @escaping @Sendable (Result<HandoffView, SupervisorError>) -> Void) {
+    /// A handoff of `agent` to `version`; a no-op (`.unchanged`) when that version
+    /// already works, unless `force`.
+    public func setDesired(agent: String, version: String, mode: HandoffMode?, by: String, force: Bool = false,
+                           reply: @escaping @Sendable (Result<DesiredAnswer, SupervisorError>) -> Void) {
         guard let runner = runners[agent] else { return reply(.failure(.agentNotFound(agent))) }
         if let rollout = heldBy(agent) { return reply(.failure(.rolloutInProgress(rollout))) }
-        runner.send(.desired(version: version, mode: mode, by: by, reply: reply))
+        runner.send(.desired(version: version, mode: mode, by: by, force: force, reply: reply))
     }
 
     /// The agents a rollout moves are its own until it ends: an operator's desired version
@@ -264,13 +266,15 @@ public final class Supervisor: Sendable {
     /// committed, and why not.
     public func handOver(agent: String, to version: String, by: String) async -> (committed: Bool, error: String?) {
         guard let runner = runners[agent] else { return (false, "\(SupervisorError.agentNotFound(agent))") }
-        let begun = await withCheckedContinuation { (continuation: CheckedContinuation<Result<HandoffView, SupervisorError>, Never>) in
-            runner.send(.desired(version: version, mode: .parallel, by: by, reply: { continuation.resume(returning: $0) }))
+        let begun = await withCheckedContinuation { (continuation: CheckedContinuation<Result<DesiredAnswer, SupervisorError>, Never>) in
+            runner.send(.desired(version: version, mode: .parallel, by: by, force: false, reply: { continuation.resume(returning: $0) }))
         }
         switch begun {
         case .failure(let error):
             return (false, "the handoff could not begin: \(error)")
-        case .success(let view):
+        case .success(.unchanged):
+            return (true, nil)
+        case .success(.handoff(let view)):
             let ended = await handoffs.ended(view.id)
             return (ended.outcome == .committed, ended.outcome == .committed ? nil : ended.error ?? "the handoff ended \(ended.outcome?.rawValue ?? "")")
         }

@@ -88,6 +88,29 @@ struct HandoffIntegrationTests {
         daemon.stop()
     }
 
+    /// The version that already works again is no handoff: 200, nothing started; after a
+    /// failed upgrade it makes desired and running agree again; `force` hands over anyway.
+    @Test func theVersionThatWorksIsANoOpUnlessForced() throws {
+        let (daemon, agents) = try start(["1.0": [], "3.0": ["--fail-check"]])
+        let same = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"1.0"}"#)
+        #expect(same.status == 200 && same.text.contains(#""unchanged":true"#), "\(same.text)")
+        let failed = try handOff(daemon, to: "3.0")
+        #expect(failed["outcome"] as? String == "failed")
+        #expect((try agentView(daemon)["desired"] as? [String: Any])?["version"] as? String == "3.0")
+        let back = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"1.0"}"#)
+        #expect(back.status == 200, "\(back.text)")
+        #expect((try agentView(daemon)["desired"] as? [String: Any])?["version"] as? String == "1.0", "desired and running agree again")
+        #expect(agents.log().filter { $0.event == "go" }.count == 1, "only the first 1.0 instance ever got go")
+        let journal = try String(contentsOfFile: daemon.state.file("ledger/journal.jsonl"), encoding: .utf8)
+        #expect(journal.components(separatedBy: "\"handoff.began\"").count == 2, "one handoff: to 3.0")
+
+        let forced = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"1.0","force":true}"#)
+        #expect(forced.status == 202, "\(forced.text)")
+        try waitUntil(timeout: 30) { agents.log().filter { $0.event == "go" }.count == 2 }
+        #expect(overlaps(agents.log()).isEmpty)
+        daemon.stop()
+    }
+
     /// Every step of a handoff is in the ledger, in the order it happened.
     @Test func theLedgerTellsTheHandoffStepByStep() throws {
         let (daemon, _) = try start(["1.0": [], "2.0": []])

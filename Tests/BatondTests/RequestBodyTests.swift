@@ -49,7 +49,7 @@ struct RequestBodyTests {
     @Test func theRealDaemonRefusesBodiesThatBendTheSchema() throws {
         let daemon = try BatondProcess(configText: "[agents.demo]\ncommand = [\"{release}/bin/demo\"]\n")
         let cases: [(String, String, String, Int, String)] = [
-            ("PUT", "/v1/agents/demo/desired", #"{"version":"1.0","force":true}"#, 422, "invalid_body"),
+            ("PUT", "/v1/agents/demo/desired", #"{"version":"1.0","restart":true}"#, 422, "invalid_body"),
             ("PUT", "/v1/agents/demo/desired", #"{"version":"1.0","version":"current"}"#, 400, "malformed_json"),
             ("PUT", "/v1/agents/demo/desired", #"{"version":"1..0"}"#, 422, "invalid_version"),
             ("PUT", "/v1/agents/demo/desired", #"["1.0"]"#, 422, "invalid_body"),
