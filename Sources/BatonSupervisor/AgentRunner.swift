@@ -193,7 +193,11 @@ actor AgentRunner {
             let event = followUps.removeFirst()
             switch event {
             case .stopped(let id), .exited(let id, _):
-                if id == flight?.old, flight?.oldGoneAt == nil { flight?.oldGoneAt = .now }
+                if id == flight?.old, flight?.oldGoneAt == nil {
+                    flight?.oldGoneAt = .now
+                    logger.info("handoff: the old instance is gone; the successor gets go", metadata: [
+                        "agent": "\(name)", "handoff.id": "\(flight?.view.id ?? "-")", "instance": "\(id)"])
+                }
             case .boot, .desired, .spawned, .spawnFailed, .registered, .ready, .failed, .timerFired, .shutdown, .halt:
                 break
             }
@@ -633,6 +637,20 @@ actor AgentRunner {
     }
 
     /// What the machine notes, in the ledger and in the handoff's view.
+    /// A handoff phase in a few words, for batond's log.
+    static func says(_ phase: Handoff.Phase) -> String {
+        switch phase {
+        case .stoppingFirst: "the old instance is told stop first (sequential)"
+        case .spawning: "starting the successor"
+        case .waitingReady: "the successor runs; waiting for it to report ready"
+        case .stoppingOld: "the successor is ready; the old instance is told stop"
+        case .abortingSuccessor: "the successor failed; stopping it"
+        case .revertingSpawn: "starting the previous release again"
+        case .revertingReady: "waiting for the previous release to report ready"
+        case .committed, .failed, .reverted, .cancelled: phase.rawValue
+        }
+    }
+
     private func record(_ note: Machine.Note) {
         let now = Timestamp.now()
         switch note {
@@ -653,6 +671,7 @@ actor AgentRunner {
             flight?.view.steps.append(.init(phase: phase.rawValue, at: now))
             publish()
             record(.handoffPhase(.init(handoff: id, agent: name, phase: phase.rawValue)))
+            logger.info("handoff: \(Self.says(phase))", metadata: ["agent": "\(name)", "handoff.id": "\(id)", "phase": "\(phase.rawValue)"])
         case .rewound(let from, let to, let reason, let exits, let window):
             record(.agentRewound(.init(agent: name, from: from, to: to, reason: reason, exits: exits, windowMs: window.milliseconds)))
             logger.error("crash loop: rewinding", metadata: ["agent": "\(name)", "from": "\(from)", "to": "\(to)", "reason": "\(reason)"])

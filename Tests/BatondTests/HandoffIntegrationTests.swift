@@ -75,6 +75,13 @@ struct HandoffIntegrationTests {
         try waitUntil(timeout: 10) {
             (try? daemon.endpoint.get("/metrics").text)?.contains(#"baton_agent_instances{agent="web"} 1"#) == true
         }
+        // batond's own log tells each step in a line.
+        let log = daemon.log
+        for line in ["handoff began", "handoff: starting the successor", "handoff: the successor runs; waiting for it to report ready",
+                     "handoff: the successor is ready; the old instance is told stop",
+                     "handoff: the old instance is gone; the successor gets go", "handoff ended"] {
+            #expect(log.contains(line), "no \"\(line)\" in batond's log")
+        }
         let metrics = try daemon.endpoint.get("/metrics").text
         #expect(metrics.contains(#"baton_handoffs_total{agent="web",outcome="committed"} 1"#), "\(metrics)")
         #expect(metrics.contains("baton_handoff_gap_seconds_count 1"))
