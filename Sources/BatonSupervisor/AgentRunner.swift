@@ -591,6 +591,10 @@ actor AgentRunner {
             self.flight = flight
         }
         context.registry.setSignal(instance, signal, handoff: flight?.view.id)
+        // Registered processes write elsewhere: only batond's children have a log here.
+        if signal == .go, context.registry.instance(instance)?.spawned == true {
+            context.linkCurrentLog(agent: name, instance: instance)
+        }
         // An agent without the protocol cannot hear stop: SIGTERM is its stop.
         if signal == .stop, config.readiness != nil { processes[instance]?.send(SIGTERM) }
     }

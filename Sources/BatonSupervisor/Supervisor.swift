@@ -42,6 +42,20 @@ final class SupervisorContext: Sendable {
     }
 
     /// The output file of `instance`, started by this batond or an earlier one.
+    /// `<logs>/<agent>.current.log`: a link to the log of the instance that last got go,
+    /// a path that stays right across restarts and handoffs (`tail -F` it).
+    func currentLogLink(_ agent: String) -> String { "\(logDirectory)/\(agent).current.log" }
+
+    /// Points the agent's `current.log` link at `instance`'s log: a new link renamed over
+    /// the old one.
+    func linkCurrentLog(agent: String, instance: String) {
+        let link = currentLogLink(agent)
+        let temporary = link + ".tmp"
+        unlink(temporary)
+        guard symlink("\(instance).log", temporary) == 0 else { return }
+        if rename(temporary, link) != 0 { unlink(temporary) }
+    }
+
     func log(_ instance: String) -> InstanceLog {
         InstanceLog(path: "\(logDirectory)/\(instance).log", capBytes: logSettings.maxBytes)
     }

@@ -75,6 +75,9 @@ struct HandoffIntegrationTests {
         try waitUntil(timeout: 10) {
             (try? daemon.endpoint.get("/metrics").text)?.contains(#"baton_agent_instances{agent="web"} 1"#) == true
         }
+        // One path follows the working instance's output across handoffs and restarts.
+        let working = try #require((try agentView(daemon)["instances"] as? [[String: Any]])?.first?["id"] as? String)
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: daemon.state.file("logs/web.current.log")) == "\(working).log")
         // batond's own log tells each step in a line.
         let log = daemon.log
         for line in ["handoff began", "handoff: starting the successor", "handoff: the successor runs; waiting for it to report ready",
