@@ -172,7 +172,29 @@ public final class API: Sendable {
         } else if ledger?.rewound != nil {
             view.state = .rewound
         }
+        view.condition = Self.condition(of: view, ledger: ledger)
         return view
+    }
+
+    /// `degraded` while the agent is not where it was asked to be, once no handoff runs
+    /// (a person and an alert read the same reason).
+    static func condition(of view: AgentView, ledger: AgentLedger?) -> AgentView.Condition {
+        let last = ledger?.history.last
+        let why = last.map { " (handoff \($0.id) to \($0.to) \($0.outcome.rawValue)\($0.error.map { ": \($0)" } ?? ""))" } ?? ""
+        switch view.state {
+        case .handingOff, .starting:
+            return .init(status: .ok)
+        case .failed:
+            return .init(status: .degraded, reason: view.failed?.reason ?? "batond gave up on the current release")
+        case .rewound:
+            return .init(status: .degraded, reason: "rewound from \(view.rewound?.from ?? "?") to \(view.rewound?.to ?? "?") after a crash loop")
+        case .stopped, .backoff:
+            guard view.desired != nil || ledger?.current != nil else { return .init(status: .ok) }
+            return .init(status: .degraded, reason: "no instance works" + (view.state == .backoff ? " (restarting with backoff)" : ""))
+        case .running:
+            guard let desired = view.desired?.version, let running = view.running?.version, desired != running else { return .init(status: .ok) }
+            return .init(status: .degraded, reason: "desired \(desired) is not reached: \(running) works\(why)")
+        }
     }
 
     func agentView(_ name: String) throws(HTTPError) -> AgentView {

@@ -44,7 +44,23 @@ public struct AgentView: Codable, Sendable, Equatable {
     /// batond's verdict on a crash loop, until an operator's desired version or rollback.
     public var rewound: RewoundRelease?
     public var failed: FailedRelease?
+    /// Whether the agent is where it was asked to be: `ok`, or `degraded` with why (the
+    /// desired version is not the one that works, nothing works, a verdict stands).
+    public var condition: Condition
     public var config: Config
+
+    public struct Condition: Codable, Sendable, Equatable {
+        public enum Status: String, Codable, Sendable { case ok, degraded }
+        public var status: Status
+        public var reason: String?
+        public init(status: Status, reason: String? = nil) { self.status = status; self.reason = reason }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(status, forKey: .status)
+            try c.encode(reason, forKey: .reason)
+        }
+    }
 
     /// The view of a configured agent, from what the ledger knows of it.
     public init(name: String, ledger: AgentLedger?, config: Config) {
@@ -58,6 +74,7 @@ public struct AgentView: Codable, Sendable, Equatable {
             Instance(id: $0.id, pid: $0.pid, version: $0.version, state: $0.state.rawValue, startedAt: $0.startedAt)
         }
         self.state = .stopped
+        self.condition = Condition(status: .ok)
         self.config = config
     }
 
@@ -72,6 +89,7 @@ public struct AgentView: Codable, Sendable, Equatable {
         try c.encode(lastError, forKey: .lastError)
         try c.encode(rewound, forKey: .rewound)
         try c.encode(failed, forKey: .failed)
+        try c.encode(condition, forKey: .condition)
         try c.encode(config, forKey: .config)
     }
 }

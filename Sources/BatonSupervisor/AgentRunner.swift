@@ -273,7 +273,8 @@ actor AgentRunner {
     private func handle(_ message: Message) async {
         switch message {
         case .desired(let version, let mode, let by, let force, let reply):
-            if !force, let working = workingVersion, working == version {
+            // A verdict on a crash loop stands until an operator's handoff: that one is not a no-op.
+            if !force, machine.verdict == nil, let working = workingVersion, working == version {
                 return reply(await unchanged(version, mode: mode ?? config.mode, by: by))
             }
             reply(await begin(to: version, mode: mode ?? config.mode, by: by).map(DesiredAnswer.handoff))
