@@ -113,7 +113,7 @@ public final class API: Sendable {
                                         instances: Dictionary(uniqueKeysWithValues: context.config.agents.map {
                                             ($0.name, supervisor.registry.instances(of: $0.name).count)
                                         }),
-                                        supervisor: supervisor.stats.snapshot))
+                                        views: agentViews(), supervisor: supervisor.stats.snapshot))
         return .text(text, contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 

@@ -47,6 +47,8 @@ public final class Metrics: Sendable {
         var listeners: [ListenerStats]
         var agents: Int
         var instances: [String: Int]
+        /// Each agent's view: its running version and its condition.
+        var views: [AgentView] = []
         var supervisor: SupervisorStats.Snapshot
     }
 
@@ -112,6 +114,17 @@ public final class Metrics: Sendable {
         family("baton_agent_instances", "gauge", "Live instances (processes) of each agent.")
         for (agent, count) in gauges.instances.sorted(by: { $0.key < $1.key }) {
             out += "baton_agent_instances{agent=\"\(escape(agent))\"} \(count)\n"
+        }
+        family("baton_agent_running_info", "gauge", "1 for the version each agent's working instance runs.")
+        for view in gauges.views {
+            if let running = view.running?.version {
+                out += "baton_agent_running_info{agent=\"\(escape(view.name))\",version=\"\(escape(running))\"} 1\n"
+            }
+        }
+        family("baton_agent_degraded", "gauge",
+               "1 while an agent is not where it was asked to be (the desired version does not work, nothing works, a crash-loop verdict stands).")
+        for view in gauges.views {
+            out += "baton_agent_degraded{agent=\"\(escape(view.name))\"} \(view.condition.status == .degraded ? 1 : 0)\n"
         }
         family("baton_handoffs_total", "counter", "Handoffs ended since start, by agent and outcome.")
         for (agent, outcomes) in gauges.supervisor.handoffs.sorted(by: { $0.key < $1.key }) {

@@ -111,6 +111,8 @@ struct HandoffIntegrationTests {
         let degraded = try #require(try agentView(daemon)["condition"] as? [String: Any])
         #expect(degraded["status"] as? String == "degraded", "\(degraded)")
         #expect((degraded["reason"] as? String)?.hasPrefix("desired 3.0 is not reached: 1.0 works (handoff web-1 to 3.0 failed") == true, "\(degraded)")
+        let metrics = try daemon.endpoint.get("/metrics").text
+        #expect(metrics.contains(#"baton_agent_degraded{agent="web"} 1"#) && metrics.contains(#"baton_agent_running_info{agent="web",version="1.0"} 1"#))
         let back = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"1.0"}"#)
         #expect(back.status == 200, "\(back.text)")
         #expect((try agentView(daemon)["desired"] as? [String: Any])?["version"] as? String == "1.0", "desired and running agree again")
