@@ -107,13 +107,12 @@ public final class API: Sendable {
     func metricsPage() -> Response {
         let server = self.server.withLock { $0 }
         let parked = server?.parkedCount ?? 0
+        let views = agentViews()
         let text = metrics.render(.init(startedAt: context.startedAt, now: .now(), ledger: ledger.metrics,
                                         lastSeq: ledger.lastSeq, ledgerWritable: ledger.isWritable,
                                         parked: parked, listeners: server?.listenerStats ?? [], agents: context.config.agents.count,
-                                        instances: Dictionary(uniqueKeysWithValues: context.config.agents.map {
-                                            ($0.name, supervisor.registry.instances(of: $0.name).count)
-                                        }),
-                                        views: agentViews(), supervisor: supervisor.stats.snapshot))
+                                        instances: Dictionary(uniqueKeysWithValues: views.map { ($0.name, $0.instances.count) }),
+                                        views: views, supervisor: supervisor.stats.snapshot))
         return .text(text, contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 

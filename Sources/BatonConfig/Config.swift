@@ -185,8 +185,3 @@ public struct AgentConfig: Sendable, Equatable {
     }
 }
 
-extension Duration {
-    public var milliseconds: Int64 {
-        components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000
-    }
-}

@@ -102,4 +102,17 @@ public final class DigestingFile: Sendable {
     static func failure(_ operation: String, _ code: Int32) -> Failure {
         code == ENOSPC || code == EDQUOT ? .noSpace(operation) : .io(operation, code)
     }
+
+    /// Creates a directory of a store (one that exists is fine).
+    public static func makeDirectory(_ path: String, mode: mode_t = 0o755) throws(Failure) {
+        if mkdir(path, mode) != 0 && errno != EEXIST { throw failure("mkdir \(path)", errno) }
+    }
+
+    /// Makes a directory's entries (a rename, a new file) durable.
+    public static func syncDirectory(_ path: String) throws(Failure) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw failure("open \(path)", errno) }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw failure("fsync \(path)", errno) }
+    }
 }

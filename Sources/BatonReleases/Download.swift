@@ -61,8 +61,8 @@ public enum DownloadError: Error, CustomStringConvertible, Equatable {
         case .invalidURL(let reason): "not a URL to fetch from: \(reason)"
         case .httpStatus(let status, let url): "GET \(url) answered \(status)"
         case .tooLarge(let limit): "the download is larger than its limit of \(limit) bytes"
-        case .timedOut(let deadline): "the download did not finish within its deadline of \(spelled(deadline))"
-        case .stalled(let timeout): "no byte for \(spelled(timeout)): stalled"
+        case .timedOut(let deadline): "the download did not finish within its deadline of \(deadline.spelled)"
+        case .stalled(let timeout): "no byte for \(timeout.spelled): stalled"
         case .network(let text): text
         case .sink(let error): "writing the download failed: \(error)"
         case .cancelled: "the download was cancelled"
@@ -229,8 +229,8 @@ private final class Transfer {
         set(CURLOPT_NOSIGNAL, 1)
         set(CURLOPT_NETRC, Int(CURL_NETRC_IGNORED.rawValue))  // the default, said out loud: no credentials from ~/.netrc
         set(CURLOPT_USERAGENT, Download.userAgent)
-        set(CURLOPT_TIMEOUT_MS, max(1, Int(milliseconds(limits.deadline))))
-        set(CURLOPT_CONNECTTIMEOUT_MS, max(1, Int(milliseconds(limits.connectTimeout))))
+        set(CURLOPT_TIMEOUT_MS, max(1, Int(limits.deadline.milliseconds)))
+        set(CURLOPT_CONNECTTIMEOUT_MS, max(1, Int(limits.connectTimeout.milliseconds)))
         set(CURLOPT_BUFFERSIZE, Transfer.bufferBytes)
         set(CURLOPT_MAXFILESIZE_LARGE, offset: curl_off_t(limits.maxBytes))
         set(CURLOPT_ERRORBUFFER, pointer: errorBuffer)
@@ -268,7 +268,7 @@ private final class Transfer {
             if beforeDeadline <= .zero { throw .timedOut(limits.deadline) }
             if beforeStall <= .zero { throw .stalled(limits.stallTimeout) }
             let wait = min(beforeDeadline, beforeStall, Transfer.pollInterval)
-            let polled = curl_multi_poll(multi, nil, 0, Int32(max(1, milliseconds(wait))), nil)
+            let polled = curl_multi_poll(multi, nil, 0, Int32(max(1, wait.milliseconds)), nil)
             guard polled == CURLM_OK else { throw .network("libcurl: \(String(cString: curl_multi_strerror(polled)))") }
         }
     }
@@ -357,15 +357,4 @@ private let onBody: curl_write_callback = { data, size, count, context in
 private let onHeader: curl_write_callback = { _, size, count, context in
     Unmanaged<Transfer>.fromOpaque(context!).takeUnretainedValue().header()
     return size * count
-}
-
-private func milliseconds(_ duration: Duration) -> Int64 {
-    let (seconds, attoseconds) = duration.components
-    return seconds * 1000 + attoseconds / 1_000_000_000_000_000
-}
-
-/// "500ms", "2s": durations as the config spells them.
-private func spelled(_ duration: Duration) -> String {
-    let ms = milliseconds(duration)
-    return ms % 1000 == 0 ? "\(ms / 1000)s" : "\(ms)ms"
 }

@@ -92,14 +92,11 @@ extension ReleaseStore {
         Unpacker.removeTree(trash)
     }
 
-    static func makeDirectory(_ path: String, mode: mode_t = 0o755) throws(ReleaseError) {
-        if mkdir(path, mode) != 0 && errno != EEXIST { throw .failure("mkdir \(path)", errno) }
+    static func makeDirectory(_ path: String) throws(ReleaseError) {
+        do { try DigestingFile.makeDirectory(path) } catch { throw ReleaseError(error) }
     }
 
     static func syncDirectory(_ path: String) throws(ReleaseError) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw .failure("open \(path)", errno) }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw .failure("fsync \(path)", errno) }
+        do { try DigestingFile.syncDirectory(path) } catch { throw ReleaseError(error) }
     }
 }

@@ -129,14 +129,11 @@ public struct DaemonBinaries: Sendable {
     public static func isDigest(_ text: String) -> Bool { Hex.isSHA256(text) }
 
     static func makeDirectory(_ path: String) throws(StoreError) {
-        if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .io("mkdir \(path)", errno) }
+        do { try DigestingFile.makeDirectory(path) } catch { throw StoreError(error) }
     }
 
     static func syncDirectory(_ path: String) throws(StoreError) {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw .io("open \(path)", errno) }
-        defer { close(fd) }
-        guard fsync(fd) == 0 else { throw .io("fsync \(path)", errno) }
+        do { try DigestingFile.syncDirectory(path) } catch { throw StoreError(error) }
     }
 
     public enum StoreError: Error, Sendable, CustomStringConvertible {

@@ -304,20 +304,28 @@ public final class Releases: Sendable {
             reasons[handoff.to] = "used by handoff \(handoff.id)"
         }
         if let previous = state?.previous { reasons[previous] = "the previous release (rollback goes to it)" }
-        if let current = store.current(agent: agent) ?? state?.current { reasons[current] = "the current release" }
+        if let current = current(agent, state) { reasons[current] = "the current release" }
         return reasons
+    }
+
+    /// What `releases/<agent>/current` names, else the ledger's last commit.
+    func current(_ agent: String, _ state: AgentLedger?) -> String? {
+        store.current(agent: agent) ?? state?.current
+    }
+
+    private func view(of release: StoredRelease, agent: String, state: AgentLedger?, current: String?,
+                      inUse: [String: String]) -> ReleaseView {
+        ReleaseView(agent: agent, version: release.version, manifest: release.manifest, declared: release.declared,
+                    storedAt: release.storedAt, current: release.version == current,
+                    previous: release.version == state?.previous, inUse: inUse[release.version])
     }
 
     public func list(agent: String) throws(ReleaseRefusal) -> ReleaseList {
         guard agents.contains(agent) else { throw .agentNotFound(agent) }
         let state = ledger.state.agents[agent]
-        let current = store.current(agent: agent) ?? state?.current
+        let current = current(agent, state)
         let inUse = inUse(agent: agent)
-        let views = store.releases(agent: agent).map { release in
-            ReleaseView(agent: agent, version: release.version, manifest: release.manifest, declared: release.declared,
-                        storedAt: release.storedAt, current: release.version == current,
-                        previous: release.version == state?.previous, inUse: inUse[release.version])
-        }
+        let views = store.releases(agent: agent).map { view(of: $0, agent: agent, state: state, current: current, inUse: inUse) }
         let stored = Set(views.map(\.version))
         let fetching = fetches.withLock { $0 }.filter { $0.key.hasPrefix(agent + "/") }.sorted { $0.key < $1.key }
             .compactMap { key, fetch -> ReleaseView? in
@@ -335,10 +343,7 @@ public final class Releases: Sendable {
             return Self.fetchView(agent: agent, version: version, fetch)
         }
         let state = ledger.state.agents[agent]
-        let current = store.current(agent: agent) ?? state?.current
-        return ReleaseView(agent: agent, version: version, manifest: release.manifest, declared: release.declared,
-                           storedAt: release.storedAt, current: version == current, previous: version == state?.previous,
-                           inUse: inUse(agent: agent)[version])
+        return view(of: release, agent: agent, state: state, current: current(agent, state), inUse: inUse(agent: agent))
     }
 
     // MARK: - Removal

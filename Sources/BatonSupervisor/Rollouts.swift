@@ -159,9 +159,8 @@ public actor Rollouts {
             let recorded = state.agents[agent.name]
             if let handoff = recorded?.handoff, handoff.to == target {
                 Task { [supervisor] in
-                    let ended = await supervisor.handoffs.ended(handoff.id)
-                    await self.feed(.handedOver(agent.name, committed: ended.outcome == .committed,
-                                                error: ended.outcome == .committed ? nil : ended.error ?? ended.outcome?.rawValue))
+                    let (committed, error) = await supervisor.ended(handoff.id)
+                    await self.feed(.handedOver(agent.name, committed: committed, error: error))
                 }
             } else if let last = recorded?.history.last, last.to == target, last.startedAt >= active.startedAt {
                 await feed(.handedOver(agent.name, committed: last.outcome == .committed,

@@ -78,21 +78,18 @@ extension Processes {
     /// and starts the previous versions, so it must not run on beside them.
     static func runMigration(_ argv: [String], agent: AgentConfig, version: String, directory: String, timeout: Duration,
                              log: String) async -> DaemonBinaries.CheckResult {
-        await withCheckedContinuation { continuation in
-            DispatchQueue.global().async {
-                let credentials: Credentials?
-                do {
-                    credentials = try Credentials.resolve(user: agent.user, group: agent.group)
-                } catch {
-                    return continuation.resume(returning: .init(exitCode: nil, signal: nil, timedOut: false, outputTail: "\(error)"))
-                }
-                let environment = InstanceEnvironment.make(
-                    config: agent, uid: credentials?.uid ?? getuid(), inherited: ProcessInfo.processInfo.environment,
-                    baton: ["BATON_AGENT": agent.name, "BATON_VERSION": version, "BATON_MIGRATION": "1"])
-                continuation.resume(returning: runToEnd(argv, environment: environment, directory: directory,
-                                                        credentials: credentials, timeout: timeout, log: log,
-                                                        diesWithBatond: true))
+        await offload { () -> DaemonBinaries.CheckResult in
+            let credentials: Credentials?
+            do {
+                credentials = try Credentials.resolve(user: agent.user, group: agent.group)
+            } catch {
+                return .init(exitCode: nil, signal: nil, timedOut: false, outputTail: "\(error)")
             }
+            let environment = InstanceEnvironment.make(
+                config: agent, uid: credentials?.uid ?? getuid(), inherited: ProcessInfo.processInfo.environment,
+                baton: ["BATON_AGENT": agent.name, "BATON_VERSION": version, "BATON_MIGRATION": "1"])
+            return runToEnd(argv, environment: environment, directory: directory, credentials: credentials,
+                            timeout: timeout, log: log, diesWithBatond: true)
         }
     }
 }

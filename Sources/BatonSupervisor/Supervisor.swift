@@ -289,9 +289,14 @@ public final class Supervisor: Sendable {
         case .success(.unchanged):
             return (true, nil)
         case .success(.handoff(let view)):
-            let ended = await handoffs.ended(view.id)
-            return (ended.outcome == .committed, ended.outcome == .committed ? nil : ended.error ?? "the handoff ended \(ended.outcome?.rawValue ?? "")")
+            return await ended(view.id)
         }
+    }
+
+    /// Waits for handoff `id` to end: whether it committed, and why not.
+    public func ended(_ id: String) async -> (committed: Bool, error: String?) {
+        let ended = await handoffs.ended(id)
+        return (ended.outcome == .committed, ended.outcome == .committed ? nil : ended.error ?? "the handoff ended \(ended.outcome?.rawValue ?? "")")
     }
 
     /// Back to the previous release; from an irreversible one only with `force`.
