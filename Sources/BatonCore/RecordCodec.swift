@@ -105,7 +105,7 @@ public enum RecordCodec {
     public static func decode(_ line: ArraySlice<UInt8>) throws(DecodeError) -> Record {
         let json = try unseal(line)
         do {
-            return try decoder.decode(Envelope.self, from: Data(json)).record
+            return try decoder.decode(Record.self, from: Data(json))
         } catch {
             throw .malformed(String(describing: error))
         }
@@ -147,50 +147,50 @@ public enum RecordCodec {
         case .unknown: throw EncodingError.invalidValue(event, .init(codingPath: [], debugDescription: "unknown kinds are never written"))
         }
     }
+}
 
-    /// The decoding side of a record line.
-    private struct Envelope: Decodable {
-        let record: Record
+/// A record's JSON (`seq`, `time`, `kind`, `v`, `data`; any `crc` is not looked at):
+/// how `RecordCodec` decodes a checked line, and how clients read the records that
+/// `GET /v1/events` serves.
+extension Record: Decodable {
+    enum CodingKeys: String, CodingKey { case seq, time, kind, v, data }
 
-        enum CodingKeys: String, CodingKey { case seq, time, kind, v, data }
-
-        init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: CodingKeys.self)
-            let seq = try c.decode(UInt64.self, forKey: .seq)
-            let time = try c.decode(Timestamp.self, forKey: .time)
-            let kind = try c.decode(String.self, forKey: .kind)
-            let version = try c.decode(Int.self, forKey: .v)
-            func data<T: Decodable>(_ type: T.Type) throws -> T { try c.decode(type, forKey: .data) }
-            let event: LedgerEvent
-            switch (kind, version) {
-            case ("daemon.started", 1): event = .daemonStarted(try data(DaemonStarted.self))
-            case ("daemon.stopped", 1): event = .daemonStopped(try data(DaemonStopped.self))
-            case ("agent.desired", 1): event = .agentDesired(try data(AgentDesired.self))
-            case ("handoff.began", 1): event = .handoffBegan(try data(HandoffBegan.self))
-            case ("handoff.phase", 1): event = .handoffPhase(try data(HandoffPhase.self))
-            case ("handoff.ended", 1): event = .handoffEnded(try data(HandoffEnded.self))
-            case ("instance.spawned", 1): event = .instanceSpawned(try data(InstanceSpawned.self))
-            case ("instance.ready", 1): event = .instanceReady(try data(InstanceRef.self))
-            case ("instance.signal", 1): event = .instanceSignal(try data(InstanceSignal.self))
-            case ("instance.stopped", 1): event = .instanceStopped(try data(InstanceRef.self))
-            case ("instance.exited", 1): event = .instanceExited(try data(InstanceExited.self))
-            case ("agent.error", 1): event = .agentError(try data(AgentError.self))
-            case ("release.current", 1): event = .releaseCurrent(try data(ReleaseCurrent.self))
-            case ("release.stored", 1): event = .releaseStored(try data(ReleaseStored.self))
-            case ("release.deleted", 1): event = .releaseDeleted(try data(ReleaseDeleted.self))
-            case ("release.fetch_failed", 1): event = .releaseFetchFailed(try data(ReleaseFetchFailed.self))
-            case ("rollout.began", 1): event = .rolloutBegan(try data(RolloutBegan.self))
-            case ("rollout.step", 1): event = .rolloutStep(try data(RolloutStep.self))
-            case ("rollout.ended", 1): event = .rolloutEnded(try data(RolloutEnded.self))
-            case ("ledger.cut", 1): event = .ledgerCut(try data(LedgerCut.self))
-            case ("daemon.upgrade_began", 1): event = .daemonUpgradeBegan(try data(DaemonUpgradeBegan.self))
-            case ("daemon.upgraded", 1): event = .daemonUpgraded(try data(DaemonUpgraded.self))
-            case ("daemon.upgrade_failed", 1): event = .daemonUpgradeFailed(try data(DaemonUpgradeFailed.self))
-            case ("agent.rewound", 1): event = .agentRewound(try data(AgentRewound.self))
-            case ("agent.failed", 1): event = .agentFailed(try data(AgentFailed.self))
-            default: event = .unknown(kind: kind, version: version)
-            }
-            record = Record(seq: seq, time: time, event: event)
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let seq = try c.decode(UInt64.self, forKey: .seq)
+        let time = try c.decode(Timestamp.self, forKey: .time)
+        let kind = try c.decode(String.self, forKey: .kind)
+        let version = try c.decode(Int.self, forKey: .v)
+        func data<T: Decodable>(_ type: T.Type) throws -> T { try c.decode(type, forKey: .data) }
+        let event: LedgerEvent
+        switch (kind, version) {
+        case ("daemon.started", 1): event = .daemonStarted(try data(DaemonStarted.self))
+        case ("daemon.stopped", 1): event = .daemonStopped(try data(DaemonStopped.self))
+        case ("agent.desired", 1): event = .agentDesired(try data(AgentDesired.self))
+        case ("handoff.began", 1): event = .handoffBegan(try data(HandoffBegan.self))
+        case ("handoff.phase", 1): event = .handoffPhase(try data(HandoffPhase.self))
+        case ("handoff.ended", 1): event = .handoffEnded(try data(HandoffEnded.self))
+        case ("instance.spawned", 1): event = .instanceSpawned(try data(InstanceSpawned.self))
+        case ("instance.ready", 1): event = .instanceReady(try data(InstanceRef.self))
+        case ("instance.signal", 1): event = .instanceSignal(try data(InstanceSignal.self))
+        case ("instance.stopped", 1): event = .instanceStopped(try data(InstanceRef.self))
+        case ("instance.exited", 1): event = .instanceExited(try data(InstanceExited.self))
+        case ("agent.error", 1): event = .agentError(try data(AgentError.self))
+        case ("release.current", 1): event = .releaseCurrent(try data(ReleaseCurrent.self))
+        case ("release.stored", 1): event = .releaseStored(try data(ReleaseStored.self))
+        case ("release.deleted", 1): event = .releaseDeleted(try data(ReleaseDeleted.self))
+        case ("release.fetch_failed", 1): event = .releaseFetchFailed(try data(ReleaseFetchFailed.self))
+        case ("rollout.began", 1): event = .rolloutBegan(try data(RolloutBegan.self))
+        case ("rollout.step", 1): event = .rolloutStep(try data(RolloutStep.self))
+        case ("rollout.ended", 1): event = .rolloutEnded(try data(RolloutEnded.self))
+        case ("ledger.cut", 1): event = .ledgerCut(try data(LedgerCut.self))
+        case ("daemon.upgrade_began", 1): event = .daemonUpgradeBegan(try data(DaemonUpgradeBegan.self))
+        case ("daemon.upgraded", 1): event = .daemonUpgraded(try data(DaemonUpgraded.self))
+        case ("daemon.upgrade_failed", 1): event = .daemonUpgradeFailed(try data(DaemonUpgradeFailed.self))
+        case ("agent.rewound", 1): event = .agentRewound(try data(AgentRewound.self))
+        case ("agent.failed", 1): event = .agentFailed(try data(AgentFailed.self))
+        default: event = .unknown(kind: kind, version: version)
         }
+        self.init(seq: seq, time: time, event: event)
     }
 }
