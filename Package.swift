@@ -7,6 +7,10 @@ let package = Package(
     // SO_PEERCRED and /proc. SwiftPM has no way to declare Linux, so no platform is listed.
     products: [
         .executable(name: "batond", targets: ["batond"]),
+        // The operator's command line (docs/cli.md).
+        .executable(name: "baton", targets: ["baton"]),
+        // batond's API from Swift: one HTTP/1.1 client over the Unix socket or loopback TCP.
+        .library(name: "BatonClient", targets: ["BatonClient"]),
         // The agent side of the protocol, for Swift agents (docs/agent-protocol.md).
         .library(name: "BatonAgent", targets: ["BatonAgent"]),
     ],
@@ -89,6 +93,17 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The one HTTP/1.1 client of batond's API (the CLI's; Foundation and Glibc only).
+        .target(name: "BatonClient", dependencies: ["BatonCore"]),
+        // `baton`, the operator's command line.
+        .executableTarget(
+            name: "baton",
+            dependencies: [
+                "BatonClient", "BatonCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]
+        ),
         // Benchmarks live apart from tests (`make bench`).
         .executableTarget(
             name: "baton-bench",
@@ -118,6 +133,7 @@ let package = Package(
         ),
         // Client library for Swift agents: the agent side of the protocol. Foundation and Glibc only.
         .target(name: "BatonAgent"),
+        .testTarget(name: "BatonCLITests", dependencies: ["BatonClient", "BatonCore", "BatonTestSupport"]),
         .testTarget(name: "BatonAgentTests", dependencies: ["BatonAgent", "BatonTestSupport"]),
         // An agent with misbehaviour switches, for tests and demos.
         .executableTarget(
