@@ -48,15 +48,21 @@ enum CLI {
 }
 
 /// A `baton` that runs on while the test reads its output line by line, as it comes.
-final class RunningCLI: @unchecked Sendable {
-    // @unchecked: `lines` and `ended` are only touched under `lock`.
+/// Killed when released.
+final class RunningCLI {
     let process = Process()
     private let pipe = Pipe()
-    private let lock = NSCondition()
-    private var lines: [String] = []
-    private var partial = ""
-    private var ended = false
+    private let output = Lines()
     private var read = 0
+
+    /// What the reader thread collects (it must not hold the `RunningCLI`, whose release
+    /// kills the process that ends the thread). @unchecked Sendable: state under `lock`.
+    private final class Lines: @unchecked Sendable {
+        let lock = NSCondition()
+        var lines: [String] = []
+        var partial = ""
+        var ended = false
+    }
 
     init(_ arguments: [String], environment: [String: String] = [:]) throws {
         process.executableURL = URL(fileURLWithPath: CLI.path)
@@ -66,24 +72,24 @@ final class RunningCLI: @unchecked Sendable {
         process.standardError = FileHandle.standardError
         try process.run()
         let handle = pipe.fileHandleForReading
-        Thread { [self] in
+        Thread { [output] in
             while true {
                 let data = handle.availableData
-                lock.lock()
+                output.lock.lock()
                 if data.isEmpty {
-                    if !partial.isEmpty { lines.append(partial) }
-                    ended = true
-                    lock.broadcast()
-                    lock.unlock()
+                    if !output.partial.isEmpty { output.lines.append(output.partial) }
+                    output.ended = true
+                    output.lock.broadcast()
+                    output.lock.unlock()
                     return
                 }
-                partial += String(decoding: data, as: UTF8.self)
-                while let newline = partial.firstIndex(of: "\n") {
-                    lines.append(String(partial[..<newline]))
-                    partial = String(partial[partial.index(after: newline)...])
+                output.partial += String(decoding: data, as: UTF8.self)
+                while let newline = output.partial.firstIndex(of: "\n") {
+                    output.lines.append(String(output.partial[..<newline]))
+                    output.partial = String(output.partial[output.partial.index(after: newline)...])
                 }
-                lock.broadcast()
-                lock.unlock()
+                output.lock.broadcast()
+                output.lock.unlock()
             }
         }.start()
     }
@@ -91,14 +97,16 @@ final class RunningCLI: @unchecked Sendable {
     /// The next line of stdout, waiting up to `timeout`; nil at the end of the output.
     func nextLine(timeout: Double = 60) throws -> String? {
         let deadline = Date().addingTimeInterval(timeout)
-        lock.lock()
-        defer { lock.unlock() }
-        while read >= lines.count {
-            if ended { return nil }
-            guard lock.wait(until: deadline) else { throw TestFailure("no line from baton within \(timeout) s; so far: \(lines)") }
+        output.lock.lock()
+        defer { output.lock.unlock() }
+        while read >= output.lines.count {
+            if output.ended { return nil }
+            guard output.lock.wait(until: deadline) else {
+                throw TestFailure("no line from baton within \(timeout) s; so far: \(output.lines)")
+            }
         }
         read += 1
-        return lines[read - 1]
+        return output.lines[read - 1]
     }
 
     /// Reads lines until one contains `text`; returns it.
