@@ -2,13 +2,14 @@
 SWIFT ?= swift
 CONFIG ?= config/dev.toml
 
-.PHONY: run test contract build deps bench check-config clean
+.PHONY: run test contract build deps bench check-config clean man
 
 deps:
 	@scripts/install-deps.sh
 
 build: deps
 	$(SWIFT) build --product batond
+	$(SWIFT) build --product baton
 
 # Starts batond in the foreground on the dev config (state under ./.baton/), with the
 # demo agent's releases in place (scripts/demo-releases.sh).
@@ -34,6 +35,14 @@ contract: deps
 
 bench:
 	@scripts/bench.sh
+
+# Man pages for baton and batond (one page per subcommand too) in .build/man/, from
+# their argument-parser definitions by argument-parser's generate-manual plugin.
+man: deps
+	$(SWIFT) package plugin generate-manual --configuration debug --multi-page
+	mkdir -p .build/man
+	find .build/plugins -path '*GenerateManual*' -name '*.1' -exec cp {} .build/man/ \;
+	@ls .build/man
 
 clean:
 	rm -rf .build .build-venv .baton bench/out
