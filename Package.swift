@@ -69,7 +69,9 @@ let package = Package(
             dependencies: [
                 "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonSupervisor", "BatonReleases",
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            // The status page, compiled into batond as bytes (no bundle to lose beside the binary).
+            resources: [.embedInCode("status.html")]
         ),
         // The daemon's parts wired together as services: listeners, sd_notify, shutdown.
         .target(

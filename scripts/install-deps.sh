@@ -60,6 +60,7 @@ need_cmd curl curl
 need_cmd xz-utils xz
 need_cmd zstd zstd
 need_cmd systemd systemd-analyze systemd-socket-activate
+need_cmd chromium chromium  # headless, for the status page test (StatusPageTests)
 # Debian ships promtool only inside the prometheus package. Note that
 # installing it also enables and starts a Prometheus server (port 9090).
 need_cmd prometheus promtool

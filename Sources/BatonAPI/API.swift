@@ -78,7 +78,8 @@ public final class API: Sendable {
         + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes
         + ReleaseRoutes(releases: supervisor.releases).routes
         + VersionRoutes(rollouts: rollouts).routes
-        + DaemonRoutes(control: daemon).routes)
+        + DaemonRoutes(control: daemon).routes
+        + StatusPageRoutes(sessions: auth.sessions).routes)
     }
 
     // MARK: - Probes

@@ -262,3 +262,15 @@ public struct HandoffView: Codable, Sendable, Equatable {
         try c.encode(steps, forKey: .steps)
     }
 }
+
+/// `POST /v1/ui/links`: a one-time login link to the status page. `path` is relative to
+/// the TCP listener (`http://127.0.0.1:7070` + path); its code is spent by the first
+/// visit and expires at `expires_at` (60 s).
+public struct UILink: Codable, Sendable, Equatable {
+    public var path: String
+    public var expiresAt: Timestamp
+    public init(path: String, expiresAt: Timestamp) {
+        self.path = path
+        self.expiresAt = expiresAt
+    }
+}
