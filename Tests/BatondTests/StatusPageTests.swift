@@ -70,7 +70,8 @@ struct StatusPageLoginTests {
         let link = try daemon.endpoint.request("POST", "/v1/ui/links", token: daemon.token)
         #expect(link.status == 201, "\(link.text)")
         let path = try #require(try link.json()["path"] as? String)
-        let expires = try #require(Timestamp(rfc3339: try #require(try link.json()["expires_at"] as? String)))
+        let expiresAt = try #require(try link.json()["expires_at"] as? String)
+        let expires = try #require(Timestamp(rfc3339: expiresAt))
         #expect(abs(expires.milliseconds - Timestamp.now().milliseconds - 60_000) < 5_000)
         let code = try #require(path.split(separator: "=").last.map(String.init))
         #expect(path.hasPrefix("/ui/login?code="))
@@ -185,7 +186,7 @@ struct StatusPageBrowserTests {
             """)
         #expect(try page.evaluate("window.notReloaded") as? Bool == true, "no reload")
         // The event stream brought it: its records are listed as they arrive.
-        let kinds = try page.evaluate(#"[...document.querySelectorAll("#events li b")].map(b => b.textContent)"#) as? [String] ?? []
+        let kinds = try page.evaluate(##"[...document.querySelectorAll("#events li b")].map(b => b.textContent)"##) as? [String] ?? []
         #expect(kinds.contains("handoff.began") && kinds.contains("handoff.ended"), "\(kinds)")
 
         let png = try page.screenshot()
