@@ -82,6 +82,29 @@ struct MetricsTests {
         #expect(sample(metrics, #"baton_agent_running_info{agent="web",version="2.0"}"#) == 1)
     }
 
+    /// docs/operations.md lists every family batond serves, with its type, and no other.
+    @Test func theOperationsGuideListsEveryFamilyWithItsType() throws {
+        let daemon = try BatondProcess(configText: """
+            [agents.demo]
+            command = ["{release}/bin/demo"]
+            """)
+        defer { _ = daemon.stop() }
+        let metrics = try daemon.endpoint.get("/metrics").text
+        var served: [String: String] = [:]
+        for line in metrics.split(separator: "\n") where line.hasPrefix("# TYPE ") {
+            let parts = line.split(separator: " ")
+            served[String(parts[2])] = String(parts[3])
+        }
+        #expect(served.count >= 30, "\(served)")
+        let guide = try String(contentsOfFile: Products.packageRoot + "/docs/operations.md", encoding: .utf8)
+        var documented: [String: String] = [:]
+        for line in guide.split(separator: "\n") where line.hasPrefix("| `baton_") {
+            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            documented[cells[0].trimmingCharacters(in: CharacterSet(charactersIn: "`"))] = cells[1]
+        }
+        #expect(documented == served)
+    }
+
     @Test(.enabled(if: MetricsTests.promtool != nil, MetricsTests.noPromtool))
     func theAlertRulesAreValidAndEachFiresOnItsSeries() throws {
         let promtool = try #require(Self.promtool)
