@@ -74,6 +74,7 @@ public final class SupervisorStats: Sendable {
     public struct HandoffKind: Hashable, Sendable {
         public var mode: HandoffMode
         public var outcome: HandoffOutcome
+        public init(mode: HandoffMode, outcome: HandoffOutcome) { self.mode = mode; self.outcome = outcome }
     }
 
     public struct Snapshot: Sendable {
