@@ -45,9 +45,10 @@ extension RouteScope {
 
 /// Who may call what. Operators: a bearer token (the state directory's
 /// `operator.token`), or, on the Unix socket only, a peer whose uid is root, batond's
-/// own, or in the operator group, or, for GET routes only, the status page's session
-/// cookie (`UISessions`: never the token; it cannot change anything). Instances: the bearer token batond gave that
-/// instance, for routes about that instance only. A Unix-socket peer that is one of
+/// own, or in the operator group, or, on GET routes only, the status page's session
+/// cookie (`UISessions`: never the token, and it cannot change anything). Instances:
+/// the bearer token batond gave that instance, for routes about that instance only. A
+/// Unix-socket peer that is one of
 /// batond's instances (or a descendant of one) is that instance, never an operator, even
 /// when it runs as batond's user. Tokens are compared in constant time and never logged.
 public struct OperatorAuth: Sendable {

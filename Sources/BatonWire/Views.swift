@@ -2,7 +2,7 @@
 /// Keys are snake_case on the wire (the encoder converts); times are `Timestamp`s.
 
 public struct AgentView: Codable, Sendable, Equatable {
-    public enum State: String, Codable, Sendable {
+    public enum State: String, Codable, Sendable, CaseIterable {
         case stopped, starting, running, handingOff = "handing_off", backoff, rewound, failed
     }
 
