@@ -4,7 +4,8 @@
 #   run:   building and running batond and the demo agent (`make run`):
 #          pkg-config, libmicrohttpd-dev, libarchive-dev, libcurl4-openssl-dev, curl
 #   test:  the test suite (`make test`, the default): xz-utils and zstd (release
-#          archives), systemd (systemd-analyze, systemd-socket-activate), promtool,
+#          archives), systemd (systemd-analyze, systemd-socket-activate), chromium
+#          (headless, for the status page's test), promtool,
 #          python3 with PyYAML and jsonschema (scripts/check-contract.py), and a
 #          virtualenv .build-venv/ with the Python tools of
 #          scripts/requirements-test.txt, pinned (schemathesis, for scripts/schemathesis.sh)
