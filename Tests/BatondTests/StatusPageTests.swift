@@ -180,10 +180,11 @@ struct StatusPageBrowserTests {
         let answer = try daemon.endpoint.json("PUT", "/v1/agents/demo/desired", token: daemon.token, #"{"version":"2.0"}"#)
         #expect(answer.status == 202, "\(answer.text)")
         let id = try #require(try answer.json()["id"] as? String)
+        // Within 20 s: before the page's own 30-s refresh could show it without the stream.
         try page.waitFor("""
             document.querySelector('[data-handoff="\(id)"]').dataset.outcome === "committed"
               && document.querySelector('[data-agent="demo"] .running').textContent === "2.0"
-            """)
+            """, timeout: 20)
         #expect(try page.evaluate("window.notReloaded") as? Bool == true, "no reload")
         // The event stream brought it: its records are listed as they arrive.
         let kinds = try page.evaluate(##"[...document.querySelectorAll("#events li b")].map(b => b.textContent)"##) as? [String] ?? []
