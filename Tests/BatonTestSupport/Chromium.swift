@@ -32,7 +32,9 @@ public final class Chromium {
                              "--disable-sync", "--hide-scrollbars", "--mute-audio", "about:blank"]
         process.standardInput = toBrowser
         process.standardOutput = fromBrowser
-        FileManager.default.createFile(atPath: profile.file("chromium.log"), contents: nil)
+        guard FileManager.default.createFile(atPath: profile.file("chromium.log"), contents: nil) else {
+            throw TestFailure("cannot create \(profile.file("chromium.log"))")
+        }
         process.standardError = FileHandle(forWritingAtPath: profile.file("chromium.log"))
         try process.run()
     }
