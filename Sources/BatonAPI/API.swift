@@ -75,7 +75,8 @@ public final class API: Sendable {
             },
         ]
         + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
-        + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes
+        + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }, maxWait: context.config.http.maxWait,
+                        maxWaiters: context.config.http.maxEventWaiters).routes
         + ReleaseRoutes(releases: supervisor.releases).routes
         + VersionRoutes(rollouts: rollouts).routes
         + DaemonRoutes(control: daemon).routes)
@@ -162,6 +163,8 @@ public final class API: Sendable {
             view.running = nil
             view.state = !live.isEmpty ? .starting : supervisor.stats.isBackingOff(config.name) ? .backoff : .stopped
         }
+        view.restarts = Int(supervisor.stats.restarts(config.name))
+        view.nextAttemptAt = live.isEmpty ? supervisor.stats.nextAttempt(config.name) : nil
         // A handoff shows first; then batond's verdict on a crash loop, until an operator acts:
         // given up on current (while nothing works), or rewound (whatever runs).
         if ledger?.handoff != nil {

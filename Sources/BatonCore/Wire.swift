@@ -47,6 +47,10 @@ public struct AgentView: Codable, Sendable, Equatable {
     /// Whether the agent is where it was asked to be: `ok`, or `degraded` with why (the
     /// desired version is not the one that works, nothing works, a verdict stands).
     public var condition: Condition
+    /// Restarts after an unexpected exit since batond started (not kept across restarts of batond).
+    public var restarts: Int
+    /// When the next start is due while the agent waits out a restart backoff; nil otherwise.
+    public var nextAttemptAt: Timestamp?
     public var config: Config
 
     public struct Condition: Codable, Sendable, Equatable {
@@ -75,6 +79,8 @@ public struct AgentView: Codable, Sendable, Equatable {
         }
         self.state = .stopped
         self.condition = Condition(status: .ok)
+        self.restarts = 0
+        self.nextAttemptAt = nil
         self.config = config
     }
 
@@ -90,6 +96,8 @@ public struct AgentView: Codable, Sendable, Equatable {
         try c.encode(rewound, forKey: .rewound)
         try c.encode(failed, forKey: .failed)
         try c.encode(condition, forKey: .condition)
+        try c.encode(restarts, forKey: .restarts)
+        try c.encode(nextAttemptAt, forKey: .nextAttemptAt)
         try c.encode(config, forKey: .config)
     }
 }
@@ -261,4 +269,10 @@ public struct HandoffView: Codable, Sendable, Equatable {
         try c.encode(endedAt, forKey: .endedAt)
         try c.encode(steps, forKey: .steps)
     }
+}
+
+/// `GET /v1/handoffs`: newest first.
+public struct HandoffList: Codable, Sendable, Equatable {
+    public var handoffs: [HandoffView]
+    public init(handoffs: [HandoffView]) { self.handoffs = handoffs }
 }

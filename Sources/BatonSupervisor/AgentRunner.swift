@@ -631,14 +631,14 @@ actor AgentRunner {
             runner.send(.timerFired(key, generation: generation))
         })
         if key == .restart {
-            context.stats.backingOff(agent: name, true)
+            context.stats.backingOff(agent: name, until: Timestamp(milliseconds: Timestamp.now().milliseconds + duration.milliseconds))
             logger.notice("restarting after backoff", metadata: ["agent": "\(name)", "delay": "\(duration)"])
         }
     }
 
     private func cancelTimer(_ key: Machine.TimerKey) {
         timers.removeValue(forKey: key)?.task.cancel()
-        if key == .restart { context.stats.backingOff(agent: name, false) }
+        if key == .restart { context.stats.backingOff(agent: name, until: nil) }
     }
 
     /// What the machine notes, in the ledger and in the handoff's view.
