@@ -32,7 +32,8 @@ public final class API: Sendable {
     private let statusCache = Mutex<(seq: UInt64, instances: Int, writable: Bool, body: [UInt8])?>(nil)
     let events: EventWaiters
     let logger: Logger
-    /// Installed by `attach`; read by /metrics for the parked gauge.
+    /// Installed by `makeServer`; read by /metrics for its gauges, told of every commit
+    /// for its event streams.
     private let server = Mutex<HTTPServer?>(nil)
 
     public init(context: Context, ledger: Ledger, supervisor: Supervisor, rollouts: Rollouts, auth: OperatorAuth,
@@ -46,7 +47,10 @@ public final class API: Sendable {
         self.logger = logger
         self.events = EventWaiters(ledger: ledger)
         self.metrics = Metrics()
-        ledger.observeCommits { [events] lastSeq in events.wake(lastSeq: lastSeq) }
+        ledger.observeCommits { [weak self] lastSeq in
+            self?.events.wake(lastSeq: lastSeq)
+            self?.server.withLock { $0 }?.wakeStreams()
+        }
     }
 
     /// An HTTP server for this API: its routes, its admission (auth) and its metrics.

@@ -1,11 +1,13 @@
 import BatonCore
 import BatonHTTP
 import BatonLedger
+import Foundation
 import Synchronization
 
 /// `GET /v1/events?since=N&wait=S&limit=L&agent=A`: the ledger's records after `since`
 /// (those about agent `A` only, when given), at once if there are any, else parked until
-/// one is appended or the wait ends.
+/// one is appended or the wait ends. Asked with `Accept: text/event-stream`, the same
+/// records as Server-Sent Events, without end (`LedgerEventStream`).
 final class EventWaiters: Sendable {
     private struct Waiter {
         let since: UInt64
@@ -27,6 +29,19 @@ final class EventWaiters: Sendable {
         let limit = try request.integer("limit", default: 1000, range: 1...1000)
         let agent = try request.agentFilter()
         let wait = try request.wait(max: maxWait)
+        if request.accepts(LedgerEventStream.mediaType) {
+            // The browser's EventSource sends the id of the last event it saw when it reconnects.
+            var after = since
+            if let header = request.header("Last-Event-ID") {
+                guard let seq = UInt64(header.trimmingCharacters(in: .whitespaces)) else {
+                    throw HTTPError(status: 400, code: "invalid_parameter",
+                                    message: "header 'Last-Event-ID': must be the seq of a record (an integer), not \(WireJSON.quote(header))")
+                }
+                after = seq
+            }
+            return .stream(StreamedResponse(headers: LedgerEventStream.headers,
+                                            source: LedgerEventStream(ledger: ledger, after: after, agent: agent)))
+        }
         if wait == 0 || hasNews(since: since, agent: agent) {
             return .respond(page(since: since, limit: limit, agent: agent))
         }
@@ -78,14 +93,72 @@ final class EventWaiters: Sendable {
         var body: [UInt8] = Array(#"{"last_seq":\#(window.lastSeq),"oldest_seq":\#(window.oldestSeq),"records":["#.utf8)
         for (index, record) in window.records.enumerated() {
             if index > 0 { body.append(UInt8(ascii: ",")) }
-            body += record.line.last == UInt8(ascii: "\n") ? record.line.dropLast() : record.line[...]
+            body += record.json
         }
         body += Array(#"],"truncated":\#(truncated)}"#.utf8)
         return .json(bytes: body)
     }
 }
 
+/// The ledger's records after a seq as Server-Sent Events, one event per record:
+///
+///     id: <seq>
+///     event: <kind, e.g. handoff.phase>
+///     data: <the record's line, as GET /v1/events gives it>
+///
+/// Each read starts from the seq of the last record given, never from the commit that
+/// woke the stream: records appended meanwhile come in order, none twice. When the
+/// records asked for have left the ledger's window, one `truncated` event (without id)
+/// says so, then the stream goes on from the oldest record kept.
+final class LedgerEventStream: StreamSource {
+    static let mediaType = "text/event-stream"
+    static let headers: [(name: String, value: String)] = [
+        ("Content-Type", mediaType), ("Cache-Control", "no-cache"),
+        // nginx would otherwise hold the events back in its buffer.
+        ("X-Accel-Buffering", "no"),
+    ]
+    /// Records read at a time: a stream far behind catches up in pieces this big.
+    static let batch = 256
+
+    private let ledger: Ledger
+    private let agent: String?
+    /// The seq of the last record given (or looked at, past the agent filter).
+    private let cursor: Mutex<UInt64>
+    let keepalive = Array(": keepalive\n\n".utf8)
+
+    init(ledger: Ledger, after: UInt64, agent: String?) {
+        self.ledger = ledger
+        self.agent = agent
+        self.cursor = Mutex(after)
+    }
+
+    func next() -> [UInt8] {
+        cursor.withLock { cursor in
+            let window = ledger.records(after: cursor, limit: Self.batch, agent: agent)
+            var out: [UInt8] = []
+            if cursor + 1 < window.oldestSeq && window.lastSeq >= window.oldestSeq {
+                out += Array("event: truncated\ndata: {\"after\":\(cursor),\"oldest_seq\":\(window.oldestSeq)}\n\n".utf8)
+            }
+            for record in window.records {
+                out += Array("id: \(record.seq)\nevent: \(record.kind)\ndata: ".utf8)
+                out += record.json
+                out += [UInt8(ascii: "\n"), UInt8(ascii: "\n")]
+            }
+            cursor = window.scanned
+            return out
+        }
+    }
+}
+
 extension Request {
+    /// Whether the `Accept` header names `mediaType` (parameters and q-values aside).
+    func accepts(_ mediaType: String) -> Bool {
+        guard let accept = header("Accept") else { return false }
+        return accept.split(separator: ",").contains { range in
+            range.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } == mediaType
+        }
+    }
+
     /// The `agent` query parameter: only records about this agent (400 when it is no
     /// agent name; an agent that is not configured simply has no records).
     func agentFilter() throws(HTTPError) -> String? {

@@ -459,6 +459,9 @@ public struct RetainedRecord: Sendable {
     /// The record's line, ending in `\n`.
     public let line: [UInt8]
 
+    /// The record as one JSON object, without the line's end.
+    public var json: ArraySlice<UInt8> { line.last == UInt8(ascii: "\n") ? line.dropLast() : line[...] }
+
     init(_ record: Record, line: [UInt8]) {
         seq = record.seq
         kind = record.event.kind
