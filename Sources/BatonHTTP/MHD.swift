@@ -106,9 +106,13 @@ public final class HTTPServer: Sendable {
     /// Number of streamed answers (Server-Sent Events) open right now.
     public var streamCount: Int { streams.withLock { $0.count } }
 
-    /// Tells every open stream that its source may have more to say (it asks it).
+    /// Tells every open stream that its source may have more to say (it asks it). The
+    /// streams are woken from the server's own queue: the caller (the ledger's writer,
+    /// whose next acknowledgements wait for it) never waits for a thousand resumes.
     public func wakeStreams() {
-        for stream in streams.withLock({ Array($0.values) }) { stream.poke(.news) }
+        deadlines.async { [self] in
+            for stream in streams.withLock({ Array($0.values) }) { stream.poke(.news) }
+        }
     }
 
     /// Each listener served, in the order served: its connections now and those closed
@@ -601,7 +605,7 @@ final class Exchange {
         self.stream = stream
         answered = true
         // The response holds the stream until libmicrohttpd frees it (`streamFreed`).
-        guard let response = MHD_create_response_from_callback(baton_mhd_size_unknown, 16 * 1024, streamReader,
+        guard let response = MHD_create_response_from_callback(baton_mhd_size_unknown, 1024, streamReader,
                                                                 Unmanaged.passRetained(stream).toOpaque(), streamFreed)
         else {
             return .NO
