@@ -27,17 +27,19 @@ let package = Package(
         // libarchive, for unpacking releases; libcurl, for fetching them.
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
-        // The pure core: names, versions, ledger records and their codec, wire types. No I/O.
-        .target(name: "BatonCore"),
+        // The API's JSON bodies, shared by batond, the CLI and the agent library. Foundation only.
+        .target(name: "BatonWire"),
+        // The pure core: names, versions, ledger records and their codec. No I/O.
+        .target(name: "BatonCore", dependencies: ["BatonWire"]),
         // The ledger on disk: journal, snapshot, recovery, lock, group commit.
         .target(
             name: "BatonLedger",
             dependencies: ["BatonCore", .product(name: "Logging", package: "swift-log")]
         ),
-        // An HTTP/1.1 server over libmicrohttpd. Knows nothing of agents.
+        // An HTTP/1.1 server over libmicrohttpd. Knows nothing of agents; speaks BatonWire's JSON.
         .target(
             name: "BatonHTTP",
-            dependencies: ["CMicroHTTPD", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CMicroHTTPD", "BatonWire", .product(name: "Logging", package: "swift-log")]
         ),
         // Process creation in C: fork, switch user and group, exec (posix_spawn cannot).
         .target(name: "CBatonSpawn"),
@@ -103,7 +105,7 @@ let package = Package(
         ),
         .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),
         .testTarget(name: "BatonLedgerTests", dependencies: ["BatonLedger", "BatonCore", "BatonTestSupport"]),
-        .testTarget(name: "BatonHTTPTests", dependencies: ["BatonHTTP", "BatonTestSupport"]),
+        .testTarget(name: "BatonHTTPTests", dependencies: ["BatonHTTP", "BatonWire", "BatonTestSupport"]),
         .testTarget(name: "BatonConfigTests", dependencies: ["BatonConfig", "BatonTestSupport"]),
         .testTarget(
             name: "BatonReleasesTests",
@@ -116,9 +118,9 @@ let package = Package(
                            .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "Logging", package: "swift-log")]
         ),
-        // Client library for Swift agents: the agent side of the protocol. Foundation and Glibc only.
-        .target(name: "BatonAgent"),
-        .testTarget(name: "BatonAgentTests", dependencies: ["BatonAgent", "BatonTestSupport"]),
+        // Client library for Swift agents: the agent side of the protocol. Foundation, Glibc and BatonWire only.
+        .target(name: "BatonAgent", dependencies: ["BatonWire"]),
+        .testTarget(name: "BatonAgentTests", dependencies: ["BatonAgent", "BatonWire", "BatonTestSupport"]),
         // An agent with misbehaviour switches, for tests and demos.
         .executableTarget(
             name: "baton-testagent",

@@ -58,9 +58,12 @@ public final class API: Sendable {
         let server = HTTPServer(
             configuration: configuration, router: router,
             admission: { [auth] request in auth.admit(&request) },
-            observer: { [metrics] route, method, status in metrics.recordRequest(route: route, method: method, status: status) },
+            observer: { [metrics] route, method, status, duration in
+                metrics.recordRequest(route: route, method: method, status: status, duration: duration)
+            },
             logger: logger)
         self.server.withLock { $0 = server }
+        metrics.countStreams { [weak server] in server?.streamCount ?? 0 }
         return server
     }
 
@@ -112,12 +115,13 @@ public final class API: Sendable {
     func metricsPage() -> Response {
         let server = self.server.withLock { $0 }
         let parked = server?.parkedCount ?? 0
-        let views = agentViews()
+        let state = ledger.state
+        let views = context.config.agents.map { view(of: $0, ledger: state.agents[$0.name]) }
         let text = metrics.render(.init(startedAt: context.startedAt, now: .now(), ledger: ledger.metrics,
-                                        lastSeq: ledger.lastSeq, ledgerWritable: ledger.isWritable,
-                                        parked: parked, listeners: server?.listenerStats ?? [], agents: context.config.agents.count,
-                                        instances: Dictionary(uniqueKeysWithValues: views.map { ($0.name, $0.instances.count) }),
-                                        views: views, supervisor: supervisor.stats.snapshot))
+                                        lastSeq: state.lastSeq, ledgerWritable: ledger.isWritable,
+                                        parked: parked, listeners: server?.listenerStats ?? [],
+                                        views: views.sorted { $0.name < $1.name }, history: state.agents,
+                                        supervisor: supervisor.stats.snapshot))
         return .text(text, contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 

@@ -295,15 +295,10 @@ extension SupervisorError {
     }
 }
 
-struct RegistrationRequest: Codable, Sendable {
-    var pid: Int32
-    var version: String
-}
-
 // The request bodies' fields, as api/openapi.yaml lists them (`additionalProperties: false`;
 // BatondTests checks the two agree): any other field is refused.
 extension RegistrationRequest: ClosedJSONObject {
-    static let fieldNames: Set<String> = ["pid", "version"]
+    public static let fieldNames: Set<String> = ["pid", "version"]
 }
 
 extension DesiredRequest: ClosedJSONObject {

@@ -136,10 +136,6 @@ public struct DaemonStopped: Codable, Sendable, Equatable {
     public init(pid: Int32, reason: String) { self.pid = pid; self.reason = reason }
 }
 
-public enum HandoffMode: String, Codable, Sendable, CaseIterable {
-    case parallel, sequential
-}
-
 public struct AgentDesired: Codable, Sendable, Equatable {
     public var agent: String
     public var version: String
@@ -172,12 +168,6 @@ public struct HandoffPhase: Codable, Sendable, Equatable {
     public init(handoff: String, agent: String, phase: String) {
         self.handoff = handoff; self.agent = agent; self.phase = phase
     }
-}
-
-public enum HandoffOutcome: String, Codable, Sendable, CaseIterable {
-    case committed, failed, reverted
-    /// batond itself stopped before the handoff ended.
-    case cancelled
 }
 
 public struct HandoffEnded: Codable, Sendable, Equatable {

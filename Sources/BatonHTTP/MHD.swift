@@ -39,8 +39,10 @@ public final class HTTPServer: Sendable {
         public init() {}
     }
 
-    /// Called once per answered request, for metrics; `route` is nil when none matched.
-    public typealias Observer = @Sendable (_ route: Route?, _ method: String, _ status: Int) -> Void
+    /// Called once per answered request, for metrics; `route` is nil when none matched;
+    /// `duration` runs from the request's head received to its answer queued (a parked
+    /// request's wait included).
+    public typealias Observer = @Sendable (_ route: Route?, _ method: String, _ status: Int, _ duration: Duration) -> Void
 
     let configuration: Configuration
     let router: Router
@@ -65,7 +67,7 @@ public final class HTTPServer: Sendable {
 
     public init(configuration: Configuration = .init(), router: Router,
                 admission: @escaping Admission = { _ in nil },
-                observer: @escaping Observer = { _, _, _ in },
+                observer: @escaping Observer = { _, _, _, _ in },
                 logger: Logger) {
         self.configuration = configuration
         self.router = router
@@ -447,6 +449,7 @@ final class Exchange {
     /// For metrics: the matched route (nil for none) and the method as sent.
     private var route: Route?
     private var method = ""
+    private let received = ContinuousClock.now
 
     init(context: DaemonContext, connection: OpaquePointer) {
         self.server = context.server
@@ -614,7 +617,8 @@ final class Exchange {
         for (name, value) in streamed.headers {
             _ = MHD_add_response_header(response, name, value)
         }
-        server.observer(route, method, 200)
+        // Counted when it opens (the stream's duration has no end to measure).
+        server.observer(route, method, 200, ContinuousClock.now - received)
         return MHD_queue_response(connection, 200, response)
     }
 
@@ -669,7 +673,7 @@ final class Exchange {
         if server.handingOver.load(ordering: .relaxed) && !response.headers.contains(where: { $0.name == "Connection" }) {
             _ = MHD_add_response_header(mhdResponse, "Connection", "close")
         }
-        server.observer(route, method, response.status)
+        server.observer(route, method, response.status, ContinuousClock.now - received)
         return MHD_queue_response(connection, UInt32(response.status), mhdResponse)
     }
 

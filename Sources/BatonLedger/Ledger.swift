@@ -27,7 +27,11 @@ public final class Ledger: Sendable {
     public struct Metrics: Sendable {
         public var appends: UInt64 = 0
         public var batches: UInt64 = 0
-        public var fsyncSeconds = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1])
+        /// The fdatasync of each batch (its write excluded).
+        public var fsyncSeconds = Histogram(bounds: Self.latencyBounds)
+        /// Each successful append, from queued to durable: waiting for the batch before, the write, the fdatasync.
+        public var appendSeconds = Histogram(bounds: Self.latencyBounds)
+        static let latencyBounds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
         /// Writes or fsyncs that failed (each makes the ledger refuse records until it recovers).
         public var failures: UInt64 = 0
         /// Probe writes tried while failed, and those that succeeded.
@@ -59,8 +63,15 @@ public final class Ledger: Sendable {
         var snapshotSeq: UInt64
     }
 
+    /// One `append`: its records, who waits for them, and when it was queued (uptime ns).
+    private struct Entry {
+        var events: [LedgerEvent]
+        var completion: Completion
+        var queuedAt: UInt64
+    }
+
     private struct Queue {
-        var pending: [(events: [LedgerEvent], completion: Completion)] = []
+        var pending: [Entry] = []
         var closing = false
         var failure: LedgerError?
         var failedSince: Timestamp?
@@ -190,7 +201,7 @@ public final class Ledger: Sendable {
         let refused: LedgerError? = queue.withLock { queue in
             if let failure = queue.failure { return failure }
             if queue.closing { return .closed }
-            queue.pending.append((events, completion))
+            queue.pending.append(Entry(events: events, completion: completion, queuedAt: DispatchTime.now().uptimeNanoseconds))
             return nil
         }
         if let refused { completion(.failure(refused)) } else { wake.signal() }
@@ -254,7 +265,7 @@ public final class Ledger: Sendable {
         finished.signal()
     }
 
-    private func commit(_ batch: [(events: [LedgerEvent], completion: Completion)]) {
+    private func commit(_ batch: [Entry]) {
         var nextSeq = published.withLock { $0.state.lastSeq } + 1
         let now = Timestamp.now()
         var bytes: [UInt8] = []
@@ -272,10 +283,11 @@ public final class Ledger: Sendable {
             }
             records.append(group)
         }
-        let started = DispatchTime.now().uptimeNanoseconds
+        var syncStarted: UInt64 = 0
         let written: Result<Void, LedgerError> = writer.withLock { writer in
             do throws(LedgerError) {
                 try Files.writeAll(writer.fd, bytes, path: journalPath, io: options.io)
+                syncStarted = DispatchTime.now().uptimeNanoseconds
                 try Files.sync(writer.fd, path: journalPath, io: options.io)
                 writer.journalRecords += lines.count
                 return .success(())
@@ -283,7 +295,7 @@ public final class Ledger: Sendable {
                 return .failure(error)
             }
         }
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        let durable = DispatchTime.now().uptimeNanoseconds
         if case .failure(let error) = written {
             // After a failed write or fsync the kernel may have dropped the dirty pages and
             // the journal may end in part of this batch: nothing more goes to this journal.
@@ -305,7 +317,8 @@ public final class Ledger: Sendable {
             published.journalRecords += lines.count
             published.metrics.appends += UInt64(lines.count)
             published.metrics.batches += 1
-            published.metrics.fsyncSeconds.observe(seconds)
+            published.metrics.fsyncSeconds.observe(Double(durable - syncStarted) / 1e9)
+            for entry in batch { published.metrics.appendSeconds.observe(Double(durable - entry.queuedAt) / 1e9) }
             return published.state.lastSeq
         }
         for observer in observers.withLock({ $0 }) { observer(lastSeq) }

@@ -679,6 +679,7 @@ actor AgentRunner {
             logger.info("handoff: \(Self.says(phase))", metadata: ["agent": "\(name)", "handoff.id": "\(id)", "phase": "\(phase.rawValue)"])
         case .rewound(let from, let to, let reason, let exits, let window):
             record(.agentRewound(.init(agent: name, from: from, to: to, reason: reason, exits: exits, windowMs: window.milliseconds)))
+            context.stats.rewound(agent: name)
             logger.error("crash loop: rewinding", metadata: ["agent": "\(name)", "from": "\(from)", "to": "\(to)", "reason": "\(reason)"])
         case .failed(let version, let reason):
             record(.agentFailed(.init(agent: name, version: version, reason: reason)))
@@ -695,7 +696,8 @@ actor AgentRunner {
             context.handoffs.store(flight.view)
             self.flight = nil
             record(.handoffEnded(.init(handoff: flight.view.id, agent: name, outcome: outcome, gapMs: flight.gapMs, error: error)))
-            context.stats.handoffEnded(agent: name, outcome: outcome, gapMs: flight.gapMs)
+            context.stats.handoffEnded(agent: name, mode: flight.view.mode, outcome: outcome, gapMs: flight.gapMs,
+                                       durationMs: max(0, now.milliseconds - flight.view.startedAt.milliseconds))
             logger.info("handoff ended", metadata: ["agent": "\(name)", "handoff.id": "\(flight.view.id)", "outcome": "\(outcome.rawValue)",
                                                     "gap_ms": "\(flight.gapMs.map { String($0) } ?? "-")"])
         }

@@ -68,16 +68,29 @@ final class SupervisorContext: Sendable {
     }
 }
 
-/// Counters for /metrics: handoffs by outcome, their gaps, restarts.
+/// Counters for /metrics since batond started: handoffs by mode and outcome, their
+/// durations and gaps, restarts, rewinds.
 public final class SupervisorStats: Sendable {
+    public struct HandoffKind: Hashable, Sendable {
+        public var mode: HandoffMode
+        public var outcome: HandoffOutcome
+        public init(mode: HandoffMode, outcome: HandoffOutcome) { self.mode = mode; self.outcome = outcome }
+    }
+
     public struct Snapshot: Sendable {
-        public var handoffs: [String: [HandoffOutcome: UInt64]] = [:]
+        public var handoffs: [String: [HandoffKind: UInt64]] = [:]
         public var restarts: [String: UInt64] = [:]
+        public var rewinds: [String: UInt64] = [:]
         /// Agents waiting out a restart backoff, and when the next start is due.
         public var backoff: [String: Timestamp] = [:]
         /// Effects decided but waiting for the ledger to write again, by agent.
         public var effectsWaiting: [String: Int] = [:]
-        public var gapSeconds = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1])
+        /// Committed handoffs' gaps (old instance gone to successor told go), by mode.
+        public var gapSeconds: [HandoffMode: Histogram] = [:]
+        /// Every ended handoff, began to outcome, by mode.
+        public var durationSeconds: [HandoffMode: Histogram] = [:]
+        public static let gapBounds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1]
+        public static let durationBounds = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
     }
 
     private let state = Mutex(Snapshot())
@@ -86,11 +99,18 @@ public final class SupervisorStats: Sendable {
 
     public var snapshot: Snapshot { state.withLock { $0 } }
 
-    func handoffEnded(agent: String, outcome: HandoffOutcome, gapMs: Double?) {
+    func handoffEnded(agent: String, mode: HandoffMode, outcome: HandoffOutcome, gapMs: Double?, durationMs: Int64) {
         state.withLock { state in
-            state.handoffs[agent, default: [:]][outcome, default: 0] += 1
-            if outcome == .committed, let gapMs { state.gapSeconds.observe(gapMs / 1000) }
+            state.handoffs[agent, default: [:]][HandoffKind(mode: mode, outcome: outcome), default: 0] += 1
+            state.durationSeconds[mode, default: Histogram(bounds: Snapshot.durationBounds)].observe(Double(durationMs) / 1000)
+            if outcome == .committed, let gapMs {
+                state.gapSeconds[mode, default: Histogram(bounds: Snapshot.gapBounds)].observe(gapMs / 1000)
+            }
         }
+    }
+
+    func rewound(agent: String) {
+        state.withLock { $0.rewinds[agent, default: 0] += 1 }
     }
 
     func restarted(agent: String) {

@@ -91,6 +91,11 @@ struct CrashLoopIntegrationTests {
         let exits = ledger[..<rewoundAt].filter { $0["kind"] as? String == "instance.exited"
             && crashed.contains(($0["data"] as? [String: Any])?["instance"] as? String ?? "") }
         #expect(exits.count == 3)
+        // Monitoring sees the rewind, the restarts before it, and the state.
+        let metrics = try daemon.endpoint.get("/metrics").text
+        #expect(metrics.contains(#"baton_agent_rewinds_total{agent="web"} 1"#), "\(metrics)")
+        #expect(metrics.contains(#"baton_agent_restarts_total{agent="web"} 2"#), "two restarts, the third exit is the loop")
+        #expect(metrics.contains(#"baton_agents{state="rewound"} 1"#))
 
         // An operator's desired version ends the rewound state.
         try desire(daemon, "1.0")

@@ -197,7 +197,10 @@ struct EventStreamTests {
         #expect(refused.headers["retry-after"] == "1")
         // The JSON route is not a stream: it still answers.
         #expect(try daemon.endpoint.get("/v1/events?since=0", token: daemon.token).status == 200)
+        #expect(try daemon.endpoint.get("/metrics").text.contains("baton_http_event_streams 2\n"))
         streams[0].close()
+        // Freed by the sweep (a second at most), though its connection slept and nothing was written to it.
+        try waitUntil(timeout: 5) { (try? daemon.endpoint.get("/metrics").text)?.contains("baton_http_event_streams 1\n") == true }
         var again: EventStreamClient?
         try waitUntil(timeout: 5) {
             again = try? EventStreamClient(daemon.endpoint, "/v1/events?since=0", token: daemon.token)
