@@ -192,7 +192,7 @@ struct HandoffRoutes: Sendable {
             if let active = state.handoff {
                 views.append(book[active.id] ?? HandoffView(
                     id: active.id, agent: name, from: active.from, to: active.to, mode: active.mode, phase: active.phase,
-                    outcome: nil, error: nil, gapMs: nil, startedAt: active.startedAt, endedAt: nil, steps: []))
+                    outcome: nil, error: nil, gapMs: nil, startedAt: active.startedAt, endedAt: nil, steps: [], by: active.by))
             }
             for summary in state.history.suffix(limit) {
                 views.append(book[summary.id] ?? Self.view(of: summary, agent: name))
@@ -214,7 +214,7 @@ struct HandoffRoutes: Sendable {
     private static func view(of summary: HandoffSummary, agent: String) -> HandoffView {
         HandoffView(id: summary.id, agent: agent, from: summary.from, to: summary.to, mode: summary.mode,
                     phase: summary.outcome.rawValue, outcome: summary.outcome, error: summary.error,
-                    gapMs: summary.gapMs, startedAt: summary.startedAt, endedAt: summary.endedAt, steps: [])
+                    gapMs: summary.gapMs, startedAt: summary.startedAt, endedAt: summary.endedAt, steps: [], by: summary.by)
     }
 
     static let busy = HTTPError(status: 503, code: "timeout", message: "the request was not processed in time").response

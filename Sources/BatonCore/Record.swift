@@ -156,8 +156,11 @@ public struct HandoffBegan: Codable, Sendable, Equatable {
     public var from: String?
     public var to: String
     public var mode: HandoffMode
-    public init(handoff: String, agent: String, from: String?, to: String, mode: HandoffMode) {
-        self.handoff = handoff; self.agent = agent; self.from = from; self.to = to; self.mode = mode
+    /// Who asked for it: the desired version's `by`, or `batond` when batond began it by
+    /// itself (a rewind). Absent from records written before it was kept.
+    public var by: String?
+    public init(handoff: String, agent: String, from: String?, to: String, mode: HandoffMode, by: String? = nil) {
+        self.handoff = handoff; self.agent = agent; self.from = from; self.to = to; self.mode = mode; self.by = by
     }
 }
 

@@ -270,12 +270,17 @@ public struct HandoffView: Codable, Sendable, Equatable {
     public var startedAt: Timestamp
     public var endedAt: Timestamp?
     public var steps: [Step]
+    /// Who asked for it (the desired version's `by`), or `batond` for a rewind; null
+    /// for handoffs recorded before batond kept it.
+    public var by: String?
 
     public init(id: String, agent: String, from: String?, to: String, mode: HandoffMode, phase: String,
-                outcome: HandoffOutcome?, error: String?, gapMs: Double?, startedAt: Timestamp, endedAt: Timestamp?, steps: [Step]) {
+                outcome: HandoffOutcome?, error: String?, gapMs: Double?, startedAt: Timestamp, endedAt: Timestamp?, steps: [Step],
+                by: String? = nil) {
         self.id = id; self.agent = agent; self.from = from; self.to = to; self.mode = mode; self.phase = phase
         self.outcome = outcome; self.error = error; self.gapMs = gapMs; self.startedAt = startedAt; self.endedAt = endedAt
         self.steps = steps
+        self.by = by
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -292,6 +297,7 @@ public struct HandoffView: Codable, Sendable, Equatable {
         try c.encode(startedAt, forKey: .startedAt)
         try c.encode(endedAt, forKey: .endedAt)
         try c.encode(steps, forKey: .steps)
+        try c.encode(by, forKey: .by)
     }
 }
 

@@ -86,6 +86,8 @@ struct HandoffListTests {
         #expect(all.map { $0["id"] as? String } == [second, first], "\(all)")
         #expect(all.map { $0["outcome"] as? String } == ["failed", "committed"])
         #expect(all.first?["to"] as? String == "3.0" && all.first?["agent"] as? String == "web")
+        // Who asked: the desired version's `by` (the operator token here).
+        #expect(all.map { $0["by"] as? String } == ["operator (token)", "operator (token)"], "\(all)")
         #expect(try list(daemon, "?limit=1").map { $0["id"] as? String } == [second])
         #expect(try list(daemon, "?agent=web").count == 2)
         #expect(try list(daemon, "?agent=other").isEmpty)
