@@ -32,7 +32,8 @@ public final class API: Sendable {
     private let statusCache = Mutex<(seq: UInt64, instances: Int, writable: Bool, body: [UInt8])?>(nil)
     let events: EventWaiters
     let logger: Logger
-    /// Installed by `attach`; read by /metrics for the parked gauge.
+    /// Installed by `makeServer`; read by /metrics for its gauges, told of every commit
+    /// for its event streams.
     private let server = Mutex<HTTPServer?>(nil)
 
     public init(context: Context, ledger: Ledger, supervisor: Supervisor, rollouts: Rollouts, auth: OperatorAuth,
@@ -46,7 +47,10 @@ public final class API: Sendable {
         self.logger = logger
         self.events = EventWaiters(ledger: ledger)
         self.metrics = Metrics()
-        ledger.observeCommits { [events] lastSeq in events.wake(lastSeq: lastSeq) }
+        ledger.observeCommits { [weak self] lastSeq in
+            self?.events.wake(lastSeq: lastSeq)
+            self?.server.withLock { $0 }?.wakeStreams()
+        }
     }
 
     /// An HTTP server for this API: its routes, its admission (auth) and its metrics.
@@ -59,6 +63,7 @@ public final class API: Sendable {
             },
             logger: logger)
         self.server.withLock { $0 = server }
+        metrics.countStreams { [weak server] in server?.streamCount ?? 0 }
         return server
     }
 
@@ -77,7 +82,8 @@ public final class API: Sendable {
             },
         ]
         + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
-        + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes
+        + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }, maxWait: context.config.http.maxWait,
+                        maxWaiters: context.config.http.maxEventWaiters).routes
         + ReleaseRoutes(releases: supervisor.releases).routes
         + VersionRoutes(rollouts: rollouts).routes
         + DaemonRoutes(control: daemon).routes
@@ -166,6 +172,8 @@ public final class API: Sendable {
             view.running = nil
             view.state = !live.isEmpty ? .starting : supervisor.stats.isBackingOff(config.name) ? .backoff : .stopped
         }
+        view.restarts = Int(supervisor.stats.restarts(config.name))
+        view.nextAttemptAt = live.isEmpty ? supervisor.stats.nextAttempt(config.name) : nil
         // A handoff shows first; then batond's verdict on a crash loop, until an operator acts:
         // given up on current (while nothing works), or rewound (whatever runs).
         if ledger?.handoff != nil {

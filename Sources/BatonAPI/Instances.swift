@@ -89,6 +89,12 @@ struct InstanceRoutes: Sendable {
 struct HandoffRoutes: Sendable {
     let supervisor: Supervisor
     let ledger: @Sendable () -> LedgerState
+    /// The longest `wait` of `GET /v1/handoffs/{id}`, and how many may be parked at once.
+    let maxWait: Duration
+    let maxWaiters: Int
+
+    /// `GET /v1/handoffs`: the default and the largest `limit`.
+    static let listLimit = (default: 20, most: 1000)
 
     var routes: [Route] {
         [
@@ -146,13 +152,69 @@ struct HandoffRoutes: Sendable {
                 }
                 return .parked
             },
+            Route(.GET, "/v1/handoffs", scope: .operator) { (request) throws(HTTPError) -> Reply in
+                let agent = try request.agentFilter()
+                let limit = try request.integer("limit", default: Self.listLimit.default, range: 1...Self.listLimit.most)
+                return .respond(.json(HandoffList(handoffs: list(agent: agent, limit: limit))))
+            },
             Route(.GET, "/v1/handoffs/{id}", scope: .operator) { (request) throws(HTTPError) -> Reply in
-                let id = request.parameters["id"] ?? ""
-                if let view = supervisor.handoffs.view(id) { return .respond(.json(view)) }
-                if let view = historical(id) { return .respond(.json(view)) }
-                throw HTTPError(status: 404, code: "handoff_not_found", message: "no handoff \(id)")
+                try handoff(request)
             },
         ]
+    }
+
+    /// One handoff; with `wait`, parked until it has an outcome or the wait ends (then
+    /// answered as it is).
+    private func handoff(_ request: Request) throws(HTTPError) -> Reply {
+        let id = request.parameters["id"] ?? ""
+        let wait = try request.wait(max: maxWait)
+        guard let view = supervisor.handoffs.view(id) ?? historical(id) else {
+            throw HTTPError(status: 404, code: "handoff_not_found", message: "no handoff \(id)")
+        }
+        if wait == 0 || view.outcome != nil { return .respond(.json(view)) }
+        let book = supervisor.handoffs
+        let pending = try request.park(deadline: .milliseconds(Int64(wait * 1000)),
+                                       limit: ParkLimit(group: "handoff waits", most: maxWaiters, overflow: .refuse)) {
+            .json(book.view(id) ?? view)
+        }
+        if let ended = book.whenEnded(id, .init(ended: { pending.answer(.json($0)) }, isAnswered: { pending.isAnswered })) {
+            pending.answer(.json(ended))
+        }
+        return .parked
+    }
+
+    /// The handoffs of every agent (or of `agent`), newest first: the one running, then
+    /// the ledger's history, as this run of batond saw them when it did (with steps).
+    private func list(agent: String?, limit: Int) -> [HandoffView] {
+        let book = Dictionary(uniqueKeysWithValues: supervisor.handoffs.all.map { ($0.id, $0) })
+        var views: [HandoffView] = []
+        for (name, state) in ledger().agents where agent == nil || name == agent {
+            if let active = state.handoff {
+                views.append(book[active.id] ?? HandoffView(
+                    id: active.id, agent: name, from: active.from, to: active.to, mode: active.mode, phase: active.phase,
+                    outcome: nil, error: nil, gapMs: nil, startedAt: active.startedAt, endedAt: nil, steps: [], by: active.by))
+            }
+            for summary in state.history.suffix(limit) {
+                views.append(book[summary.id] ?? Self.view(of: summary, agent: name))
+            }
+        }
+        // Newest first; within one agent, by the handoff's number (`web-12` after `web-9`).
+        views.sort { a, b in
+            if a.startedAt != b.startedAt { return a.startedAt > b.startedAt }
+            if a.agent != b.agent { return a.agent < b.agent }
+            return Self.number(a.id) > Self.number(b.id)
+        }
+        return Array(views.prefix(limit))
+    }
+
+    private static func number(_ id: String) -> Int {
+        id.split(separator: "-").last.flatMap { Int($0) } ?? 0
+    }
+
+    private static func view(of summary: HandoffSummary, agent: String) -> HandoffView {
+        HandoffView(id: summary.id, agent: agent, from: summary.from, to: summary.to, mode: summary.mode,
+                    phase: summary.outcome.rawValue, outcome: summary.outcome, error: summary.error,
+                    gapMs: summary.gapMs, startedAt: summary.startedAt, endedAt: summary.endedAt, steps: [], by: summary.by)
     }
 
     static let busy = HTTPError(status: 503, code: "timeout", message: "the request was not processed in time").response
@@ -176,11 +238,7 @@ struct HandoffRoutes: Sendable {
     /// A handoff of an earlier run of batond, from the ledger's history.
     private func historical(_ id: String) -> HandoffView? {
         for (agent, state) in ledger().agents {
-            if let summary = state.history.last(where: { $0.id == id }) {
-                return HandoffView(id: summary.id, agent: agent, from: summary.from, to: summary.to, mode: summary.mode,
-                                   phase: summary.outcome.rawValue, outcome: summary.outcome, error: summary.error,
-                                   gapMs: summary.gapMs, startedAt: summary.startedAt, endedAt: summary.endedAt, steps: [])
-            }
+            if let summary = state.history.last(where: { $0.id == id }) { return Self.view(of: summary, agent: agent) }
         }
         return nil
     }

@@ -44,7 +44,7 @@ public struct LedgerState: Codable, Sendable, Equatable {
         case .handoffBegan(let e):
             agents[e.agent, default: AgentLedger()].handoffsBegun += 1
             agents[e.agent, default: AgentLedger()].handoff =
-                .init(id: e.handoff, from: e.from, to: e.to, mode: e.mode, phase: "began", startedAt: at)
+                .init(id: e.handoff, from: e.from, to: e.to, mode: e.mode, phase: "began", startedAt: at, by: e.by)
         case .handoffPhase(let e):
             if agents[e.agent]?.handoff?.id == e.handoff { agents[e.agent]?.handoff?.phase = e.phase }
         case .handoffEnded(let e):
@@ -52,7 +52,7 @@ public struct LedgerState: Codable, Sendable, Equatable {
             if let active = agent.handoff, active.id == e.handoff {
                 agent.history.append(.init(id: active.id, from: active.from, to: active.to, mode: active.mode,
                                            startedAt: active.startedAt, endedAt: at, outcome: e.outcome,
-                                           gapMs: e.gapMs, error: e.error))
+                                           gapMs: e.gapMs, error: e.error, by: active.by))
                 if agent.history.count > Self.historyLimit { agent.history.removeFirst(agent.history.count - Self.historyLimit) }
                 if e.outcome == .committed { agent.running = .init(version: active.to, since: at) }
                 agent.handoff = nil
@@ -209,6 +209,7 @@ public struct ActiveHandoff: Codable, Sendable, Equatable {
     public var mode: HandoffMode
     public var phase: String
     public var startedAt: Timestamp
+    public var by: String?
 }
 
 public struct HandoffSummary: Codable, Sendable, Equatable {
@@ -221,6 +222,7 @@ public struct HandoffSummary: Codable, Sendable, Equatable {
     public var outcome: HandoffOutcome
     public var gapMs: Double?
     public var error: String?
+    public var by: String?
 }
 
 public struct InstanceLedger: Codable, Sendable, Equatable {

@@ -101,6 +101,10 @@ public struct HTTPError: Error, Sendable, Equatable {
                   headers: ["Retry-After": "1"])
     }
 
+    public static let tooManyStreams = HTTPError(status: 503, code: "too_many_streams",
+                                                 message: "too many event streams are open already; retry later",
+                                                 headers: ["Retry-After": "1"])
+
     public static let shuttingDown = HTTPError(status: 503, code: "shutting_down",
                                                message: "batond is shutting down",
                                                headers: ["Connection": "close", "Retry-After": "1"])

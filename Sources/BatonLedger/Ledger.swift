@@ -81,7 +81,7 @@ public final class Ledger: Sendable {
     /// Published state: read by any thread, replaced by the writer after each batch.
     private struct Published {
         var state: LedgerState
-        var recent: [(seq: UInt64, line: [UInt8])]
+        var recent: [RetainedRecord]
         var journalRecords: Int
         var snapshotSeq: UInt64
         var metrics = Metrics()
@@ -117,10 +117,10 @@ public final class Ledger: Sendable {
             state = try Self.decodeSnapshot(bytes[...], path: snapshotPath)
             snapshotSeq = state.lastSeq
         }
-        var recent: [(seq: UInt64, line: [UInt8])] = []
+        var recent: [RetainedRecord] = []
         func keep(_ record: Record, _ line: [UInt8]) {
             state.apply(record)
-            recent.append((record.seq, line))
+            recent.append(RetainedRecord(record, line: line))
             if recent.count > 2 * options.retainRecords { recent.removeFirst(recent.count - options.retainRecords) }
         }
         let replay = try Self.replay(journal: journalPath, snapshot: snapshotPath, after: snapshotSeq, keep)
@@ -160,14 +160,26 @@ public final class Ledger: Sendable {
         }
     }
 
-    /// The raw record lines with `seq > after`, up to `limit`, from the in-memory window.
-    public func records(after: UInt64, limit: Int) -> (lines: [[UInt8]], lastSeq: UInt64, oldestSeq: UInt64) {
+    /// The records with `seq > after` (those about `agent` only, when given), up to
+    /// `limit`, from the in-memory window.
+    public func records(after: UInt64, limit: Int, agent: String? = nil) -> RecordWindow {
         published.withLock { published in
             let recent = published.recent
             let oldest = recent.first?.seq ?? (published.state.lastSeq + 1)
-            let firstIndex = recent.firstIndex { $0.seq > after } ?? recent.endIndex
-            let lines = recent[firstIndex...].prefix(limit).map(\.line)
-            return (lines, published.state.lastSeq, oldest)
+            // Seqs ascend: a binary search, since a thousand streams read at each commit.
+            var low = recent.startIndex, high = recent.endIndex
+            while low < high {
+                let middle = (low + high) / 2
+                if recent[middle].seq > after { high = middle } else { low = middle + 1 }
+            }
+            var records: [RetainedRecord] = []
+            var scanned = after
+            for record in recent[low...] {
+                guard records.count < limit else { break }
+                scanned = record.seq
+                if agent == nil || record.agent == agent { records.append(record) }
+            }
+            return RecordWindow(records: records, scanned: scanned, lastSeq: published.state.lastSeq, oldestSeq: oldest)
         }
     }
 
@@ -258,7 +270,7 @@ public final class Ledger: Sendable {
         let now = Timestamp.now()
         var bytes: [UInt8] = []
         var records: [[Record]] = []
-        var lines: [(seq: UInt64, line: [UInt8])] = []
+        var lines: [RetainedRecord] = []
         for entry in batch {
             var group: [Record] = []
             for event in entry.events {
@@ -267,7 +279,7 @@ public final class Ledger: Sendable {
                 nextSeq += 1
                 bytes += line
                 group.append(record)
-                lines.append((record.seq, line))
+                lines.append(RetainedRecord(record, line: line))
             }
             records.append(group)
         }
@@ -449,4 +461,38 @@ public final class Ledger: Sendable {
             throw .corruptSnapshot(path: path, detail: "\(error)")
         }
     }
+}
+
+/// A recent record as `GET /v1/events` serves it: its line as written, and what the
+/// route filters and names it by.
+public struct RetainedRecord: Sendable {
+    public let seq: UInt64
+    public let kind: String
+    public let agent: String?
+    /// The record's line, ending in `\n`.
+    public let line: [UInt8]
+
+    /// The record as one JSON object, without the line's end.
+    public var json: ArraySlice<UInt8> { line.last == UInt8(ascii: "\n") ? line.dropLast() : line[...] }
+
+    init(_ record: Record, line: [UInt8]) {
+        seq = record.seq
+        kind = record.event.kind
+        agent = record.event.agent
+        self.line = line
+    }
+}
+
+/// Part of the in-memory window of recent records.
+public struct RecordWindow: Sendable {
+    public var records: [RetainedRecord]
+    /// The newest seq this read looked at (the window's newest when it reached the end):
+    /// the next read starts after it, past records a filter left out.
+    public var scanned: UInt64
+    /// The newest record's seq.
+    public var lastSeq: UInt64
+    /// The oldest record still in the window (`lastSeq + 1` when it is empty).
+    public var oldestSeq: UInt64
+
+    public var lines: [[UInt8]] { records.map(\.line) }
 }

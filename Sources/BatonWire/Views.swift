@@ -47,6 +47,10 @@ public struct AgentView: Codable, Sendable, Equatable {
     /// Whether the agent is where it was asked to be: `ok`, or `degraded` with why (the
     /// desired version is not the one that works, nothing works, a verdict stands).
     public var condition: Condition
+    /// Restarts after an unexpected exit since batond started (not kept across restarts of batond).
+    public var restarts: Int
+    /// When the next start is due while the agent waits out a restart backoff; nil otherwise.
+    public var nextAttemptAt: Timestamp?
     public var config: Config
 
     public struct Condition: Codable, Sendable, Equatable {
@@ -63,9 +67,11 @@ public struct AgentView: Codable, Sendable, Equatable {
     }
 
     public init(name: String, desired: DesiredVersion?, running: RunningVersion?, state: State, instances: [Instance],
-                lastError: LastError?, rewound: RewoundRelease?, failed: FailedRelease?, condition: Condition, config: Config) {
+                lastError: LastError?, rewound: RewoundRelease?, failed: FailedRelease?, condition: Condition, config: Config,
+                restarts: Int = 0, nextAttemptAt: Timestamp? = nil) {
         self.name = name; self.desired = desired; self.running = running; self.state = state; self.instances = instances
         self.lastError = lastError; self.rewound = rewound; self.failed = failed; self.condition = condition; self.config = config
+        self.restarts = restarts; self.nextAttemptAt = nextAttemptAt
     }
 
     // Optionals encode as null, not absent: the contract lists every field.
@@ -80,6 +86,8 @@ public struct AgentView: Codable, Sendable, Equatable {
         try c.encode(rewound, forKey: .rewound)
         try c.encode(failed, forKey: .failed)
         try c.encode(condition, forKey: .condition)
+        try c.encode(restarts, forKey: .restarts)
+        try c.encode(nextAttemptAt, forKey: .nextAttemptAt)
         try c.encode(config, forKey: .config)
     }
 }
@@ -262,12 +270,17 @@ public struct HandoffView: Codable, Sendable, Equatable {
     public var startedAt: Timestamp
     public var endedAt: Timestamp?
     public var steps: [Step]
+    /// Who asked for it (the desired version's `by`), or `batond` for a rewind; null
+    /// for handoffs recorded before batond kept it.
+    public var by: String?
 
     public init(id: String, agent: String, from: String?, to: String, mode: HandoffMode, phase: String,
-                outcome: HandoffOutcome?, error: String?, gapMs: Double?, startedAt: Timestamp, endedAt: Timestamp?, steps: [Step]) {
+                outcome: HandoffOutcome?, error: String?, gapMs: Double?, startedAt: Timestamp, endedAt: Timestamp?, steps: [Step],
+                by: String? = nil) {
         self.id = id; self.agent = agent; self.from = from; self.to = to; self.mode = mode; self.phase = phase
         self.outcome = outcome; self.error = error; self.gapMs = gapMs; self.startedAt = startedAt; self.endedAt = endedAt
         self.steps = steps
+        self.by = by
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -284,7 +297,14 @@ public struct HandoffView: Codable, Sendable, Equatable {
         try c.encode(startedAt, forKey: .startedAt)
         try c.encode(endedAt, forKey: .endedAt)
         try c.encode(steps, forKey: .steps)
+        try c.encode(by, forKey: .by)
     }
+}
+
+/// `GET /v1/handoffs`: newest first.
+public struct HandoffList: Codable, Sendable, Equatable {
+    public var handoffs: [HandoffView]
+    public init(handoffs: [HandoffView]) { self.handoffs = handoffs }
 }
 
 /// `POST /v1/ui/links`: a one-time login link to the status page. `path` is relative to

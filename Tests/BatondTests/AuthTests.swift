@@ -31,6 +31,7 @@ struct AuthTests {
         Call(method: "PUT", path: "/v1/agents/demo/desired", body: #"{"version":"1.0"}"#),
         Call(method: "POST", path: "/v1/agents/demo/rollback", body: "{}"),
         Call(method: "GET", path: "/v1/handoffs/demo-1", body: nil),
+        Call(method: "GET", path: "/v1/handoffs?agent=demo", body: nil),
         Call(method: "POST", path: "/v1/agents/demo/instances", body: #"{"pid":999999999,"version":"1.0"}"#),
         Call(method: "GET", path: "/v1/daemon", body: nil),
         Call(method: "PUT", path: "/v1/daemon/binary", body: "not a binary"),
