@@ -67,27 +67,61 @@ public final class API: Sendable {
         return server
     }
 
+    /// Every route of the API in one table: method, path, the auth scope that admits it
+    /// (an enum: a typo does not compile), how it takes a body, and its handler. The
+    /// handlers live beside the things they serve; api/openapi.yaml lists the same routes
+    /// (a test checks both ways).
     public var router: Router {
-        Router([
+        let http = context.config.http
+        let instances = InstanceRoutes(supervisor: supervisor, maxWait: http.maxWait)
+        let handoffs = HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }, maxWait: http.maxWait,
+                                     maxWaiters: http.maxEventWaiters)
+        let releases = ReleaseRoutes(releases: supervisor.releases)
+        let version = VersionRoutes(rollouts: rollouts)
+        let daemon = DaemonRoutes(control: self.daemon)
+        let page = StatusPageRoutes(sessions: auth.sessions)
+        return Router([
+            // Probes: anyone.
             Route(.GET, "/healthz", scope: .probe) { _ in .respond(Self.healthy) },
             Route(.GET, "/readyz", scope: .probe) { [self] _ in .respond(readiness()) },
             Route(.GET, "/metrics", scope: .probe) { [self] _ in .respond(metricsPage()) },
+            // What batond knows: the operator (and the status page's session).
             Route(.GET, "/v1/status", scope: .operator) { [self] _ in .respond(statusResponse()) },
             Route(.GET, "/v1/agents", scope: .operator) { [self] _ in .respond(.json(AgentList(agents: agentViews()))) },
             Route(.GET, "/v1/agents/{name}", scope: .operator) { [self] (request) throws(HTTPError) -> Reply in
                 .respond(.json(try agentView(request.agentName())))
             },
             Route(.GET, "/v1/events", scope: .operator) { [self] (request) throws(HTTPError) -> Reply in
-                try events.handle(request, maxWait: context.config.http.maxWait, most: context.config.http.maxEventWaiters)
+                try events.handle(request, maxWait: http.maxWait, most: http.maxEventWaiters)
             },
-        ]
-        + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
-        + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }, maxWait: context.config.http.maxWait,
-                        maxWaiters: context.config.http.maxEventWaiters).routes
-        + ReleaseRoutes(releases: supervisor.releases).routes
-        + VersionRoutes(rollouts: rollouts).routes
-        + DaemonRoutes(control: daemon).routes
-        + StatusPageRoutes(sessions: auth.sessions).routes)
+            // Handoffs: the operator asks; processes batond did not start register.
+            Route(.PUT, "/v1/agents/{name}/desired", scope: .operator, takesBody: true, handler: handoffs.setDesired),
+            Route(.POST, "/v1/agents/{name}/rollback", scope: .operator, takesBody: true, handler: handoffs.rollback),
+            Route(.POST, "/v1/agents/{name}/instances", scope: .registration, takesBody: true, handler: handoffs.register),
+            Route(.GET, "/v1/handoffs", scope: .operator, handler: handoffs.listHandoffs),
+            Route(.GET, "/v1/handoffs/{id}", scope: .operator, handler: handoffs.handoff),
+            // The instance protocol: each instance about itself only.
+            Route(.POST, "/v1/instances/{id}/ready", scope: .instance, takesBody: true, handler: instances.reportReady),
+            Route(.POST, "/v1/instances/{id}/failed", scope: .instance, takesBody: true, handler: instances.reportFailed),
+            Route(.POST, "/v1/instances/{id}/stopped", scope: .instance, takesBody: true, handler: instances.reportStopped),
+            Route(.GET, "/v1/instances/{id}/signal", scope: .instance, handler: instances.signal),
+            // Releases and the machine's version.
+            Route(.PUT, "/v1/releases/{agent}/{version}", scope: .operator, streamed: releases.pushBody, handler: releases.push),
+            Route(.POST, "/v1/releases/{agent}/{version}", scope: .operator, takesBody: true, handler: releases.fetch),
+            Route(.GET, "/v1/releases/{agent}", scope: .operator, handler: releases.listReleases),
+            Route(.GET, "/v1/releases/{agent}/{version}", scope: .operator, handler: releases.getRelease),
+            Route(.DELETE, "/v1/releases/{agent}/{version}", scope: .operator, handler: releases.deleteRelease),
+            Route(.GET, "/v1/version", scope: .operator, handler: version.getVersion),
+            Route(.PUT, "/v1/version", scope: .operator, takesBody: true, handler: version.setVersion),
+            // batond itself.
+            Route(.GET, "/v1/daemon", scope: .operator, handler: daemon.getDaemon),
+            Route(.PUT, "/v1/daemon/binary", scope: .operator, streamed: daemon.binaryBody, handler: daemon.storeBinary),
+            Route(.POST, "/v1/daemon/upgrade", scope: .operator, takesBody: true, handler: daemon.upgradeDaemon),
+            // The status page: a page anyone may ask for, shown to the operator's session.
+            Route(.GET, "/", scope: .page, handler: page.page),
+            Route(.GET, "/ui/login", scope: .page, handler: page.login),
+            Route(.POST, "/v1/ui/links", scope: .operator, handler: page.issueLink),
+        ])
     }
 
     // MARK: - Probes

@@ -17,24 +17,22 @@ struct InstanceRoutes: Sendable {
     /// was cut stays parked unnoticed until its wait ends, so a new one displaces the oldest.
     static let signalWaiters = 2
 
-    var routes: [Route] {
-        [
-            Route(.POST, "/v1/instances/{id}/ready", scope: .instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
-                return report(request, .ready)
-            },
-            Route(.POST, "/v1/instances/{id}/failed", scope: .instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                let body = try request.decodeJSON(FailedReport.self)
-                return report(request, .failed(reason: String(body.reason.prefix(4096))))
-            },
-            Route(.POST, "/v1/instances/{id}/stopped", scope: .instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
-                return report(request, .stopped)
-            },
-            Route(.GET, "/v1/instances/{id}/signal", scope: .instance) { (request) throws(HTTPError) -> Reply in
-                try signal(request)
-            },
-        ]
+    /// `POST /v1/instances/{id}/ready`
+    func reportReady(_ request: Request) throws(HTTPError) -> Reply {
+        _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
+        return report(request, .ready)
+    }
+
+    /// `POST /v1/instances/{id}/failed`
+    func reportFailed(_ request: Request) throws(HTTPError) -> Reply {
+        let body = try request.decodeJSON(FailedReport.self)
+        return report(request, .failed(reason: String(body.reason.prefix(4096))))
+    }
+
+    /// `POST /v1/instances/{id}/stopped`
+    func reportStopped(_ request: Request) throws(HTTPError) -> Reply {
+        _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
+        return report(request, .stopped)
     }
 
     /// Answers once the report is recorded and acted on, with the signal that follows.
@@ -52,7 +50,8 @@ struct InstanceRoutes: Sendable {
         return .parked
     }
 
-    private func signal(_ request: Request) throws(HTTPError) -> Reply {
+    /// `GET /v1/instances/{id}/signal`
+    func signal(_ request: Request) throws(HTTPError) -> Reply {
         let id = request.parameters["id"] ?? ""
         var seen: AgentSignal?
         if let text = request.query("seen") {
@@ -96,76 +95,76 @@ struct HandoffRoutes: Sendable {
     /// `GET /v1/handoffs`: the default and the largest `limit`.
     static let listLimit = (default: 20, most: 1000)
 
-    var routes: [Route] {
-        [
-            Route(.PUT, "/v1/agents/{name}/desired", scope: .operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                let name = try request.agentName()
-                let body = try request.decodeJSON(DesiredRequest.self)
-                guard Names.isValidVersion(body.version) else {
-                    throw HTTPError(status: 422, code: "invalid_version", message: "\"\(body.version)\" is not a valid version")
+    /// `PUT /v1/agents/{name}/desired`
+    func setDesired(_ request: Request) throws(HTTPError) -> Reply {
+        let name = try request.agentName()
+        let body = try request.decodeJSON(DesiredRequest.self)
+        guard Names.isValidVersion(body.version) else {
+            throw HTTPError(status: 422, code: "invalid_version", message: "\"\(body.version)\" is not a valid version")
+        }
+        let by = (request.principal as? Principal)?.name ?? "operator"
+        guard let startsReleases = supervisor.startsReleases(of: name) else { throw SupervisorError.agentNotFound(name).http }
+        if !startsReleases {
+            try Self.validateSource(body)
+            let pending = request.park(deadline: .seconds(60)) { Self.busy }
+            supervisor.recordDesired(agent: name, body, by: by) { result in
+                switch result {
+                case .success(let desired): pending.answer(.json(status: 202, desired))
+                case .failure(let error): pending.answer(error.http.response)
                 }
-                let by = (request.principal as? Principal)?.name ?? "operator"
-                guard let startsReleases = supervisor.startsReleases(of: name) else { throw SupervisorError.agentNotFound(name).http }
-                if !startsReleases {
-                    try Self.validateSource(body)
-                    let pending = request.park(deadline: .seconds(60)) { Self.busy }
-                    supervisor.recordDesired(agent: name, body, by: by) { result in
-                        switch result {
-                        case .success(let desired): pending.answer(.json(status: 202, desired))
-                        case .failure(let error): pending.answer(error.http.response)
-                        }
-                    }
-                    return .parked
-                }
-                if body.url != nil || body.sha256 != nil { throw SupervisorError.notExternal(name).http }
-                let pending = request.park(deadline: .seconds(60)) { Self.busy }
-                supervisor.setDesired(agent: name, version: body.version, mode: body.mode, by: by, force: body.force ?? false) { result in
-                    switch result {
-                    case .success(.handoff(let view)): pending.answer(.json(status: 202, view))
-                    case .success(.unchanged(let agent, let version)): pending.answer(.json(status: 200, UnchangedView(agent: agent, version: version)))
-                    case .failure(let error): pending.answer(error.http.response)
-                    }
-                }
-                return .parked
-            },
-            Route(.POST, "/v1/agents/{name}/rollback", scope: .operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                let name = try request.agentName()
-                let body = try request.decodeOptionalJSON(RollbackRequest.self)
-                let by = (request.principal as? Principal)?.name ?? "operator"
-                let pending = request.park(deadline: .seconds(60)) { Self.busy }
-                supervisor.rollback(agent: name, by: by, force: body?.force ?? false) { result in pending.answer(Self.answer(result)) }
-                return .parked
-            },
-            Route(.POST, "/v1/agents/{name}/instances", scope: .registration, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                let name = try request.agentName()
-                let body = try request.decodeJSON(RegistrationRequest.self)
-                let pending = request.park(deadline: .seconds(60)) { Self.busy }
-                let caller: RegistrationCaller = switch request.peer {
-                case .unix(let credentials?): .unix(pid: credentials.pid, uid: credentials.uid)
-                case .unix(nil), .tcp: .unverified
-                }
-                supervisor.register(agent: name, pid: body.pid, version: body.version, caller: caller) { result in
-                    switch result {
-                    case .success(let registration): pending.answer(.json(status: 201, registration))
-                    case .failure(let error): pending.answer(error.http.response)
-                    }
-                }
-                return .parked
-            },
-            Route(.GET, "/v1/handoffs", scope: .operator) { (request) throws(HTTPError) -> Reply in
-                let agent = try request.agentFilter()
-                let limit = try request.integer("limit", default: Self.listLimit.default, range: 1...Self.listLimit.most)
-                return .respond(.json(HandoffList(handoffs: list(agent: agent, limit: limit))))
-            },
-            Route(.GET, "/v1/handoffs/{id}", scope: .operator) { (request) throws(HTTPError) -> Reply in
-                try handoff(request)
-            },
-        ]
+            }
+            return .parked
+        }
+        if body.url != nil || body.sha256 != nil { throw SupervisorError.notExternal(name).http }
+        let pending = request.park(deadline: .seconds(60)) { Self.busy }
+        supervisor.setDesired(agent: name, version: body.version, mode: body.mode, by: by, force: body.force ?? false) { result in
+            switch result {
+            case .success(.handoff(let view)): pending.answer(.json(status: 202, view))
+            case .success(.unchanged(let agent, let version)): pending.answer(.json(status: 200, UnchangedView(agent: agent, version: version)))
+            case .failure(let error): pending.answer(error.http.response)
+            }
+        }
+        return .parked
+    }
+
+    /// `POST /v1/agents/{name}/rollback`
+    func rollback(_ request: Request) throws(HTTPError) -> Reply {
+        let name = try request.agentName()
+        let body = try request.decodeOptionalJSON(RollbackRequest.self)
+        let by = (request.principal as? Principal)?.name ?? "operator"
+        let pending = request.park(deadline: .seconds(60)) { Self.busy }
+        supervisor.rollback(agent: name, by: by, force: body?.force ?? false) { result in pending.answer(Self.answer(result)) }
+        return .parked
+    }
+
+    /// `POST /v1/agents/{name}/instances`
+    func register(_ request: Request) throws(HTTPError) -> Reply {
+        let name = try request.agentName()
+        let body = try request.decodeJSON(RegistrationRequest.self)
+        let pending = request.park(deadline: .seconds(60)) { Self.busy }
+        let caller: RegistrationCaller = switch request.peer {
+        case .unix(let credentials?): .unix(pid: credentials.pid, uid: credentials.uid)
+        case .unix(nil), .tcp: .unverified
+        }
+        supervisor.register(agent: name, pid: body.pid, version: body.version, caller: caller) { result in
+            switch result {
+            case .success(let registration): pending.answer(.json(status: 201, registration))
+            case .failure(let error): pending.answer(error.http.response)
+            }
+        }
+        return .parked
+    }
+
+    /// `GET /v1/handoffs`
+    func listHandoffs(_ request: Request) throws(HTTPError) -> Reply {
+        let agent = try request.agentFilter()
+        let limit = try request.integer("limit", default: Self.listLimit.default, range: 1...Self.listLimit.most)
+        return .respond(.json(HandoffList(handoffs: list(agent: agent, limit: limit))))
     }
 
     /// One handoff; with `wait`, parked until it has an outcome or the wait ends (then
     /// answered as it is).
-    private func handoff(_ request: Request) throws(HTTPError) -> Reply {
+    func handoff(_ request: Request) throws(HTTPError) -> Reply {
         let id = request.parameters["id"] ?? ""
         let wait = try request.wait(max: maxWait)
         guard let view = supervisor.handoffs.view(id) ?? historical(id) else {

@@ -9,34 +9,35 @@ import BatonHTTP
 struct StatusPageRoutes {
     let sessions: UISessions
 
-    var routes: [Route] {
-        [
-            Route(.GET, "/", scope: .page) { request in
-                guard case .operator? = request.principal as? Principal else {
-                    return .respond(Self.loginHelp(status: 401, "This page needs the operator's rights."))
-                }
-                return .respond(Self.html(Self.page))
-            },
-            Route(.GET, "/ui/login", scope: .page) { [sessions] request in
-                guard let code = request.query("code"), let session = sessions.spend(code) else {
-                    return .respond(Self.loginHelp(status: 401, "This login link is unknown, used already or expired (links work once, for 60 seconds)."))
-                }
-                let maxAge = UISessions.sessionLifetime.components.seconds
-                // No `Secure`: batond serves plain HTTP on loopback, where a Secure cookie
-                // would never be sent back. HttpOnly keeps it from scripts, SameSite=Strict
-                // from requests other sites start.
-                return .respond(Response(status: 303, headers: [
-                    ("Location", "/"),
-                    ("Set-Cookie", "\(UISessions.cookieName)=\(session.session); HttpOnly; SameSite=Strict; Path=/; Max-Age=\(maxAge)"),
-                    ("Cache-Control", "no-store"),
-                    ("Referrer-Policy", "no-referrer"),
-                ]))
-            },
-            Route(.POST, "/v1/ui/links", scope: .operator) { [sessions] _ in
-                let issued = sessions.issueCode()
-                return .respond(.json(status: 201, UILink(path: "/ui/login?code=\(issued.code)", expiresAt: issued.expiresAt)))
-            },
-        ]
+    /// `GET /`
+    func page(_ request: Request) throws(HTTPError) -> Reply {
+        guard case .operator? = request.principal as? Principal else {
+            return .respond(Self.loginHelp(status: 401, "This page needs the operator's rights."))
+        }
+        return .respond(Self.html(Self.page))
+    }
+
+    /// `GET /ui/login`
+    func login(_ request: Request) throws(HTTPError) -> Reply {
+        guard let code = request.query("code"), let session = sessions.spend(code) else {
+            return .respond(Self.loginHelp(status: 401, "This login link is unknown, used already or expired (links work once, for 60 seconds)."))
+        }
+        let maxAge = UISessions.sessionLifetime.components.seconds
+        // No `Secure`: batond serves plain HTTP on loopback, where a Secure cookie
+        // would never be sent back. HttpOnly keeps it from scripts, SameSite=Strict
+        // from requests other sites start.
+        return .respond(Response(status: 303, headers: [
+            ("Location", "/"),
+            ("Set-Cookie", "\(UISessions.cookieName)=\(session.session); HttpOnly; SameSite=Strict; Path=/; Max-Age=\(maxAge)"),
+            ("Cache-Control", "no-store"),
+            ("Referrer-Policy", "no-referrer"),
+        ]))
+    }
+
+    /// `POST /v1/ui/links`
+    func issueLink(_ request: Request) throws(HTTPError) -> Reply {
+        let issued = sessions.issueCode()
+        return .respond(.json(status: 201, UILink(path: "/ui/login?code=\(issued.code)", expiresAt: issued.expiresAt)))
     }
 
     /// status.html, compiled into batond (a resource bundle beside the binary would be
