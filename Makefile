@@ -2,10 +2,15 @@
 SWIFT ?= swift
 CONFIG ?= config/dev.toml
 
-.PHONY: run test contract build deps bench check-config clean man
+.PHONY: run test contract build deps deps-test bench check-config clean man
 
+# What building and running need; `make test` adds the test tools (promtool, the
+# Python tools, ...): scripts/install-deps.sh says which is which.
 deps:
-	@scripts/install-deps.sh
+	@scripts/install-deps.sh run
+
+deps-test:
+	@scripts/install-deps.sh test
 
 build: deps
 	$(SWIFT) build --product batond
@@ -22,14 +27,14 @@ check-config: build
 
 # Builds everything (tests and executables) first, so the integration tests find
 # the batond binary they start; then the contract test.
-test: deps
+test: deps-test
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 	$(MAKE) --no-print-directory contract
 
 # schemathesis (pinned in scripts/requirements-test.txt) against a real batond:
 # no undocumented 5xx, every answer as api/openapi.yaml says (scripts/schemathesis.sh).
-contract: deps
+contract: deps-test
 	$(SWIFT) build --product batond
 	scripts/schemathesis.sh
 

@@ -31,17 +31,19 @@ let package = Package(
         // libarchive, for unpacking releases; libcurl, for fetching them.
         .systemLibrary(name: "CArchive", pkgConfig: "libarchive", providers: [.apt(["libarchive-dev"])]),
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
-        // The pure core: names, versions, ledger records and their codec, wire types. No I/O.
-        .target(name: "BatonCore"),
+        // The API's JSON bodies, shared by batond, the CLI and the agent library. Foundation only.
+        .target(name: "BatonWire"),
+        // The pure core: names, versions, ledger records and their codec. No I/O.
+        .target(name: "BatonCore", dependencies: ["BatonWire"]),
         // The ledger on disk: journal, snapshot, recovery, lock, group commit.
         .target(
             name: "BatonLedger",
             dependencies: ["BatonCore", .product(name: "Logging", package: "swift-log")]
         ),
-        // An HTTP/1.1 server over libmicrohttpd. Knows nothing of agents.
+        // An HTTP/1.1 server over libmicrohttpd. Knows nothing of agents; speaks BatonWire's JSON.
         .target(
             name: "BatonHTTP",
-            dependencies: ["CMicroHTTPD", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["CMicroHTTPD", "BatonWire", .product(name: "Logging", package: "swift-log")]
         ),
         // Process creation in C: fork, switch user and group, exec (posix_spawn cannot).
         .target(name: "CBatonSpawn"),
@@ -73,7 +75,9 @@ let package = Package(
             dependencies: [
                 "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonSupervisor", "BatonReleases",
                 .product(name: "Logging", package: "swift-log"),
-            ]
+            ],
+            // The status page, compiled into batond as bytes (no bundle to lose beside the binary).
+            resources: [.embedInCode("status.html")]
         ),
         // The daemon's parts wired together as services: listeners, sd_notify, shutdown.
         .target(
@@ -118,7 +122,7 @@ let package = Package(
         ),
         .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),
         .testTarget(name: "BatonLedgerTests", dependencies: ["BatonLedger", "BatonCore", "BatonTestSupport"]),
-        .testTarget(name: "BatonHTTPTests", dependencies: ["BatonHTTP", "BatonTestSupport"]),
+        .testTarget(name: "BatonHTTPTests", dependencies: ["BatonHTTP", "BatonWire", "BatonTestSupport"]),
         .testTarget(name: "BatonConfigTests", dependencies: ["BatonConfig", "BatonTestSupport"]),
         .testTarget(
             name: "BatonReleasesTests",
@@ -131,10 +135,10 @@ let package = Package(
                            .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "Logging", package: "swift-log")]
         ),
-        // Client library for Swift agents: the agent side of the protocol. Foundation and Glibc only.
-        .target(name: "BatonAgent"),
+        // Client library for Swift agents: the agent side of the protocol. Foundation, Glibc and BatonWire only.
+        .target(name: "BatonAgent", dependencies: ["BatonWire"]),
+        .testTarget(name: "BatonAgentTests", dependencies: ["BatonAgent", "BatonWire", "BatonTestSupport"]),
         .testTarget(name: "BatonCLITests", dependencies: ["BatonClient", "BatonCore", "BatonTestSupport"]),
-        .testTarget(name: "BatonAgentTests", dependencies: ["BatonAgent", "BatonTestSupport"]),
         // An agent with misbehaviour switches, for tests and demos.
         .executableTarget(
             name: "baton-testagent",

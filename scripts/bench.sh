@@ -16,6 +16,9 @@
 #   p50 < 500 ms, against a cold start of the same agents
 #   10 self-upgrades of batond under wrk load (bench/selfupgrade.py): 0 refused
 #   or failed requests; the time from POST to the new image's READY=1 is reported
+#   1,000 Server-Sent Events streams of /v1/events (bench/sse.py): batond's RSS
+#   before and after, and the delay from a ledger append to the last stream
+#   receiving it (p50, max over 20 appends): reported, no target
 # The exit status is non-zero only when something failed to run or a
 # measurement is invalid (non-2xx answers, a server that did not start).
 #
@@ -272,3 +275,10 @@ echo
 echo "== ${BENCH_SELF_UPGRADES:-10} self-upgrades of batond under load (bench/selfupgrade.py)"
 python3 bench/selfupgrade.py "$batond" "${BENCH_SELF_UPGRADES:-10}" \
     || die "the self-upgrade benchmark failed"
+
+# MARK: - Event streams
+
+echo
+echo "== ${BENCH_STREAMS:-1000} Server-Sent Events streams of /v1/events, 20 appends (bench/sse.py)"
+python3 bench/sse.py "$batond" "${BENCH_STREAMS:-1000}" 20 | sed 's/^/   /' \
+    || die "the event stream benchmark failed"

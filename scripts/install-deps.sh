@@ -1,30 +1,41 @@
 #!/usr/bin/env bash
-# Installs what baton needs on a Debian 12 machine, and only what is missing:
-#   build: pkg-config, libmicrohttpd-dev, libarchive-dev, libcurl4-openssl-dev
-#   tests: curl, xz-utils and zstd (release archives), systemd (systemd-analyze, systemd-socket-activate),
-#          prometheus (for promtool), python3 with PyYAML and jsonschema
-#          (scripts/check-contract.py), and a virtualenv .build-venv/ with
-#          the Python tools of scripts/requirements-test.txt, pinned
-#          (schemathesis, for scripts/schemathesis.sh)
-#   bench (with --bench): wrk, gcc
+# Installs what baton needs on a Debian 12 machine, and only what is missing.
+# Each level includes the one before:
+#   run:   building and running batond and the demo agent (`make run`):
+#          pkg-config, libmicrohttpd-dev, libarchive-dev, libcurl4-openssl-dev, curl
+#   test:  the test suite (`make test`, the default): xz-utils and zstd (release
+#          archives), systemd (systemd-analyze, systemd-socket-activate), chromium
+#          (headless, for the status page's test), promtool,
+#          python3 with PyYAML and jsonschema (scripts/check-contract.py), and a
+#          virtualenv .build-venv/ with the Python tools of
+#          scripts/requirements-test.txt, pinned (schemathesis, for scripts/schemathesis.sh)
+#   bench: `make bench`: wrk, gcc
+# promtool: Debian 12 ships it only inside the `prometheus` package, which also
+# pulls ~100 MB of web assets, creates a user and enables and starts a Prometheus
+# server on :9090. So the package is downloaded (`apt-get download`), never
+# installed: its promtool (a Go binary needing only libc) is extracted to
+# /usr/local/bin/promtool. Nothing runs, no unit is enabled, dpkg does not track it.
 # A no-op when everything is there: it only asks dpkg-query and PATH, and
 # touches apt (one `apt-get update`, one `apt-get install`) only when a
 # package is missing, and pip only when the virtualenv is missing or was made
 # from other requirements. Swift is checked, never installed (swift.org toolchain).
 #
-# usage: scripts/install-deps.sh [--bench]
+# usage: scripts/install-deps.sh [run|test|bench]   (--bench: the same as bench)
 set -euo pipefail
 
-usage() { echo "usage: $0 [--bench]" >&2; exit 64; }
+usage() { echo "usage: $0 [run|test|bench]" >&2; exit 64; }
 
-bench=0
-for arg in "$@"; do
-    case "$arg" in
-        --bench) bench=1 ;;
-        -h|--help) echo "usage: $0 [--bench]"; exit 0 ;;
-        *) usage ;;
-    esac
-done
+level=test
+case "$#:${1:-}" in
+    0:) ;;
+    1:run|1:test|1:bench) level=$1 ;;
+    1:--bench) level=bench ;;
+    1:-h|1:--help) echo "usage: $0 [run|test|bench]"; exit 0 ;;
+    *) usage ;;
+esac
+test=0 bench=0
+[[ $level == run ]] || test=1
+[[ $level == bench ]] && bench=1
 
 missing=()
 
@@ -50,45 +61,47 @@ need_pkg() {
     fi
 }
 
-# build
+# run: build, and the demo agent (examples/shell-agent speaks the protocol with curl)
 need_cmd pkg-config pkg-config
 need_pkg libmicrohttpd-dev
 need_pkg libarchive-dev
 need_pkg libcurl4-openssl-dev
-# tests
 need_cmd curl curl
-need_cmd xz-utils xz
-need_cmd zstd zstd
-need_cmd systemd systemd-analyze systemd-socket-activate
-# Debian ships promtool only inside the prometheus package. Note that
-# installing it also enables and starts a Prometheus server (port 9090).
-need_cmd prometheus promtool
-# The contract check needs two Python modules. Debian's python3 takes them from
-# apt; another python3 on PATH (pyenv, a venv) from PyPI, after apt is done.
-need_cmd python3 python3
 python_modules_missing=0
-if ! python3 -c 'import yaml, jsonschema' >/dev/null 2>&1; then
-    if [[ $(command -v python3 || true) == /usr/bin/python3 ]]; then
-        missing+=(python3-yaml python3-jsonschema)
-    else
-        python_modules_missing=1
+promtool_missing=0
+if (( test )); then
+    need_cmd xz-utils xz
+    need_cmd zstd zstd
+    need_cmd systemd systemd-analyze systemd-socket-activate
+    need_cmd chromium chromium  # headless, for the status page test (StatusPageTests)
+    command -v promtool >/dev/null 2>&1 || promtool_missing=1
+    # The contract check needs two Python modules. Debian's python3 takes them from
+    # apt; another python3 on PATH (pyenv, a venv) from PyPI, after apt is done.
+    need_cmd python3 python3
+    if ! python3 -c 'import yaml, jsonschema' >/dev/null 2>&1; then
+        if [[ $(command -v python3 || true) == /usr/bin/python3 ]]; then
+            missing+=(python3-yaml python3-jsonschema)
+        else
+            python_modules_missing=1
+        fi
+    fi
+    # The virtualenv needs the venv module (and its ensurepip), which Debian ships
+    # apart, in python3-venv.
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1 && [[ $(command -v python3 || true) == /usr/bin/python3 ]]; then
+        missing+=(python3-venv)
     fi
 fi
-# The virtualenv needs the venv module (and its ensurepip), which Debian ships
-# apart, in python3-venv.
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1 && [[ $(command -v python3 || true) == /usr/bin/python3 ]]; then
-    missing+=(python3-venv)
-fi
-# bench
 if (( bench )); then
     need_cmd wrk wrk
     need_cmd gcc gcc
 fi
 
-if (( ${#missing[@]} )); then
-    echo "install-deps: missing: ${missing[*]}" >&2
+if (( ${#missing[@]} || promtool_missing )); then
+    wanted=("${missing[@]}")
+    (( promtool_missing )) && wanted+=("promtool (from the prometheus package, not installed)")
+    echo "install-deps: missing: ${wanted[*]}" >&2
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "install-deps: apt-get not found; install these by hand: ${missing[*]}" >&2
+        echo "install-deps: apt-get not found; install these by hand: ${wanted[*]}" >&2
         exit 1
     fi
     if [[ $(id -u) -eq 0 ]]; then
@@ -98,12 +111,24 @@ if (( ${#missing[@]} )); then
         # variables on sudo's own command line.
         as_root=(sudo)
     else
-        echo "install-deps: need root to install ${missing[*]}: run as root or install sudo" >&2
+        echo "install-deps: need root to install ${wanted[*]}: run as root or install sudo" >&2
         exit 1
     fi
     apt_get=("${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get)
     "${apt_get[@]}" update
-    "${apt_get[@]}" install -y --no-install-recommends "${missing[@]}"
+    if (( ${#missing[@]} )); then
+        "${apt_get[@]}" install -y --no-install-recommends "${missing[@]}"
+    fi
+    if (( promtool_missing )); then
+        deb_dir=$(mktemp -d)
+        trap 'rm -rf "$deb_dir"' EXIT
+        # As root, apt downloads as the user _apt: let it write there.
+        if [[ $(id -u) -eq 0 ]]; then chown _apt "$deb_dir" 2>/dev/null || true; fi
+        (cd "$deb_dir" && apt-get download prometheus)
+        dpkg-deb --fsys-tarfile "$deb_dir"/prometheus_*.deb | tar -x -C "$deb_dir" ./usr/bin/promtool
+        "${as_root[@]}" install -m 0755 "$deb_dir/usr/bin/promtool" /usr/local/bin/promtool
+        echo "install-deps: installed /usr/local/bin/promtool ($(/usr/local/bin/promtool --version 2>&1 | head -n 1))" >&2
+    fi
 fi
 
 if (( python_modules_missing )); then
@@ -115,7 +140,7 @@ fi
 # rebuilt when scripts/requirements-test.txt changes.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 venv=.build-venv
-if ! cmp -s scripts/requirements-test.txt "$venv/requirements-test.txt" 2>/dev/null; then
+if (( test )) && ! cmp -s scripts/requirements-test.txt "$venv/requirements-test.txt" 2>/dev/null; then
     echo "install-deps: installing scripts/requirements-test.txt into $venv/" >&2
     rm -rf "$venv"
     python3 -m venv "$venv"

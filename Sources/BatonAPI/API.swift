@@ -32,7 +32,8 @@ public final class API: Sendable {
     private let statusCache = Mutex<(seq: UInt64, instances: Int, writable: Bool, body: [UInt8])?>(nil)
     let events: EventWaiters
     let logger: Logger
-    /// Installed by `attach`; read by /metrics for the parked gauge.
+    /// Installed by `makeServer`; read by /metrics for its gauges, told of every commit
+    /// for its event streams.
     private let server = Mutex<HTTPServer?>(nil)
 
     public init(context: Context, ledger: Ledger, supervisor: Supervisor, rollouts: Rollouts, auth: OperatorAuth,
@@ -46,7 +47,10 @@ public final class API: Sendable {
         self.logger = logger
         self.events = EventWaiters(ledger: ledger)
         self.metrics = Metrics()
-        ledger.observeCommits { [events] lastSeq in events.wake(lastSeq: lastSeq) }
+        ledger.observeCommits { [weak self] lastSeq in
+            self?.events.wake(lastSeq: lastSeq)
+            self?.server.withLock { $0 }?.wakeStreams()
+        }
     }
 
     /// An HTTP server for this API: its routes, its admission (auth) and its metrics.
@@ -54,31 +58,70 @@ public final class API: Sendable {
         let server = HTTPServer(
             configuration: configuration, router: router,
             admission: { [auth] request in auth.admit(&request) },
-            observer: { [metrics] route, method, status in metrics.recordRequest(route: route, method: method, status: status) },
+            observer: { [metrics] route, method, status, duration in
+                metrics.recordRequest(route: route, method: method, status: status, duration: duration)
+            },
             logger: logger)
         self.server.withLock { $0 = server }
+        metrics.countStreams { [weak server] in server?.streamCount ?? 0 }
         return server
     }
 
+    /// Every route of the API in one table: method, path, the auth scope that admits it
+    /// (an enum: a typo does not compile), how it takes a body, and its handler. The
+    /// handlers live beside the things they serve; api/openapi.yaml lists the same routes
+    /// (a test checks both ways).
     public var router: Router {
-        Router([
+        let http = context.config.http
+        let instances = InstanceRoutes(supervisor: supervisor, maxWait: http.maxWait)
+        let handoffs = HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }, maxWait: http.maxWait,
+                                     maxWaiters: http.maxEventWaiters)
+        let releases = ReleaseRoutes(releases: supervisor.releases)
+        let version = VersionRoutes(rollouts: rollouts)
+        let daemon = DaemonRoutes(control: self.daemon)
+        let page = StatusPageRoutes(sessions: auth.sessions)
+        return Router([
+            // Probes: anyone.
             Route(.GET, "/healthz", scope: .probe) { _ in .respond(Self.healthy) },
             Route(.GET, "/readyz", scope: .probe) { [self] _ in .respond(readiness()) },
             Route(.GET, "/metrics", scope: .probe) { [self] _ in .respond(metricsPage()) },
+            // What batond knows: the operator (and the status page's session).
             Route(.GET, "/v1/status", scope: .operator) { [self] _ in .respond(statusResponse()) },
             Route(.GET, "/v1/agents", scope: .operator) { [self] _ in .respond(.json(AgentList(agents: agentViews()))) },
             Route(.GET, "/v1/agents/{name}", scope: .operator) { [self] (request) throws(HTTPError) -> Reply in
                 .respond(.json(try agentView(request.agentName())))
             },
             Route(.GET, "/v1/events", scope: .operator) { [self] (request) throws(HTTPError) -> Reply in
-                try events.handle(request, maxWait: context.config.http.maxWait, most: context.config.http.maxEventWaiters)
+                try events.handle(request, maxWait: http.maxWait, most: http.maxEventWaiters)
             },
-        ]
-        + InstanceRoutes(supervisor: supervisor, maxWait: context.config.http.maxWait).routes
-        + HandoffRoutes(supervisor: supervisor, ledger: { [ledger] in ledger.state }).routes
-        + ReleaseRoutes(releases: supervisor.releases).routes
-        + VersionRoutes(rollouts: rollouts).routes
-        + DaemonRoutes(control: daemon).routes)
+            // Handoffs: the operator asks; processes batond did not start register.
+            Route(.PUT, "/v1/agents/{name}/desired", scope: .operator, takesBody: true, handler: handoffs.setDesired),
+            Route(.POST, "/v1/agents/{name}/rollback", scope: .operator, takesBody: true, handler: handoffs.rollback),
+            Route(.POST, "/v1/agents/{name}/instances", scope: .registration, takesBody: true, handler: handoffs.register),
+            Route(.GET, "/v1/handoffs", scope: .operator, handler: handoffs.listHandoffs),
+            Route(.GET, "/v1/handoffs/{id}", scope: .operator, handler: handoffs.handoff),
+            // The instance protocol: each instance about itself only.
+            Route(.POST, "/v1/instances/{id}/ready", scope: .instance, takesBody: true, handler: instances.reportReady),
+            Route(.POST, "/v1/instances/{id}/failed", scope: .instance, takesBody: true, handler: instances.reportFailed),
+            Route(.POST, "/v1/instances/{id}/stopped", scope: .instance, takesBody: true, handler: instances.reportStopped),
+            Route(.GET, "/v1/instances/{id}/signal", scope: .instance, handler: instances.signal),
+            // Releases and the machine's version.
+            Route(.PUT, "/v1/releases/{agent}/{version}", scope: .operator, streamed: releases.pushBody, handler: releases.push),
+            Route(.POST, "/v1/releases/{agent}/{version}", scope: .operator, takesBody: true, handler: releases.fetch),
+            Route(.GET, "/v1/releases/{agent}", scope: .operator, handler: releases.listReleases),
+            Route(.GET, "/v1/releases/{agent}/{version}", scope: .operator, handler: releases.getRelease),
+            Route(.DELETE, "/v1/releases/{agent}/{version}", scope: .operator, handler: releases.deleteRelease),
+            Route(.GET, "/v1/version", scope: .operator, handler: version.getVersion),
+            Route(.PUT, "/v1/version", scope: .operator, takesBody: true, handler: version.setVersion),
+            // batond itself.
+            Route(.GET, "/v1/daemon", scope: .operator, handler: daemon.getDaemon),
+            Route(.PUT, "/v1/daemon/binary", scope: .operator, streamed: daemon.binaryBody, handler: daemon.storeBinary),
+            Route(.POST, "/v1/daemon/upgrade", scope: .operator, takesBody: true, handler: daemon.upgradeDaemon),
+            // The status page: a page anyone may ask for, shown to the operator's session.
+            Route(.GET, "/", scope: .page, handler: page.page),
+            Route(.GET, "/ui/login", scope: .page, handler: page.login),
+            Route(.POST, "/v1/ui/links", scope: .operator, handler: page.issueLink),
+        ])
     }
 
     // MARK: - Probes
@@ -107,12 +150,13 @@ public final class API: Sendable {
     func metricsPage() -> Response {
         let server = self.server.withLock { $0 }
         let parked = server?.parkedCount ?? 0
-        let views = agentViews()
+        let state = ledger.state
+        let views = context.config.agents.map { view(of: $0, ledger: state.agents[$0.name]) }
         let text = metrics.render(.init(startedAt: context.startedAt, now: .now(), ledger: ledger.metrics,
-                                        lastSeq: ledger.lastSeq, ledgerWritable: ledger.isWritable,
-                                        parked: parked, listeners: server?.listenerStats ?? [], agents: context.config.agents.count,
-                                        instances: Dictionary(uniqueKeysWithValues: views.map { ($0.name, $0.instances.count) }),
-                                        views: views, supervisor: supervisor.stats.snapshot))
+                                        lastSeq: state.lastSeq, ledgerWritable: ledger.isWritable,
+                                        parked: parked, listeners: server?.listenerStats ?? [],
+                                        views: views.sorted { $0.name < $1.name }, history: state.agents,
+                                        supervisor: supervisor.stats.snapshot))
         return .text(text, contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 
@@ -162,6 +206,8 @@ public final class API: Sendable {
             view.running = nil
             view.state = !live.isEmpty ? .starting : supervisor.stats.isBackingOff(config.name) ? .backoff : .stopped
         }
+        view.restarts = Int(supervisor.stats.restarts(config.name))
+        view.nextAttemptAt = live.isEmpty ? supervisor.stats.nextAttempt(config.name) : nil
         // A handoff shows first; then batond's verdict on a crash loop, until an operator acts:
         // given up on current (while nothing works), or rewound (whatever runs).
         if ledger?.handoff != nil {

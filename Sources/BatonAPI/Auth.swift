@@ -23,7 +23,7 @@ public enum Principal: Sendable, Equatable {
     }
 }
 
-/// The auth scopes routes are tagged with: these four and no other (`admit` refuses a
+/// The auth scopes routes are tagged with: these five and no other (`admit` refuses a
 /// route tagged otherwise).
 extension RouteScope {
     /// Monitoring: /healthz, /readyz, /metrics. Open unless configured otherwise.
@@ -35,14 +35,20 @@ extension RouteScope {
     /// Registering a process batond did not start: the operator, or the agent's
     /// registration token from the config.
     public static let registration = RouteScope("registration")
+    /// Pages for a person's browser (the status page and its login). Admitted for
+    /// anyone, with the operator as principal only when the caller proves to be one: the
+    /// handler answers everyone else a page saying how to log in, never the operator's data.
+    public static let page = RouteScope("page")
 
-    public static let all: Set<RouteScope> = [.probe, .operator, .instance, .registration]
+    public static let all: Set<RouteScope> = [.probe, .operator, .instance, .registration, .page]
 }
 
 /// Who may call what. Operators: a bearer token (the state directory's
 /// `operator.token`), or, on the Unix socket only, a peer whose uid is root, batond's
-/// own, or in the operator group. Instances: the bearer token batond gave that
-/// instance, for routes about that instance only. A Unix-socket peer that is one of
+/// own, or in the operator group, or, on GET routes only, the status page's session
+/// cookie (`UISessions`: never the token, and it cannot change anything). Instances:
+/// the bearer token batond gave that instance, for routes about that instance only. A
+/// Unix-socket peer that is one of
 /// batond's instances (or a descendant of one) is that instance, never an operator, even
 /// when it runs as batond's user. Tokens are compared in constant time and never logged.
 public struct OperatorAuth: Sendable {
@@ -59,11 +65,14 @@ public struct OperatorAuth: Sendable {
     /// Whether batond is still re-adopting the instances an earlier batond left: an
     /// unknown token may be one of theirs, so the answer is "retry", not "never".
     let adopting: @Sendable () -> Bool
+    /// The status page's login codes and browser sessions.
+    public let sessions: UISessions
 
     public init(token: String, operatorGID: gid_t?, probesOpen: Bool,
                 instanceForToken: @escaping @Sendable (String) -> String? = { _ in nil },
                 instanceForProcess: @escaping @Sendable (Int32) -> String? = { _ in nil },
-                registrationTokens: [String: String] = [:], adopting: @escaping @Sendable () -> Bool = { false }) {
+                registrationTokens: [String: String] = [:], adopting: @escaping @Sendable () -> Bool = { false },
+                sessions: UISessions = UISessions()) {
         self.token = Array(token.utf8)
         self.daemonUID = getuid()
         self.operatorGID = operatorGID
@@ -72,6 +81,7 @@ public struct OperatorAuth: Sendable {
         self.instanceForProcess = instanceForProcess
         self.registrationTokens = registrationTokens.mapValues { Array($0.utf8) }
         self.adopting = adopting
+        self.sessions = sessions
     }
 
     public func admit(_ request: inout Request) -> HTTPError? {
@@ -81,6 +91,15 @@ public struct OperatorAuth: Sendable {
         }
         if request.route.scope == .probe && probesOpen {
             request.principal = Principal.anonymous
+            return nil
+        }
+        if request.route.scope == .page {
+            let presented = request.header("Authorization").flatMap(Self.bearer)
+            if case .success(let principal) = identify(request, presented: presented), case .operator = principal {
+                request.principal = principal
+            } else {
+                request.principal = Principal.anonymous
+            }
             return nil
         }
         // The header is parsed once; every token below is compared with its bytes.
@@ -132,6 +151,13 @@ public struct OperatorAuth: Sendable {
         if case .unix(let credentials?) = request.peer {
             if let id = instanceForProcess(credentials.pid) { return .success(.instance(id)) }
             if isOperator(credentials) { return .success(.operator(via: "uid \(credentials.uid)")) }
+        }
+        // A browser's session reads, never writes: a cookie comes with every request the
+        // browser sends, so it must not be what lets one change anything.
+        if request.route.method == .GET, request.route.scope == .operator || request.route.scope == .page,
+           let cookie = request.header("Cookie"), let session = UISessions.cookie(in: cookie),
+           sessions.isValid(session: session) {
+            return .success(.operator(via: "status page session"))
         }
         return .failure(Self.unauthorized("this route needs a bearer token, or an operator's Unix-socket peer"))
     }
@@ -200,7 +226,7 @@ public enum OperatorToken {
     public static func loadOrCreate(at path: String) throws(Failure) -> String {
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         if fd >= 0 {
-            let token = random(bytes: 32).map { String(format: "%02x", $0) }.joined()
+            let token = randomHex(bytes: 32)
             let bytes = Array((token + "\n").utf8)
             let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             let synced = fsync(fd)
@@ -228,6 +254,11 @@ public enum OperatorToken {
             throw Failure(description: "\(path) must hold one token of at least 16 characters and no spaces")
         }
         return String(token)
+    }
+
+    /// `count` random bytes in lowercase hex.
+    static func randomHex(bytes count: Int) -> String {
+        random(bytes: count).map { String(format: "%02x", $0) }.joined()
     }
 
     static func random(bytes count: Int) -> [UInt8] {

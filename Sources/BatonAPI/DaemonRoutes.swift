@@ -23,57 +23,64 @@ struct DaemonRoutes: Sendable {
     /// The largest batond binary `PUT /v1/daemon/binary` takes.
     static let maxBinaryBytes = 512 << 20
 
-    var routes: [Route] {
-        [
-            Route(.GET, "/v1/daemon", scope: .operator) { [control] _ in .respond(.json(control.view)) },
-            Route(.PUT, "/v1/daemon/binary", scope: .operator,
-                  streamed: StreamedBody(maxBytes: Self.maxBinaryBytes) { [control] (request) throws(HTTPError) -> any BodySink in
-                      let expected = try request.announcedSHA256()
-                      do throws(DaemonBinaries.StoreError) {
-                          return UploadSink(try control.binaries.upload(expected: expected, maxBytes: Self.maxBinaryBytes))
-                      } catch {
-                          throw Self.http(error)
-                      }
-                  }) { (request) throws(HTTPError) -> Reply in
-                guard let sink = request.sink as? UploadSink else {
-                    throw HTTPError(status: 500, code: "internal", message: "the upload lost its sink")
-                }
-                guard sink.upload.size > 0 else {
-                    throw HTTPError(status: 400, code: "binary_required", message: "the body must be the batond binary; it was empty")
-                }
-                // fsync and rename: disk work, kept off libmicrohttpd's thread.
-                let pending = request.park(deadline: .seconds(60)) {
-                    HTTPError(status: 503, code: "timeout", message: "storing the binary took too long; retry").response
-                }
-                DispatchQueue.global().async {
-                    do throws(DaemonBinaries.StoreError) {
-                        let stored = try sink.upload.finish()
-                        pending.answer(.json(status: stored.existed ? 200 : 201, StoredBinary(sha256: stored.digest, size: stored.size)))
-                    } catch {
-                        pending.answer(Self.http(error).response)
-                    }
-                }
-                return .parked
-            },
-            Route(.POST, "/v1/daemon/upgrade", scope: .operator, takesBody: true) { [control] (request) throws(HTTPError) -> Reply in
-                let body = try request.decodeJSON(UpgradeRequest.self)
-                guard DaemonBinaries.isDigest(body.digest) else {
-                    throw HTTPError(status: 422, code: "invalid_digest",
-                                    message: "digest must be a SHA-256 in 64 lowercase hex digits, not \(WireJSON.quote(body.digest))")
-                }
-                let by = request.by
-                // The self-check has its own deadline; this one only guards the parked slot.
-                let pending = request.park(deadline: .seconds(120)) {
-                    HTTPError(status: 503, code: "timeout", message: "the upgrade did not answer in time; see GET /v1/daemon").response
-                }
-                do throws(HTTPError) {
-                    try control.upgrade(to: body.digest, force: body.force ?? false, by: by) { pending.answer($0) }
-                } catch {
-                    pending.answer(error.response)
-                }
-                return .parked
-            },
-        ]
+    /// `GET /v1/daemon`
+    func getDaemon(_ request: Request) throws(HTTPError) -> Reply {
+        .respond(.json(control.view))
+    }
+
+    /// `PUT /v1/daemon/binary`'s body, streamed into the binary store from its head on.
+    var binaryBody: StreamedBody {
+        StreamedBody(maxBytes: Self.maxBinaryBytes) { [control] (request) throws(HTTPError) -> any BodySink in
+            let expected = try request.announcedSHA256()
+            do throws(DaemonBinaries.StoreError) {
+                return UploadSink(try control.binaries.upload(expected: expected, maxBytes: Self.maxBinaryBytes))
+            } catch {
+                throw Self.http(error)
+            }
+        }
+    }
+
+    /// `PUT /v1/daemon/binary`
+    func storeBinary(_ request: Request) throws(HTTPError) -> Reply {
+        guard let sink = request.sink as? UploadSink else {
+            throw HTTPError(status: 500, code: "internal", message: "the upload lost its sink")
+        }
+        guard sink.upload.size > 0 else {
+            throw HTTPError(status: 400, code: "binary_required", message: "the body must be the batond binary; it was empty")
+        }
+        // fsync and rename: disk work, kept off libmicrohttpd's thread.
+        let pending = request.park(deadline: .seconds(60)) {
+            HTTPError(status: 503, code: "timeout", message: "storing the binary took too long; retry").response
+        }
+        DispatchQueue.global().async {
+            do throws(DaemonBinaries.StoreError) {
+                let stored = try sink.upload.finish()
+                pending.answer(.json(status: stored.existed ? 200 : 201, StoredBinary(sha256: stored.digest, size: stored.size)))
+            } catch {
+                pending.answer(Self.http(error).response)
+            }
+        }
+        return .parked
+    }
+
+    /// `POST /v1/daemon/upgrade`
+    func upgradeDaemon(_ request: Request) throws(HTTPError) -> Reply {
+        let body = try request.decodeJSON(UpgradeRequest.self)
+        guard DaemonBinaries.isDigest(body.digest) else {
+            throw HTTPError(status: 422, code: "invalid_digest",
+                            message: "digest must be a SHA-256 in 64 lowercase hex digits, not \(WireJSON.quote(body.digest))")
+        }
+        let by = request.by
+        // The self-check has its own deadline; this one only guards the parked slot.
+        let pending = request.park(deadline: .seconds(120)) {
+            HTTPError(status: 503, code: "timeout", message: "the upgrade did not answer in time; see GET /v1/daemon").response
+        }
+        do throws(HTTPError) {
+            try control.upgrade(to: body.digest, force: body.force ?? false, by: by) { pending.answer($0) }
+        } catch {
+            pending.answer(error.response)
+        }
+        return .parked
     }
 
     static func http(_ error: DaemonBinaries.StoreError) -> HTTPError {

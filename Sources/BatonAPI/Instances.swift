@@ -17,24 +17,22 @@ struct InstanceRoutes: Sendable {
     /// was cut stays parked unnoticed until its wait ends, so a new one displaces the oldest.
     static let signalWaiters = 2
 
-    var routes: [Route] {
-        [
-            Route(.POST, "/v1/instances/{id}/ready", scope: .instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
-                return report(request, .ready)
-            },
-            Route(.POST, "/v1/instances/{id}/failed", scope: .instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                let body = try request.decodeJSON(FailedReport.self)
-                return report(request, .failed(reason: String(body.reason.prefix(4096))))
-            },
-            Route(.POST, "/v1/instances/{id}/stopped", scope: .instance, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
-                return report(request, .stopped)
-            },
-            Route(.GET, "/v1/instances/{id}/signal", scope: .instance) { (request) throws(HTTPError) -> Reply in
-                try signal(request)
-            },
-        ]
+    /// `POST /v1/instances/{id}/ready`
+    func reportReady(_ request: Request) throws(HTTPError) -> Reply {
+        _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
+        return report(request, .ready)
+    }
+
+    /// `POST /v1/instances/{id}/failed`
+    func reportFailed(_ request: Request) throws(HTTPError) -> Reply {
+        let body = try request.decodeJSON(FailedReport.self)
+        return report(request, .failed(reason: String(body.reason.prefix(4096))))
+    }
+
+    /// `POST /v1/instances/{id}/stopped`
+    func reportStopped(_ request: Request) throws(HTTPError) -> Reply {
+        _ = try request.decodeOptionalJSON(EmptyJSONObject.self)
+        return report(request, .stopped)
     }
 
     /// Answers once the report is recorded and acted on, with the signal that follows.
@@ -52,7 +50,8 @@ struct InstanceRoutes: Sendable {
         return .parked
     }
 
-    private func signal(_ request: Request) throws(HTTPError) -> Reply {
+    /// `GET /v1/instances/{id}/signal`
+    func signal(_ request: Request) throws(HTTPError) -> Reply {
         let id = request.parameters["id"] ?? ""
         var seen: AgentSignal?
         if let text = request.query("seen") {
@@ -89,70 +88,132 @@ struct InstanceRoutes: Sendable {
 struct HandoffRoutes: Sendable {
     let supervisor: Supervisor
     let ledger: @Sendable () -> LedgerState
+    /// The longest `wait` of `GET /v1/handoffs/{id}`, and how many may be parked at once.
+    let maxWait: Duration
+    let maxWaiters: Int
 
-    var routes: [Route] {
-        [
-            Route(.PUT, "/v1/agents/{name}/desired", scope: .operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                let name = try request.agentName()
-                let body = try request.decodeJSON(DesiredRequest.self)
-                guard Names.isValidVersion(body.version) else {
-                    throw HTTPError(status: 422, code: "invalid_version", message: "\"\(body.version)\" is not a valid version")
+    /// `GET /v1/handoffs`: the default and the largest `limit`.
+    static let listLimit = (default: 20, most: 1000)
+
+    /// `PUT /v1/agents/{name}/desired`
+    func setDesired(_ request: Request) throws(HTTPError) -> Reply {
+        let name = try request.agentName()
+        let body = try request.decodeJSON(DesiredRequest.self)
+        guard Names.isValidVersion(body.version) else {
+            throw HTTPError(status: 422, code: "invalid_version", message: "\"\(body.version)\" is not a valid version")
+        }
+        let by = (request.principal as? Principal)?.name ?? "operator"
+        guard let startsReleases = supervisor.startsReleases(of: name) else { throw SupervisorError.agentNotFound(name).http }
+        if !startsReleases {
+            try Self.validateSource(body)
+            let pending = request.park(deadline: .seconds(60)) { Self.busy }
+            supervisor.recordDesired(agent: name, body, by: by) { result in
+                switch result {
+                case .success(let desired): pending.answer(.json(status: 202, desired))
+                case .failure(let error): pending.answer(error.http.response)
                 }
-                let by = (request.principal as? Principal)?.name ?? "operator"
-                guard let startsReleases = supervisor.startsReleases(of: name) else { throw SupervisorError.agentNotFound(name).http }
-                if !startsReleases {
-                    try Self.validateSource(body)
-                    let pending = request.park(deadline: .seconds(60)) { Self.busy }
-                    supervisor.recordDesired(agent: name, body, by: by) { result in
-                        switch result {
-                        case .success(let desired): pending.answer(.json(status: 202, desired))
-                        case .failure(let error): pending.answer(error.http.response)
-                        }
-                    }
-                    return .parked
-                }
-                if body.url != nil || body.sha256 != nil { throw SupervisorError.notExternal(name).http }
-                let pending = request.park(deadline: .seconds(60)) { Self.busy }
-                supervisor.setDesired(agent: name, version: body.version, mode: body.mode, by: by, force: body.force ?? false) { result in
-                    switch result {
-                    case .success(.handoff(let view)): pending.answer(.json(status: 202, view))
-                    case .success(.unchanged(let agent, let version)): pending.answer(.json(status: 200, UnchangedView(agent: agent, version: version)))
-                    case .failure(let error): pending.answer(error.http.response)
-                    }
-                }
-                return .parked
-            },
-            Route(.POST, "/v1/agents/{name}/rollback", scope: .operator, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                let name = try request.agentName()
-                let body = try request.decodeOptionalJSON(RollbackRequest.self)
-                let by = (request.principal as? Principal)?.name ?? "operator"
-                let pending = request.park(deadline: .seconds(60)) { Self.busy }
-                supervisor.rollback(agent: name, by: by, force: body?.force ?? false) { result in pending.answer(Self.answer(result)) }
-                return .parked
-            },
-            Route(.POST, "/v1/agents/{name}/instances", scope: .registration, takesBody: true) { (request) throws(HTTPError) -> Reply in
-                let name = try request.agentName()
-                let body = try request.decodeJSON(RegistrationRequest.self)
-                let pending = request.park(deadline: .seconds(60)) { Self.busy }
-                let caller: RegistrationCaller = switch request.peer {
-                case .unix(let credentials?): .unix(pid: credentials.pid, uid: credentials.uid)
-                case .unix(nil), .tcp: .unverified
-                }
-                supervisor.register(agent: name, pid: body.pid, version: body.version, caller: caller) { result in
-                    switch result {
-                    case .success(let registration): pending.answer(.json(status: 201, registration))
-                    case .failure(let error): pending.answer(error.http.response)
-                    }
-                }
-                return .parked
-            },
-            Route(.GET, "/v1/handoffs/{id}", scope: .operator) { (request) throws(HTTPError) -> Reply in
-                let id = request.parameters["id"] ?? ""
-                if let view = supervisor.handoffs.view(id) { return .respond(.json(view)) }
-                if let view = historical(id) { return .respond(.json(view)) }
-                throw HTTPError(status: 404, code: "handoff_not_found", message: "no handoff \(id)")
-            },
-        ]
+            }
+            return .parked
+        }
+        if body.url != nil || body.sha256 != nil { throw SupervisorError.notExternal(name).http }
+        let pending = request.park(deadline: .seconds(60)) { Self.busy }
+        supervisor.setDesired(agent: name, version: body.version, mode: body.mode, by: by, force: body.force ?? false) { result in
+            switch result {
+            case .success(.handoff(let view)): pending.answer(.json(status: 202, view))
+            case .success(.unchanged(let agent, let version)): pending.answer(.json(status: 200, UnchangedView(agent: agent, version: version)))
+            case .failure(let error): pending.answer(error.http.response)
+            }
+        }
+        return .parked
+    }
+
+    /// `POST /v1/agents/{name}/rollback`
+    func rollback(_ request: Request) throws(HTTPError) -> Reply {
+        let name = try request.agentName()
+        let body = try request.decodeOptionalJSON(RollbackRequest.self)
+        let by = (request.principal as? Principal)?.name ?? "operator"
+        let pending = request.park(deadline: .seconds(60)) { Self.busy }
+        supervisor.rollback(agent: name, by: by, force: body?.force ?? false) { result in pending.answer(Self.answer(result)) }
+        return .parked
+    }
+
+    /// `POST /v1/agents/{name}/instances`
+    func register(_ request: Request) throws(HTTPError) -> Reply {
+        let name = try request.agentName()
+        let body = try request.decodeJSON(RegistrationRequest.self)
+        let pending = request.park(deadline: .seconds(60)) { Self.busy }
+        let caller: RegistrationCaller = switch request.peer {
+        case .unix(let credentials?): .unix(pid: credentials.pid, uid: credentials.uid)
+        case .unix(nil), .tcp: .unverified
+        }
+        supervisor.register(agent: name, pid: body.pid, version: body.version, caller: caller) { result in
+            switch result {
+            case .success(let registration): pending.answer(.json(status: 201, registration))
+            case .failure(let error): pending.answer(error.http.response)
+            }
+        }
+        return .parked
+    }
+
+    /// `GET /v1/handoffs`
+    func listHandoffs(_ request: Request) throws(HTTPError) -> Reply {
+        let agent = try request.agentFilter()
+        let limit = try request.integer("limit", default: Self.listLimit.default, range: 1...Self.listLimit.most)
+        return .respond(.json(HandoffList(handoffs: list(agent: agent, limit: limit))))
+    }
+
+    /// One handoff; with `wait`, parked until it has an outcome or the wait ends (then
+    /// answered as it is).
+    func handoff(_ request: Request) throws(HTTPError) -> Reply {
+        let id = request.parameters["id"] ?? ""
+        let wait = try request.wait(max: maxWait)
+        guard let view = supervisor.handoffs.view(id) ?? historical(id) else {
+            throw HTTPError(status: 404, code: "handoff_not_found", message: "no handoff \(id)")
+        }
+        if wait == 0 || view.outcome != nil { return .respond(.json(view)) }
+        let book = supervisor.handoffs
+        let pending = try request.park(deadline: .milliseconds(Int64(wait * 1000)),
+                                       limit: ParkLimit(group: "handoff waits", most: maxWaiters, overflow: .refuse)) {
+            .json(book.view(id) ?? view)
+        }
+        if let ended = book.whenEnded(id, .init(ended: { pending.answer(.json($0)) }, isAnswered: { pending.isAnswered })) {
+            pending.answer(.json(ended))
+        }
+        return .parked
+    }
+
+    /// The handoffs of every agent (or of `agent`), newest first: the one running, then
+    /// the ledger's history, as this run of batond saw them when it did (with steps).
+    private func list(agent: String?, limit: Int) -> [HandoffView] {
+        let book = Dictionary(uniqueKeysWithValues: supervisor.handoffs.all.map { ($0.id, $0) })
+        var views: [HandoffView] = []
+        for (name, state) in ledger().agents where agent == nil || name == agent {
+            if let active = state.handoff {
+                views.append(book[active.id] ?? HandoffView(
+                    id: active.id, agent: name, from: active.from, to: active.to, mode: active.mode, phase: active.phase,
+                    outcome: nil, error: nil, gapMs: nil, startedAt: active.startedAt, endedAt: nil, steps: [], by: active.by))
+            }
+            for summary in state.history.suffix(limit) {
+                views.append(book[summary.id] ?? Self.view(of: summary, agent: name))
+            }
+        }
+        // Newest first; within one agent, by the handoff's number (`web-12` after `web-9`).
+        views.sort { a, b in
+            if a.startedAt != b.startedAt { return a.startedAt > b.startedAt }
+            if a.agent != b.agent { return a.agent < b.agent }
+            return Self.number(a.id) > Self.number(b.id)
+        }
+        return Array(views.prefix(limit))
+    }
+
+    private static func number(_ id: String) -> Int {
+        id.split(separator: "-").last.flatMap { Int($0) } ?? 0
+    }
+
+    private static func view(of summary: HandoffSummary, agent: String) -> HandoffView {
+        HandoffView(id: summary.id, agent: agent, from: summary.from, to: summary.to, mode: summary.mode,
+                    phase: summary.outcome.rawValue, outcome: summary.outcome, error: summary.error,
+                    gapMs: summary.gapMs, startedAt: summary.startedAt, endedAt: summary.endedAt, steps: [], by: summary.by)
     }
 
     static let busy = HTTPError(status: 503, code: "timeout", message: "the request was not processed in time").response
@@ -176,11 +237,7 @@ struct HandoffRoutes: Sendable {
     /// A handoff of an earlier run of batond, from the ledger's history.
     private func historical(_ id: String) -> HandoffView? {
         for (agent, state) in ledger().agents {
-            if let summary = state.history.last(where: { $0.id == id }) {
-                return HandoffView(id: summary.id, agent: agent, from: summary.from, to: summary.to, mode: summary.mode,
-                                   phase: summary.outcome.rawValue, outcome: summary.outcome, error: summary.error,
-                                   gapMs: summary.gapMs, startedAt: summary.startedAt, endedAt: summary.endedAt, steps: [])
-            }
+            if let summary = state.history.last(where: { $0.id == id }) { return Self.view(of: summary, agent: agent) }
         }
         return nil
     }
@@ -237,15 +294,10 @@ extension SupervisorError {
     }
 }
 
-struct RegistrationRequest: Codable, Sendable {
-    var pid: Int32
-    var version: String
-}
-
 // The request bodies' fields, as api/openapi.yaml lists them (`additionalProperties: false`;
 // BatondTests checks the two agree): any other field is refused.
 extension RegistrationRequest: ClosedJSONObject {
-    static let fieldNames: Set<String> = ["pid", "version"]
+    public static let fieldNames: Set<String> = ["pid", "version"]
 }
 
 extension DesiredRequest: ClosedJSONObject {

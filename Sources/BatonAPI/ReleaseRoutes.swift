@@ -9,106 +9,116 @@ import Foundation
 struct ReleaseRoutes: Sendable {
     let releases: Releases
 
-    var routes: [Route] {
-        [
-            Route(.PUT, "/v1/releases/{agent}/{version}", scope: .operator,
-                  streamed: StreamedBody(maxBytes: Int(clamping: releases.settings.maxBytes)) { [releases] (request) throws(HTTPError) -> any BodySink in
-                      let (agent, version) = try request.release()
-                      let announcement = Releases.Announcement(
-                          agent: agent, version: version, sha256: try request.announcedSHA256(),
-                          signature: try request.signature(), length: request.header("Content-Length").flatMap { Int64($0) },
-                          irreversible: try request.flag("irreversible"), by: request.by)
-                      do throws(ReleaseRefusal) {
-                          return ReleaseSink(try releases.announce(announcement))
-                      } catch {
-                          throw error.http
-                      }
-                  }) { [releases] (request) throws(HTTPError) -> Reply in
-                guard let sink = request.sink as? ReleaseSink else {
-                    throw HTTPError(status: 500, code: "internal", message: "the push lost its sink")
+    /// `PUT /v1/releases/{agent}/{version}`'s body: decided from the head (digest,
+    /// signature, immutability, free space), then streamed into the release's intake.
+    var pushBody: StreamedBody {
+        StreamedBody(maxBytes: Int(clamping: releases.settings.maxBytes)) { [releases] (request) throws(HTTPError) -> any BodySink in
+            let (agent, version) = try request.release()
+            let announcement = Releases.Announcement(
+                agent: agent, version: version, sha256: try request.announcedSHA256(),
+                signature: try request.signature(), length: request.header("Content-Length").flatMap { Int64($0) },
+                irreversible: try request.flag("irreversible"), by: request.by)
+            do throws(ReleaseRefusal) {
+                return ReleaseSink(try releases.announce(announcement))
+            } catch {
+                throw error.http
+            }
+        }
+    }
+
+    /// `PUT /v1/releases/{agent}/{version}`
+    func push(_ request: Request) throws(HTTPError) -> Reply {
+        guard let sink = request.sink as? ReleaseSink else {
+            throw HTTPError(status: 500, code: "internal", message: "the push lost its sink")
+        }
+        // Unpacking a large archive takes time: the slot waits as long as the body could.
+        let pending = request.park(deadline: .seconds(600)) {
+            HTTPError(status: 503, code: "timeout", message: "storing the release took too long; see GET /v1/releases/{agent}/{version}").response
+        }
+        Task {
+            do throws(ReleaseRefusal) {
+                let stored = try await releases.complete(sink.intake)
+                pending.answer(.json(status: stored.created ? 201 : 200, stored.view))
+            } catch {
+                pending.answer(error.http.response)
+            }
+        }
+        return .parked
+    }
+
+    /// `POST /v1/releases/{agent}/{version}`
+    func fetch(_ request: Request) throws(HTTPError) -> Reply {
+        let (agent, version) = try request.release()
+        let body = try request.decodeJSON(FetchBody.self)
+        guard Hex.isSHA256(body.sha256.lowercased()), let digest = Hex.decode(body.sha256) else {
+            throw HTTPError(status: 422, code: "invalid_digest", message: "sha256 must be 64 hex digits, not \(WireJSON.quote(body.sha256))")
+        }
+        var signature: [UInt8]?
+        if let text = body.signature {
+            guard let parsed = TrustedKeys.parseSignature(Array(text.utf8)) else {
+                throw HTTPError(status: 422, code: "invalid_signature", message: "signature must be the base64 of a 64-byte Ed25519 signature")
+            }
+            signature = parsed
+        }
+        let fetch = Releases.FetchRequest(agent: agent, version: version, url: body.url, sha256: digest, signature: signature,
+                                          irreversible: body.irreversible ?? false, by: request.by)
+        // Looking for <url>.sig may take a moment: the answer waits for it.
+        let pending = request.park(deadline: .seconds(60)) {
+            HTTPError(status: 503, code: "timeout", message: "the fetch did not start in time; see GET /v1/releases/{agent}/{version}").response
+        }
+        Task {
+            do throws(ReleaseRefusal) {
+                switch try await releases.fetch(fetch) {
+                case .started(let view):
+                    var response = Response.json(status: 202, view)
+                    response.headers.append((name: "Location", value: "/v1/releases/\(agent)/\(version)"))
+                    pending.answer(response)
+                case .stored(let view):
+                    pending.answer(.json(status: 200, view))
                 }
-                // Unpacking a large archive takes time: the slot waits as long as the body could.
-                let pending = request.park(deadline: .seconds(600)) {
-                    HTTPError(status: 503, code: "timeout", message: "storing the release took too long; see GET /v1/releases/{agent}/{version}").response
-                }
-                Task {
-                    do throws(ReleaseRefusal) {
-                        let stored = try await releases.complete(sink.intake)
-                        pending.answer(.json(status: stored.created ? 201 : 200, stored.view))
-                    } catch {
-                        pending.answer(error.http.response)
-                    }
-                }
-                return .parked
-            },
-            Route(.POST, "/v1/releases/{agent}/{version}", scope: .operator, takesBody: true) { [releases] (request) throws(HTTPError) -> Reply in
-                let (agent, version) = try request.release()
-                let body = try request.decodeJSON(FetchBody.self)
-                guard Hex.isSHA256(body.sha256.lowercased()), let digest = Hex.decode(body.sha256) else {
-                    throw HTTPError(status: 422, code: "invalid_digest", message: "sha256 must be 64 hex digits, not \(WireJSON.quote(body.sha256))")
-                }
-                var signature: [UInt8]?
-                if let text = body.signature {
-                    guard let parsed = TrustedKeys.parseSignature(Array(text.utf8)) else {
-                        throw HTTPError(status: 422, code: "invalid_signature", message: "signature must be the base64 of a 64-byte Ed25519 signature")
-                    }
-                    signature = parsed
-                }
-                let fetch = Releases.FetchRequest(agent: agent, version: version, url: body.url, sha256: digest, signature: signature,
-                                                  irreversible: body.irreversible ?? false, by: request.by)
-                // Looking for <url>.sig may take a moment: the answer waits for it.
-                let pending = request.park(deadline: .seconds(60)) {
-                    HTTPError(status: 503, code: "timeout", message: "the fetch did not start in time; see GET /v1/releases/{agent}/{version}").response
-                }
-                Task {
-                    do throws(ReleaseRefusal) {
-                        switch try await releases.fetch(fetch) {
-                        case .started(let view):
-                            var response = Response.json(status: 202, view)
-                            response.headers.append((name: "Location", value: "/v1/releases/\(agent)/\(version)"))
-                            pending.answer(response)
-                        case .stored(let view):
-                            pending.answer(.json(status: 200, view))
-                        }
-                    } catch {
-                        pending.answer(error.http.response)
-                    }
-                }
-                return .parked
-            },
-            Route(.GET, "/v1/releases/{agent}", scope: .operator) { [releases] (request) throws(HTTPError) -> Reply in
-                let agent = try request.releaseAgent()
-                do throws(ReleaseRefusal) {
-                    return .respond(.json(try releases.list(agent: agent)))
-                } catch {
-                    throw error.http
-                }
-            },
-            Route(.GET, "/v1/releases/{agent}/{version}", scope: .operator) { [releases] (request) throws(HTTPError) -> Reply in
-                let (agent, version) = try request.release()
-                do throws(ReleaseRefusal) {
-                    return .respond(.json(try releases.view(agent: agent, version: version)))
-                } catch {
-                    throw error.http
-                }
-            },
-            Route(.DELETE, "/v1/releases/{agent}/{version}", scope: .operator) { [releases] (request) throws(HTTPError) -> Reply in
-                let (agent, version) = try request.release()
-                let by = request.by
-                let pending = request.park(deadline: .seconds(120)) {
-                    HTTPError(status: 503, code: "timeout", message: "removing the release took too long; see GET /v1/releases/{agent}").response
-                }
-                Task {
-                    do throws(ReleaseRefusal) {
-                        try await releases.delete(agent: agent, version: version, by: by)
-                        pending.answer(Response(status: 204))
-                    } catch {
-                        pending.answer(error.http.response)
-                    }
-                }
-                return .parked
-            },
-        ]
+            } catch {
+                pending.answer(error.http.response)
+            }
+        }
+        return .parked
+    }
+
+    /// `GET /v1/releases/{agent}`
+    func listReleases(_ request: Request) throws(HTTPError) -> Reply {
+        let agent = try request.releaseAgent()
+        do throws(ReleaseRefusal) {
+            return .respond(.json(try releases.list(agent: agent)))
+        } catch {
+            throw error.http
+        }
+    }
+
+    /// `GET /v1/releases/{agent}/{version}`
+    func getRelease(_ request: Request) throws(HTTPError) -> Reply {
+        let (agent, version) = try request.release()
+        do throws(ReleaseRefusal) {
+            return .respond(.json(try releases.view(agent: agent, version: version)))
+        } catch {
+            throw error.http
+        }
+    }
+
+    /// `DELETE /v1/releases/{agent}/{version}`
+    func deleteRelease(_ request: Request) throws(HTTPError) -> Reply {
+        let (agent, version) = try request.release()
+        let by = request.by
+        let pending = request.park(deadline: .seconds(120)) {
+            HTTPError(status: 503, code: "timeout", message: "removing the release took too long; see GET /v1/releases/{agent}").response
+        }
+        Task {
+            do throws(ReleaseRefusal) {
+                try await releases.delete(agent: agent, version: version, by: by)
+                pending.answer(Response(status: 204))
+            } catch {
+                pending.answer(error.http.response)
+            }
+        }
+        return .parked
     }
 }
 

@@ -6,28 +6,29 @@ import BatonSupervisor
 struct VersionRoutes: Sendable {
     let rollouts: Rollouts
 
-    var routes: [Route] {
-        [
-            Route(.GET, "/v1/version", scope: .operator) { [rollouts] _ in .respond(.json(rollouts.view)) },
-            Route(.PUT, "/v1/version", scope: .operator, takesBody: true) { [rollouts] (request) throws(HTTPError) -> Reply in
-                let body = try request.decodeJSON(VersionRequest.self)
-                guard Names.isValidVersion(body.version) else {
-                    throw HTTPError(status: 422, code: "invalid_version", message: "\(WireJSON.quote(body.version)) is not a valid version")
-                }
-                let by = request.by
-                let pending = request.park(deadline: .seconds(60)) {
-                    HTTPError(status: 503, code: "timeout", message: "the rollout was not recorded in time; see GET /v1/version").response
-                }
-                Task {
-                    do throws(RolloutRefusal) {
-                        pending.answer(.json(status: 202, try await rollouts.begin(version: body.version, barrier: body.barrier ?? false, by: by)))
-                    } catch {
-                        pending.answer(error.http.response)
-                    }
-                }
-                return .parked
-            },
-        ]
+    /// `GET /v1/version`
+    func getVersion(_ request: Request) throws(HTTPError) -> Reply {
+        .respond(.json(rollouts.view))
+    }
+
+    /// `PUT /v1/version`
+    func setVersion(_ request: Request) throws(HTTPError) -> Reply {
+        let body = try request.decodeJSON(VersionRequest.self)
+        guard Names.isValidVersion(body.version) else {
+            throw HTTPError(status: 422, code: "invalid_version", message: "\(WireJSON.quote(body.version)) is not a valid version")
+        }
+        let by = request.by
+        let pending = request.park(deadline: .seconds(60)) {
+            HTTPError(status: 503, code: "timeout", message: "the rollout was not recorded in time; see GET /v1/version").response
+        }
+        Task {
+            do throws(RolloutRefusal) {
+                pending.answer(.json(status: 202, try await rollouts.begin(version: body.version, barrier: body.barrier ?? false, by: by)))
+            } catch {
+                pending.answer(error.http.response)
+            }
+        }
+        return .parked
     }
 }
 

@@ -1,3 +1,4 @@
+import BatonWire
 import Foundation
 import Glibc
 
@@ -30,31 +31,15 @@ import Glibc
 /// thread of their own when the agent has other things to do. The value is immutable
 /// and can be shared between threads.
 public struct BatonAgent: Sendable {
-    /// What batond tells an instance. Level-triggered: it holds until batond changes it.
-    public enum Signal: String, Sendable, Codable, CaseIterable, CustomStringConvertible {
-        /// Not (yet) allowed to work: before `ready`, or ready while another instance works.
-        case wait
-        /// Work.
-        case go
-        /// Finish the work, report ``BatonAgent/stopped()``, exit 0.
-        case stop
-
-        public var description: String { rawValue }
-    }
+    /// What batond tells an instance. Level-triggered: it holds until batond changes it:
+    /// `wait` (not yet allowed to work: before `ready`, or ready while another instance
+    /// works), `go` (work), `stop` (finish the work, report ``BatonAgent/stopped()``, exit 0).
+    public typealias Signal = AgentSignal
 
     /// The agent's desired version while it is not this instance's own, as a signal
     /// answer carries it: for an agent that fetches its own release (see
     /// docs/agent-protocol.md, "Agents that fetch their own release").
-    public struct Desired: Sendable, Equatable, Decodable {
-        public let version: String
-        /// SHA-256 (hex) and source of the release, when batond knows them.
-        public let sha256: String?
-        public let url: String?
-
-        public init(version: String, sha256: String? = nil, url: String? = nil) {
-            self.version = version; self.sha256 = sha256; self.url = url
-        }
-    }
+    public typealias Desired = DesiredVersion
 
     /// A signal answer: the signal, and the desired version when it is not this instance's.
     public struct Update: Sendable, Equatable {
@@ -213,8 +198,7 @@ public struct BatonAgent: Sendable {
     /// should then exit non-zero; batond never makes this version current. batond keeps
     /// the first 4096 characters of `reason`. `timeout` as for ``ready(timeout:)``.
     public func failed(reason: String, timeout: Duration? = nil) throws -> Signal {
-        struct Body: Encodable { let reason: String }
-        let body = try JSONEncoder().encode(Body(reason: reason))
+        let body = try WireJSON.encoder.encode(FailedReport(reason: reason))
         return try post("failed", body: Array(body), timeout: timeout)
     }
 
@@ -302,13 +286,11 @@ public struct BatonAgent: Sendable {
         agent: String, version: String, pid: Int32 = getpid(), registrationToken: String, endpoint: Endpoint,
         diagnostics: (@Sendable (String) -> Void)? = nil, retryPolicy: RetryPolicy = .standard
     ) throws -> BatonAgent {
-        struct Body: Encodable { let pid: Int32; let version: String }
-        struct Answer: Decodable { let instance: String; let token: String }
-        let body = try JSONEncoder().encode(Body(pid: pid, version: version))
+        let body = try WireJSON.encoder.encode(RegistrationRequest(pid: pid, version: version))
         let response = try perform(
             endpoint: endpoint, token: registrationToken, method: "POST",
             target: "/v1/agents/\(pathSegment(agent))/instances", body: Array(body), timeout: .seconds(70))
-        guard let answer = try? JSONDecoder().decode(Answer.self, from: Data(response.body)) else {
+        guard let answer = try? WireJSON.decoder.decode(Registration.self, from: Data(response.body)) else {
             throw BatonAgentError.malformedResponse("registration answer without instance and token")
         }
         return BatonAgent(
@@ -370,12 +352,8 @@ public struct BatonAgent: Sendable {
             throw BatonAgentError.transport("\(endpoint): \(error.description)")
         }
         guard (200..<300).contains(response.status) else {
-            struct ErrorShape: Decodable {
-                struct Inner: Decodable { let code: String; let message: String? }
-                let error: Inner
-            }
-            if let shape = try? JSONDecoder().decode(ErrorShape.self, from: Data(response.body)) {
-                throw BatonAgentError.server(status: response.status, code: shape.error.code, message: shape.error.message ?? "")
+            if let shape = try? WireJSON.decoder.decode(ErrorBody.self, from: Data(response.body)) {
+                throw BatonAgentError.server(status: response.status, code: shape.error.code, message: shape.error.message)
             }
             let text = String(decoding: response.body.prefix(200), as: UTF8.self)
             throw BatonAgentError.server(status: response.status, code: "http_\(response.status)", message: text)
@@ -384,15 +362,11 @@ public struct BatonAgent: Sendable {
     }
 
     private func decodeUpdate(_ response: HTTPResponse) throws -> Update {
-        struct Answer: Decodable { let signal: String; let desired: Desired? }
-        guard let answer = try? JSONDecoder().decode(Answer.self, from: Data(response.body)) else {
+        guard let answer = try? WireJSON.decoder.decode(SignalView.self, from: Data(response.body)) else {
             let text = String(decoding: response.body.prefix(200), as: UTF8.self)
-            throw BatonAgentError.malformedResponse("no signal in the answer: \(text)")
+            throw BatonAgentError.malformedResponse("no known signal in the answer: \(text)")
         }
-        guard let signal = Signal(rawValue: answer.signal) else {
-            throw BatonAgentError.malformedResponse("unknown signal \"\(answer.signal)\"")
-        }
-        return Update(signal: signal, desired: answer.desired)
+        return Update(signal: answer.signal, desired: answer.desired)
     }
 
     /// Percent-encodes everything but unreserved characters (names never need it).

@@ -42,6 +42,10 @@ public struct BatondConfig: Sendable, Equatable {
         public var agentConnectionsPerPeer = 8
         /// Parked `GET /v1/events` long-polls, over every listener.
         public var maxEventWaiters = 100
+        /// Open `GET /v1/events` Server-Sent Events streams, over every listener.
+        public var maxEventStreams = 2000
+        /// How often each stream gets a keepalive comment.
+        public var eventStreamKeepalive: Duration = .seconds(15)
         public var maxBodyBytes = 1 << 20
         public var maxWait: Duration = .seconds(300)
         /// Whether /healthz, /readyz and /metrics answer without credentials.

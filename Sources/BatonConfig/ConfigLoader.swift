@@ -135,11 +135,13 @@ private struct Reader {
             config.operatorGroup = try group(daemon, "operator_group", path: path)
             if let stop = try bool(daemon, "stop_agents_on_exit", path: path) { config.stopAgentsOnExit = stop }
         }
+        var streamsGiven = false
         if let http = try table(root, "http", path: []) {
             let path = ["http"]
             try only(http, path, allowed: ["max_connections", "connection_timeout", "request_head_timeout",
                                            "request_body_timeout", "agent_max_connections", "agent_connections_per_peer",
-                                           "max_event_waiters", "max_body_bytes", "max_wait", "probes_open"])
+                                           "max_event_waiters", "max_event_streams", "event_stream_keepalive",
+                                           "max_body_bytes", "max_wait", "probes_open"])
             if let value = try int(http, "max_connections", path: path, range: 1...1_000_000) { config.http.maxConnections = value }
             if let value = try duration(http, "connection_timeout", path: path, range: .seconds(1) ... .seconds(3600)) {
                 config.http.connectionTimeout = value
@@ -162,10 +164,22 @@ private struct Reader {
             } else {
                 config.http.maxEventWaiters = min(config.http.maxEventWaiters, config.http.maxConnections / 2)
             }
+            if let value = try int(http, "max_event_streams", path: path, range: 0...1_000_000) {
+                guard value < config.http.maxConnections else {
+                    throw error(path + ["max_event_streams"], "must be below http.max_connections (\(config.http.maxConnections)): open streams must leave room for other requests")
+                }
+                config.http.maxEventStreams = value
+                streamsGiven = true
+            }
+            if let value = try duration(http, "event_stream_keepalive", path: path, range: .milliseconds(100) ... .seconds(3600)) {
+                config.http.eventStreamKeepalive = value
+            }
             if let value = try int(http, "max_body_bytes", path: path, range: 1024...(64 << 20)) { config.http.maxBodyBytes = value }
             if let value = try duration(http, "max_wait", path: path, range: .seconds(1) ... .seconds(3600)) { config.http.maxWait = value }
             if let value = try bool(http, "probes_open", path: path) { config.http.probesOpen = value }
         }
+        // Below the listener's limit unless set: streams must leave room for other requests.
+        if !streamsGiven { config.http.maxEventStreams = min(config.http.maxEventStreams, config.http.maxConnections / 2) }
         if let ledger = try table(root, "ledger", path: []) {
             let path = ["ledger"]
             try only(ledger, path, allowed: ["snapshot_every", "retain_records"])

@@ -44,7 +44,7 @@ public struct LedgerState: Codable, Sendable, Equatable {
         case .handoffBegan(let e):
             agents[e.agent, default: AgentLedger()].handoffsBegun += 1
             agents[e.agent, default: AgentLedger()].handoff =
-                .init(id: e.handoff, from: e.from, to: e.to, mode: e.mode, phase: "began", startedAt: at)
+                .init(id: e.handoff, from: e.from, to: e.to, mode: e.mode, phase: "began", startedAt: at, by: e.by)
         case .handoffPhase(let e):
             if agents[e.agent]?.handoff?.id == e.handoff { agents[e.agent]?.handoff?.phase = e.phase }
         case .handoffEnded(let e):
@@ -52,7 +52,7 @@ public struct LedgerState: Codable, Sendable, Equatable {
             if let active = agent.handoff, active.id == e.handoff {
                 agent.history.append(.init(id: active.id, from: active.from, to: active.to, mode: active.mode,
                                            startedAt: active.startedAt, endedAt: at, outcome: e.outcome,
-                                           gapMs: e.gapMs, error: e.error))
+                                           gapMs: e.gapMs, error: e.error, by: active.by))
                 if agent.history.count > Self.historyLimit { agent.history.removeFirst(agent.history.count - Self.historyLimit) }
                 if e.outcome == .committed { agent.running = .init(version: active.to, since: at) }
                 agent.handoff = nil
@@ -202,74 +202,6 @@ public struct AgentLedger: Codable, Sendable, Equatable {
     }
 }
 
-public struct DesiredVersion: Codable, Sendable, Equatable {
-    public var version: String
-    public var mode: HandoffMode
-    public var setAt: Timestamp
-    public var setBy: String
-    /// Where the release is and its digest, for an agent that fetches its own release:
-    /// as the desired request gave them, or (in views) from the stored release's
-    /// `release.json`. Absent when unknown.
-    public var sha256: String?
-    public var url: String?
-
-    public init(version: String, mode: HandoffMode, setAt: Timestamp, setBy: String, sha256: String? = nil, url: String? = nil) {
-        self.version = version; self.mode = mode; self.setAt = setAt; self.setBy = setBy; self.sha256 = sha256; self.url = url
-    }
-}
-
-public struct RunningVersion: Codable, Sendable, Equatable {
-    public var version: String
-    public var since: Timestamp
-
-    public init(version: String, since: Timestamp) {
-        self.version = version
-        self.since = since
-    }
-}
-
-public struct LastError: Codable, Sendable, Equatable {
-    public var reason: String
-    public var at: Timestamp
-    public var stderrTail: String
-    public var handoff: String?
-
-    // Every field present, `handoff` null when no handoff was involved: the agent view
-    // serves this as it is, and the contract lists every field.
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(reason, forKey: .reason)
-        try c.encode(at, forKey: .at)
-        try c.encode(stderrTail, forKey: .stderrTail)
-        try c.encode(handoff, forKey: .handoff)
-    }
-}
-
-/// batond handed back from `from` to `to` by itself: `from` crash-looped.
-public struct RewoundRelease: Codable, Sendable, Equatable {
-    public var from: String
-    public var to: String
-    public var reason: String
-    public var at: Timestamp
-    public var exits: Int
-    public var windowMs: Int64
-
-    public init(from: String, to: String, reason: String, at: Timestamp, exits: Int, windowMs: Int64) {
-        self.from = from; self.to = to; self.reason = reason; self.at = at; self.exits = exits; self.windowMs = windowMs
-    }
-}
-
-/// batond gave up on `version`: an irreversible release that crash-looped.
-public struct FailedRelease: Codable, Sendable, Equatable {
-    public var version: String
-    public var reason: String
-    public var at: Timestamp
-
-    public init(version: String, reason: String, at: Timestamp) {
-        self.version = version; self.reason = reason; self.at = at
-    }
-}
-
 public struct ActiveHandoff: Codable, Sendable, Equatable {
     public var id: String
     public var from: String?
@@ -277,6 +209,7 @@ public struct ActiveHandoff: Codable, Sendable, Equatable {
     public var mode: HandoffMode
     public var phase: String
     public var startedAt: Timestamp
+    public var by: String?
 }
 
 public struct HandoffSummary: Codable, Sendable, Equatable {
@@ -289,6 +222,7 @@ public struct HandoffSummary: Codable, Sendable, Equatable {
     public var outcome: HandoffOutcome
     public var gapMs: Double?
     public var error: String?
+    public var by: String?
 }
 
 public struct InstanceLedger: Codable, Sendable, Equatable {

@@ -77,6 +77,32 @@ public enum LedgerEvent: Sendable, Equatable {
         }
     }
 
+    /// The agent the record is about, nil for records about the daemon, a rollout as a
+    /// whole or the ledger (what `GET /v1/events?agent=` filters on).
+    public var agent: String? {
+        switch self {
+        case .agentDesired(let e): e.agent
+        case .handoffBegan(let e): e.agent
+        case .handoffPhase(let e): e.agent
+        case .handoffEnded(let e): e.agent
+        case .instanceSpawned(let e): e.agent
+        case .instanceReady(let e), .instanceStopped(let e): e.agent
+        case .instanceExited(let e): e.agent
+        case .instanceSignal(let e): e.agent
+        case .agentError(let e): e.agent
+        case .releaseCurrent(let e): e.agent
+        case .releaseStored(let e): e.agent
+        case .releaseDeleted(let e): e.agent
+        case .releaseFetchFailed(let e): e.agent
+        case .rolloutStep(let e): e.agent
+        case .agentRewound(let e): e.agent
+        case .agentFailed(let e): e.agent
+        case .daemonStarted, .daemonStopped, .rolloutBegan, .rolloutEnded, .ledgerCut, .daemonUpgradeBegan,
+             .daemonUpgraded, .daemonUpgradeFailed, .unknown:
+            nil
+        }
+    }
+
     /// The schema version this build writes for each kind.
     public var version: Int {
         if case .unknown(_, let version) = self { return version }
@@ -110,10 +136,6 @@ public struct DaemonStopped: Codable, Sendable, Equatable {
     public init(pid: Int32, reason: String) { self.pid = pid; self.reason = reason }
 }
 
-public enum HandoffMode: String, Codable, Sendable, CaseIterable {
-    case parallel, sequential
-}
-
 public struct AgentDesired: Codable, Sendable, Equatable {
     public var agent: String
     public var version: String
@@ -134,8 +156,11 @@ public struct HandoffBegan: Codable, Sendable, Equatable {
     public var from: String?
     public var to: String
     public var mode: HandoffMode
-    public init(handoff: String, agent: String, from: String?, to: String, mode: HandoffMode) {
-        self.handoff = handoff; self.agent = agent; self.from = from; self.to = to; self.mode = mode
+    /// Who asked for it: the desired version's `by`, or `batond` when batond began it by
+    /// itself (a rewind). Absent from records written before it was kept.
+    public var by: String?
+    public init(handoff: String, agent: String, from: String?, to: String, mode: HandoffMode, by: String? = nil) {
+        self.handoff = handoff; self.agent = agent; self.from = from; self.to = to; self.mode = mode; self.by = by
     }
 }
 
@@ -146,12 +171,6 @@ public struct HandoffPhase: Codable, Sendable, Equatable {
     public init(handoff: String, agent: String, phase: String) {
         self.handoff = handoff; self.agent = agent; self.phase = phase
     }
-}
-
-public enum HandoffOutcome: String, Codable, Sendable, CaseIterable {
-    case committed, failed, reverted
-    /// batond itself stopped before the handoff ended.
-    case cancelled
 }
 
 public struct HandoffEnded: Codable, Sendable, Equatable {

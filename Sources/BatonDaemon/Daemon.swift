@@ -116,6 +116,8 @@ public struct Daemon: Sendable {
         httpConfiguration.connectionTimeoutSeconds = UInt32(max(1, config.http.connectionTimeout.components.seconds))
         httpConfiguration.requestHeadTimeout = config.http.requestHeadTimeout
         httpConfiguration.requestBodyTimeout = config.http.requestBodyTimeout
+        httpConfiguration.maxStreams = config.http.maxEventStreams
+        httpConfiguration.streamKeepalive = config.http.eventStreamKeepalive
         let server = api.makeServer(configuration: httpConfiguration)
         let agentPolicy = ListenerPolicy(
             maxConnections: config.http.agentMaxConnections, maxConnectionsPerPeer: config.http.agentConnectionsPerPeer,

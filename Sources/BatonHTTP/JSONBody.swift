@@ -1,4 +1,5 @@
 import Foundation
+import BatonWire
 
 /// A request body that is a JSON object with a closed set of fields: the spec's
 /// `additionalProperties: false`. Any other field is refused, not ignored.

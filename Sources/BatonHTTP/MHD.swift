@@ -6,7 +6,8 @@ import Logging
 import Synchronization
 
 // The only Swift file that talks to libmicrohttpd. Everything here runs on a daemon's
-// polling thread except `Pending.answer` (any thread), which only resumes a connection.
+// polling thread except `Pending.answer` and `OpenStream.poke` (any thread), which only
+// resume a connection.
 
 /// An HTTP server over libmicrohttpd: one daemon (one polling thread, epoll) per
 /// listening socket, all serving the same router.
@@ -29,12 +30,19 @@ public final class HTTPServer: Sendable {
         /// after every request, so it is a per-request cost: 32 KiB (its default) holds any
         /// sane head; bodies are gathered outside it.
         public var connectionMemoryLimit = 32 * 1024
+        /// Most streamed answers (`Reply.stream`) open at once, over every listener; one
+        /// more is answered 503 `too_many_streams`.
+        public var maxStreams = 2000
+        /// Every open stream sends its source's keepalive bytes this often.
+        public var streamKeepalive: Duration = .seconds(15)
 
         public init() {}
     }
 
-    /// Called once per answered request, for metrics; `route` is nil when none matched.
-    public typealias Observer = @Sendable (_ route: Route?, _ method: String, _ status: Int) -> Void
+    /// Called once per answered request, for metrics; `route` is nil when none matched;
+    /// `duration` runs from the request's head received to its answer queued (a parked
+    /// request's wait included).
+    public typealias Observer = @Sendable (_ route: Route?, _ method: String, _ status: Int, _ duration: Duration) -> Void
 
     let configuration: Configuration
     let router: Router
@@ -45,8 +53,11 @@ public final class HTTPServer: Sendable {
 
     private let daemons = Mutex<[DaemonContext]>([])
     private let parked = Mutex(ParkedRequests())
-    /// Closes connections past their head or body deadline; started by the first `serve`.
-    private let sweeper = Mutex<(any DispatchSourceTimer)?>(nil)
+    /// The streamed answers in flight. The lock is held while their sockets are peeked.
+    private let streams = Mutex<[ObjectIdentifier: OpenStream]>([:])
+    /// Closes connections past their head or body deadline, and ticks the streams'
+    /// keepalives; started by the first `serve`.
+    private let sweeper = Mutex<[any DispatchSourceTimer]>([])
     private let openExchanges = Atomic<Int>(0)
     private let drained = DispatchSemaphore(value: 0)
     let draining = Atomic<Bool>(false)
@@ -56,7 +67,7 @@ public final class HTTPServer: Sendable {
 
     public init(configuration: Configuration = .init(), router: Router,
                 admission: @escaping Admission = { _ in nil },
-                observer: @escaping Observer = { _, _, _ in },
+                observer: @escaping Observer = { _, _, _, _ in },
                 logger: Logger) {
         self.configuration = configuration
         self.router = router
@@ -94,6 +105,18 @@ public final class HTTPServer: Sendable {
     /// Number of parked requests (long-polls) right now.
     public var parkedCount: Int { parked.withLock { $0.all.count } }
 
+    /// Number of streamed answers (Server-Sent Events) open right now.
+    public var streamCount: Int { streams.withLock { $0.count } }
+
+    /// Tells every open stream that its source may have more to say (it asks it). The
+    /// streams are woken from the server's own queue: the caller (the ledger's writer,
+    /// whose next acknowledgements wait for it) never waits for a thousand resumes.
+    public func wakeStreams() {
+        deadlines.async { [self] in
+            for stream in streams.withLock({ Array($0.values) }) { stream.poke(.news) }
+        }
+    }
+
     /// Each listener served, in the order served: its connections now and those closed
     /// by its limits and deadlines.
     public var listenerStats: [ListenerStats] {
@@ -104,14 +127,21 @@ public final class HTTPServer: Sendable {
 
     private func startSweeping() {
         sweeper.withLock { sweeper in
-            guard sweeper == nil else { return }
+            guard sweeper.isEmpty else { return }
             let shortest = min(configuration.requestHeadTimeout, configuration.requestBodyTimeout)
             let interval = max(Duration.milliseconds(50), min(shortest / 4, .seconds(1)))
             let timer = DispatchSource.makeTimerSource(queue: deadlines)
             timer.schedule(deadline: .now() + interval.dispatch, repeating: interval.dispatch, leeway: .milliseconds(10))
             timer.setEventHandler { [weak self] in self?.closeOverdue() }
             timer.resume()
-            sweeper = timer
+            let keepalive = DispatchSource.makeTimerSource(queue: deadlines)
+            let every = configuration.streamKeepalive.dispatch
+            keepalive.schedule(deadline: .now() + every, repeating: every, leeway: .milliseconds(10))
+            keepalive.setEventHandler { [weak self] in
+                for stream in self?.streams.withLock({ Array($0.values) }) ?? [] { stream.poke(.keepalive) }
+            }
+            keepalive.resume()
+            sweeper = [timer, keepalive]
         }
     }
 
@@ -133,6 +163,12 @@ public final class HTTPServer: Sendable {
                 logger.debug("closed connections past their request deadline", metadata: ["count": "\(closed)"])
             }
         }
+        // A suspended stream's connection is out of libmicrohttpd's sight: a client that
+        // left is seen here (a peek reads end of file) and its stream dropped. Peeked under
+        // the streams' lock, which a stream's end takes before libmicrohttpd closes its
+        // socket (so no descriptor is reused meanwhile); poked after it.
+        let gone = streams.withLock { $0.values.filter { Self.peerClosed($0.fd) } }
+        for stream in gone { stream.poke(.end(.abort)) }
     }
 
     /// Whether the client of `fd` closed its side and everything it sent was read: a
@@ -146,7 +182,7 @@ public final class HTTPServer: Sendable {
     /// `grace` for answers in flight to be sent, then stops every daemon.
     public func shutdown(grace: Duration = .seconds(5)) {
         guard !draining.exchange(true, ordering: .sequentiallyConsistent) else { return }
-        sweeper.withLock { $0?.cancel() }
+        sweeper.withLock { for timer in $0 { timer.cancel() } }
         let contexts = daemons.withLock { $0 }
         for context in contexts {
             // Quiescing hands the listening socket back; the listener's owner closes it.
@@ -155,6 +191,7 @@ public final class HTTPServer: Sendable {
         for pending in parked.withLock({ Array($0.all.values) }) {
             pending.expire()
         }
+        endStreams()
         let deadline = DispatchTime.now() + grace.dispatch
         while openExchanges.load(ordering: .sequentiallyConsistent) > 0 {
             if drained.wait(timeout: deadline) == .timedOut {
@@ -189,6 +226,7 @@ public final class HTTPServer: Sendable {
         for pending in parked.withLock({ Array($0.all.values) }) {
             pending.expire()
         }
+        endStreams()
         // A connection answered just before the quiesce sends its next request at once and
         // gets `Connection: close`; one that stays silent this long is idle: closing it
         // cannot cut a request short.
@@ -257,6 +295,25 @@ public final class HTTPServer: Sendable {
             return displaced
         }
         displaced?.expire()
+    }
+
+    /// Takes a new stream in, within `maxStreams`: past it, throws 503 `too_many_streams`.
+    func admit(_ stream: OpenStream) throws(HTTPError) {
+        try streams.withLock { (streams) throws(HTTPError) in
+            guard streams.count < configuration.maxStreams else { throw HTTPError.tooManyStreams }
+            streams[ObjectIdentifier(stream)] = stream
+        }
+    }
+
+    /// The stream's request ended (its client left, or its body was ended).
+    func ended(_ stream: OpenStream) {
+        _ = streams.withLock { $0.removeValue(forKey: ObjectIdentifier(stream)) }
+    }
+
+    /// Ends every open stream properly (the server stops serving): each client reads the
+    /// end of the body, and reconnects to whoever serves next.
+    private func endStreams() {
+        for stream in streams.withLock({ Array($0.values) }) { stream.poke(.end(.finish)) }
     }
 
     func forget(_ pending: Pending, group: String?) {
@@ -381,6 +438,8 @@ final class Exchange {
     private var answered = false
     private var tooLarge = false
     private var pending: Pending?
+    /// The streamed answer being sent, if the route streams one.
+    private var stream: OpenStream?
     /// A streamed body's sink, the bytes it took, and why it stopped taking them.
     private var sink: (any BodySink)?
     private var streamedBytes = 0
@@ -390,6 +449,7 @@ final class Exchange {
     /// For metrics: the matched route (nil for none) and the method as sent.
     private var route: Route?
     private var method = ""
+    private let received = ContinuousClock.now
 
     init(context: DaemonContext, connection: OpaquePointer) {
         self.server = context.server
@@ -456,6 +516,7 @@ final class Exchange {
         request = nil
         body = []
         sink = nil
+        if let stream = stream.take() { server.ended(stream) }
     }
 
     /// Later calls: body chunks, then the final call (size 0), or the call after a resume.
@@ -531,7 +592,34 @@ final class Exchange {
             }
             if server.draining.load(ordering: .relaxed) || server.handingOver.load(ordering: .relaxed) { pending.expire() }
             return deliver(pending)
+        case .stream(let streamed):
+            return open(streamed)
         }
+    }
+
+    /// Queues a body without end, which `OpenStream` writes as its source has something
+    /// to say.
+    private func open(_ streamed: StreamedResponse) -> MHD_Result {
+        if server.draining.load(ordering: .relaxed) || server.handingOver.load(ordering: .relaxed) {
+            return queue(HTTPError.shuttingDown.response)
+        }
+        let stream = OpenStream(source: streamed.source, connection: connection)
+        do { try server.admit(stream) } catch { return queue(error.response) }
+        self.stream = stream
+        answered = true
+        // The response holds the stream until libmicrohttpd frees it (`streamFreed`).
+        guard let response = MHD_create_response_from_callback(baton_mhd_size_unknown, 1024, streamReader,
+                                                                Unmanaged.passRetained(stream).toOpaque(), streamFreed)
+        else {
+            return .NO
+        }
+        defer { MHD_destroy_response(response) }
+        for (name, value) in streamed.headers {
+            _ = MHD_add_response_header(response, name, value)
+        }
+        // Counted when it opens (the stream's duration has no end to measure).
+        server.observer(route, method, 200, ContinuousClock.now - received)
+        return MHD_queue_response(connection, 200, response)
     }
 
     /// Queues the pending answer if there is one, or suspends the connection until there is.
@@ -585,7 +673,7 @@ final class Exchange {
         if server.handingOver.load(ordering: .relaxed) && !response.headers.contains(where: { $0.name == "Connection" }) {
             _ = MHD_add_response_header(mhdResponse, "Connection", "close")
         }
-        server.observer(route, method, response.status)
+        server.observer(route, method, response.status, ContinuousClock.now - received)
         return MHD_queue_response(connection, UInt32(response.status), mhdResponse)
     }
 
@@ -602,6 +690,86 @@ final class Exchange {
     private func peer() -> Peer {
         guard context.isUnix else { return .tcp }
         return .unix(peerCredentials(baton_mhd_connection_fd(connection)))
+    }
+}
+
+// MARK: - Streamed answers
+
+/// libmicrohttpd asks an open stream for more of its body, on the daemon's thread.
+private let streamReader: MHD_ContentReaderCallback = { cls, _, buffer, max in
+    guard let cls, let buffer else { return baton_mhd_reader_abort }
+    return Unmanaged<OpenStream>.fromOpaque(cls).takeUnretainedValue().read(into: buffer, max: max)
+}
+
+private let streamFreed: MHD_ContentReaderFreeCallback = { cls in
+    guard let cls else { return }
+    Unmanaged<OpenStream>.fromOpaque(cls).release()
+}
+
+/// One streamed answer in flight: what its source gave that libmicrohttpd has not taken
+/// yet, and what wakes its connection when it sleeps (suspended, holding no thread).
+final class OpenStream: Sendable {
+    let source: any StreamSource
+    /// The connection's socket, peeked by the sweep to see a client that left.
+    let fd: Int32
+    /// The `MHD_Connection*`, as an integer so the stream stays Sendable.
+    private let connection: UInt
+    private let wakeups = Mutex(StreamWakeups())
+    /// Bytes from the source not yet handed over, from `offset`. Only the daemon's
+    /// thread touches them (the reader); the lock keeps the type Sendable.
+    private let unsent = Mutex<(bytes: [UInt8], offset: Int)>(([], 0))
+
+    init(source: any StreamSource, connection: OpaquePointer) {
+        self.source = source
+        self.connection = UInt(bitPattern: connection)
+        self.fd = baton_mhd_connection_fd(connection)
+    }
+
+    /// Wakes the stream (from any thread): resumes its connection if it sleeps.
+    func poke(_ poke: StreamWakeups.Poke) {
+        let connection = self.connection
+        wakeups.withLock { wakeups in
+            if wakeups.poke(poke) { MHD_resume_connection(OpaquePointer(bitPattern: connection)) }
+        }
+    }
+
+    /// Copies up to `max` bytes of the body into `buffer`; when there is nothing to
+    /// send, suspends the connection (libmicrohttpd asks again once it is resumed) and
+    /// returns 0. Always reads from the source, never from what woke it: records that
+    /// came meanwhile are in what the source says.
+    func read(into buffer: UnsafeMutablePointer<CChar>, max: Int) -> Int {
+        while true {
+            let copied = unsent.withLock { unsent -> Int in
+                let count = min(max, unsent.bytes.count - unsent.offset)
+                guard count > 0 else { return 0 }
+                unsent.bytes.withUnsafeBytes { bytes in
+                    UnsafeMutableRawPointer(buffer).copyMemory(from: bytes.baseAddress! + unsent.offset, byteCount: count)
+                }
+                unsent.offset += count
+                if unsent.offset == unsent.bytes.count { unsent = ([], 0) }
+                return count
+            }
+            if copied > 0 { return copied }
+            let (ending, keepalive) = wakeups.withLock { $0.take() }
+            switch ending {
+            case .finish: return baton_mhd_reader_end
+            case .abort: return baton_mhd_reader_abort
+            case nil: break
+            }
+            var bytes = source.next()
+            if keepalive { bytes += source.keepalive }
+            if !bytes.isEmpty {
+                unsent.withLock { $0 = (bytes, 0) }
+                continue
+            }
+            let connection = self.connection
+            let suspended = wakeups.withLock { wakeups -> Bool in
+                guard wakeups.rest() else { return false }
+                MHD_suspend_connection(OpaquePointer(bitPattern: connection))
+                return true
+            }
+            if suspended { return 0 }
+        }
     }
 }
 

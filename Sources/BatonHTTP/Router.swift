@@ -5,11 +5,13 @@ public enum HTTPMethod: String, Sendable, Hashable, CaseIterable {
     case GET, HEAD, POST, PUT, PATCH, DELETE
 }
 
-/// What a handler does with a request: answer it now, or park it and answer it later
-/// through the `Pending` it got from `Request.park`.
+/// What a handler does with a request: answer it now, park it and answer it later
+/// through the `Pending` it got from `Request.park`, or stream an answer without end.
 public enum Reply: Sendable {
     case respond(Response)
     case parked
+    /// Past `Configuration.maxStreams` open streams, answered 503 `too_many_streams` instead.
+    case stream(StreamedResponse)
 }
 
 public typealias Handler = @Sendable (Request) throws(HTTPError) -> Reply

@@ -27,7 +27,11 @@ public final class Ledger: Sendable {
     public struct Metrics: Sendable {
         public var appends: UInt64 = 0
         public var batches: UInt64 = 0
-        public var fsyncSeconds = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1])
+        /// The fdatasync of each batch (its write excluded).
+        public var fsyncSeconds = Histogram(bounds: Self.latencyBounds)
+        /// Each successful append, from queued to durable: waiting for the batch before, the write, the fdatasync.
+        public var appendSeconds = Histogram(bounds: Self.latencyBounds)
+        static let latencyBounds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1]
         /// Writes or fsyncs that failed (each makes the ledger refuse records until it recovers).
         public var failures: UInt64 = 0
         /// Probe writes tried while failed, and those that succeeded.
@@ -59,8 +63,15 @@ public final class Ledger: Sendable {
         var snapshotSeq: UInt64
     }
 
+    /// One `append`: its records, who waits for them, and when it was queued (uptime ns).
+    private struct Entry {
+        var events: [LedgerEvent]
+        var completion: Completion
+        var queuedAt: UInt64
+    }
+
     private struct Queue {
-        var pending: [(events: [LedgerEvent], completion: Completion)] = []
+        var pending: [Entry] = []
         var closing = false
         var failure: LedgerError?
         var failedSince: Timestamp?
@@ -70,7 +81,7 @@ public final class Ledger: Sendable {
     /// Published state: read by any thread, replaced by the writer after each batch.
     private struct Published {
         var state: LedgerState
-        var recent: [(seq: UInt64, line: [UInt8])]
+        var recent: [RetainedRecord]
         var journalRecords: Int
         var snapshotSeq: UInt64
         var metrics = Metrics()
@@ -106,10 +117,10 @@ public final class Ledger: Sendable {
             state = try Self.decodeSnapshot(bytes[...], path: snapshotPath)
             snapshotSeq = state.lastSeq
         }
-        var recent: [(seq: UInt64, line: [UInt8])] = []
+        var recent: [RetainedRecord] = []
         func keep(_ record: Record, _ line: [UInt8]) {
             state.apply(record)
-            recent.append((record.seq, line))
+            recent.append(RetainedRecord(record, line: line))
             if recent.count > 2 * options.retainRecords { recent.removeFirst(recent.count - options.retainRecords) }
         }
         let replay = try Self.replay(journal: journalPath, snapshot: snapshotPath, after: snapshotSeq, keep)
@@ -149,14 +160,26 @@ public final class Ledger: Sendable {
         }
     }
 
-    /// The raw record lines with `seq > after`, up to `limit`, from the in-memory window.
-    public func records(after: UInt64, limit: Int) -> (lines: [[UInt8]], lastSeq: UInt64, oldestSeq: UInt64) {
+    /// The records with `seq > after` (those about `agent` only, when given), up to
+    /// `limit`, from the in-memory window.
+    public func records(after: UInt64, limit: Int, agent: String? = nil) -> RecordWindow {
         published.withLock { published in
             let recent = published.recent
             let oldest = recent.first?.seq ?? (published.state.lastSeq + 1)
-            let firstIndex = recent.firstIndex { $0.seq > after } ?? recent.endIndex
-            let lines = recent[firstIndex...].prefix(limit).map(\.line)
-            return (lines, published.state.lastSeq, oldest)
+            // Seqs ascend: a binary search, since a thousand streams read at each commit.
+            var low = recent.startIndex, high = recent.endIndex
+            while low < high {
+                let middle = (low + high) / 2
+                if recent[middle].seq > after { high = middle } else { low = middle + 1 }
+            }
+            var records: [RetainedRecord] = []
+            var scanned = after
+            for record in recent[low...] {
+                guard records.count < limit else { break }
+                scanned = record.seq
+                if agent == nil || record.agent == agent { records.append(record) }
+            }
+            return RecordWindow(records: records, scanned: scanned, lastSeq: published.state.lastSeq, oldestSeq: oldest)
         }
     }
 
@@ -178,7 +201,7 @@ public final class Ledger: Sendable {
         let refused: LedgerError? = queue.withLock { queue in
             if let failure = queue.failure { return failure }
             if queue.closing { return .closed }
-            queue.pending.append((events, completion))
+            queue.pending.append(Entry(events: events, completion: completion, queuedAt: DispatchTime.now().uptimeNanoseconds))
             return nil
         }
         if let refused { completion(.failure(refused)) } else { wake.signal() }
@@ -242,12 +265,12 @@ public final class Ledger: Sendable {
         finished.signal()
     }
 
-    private func commit(_ batch: [(events: [LedgerEvent], completion: Completion)]) {
+    private func commit(_ batch: [Entry]) {
         var nextSeq = published.withLock { $0.state.lastSeq } + 1
         let now = Timestamp.now()
         var bytes: [UInt8] = []
         var records: [[Record]] = []
-        var lines: [(seq: UInt64, line: [UInt8])] = []
+        var lines: [RetainedRecord] = []
         for entry in batch {
             var group: [Record] = []
             for event in entry.events {
@@ -256,14 +279,15 @@ public final class Ledger: Sendable {
                 nextSeq += 1
                 bytes += line
                 group.append(record)
-                lines.append((record.seq, line))
+                lines.append(RetainedRecord(record, line: line))
             }
             records.append(group)
         }
-        let started = DispatchTime.now().uptimeNanoseconds
+        var syncStarted: UInt64 = 0
         let written: Result<Void, LedgerError> = writer.withLock { writer in
             do throws(LedgerError) {
                 try Files.writeAll(writer.fd, bytes, path: journalPath, io: options.io)
+                syncStarted = DispatchTime.now().uptimeNanoseconds
                 try Files.sync(writer.fd, path: journalPath, io: options.io)
                 writer.journalRecords += lines.count
                 return .success(())
@@ -271,7 +295,7 @@ public final class Ledger: Sendable {
                 return .failure(error)
             }
         }
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        let durable = DispatchTime.now().uptimeNanoseconds
         if case .failure(let error) = written {
             // After a failed write or fsync the kernel may have dropped the dirty pages and
             // the journal may end in part of this batch: nothing more goes to this journal.
@@ -293,7 +317,8 @@ public final class Ledger: Sendable {
             published.journalRecords += lines.count
             published.metrics.appends += UInt64(lines.count)
             published.metrics.batches += 1
-            published.metrics.fsyncSeconds.observe(seconds)
+            published.metrics.fsyncSeconds.observe(Double(durable - syncStarted) / 1e9)
+            for entry in batch { published.metrics.appendSeconds.observe(Double(durable - entry.queuedAt) / 1e9) }
             return published.state.lastSeq
         }
         for observer in observers.withLock({ $0 }) { observer(lastSeq) }
@@ -436,4 +461,38 @@ public final class Ledger: Sendable {
             throw .corruptSnapshot(path: path, detail: "\(error)")
         }
     }
+}
+
+/// A recent record as `GET /v1/events` serves it: its line as written, and what the
+/// route filters and names it by.
+public struct RetainedRecord: Sendable {
+    public let seq: UInt64
+    public let kind: String
+    public let agent: String?
+    /// The record's line, ending in `\n`.
+    public let line: [UInt8]
+
+    /// The record as one JSON object, without the line's end.
+    public var json: ArraySlice<UInt8> { line.last == UInt8(ascii: "\n") ? line.dropLast() : line[...] }
+
+    init(_ record: Record, line: [UInt8]) {
+        seq = record.seq
+        kind = record.event.kind
+        agent = record.event.agent
+        self.line = line
+    }
+}
+
+/// Part of the in-memory window of recent records.
+public struct RecordWindow: Sendable {
+    public var records: [RetainedRecord]
+    /// The newest seq this read looked at (the window's newest when it reached the end):
+    /// the next read starts after it, past records a filter left out.
+    public var scanned: UInt64
+    /// The newest record's seq.
+    public var lastSeq: UInt64
+    /// The oldest record still in the window (`lastSeq + 1` when it is empty).
+    public var oldestSeq: UInt64
+
+    public var lines: [[UInt8]] { records.map(\.line) }
 }

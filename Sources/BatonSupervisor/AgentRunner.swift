@@ -339,7 +339,7 @@ actor AgentRunner {
             let steps = [HandoffView.Step(phase: interrupted.phase, at: interrupted.startedAt)]
             flight = Flight(view: HandoffView(id: interrupted.id, agent: name, from: interrupted.from, to: interrupted.to,
                                               mode: interrupted.mode, phase: interrupted.phase, outcome: nil, error: nil, gapMs: nil,
-                                              startedAt: interrupted.startedAt, endedAt: nil, steps: steps),
+                                              startedAt: interrupted.startedAt, endedAt: nil, steps: steps, by: interrupted.by),
                             resumedAt: .now)
             publish()
             logger.notice("taking up a handoff left in flight", metadata: ["agent": "\(name)", "handoff.id": "\(interrupted.id)",
@@ -631,14 +631,14 @@ actor AgentRunner {
             runner.send(.timerFired(key, generation: generation))
         })
         if key == .restart {
-            context.stats.backingOff(agent: name, true)
+            context.stats.backingOff(agent: name, until: Timestamp(milliseconds: Timestamp.now().milliseconds + duration.milliseconds))
             logger.notice("restarting after backoff", metadata: ["agent": "\(name)", "delay": "\(duration)"])
         }
     }
 
     private func cancelTimer(_ key: Machine.TimerKey) {
         timers.removeValue(forKey: key)?.task.cancel()
-        if key == .restart { context.stats.backingOff(agent: name, false) }
+        if key == .restart { context.stats.backingOff(agent: name, until: nil) }
     }
 
     /// What the machine notes, in the ledger and in the handoff's view.
@@ -662,11 +662,14 @@ actor AgentRunner {
         case .handoffBegan(let from, let to, let mode):
             let id = nextHandoffID()
             let mode = HandoffMode(mode)
-            record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: to, mode: mode)))
+            // Asked for by whoever set the version it goes to; a rewind goes elsewhere.
+            let desired = context.ledger.state.agents[name]?.desired
+            let by = desired?.version == to ? desired?.setBy ?? "batond" : "batond"
+            record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: to, mode: mode, by: by)))
             var old: String?
             if case .handingOff(let run) = machine.state { old = run.roles[.old] }
             flight = Flight(view: HandoffView(id: id, agent: name, from: from, to: to, mode: mode, phase: "began", outcome: nil,
-                                              error: nil, gapMs: nil, startedAt: now, endedAt: nil, steps: [.init(phase: "began", at: now)]),
+                                              error: nil, gapMs: nil, startedAt: now, endedAt: nil, steps: [.init(phase: "began", at: now)], by: by),
                             old: old)
             publish()
             logger.info("handoff began", metadata: ["agent": "\(name)", "handoff.id": "\(id)", "from": "\(from ?? "-")", "to": "\(to)"])
@@ -679,6 +682,7 @@ actor AgentRunner {
             logger.info("handoff: \(Self.says(phase))", metadata: ["agent": "\(name)", "handoff.id": "\(id)", "phase": "\(phase.rawValue)"])
         case .rewound(let from, let to, let reason, let exits, let window):
             record(.agentRewound(.init(agent: name, from: from, to: to, reason: reason, exits: exits, windowMs: window.milliseconds)))
+            context.stats.rewound(agent: name)
             logger.error("crash loop: rewinding", metadata: ["agent": "\(name)", "from": "\(from)", "to": "\(to)", "reason": "\(reason)"])
         case .failed(let version, let reason):
             record(.agentFailed(.init(agent: name, version: version, reason: reason)))
@@ -695,7 +699,8 @@ actor AgentRunner {
             context.handoffs.store(flight.view)
             self.flight = nil
             record(.handoffEnded(.init(handoff: flight.view.id, agent: name, outcome: outcome, gapMs: flight.gapMs, error: error)))
-            context.stats.handoffEnded(agent: name, outcome: outcome, gapMs: flight.gapMs)
+            context.stats.handoffEnded(agent: name, mode: flight.view.mode, outcome: outcome, gapMs: flight.gapMs,
+                                       durationMs: max(0, now.milliseconds - flight.view.startedAt.milliseconds))
             logger.info("handoff ended", metadata: ["agent": "\(name)", "handoff.id": "\(flight.view.id)", "outcome": "\(outcome.rawValue)",
                                                     "gap_ms": "\(flight.gapMs.map { String($0) } ?? "-")"])
         }

@@ -2,13 +2,6 @@ import BatonCore
 import CBatonSpawn
 import Glibc
 
-/// What a registered process gets: its instance id and token.
-public struct Registration: Codable, Sendable, Equatable {
-    public var instance: String
-    public var token: String
-    public var signal: AgentSignal
-}
-
 /// Who asks to register a process, as the listener saw them.
 public enum RegistrationCaller: Sendable, Equatable {
     /// On the Unix socket: the connecting process, as the kernel reports it (SO_PEERCRED).

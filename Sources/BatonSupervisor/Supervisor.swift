@@ -68,16 +68,29 @@ final class SupervisorContext: Sendable {
     }
 }
 
-/// Counters for /metrics: handoffs by outcome, their gaps, restarts.
+/// Counters for /metrics since batond started: handoffs by mode and outcome, their
+/// durations and gaps, restarts, rewinds.
 public final class SupervisorStats: Sendable {
+    public struct HandoffKind: Hashable, Sendable {
+        public var mode: HandoffMode
+        public var outcome: HandoffOutcome
+        public init(mode: HandoffMode, outcome: HandoffOutcome) { self.mode = mode; self.outcome = outcome }
+    }
+
     public struct Snapshot: Sendable {
-        public var handoffs: [String: [HandoffOutcome: UInt64]] = [:]
+        public var handoffs: [String: [HandoffKind: UInt64]] = [:]
         public var restarts: [String: UInt64] = [:]
-        /// Agents waiting out a restart backoff.
-        public var backoff: Set<String> = []
+        public var rewinds: [String: UInt64] = [:]
+        /// Agents waiting out a restart backoff, and when the next start is due.
+        public var backoff: [String: Timestamp] = [:]
         /// Effects decided but waiting for the ledger to write again, by agent.
         public var effectsWaiting: [String: Int] = [:]
-        public var gapSeconds = Histogram(bounds: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1])
+        /// Committed handoffs' gaps (old instance gone to successor told go), by mode.
+        public var gapSeconds: [HandoffMode: Histogram] = [:]
+        /// Every ended handoff, began to outcome, by mode.
+        public var durationSeconds: [HandoffMode: Histogram] = [:]
+        public static let gapBounds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1]
+        public static let durationBounds = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
     }
 
     private let state = Mutex(Snapshot())
@@ -86,66 +99,102 @@ public final class SupervisorStats: Sendable {
 
     public var snapshot: Snapshot { state.withLock { $0 } }
 
-    func handoffEnded(agent: String, outcome: HandoffOutcome, gapMs: Double?) {
+    func handoffEnded(agent: String, mode: HandoffMode, outcome: HandoffOutcome, gapMs: Double?, durationMs: Int64) {
         state.withLock { state in
-            state.handoffs[agent, default: [:]][outcome, default: 0] += 1
-            if outcome == .committed, let gapMs { state.gapSeconds.observe(gapMs / 1000) }
+            state.handoffs[agent, default: [:]][HandoffKind(mode: mode, outcome: outcome), default: 0] += 1
+            state.durationSeconds[mode, default: Histogram(bounds: Snapshot.durationBounds)].observe(Double(durationMs) / 1000)
+            if outcome == .committed, let gapMs {
+                state.gapSeconds[mode, default: Histogram(bounds: Snapshot.gapBounds)].observe(gapMs / 1000)
+            }
         }
+    }
+
+    func rewound(agent: String) {
+        state.withLock { $0.rewinds[agent, default: 0] += 1 }
     }
 
     func restarted(agent: String) {
         state.withLock { state in
             state.restarts[agent, default: 0] += 1
-            state.backoff.remove(agent)
+            state.backoff[agent] = nil
         }
     }
 
-    /// The agent waits out its restart backoff (no instance runs).
-    func backingOff(agent: String, _ waiting: Bool) {
-        state.withLock { state in
-            if waiting { state.backoff.insert(agent) } else { state.backoff.remove(agent) }
-        }
+    /// The agent waits out its restart backoff (no instance runs) until `until`; nil
+    /// when it no longer does.
+    func backingOff(agent: String, until: Timestamp?) {
+        state.withLock { $0.backoff[agent] = until }
     }
 
     func effectsWaiting(agent: String, _ count: Int) {
         state.withLock { $0.effectsWaiting[agent] = count == 0 ? nil : count }
     }
 
-    public func isBackingOff(_ agent: String) -> Bool { state.withLock { $0.backoff.contains(agent) } }
+    public func isBackingOff(_ agent: String) -> Bool { nextAttempt(agent) != nil }
+
+    /// When the agent's next start is due, while it waits out a restart backoff.
+    public func nextAttempt(_ agent: String) -> Timestamp? { state.withLock { $0.backoff[agent] } }
+
+    /// The agent's restarts (after an unexpected exit) since batond started.
+    public func restarts(_ agent: String) -> UInt64 { state.withLock { $0.restarts[agent] ?? 0 } }
 }
 
 /// Handoffs by id, for `GET /v1/handoffs/{id}`: the ones of this run of batond (the
 /// ledger's history has the older ones).
 public final class HandoffBook: Sendable {
+    /// Told a handoff's view once it ended; `isAnswered` says it no longer listens (a
+    /// parked request answered at its deadline), so it is dropped.
+    public struct Waiter: Sendable {
+        let ended: @Sendable (HandoffView) -> Void
+        let isAnswered: @Sendable () -> Bool
+
+        public init(ended: @escaping @Sendable (HandoffView) -> Void, isAnswered: @escaping @Sendable () -> Bool = { false }) {
+            self.ended = ended
+            self.isAnswered = isAnswered
+        }
+    }
+
     private struct State {
         var views: [String: HandoffView] = [:]
-        /// Who waits for a handoff to end (`ended`).
-        var waiters: [String: [CheckedContinuation<HandoffView, Never>]] = [:]
+        /// Who waits for a handoff to end (`whenEnded`).
+        var waiters: [String: [Waiter]] = [:]
     }
     private let state = Mutex(State())
 
     public init() {}
 
     func store(_ view: HandoffView) {
-        let waiters = state.withLock { state -> [CheckedContinuation<HandoffView, Never>] in
+        let waiters = state.withLock { state -> [Waiter] in
             state.views[view.id] = view
             guard view.outcome != nil else { return [] }
             return state.waiters.removeValue(forKey: view.id) ?? []
         }
-        for waiter in waiters { waiter.resume(returning: view) }
+        for waiter in waiters { waiter.ended(view) }
     }
 
     public func view(_ id: String) -> HandoffView? { state.withLock { $0.views[id] } }
 
+    /// The handoffs of this run of batond, ended or not.
+    public var all: [HandoffView] { state.withLock { Array($0.views.values) } }
+
+    /// Returns the handoff's view if it ended; otherwise `waiter` hears of it once it does.
+    public func whenEnded(_ id: String, _ waiter: Waiter) -> HandoffView? {
+        state.withLock { state in
+            if let view = state.views[id], view.outcome != nil { return view }
+            var waiting = state.waiters[id, default: []]
+            waiting.removeAll { $0.isAnswered() }
+            waiting.append(waiter)
+            state.waiters[id] = waiting
+            return nil
+        }
+    }
+
     /// The handoff's view once it ended (at once if it has).
     public func ended(_ id: String) async -> HandoffView {
         await withCheckedContinuation { continuation in
-            let done = state.withLock { state -> HandoffView? in
-                if let view = state.views[id], view.outcome != nil { return view }
-                state.waiters[id, default: []].append(continuation)
-                return nil
+            if let done = whenEnded(id, Waiter(ended: { continuation.resume(returning: $0) })) {
+                continuation.resume(returning: done)
             }
-            if let done { continuation.resume(returning: done) }
         }
     }
 }

@@ -33,6 +33,13 @@ static inline struct MHD_Daemon *baton_mhd_start(
                             MHD_OPTION_END);
 }
 
+/// What a content reader returns at the end of a streamed body, or to abort it; and
+/// the size of a body whose length is not known (sent chunked). Swift does not import
+/// macros with casts.
+static const ssize_t baton_mhd_reader_end = MHD_CONTENT_READER_END_OF_STREAM;
+static const ssize_t baton_mhd_reader_abort = MHD_CONTENT_READER_END_WITH_ERROR;
+static const uint64_t baton_mhd_size_unknown = MHD_SIZE_UNKNOWN;
+
 /// The socket of a connection, or -1.
 static inline int baton_mhd_connection_fd(struct MHD_Connection *connection)
 {

@@ -1,5 +1,6 @@
 @testable import BatonAgent
 import BatonTestSupport
+import BatonWire
 import Foundation
 import Testing
 
@@ -20,7 +21,8 @@ struct DesiredVersionTests {
         let server = try ScriptedBatond(path: path) { _, _ in .answer(200, Self.goWithDesired) }
         defer { server.close() }
         let update = try agent(path).waitForUpdate(seen: .init(signal: .go, desired: nil), wait: .seconds(5))
-        #expect(update == .init(signal: .go, desired: .init(version: "2.0", sha256: String(repeating: "a", count: 64), url: "http://x/2.0")))
+        #expect(update == .init(signal: .go, desired: .init(version: "2.0", mode: .parallel, setAt: Timestamp(rfc3339: "2026-11-30T07:00:00.000Z")!, setBy: "uid 0",
+                                                                sha256: String(repeating: "a", count: 64), url: "http://x/2.0")))
         #expect(server.requests.first?.contains("GET /v1/instances/web.1/signal?seen=go&seen_desired=&wait=5") == true,
                 "\(server.requests)")
     }

@@ -48,6 +48,8 @@ struct ConfigTests {
         #expect(config.http.requestHeadTimeout == .seconds(10))
         #expect(config.http.requestBodyTimeout == .seconds(30))
         #expect(config.http.maxEventWaiters == 100)
+        #expect(config.http.maxEventStreams == 500, "half of max_connections, below the default 2000")
+        #expect(config.http.eventStreamKeepalive == .seconds(15))
         #expect(config.listen == nil)
         #expect(config.http.maxBodyBytes == 1 << 20)
         #expect(config.http.maxWait == .seconds(300))
@@ -74,6 +76,8 @@ struct ConfigTests {
             agent_max_connections = 64
             agent_connections_per_peer = 4
             max_event_waiters = 20
+            max_event_streams = 30
+            event_stream_keepalive = "250ms"
             max_body_bytes = 4096
             max_wait = "2m"
             probes_open = false
@@ -115,6 +119,8 @@ struct ConfigTests {
         #expect(config.http.agentMaxConnections == 64)
         #expect(config.http.agentConnectionsPerPeer == 4)
         #expect(config.http.maxEventWaiters == 20)
+        #expect(config.http.maxEventStreams == 30)
+        #expect(config.http.eventStreamKeepalive == .milliseconds(250))
         #expect(config.http.maxBodyBytes == 4096)
         #expect(config.http.maxWait == .seconds(120))
         #expect(config.http.probesOpen == false)
@@ -149,6 +155,8 @@ struct ConfigTests {
         ("[http]\nrequest_body_timeout = \"2h\"\n", "http.request_body_timeout", 2),
         ("[http]\nagent_connections_per_peer = 0\n", "http.agent_connections_per_peer", 2),
         ("[http]\nmax_connections = 10\nmax_event_waiters = 10\n", "http.max_event_waiters", 3),
+        ("[http]\nmax_connections = 10\nmax_event_streams = 10\n", "http.max_event_streams", 3),
+        ("[http]\nevent_stream_keepalive = \"10ms\"\n", "http.event_stream_keepalive", 2),
         ("[agents.web]\nmode = \"parallel\"\n", "agents.web.command", 1),
         ("[agents.web]\ncommand = []\n", "agents.web.command", 2),
         ("[agents.web]\ncommand = [\"/x\"]\n\nmode = \"fast\"\n", "agents.web.mode", 4),

@@ -1,5 +1,6 @@
 import BatonHTTP
 import BatonTestSupport
+import BatonWire
 import Foundation
 import Logging
 import Testing
@@ -171,6 +172,13 @@ final class ServerTests {
         let response = try endpoint.get("/throws")
         #expect(response.status == 409)
         #expect(response.errorCode == "conflict")
+    }
+
+    /// The server writes the error shape by hand; clients read it as BatonWire's `ErrorBody`.
+    @Test func theErrorShapeIsTheOneClientsDecode() throws {
+        let error = HTTPError(status: 422, code: "bad_thing", message: "a \"quoted\" line\nand another")
+        let body = try WireJSON.decoder.decode(ErrorBody.self, from: Data(error.response.body))
+        #expect(body == ErrorBody(code: "bad_thing", message: "a \"quoted\" line\nand another"))
     }
 
     @Test func keepAliveServesSeveralRequestsOnOneConnection() throws {

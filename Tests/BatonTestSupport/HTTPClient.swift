@@ -109,6 +109,17 @@ public final class HTTPConnection {
     }
 
     public func readResponse(method: String = "GET") throws -> HTTPResponse {
+        let (status, headers) = try readHead()
+        let length = method == "HEAD" ? 0 : Int(headers["content-length"] ?? "0") ?? 0
+        while buffer.count < length { try fill() }
+        let body = Array(buffer[..<length])
+        buffer.removeFirst(length)
+        return HTTPResponse(status: status, headers: headers, body: body)
+    }
+
+    /// Reads a response's head only (status, headers with lowercased names); its body
+    /// is left to `readSome`.
+    public func readHead() throws -> (status: Int, headers: [String: String]) {
         while true {
             if let end = find(Array("\r\n\r\n".utf8)) {
                 let head = String(decoding: buffer[..<end], as: UTF8.self)
@@ -121,14 +132,18 @@ public final class HTTPConnection {
                     headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
                 }
                 buffer.removeFirst(end + 4)
-                let length = method == "HEAD" ? 0 : Int(headers["content-length"] ?? "0") ?? 0
-                while buffer.count < length { try fill() }
-                let body = Array(buffer[..<length])
-                buffer.removeFirst(length)
-                return HTTPResponse(status: status, headers: headers, body: body)
+                return (status, headers)
             }
             try fill()
         }
+    }
+
+    /// The bytes received and not read yet, waiting for some when there are none (up to
+    /// the connection's timeout).
+    public func readSome() throws -> [UInt8] {
+        if buffer.isEmpty { try fill() }
+        defer { buffer = [] }
+        return buffer
     }
 
     /// Whether the server has closed the connection (reads EOF).

@@ -31,6 +31,7 @@ struct AuthTests {
         Call(method: "PUT", path: "/v1/agents/demo/desired", body: #"{"version":"1.0"}"#),
         Call(method: "POST", path: "/v1/agents/demo/rollback", body: "{}"),
         Call(method: "GET", path: "/v1/handoffs/demo-1", body: nil),
+        Call(method: "GET", path: "/v1/handoffs?agent=demo", body: nil),
         Call(method: "POST", path: "/v1/agents/demo/instances", body: #"{"pid":999999999,"version":"1.0"}"#),
         Call(method: "GET", path: "/v1/daemon", body: nil),
         Call(method: "PUT", path: "/v1/daemon/binary", body: "not a binary"),
@@ -43,6 +44,7 @@ struct AuthTests {
         Call(method: "POST", path: "/v1/releases/demo/1.0",
              body: #"{"url":"http://127.0.0.1:9/x","sha256":"\#(String(repeating: "0", count: 64))"}"#),
         Call(method: "DELETE", path: "/v1/releases/demo/1.0", body: nil),
+        Call(method: "POST", path: "/v1/ui/links", body: nil),
     ]
     static let instanceCalls = [
         Call(method: "POST", path: "/v1/instances/demo.1/ready", body: "{}"),
@@ -52,6 +54,11 @@ struct AuthTests {
     ]
     static let guarded = operatorCalls + instanceCalls
     static let probeRoutes = ["/healthz", "/readyz", "/metrics"]
+    /// The status page and its login: answered to anyone, with a page saying how to log in.
+    static let pageCalls = [
+        Call(method: "GET", path: "/", body: nil),
+        Call(method: "GET", path: "/ui/login?code=\(String(repeating: "0", count: 64))", body: nil),
+    ]
 
     let daemon: BatondProcess
 
@@ -68,7 +75,7 @@ struct AuthTests {
 
     @Test func theTableCoversEverySpecRoute() throws {
         let spec = try OpenAPISpec.load()
-        let covered = Set(Self.guarded.map { "\($0.method) \($0.template)" } + Self.probeRoutes.map { "GET \($0)" })
+        let covered = Set((Self.guarded + Self.pageCalls).map { "\($0.method) \($0.template)" } + Self.probeRoutes.map { "GET \($0)" })
         #expect(Set(spec.operations.map { "\($0.method) \($0.path)" }) == covered)
     }
 
@@ -103,6 +110,16 @@ struct AuthTests {
         let response = try send(call, token: daemon.token)
         #expect(response.status == 403)
         #expect(response.errorCode == "forbidden")
+    }
+
+    @Test(arguments: pageCalls)
+    func pagesAnswerWithoutACredentialWithHowToLogIn(_ call: Call) throws {
+        for token in [nil, String(daemon.token.reversed())] {
+            let response = try send(call, token: token)
+            #expect(response.status == 401)
+            #expect(response.header("Content-Type")?.hasPrefix("text/html") == true)
+            #expect(response.text.contains("baton ui"))
+        }
     }
 
     @Test(arguments: probeRoutes)

@@ -61,6 +61,9 @@ struct CrashLoopIntegrationTests {
         #expect(rewound["from"] as? String == "2.0" && rewound["to"] as? String == "1.0")
         #expect((rewound["reason"] as? String)?.contains("2.0 crash-looped: 3 abnormal exits within 30s") == true, "\(rewound)")
         #expect(rewound["at"] is String && rewound["exits"] as? Int == 3 && rewound["window_ms"] as? Int == 30_000)
+        // The rewind is batond's own handoff; the one to 2.0 was the operator's.
+        let handoffs = try daemon.endpoint.get("/v1/handoffs?agent=web", token: daemon.token).json()["handoffs"] as? [[String: Any]] ?? []
+        #expect(handoffs.map { "\($0["to"] ?? "") by \($0["by"] ?? "")" }.prefix(2) == ["1.0 by batond", "2.0 by operator (token)"], "\(handoffs)")
         #expect(view["failed"] is NSNull)
         #expect(agents.current == "1.0", "current points at the release it went back to")
 
@@ -91,6 +94,11 @@ struct CrashLoopIntegrationTests {
         let exits = ledger[..<rewoundAt].filter { $0["kind"] as? String == "instance.exited"
             && crashed.contains(($0["data"] as? [String: Any])?["instance"] as? String ?? "") }
         #expect(exits.count == 3)
+        // Monitoring sees the rewind, the restarts before it, and the state.
+        let metrics = try daemon.endpoint.get("/metrics").text
+        #expect(metrics.contains(#"baton_agent_rewinds_total{agent="web"} 1"#), "\(metrics)")
+        #expect(metrics.contains(#"baton_agent_restarts_total{agent="web"} 2"#), "two restarts, the third exit is the loop")
+        #expect(metrics.contains(#"baton_agents{state="rewound"} 1"#))
 
         // An operator's desired version ends the rewound state.
         try desire(daemon, "1.0")

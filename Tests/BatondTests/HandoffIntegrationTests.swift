@@ -86,8 +86,8 @@ struct HandoffIntegrationTests {
             #expect(log.contains(line), "no \"\(line)\" in batond's log")
         }
         let metrics = try daemon.endpoint.get("/metrics").text
-        #expect(metrics.contains(#"baton_handoffs_total{agent="web",outcome="committed"} 1"#), "\(metrics)")
-        #expect(metrics.contains("baton_handoff_gap_seconds_count 1"))
+        #expect(metrics.contains(#"baton_handoffs_total{agent="web",mode="parallel",outcome="committed"} 1"#), "\(metrics)")
+        #expect(metrics.contains(#"baton_handoff_gap_seconds_count{mode="parallel"} 1"#))
         #expect(metrics.contains(#"baton_agent_instances{agent="web"} 1"#))
         if let promtool = which("promtool") {
             let file = daemon.state.file("metrics.txt")

@@ -51,15 +51,17 @@ struct InProcessAPITests {
         #expect(routes == spec)
     }
 
-    /// Every route has one of the four scopes, and the right one: the probes, the
-    /// instance protocol and registration by name, every other route the operator's.
+    /// Every route has one of the five scopes, and the right one: the probes, the status
+    /// page, the instance protocol and registration by name, every other route the operator's.
     @Test func everyRouteHasItsScope() throws {
         defer { close() }
         let probes: Set<String> = ["GET /healthz", "GET /readyz", "GET /metrics"]
+        let pages: Set<String> = ["GET /", "GET /ui/login"]
         let registration: Set<String> = ["POST /v1/agents/{name}/instances"]
         for route in api.router.routes {
             let name = "\(route.method.rawValue) \(route.template)"
             let expected: RouteScope = probes.contains(name) ? .probe
+                : pages.contains(name) ? .page
                 : registration.contains(name) ? .registration
                 : route.template.hasPrefix("/v1/instances/") ? .instance : .operator
             #expect(route.scope == expected, "\(name) is tagged \(route.scope), not \(expected)")

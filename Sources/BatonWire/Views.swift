@@ -2,7 +2,7 @@
 /// Keys are snake_case on the wire (the encoder converts); times are `Timestamp`s.
 
 public struct AgentView: Codable, Sendable, Equatable {
-    public enum State: String, Codable, Sendable {
+    public enum State: String, Codable, Sendable, CaseIterable {
         case stopped, starting, running, handingOff = "handing_off", backoff, rewound, failed
     }
 
@@ -47,6 +47,10 @@ public struct AgentView: Codable, Sendable, Equatable {
     /// Whether the agent is where it was asked to be: `ok`, or `degraded` with why (the
     /// desired version is not the one that works, nothing works, a verdict stands).
     public var condition: Condition
+    /// Restarts after an unexpected exit since batond started (not kept across restarts of batond).
+    public var restarts: Int
+    /// When the next start is due while the agent waits out a restart backoff; nil otherwise.
+    public var nextAttemptAt: Timestamp?
     public var config: Config
 
     public struct Condition: Codable, Sendable, Equatable {
@@ -62,20 +66,12 @@ public struct AgentView: Codable, Sendable, Equatable {
         }
     }
 
-    /// The view of a configured agent, from what the ledger knows of it.
-    public init(name: String, ledger: AgentLedger?, config: Config) {
-        self.name = name
-        self.desired = ledger?.desired
-        self.running = ledger?.running
-        self.lastError = ledger?.lastError
-        self.rewound = ledger?.rewound
-        self.failed = ledger?.failed
-        self.instances = (ledger?.instances.values.sorted { $0.id < $1.id } ?? []).map {
-            Instance(id: $0.id, pid: $0.pid, version: $0.version, state: $0.state.rawValue, startedAt: $0.startedAt)
-        }
-        self.state = .stopped
-        self.condition = Condition(status: .ok)
-        self.config = config
+    public init(name: String, desired: DesiredVersion?, running: RunningVersion?, state: State, instances: [Instance],
+                lastError: LastError?, rewound: RewoundRelease?, failed: FailedRelease?, condition: Condition, config: Config,
+                restarts: Int = 0, nextAttemptAt: Timestamp? = nil) {
+        self.name = name; self.desired = desired; self.running = running; self.state = state; self.instances = instances
+        self.lastError = lastError; self.rewound = rewound; self.failed = failed; self.condition = condition; self.config = config
+        self.restarts = restarts; self.nextAttemptAt = nextAttemptAt
     }
 
     // Optionals encode as null, not absent: the contract lists every field.
@@ -90,6 +86,8 @@ public struct AgentView: Codable, Sendable, Equatable {
         try c.encode(rewound, forKey: .rewound)
         try c.encode(failed, forKey: .failed)
         try c.encode(condition, forKey: .condition)
+        try c.encode(restarts, forKey: .restarts)
+        try c.encode(nextAttemptAt, forKey: .nextAttemptAt)
         try c.encode(config, forKey: .config)
     }
 }
@@ -132,13 +130,15 @@ public enum BatonVersion {
 // MARK: - The instance protocol
 
 /// What an instance may do, level-triggered: it asks with the last one it saw.
-public enum AgentSignal: String, Codable, Sendable, CaseIterable {
+public enum AgentSignal: String, Codable, Sendable, CaseIterable, CustomStringConvertible {
     /// Not (yet) allowed to work: starting, or ready and held back.
     case wait
     /// Work.
     case go
     /// Finish the work, report stopped, exit.
     case stop
+
+    public var description: String { rawValue }
 }
 
 /// The answer of every instance route: the instance's signal now, and the agent's
@@ -164,6 +164,38 @@ public struct SignalView: Codable, Sendable, Equatable {
         try c.encode(handoff, forKey: .handoff)
         try c.encode(desired, forKey: .desired)
     }
+}
+
+/// `POST /v1/agents/{name}/instances`: a process that batond did not start asks to be
+/// an instance of the agent (see docs/agent-protocol.md).
+public struct RegistrationRequest: Codable, Sendable, Equatable {
+    public var pid: Int32
+    public var version: String
+    public init(pid: Int32, version: String) { self.pid = pid; self.version = version }
+}
+
+/// What a registered process gets: its instance id and token.
+public struct Registration: Codable, Sendable, Equatable {
+    public var instance: String
+    public var token: String
+    public var signal: AgentSignal
+    public init(instance: String, token: String, signal: AgentSignal) {
+        self.instance = instance; self.token = token; self.signal = signal
+    }
+}
+
+/// The one error shape of every 4xx and 5xx: `{"error": {"code": "...", "message": "..."}}`.
+public struct ErrorBody: Codable, Sendable, Equatable {
+    public struct Detail: Codable, Sendable, Equatable {
+        /// Stable, for scripts (`agent_not_found`, `handoff_in_progress`, ...).
+        public var code: String
+        /// For people: what happened and, where there is one, what to do.
+        public var message: String
+        public init(code: String, message: String) { self.code = code; self.message = message }
+    }
+
+    public var error: Detail
+    public init(code: String, message: String) { self.error = Detail(code: code, message: message) }
 }
 
 public struct FailedReport: Codable, Sendable, Equatable {
@@ -238,12 +270,17 @@ public struct HandoffView: Codable, Sendable, Equatable {
     public var startedAt: Timestamp
     public var endedAt: Timestamp?
     public var steps: [Step]
+    /// Who asked for it (the desired version's `by`), or `batond` for a rewind; null
+    /// for handoffs recorded before batond kept it.
+    public var by: String?
 
     public init(id: String, agent: String, from: String?, to: String, mode: HandoffMode, phase: String,
-                outcome: HandoffOutcome?, error: String?, gapMs: Double?, startedAt: Timestamp, endedAt: Timestamp?, steps: [Step]) {
+                outcome: HandoffOutcome?, error: String?, gapMs: Double?, startedAt: Timestamp, endedAt: Timestamp?, steps: [Step],
+                by: String? = nil) {
         self.id = id; self.agent = agent; self.from = from; self.to = to; self.mode = mode; self.phase = phase
         self.outcome = outcome; self.error = error; self.gapMs = gapMs; self.startedAt = startedAt; self.endedAt = endedAt
         self.steps = steps
+        self.by = by
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -260,5 +297,24 @@ public struct HandoffView: Codable, Sendable, Equatable {
         try c.encode(startedAt, forKey: .startedAt)
         try c.encode(endedAt, forKey: .endedAt)
         try c.encode(steps, forKey: .steps)
+        try c.encode(by, forKey: .by)
+    }
+}
+
+/// `GET /v1/handoffs`: newest first.
+public struct HandoffList: Codable, Sendable, Equatable {
+    public var handoffs: [HandoffView]
+    public init(handoffs: [HandoffView]) { self.handoffs = handoffs }
+}
+
+/// `POST /v1/ui/links`: a one-time login link to the status page. `path` is relative to
+/// the TCP listener (`http://127.0.0.1:7070` + path); its code is spent by the first
+/// visit and expires at `expires_at` (60 s).
+public struct UILink: Codable, Sendable, Equatable {
+    public var path: String
+    public var expiresAt: Timestamp
+    public init(path: String, expiresAt: Timestamp) {
+        self.path = path
+        self.expiresAt = expiresAt
     }
 }
