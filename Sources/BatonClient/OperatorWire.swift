@@ -1,9 +1,8 @@
 import BatonCore
 
-// The bodies of operator routes whose types are not in BatonCore yet: today they are
-// declared inside BatonAPI or BatonSupervisor (internal there), or their routes are
-// new in issue 9. They move to the shared wire target with the rest, and then these
-// declarations go.
+// The bodies of operator routes whose types are not in BatonWire yet: today they are
+// declared inside BatonAPI or BatonSupervisor (internal there). They belong in
+// BatonWire with the rest; once there, these declarations go.
 
 /// `GET /v1/events` as JSON: a page of ledger records.
 public struct EventPage: Decodable, Sendable, Equatable {
@@ -11,11 +10,6 @@ public struct EventPage: Decodable, Sendable, Equatable {
     public var oldestSeq: UInt64
     public var records: [Record]
     public var truncated: Bool
-}
-
-/// `GET /v1/handoffs?agent=&limit=`: newest first.
-public struct HandoffList: Decodable, Sendable, Equatable {
-    public var handoffs: [HandoffView]
 }
 
 /// `GET /v1/version`.
@@ -55,10 +49,4 @@ public struct UpgradeRequest: Encodable, Sendable, Equatable {
     public var digest: String
     public var force: Bool?
     public init(digest: String, force: Bool? = nil) { self.digest = digest; self.force = force }
-}
-
-/// `POST /v1/ui/links`: a one-time path that logs a browser in to the status page.
-public struct UILink: Decodable, Sendable, Equatable {
-    public var path: String
-    public var expiresAt: Timestamp
 }

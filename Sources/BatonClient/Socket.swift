@@ -166,17 +166,17 @@ final class Socket {
 
     /// One line ending in CRLF (or LF), without its ending.
     func line(limit: Int, deadline: ContinuousClock.Instant) throws -> String {
-        var scanned = start
+        var scanned = 0  // bytes after `start` known to hold no LF (`fill` may move `start`)
         while true {
-            if let lf = buffer[scanned...].firstIndex(of: 10) {
+            if let lf = buffer[(start + scanned)...].firstIndex(of: 10) {
                 var end = lf
                 if end > start && buffer[end - 1] == 13 { end -= 1 }
                 let text = String(decoding: buffer[start..<end], as: UTF8.self)
                 start = lf + 1
                 return text
             }
-            scanned = buffer.count
-            guard buffer.count - start <= limit else { throw Failure.malformed("line over \(limit) bytes") }
+            scanned = buffer.count - start
+            guard scanned <= limit else { throw Failure.malformed("line over \(limit) bytes") }
             guard try fill(deadline: deadline) else { throw Failure.closed }
         }
     }
