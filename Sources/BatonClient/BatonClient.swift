@@ -281,6 +281,6 @@ extension BatonClient {
 
     /// A one-time login path for the status page.
     public func uiLink() throws(ClientError) -> Reply<UILink> {
-        try call("POST", "/v1/ui/links", body: Empty(), as: UILink.self)
+        try call("POST", "/v1/ui/links", as: UILink.self)
     }
 }

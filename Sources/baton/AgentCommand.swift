@@ -20,7 +20,6 @@ struct AgentCommand: ParsableCommand {
             let reply = try client.agent(name)
             if output.json { return Terminal.printJSON(reply.response.body) }
             let agent = reply.value
-            let extras = AgentExtras.of(reply.response.body, agent: name)
             let stateDir = try? client.status().value.stateDir
 
             var head = "\(agent.name): \(Status.state(agent))"
@@ -32,8 +31,8 @@ struct AgentCommand: ParsableCommand {
             Terminal.print("  mode: \(config.mode.rawValue)\(config.external ? " (external: its instances register themselves)" : "")"
                            + ", ready within \(Format.duration(milliseconds: config.readyTimeoutMs))"
                            + ", stop within \(Format.duration(milliseconds: config.stopTimeoutMs))")
-            if let restarts = extras.restarts { Terminal.print("  restarts: \(restarts)") }
-            if let next = extras.nextAttemptAt { Terminal.print("  next attempt: \(Format.clock(next))") }
+            Terminal.print("  restarts: \(agent.restarts) since batond started")
+            if let next = agent.nextAttemptAt { Terminal.print("  next attempt: \(Format.clock(next))") }
             if let desired = agent.desired {
                 Terminal.print("  desired \(desired.version) set by \(desired.setBy) at \(Format.clock(desired.setAt))")
             }

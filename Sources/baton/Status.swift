@@ -3,26 +3,6 @@ import BatonClient
 import BatonCore
 import Foundation
 
-/// Fields of the agent view that not every batond sends yet (issue 9's restarts and
-/// backoff), read apart so that their absence is no error.
-struct AgentExtras: Decodable {
-    var restarts: Int?
-    var nextAttemptAt: Timestamp?
-
-    static func of(_ body: [UInt8], agent: String) -> AgentExtras {
-        struct List: Decodable { var agents: [Named] }
-        struct Named: Decodable { var name: String; var restarts: Int?; var nextAttemptAt: Timestamp? }
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        if let one = try? decoder.decode(Named.self, from: Data(body)), one.name == agent {
-            return AgentExtras(restarts: one.restarts, nextAttemptAt: one.nextAttemptAt)
-        }
-        let list = (try? decoder.decode(List.self, from: Data(body)))?.agents ?? []
-        let named = list.first { $0.name == agent }
-        return AgentExtras(restarts: named?.restarts, nextAttemptAt: named?.nextAttemptAt)
-    }
-}
-
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "batond and every agent: running and desired version, state, since when, last error.")

@@ -148,12 +148,6 @@ struct SchemaChecks {
         lines.append("\(schema)\t\(oneLine)")
     }
 
-    /// Whether api/openapi.yaml has a component schema of that name.
-    static func specHas(_ schema: String) -> Bool {
-        let spec = (try? String(contentsOfFile: Products.packageRoot + "/api/openapi.yaml", encoding: .utf8)) ?? ""
-        return spec.contains("\n    \(schema):\n")
-    }
-
     func validate() throws {
         guard let python = which("python3") else {
             Issue.record("python3 is not installed; `make test` installs it")

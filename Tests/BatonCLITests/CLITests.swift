@@ -175,16 +175,7 @@ struct CLITests {
         let row = try #require(history.stdout.split(separator: "\n").first { $0.hasPrefix("web-1 ") }, "\(history)")
         #expect(row.contains("1.0") && row.contains("2.0") && row.contains("committed") && row.contains("parallel"), "\(row)")
         var checks = SchemaChecks()
-        let list = try fixture.baton("history", "--json").stdout
-        if SchemaChecks.specHas("HandoffList") {
-            checks.add("HandoffList", list)
-        } else {
-            // A batond without GET /v1/handoffs yet: the list put together from the ledger.
-            let handoffs = try #require(try JSONSerialization.jsonObject(with: Data(list.utf8)) as? [String: Any])["handoffs"] as? [Any]
-            for handoff in try #require(handoffs) {
-                checks.add("Handoff", String(decoding: try JSONSerialization.data(withJSONObject: handoff), as: UTF8.self))
-            }
-        }
+        checks.add("HandoffList", try fixture.baton("history", "--json").stdout)
         try checks.validate()
     }
 
@@ -261,6 +252,23 @@ struct CLITests {
         // After the handoff, the link moves to the successor's log and -f with it.
         _ = try follow.line(containing: "web.2.log")
         _ = try follow.line(containing: "web.2")
+    }
+
+    @Test func uiPrintsAOneTimeLinkThatLogsInOnce() throws {
+        let fixture = try Fixture(["1.0": []])
+        let result = try fixture.baton("ui")
+        #expect(result.status == 0, "\(result)")
+        let link = result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(link.hasPrefix(fixture.tcpURL + "/ui/login?code="), "\(link)")
+        #expect(!link.contains(fixture.daemon.token), "the link never carries the operator token")
+        let path = String(link.dropFirst(fixture.tcpURL.count))
+        let first = try fixture.daemon.endpoint.get(path)
+        #expect(first.status == 303 && first.header("Set-Cookie") != nil, "\(first.status) \(first.text)")
+        #expect(try fixture.daemon.endpoint.get(path).status != 303, "the code is spent by the first visit")
+
+        var checks = SchemaChecks()
+        checks.add("UILink", try fixture.baton("ui", "--json").stdout)
+        try checks.validate()
     }
 
     // MARK: - Releases and the machine's version
