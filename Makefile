@@ -46,7 +46,7 @@ bench:
 man: deps
 	$(SWIFT) package plugin generate-manual --configuration debug --multi-page
 	mkdir -p .build/man
-	find .build/plugins -path '*GenerateManual*' -name '*.1' -exec cp {} .build/man/ \;
+	cp .build/plugins/GenerateManual/outputs/baton/*.1 .build/plugins/GenerateManual/outputs/batond/*.1 .build/man/
 	@ls .build/man
 
 clean:
