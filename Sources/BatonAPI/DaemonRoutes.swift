@@ -55,7 +55,7 @@ struct DaemonRoutes: Sendable {
         DispatchQueue.global().async {
             do throws(DaemonBinaries.StoreError) {
                 let stored = try sink.upload.finish()
-                pending.answer(.json(status: stored.existed ? 200 : 201, StoredBinary(sha256: stored.digest, size: stored.size)))
+                pending.answer(.json(status: stored.existed ? 200 : 201, StoredBinary(sha256: stored.digest, size: Int64(stored.size))))
             } catch {
                 pending.answer(Self.http(error).response)
             }
@@ -104,14 +104,6 @@ final class UploadSink: BodySink {
     }
 }
 
-struct StoredBinary: Encodable, Sendable {
-    var sha256: String
-    var size: Int
-}
-
-struct UpgradeRequest: ClosedJSONObject, Sendable {
-    static let fieldNames: Set<String> = ["digest", "force"]
-    var digest: String
-    /// Try a binary that died before confirming once already (the operator's explicit choice).
-    var force: Bool?
+extension UpgradeRequest: ClosedJSONObject {
+    public static let fieldNames: Set<String> = ["digest", "force"]
 }

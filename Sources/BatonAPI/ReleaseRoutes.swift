@@ -49,7 +49,7 @@ struct ReleaseRoutes: Sendable {
     /// `POST /v1/releases/{agent}/{version}`
     func fetch(_ request: Request) throws(HTTPError) -> Reply {
         let (agent, version) = try request.release()
-        let body = try request.decodeJSON(FetchBody.self)
+        let body = try request.decodeJSON(FetchRequest.self)
         guard Hex.isSHA256(body.sha256.lowercased()), let digest = Hex.decode(body.sha256) else {
             throw HTTPError(status: 422, code: "invalid_digest", message: "sha256 must be 64 hex digits, not \(WireJSON.quote(body.sha256))")
         }
@@ -122,14 +122,8 @@ struct ReleaseRoutes: Sendable {
     }
 }
 
-/// `POST /v1/releases/{agent}/{version}`.
-struct FetchBody: ClosedJSONObject, Sendable {
-    static let fieldNames: Set<String> = ["url", "sha256", "signature", "irreversible"]
-    var url: String
-    var sha256: String
-    /// Base64 of the Ed25519 signature over the digest; else batond looks for `<url>.sig`.
-    var signature: String?
-    var irreversible: Bool?
+extension FetchRequest: ClosedJSONObject {
+    public static let fieldNames: Set<String> = ["url", "sha256", "signature", "irreversible"]
 }
 
 /// The HTTP layer's view of a push's intake.

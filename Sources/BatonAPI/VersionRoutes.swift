@@ -32,11 +32,8 @@ struct VersionRoutes: Sendable {
     }
 }
 
-struct VersionRequest: ClosedJSONObject, Sendable {
-    static let fieldNames: Set<String> = ["version", "barrier"]
-    var version: String
-    /// Halt every agent, run the migration once, then start them all at the version.
-    var barrier: Bool?
+extension VersionRequest: ClosedJSONObject {
+    public static let fieldNames: Set<String> = ["version", "barrier"]
 }
 
 extension RolloutRefusal {

@@ -250,12 +250,12 @@ extension BatonClient {
         try call("POST", "/v1/releases/\(Self.escape(agent))/\(Self.escape(version))", body: request, as: ReleaseView.self)
     }
 
-    public func machineVersion() throws(ClientError) -> Reply<MachineVersion> {
-        try call("GET", "/v1/version", as: MachineVersion.self)
+    public func machineVersion() throws(ClientError) -> Reply<MachineVersionView> {
+        try call("GET", "/v1/version", as: MachineVersionView.self)
     }
 
-    public func setMachineVersion(_ request: VersionRequest) throws(ClientError) -> Reply<MachineVersion> {
-        try call("PUT", "/v1/version", body: request, as: MachineVersion.self)
+    public func setMachineVersion(_ request: VersionRequest) throws(ClientError) -> Reply<MachineVersionView> {
+        try call("PUT", "/v1/version", body: request, as: MachineVersionView.self)
     }
 
     public func daemon() throws(ClientError) -> Reply<DaemonView> {

@@ -140,6 +140,27 @@ public struct MachineLedger: Codable, Sendable, Equatable {
     public init() {}
 }
 
+/// `GET /v1/version`: the machine's version, the rollout that makes another one pending,
+/// and the rollouts before.
+public struct MachineVersionView: Codable, Sendable, Equatable {
+    public var version: String?
+    public var pending: ActiveRollout?
+    public var lastError: LastError?
+    public var history: [RolloutSummary]
+
+    public init(version: String?, pending: ActiveRollout?, lastError: LastError?, history: [RolloutSummary]) {
+        self.version = version; self.pending = pending; self.lastError = lastError; self.history = history
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(version, forKey: .version)
+        try c.encode(pending, forKey: .pending)
+        try c.encode(lastError, forKey: .lastError)
+        try c.encode(history, forKey: .history)
+    }
+}
+
 public struct ActiveRollout: Codable, Sendable, Equatable {
     public struct Agent: Codable, Sendable, Equatable {
         public var name: String

@@ -23,23 +23,6 @@ public enum RolloutRefusal: Error, Sendable, Equatable, CustomStringConvertible 
     }
 }
 
-/// `GET /v1/version`: the machine's version, the rollout that makes another one pending,
-/// and the rollouts before.
-public struct MachineVersionView: Codable, Sendable, Equatable {
-    public var version: String?
-    public var pending: ActiveRollout?
-    public var lastError: LastError?
-    public var history: [RolloutSummary]
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.container(keyedBy: CodingKeys.self)
-        try c.encode(version, forKey: .version)
-        try c.encode(pending, forKey: .pending)
-        try c.encode(lastError, forKey: .lastError)
-        try c.encode(history, forKey: .history)
-    }
-}
-
 /// The shell of `MachineRollout`: performs its actions through the supervisor (handoffs,
 /// halts), runs the migrations, and records every step before what follows from it.
 /// One rollout at a time; a batond restarted in the middle takes it up again from the

@@ -20,7 +20,7 @@ struct Status: ParsableCommand {
         }
     }
 
-    static func printStatus(_ status: StatusView, machine: MachineVersion?) {
+    static func printStatus(_ status: StatusView, machine: MachineVersionView?) {
         var head = "batond \(status.version), pid \(status.pid), up \(Format.since(status.startedAt)), state \(status.stateDir)"
         if let machine {
             head += ", machine version \(machine.version ?? "-")"

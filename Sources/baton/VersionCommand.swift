@@ -94,7 +94,7 @@ struct VersionCommand: ParsableCommand {
         }
     }
 
-    static func describe(_ machine: MachineVersion) {
+    static func describe(_ machine: MachineVersionView) {
         Terminal.print("machine version: \(machine.version ?? "none yet")")
         if let pending = machine.pending {
             Terminal.print("rollout \(pending.id) to \(pending.version) in progress: \(pending.phase.rawValue)"
