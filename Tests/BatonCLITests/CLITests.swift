@@ -11,12 +11,12 @@ struct CLITests {
         let agents: TestReleases
         let daemon: BatondProcess
 
-        init(_ releases: [String: [String]], current: String = "1.0", mode: String = "parallel") throws {
+        init(_ releases: [String: [String]], current: String = "1.0", mode: String = "parallel", extraConfig: String = "") throws {
             let state = TemporaryDirectory("cli")
             agents = TestReleases(state: state)
             for (version, switches) in releases { try agents.add(version, switches) }
             try agents.setCurrent(current)
-            daemon = try BatondProcess(state: state, configText: agents.config(mode: mode, ready: "10s", stop: "5s", kill: "2s"))
+            daemon = try BatondProcess(state: state, configText: agents.config(mode: mode, ready: "10s", stop: "5s", kill: "2s") + extraConfig)
             try eventually {
                 let view = try? daemon.endpoint.get("/v1/agents/web", token: daemon.token).json()
                 return view?["state"] as? String == "running"
@@ -272,6 +272,24 @@ struct CLITests {
     }
 
     // MARK: - Releases and the machine's version
+
+    @Test(.enabled(if: which("openssl") != nil, "needs openssl to make an Ed25519 key"))
+    func pushSignsWithAnOpenSSLKey() throws {
+        let keys = TemporaryDirectory("keys")
+        let pem = keys.file("key.pem")
+        #expect(try run(["/usr/bin/env", "openssl", "genpkey", "-algorithm", "ed25519", "-out", pem]).status == 0)
+        let der = keys.file("public.der")
+        #expect(try run(["/usr/bin/env", "openssl", "pkey", "-in", pem, "-pubout", "-outform", "DER", "-out", der]).status == 0)
+        let publicKey = try #require(FileManager.default.contents(atPath: der)).suffix(32).base64EncodedString()
+        let fixture = try Fixture(["1.0": []], extraConfig: "\n[releases]\nrequire_signature = true\n[releases.trusted_keys]\nci = \"\(publicKey)\"\n")
+        let file = keys.file("agent")
+        try "#!/bin/sh\nexec sleep 1000\n".write(toFile: file, atomically: true, encoding: .utf8)
+
+        let unsigned = try fixture.baton("push", "web", "2.0", file)
+        #expect(unsigned.status == 4 && unsigned.stderr.contains("signature_required"), "\(unsigned)")
+        let signed = try fixture.baton("push", "web", "2.0", file, "--sign", pem)
+        #expect(signed.status == 0 && signed.stdout.contains("signed by ci"), "\(signed)")
+    }
 
     @Test func pushFetchAndMachineVersion() throws {
         let fixture = try Fixture(["1.0": []])
