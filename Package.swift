@@ -59,7 +59,7 @@ let package = Package(
         .target(
             name: "BatonSupervisor",
             dependencies: [
-                "BatonCore", "BatonLedger", "BatonConfig", "BatonReleases", "CBatonSpawn",
+                "BatonCore", "BatonLedger", "BatonConfig", "BatonReleases", "BatonClient", "CBatonSpawn",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -135,8 +135,8 @@ let package = Package(
                            .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "Logging", package: "swift-log")]
         ),
-        // Client library for Swift agents: the agent side of the protocol. Foundation, Glibc and BatonWire only.
-        .target(name: "BatonAgent", dependencies: ["BatonWire"]),
+        // Client library for Swift agents: the agent side of the protocol, over BatonClient.
+        .target(name: "BatonAgent", dependencies: ["BatonWire", "BatonClient"]),
         .testTarget(name: "BatonAgentTests", dependencies: ["BatonAgent", "BatonWire", "BatonTestSupport"]),
         .testTarget(name: "BatonCLITests", dependencies: ["BatonClient", "BatonCore", "BatonTestSupport"]),
         // An agent with misbehaviour switches, for tests and demos.

@@ -1,3 +1,4 @@
+import BatonClient
 import BatonWire
 import Foundation
 import Glibc
@@ -51,59 +52,10 @@ public struct BatonAgent: Sendable {
         }
     }
 
-    /// Where batond listens.
-    public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
-        /// batond's Unix control socket (`BATON_SOCKET`), preferred when there is one.
-        case unix(path: String)
-        /// A loopback TCP listener (`BATON_URL`, `http://HOST:PORT`).
-        case tcp(host: String, port: Int)
-
-        /// Parses `http://HOST:PORT` (a trailing `/` allowed; no other path).
-        public init?(url: String) {
-            var rest = Substring(url)
-            guard rest.lowercased().hasPrefix("http://") else { return nil }
-            rest = rest.dropFirst("http://".count)
-            if rest.hasSuffix("/") { rest = rest.dropLast() }
-            guard !rest.isEmpty, !rest.contains("/"), !rest.contains("@") else { return nil }
-            let host: Substring
-            var portText: Substring?
-            if rest.hasPrefix("[") {  // [::1]:7070
-                guard let close = rest.firstIndex(of: "]") else { return nil }
-                host = rest[rest.index(after: rest.startIndex)..<close]
-                let after = rest[rest.index(after: close)...]
-                if !after.isEmpty {
-                    guard after.hasPrefix(":") else { return nil }
-                    portText = after.dropFirst()
-                }
-            } else if let colon = rest.lastIndex(of: ":") {
-                host = rest[..<colon]
-                portText = rest[rest.index(after: colon)...]
-            } else {
-                host = rest
-            }
-            var port = 80
-            if let portText {
-                guard let value = Int(portText), (1...65535).contains(value) else { return nil }
-                port = value
-            }
-            guard !host.isEmpty else { return nil }
-            self = .tcp(host: String(host), port: port)
-        }
-
-        public var description: String {
-            switch self {
-            case .unix(let path): "unix:\(path)"
-            case .tcp(let host, let port): host.contains(":") ? "http://[\(host)]:\(port)" : "http://\(host):\(port)"
-            }
-        }
-
-        var hostHeader: String {
-            switch self {
-            case .unix: "localhost"
-            case .tcp(let host, let port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
-            }
-        }
-    }
+    /// Where batond listens: `.unix(path:)`, its Unix socket (`BATON_SOCKET`), preferred
+    /// when there is one, or `.tcp(host:port:)`, a loopback listener (`BATON_URL`,
+    /// `http://HOST:PORT`). The client library's own.
+    public typealias Endpoint = BatonClient.Endpoint
 
     /// The agent's name (`BATON_AGENT`), e.g. `web`.
     public let agent: String
@@ -226,7 +178,7 @@ public struct BatonAgent: Sendable {
     public func waitForUpdate(seen: Update?, wait: Duration = .seconds(60)) throws -> Update {
         var query = ""
         if let seen {
-            query = "?seen=\(seen.signal.rawValue)&seen_desired=\(Self.pathSegment(seen.desired?.version ?? ""))"
+            query = "?seen=\(seen.signal.rawValue)&seen_desired=\(BatonClient.escape(seen.desired?.version ?? ""))"
         }
         return try longPoll(query: query, wait: wait, answersAtOnce: seen == nil) {
             $0.signal != seen?.signal || $0.desired?.version != seen?.desired?.version
@@ -237,7 +189,7 @@ public struct BatonAgent: Sendable {
     /// ``waitForSignal(seen:wait:)`` for the retries).
     private func longPoll(query: String, wait: Duration, answersAtOnce: Bool, isNews: (Update) -> Bool) throws -> Update {
         let wait = max(wait, .seconds(1))
-        var target = "/v1/instances/\(Self.pathSegment(instance))/signal" + query
+        var target = "/v1/instances/\(BatonClient.escape(instance))/signal" + query
         if !answersAtOnce { target += "&wait=\(Self.seconds(wait))" }
         var backoff = retryPolicy.start()
         var outage = Outage(what: "signal")
@@ -269,7 +221,7 @@ public struct BatonAgent: Sendable {
     /// `timeout` as for ``ready(timeout:)``; after SIGTERM, pass a short one (a few
     /// seconds): SIGKILL follows.
     public func stopped(timeout: Duration? = nil) throws {
-        let target = "/v1/instances/\(Self.pathSegment(instance))/stopped"
+        let target = "/v1/instances/\(BatonClient.escape(instance))/stopped"
         _ = try withRetry(timeout: timeout, what: "stopped") { attempt in
             try request("POST", target, body: Array("{}".utf8), timeout: attempt)
         }
@@ -289,7 +241,7 @@ public struct BatonAgent: Sendable {
         let body = try WireJSON.encoder.encode(RegistrationRequest(pid: pid, version: version))
         let response = try perform(
             endpoint: endpoint, token: registrationToken, method: "POST",
-            target: "/v1/agents/\(pathSegment(agent))/instances", body: Array(body), timeout: .seconds(70))
+            target: "/v1/agents/\(BatonClient.escape(agent))/instances", body: Array(body), timeout: .seconds(70))
         guard let answer = try? WireJSON.decoder.decode(Registration.self, from: Data(response.body)) else {
             throw BatonAgentError.malformedResponse("registration answer without instance and token")
         }
@@ -301,7 +253,7 @@ public struct BatonAgent: Sendable {
     // MARK: plumbing
 
     private func post(_ route: String, body: [UInt8], timeout: Duration?) throws -> Signal {
-        let target = "/v1/instances/\(Self.pathSegment(instance))/\(route)"
+        let target = "/v1/instances/\(BatonClient.escape(instance))/\(route)"
         let response = try withRetry(timeout: timeout, what: route) { attempt in
             try request("POST", target, body: body, timeout: attempt)
         }
@@ -346,10 +298,10 @@ public struct BatonAgent: Sendable {
         if body != nil { headers.append(("Content-Type", "application/json")) }
         let response: HTTPResponse
         do {
-            response = try HTTPClient.send(
-                to: endpoint, method: method, target: target, headers: headers, body: body, timeout: timeout)
-        } catch let error as TransportError {
-            throw BatonAgentError.transport("\(endpoint): \(error.description)")
+            response = try HTTPConnection(endpoint).send(
+                HTTPRequest(method, target, headers: headers, body: body.map { .bytes($0) } ?? .none, timeout: timeout))
+        } catch {
+            throw BatonAgentError.transport(error.description)
         }
         guard (200..<300).contains(response.status) else {
             if let shape = try? WireJSON.decoder.decode(ErrorBody.self, from: Data(response.body)) {
@@ -367,25 +319,6 @@ public struct BatonAgent: Sendable {
             throw BatonAgentError.malformedResponse("no known signal in the answer: \(text)")
         }
         return Update(signal: answer.signal, desired: answer.desired)
-    }
-
-    /// Percent-encodes everything but unreserved characters (names never need it).
-    static func pathSegment(_ text: String) -> String {
-        var out = ""
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
-                UInt8(ascii: "0")...UInt8(ascii: "9"), UInt8(ascii: "-"), UInt8(ascii: "."),
-                UInt8(ascii: "_"), UInt8(ascii: "~"):
-                out.unicodeScalars.append(Unicode.Scalar(byte))
-            default:
-                let hex = Array("0123456789ABCDEF".utf8)
-                out += "%"
-                out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte >> 4)]))
-                out.unicodeScalars.append(Unicode.Scalar(hex[Int(byte & 15)]))
-            }
-        }
-        return out
     }
 
     /// `60`, `2.5`, `0.25`: seconds with at most millisecond precision.
@@ -528,5 +461,16 @@ private struct Outage {
         diagnostics?("baton: \(what): batond answers again after \(failures) failed attempts")
         failures = 0
         lastLine = nil
+    }
+}
+
+/// Sleeps the calling thread (nanosleep; an interrupted sleep goes on for the rest).
+func sleepThread(for duration: Duration) {
+    guard duration > .zero else { return }
+    let (seconds, attoseconds) = duration.components
+    var request = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+    var remaining = timespec()
+    while nanosleep(&request, &remaining) != 0 && errno == EINTR {
+        request = remaining
     }
 }

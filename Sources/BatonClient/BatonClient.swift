@@ -96,18 +96,8 @@ public final class BatonClient: Sendable {
         throw .api(error)
     }
 
-    static let encoder: JSONEncoder = {
-        let encoder = JSONEncoder()
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        encoder.outputFormatting = [.withoutEscapingSlashes, .sortedKeys]
-        return encoder
-    }()
-
-    static let decoder: JSONDecoder = {
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return decoder
-    }()
+    static let encoder = WireJSON.encoder
+    static let decoder = WireJSON.decoder
 
     static func encode(_ value: some Encodable) throws(ClientError) -> [UInt8] {
         do { return Array(try encoder.encode(value)) } catch { throw .malformedBody("cannot encode the request: \(error)") }

@@ -1,3 +1,4 @@
+import BatonWire
 import Foundation
 import Glibc
 
@@ -18,13 +19,9 @@ public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// Reads the error shape from an answer that is not 2xx.
     init(_ response: HTTPResponse) {
-        struct Shape: Decodable {
-            struct Inner: Decodable { let code: String; let message: String? }
-            let error: Inner
-        }
         let retryAfter = response.header("Retry-After").flatMap { Int($0) }
-        if let shape = try? JSONDecoder().decode(Shape.self, from: Data(response.body)) {
-            self.init(status: response.status, code: shape.error.code, message: shape.error.message ?? "", retryAfter: retryAfter)
+        if let shape = try? WireJSON.decoder.decode(ErrorBody.self, from: Data(response.body)) {
+            self.init(status: response.status, code: shape.error.code, message: shape.error.message, retryAfter: retryAfter)
         } else {
             let text = String(decoding: response.body.prefix(200), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             self.init(status: response.status, code: "http_\(response.status)", message: text, retryAfter: retryAfter)

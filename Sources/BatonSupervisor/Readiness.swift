@@ -1,3 +1,4 @@
+import BatonClient
 import BatonConfig
 import Foundation
 import Glibc
@@ -45,35 +46,14 @@ enum ReadinessProbe {
         }
     }
 
-    /// A plain HTTP/1.0 GET with a 2 s timeout: true on a 2xx or 3xx status.
+    /// A GET with a 2 s deadline, through the one HTTP client: true on a 2xx or 3xx status.
     static func httpGet(_ url: String) -> Bool {
-        guard url.hasPrefix("http://") else { return false }
+        guard url.lowercased().hasPrefix("http://") else { return false }
         let rest = url.dropFirst("http://".count)
-        let authority = rest.split(separator: "/", maxSplits: 1).first.map(String.init) ?? ""
-        let path = rest.dropFirst(authority.count).isEmpty ? "/" : String(rest.dropFirst(authority.count))
-        let parts = authority.split(separator: ":")
-        let host = parts.first.map(String.init) ?? "127.0.0.1"
-        let port = parts.count > 1 ? String(parts[1]) : "80"
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var result: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, port, &hints, &result) == 0, let info = result else { return false }
-        defer { freeaddrinfo(result) }
-        let fd = socket(info.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var timeout = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        guard connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 else { return false }
-        let request = Array("GET \(path) HTTP/1.0\r\nHost: \(authority)\r\nConnection: close\r\n\r\n".utf8)
-        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return false }
-        var buffer = [UInt8](repeating: 0, count: 64)
-        let count = recv(fd, &buffer, buffer.count, 0)
-        guard count > 12 else { return false }
-        let line = String(decoding: buffer[0..<count], as: UTF8.self)
-        let fields = line.split(separator: " ")
-        guard fields.count >= 2, let status = Int(fields[1]) else { return false }
-        return (200..<400).contains(status)
+        let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+        guard let endpoint = BatonClient.Endpoint(url: "http://" + rest[..<slash]) else { return false }
+        let path = slash == rest.endIndex ? "/" : String(rest[slash...])
+        guard let response = try? HTTPConnection(endpoint).send(HTTPRequest("GET", path, timeout: .seconds(2))) else { return false }
+        return (200..<400).contains(response.status)
     }
 }
