@@ -206,6 +206,12 @@ extension BatonClient {
         return try call("GET", target, as: EventPage.self, timeout: wait + timeout)
     }
 
+    /// The ledger's last sequence number now: where to follow from, to see only what
+    /// happens next (an empty page of records after it).
+    public func lastSeq() throws(ClientError) -> UInt64 {
+        try events(since: UInt64(1) << 53, limit: 1).value.lastSeq
+    }
+
     /// `GET /v1/events` as Server-Sent Events, from after `since`. A batond without them
     /// answers JSON instead: check the stream's `Content-Type`.
     public func eventStream(since: UInt64, agent: String? = nil) throws(ClientError) -> ResponseStream {

@@ -37,7 +37,7 @@ struct Events: ParsableCommand {
             let client = try connection.client()
             var start = since ?? 0
             if since == nil {
-                let last = try client.events(since: 1 << 53).value.lastSeq
+                let last = try client.lastSeq()
                 start = last > UInt64(limit) ? last - UInt64(limit) : 0
             }
             if follow {

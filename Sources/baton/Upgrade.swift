@@ -34,7 +34,7 @@ struct Upgrade: ParsableCommand {
     func run() throws {
         try reporting {
             let client = try connection.client(timeout: .seconds(70))
-            let since = noWait ? 0 : try client.events(since: 1 << 53).value.lastSeq
+            let since = noWait ? 0 : try client.lastSeq()
             let reply = try client.setDesired(agent, DesiredRequest(version: version, mode: sequential ? .sequential : nil,
                                                                     force: force ? true : nil))
             switch reply.value {
@@ -70,7 +70,7 @@ struct Rollback: ParsableCommand {
     func run() throws {
         try reporting {
             let client = try connection.client(timeout: .seconds(70))
-            let since = noWait ? 0 : try client.events(since: 1 << 53).value.lastSeq
+            let since = noWait ? 0 : try client.lastSeq()
             let reply = try client.rollback(agent, force: force)
             try Follow.handoff(client, reply.value, body: reply.response.body, since: since, wait: !noWait, json: output.json)
         }

@@ -50,7 +50,7 @@ struct VersionCommand: ParsableCommand {
         func run() throws {
             try reporting {
                 let client = try connection.client(timeout: .seconds(70))
-                var seq = try client.events(since: 1 << 53).value.lastSeq
+                var seq = try client.lastSeq()
                 let began = try client.setMachineVersion(VersionRequest(version: version, barrier: barrier ? true : nil))
                 guard let rollout = began.value.pending else {
                     if output.json { return Terminal.printJSON(began.response.body) }
