@@ -19,6 +19,8 @@
 #   1,000 Server-Sent Events streams of /v1/events (bench/sse.py): batond's RSS
 #   before and after, and the delay from a ledger append to the last stream
 #   receiving it (p50, max over 20 appends): reported, no target
+#   `baton status` on the Unix socket (bench/cli.py) against curl on the same
+#   socket: median under 20 ms
 # The exit status is non-zero only when something failed to run or a
 # measurement is invalid (non-2xx answers, a server that did not start).
 #
@@ -149,6 +151,7 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     swift build -c release --product batond
     swift build -c release --product baton-bench
     swift build -c release --product baton-testagent
+    swift build -c release --product baton
 fi
 [[ -x $batond ]] || die "$batond not found or not executable"
 [[ -x $baton_bench ]] || die "$baton_bench not found or not executable"
@@ -282,3 +285,10 @@ echo
 echo "== ${BENCH_STREAMS:-1000} Server-Sent Events streams of /v1/events, 20 appends (bench/sse.py)"
 python3 bench/sse.py "$batond" "${BENCH_STREAMS:-1000}" 20 | sed 's/^/   /' \
     || die "the event stream benchmark failed"
+
+# MARK: - The operator's command line
+
+echo
+echo "== baton status against curl on batond's Unix socket, 100 runs each (bench/cli.py)"
+python3 bench/cli.py "$batond" "$(dirname "$batond")/baton" 100 | sed 's/^/   /' \
+    || die "the CLI benchmark failed"
