@@ -118,6 +118,7 @@ let package = Package(
         // Helpers shared by the test targets: a raw HTTP client, temp dirs, a batond launcher.
         .target(
             name: "BatonTestSupport",
+            dependencies: ["BatonClient"],
             path: "Tests/BatonTestSupport"
         ),
         .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),

@@ -54,7 +54,7 @@ final class CapacityTests {
     /// A client that sends half a head and then a byte every 100 ms: libmicrohttpd's idle
     /// timeout (30 s, reset by each byte) never fires, the head deadline does.
     @Test func aHeadTrickledPastItsDeadlineIsClosed() throws {
-        let connection = try HTTPConnection(endpoint, timeout: 5)
+        let connection = try RawConnection(endpoint, timeout: 5)
         try connection.send(Array("GET /hello HTTP/1.1\r\nHost: x\r\n".utf8))
         let started = Date()
         var closed = false
@@ -67,7 +67,7 @@ final class CapacityTests {
     }
 
     @Test func aBodyTrickledPastItsDeadlineIsClosed() throws {
-        let connection = try HTTPConnection(endpoint, timeout: 5)
+        let connection = try RawConnection(endpoint, timeout: 5)
         try connection.send(Array("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n".utf8))
         let started = Date()
         var closed = false
@@ -82,7 +82,7 @@ final class CapacityTests {
     /// A full listener whose connections only wait for their heads lets a new client in,
     /// in place of the one that has waited longest.
     @Test func aNewClientTakesTheSlotOfTheOldestIdleConnection() throws {
-        let idle = try (0..<4).map { _ in try HTTPConnection(endpoint, timeout: 5) }
+        let idle = try (0..<4).map { _ in try RawConnection(endpoint, timeout: 5) }
         for connection in idle { try connection.send(Array("GET /hello HTTP/1.1\r\n".utf8)) }
         try eventually { self.server.listenerStats.first?.open == 4 }
         let answer = try endpoint.get("/hello", timeout: 2)
@@ -96,7 +96,7 @@ final class CapacityTests {
         let waits = (0..<4).map { _ in inBackground { [endpoint] in try endpoint.get("/park", timeout: 30) } }
         try eventually { self.parked.get() == 4 }
         let started = Date()
-        let connection = try HTTPConnection(endpoint, timeout: 3)
+        let connection = try RawConnection(endpoint, timeout: 3)
         #expect(connection.isClosedByPeer(waiting: 3), "a connection over the limit was not closed")
         #expect(Date().timeIntervalSince(started) < 1)
         server.shutdown(grace: .seconds(1))
@@ -134,9 +134,9 @@ final class CapacityTests {
     /// once; others' are not affected (here: the same peer again once one closes).
     @Test func aPeerPastItsCapIsClosedAtOnce() throws {
         let path = directory.file("capacity.sock")
-        let held = try (0..<2).map { _ in try HTTPConnection(.unix(path: path), timeout: 5) }
+        let held = try (0..<2).map { _ in try RawConnection(.unix(path: path), timeout: 5) }
         try eventually { self.server.listenerStats.last?.open == 2 }
-        let extra = try HTTPConnection(.unix(path: path), timeout: 3)
+        let extra = try RawConnection(.unix(path: path), timeout: 3)
         #expect(extra.isClosedByPeer(waiting: 3))
         #expect(try held[0].request("GET", "/hello").status == 200, "the peer's first connections still work")
     }

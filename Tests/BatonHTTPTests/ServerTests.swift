@@ -126,25 +126,25 @@ final class ServerTests {
     /// A body sent to a route that takes none is refused: from Content-Length before it is
     /// read, or once a chunked one turns out not to be empty. An empty one is fine.
     @Test func aBodyOnARouteThatTakesNoneIsRefused() throws {
-        let sized = try HTTPConnection(endpoint).request("GET", "/items/1", headers: ["Content-Type": "application/json"],
+        let sized = try RawConnection(endpoint).request("GET", "/items/1", headers: ["Content-Type": "application/json"],
                                                          body: Array("{}".utf8))
         #expect(sized.status == 400)
         #expect(sized.errorCode == "body_not_allowed")
 
-        let chunked = try HTTPConnection(endpoint)
+        let chunked = try RawConnection(endpoint)
         try chunked.send(Array("GET /items/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n".utf8))
         let answer = try chunked.readResponse()
         #expect(answer.status == 400)
         #expect(answer.errorCode == "body_not_allowed")
 
-        let empty = try HTTPConnection(endpoint)
+        let empty = try RawConnection(endpoint)
         try empty.send(Array("GET /items/1 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".utf8))
         #expect(try empty.readResponse().status == 200)
         #expect(try endpoint.request("GET", "/items/1", headers: ["Content-Length": "0"]).status == 200)
     }
 
     @Test func anOversizedBodyIsRefusedFromItsHeadAlone() throws {
-        let connection = try HTTPConnection(endpoint)
+        let connection = try RawConnection(endpoint)
         let response = try connection.request("POST", "/echo", headers: ["Content-Type": "application/json", "Content-Length": "\(2 << 20)"],
                                               body: [], sendBody: false)
         #expect(response.status == 413)
@@ -153,7 +153,7 @@ final class ServerTests {
     }
 
     @Test func anOversizedChunkedBodyIsRefused() throws {
-        let connection = try HTTPConnection(endpoint)
+        let connection = try RawConnection(endpoint)
         var head = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
         let chunk = String(repeating: "a", count: 16 * 1024)
         for _ in 0..<5 { head += String(chunk.utf8.count, radix: 16) + "\r\n" + chunk + "\r\n" }
@@ -182,7 +182,7 @@ final class ServerTests {
     }
 
     @Test func keepAliveServesSeveralRequestsOnOneConnection() throws {
-        let connection = try HTTPConnection(endpoint)
+        let connection = try RawConnection(endpoint)
         for id in 1...3 {
             let response = try connection.request("GET", "/items/\(id)")
             #expect(response.status == 200)
@@ -262,7 +262,7 @@ struct ServerMemoryTests {
         }
         try server.serve(listener)
         guard case .tcp(let host, let port) = listener.address else { throw TestFailure("not tcp") }
-        let connection = try HTTPConnection(.tcp(host: host, port: port))
+        let connection = try RawConnection(.tcp(host: host, port: port))
         #expect(try connection.request("GET", "/probe").status == 200)
         // The completion callback runs just after the answer is sent: give it a moment.
         let deadline = Date().addingTimeInterval(5)

@@ -26,7 +26,7 @@ public final class EventStreamClient {
         }
     }
 
-    public let connection: HTTPConnection
+    public let connection: RawConnection
     public let status: Int
     public let headers: [String: String]
     /// The error answer's body, when the status is not 200.
@@ -38,7 +38,7 @@ public final class EventStreamClient {
 
     /// Opens the stream; `timeout` bounds every read. `headers` are added (e.g. `Last-Event-ID`).
     public init(_ endpoint: Endpoint, _ path: String, token: String?, headers: [String: String] = [:], timeout: Double = 30) throws {
-        connection = try HTTPConnection(endpoint, timeout: timeout)
+        connection = try RawConnection(endpoint, timeout: timeout)
         var head = "GET \(path) HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n"
         if let token { head += "Authorization: Bearer \(token)\r\n" }
         for (name, value) in headers.sorted(by: { $0.key < $1.key }) { head += "\(name): \(value)\r\n" }

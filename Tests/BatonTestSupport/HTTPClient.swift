@@ -1,8 +1,11 @@
+import BatonClient
 import Foundation
 import Glibc
 
-/// A raw HTTP/1.1 client over TCP or a Unix socket, for tests: it sends exactly the bytes
-/// asked for (so it can send a head without its body) and parses one response.
+/// The tests' side of HTTP. Well-formed requests (`Endpoint.request`, `get`, `json`) go
+/// through BatonClient, the one client of batond's API; `RawConnection` is a raw sender
+/// for what a client never sends: exactly the bytes asked for (a head without its body,
+/// framing set by hand, half-open connections), with one response parsed back.
 public struct HTTPResponse: Sendable {
     public let status: Int
     public let headers: [String: String]
@@ -49,8 +52,8 @@ public enum Endpoint: Sendable, CustomStringConvertible {
     }
 }
 
-/// One connection. Requests on it are sent one after another (keep-alive).
-public final class HTTPConnection {
+/// One raw connection. Requests on it are sent one after another (keep-alive).
+public final class RawConnection {
     private(set) var fd: Int32
     private var buffer: [UInt8] = []
 
@@ -169,12 +172,33 @@ public final class HTTPConnection {
 }
 
 extension Endpoint {
-    /// One request on a fresh connection.
+    /// One well-formed request on a fresh connection, through BatonClient (the client the
+    /// CLI and the agent library use). A request whose framing the test sets itself
+    /// (`Content-Length`, `Transfer-Encoding`, `Host`) is deliberately unusual: the raw
+    /// sender sends it as it is.
     public func request(_ method: String, _ path: String, token: String? = nil, headers: [String: String] = [:],
                         body: [UInt8]? = nil, timeout: Double = 30) throws -> HTTPResponse {
         var headers = headers
         if let token { headers["Authorization"] = "Bearer \(token)" }
-        return try HTTPConnection(self, timeout: timeout).request(method, path, headers: headers, body: body)
+        if headers.keys.contains(where: { ["content-length", "transfer-encoding", "host"].contains($0.lowercased()) }) {
+            return try RawConnection(self, timeout: timeout).request(method, path, headers: headers, body: body)
+        }
+        let request = HTTPRequest(method, path, headers: headers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) },
+                                  body: body.map { .bytes($0) } ?? .none, timeout: .milliseconds(Int64(timeout * 1000)))
+        do {
+            let answer = try HTTPConnection(shared).send(request)
+            return HTTPResponse(status: answer.status, headers: answer.headers, body: answer.body)
+        } catch {
+            throw TestFailure("\(method) \(path) on \(self): \(error)")
+        }
+    }
+
+    /// The same place, as BatonClient names it.
+    var shared: BatonClient.Endpoint {
+        switch self {
+        case .tcp(let host, let port): .tcp(host: host, port: port)
+        case .unix(let path): .unix(path: path)
+        }
     }
 
     /// A request with a JSON body.
@@ -199,7 +223,7 @@ func unixSocketAddress(_ path: String) -> sockaddr_un {
     return address
 }
 
-extension HTTPConnection {
+extension RawConnection {
     /// Whether the server closes the connection within `seconds` (end of file or reset).
     public func isClosedByPeer(waiting seconds: Double) -> Bool {
         var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
@@ -212,12 +236,12 @@ extension HTTPConnection {
 /// A slowloris: `count` connections that each sent half a request head and then nothing.
 /// Closed when released.
 public final class SlowHeads {
-    public let connections: [HTTPConnection]
+    public let connections: [RawConnection]
 
     public init(_ endpoint: Endpoint, count: Int) throws {
-        var connections: [HTTPConnection] = []
+        var connections: [RawConnection] = []
         for _ in 0..<count {
-            let connection = try HTTPConnection(endpoint, timeout: 5)
+            let connection = try RawConnection(endpoint, timeout: 5)
             // The server may already have closed it (over a limit): that is its answer.
             try? connection.send(Array("GET /healthz HTTP/1.1\r\nHost: x\r\n".utf8))
             connections.append(connection)
@@ -232,7 +256,7 @@ public final class SlowHeads {
         var open = connections
         var closed = 0
         while !open.isEmpty, Date() < deadline {
-            var still: [HTTPConnection] = []
+            var still: [RawConnection] = []
             for connection in open {
                 if connection.isClosedByPeer(waiting: 0) { closed += 1 } else { still.append(connection) }
             }

@@ -98,7 +98,7 @@ struct CapacityIntegrationTests {
     @Test func aTrickledHeadIsClosedAtTheDeadline() throws {
         let (daemon, _) = try start()
         for endpoint in [daemon.endpoint, daemon.unix] {
-            let connection = try HTTPConnection(endpoint, timeout: 5)
+            let connection = try RawConnection(endpoint, timeout: 5)
             try connection.send(Array("GET /healthz HTTP/1.1\r\n".utf8))
             let started = Date()
             var closed = false

@@ -40,8 +40,8 @@ struct ReleasePushTests {
 
     /// Begins a push of `body` as 2.0 (its head says all of it) and sends its first
     /// `sending` bytes; the connection stays open for the test to cut or read.
-    static func pushPart(_ daemon: BatondProcess, of body: [UInt8], sending: Int) throws -> HTTPConnection {
-        let connection = try HTTPConnection(daemon.endpoint, timeout: 60)
+    static func pushPart(_ daemon: BatondProcess, of body: [UInt8], sending: Int) throws -> RawConnection {
+        let connection = try RawConnection(daemon.endpoint, timeout: 60)
         let head = "PUT /v1/releases/web/2.0?sha256=\(sha256(body)) HTTP/1.1\r\nHost: localhost\r\n"
             + "Authorization: Bearer \(daemon.token)\r\nContent-Type: application/octet-stream\r\nContent-Length: \(body.count)\r\n\r\n"
         try connection.send(Array(head.utf8) + Array(body[..<sending]))
@@ -216,7 +216,7 @@ struct ReleasePushTests {
 
         // Content-Length says it cannot fit: refused from the head, with the figures.
         let big = [UInt8](repeating: 0x7f, count: 24 << 20)
-        let upFront = try HTTPConnection(daemon.endpoint).request(
+        let upFront = try RawConnection(daemon.endpoint).request(
             "PUT", "/v1/releases/web/2.0?sha256=\(Self.sha256(big))",
             headers: ["Authorization": "Bearer \(daemon.token)", "Content-Length": "\(big.count)"], body: big, sendBody: false)
         #expect(upFront.status == 507 && upFront.errorCode == "insufficient_storage", "\(upFront.text)")
@@ -224,7 +224,7 @@ struct ReleasePushTests {
         #expect(Self.entries(daemon) == [])
 
         // Chunked, with no length to check: the disk fills on the way; 507, and nothing is left.
-        let connection = try HTTPConnection(daemon.endpoint, timeout: 60)
+        let connection = try RawConnection(daemon.endpoint, timeout: 60)
         var request = Array(("PUT /v1/releases/web/2.0?sha256=\(Self.sha256(big)) HTTP/1.1\r\nHost: localhost\r\n"
             + "Authorization: Bearer \(daemon.token)\r\nTransfer-Encoding: chunked\r\n\r\n").utf8)
         for start in stride(from: 0, to: big.count, by: 1 << 20) {

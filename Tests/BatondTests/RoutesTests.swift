@@ -118,7 +118,7 @@ struct RoutesTests {
     }
 
     @Test func headIsServedForGetRoutes() throws {
-        let response = try HTTPConnection(daemon.endpoint).request("HEAD", "/healthz")
+        let response = try RawConnection(daemon.endpoint).request("HEAD", "/healthz")
         #expect(response.status == 200)
         #expect(response.body.isEmpty)
     }
@@ -152,7 +152,7 @@ struct RoutesTests {
     }
 
     @Test func aBodyPastTheLimitIs413BeforeItIsSent() throws {
-        let connection = try HTTPConnection(daemon.endpoint)
+        let connection = try RawConnection(daemon.endpoint)
         // Claim 2 MiB and send none of it: the answer must come from the head alone.
         let response = try connection.request("GET", "/v1/status", headers: ["Authorization": "Bearer \(daemon.token)",
                                                                               "Content-Length": "\(2 << 20)"],
