@@ -115,7 +115,7 @@ let package = Package(
                            "BatonReleases", "BatonTestSupport"],
             path: "bench/Sources/baton-bench"
         ),
-        // Helpers shared by the test targets: a raw HTTP client, temp dirs, a batond launcher.
+        // Helpers shared by the test targets: requests through BatonClient and a raw sender, temp dirs, a batond launcher.
         .target(
             name: "BatonTestSupport",
             dependencies: ["BatonClient"],
