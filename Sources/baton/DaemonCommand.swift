@@ -69,7 +69,13 @@ struct DaemonCommand: ParsableCommand {
                     Terminal.print("stored batond \(String(digest.prefix(12))) (\(Format.bytes(stored.value.size)))"
                                    + (stored.response.status == 200 ? ", already there" : ""))
                 }
-                let attempt = try client.upgradeDaemon(UpgradeRequest(digest: digest, force: force ? true : nil))
+                let attempt: Reply<UpgradeAttempt>
+                do {
+                    attempt = try client.upgradeDaemon(UpgradeRequest(digest: digest, force: force ? true : nil))
+                } catch let error as ClientError where error.apiError?.code == "self_check_failed" {
+                    // Not a refusal of the request: the new binary failed its check.
+                    throw CLIError.failed(error.apiError?.message ?? "\(error)", code: .failed)
+                }
                 if noWait {
                     if output.json { return Terminal.printJSON(attempt.response.body) }
                     return Terminal.print("self-check passed; batond re-executes into \(String(digest.prefix(12)))")

@@ -212,6 +212,21 @@ struct CLITests {
         #expect(rollback.status == 4 && rollback.stderr.contains("no_previous_release"), "\(rollback)")
     }
 
+    /// A binary whose `--self-check` refuses: stored, never run; batond stays as it was.
+    @Test func aDaemonUpgradeWhoseSelfCheckRefusesExits2AndChangesNothing() throws {
+        let fixture = try Fixture(["1.0": []])
+        let before = try fixture.daemon.endpoint.get("/v1/daemon", token: fixture.daemon.token).json()
+        let binary = fixture.daemon.state.file("batond-broken")
+        try "#!/bin/sh\necho \"not fit for $*\" >&2\nexit 1\n".write(toFile: binary, atomically: true, encoding: .utf8)
+        let result = try fixture.baton("daemon", "upgrade", binary)
+        #expect(result.status == 2, "\(result)")
+        #expect(result.stdout.contains("stored batond"), "\(result)")
+        #expect(result.stderr.contains("not fit for") && result.stderr.split(separator: "\n").count <= 3, "\(result)")
+        let after = try fixture.daemon.endpoint.get("/v1/daemon", token: fixture.daemon.token).json()
+        #expect(after["pid"] as? Int == before["pid"] as? Int && after["sha256"] as? String == before["sha256"] as? String)
+        #expect((after["last_upgrade"] as? [String: Any])?["outcome"] as? String == "failed", "\(after)")
+    }
+
     @Test func rollbackAndNoWait() throws {
         let fixture = try Fixture(["1.0": [], "2.0": []])
         let began = try fixture.baton("upgrade", "web", "2.0", "--no-wait", "--json")
