@@ -97,8 +97,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // The one HTTP/1.1 client of batond's API (the CLI's; Foundation and Glibc only).
-        .target(name: "BatonClient", dependencies: ["BatonCore"]),
+        // The one HTTP/1.1 client of batond's API (the CLI's, the agent library's, the probe's, the tests'): BatonWire, Foundation and Glibc only.
+        .target(name: "BatonClient", dependencies: ["BatonWire"]),
         // `baton`, the operator's command line.
         .executableTarget(
             name: "baton",

@@ -1,4 +1,4 @@
-import BatonCore
+import BatonWire
 import Foundation
 import Synchronization
 
@@ -7,6 +7,8 @@ import Synchronization
 public struct Reply<Value: Sendable>: Sendable {
     public let value: Value
     public let response: HTTPResponse
+
+    public init(value: Value, response: HTTPResponse) { self.value = value; self.response = response }
 }
 
 /// batond's HTTP API over its Unix socket or loopback TCP: keep-alive connections,
@@ -130,7 +132,7 @@ public final class BatonClient: Sendable {
     }
 
     /// `12`, `2.5`: seconds for a `wait` parameter, at millisecond precision.
-    static func seconds(_ duration: Duration) -> String {
+    public static func seconds(_ duration: Duration) -> String {
         let ms = max(duration.milliseconds, 0)
         return ms % 1000 == 0 ? String(ms / 1000) : String(format: "%.3f", Double(ms) / 1000)
     }
@@ -196,22 +198,6 @@ extension BatonClient {
         return try call("GET", "/v1/handoffs" + (query.isEmpty ? "" : "?" + query.joined(separator: "&")), as: HandoffList.self)
     }
 
-    /// The ledger's records after `since`, long-polling up to `wait` when there are none.
-    public func events(since: UInt64 = 0, wait: Duration = .zero, limit: Int? = nil, agent: String? = nil)
-        throws(ClientError) -> Reply<EventPage> {
-        var target = "/v1/events?since=\(since)"
-        if wait > .zero { target += "&wait=\(Self.seconds(wait))" }
-        if let limit { target += "&limit=\(limit)" }
-        if let agent { target += "&agent=\(Self.escape(agent))" }
-        return try call("GET", target, as: EventPage.self, timeout: wait + timeout)
-    }
-
-    /// The ledger's last sequence number now: where to follow from, to see only what
-    /// happens next (an empty page of records after it).
-    public func lastSeq() throws(ClientError) -> UInt64 {
-        try events(since: UInt64(1) << 53, limit: 1).value.lastSeq
-    }
-
     /// `GET /v1/events` as Server-Sent Events, from after `since`. A batond without them
     /// answers JSON instead: check the stream's `Content-Type`.
     public func eventStream(since: UInt64, agent: String? = nil) throws(ClientError) -> ResponseStream {
@@ -244,35 +230,6 @@ extension BatonClient {
 
     public func fetchRelease(_ agent: String, _ version: String, _ request: FetchRequest) throws(ClientError) -> Reply<ReleaseView> {
         try call("POST", "/v1/releases/\(Self.escape(agent))/\(Self.escape(version))", body: request, as: ReleaseView.self)
-    }
-
-    public func machineVersion() throws(ClientError) -> Reply<MachineVersionView> {
-        try call("GET", "/v1/version", as: MachineVersionView.self)
-    }
-
-    public func setMachineVersion(_ request: VersionRequest) throws(ClientError) -> Reply<MachineVersionView> {
-        try call("PUT", "/v1/version", body: request, as: MachineVersionView.self)
-    }
-
-    public func daemon() throws(ClientError) -> Reply<DaemonView> {
-        try call("GET", "/v1/daemon", as: DaemonView.self)
-    }
-
-    /// Streams a batond binary into the daemon's store. `sha256` is its digest (hex).
-    public func storeDaemonBinary(file: String, sha256: String, progress: (@Sendable (Int64, Int64) -> Void)? = nil)
-        throws(ClientError) -> Reply<StoredBinary> {
-        guard let digest = Hex.decode(sha256), digest.count == 32 else { throw .localFile("not a SHA-256: \(sha256)") }
-        let headers = [("Content-Type", "application/octet-stream"),
-                       ("Content-Digest", "sha-256=:\(Data(digest).base64EncodedString()):")]
-        let response = try send(HTTPRequest("PUT", "/v1/daemon/binary", headers: headers, body: .file(path: file),
-                                            timeout: timeout, progress: progress))
-        return Reply(value: try Self.decode(StoredBinary.self, response), response: response)
-    }
-
-    /// Runs the stored binary's self-check and, when it passes, re-executes batond into it
-    /// (the answer comes before the exec).
-    public func upgradeDaemon(_ request: UpgradeRequest) throws(ClientError) -> Reply<UpgradeAttempt> {
-        try call("POST", "/v1/daemon/upgrade", body: request, as: UpgradeAttempt.self, timeout: .seconds(150))
     }
 
     /// A one-time login path for the status page.
