@@ -629,7 +629,14 @@ struct ProbeAgentTests {
         // It writes its log through the descriptor batond opened: the file stays
         // batond's (0640), which the agent's user could not open itself.
         let log = state.file("logs/low.1.log")
-        try waitUntil(timeout: 10) { (try? String(contentsOfFile: log, encoding: .utf8)) == "low out\nlow err\n" }
+        do {
+            try waitUntil(timeout: 10) { (try? String(contentsOfFile: log, encoding: .utf8)) == "low out\nlow err\n" }
+        } catch {
+            // Seen once in CI under load: say what the logs held, and what batond said.
+            let logs = (try? FileManager.default.contentsOfDirectory(atPath: state.file("logs"))) ?? []
+            let contents = logs.sorted().map { "\($0): \((try? String(contentsOfFile: state.file("logs/\($0)"), encoding: .utf8)) ?? "?")" }
+            throw TestFailure("low.1.log never held exactly its two lines (pid \(pid)); logs: \(contents); batond: \(daemon.log.suffix(3000))")
+        }
         var info = stat()
         #expect(stat(log, &info) == 0 && info.st_uid == getuid() && info.st_mode & 0o777 == 0o640)
         daemon.stop()
