@@ -151,7 +151,8 @@ public final class API: Sendable {
         let server = self.server.withLock { $0 }
         let parked = server?.parkedCount ?? 0
         let state = ledger.state
-        let views = context.config.agents.map { view(of: $0, ledger: state.agents[$0.name]) }
+        // The views and the ledger-derived families from one snapshot of the ledger.
+        let views = agentViews(in: state)
         let text = metrics.render(.init(startedAt: context.startedAt, now: .now(), ledger: ledger.metrics,
                                         lastSeq: state.lastSeq, ledgerWritable: ledger.isWritable,
                                         parked: parked, listeners: server?.listenerStats ?? [],
@@ -184,8 +185,8 @@ public final class API: Sendable {
                    listeners: context.listeners, agents: agentViews())
     }
 
-    func agentViews() -> [AgentView] {
-        let state = ledger.state
+    func agentViews(in state: LedgerState? = nil) -> [AgentView] {
+        let state = state ?? ledger.state
         return context.config.agents.map { view(of: $0, ledger: state.agents[$0.name]) }
     }
 

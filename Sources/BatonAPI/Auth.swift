@@ -48,9 +48,8 @@ extension RouteScope {
 /// own, or in the operator group, or, on GET routes only, the status page's session
 /// cookie (`UISessions`: never the token, and it cannot change anything). Instances:
 /// the bearer token batond gave that instance, for routes about that instance only. A
-/// Unix-socket peer that is one of
-/// batond's instances (or a descendant of one) is that instance, never an operator, even
-/// when it runs as batond's user. Tokens are compared in constant time and never logged.
+/// Unix-socket peer that is one of batond's instances (or a descendant of one) is that
+/// instance, never an operator, even when it runs as batond's user. Tokens are compared in constant time and never logged.
 public struct OperatorAuth: Sendable {
     let token: [UInt8]
     let daemonUID: uid_t

@@ -89,7 +89,7 @@ final class EventWaiters: Sendable {
 
     func page(since: UInt64, limit: Int, agent: String?) -> Response {
         let window = ledger.records(after: since, limit: limit, agent: agent)
-        let truncated = since + 1 < window.oldestSeq && window.lastSeq >= window.oldestSeq
+        let truncated = window.missed(after: since)
         var body: [UInt8] = Array(#"{"last_seq":\#(window.lastSeq),"oldest_seq":\#(window.oldestSeq),"records":["#.utf8)
         for (index, record) in window.records.enumerated() {
             if index > 0 { body.append(UInt8(ascii: ",")) }
@@ -136,7 +136,7 @@ final class LedgerEventStream: StreamSource {
         cursor.withLock { cursor in
             let window = ledger.records(after: cursor, limit: Self.batch, agent: agent)
             var out: [UInt8] = []
-            if cursor + 1 < window.oldestSeq && window.lastSeq >= window.oldestSeq {
+            if window.missed(after: cursor) {
                 out += Array("event: truncated\ndata: {\"after\":\(cursor),\"oldest_seq\":\(window.oldestSeq)}\n\n".utf8)
             }
             for record in window.records {

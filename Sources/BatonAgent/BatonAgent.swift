@@ -190,7 +190,7 @@ public struct BatonAgent: Sendable {
     private func longPoll(query: String, wait: Duration, answersAtOnce: Bool, isNews: (Update) -> Bool) throws -> Update {
         let wait = max(wait, .seconds(1))
         var target = "/v1/instances/\(BatonClient.escape(instance))/signal" + query
-        if !answersAtOnce { target += "&wait=\(Self.seconds(wait))" }
+        if !answersAtOnce { target += "&wait=\(BatonClient.seconds(wait))" }
         var backoff = retryPolicy.start()
         var outage = Outage(what: "signal")
         while true {
@@ -304,11 +304,8 @@ public struct BatonAgent: Sendable {
             throw BatonAgentError.transport(error.description)
         }
         guard (200..<300).contains(response.status) else {
-            if let shape = try? WireJSON.decoder.decode(ErrorBody.self, from: Data(response.body)) {
-                throw BatonAgentError.server(status: response.status, code: shape.error.code, message: shape.error.message)
-            }
-            let text = String(decoding: response.body.prefix(200), as: UTF8.self)
-            throw BatonAgentError.server(status: response.status, code: "http_\(response.status)", message: text)
+            let error = APIError(response)
+            throw BatonAgentError.server(status: error.status, code: error.code, message: error.message)
         }
         return response
     }
@@ -319,16 +316,6 @@ public struct BatonAgent: Sendable {
             throw BatonAgentError.malformedResponse("no known signal in the answer: \(text)")
         }
         return Update(signal: answer.signal, desired: answer.desired)
-    }
-
-    /// `60`, `2.5`, `0.25`: seconds with at most millisecond precision.
-    static func seconds(_ duration: Duration) -> String {
-        let ms = duration.milliseconds
-        if ms % 1000 == 0 { return String(ms / 1000) }
-        var fraction = String(ms % 1000)
-        fraction = String(repeating: "0", count: 3 - fraction.count) + fraction
-        while fraction.hasSuffix("0") { fraction.removeLast() }
-        return "\(ms / 1000).\(fraction)"
     }
 }
 

@@ -134,7 +134,11 @@ public final class BatonClient: Sendable {
     /// `12`, `2.5`: seconds for a `wait` parameter, at millisecond precision.
     public static func seconds(_ duration: Duration) -> String {
         let ms = max(duration.milliseconds, 0)
-        return ms % 1000 == 0 ? String(ms / 1000) : String(format: "%.3f", Double(ms) / 1000)
+        if ms % 1000 == 0 { return String(ms / 1000) }
+        var fraction = String(ms % 1000)
+        fraction = String(repeating: "0", count: 3 - fraction.count) + fraction
+        while fraction.hasSuffix("0") { fraction.removeLast() }
+        return "\(ms / 1000).\(fraction)"
     }
 }
 

@@ -18,7 +18,7 @@ public struct APIError: Error, Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Reads the error shape from an answer that is not 2xx.
-    init(_ response: HTTPResponse) {
+    public init(_ response: HTTPResponse) {
         let retryAfter = response.header("Retry-After").flatMap { Int($0) }
         if let shape = try? WireJSON.decoder.decode(ErrorBody.self, from: Data(response.body)) {
             self.init(status: response.status, code: shape.error.code, message: shape.error.message, retryAfter: retryAfter)

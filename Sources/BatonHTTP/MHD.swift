@@ -608,9 +608,11 @@ final class Exchange {
         self.stream = stream
         answered = true
         // The response holds the stream until libmicrohttpd frees it (`streamFreed`).
+        let held = Unmanaged.passRetained(stream)
         guard let response = MHD_create_response_from_callback(baton_mhd_size_unknown, 1024, streamReader,
-                                                                Unmanaged.passRetained(stream).toOpaque(), streamFreed)
+                                                                held.toOpaque(), streamFreed)
         else {
+            held.release()
             return .NO
         }
         defer { MHD_destroy_response(response) }

@@ -495,4 +495,11 @@ public struct RecordWindow: Sendable {
     public var oldestSeq: UInt64
 
     public var lines: [[UInt8]] { records.map(\.line) }
+
+    /// Whether records after `since` have left the window while it still holds some: a
+    /// reader that asked for them missed them (the events page's `truncated`, the
+    /// stream's `truncated` event).
+    public func missed(after since: UInt64) -> Bool {
+        since + 1 < oldestSeq && lastSeq >= oldestSeq
+    }
 }

@@ -434,8 +434,6 @@ actor AgentRunner {
 
     // MARK: - Requests
 
-    /// A handoff to `version`, asked for by `by`: answered with its view once its
-    /// first records are durable.
     /// The version the instance holding go runs, while no handoff runs.
     private var workingVersion: String? {
         guard case .working(let instance, _) = machine.state, machine.holder == instance else { return nil }
@@ -446,17 +444,27 @@ actor AgentRunner {
     /// again), nothing handed over.
     private func unchanged(_ version: String, mode: HandoffMode, by: String) async -> Result<DesiredAnswer, SupervisorError> {
         if let refusal = refuseChanges() { return .failure(refusal) }
-        if context.ledger.state.agents[name]?.desired?.version != version {
-            record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
-            if let failure = await flush() {
-                unflushed.removeAll()
-                return .failure(.ledger(failure.description))
-            }
-            publishDesired()
+        if context.ledger.state.agents[name]?.desired?.version != version,
+           let failure = await writeDesired(.init(agent: name, version: version, mode: mode, by: by)) {
+            return .failure(failure)
         }
         return .success(.unchanged(agent: name, version: version))
     }
 
+    /// Records a desired version, durable before anything follows from it, and shows it
+    /// to the agent's instances. A record the ledger refused must not reach it later either.
+    private func writeDesired(_ desired: AgentDesired) async -> SupervisorError? {
+        record(.agentDesired(desired))
+        if let failure = await flush() {
+            unflushed.removeAll()
+            return .ledger(failure.description)
+        }
+        publishDesired()
+        return nil
+    }
+
+    /// A handoff to `version`, asked for by `by`: answered with its view once its
+    /// first records are durable.
     private func begin(to version: String, mode: HandoffMode, by: String) async -> Result<HandoffView, SupervisorError> {
         guard Names.isValidVersion(version) else { return .failure(.invalidVersion(version)) }
         if let refusal = refuseChanges() { return .failure(refusal) }
@@ -465,13 +473,7 @@ actor AgentRunner {
         }
         let (next, actions, refusal) = attempt(.desired(version: version, mode: Handoff.Mode(mode), irreversible: isIrreversible(version)))
         if let refusal { return .failure(refusal) }
-        record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
-        if let failure = await flush() {
-            // Refused: its record must not reach the ledger later either.
-            unflushed.removeAll()
-            return .failure(.ledger(failure.description))
-        }
-        publishDesired()
+        if let failure = await writeDesired(.init(agent: name, version: version, mode: mode, by: by)) { return .failure(failure) }
         machine = next
         await perform(actions)
         await drain()
@@ -490,13 +492,10 @@ actor AgentRunner {
         guard config.external else { return .failure(.notExternal(name)) }
         guard Names.isValidVersion(request.version) else { return .failure(.invalidVersion(request.version)) }
         if let refusal = refuseChanges() { return .failure(refusal) }
-        record(.agentDesired(.init(agent: name, version: request.version, mode: request.mode ?? config.mode, by: by,
-                                   url: request.url, sha256: request.sha256?.lowercased())))
-        if let failure = await flush() {
-            unflushed.removeAll()
-            return .failure(.ledger(failure.description))
+        if let failure = await writeDesired(.init(agent: name, version: request.version, mode: request.mode ?? config.mode, by: by,
+                                                   url: request.url, sha256: request.sha256?.lowercased())) {
+            return .failure(failure)
         }
-        publishDesired()
         logger.info("desired version recorded for the agent to fetch", metadata: ["agent": "\(name)", "version": "\(request.version)"])
         guard let recorded = context.ledger.state.agents[name]?.desired else { return .failure(.ledger("the desired version was not recorded")) }
         return .success(recorded)
@@ -641,7 +640,6 @@ actor AgentRunner {
         if key == .restart { context.stats.backingOff(agent: name, until: nil) }
     }
 
-    /// What the machine notes, in the ledger and in the handoff's view.
     /// A handoff phase in a few words, for batond's log.
     static func says(_ phase: Handoff.Phase) -> String {
         switch phase {
@@ -656,6 +654,7 @@ actor AgentRunner {
         }
     }
 
+    /// What the machine notes, in the ledger and in the handoff's view.
     private func record(_ note: Machine.Note) {
         let now = Timestamp.now()
         switch note {

@@ -41,7 +41,6 @@ final class SupervisorContext: Sendable {
         logs = LogRotation(interval: logSettings.checkInterval)
     }
 
-    /// The output file of `instance`, started by this batond or an earlier one.
     /// `<logs>/<agent>.current.log`: a link to the log of the instance that last got go,
     /// a path that stays right across restarts and handoffs (`tail -F` it).
     func currentLogLink(_ agent: String) -> String { "\(logDirectory)/\(agent).current.log" }
@@ -56,6 +55,7 @@ final class SupervisorContext: Sendable {
         if rename(temporary, link) != 0 { unlink(temporary) }
     }
 
+    /// The output file of `instance`, started by this batond or an earlier one.
     func log(_ instance: String) -> InstanceLog {
         InstanceLog(path: "\(logDirectory)/\(instance).log", capBytes: logSettings.maxBytes)
     }

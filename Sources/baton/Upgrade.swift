@@ -91,7 +91,7 @@ enum Follow {
         }
         var follower = HandoffFollower(handoff: began.id, agent: began.agent, startedAt: began.startedAt)
         var seq = since
-        var end: HandoffView?
+        var end: Reply<HandoffView>?
         while end == nil {
             let page = try client.events(since: seq, wait: .seconds(30), agent: began.agent).value
             for record in page.records {
@@ -100,13 +100,13 @@ enum Follow {
             }
             if follower.ended != nil || page.records.isEmpty || page.truncated {
                 // The end as batond tells it (also when records were missed or none came).
-                let view = try client.handoff(began.id).value
-                if view.outcome != nil { end = view }
+                let reply = try client.handoff(began.id)
+                if reply.value.outcome != nil { end = reply }
             }
         }
-        let view = end!
+        let view = end!.value
         if json {
-            Terminal.printJSON(try client.handoff(began.id).response.body)
+            Terminal.printJSON(end!.response.body)
         } else {
             Terminal.print(follower.outcomeLine(view))
         }
@@ -123,11 +123,10 @@ enum Follow {
     /// The reason, the end of the failed successor's output, and where its whole log is.
     static func explainFailure(_ client: BatonClient, _ view: HandoffView, follower: HandoffFollower) {
         var tail = follower.error?.stderrTail
-        var instance = follower.error?.instance ?? follower.successor
+        let instance = follower.error?.instance ?? follower.successor
         if tail == nil, let lastError = try? client.agent(view.agent).value.lastError, lastError.handoff == view.id {
             tail = lastError.stderrTail
         }
-        if instance == nil { instance = follower.successor }
         if let tail, !tail.isEmpty {
             Terminal.print("output of the failed \(instance.map { "successor \($0)" } ?? "successor") (last lines):")
             for line in Format.tail(tail) { Terminal.print(line) }
