@@ -50,4 +50,4 @@ man: deps
 	@ls .build/man
 
 clean:
-	rm -rf .build .build-venv .baton bench/out
+	rm -rf .build .build-venv .build-bench-venv .baton bench/out

@@ -9,7 +9,9 @@
 #          python3 with PyYAML and jsonschema (scripts/check-contract.py), and a
 #          virtualenv .build-venv/ with the Python tools of
 #          scripts/requirements-test.txt, pinned (schemathesis, for scripts/schemathesis.sh)
-#   bench: `make bench`: wrk, gcc
+#   bench: `make bench`: wrk, gcc, and a virtualenv .build-bench-venv/ with the
+#          Python tools of scripts/requirements-bench.txt, pinned (supervisor, for
+#          bench/peers.py)
 # promtool: Debian 12 ships it only inside the `prometheus` package, which also
 # pulls ~100 MB of web assets, creates a user and enables and starts a Prometheus
 # server on :9090. So the package is downloaded (`apt-get download`), never
@@ -146,6 +148,14 @@ if (( test )) && ! cmp -s scripts/requirements-test.txt "$venv/requirements-test
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-test.txt
     cp scripts/requirements-test.txt "$venv/requirements-test.txt"
+fi
+bench_venv=.build-bench-venv
+if (( bench )) && ! cmp -s scripts/requirements-bench.txt "$bench_venv/requirements-bench.txt" 2>/dev/null; then
+    echo "install-deps: installing scripts/requirements-bench.txt into $bench_venv/" >&2
+    rm -rf "$bench_venv"
+    python3 -m venv "$bench_venv"
+    "$bench_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r scripts/requirements-bench.txt
+    cp scripts/requirements-bench.txt "$bench_venv/requirements-bench.txt"
 fi
 
 if ! command -v swift >/dev/null 2>&1; then
