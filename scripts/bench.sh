@@ -21,6 +21,11 @@
 #   receiving it (p50, max over 20 appends): reported, no target
 #   `baton status` on the Unix socket (bench/cli.py) against curl on the same
 #   socket: median under 20 ms
+#   the same HTTP agent (examples/http-agent) upgraded 20 times under ~1,000
+#   requests/s by supervisord (`supervisorctl restart`) and by baton, without and
+#   with socket hand-over, at agent start-up times of 0, 0.5 and 2 s
+#   (bench/peers.py): failed requests per upgrade, unavailability window and the
+#   upgrade command's time, side by side: reported, no target
 # The exit status is non-zero only when something failed to run or a
 # measurement is invalid (non-2xx answers, a server that did not start).
 #
@@ -29,6 +34,7 @@
 #   BENCH_ROUNDS=3           HTTP rounds (C, then batond); medians are compared
 #   BENCH_SKIP_BUILD=1       use the binaries as they are (no swift build)
 #   BATOND=..., BATON_BENCH=...  binaries to measure (default .build/release/)
+#   BENCH_PEERS_QUICK=1      bench/peers.py with 5 upgrades per run instead of 20
 # Temp dirs (batond state, ledger dirs) follow TMPDIR: keep it on a real
 # disk, the ledger numbers are about fsync.
 #
@@ -152,6 +158,7 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     swift build -c release --product baton-bench
     swift build -c release --product baton-testagent
     swift build -c release --product baton
+    if [[ -d examples/http-agent ]]; then swift build -c release --product http-agent; fi
 fi
 [[ -x $batond ]] || die "$batond not found or not executable"
 [[ -x $baton_bench ]] || die "$baton_bench not found or not executable"
@@ -292,3 +299,16 @@ echo
 echo "== baton status against curl on batond's Unix socket, 100 runs each (bench/cli.py)"
 python3 bench/cli.py "$batond" "$(dirname "$batond")/baton" 100 | sed 's/^/   /' \
     || die "the CLI benchmark failed"
+
+# MARK: - Peers: supervisord against baton
+
+echo
+echo "== the same HTTP agent upgraded under load: supervisord against baton (bench/peers.py)"
+http_agent=$(dirname "$batond")/http-agent
+# Until examples/http-agent exists, a Python agent with the same flags stands in.
+[[ -x $http_agent ]] || http_agent=bench/standin_agent.py
+peers_quick=()
+[[ ${BENCH_PEERS_QUICK:-0} == 1 ]] && peers_quick=(--quick)
+python3 bench/peers.py --batond "$batond" --baton "$(dirname "$batond")/baton" --agent "$http_agent" \
+    --supervisor-bin .build-bench-venv/bin "${peers_quick[@]}" | sed 's/^/   /' \
+    || die "the peer benchmark failed"
