@@ -59,7 +59,7 @@ let package = Package(
         .target(
             name: "BatonSupervisor",
             dependencies: [
-                "BatonCore", "BatonLedger", "BatonConfig", "BatonReleases", "BatonClient", "CBatonSpawn",
+                "BatonCore", "BatonLedger", "BatonConfig", "BatonReleases", "BatonClient", "BatonHTTP", "CBatonSpawn",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]

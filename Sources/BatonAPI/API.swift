@@ -193,6 +193,7 @@ public final class API: Sendable {
     /// What the ledger knows of an agent, with its live instances from the supervisor.
     func view(of config: AgentConfig, ledger: AgentLedger?) -> AgentView {
         var view = AgentView(name: config.name, ledger: ledger, config: config.view)
+        view.sockets = supervisor.sockets.views(of: config)
         // With the stored release's digest and URL, as the agent's instances see it.
         view.desired = supervisor.registry.desired(of: config.name) ?? view.desired
         let live = supervisor.registry.instances(of: config.name)

@@ -1,4 +1,5 @@
 import BatonCore
+import Glibc
 
 /// batond's configuration: loaded from one TOML file, validated once at start-up,
 /// then overridden by command-line flags. Every key is documented in config/batond.toml.
@@ -161,6 +162,9 @@ public struct AgentConfig: Sendable, Equatable {
     /// irreversible one.
     public var crashLoopExits = 5
     public var crashLoopWindow: Duration = .seconds(300)
+    /// Listening sockets batond opens once and passes to every instance (fds 3, 4, ...
+    /// with `LISTEN_FDS`), kept open across instances and batond's own restarts.
+    public var listen: [AgentSocket] = []
 
     public enum Readiness: Sendable, Equatable {
         case command([String])
@@ -189,3 +193,68 @@ public struct AgentConfig: Sendable, Equatable {
     }
 }
 
+
+/// One listening socket of an agent (`listen` in its config): batond binds it once and
+/// every instance gets it, the systemd way, named in `LISTEN_FDNAMES`.
+public struct AgentSocket: Sendable, Equatable, CustomStringConvertible {
+    public enum Address: Sendable, Equatable, CustomStringConvertible {
+        /// A numeric IPv4 or IPv6 host (any address, not only loopback: agents serve
+        /// traffic); port 0 has the kernel pick one, kept for batond's whole life.
+        case tcp(host: String, port: Int)
+        case unix(path: String)
+
+        /// Parses `tcp://HOST:PORT`, `tcp://[V6]:PORT` or `unix:/absolute/path`.
+        public init?(_ text: String) {
+            if text.hasPrefix("tcp://") {
+                guard let address = ListenAddress(String(text.dropFirst(6))), Self.isNumeric(address.host) else { return nil }
+                self = .tcp(host: address.host, port: address.port)
+            } else if text.hasPrefix("unix:") {
+                let path = String(text.dropFirst(5))
+                guard path.hasPrefix("/"), !path.contains("\0"), path.utf8.count <= AgentSocket.maxPathBytes else { return nil }
+                self = .unix(path: path)
+            } else {
+                return nil
+            }
+        }
+
+        static func isNumeric(_ host: String) -> Bool {
+            var v4 = in_addr(), v6 = in6_addr()
+            return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
+        }
+
+        public var description: String {
+            switch self {
+            case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
+            case .unix(let path): "unix:\(path)"
+            }
+        }
+    }
+
+    public var address: Address
+    /// Its name in `LISTEN_FDNAMES`; the agent's name unless the entry gives one.
+    public var name: String
+    /// The listen(2) backlog: connections that arrive while no instance accepts (the
+    /// handoff's gap) wait here. The kernel caps it at net.core.somaxconn.
+    public var backlog = 4096
+    /// A Unix socket's file mode, owner and group (names or numbers).
+    public var mode: UInt32 = 0o666
+    public var owner: String?
+    public var group: String?
+
+    public static let backlogRange: ClosedRange<Int> = 1 ... 65535
+    /// sun_path's 108 bytes, less the NUL and the `.PID.tmp` batond binds under first.
+    public static let maxPathBytes = BatondConfig.maxSocketPathBytes
+
+    public init(address: Address, name: String) {
+        self.address = address
+        self.name = name
+    }
+
+    /// A name systemd's `LISTEN_FDNAMES` can carry: 1 to 255 of letters, digits, `_`, `-`, `.`.
+    public static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 255
+            && name.utf8.allSatisfy { $0 < 128 && (isalnum(Int32($0)) != 0 || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: ".")) }
+    }
+
+    public var description: String { "\(name)=\(address)" }
+}

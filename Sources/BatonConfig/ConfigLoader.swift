@@ -204,7 +204,13 @@ private struct Reader {
                     throw error(path, "invalid agent name: use 1 to 63 of a-z, 0-9, '.', '_', '-', starting with a letter or digit")
                 }
                 guard let agent = try table(agents, name, path: ["agents"]) else { continue }
-                config.agents.append(try readAgent(agent, name: name, path: path))
+                let read = try readAgent(agent, name: name, path: path)
+                for socket in read.listen where !isPortZero(socket.address) {
+                    if let other = config.agents.first(where: { $0.listen.contains { $0.address == socket.address } }) {
+                        throw error(path + ["listen"], "\(socket.address) is agent \(other.name)'s already")
+                    }
+                }
+                config.agents.append(read)
             }
         }
         return config
@@ -251,7 +257,7 @@ private struct Reader {
                                         "user", "group", "readiness", "registration_token",
                                         "tcp_registration_uids", "stop_registered_on_exit", "inherit_env",
                                         "migration", "migration_timeout",
-                                        "restart_backoff", "restart_backoff_max", "crash_loop_exits", "crash_loop_window"])
+                                        "restart_backoff", "restart_backoff_max", "crash_loop_exits", "crash_loop_window", "listen"])
         if try bool(table, "external", path: path) == true {
             // What only a process batond starts would use is a mistake here, not a default.
             for key in Self.spawnOnlyKeys where table.keys.contains(key) {
@@ -271,7 +277,7 @@ private struct Reader {
     }
 
     /// The keys about starting a process: refused with `external = true`.
-    static let spawnOnlyKeys = ["command", "env", "inherit_env", "user", "group", "readiness"]
+    static let spawnOnlyKeys = ["command", "env", "inherit_env", "user", "group", "readiness", "listen"]
 
     private func readCommon(_ table: TOMLTable, into agent: AgentConfig, path: [String]) throws(ConfigError) -> AgentConfig {
         var agent = agent
@@ -345,6 +351,7 @@ private struct Reader {
         if let value = try duration(table, "migration_timeout", path: path, range: AgentConfig.migrationTimeoutRange) {
             agent.migrationTimeout = value
         }
+        agent.listen = try sockets(table, agent: agent.name, path: path)
         if let readiness = try self.table(table, "readiness", path: path) {
             let key = path + ["readiness"]
             try only(readiness, key, allowed: ["command", "http"])
@@ -362,6 +369,80 @@ private struct Reader {
             }
         }
         return agent
+    }
+
+    /// `listen = ["tcp://127.0.0.1:8080", { address = "unix:/run/web.sock", name = "admin", mode = "0660" }]`.
+    private func sockets(_ table: TOMLTable, agent: String, path: [String]) throws(ConfigError) -> [AgentSocket] {
+        guard let value = table["listen"] else { return [] }
+        let key = path + ["listen"]
+        guard let array = value.array else { throw error(key, "must be an array of addresses (\"tcp://HOST:PORT\", \"unix:/PATH\") or tables") }
+        var sockets: [AgentSocket] = []
+        for (index, element) in array.enumerated() {
+            let entry = "entry \(index + 1)"
+            func address(_ text: String) throws(ConfigError) -> AgentSocket.Address {
+                guard let address = AgentSocket.Address(text) else {
+                    throw error(key, "\(entry): \"\(text)\" is not \"tcp://HOST:PORT\" (a numeric host), \"tcp://[V6]:PORT\" "
+                                + "or \"unix:/absolute/path\" (at most \(AgentSocket.maxPathBytes) bytes)")
+                }
+                return address
+            }
+            var socket: AgentSocket
+            if let text = element.string {
+                socket = AgentSocket(address: try address(text), name: agent)
+            } else if let fields = element.table {
+                for field in fields.keys.sorted() where !["address", "name", "backlog", "mode", "owner", "group"].contains(field) {
+                    throw error(key, "\(entry): unknown key \(field) (known: address, backlog, group, mode, name, owner)")
+                }
+                guard let text = fields["address"]?.string else { throw error(key, "\(entry): needs address, a string") }
+                socket = AgentSocket(address: try address(text), name: agent)
+                if let name = fields["name"] {
+                    guard let name = name.string, AgentSocket.isValidName(name) else {
+                        throw error(key, "\(entry): name must be 1 to 255 letters, digits, _, - or . (LISTEN_FDNAMES cannot carry others)")
+                    }
+                    socket.name = name
+                }
+                if let backlog = fields["backlog"] {
+                    guard let number = backlog.int, AgentSocket.backlogRange.contains(number) else {
+                        throw error(key, "\(entry): backlog must be an integer between \(AgentSocket.backlogRange.lowerBound) and \(AgentSocket.backlogRange.upperBound)")
+                    }
+                    socket.backlog = number
+                }
+                let unixOnly = ["mode", "owner", "group"].filter { fields.keys.contains($0) }
+                if !unixOnly.isEmpty, case .tcp = socket.address {
+                    throw error(key, "\(entry): \(unixOnly.joined(separator: ", ")) only apply to unix: sockets")
+                }
+                if let mode = fields["mode"] {
+                    guard let text = mode.string, text.count >= 3, text.count <= 4, let bits = UInt32(text, radix: 8), bits <= 0o777 else {
+                        throw error(key, "\(entry): mode must be an octal string such as \"0660\"")
+                    }
+                    socket.mode = bits
+                }
+                if let owner = fields["owner"] {
+                    guard let user = owner.string, uid_t(user) != nil || (!user.isEmpty && accounts.userExists(user)) else {
+                        throw error(key, "\(entry): owner: no such user on this machine")
+                    }
+                    socket.owner = user
+                }
+                if let group = fields["group"] {
+                    guard let name = group.string, gid_t(name) != nil || (!name.isEmpty && accounts.groupExists(name)) else {
+                        throw error(key, "\(entry): group: no such group on this machine")
+                    }
+                    socket.group = name
+                }
+            } else {
+                throw error(key, "\(entry): must be an address string or a table with address")
+            }
+            if let earlier = sockets.first(where: { $0.address == socket.address }), !isPortZero(socket.address) {
+                throw error(key, "\(entry): \(socket.address) is listed twice (also as \(earlier.name))")
+            }
+            sockets.append(socket)
+        }
+        return sockets
+    }
+
+    private func isPortZero(_ address: AgentSocket.Address) -> Bool {
+        if case .tcp(_, 0) = address { return true }
+        return false
     }
 
     // MARK: - Typed access

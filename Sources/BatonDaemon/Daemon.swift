@@ -70,7 +70,12 @@ public struct Daemon: Sendable {
         // After a re-exec the previous image's sockets, never bound again: clients
         // queued in their backlogs meanwhile are served, not refused.
         let handedOver = Listener.handedOver()
-        let listeners = try bindListeners(operatorGID: operatorGID, handedOver: handedOver)
+        // systemd's descriptors: its socket unit's, and the agents' sockets batond put in
+        // its file descriptor store before a restart (named agent.*).
+        let fromSystemd = Listener.activatedDescriptors()
+        let stored = fromSystemd.filter { $0.name?.hasPrefix(AgentSockets.storePrefix) == true }
+        let activated = fromSystemd.filter { $0.name?.hasPrefix(AgentSockets.storePrefix) != true }.compactMap { Listener.activated(fd: $0.fd) }
+        let listeners = try bindListeners(operatorGID: operatorGID, handedOver: handedOver, activated: activated)
         let agentListener: Listener
         if let inherited = handedOver[Role.agent] {
             agentListener = inherited
@@ -93,9 +98,18 @@ public struct Daemon: Sendable {
         try publishAddress(listeners, to: addressFile)
 
         let described = (listeners + [agentListener]).map(\.description)
+        // The agents' listening sockets: across a re-exec first, else from systemd's store;
+        // under systemd each one batond opens goes into its store, so that it outlives
+        // batond's own restarts.
+        var inheritedSockets = Dictionary(stored.map { ($0.name!, $0.fd) }, uniquingKeysWith: { first, _ in first })
+        inheritedSockets.merge(AgentSockets.handedOver()) { _, handed in handed }
+        let notifier = self.notifier
+        var store: (@Sendable (Int32, String) -> Void)?
+        if notifier.isEnabled { store = { fd, name in notifier.store(fd, name: name) } }
+        let sockets = AgentSockets(inherited: inheritedSockets, logger: logger, stored: store)
         // Instances talk to batond over their own socket, out of reach of floods on the others.
         let supervisor = Supervisor(config: config, ledger: ledger, socketPath: config.agentSocketPath,
-                                    url: listeners.first { !$0.isUnix }?.url, logger: logger)
+                                    url: listeners.first { !$0.isUnix }?.url, logger: logger, sockets: sockets)
         await supervisor.releases.boot()
         let auth = OperatorAuth(token: token, operatorGID: operatorGID, probesOpen: config.http.probesOpen,
                                 instanceForToken: { [registry = supervisor.registry] in registry.instance(forToken: $0) },
@@ -146,7 +160,7 @@ public struct Daemon: Sendable {
             throw Failure(exit: .ioError, description: "cannot settle the last upgrade in the ledger: \(error)")
         }
         upgrader.install { [self] binary, digest in
-            reexecute(into: binary, digest: digest, server: server, served: served, ledger: ledger)
+            reexecute(into: binary, digest: digest, server: server, served: served, sockets: sockets, ledger: ledger)
         }
         logger.info("batond serving", metadata: ["listeners": "\(described.joined(separator: ", "))",
                                                  "state_dir": "\(config.stateDir)", "pid": "\(getpid())"])
@@ -154,8 +168,13 @@ public struct Daemon: Sendable {
         let services = ServiceGroup(configuration: .init(
             services: [
                 .init(service: HTTPService(server: server, listeners: listeners.map(\.description),
-                                           adopted: { [supervisor] in
+                                           adopted: { [supervisor, notifier, logger] in
                                                await supervisor.adopted()
+                                               // Every agent took its sockets: the rest belong to none.
+                                               for name in supervisor.sockets.closeUnclaimed() {
+                                                   logger.notice("closing a kept socket no agent lists any more", metadata: ["socket": "\(name)"])
+                                                   notifier.send("FDSTOREREMOVE=1\nFDNAME=\(name)")
+                                               }
                                                // A rollout a restart cut short goes on once every agent re-adopted.
                                                await rollouts.resume()
                                            }, notifier: notifier, logger: logger)),
@@ -199,11 +218,10 @@ public struct Daemon: Sendable {
 
     /// The previous image's sockets after a re-exec, else systemd's when activated, else
     /// the configured socket and TCP address.
-    private func bindListeners(operatorGID: gid_t?, handedOver: [String: Listener]) throws(Failure) -> [Listener] {
+    private func bindListeners(operatorGID: gid_t?, handedOver: [String: Listener], activated: [Listener]) throws(Failure) -> [Listener] {
         if let control = handedOver[Role.control] {
             return [control] + (handedOver[Role.tcp].map { [$0] } ?? [])
         }
-        let activated = Listener.activated()
         var listeners: [Listener] = []
         if let unix = activated.first(where: \.isUnix) {
             listeners.append(unix)
@@ -213,7 +231,7 @@ public struct Daemon: Sendable {
                 try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
                 listeners.append(try Listener.unix(path: config.socketPath, group: operatorGID))
             } catch {
-                throw Failure(exit: .failure, description: error.description)
+                throw Failure(exit: .failure, description: error.description + (Listener.isAccepting(config.socketPath) ? "; is a batond already running?" : ""))
             }
         }
         if let tcp = activated.first(where: { !$0.isUnix }) {
@@ -239,11 +257,14 @@ public struct Daemon: Sendable {
     /// of this pid and keep working). Returns only if `execve` failed, serving again on
     /// the same sockets (libmicrohttpd cannot un-quiesce: new daemons on the same fds).
     private func reexecute(into binary: String, digest: String, server: HTTPServer,
-                           served: [(role: String, listener: Listener, policy: ListenerPolicy)], ledger: Ledger) -> String {
+                           served: [(role: String, listener: Listener, policy: ListenerPolicy)], sockets: AgentSockets,
+                           ledger: Ledger) -> String {
         guard server.handOver(grace: .seconds(2)) else { return "batond is stopping; no re-exec" }
         for entry in served { _ = entry.listener.setInheritable(true) }
         var environment = ProcessInfo.processInfo.environment
         environment[Listener.handedOverVariable] = Listener.handOverDescription(served.map { ($0.role, $0.listener) })
+        // The agents' sockets cross too: never closed, so never unbound.
+        environment[AgentSockets.handedOverVariable] = sockets.prepareReexec(true)
         environment[SelfUpgrader.markerVariable] = digest
         let argv = ([binary] + CommandLine.arguments.dropFirst()).map { strdup($0) } + [nil]
         let envp = environment.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -267,6 +288,7 @@ public struct Daemon: Sendable {
         }
         pthread_sigmask(SIG_SETMASK, &previous, nil)
         for entry in served { _ = entry.listener.setInheritable(false) }
+        _ = sockets.prepareReexec(false)
         do {
             try server.resumeServing(served.map { ($0.listener, $0.policy) })
         } catch {

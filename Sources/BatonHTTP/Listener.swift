@@ -61,7 +61,8 @@ public struct Listener: Sendable, CustomStringConvertible {
     /// Binds a Unix socket at `path` with `mode` (and `group`, when given). A stale socket
     /// file (nobody accepts on it) is replaced atomically; a live one is never touched,
     /// nor is any file that is not a socket.
-    public static func unix(path: String, mode: mode_t = 0o660, group: gid_t? = nil, backlog: Int32 = 512) throws(ListenerError) -> Listener {
+    public static func unix(path: String, mode: mode_t = 0o660, owner: uid_t? = nil, group: gid_t? = nil,
+                            backlog: Int32 = 512) throws(ListenerError) -> Listener {
         // Bind under a temporary name and rename over the path: there is never a moment
         // with no socket file, nor one with a file of the wrong mode. The temporary name
         // is the longer one, and must fit too (sockaddr_un would cut it short).
@@ -75,7 +76,7 @@ public struct Listener: Sendable, CustomStringConvertible {
                 throw ListenerError(message: "\(path) exists and is not a socket; refusing to replace it")
             }
             if isAccepting(path) {
-                throw ListenerError(message: "another process is serving on \(path); is a batond already running?")
+                throw ListenerError(message: "another process is serving on \(path)")
             }
         }
         unlink(temporary)
@@ -88,8 +89,9 @@ public struct Listener: Sendable, CustomStringConvertible {
             }
             guard bound == 0 else { throw ListenerError(message: "bind \(temporary)", errno: errno) }
             guard chmod(temporary, mode) == 0 else { throw ListenerError(message: "chmod \(temporary)", errno: errno) }
-            if let group, chown(temporary, uid_t.max, group) != 0 {
-                throw ListenerError(message: "chown \(temporary) to group \(group)", errno: errno)
+            if owner != nil || group != nil, chown(temporary, owner ?? uid_t.max, group ?? gid_t.max) != 0 {
+                throw ListenerError(message: "chown \(temporary) to \(owner.map { "user \($0)" } ?? "") \(group.map { "group \($0)" } ?? "")",
+                                    errno: errno)
             }
             guard listen(fd, backlog) == 0 else { throw ListenerError(message: "listen \(temporary)", errno: errno) }
             guard rename(temporary, path) == 0 else { throw ListenerError(message: "rename \(temporary) to \(path)", errno: errno) }
@@ -238,9 +240,12 @@ public struct Listener: Sendable, CustomStringConvertible {
 
     // MARK: - systemd socket activation
 
-    /// The sockets systemd passed (`LISTEN_FDS` for this pid), fds 3 and up; empty when
-    /// not socket-activated. The variables are removed so children do not inherit them.
-    public static func activated() -> [Listener] {
+    /// The descriptors systemd passed (`LISTEN_FDS` for this pid), fds 3 and up, each
+    /// with its name from `LISTEN_FDNAMES` (nil when unnamed): a socket unit's sockets,
+    /// and what batond put in systemd's file descriptor store before a restart. Empty when
+    /// none. Each is made close-on-exec, and the variables are removed so children do not
+    /// inherit them.
+    public static func activatedDescriptors() -> [(fd: Int32, name: String?)] {
         defer {
             unsetenv("LISTEN_PID")
             unsetenv("LISTEN_FDS")
@@ -249,16 +254,22 @@ public struct Listener: Sendable, CustomStringConvertible {
         guard let pidText = getenv("LISTEN_PID").map({ String(cString: $0) }), Int32(pidText) == getpid(),
               let countText = getenv("LISTEN_FDS").map({ String(cString: $0) }), let count = Int32(countText), count > 0
         else { return [] }
-        var listeners: [Listener] = []
-        for fd in 3..<(3 + count) {
+        let names = getenv("LISTEN_FDNAMES").map { String(cString: $0).split(separator: ":", omittingEmptySubsequences: false).map(String.init) } ?? []
+        return (0..<count).map { index in
+            let fd = 3 + index
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            guard let address = socketAddress(fd) else { continue }
-            listeners.append(Listener(fd: fd, address: address, ownsPath: false, fileIdentity: nil))
+            return (fd, Int(index) < names.count ? names[Int(index)] : nil)
         }
-        return listeners
     }
 
-    /// What a listening socket is bound to (getsockname), or nil for other kinds.
+    /// A socket activation passed: a listening socket on `fd`, or nil for another kind.
+    public static func activated(fd: Int32) -> Listener? {
+        socketAddress(fd).map { Listener(fd: fd, address: $0, ownsPath: false, fileIdentity: nil) }
+    }
+
+    /// What a socket is bound to (getsockname), or nil for other kinds.
+    public static func address(of fd: Int32) -> Address? { socketAddress(fd) }
+
     private static func socketAddress(_ fd: Int32) -> Address? {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)

@@ -347,6 +347,12 @@ actor AgentRunner {
         }
         let instances = (recorded.map { Array($0.instances.values) } ?? []).sorted { ($0.startedAt, $0.id) < ($1.startedAt, $1.id) }
         let found = instances.map { adopt($0, in: interrupted) }
+        if !config.listen.isEmpty {
+            // Before anything starts: an adopted instance may hold the sockets, the one
+            // holding go first.
+            let holders = found.filter { $0.alive && !$0.registered }.sorted { $0.signal == .go && $1.signal != .go }
+            context.sockets.open(config, holders: holders.compactMap { processes[$0.id] })
+        }
         let current = context.releases.current(agent: name)
         await feed(.boot(current: current, instances: found, handoff: interrupted.map { handoff in
             // "began" is recorded with its first phase, before any effect: nothing of it
@@ -774,7 +780,8 @@ actor AgentRunner {
             environment = InstanceEnvironment.make(config: config, uid: credentials?.uid ?? getuid(),
                                                    inherited: ProcessInfo.processInfo.environment, baton: baton)
             held = try Processes.spawn(argv: argv, environment: environment, log: context.log(id),
-                                       directory: directory, credentials: credentials)
+                                       directory: directory, credentials: credentials,
+                                       sockets: try context.sockets.passed(for: config))
         } catch {
             // The generation is used up either way, so ids never repeat.
             record(.instanceSpawned(.init(agent: name, instance: id, version: version, pid: 0, startTime: 0, handoff: handoff)))

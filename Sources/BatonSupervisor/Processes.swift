@@ -135,6 +135,16 @@ final class ProcessHandle: Sendable {
         thread.start()
     }
 
+    /// A copy of the process's descriptor `fd` (pidfd_getfd(2), close-on-exec), or nil:
+    /// the process is gone, or batond may not reach into it (ptrace access).
+    func copyDescriptor(_ fd: Int32) -> Int32? {
+        let handle = pidfd >= 0 ? pidfd : baton_pidfd_open(pid)
+        guard handle >= 0 else { return nil }
+        defer { if handle != pidfd { close(handle) } }
+        let copy = baton_pidfd_getfd(handle, fd)
+        return copy >= 0 ? copy : nil
+    }
+
     /// Frees an exited child's pid. Called by the runner once nothing can signal it.
     func reap() {
         if isChild { baton_reap(pid) }
@@ -180,6 +190,13 @@ final class HeldProcess {
     }
 }
 
+/// A listening socket handed to a child: its descriptor in batond and its name in
+/// `LISTEN_FDNAMES`.
+struct PassedSocket: Sendable {
+    let fd: Int32
+    let name: String
+}
+
 /// Who a child runs as, when not batond's own user.
 struct Credentials: Sendable {
     let uid: uid_t
@@ -221,22 +238,38 @@ public enum Processes {
     /// being `log`'s file (no pipe: its writes never depend on batond), and holds it
     /// before exec: nothing of the agent runs until `release`, once batond's record of
     /// the process is durable. Should batond die first, the child ends without exec.
+    ///
+    /// `sockets` become the child's descriptors 3, 4, ..., announced the systemd way:
+    /// `LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID`, which the child itself sets to
+    /// its own pid between fork and exec.
     static func spawn(argv: [String], environment: [String: String], log: InstanceLog, directory: String?,
-                      credentials: Credentials?) throws(SpawnError) -> HeldProcess {
+                      credentials: Credentials?, sockets: [PassedSocket] = []) throws(SpawnError) -> HeldProcess {
         guard let program = argv.first, !program.isEmpty else { throw SpawnError(description: "empty command") }
         let path = try resolve(program, path: environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
         let output = try log.openForAppending()
         defer { close(output) }
+        var environment = environment
+        if !sockets.isEmpty {
+            environment["LISTEN_FDS"] = "\(sockets.count)"
+            environment["LISTEN_FDNAMES"] = sockets.map(\.name).joined(separator: ":")
+            // Room for any pid; the child writes its own over it.
+            environment["LISTEN_PID"] = String(repeating: "0", count: 10)
+        }
+        let descriptors = sockets.map(\.fd)
         var childErrno: Int32 = 0
         var stage: UnsafePointer<CChar>?
         var gate: Int32 = -1, report: Int32 = -1
         let pid = withCStrings(argv, environment) { cArgv, cEnv in
-            path.withCString { cPath in
+            let pidEntry = sockets.isEmpty ? nil : cEnv.first { $0.map { strncmp($0, "LISTEN_PID=", 11) == 0 } ?? false } ?? nil
+            return path.withCString { cPath in
                 withOptionalCString(directory) { cDirectory in
                     withOptionalCString(credentials?.userName) { cUser in
-                        baton_spawn_held(cPath, cArgv, cEnv, output, cDirectory, credentials == nil ? 0 : 1,
-                                         credentials?.uid ?? 0, credentials?.gid ?? 0, cUser, &gate, &report,
-                                         &childErrno, &stage)
+                        descriptors.withUnsafeBufferPointer { fds in
+                            baton_spawn_held(cPath, cArgv, cEnv, output, cDirectory, credentials == nil ? 0 : 1,
+                                             credentials?.uid ?? 0, credentials?.gid ?? 0, cUser,
+                                             fds.baseAddress, Int32(fds.count), pidEntry, &gate, &report,
+                                             &childErrno, &stage)
+                        }
                     }
                 }
             }

@@ -23,11 +23,14 @@ final class SupervisorContext: Sendable {
     let logSettings: BatondConfig.LogSettings
     /// Keeps the logs of live instances near their cap.
     let logs: LogRotation
+    /// The agents' listening sockets.
+    let sockets: AgentSockets
 
     init(ledger: Ledger, registry: InstanceRegistry, releases: ReleaseStore, handoffs: HandoffBook, stats: SupervisorStats,
          logger: Logger, socketPath: String, url: String?, logDirectory: String, logSettings: BatondConfig.LogSettings,
-         stopAgentsOnExit: Bool) {
+         stopAgentsOnExit: Bool, sockets: AgentSockets) {
         self.ledger = ledger
+        self.sockets = sockets
         self.registry = registry
         self.releases = releases
         self.handoffs = handoffs
@@ -206,6 +209,8 @@ public final class Supervisor: Sendable {
     public let registry: InstanceRegistry
     public let handoffs: HandoffBook
     public let stats = SupervisorStats()
+    /// The agents' listening sockets (`listen`).
+    public var sockets: AgentSockets { context.sockets }
     public let releases: Releases
     let context: SupervisorContext
     private let runners: [String: AgentRunner]
@@ -213,7 +218,8 @@ public final class Supervisor: Sendable {
     /// for them all.
     private let adoption: Mutex<(remaining: Int, waiters: [CheckedContinuation<Void, Never>])>
 
-    public init(config: BatondConfig, ledger: Ledger, socketPath: String, url: String?, logger: Logger) {
+    public init(config: BatondConfig, ledger: Ledger, socketPath: String, url: String?, logger: Logger,
+                sockets: AgentSockets = AgentSockets()) {
         registry = InstanceRegistry()
         handoffs = HandoffBook()
         let logDirectory = config.stateDir + "/logs"
@@ -222,7 +228,7 @@ public final class Supervisor: Sendable {
         context = SupervisorContext(ledger: ledger, registry: registry, releases: ReleaseStore(stateDirectory: config.stateDir),
                                     handoffs: handoffs, stats: stats, logger: logger, socketPath: socketPath, url: url,
                                     logDirectory: logDirectory, logSettings: config.logs,
-                                    stopAgentsOnExit: config.stopAgentsOnExit)
+                                    stopAgentsOnExit: config.stopAgentsOnExit, sockets: sockets)
         releases = Releases(store: context.releases, settings: config.releases, agents: Set(config.agents.map(\.name)),
                             ledger: ledger, registry: registry, logger: logger)
         var runners: [String: AgentRunner] = [:]

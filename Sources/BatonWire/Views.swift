@@ -18,6 +18,31 @@ public struct AgentView: Codable, Sendable, Equatable {
         }
     }
 
+    /// One of the agent's listening sockets (`listen`), which batond holds and passes to
+    /// every instance.
+    public struct Socket: Codable, Sendable, Equatable {
+        /// Its name in `LISTEN_FDNAMES`.
+        public var name: String
+        /// As bound (`tcp://127.0.0.1:8080`, `unix:/run/web.sock`): the port the kernel
+        /// picked for a configured port 0; as configured while it is not open.
+        public var address: String
+        public var open: Bool
+        /// Why it is not open.
+        public var error: String?
+
+        public init(name: String, address: String, open: Bool, error: String?) {
+            self.name = name; self.address = address; self.open = open; self.error = error
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(name, forKey: .name)
+            try c.encode(address, forKey: .address)
+            try c.encode(open, forKey: .open)
+            try c.encode(error, forKey: .error)
+        }
+    }
+
     public struct Config: Codable, Sendable, Equatable {
         public var mode: HandoffMode
         /// Empty for an external agent.
@@ -51,6 +76,8 @@ public struct AgentView: Codable, Sendable, Equatable {
     public var restarts: Int
     /// When the next start is due while the agent waits out a restart backoff; nil otherwise.
     public var nextAttemptAt: Timestamp?
+    /// The listening sockets batond holds for the agent (empty without `listen`).
+    public var sockets: [Socket]
     public var config: Config
 
     public struct Condition: Codable, Sendable, Equatable {
@@ -68,10 +95,10 @@ public struct AgentView: Codable, Sendable, Equatable {
 
     public init(name: String, desired: DesiredVersion?, running: RunningVersion?, state: State, instances: [Instance],
                 lastError: LastError?, rewound: RewoundRelease?, failed: FailedRelease?, condition: Condition, config: Config,
-                restarts: Int = 0, nextAttemptAt: Timestamp? = nil) {
+                restarts: Int = 0, nextAttemptAt: Timestamp? = nil, sockets: [Socket] = []) {
         self.name = name; self.desired = desired; self.running = running; self.state = state; self.instances = instances
         self.lastError = lastError; self.rewound = rewound; self.failed = failed; self.condition = condition; self.config = config
-        self.restarts = restarts; self.nextAttemptAt = nextAttemptAt
+        self.restarts = restarts; self.nextAttemptAt = nextAttemptAt; self.sockets = sockets
     }
 
     // Optionals encode as null, not absent: the contract lists every field.
@@ -88,6 +115,7 @@ public struct AgentView: Codable, Sendable, Equatable {
         try c.encode(condition, forKey: .condition)
         try c.encode(restarts, forKey: .restarts)
         try c.encode(nextAttemptAt, forKey: .nextAttemptAt)
+        try c.encode(sockets, forKey: .sockets)
         try c.encode(config, forKey: .config)
     }
 }

@@ -43,8 +43,24 @@ static void close_from(int lowest) {
     for (int fd = lowest; fd < highest; fd++) close(fd);
 }
 
+/// In the child: writes `pid` in decimal over the digits after "LISTEN_PID=" in `entry`
+/// (the parent made room for any pid). Async-signal-safe: no stdio.
+static void write_listen_pid(char *entry, pid_t pid) {
+    char digits[16];
+    int count = 0;
+    unsigned int value = (unsigned int)pid;
+    do {
+        digits[count++] = (char)('0' + value % 10);
+        value /= 10;
+    } while (value > 0 && count < (int)sizeof(digits));
+    char *cursor = entry + strlen("LISTEN_PID=");
+    while (count > 0) *cursor++ = digits[--count];
+    *cursor = 0;
+}
+
 static pid_t spawn_held(const char *path, char *const argv[], char *const envp[], int output_fd,
                         const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
+                        const int *listen_fds, int listen_count, char *listen_pid_entry,
                         int die_with_parent, int *gate_fd, int *report_fd, int *child_errno, const char **stage) {
     pid_t parent = getpid();
     int report[2], gate[2];
@@ -85,14 +101,29 @@ static pid_t spawn_held(const char *path, char *const argv[], char *const envp[]
         dup2(output_fd, 1);
         dup2(output_fd, 2);
         // Nothing of batond's (nor what its parent left open) reaches the agent: only 0,
-        // 1 and 2. Until exec the failure report sits at 3 and the gate at 4, both
-        // close-on-exec.
-        int moved_report = fcntl(report[1], F_DUPFD_CLOEXEC, 10);
-        int moved_gate = fcntl(gate[0], F_DUPFD_CLOEXEC, 10);
+        // 1 and 2, and the agent's listening sockets at 3, 4, ... (systemd's layout).
+        // Until exec the failure report and the gate sit just above them, close-on-exec.
+        // Everything is first copied above every number it goes to, so that no dup2
+        // overwrites a descriptor still to be moved.
+        int first_free = 5 + listen_count;
+        int moved_report = fcntl(report[1], F_DUPFD_CLOEXEC, first_free);
+        int moved_gate = fcntl(gate[0], F_DUPFD_CLOEXEC, first_free);
         if (moved_report < 0 || moved_gate < 0) _exit(127);
-        if (dup3(moved_report, 3, O_CLOEXEC) != 3 || dup3(moved_gate, 4, O_CLOEXEC) != 4) _exit(127);
-        close_from(5);
-        report[1] = 3;
+        int moved_listen[listen_count > 0 ? listen_count : 1];
+        for (int index = 0; index < listen_count; index++) {
+            moved_listen[index] = fcntl(listen_fds[index], F_DUPFD_CLOEXEC, first_free);
+            if (moved_listen[index] < 0) _exit(127);
+        }
+        for (int index = 0; index < listen_count; index++) {
+            // dup2 clears close-on-exec on the copy: the socket crosses the exec.
+            if (dup2(moved_listen[index], 3 + index) != 3 + index) _exit(127);
+        }
+        int report_at = 3 + listen_count, gate_at = 4 + listen_count;
+        if (dup3(moved_report, report_at, O_CLOEXEC) != report_at || dup3(moved_gate, gate_at, O_CLOEXEC) != gate_at) _exit(127);
+        close_from(first_free);
+        report[1] = report_at;
+        // LISTEN_PID names this very process (exec keeps the pid): a shell wrapper could not.
+        if (listen_pid_entry != NULL) write_listen_pid(listen_pid_entry, getpid());
         if (directory != NULL && chdir(directory) != 0) { failure[0] = errno; failure[1] = 1; goto fail; }
         if (set_ids) {
             if (setgid(gid) != 0) { failure[0] = errno; failure[1] = 2; goto fail; }
@@ -108,10 +139,10 @@ static pid_t spawn_held(const char *path, char *const argv[], char *const envp[]
         char go;
         ssize_t got;
         do {
-            got = read(4, &go, 1);
+            got = read(gate_at, &go, 1);
         } while (got < 0 && errno == EINTR);
         if (got != 1) _exit(127);
-        close(4);
+        close(gate_at);
         execve(path, argv, envp);
         failure[0] = errno;
         failure[1] = 5;
@@ -157,9 +188,10 @@ int baton_spawn_release(pid_t pid, int gate_fd, int report_fd, int *child_errno,
 
 pid_t baton_spawn_held(const char *path, char *const argv[], char *const envp[], int output_fd,
                        const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
+                       const int *listen_fds, int listen_count, char *listen_pid_entry,
                        int *gate_fd, int *report_fd, int *child_errno, const char **stage) {
-    return spawn_held(path, argv, envp, output_fd, directory, set_ids, uid, gid, user_name, 0,
-                      gate_fd, report_fd, child_errno, stage);
+    return spawn_held(path, argv, envp, output_fd, directory, set_ids, uid, gid, user_name,
+                      listen_fds, listen_count, listen_pid_entry, 0, gate_fd, report_fd, child_errno, stage);
 }
 
 void baton_spawn_abandon(pid_t pid, int gate_fd, int report_fd) {
@@ -173,8 +205,8 @@ pid_t baton_spawn(const char *path, char *const argv[], char *const envp[], int 
                   const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
                   int die_with_parent, int *child_errno, const char **stage) {
     int gate, report;
-    pid_t pid = spawn_held(path, argv, envp, output_fd, directory, set_ids, uid, gid, user_name, die_with_parent,
-                           &gate, &report, child_errno, stage);
+    pid_t pid = spawn_held(path, argv, envp, output_fd, directory, set_ids, uid, gid, user_name, NULL, 0, NULL,
+                           die_with_parent, &gate, &report, child_errno, stage);
     if (pid < 0) return -1;
     return baton_spawn_release(pid, gate, report, child_errno, stage) == 0 ? pid : -1;
 }
@@ -235,6 +267,10 @@ int baton_pipe_cloexec(int fds[2]) {
 
 int baton_pidfd_open(pid_t pid) {
     return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+int baton_pidfd_getfd(int pidfd, int fd) {
+    return (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
 }
 
 int baton_pidfd_send_signal(int pidfd, int signal) {

@@ -27,8 +27,13 @@ void baton_spawn_keep_umask(void);
 /// so that batond can make its record of the process durable first. If batond gives it
 /// up (`baton_spawn_abandon`) or dies meanwhile, the child ends (exit 127) without
 /// running any agent code. `*gate_fd` and `*report_fd` are for those two calls.
+/// `listen_fds` (`listen_count` of them) become the child's descriptors 3, 4, ... in
+/// that order, the systemd way; `listen_pid_entry`, when not NULL, is the element of
+/// `envp` that reads `LISTEN_PID=` followed by room for 10 digits: the child writes its
+/// own pid there before exec.
 pid_t baton_spawn_held(const char *path, char *const argv[], char *const envp[], int output_fd,
                        const char *directory, int set_ids, uid_t uid, gid_t gid, const char *user_name,
+                       const int *listen_fds, int listen_count, char *listen_pid_entry,
                        int *gate_fd, int *report_fd, int *child_errno, const char **stage);
 
 /// Lets a held child exec and waits until it did: 0, or -1 with `*child_errno` and
@@ -57,6 +62,11 @@ int baton_pipe_cloexec(int fds[2]);
 
 /// A pidfd for any process (not only a child): readable once it exits. -1 on error.
 int baton_pidfd_open(pid_t pid);
+
+/// pidfd_getfd(2): a copy (close-on-exec) of descriptor `fd` of the process behind
+/// `pidfd`, sharing its open file description. Needs ptrace access to the process (root,
+/// or the same uid without Yama's restrictions). -1 with errno on failure.
+int baton_pidfd_getfd(int pidfd, int fd);
 
 /// pidfd_send_signal(2): signals exactly the process the pidfd was opened for, never a
 /// process that reused its pid. Returns 0, or -1 with errno (ESRCH once it exited).
