@@ -186,9 +186,11 @@ private final class AcceptLoop: Sendable {
 
     init() throws {
         var fds: [Int32] = [0, 0]
-        guard pipe2(&fds, O_CLOEXEC) == 0 else { throw SocketAddress.failure("pipe for the accept thread") }
+        guard pipe(&fds) == 0 else { throw SocketAddress.failure("pipe for the accept thread") }
         wakeRead = fds[0]
         wakeWrite = fds[1]
+        // (pipe2 and accept4, which would set it at once, are not in Swift's Glibc module.)
+        for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
     }
 
     /// Polls the listeners and the wake pipe, accepting what arrives, until woken.
@@ -210,9 +212,10 @@ private final class AcceptLoop: Sendable {
                     polled[index].fd = -1
                     continue
                 }
-                let fd = accept4(polled[index].fd, nil, nil, Int32(SOCK_CLOEXEC.rawValue))
+                let fd = accept(polled[index].fd, nil, nil)
                 let at = monotonicNanoseconds()
                 if fd >= 0 {
+                    _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
                     accepted(.init(fd: fd, listener: listeners[index - 1], acceptedAt: at))
                 } else if [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(errno) {
                     // Out of descriptors or memory: the connection stays queued; try again

@@ -30,11 +30,14 @@ extension BatonAgent {
                     self = .unix(path: path)
                     return
                 }
-                guard text.hasPrefix("tcp://"), let colon = text.lastIndex(of: ":") else { return nil }
-                var host = text[text.index(text.startIndex, offsetBy: "tcp://".count)..<colon]
-                if host.hasPrefix("[") && host.hasSuffix("]") { host = host.dropFirst().dropLast() }
-                guard let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port), !host.isEmpty,
-                      host.contains(":") == text.contains("[")
+                guard text.hasPrefix("tcp://") else { return nil }
+                let rest = text.dropFirst("tcp://".count)
+                guard let colon = rest.lastIndex(of: ":") else { return nil }
+                var host = rest[..<colon]
+                let bracketed = host.hasPrefix("[") && host.hasSuffix("]")
+                if bracketed { host = host.dropFirst().dropLast() }
+                guard let port = Int(rest[rest.index(after: colon)...]), (0...65535).contains(port), !host.isEmpty,
+                      host.contains(":") == bracketed
                 else { return nil }
                 self = .tcp(host: String(host), port: port)
             }

@@ -1,4 +1,4 @@
-@testable import BatonAgent
+import BatonAgent
 import BatonTestSupport
 import Foundation
 import Glibc

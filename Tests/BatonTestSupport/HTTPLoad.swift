@@ -6,7 +6,7 @@ import Synchronization
 /// of `connections` threads loops on a new TCP connection, `GET /`, and reading the whole
 /// answer (the agents answer `Connection: close`).
 public final class HTTPLoad: Sendable {
-    public struct Failure: Sendable, Equatable, CustomStringConvertible {
+    public struct Failure: Error, Sendable, Equatable, CustomStringConvertible {
         public enum Kind: String, Sendable {
             /// connect(2) refused: nobody listened (the socket was closed, or its backlog full).
             case refused

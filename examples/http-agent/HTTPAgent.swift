@@ -72,7 +72,7 @@ struct HTTPAgent: ParsableCommand {
             sigwait(&signals, &received)
             acceptor.stop()
             try? baton.stopped(timeout: .seconds(3))
-            exit(0)
+            Glibc.exit(0)
         }
 
         do {
@@ -84,12 +84,12 @@ struct HTTPAgent: ParsableCommand {
             }
             acceptor.stop()  // no accept after this; accepted requests answered; our descriptors closed
             try baton.stopped()
-            exit(0)
+            Glibc.exit(0)
         } catch {
             // 401/404: batond does not know this instance; never serve beside the one it runs.
             acceptor.stop()
             log("http-agent: \(error)")
-            exit(1)
+            Glibc.exit(1)
         }
     }
 
@@ -102,14 +102,14 @@ struct HTTPAgent: ParsableCommand {
             try acceptor.start()
         } catch {
             log("http-agent: \(error)")
-            exit(1)
+            Glibc.exit(1)
         }
         log("http-agent: serving on \(acceptor.listeners.map { "\($0.address.map { "\($0)" } ?? $0.name)" }.joined(separator: ", "))")
         var signals = stopSignals
         var received: Int32 = 0
         sigwait(&signals, &received)
         acceptor.stop()
-        exit(0)
+        Glibc.exit(0)
     }
 }
 
