@@ -145,6 +145,13 @@ let package = Package(
             name: "baton-testagent",
             dependencies: ["BatonAgent", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // The example HTTP service agent (examples/http-agent/README.md): listening sockets passed by batond.
+        .executableTarget(
+            name: "http-agent",
+            dependencies: ["BatonAgent", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            path: "examples/http-agent",
+            exclude: ["README.md"]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

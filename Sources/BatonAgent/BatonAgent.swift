@@ -345,6 +345,9 @@ public enum BatonAgentError: Error, Sendable, Equatable, CustomStringConvertible
     case server(status: Int, code: String, message: String)
     /// A 2xx answer that is not what the protocol says.
     case malformedResponse(String)
+    /// A socket of the agent's own could not be set up (``BatonAgent/Listener/bind(_:backlog:)``,
+    /// ``BatonAgent/Acceptor``): what failed, with the system's reason.
+    case socket(String)
 
     /// Worth retrying: batond away, restarting or busy. Every call but `register`
     /// retries these itself.
@@ -352,7 +355,7 @@ public enum BatonAgentError: Error, Sendable, Equatable, CustomStringConvertible
         switch self {
         case .transport: true
         case .server(let status, _, _): status == 502 || status == 503 || status == 504
-        case .missingEnvironment, .invalidEnvironment, .malformedResponse: false
+        case .missingEnvironment, .invalidEnvironment, .malformedResponse, .socket: false
         }
     }
 
@@ -363,7 +366,7 @@ public enum BatonAgentError: Error, Sendable, Equatable, CustomStringConvertible
     public var isUnknownInstance: Bool {
         switch self {
         case .server(let status, _, _): status == 401 || status == 404
-        case .missingEnvironment, .invalidEnvironment, .transport, .malformedResponse: false
+        case .missingEnvironment, .invalidEnvironment, .transport, .malformedResponse, .socket: false
         }
     }
 
@@ -381,6 +384,8 @@ public enum BatonAgentError: Error, Sendable, Equatable, CustomStringConvertible
             message.isEmpty ? "batond answered \(status) \(code)" : "batond answered \(status) \(code): \(message)"
         case .malformedResponse(let what):
             "unexpected answer from batond: \(what)"
+        case .socket(let what):
+            what
         }
     }
 }

@@ -6,6 +6,13 @@
 // can put the lines of several instances on one time line (CLOCK_MONOTONIC is
 // system-wide on Linux).
 //
+// With --http it serves HTTP/1.1 on the listening sockets batond passes it (LISTEN_FDS),
+// only while it holds go: every request is answered `200` with `<instance> <version>`,
+// and every accepted connection is an `accept` event, timed right after accept(2)
+// returned. On stop it stops accepting, closes its descriptors, answers what it
+// accepted, and only then records `stopped`. --bind ADDRESS makes it bind a socket
+// itself after go instead, as agents without socket hand-over do.
+//
 // Exit codes: 0 stopped cleanly (stop signal or SIGTERM), 1 protocol or environment
 // error, 2 --exit-before-ready, 3 --fail-check, 64 bad command line, 70 --crash-after.
 
@@ -25,7 +32,8 @@ struct Options: ParsableCommand, Sendable {
         abstract: "An agent with misbehaviour switches, for tests and demos (docs/agent-protocol.md).",
         discussion: """
             Environment: BATON_SOCKET or BATON_URL, BATON_AGENT, BATON_INSTANCE, BATON_TOKEN, \
-            BATON_VERSION (set by batond).
+            BATON_VERSION (set by batond); LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES when batond \
+            passes listening sockets (the agent's `listen`).
 
             Exit codes: 0 stopped cleanly, 1 environment or protocol error (batond not \
             knowing this instance included), 2 --exit-before-ready, 3 --fail-check, 64 bad \
@@ -59,7 +67,7 @@ struct Options: ParsableCommand, Sendable {
     var stopTakes: Double = 0
 
     @Option(name: .customLong("events"), help: ArgumentHelp(
-        "Append `<event> <instance> <version> <monotonic_ns>` lines; events: started ready go work stop-received stopped term disowned exit.",
+        "Append `<event> <instance> <version> <monotonic_ns>` lines; events: started ready go work accept stop-received stopped term disowned exit.",
         valueName: "FILE"))
     var eventsPath: String?
 
@@ -69,12 +77,27 @@ struct Options: ParsableCommand, Sendable {
     @Option(help: ArgumentHelp("Record a `work` event every S seconds while working.", valueName: "S"))
     var workEvery: Double?
 
+    @Flag(help: ArgumentHelp(
+        "Serve HTTP/1.1 on every passed listening socket while holding go: each request gets 200 `<instance> <version>`; each accepted connection is an `accept` event."))
+    var http = false
+
+    @Option(help: ArgumentHelp(
+        "With no sockets passed: bind ADDRESS (tcp://HOST:PORT) itself after go, serve as --http does, close it on stop. Implies --http.",
+        valueName: "ADDRESS"))
+    var bind: String?
+
+    /// Whether it serves HTTP at all.
+    var serves: Bool { http || bind != nil }
+
     func validate() throws {
         for (name, value) in [("--ready-after", readyAfter), ("--stop-takes", stopTakes), ("--crash-after", crashAfter ?? 0)] {
             guard value.isFinite, value >= 0 else { throw ValidationError("\(name): not a number of seconds: \(value)") }
         }
         for (name, value) in [("--log-every", logEvery), ("--work-every", workEvery)] {
             if let value, !(value.isFinite && value > 0) { throw ValidationError("\(name) must be a number of seconds above 0") }
+        }
+        if let bind, BatonAgent.Listener.Address(bind) == nil {
+            throw ValidationError("--bind: not tcp://HOST:PORT or unix:/PATH: \(bind)")
         }
     }
 }
@@ -141,11 +164,20 @@ final class EventLog: Sendable {
         }
     }
 
-    func record(_ event: String) {
+    /// Appends `<event> <instance> <version> <at>`; `at` is now unless given.
+    func record(_ event: String, at nanoseconds: UInt64 = monotonicNanoseconds()) {
         guard fd >= 0 else { return }
-        let line = Array("\(event)\(suffix) \(monotonicNanoseconds())\n".utf8)
+        let line = Array("\(event)\(suffix) \(nanoseconds)\n".utf8)
         _ = line.withUnsafeBytes { Glibc.write(fd, $0.baseAddress!, $0.count) }
     }
+}
+
+/// One request on an accepted connection: `200` with `body`, `Connection: close` (the
+/// acceptor closes it when this returns).
+func answer(_ connection: BatonAgent.Acceptor.Connection, body: String) {
+    guard connection.receive(until: Array("\r\n\r\n".utf8)) != nil else { return }
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
+    _ = connection.send(Array((head + body).utf8))
 }
 
 // MARK: the agent
@@ -173,11 +205,25 @@ final class TestAgent: Sendable {
     let baton: BatonAgent
     let events: EventLog
     let state = Mutex(State())
+    /// With --http or --bind: accepts while working. Its stop, on the stop path, is final:
+    /// a start that comes later does nothing.
+    let acceptor: BatonAgent.Acceptor?
 
-    init(options: Options, baton: BatonAgent) {
+    init(options: Options, baton: BatonAgent, listeners: [BatonAgent.Listener]) {
         self.options = options
         self.baton = baton
-        events = EventLog(path: options.eventsPath, instance: baton.instance, version: baton.version)
+        let events = EventLog(path: options.eventsPath, instance: baton.instance, version: baton.version)
+        self.events = events
+        let body = "\(baton.instance) \(baton.version)\n"
+        acceptor = options.serves
+            ? BatonAgent.Acceptor(listeners, orBind: options.bind) { connection in
+                events.record("accept", at: connection.acceptedAt)
+                answer(connection, body: body)
+            }
+            : nil
+        if options.serves && listeners.isEmpty && options.bind == nil {
+            Output.err("baton-testagent: --http, but no socket was passed (LISTEN_FDS) and no --bind: serving nothing")
+        }
     }
 
     var name: String { "testagent \(baton.instance)" }
@@ -271,6 +317,7 @@ final class TestAgent: Sendable {
     private func giveUp(_ doing: String, _ error: any Error) -> Never {
         if let error = error as? BatonAgentError, error.isUnknownInstance {
             state.withLock { $0.working = false }
+            acceptor?.stop()
             events.record("disowned")
             Output.err("\(name): batond does not know this instance (\(error)); stopped working, exiting 1 so as not to work beside what it starts")
         } else {
@@ -289,6 +336,13 @@ final class TestAgent: Sendable {
         guard start else { return }
         events.record("go")
         Output.out("\(name) go: working")
+        do {
+            // After the go line, so that every accept line follows it.
+            try acceptor?.start()
+        } catch {
+            Output.err("\(name): cannot serve: \(error)")
+            finish(1)
+        }
         guard first else { return }
         if let every = options.logEvery {
             whileWorking(every: every) { [self] tick in Output.out("\(name) working (tick \(tick))") }
@@ -310,7 +364,10 @@ final class TestAgent: Sendable {
             defer { state.working = false }
             return state.working
         }
-        if paused { Output.out("\(name) told to wait: not working") }
+        if paused {
+            acceptor?.pause()
+            Output.out("\(name) told to wait: not working")
+        }
     }
 
     /// Calls `tick` (with 1, 2, 3...) every `every` seconds, on a thread of its own,
@@ -329,6 +386,7 @@ final class TestAgent: Sendable {
             }
         }
     }
+
 
     /// The stop signal arrived (the main thread). Returns only when it is ignored.
     private func stopSignalled() {
@@ -373,6 +431,8 @@ final class TestAgent: Sendable {
     /// Finishes the work and reports stopped. After a stop signal a failed report is an
     /// error (exit 1); after SIGTERM it is best effort (batond may be going away).
     private func stop(byTerm: Bool) -> Never {
+        // No accept after this returns; what was accepted is answered, the descriptors closed.
+        acceptor?.stop()
         sleep(seconds: options.stopTakes)
         state.withLock { state in
             state.working = false
@@ -438,7 +498,15 @@ enum Main {
             Output.err("baton-testagent: \(error)")
             _exit(1)
         }
-        let agent = TestAgent(options: options, baton: baton)
+        let listeners: [BatonAgent.Listener]
+        do {
+            // Before any thread starts: it takes the LISTEN_* variables out of the environment.
+            listeners = try BatonAgent.Listeners.passed().all
+        } catch {
+            Output.err("baton-testagent: \(error)")
+            _exit(1)
+        }
+        let agent = TestAgent(options: options, baton: baton, listeners: listeners)
         if !options.ignoreTerm { TermSignal.handle(with: agent) }
         agent.run()
     }

@@ -186,6 +186,60 @@ struct ConfigTests {
         }
     }
 
+    /// `listen`: addresses, or tables with a name, backlog and a Unix socket's mode and owner.
+    @Test func listeningSocketsAreRead() throws {
+        let config = try parse("""
+            [agents.web]
+            command = ["/x"]
+            listen = ["tcp://0.0.0.0:8080", "tcp://[::1]:0", "tcp://[::1]:0",
+                      { address = "unix:/run/web.sock", name = "admin", backlog = 128, mode = "0660", owner = "web", group = "ops" }]
+            """)
+        let sockets = try #require(config.agents.first?.listen)
+        #expect(sockets.map(\.address) == [.tcp(host: "0.0.0.0", port: 8080), .tcp(host: "::1", port: 0), .tcp(host: "::1", port: 0),
+                                          .unix(path: "/run/web.sock")])
+        #expect(sockets.map(\.name) == ["web", "web", "web", "admin"], "named after the agent unless named")
+        #expect(sockets.map(\.backlog) == [4096, 4096, 4096, 128])
+        #expect(sockets[3].mode == 0o660 && sockets[3].owner == "web" && sockets[3].group == "ops")
+        #expect(sockets[0].mode == 0o666)
+        #expect(try parse("[agents.web]\ncommand = [\"/x\"]\n").agents.first?.listen == [])
+    }
+
+    @Test(arguments: [
+        (#"listen = "tcp://127.0.0.1:80""#, "must be an array"),
+        (#"listen = ["127.0.0.1:80"]"#, #"entry 1: "127.0.0.1:80" is not "tcp://HOST:PORT""#),
+        (#"listen = ["tcp://localhost:80"]"#, "(a numeric host)"),
+        (#"listen = ["tcp://127.0.0.1:65536"]"#, "is not"),
+        (#"listen = ["unix:relative.sock"]"#, "unix:/absolute/path"),
+        (#"listen = ["tcp://127.0.0.1:80", "tcp://127.0.0.1:80"]"#, "entry 2: tcp://127.0.0.1:80 is listed twice"),
+        (#"listen = [{ address = "tcp://127.0.0.1:80", mode = "0600" }]"#, "mode only apply to unix: sockets"),
+        (#"listen = [{ address = "unix:/run/a.sock", mode = "rw" }]"#, "mode must be an octal string"),
+        (#"listen = [{ address = "unix:/run/a.sock", owner = "nobody-here" }]"#, "owner: no such user"),
+        (#"listen = [{ address = "unix:/run/a.sock", name = "a:b" }]"#, "name must be 1 to 255 letters"),
+        (#"listen = [{ address = "unix:/run/a.sock", backlog = 0 }]"#, "backlog must be an integer between 1 and 65535"),
+        (#"listen = [{ address = "unix:/run/a.sock", port = 1 }]"#, "unknown key port"),
+        (#"listen = [{ name = "x" }]"#, "needs address"),
+        (#"listen = [8080]"#, "must be an address string or a table"),
+    ])
+    func badListeningSocketsAreRefusedWithTheKeyAndLine(_ line: String, _ message: String) throws {
+        let failure = try #require(error("[agents.web]\ncommand = [\"/x\"]\n\(line)\n"))
+        #expect(failure.description.hasPrefix("test.toml:3: agents.web.listen: "), "\(failure)")
+        #expect(failure.description.contains(message), "\(failure)")
+    }
+
+    @Test func twoAgentsCannotListenOnOneAddress() throws {
+        let failure = try #require(error("""
+            [agents.a]
+            command = ["/x"]
+            listen = ["tcp://127.0.0.1:80"]
+            [agents.b]
+            command = ["/x"]
+            listen = [{ address = "tcp://127.0.0.1:80" }]
+            """))
+        #expect(failure.description == "test.toml:6: agents.b.listen: tcp://127.0.0.1:80 is agent a's already", "\(failure)")
+        let external = try #require(error("[agents.a]\nexternal = true\nlisten = [\"tcp://127.0.0.1:80\"]\n"))
+        #expect(external.description.contains("agents.a.listen: is for agents batond starts"), "\(external)")
+    }
+
     /// Every duration has a range; values past it, however large, are refused with the
     /// key and line (they used to trap on overflow, or pass and trap later in batond).
     @Test(arguments: [

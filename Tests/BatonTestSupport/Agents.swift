@@ -71,6 +71,10 @@ public struct AgentEvent: Sendable, Equatable {
     public let instance: String
     public let version: String
     public let nanoseconds: UInt64
+
+    public init(event: String, instance: String, version: String, nanoseconds: UInt64) {
+        self.event = event; self.instance = instance; self.version = version; self.nanoseconds = nanoseconds
+    }
 }
 
 /// The invariant checked from the agents' own records, not batond's view: at most one

@@ -45,7 +45,7 @@ struct CapacityIntegrationTests {
             #expect(try daemon.endpoint.get("/healthz", timeout: 2).status == 200)
         }
         let started = Date()
-        let handoff = try HandoffIntegrationTests().handOff(daemon, to: "2.0")
+        let handoff = try daemon.handOff(to: "2.0")
         let took = Date().timeIntervalSince(started)
         #expect(handoff["outcome"] as? String == "committed", "\(handoff)")
         #expect(took < 5, "the handoff took \(took) s under the flood")

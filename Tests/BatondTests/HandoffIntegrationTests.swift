@@ -34,31 +34,9 @@ struct HandoffIntegrationTests {
         }
     }
 
-    /// Asks for `version` and follows the ledger (long-poll) until the handoff ends.
-    func handOff(_ daemon: BatondProcess, to version: String, mode: String? = nil, agent: String = "web") throws -> [String: Any] {
-        let since = try daemon.endpoint.get("/v1/status", token: daemon.token).json()["ledger"].flatMap { ($0 as? [String: Any])?["last_seq"] as? Int } ?? 0
-        var body = #"{"version":"\#(version)""#
-        if let mode { body += #","mode":"\#(mode)""# }
-        body += "}"
-        let answer = try daemon.endpoint.json("PUT", "/v1/agents/\(agent)/desired", token: daemon.token, body)
-        guard answer.status == 202 else { throw TestFailure("PUT desired: \(answer.status) \(answer.text)") }
-        let id = try #require(try answer.json()["id"] as? String)
-        var cursor = since
-        let deadline = Date().addingTimeInterval(60)
-        while Date() < deadline {
-            let page = try daemon.endpoint.get("/v1/events?since=\(cursor)&wait=30", token: daemon.token, timeout: 40).json()
-            let records = page["records"] as? [[String: Any]] ?? []
-            cursor = page["last_seq"] as? Int ?? cursor
-            if records.contains(where: { $0["kind"] as? String == "handoff.ended" && ($0["data"] as? [String: Any])?["handoff"] as? String == id }) {
-                return try daemon.endpoint.get("/v1/handoffs/\(id)", token: daemon.token).json()
-            }
-        }
-        throw TestFailure("handoff \(id) did not end")
-    }
-
     @Test func aParallelHandoffCommits() throws {
         let (daemon, agents) = try start(["1.0": ["--stop-takes", "0.2"], "2.0": []])
-        let handoff = try handOff(daemon, to: "2.0")
+        let handoff = try daemon.handOff(to: "2.0")
         #expect(handoff["outcome"] as? String == "committed", "\(handoff)")
         try waitForEvent(agents, "go", version: "2.0")
         #expect((handoff["gap_ms"] as? Double).map { $0 >= 0 } == true)
@@ -104,7 +82,7 @@ struct HandoffIntegrationTests {
         let (daemon, agents) = try start(["1.0": [], "3.0": ["--fail-check"]])
         let same = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"1.0"}"#)
         #expect(same.status == 200 && same.text.contains(#""unchanged":true"#), "\(same.text)")
-        let failed = try handOff(daemon, to: "3.0")
+        let failed = try daemon.handOff(to: "3.0")
         #expect(failed["outcome"] as? String == "failed")
         #expect((try agentView(daemon)["desired"] as? [String: Any])?["version"] as? String == "3.0")
         // Nothing else said that 3.0 was not reached: the condition does.
@@ -132,7 +110,7 @@ struct HandoffIntegrationTests {
     @Test func theLedgerTellsTheHandoffStepByStep() throws {
         let (daemon, _) = try start(["1.0": [], "2.0": []])
         let since = try daemon.endpoint.get("/v1/status", token: daemon.token).json()["ledger"].flatMap { ($0 as? [String: Any])?["last_seq"] as? Int } ?? 0
-        let handoff = try handOff(daemon, to: "2.0")
+        let handoff = try daemon.handOff(to: "2.0")
         #expect(handoff["outcome"] as? String == "committed")
         let page = try daemon.endpoint.get("/v1/events?since=\(since)", token: daemon.token).json()
         let steps = (page["records"] as? [[String: Any]] ?? []).compactMap { record -> String? in
@@ -157,7 +135,7 @@ struct HandoffIntegrationTests {
     ])
     func aFailedSuccessorLeavesTheOldOneWorking(_ switches: [String], _ reason: String) throws {
         let (daemon, agents) = try start(["1.0": [], "2.0": switches], ready: "1s", kill: "1s")
-        let handoff = try handOff(daemon, to: "2.0")
+        let handoff = try daemon.handOff(to: "2.0")
         #expect(handoff["outcome"] as? String == "failed")
         #expect((handoff["error"] as? String)?.contains(reason) == true, "\(handoff)")
         #expect(agents.current == "1.0", "the failed release never becomes current")
@@ -178,7 +156,7 @@ struct HandoffIntegrationTests {
 
     @Test func aSuccessorThatIgnoresTermIsKilled() throws {
         let (daemon, agents) = try start(["1.0": [], "2.0": ["--never-ready", "--ignore-term"]], ready: "1s", kill: "1s")
-        let handoff = try handOff(daemon, to: "2.0")
+        let handoff = try daemon.handOff(to: "2.0")
         #expect(handoff["outcome"] as? String == "failed")
         #expect(agents.current == "1.0")
         let view = try agentView(daemon)
@@ -190,7 +168,7 @@ struct HandoffIntegrationTests {
 
     @Test func anOldInstanceThatIgnoresStopIsTerminatedBeforeTheSuccessorGoes() throws {
         let (daemon, agents) = try start(["1.0": ["--ignore-stop"], "2.0": []], stop: "1s", kill: "1s")
-        let handoff = try handOff(daemon, to: "2.0")
+        let handoff = try daemon.handOff(to: "2.0")
         #expect(handoff["outcome"] as? String == "committed", "\(handoff)")
         try waitForEvent(agents, "go", version: "2.0")
         let events = agents.log()
@@ -204,7 +182,7 @@ struct HandoffIntegrationTests {
     @Test func anOldInstanceThatIgnoresEverythingIsKilledBeforeTheSuccessorGoes() throws {
         let (daemon, agents) = try start(["1.0": ["--ignore-stop", "--ignore-term"], "2.0": []], stop: "1s", kill: "1s")
         let oldPid = try #require((try agentView(daemon)["instances"] as? [[String: Any]])?.first?["pid"] as? Int)
-        let handoff = try handOff(daemon, to: "2.0")
+        let handoff = try daemon.handOff(to: "2.0")
         #expect(handoff["outcome"] as? String == "committed")
         try waitForEvent(agents, "go", version: "2.0")
         #expect(kill(Int32(oldPid), 0) != 0, "the old process is gone")
@@ -216,7 +194,7 @@ struct HandoffIntegrationTests {
 
     @Test func theOldInstanceCrashingDuringTheHandoffDoesNotStopIt() throws {
         let (daemon, agents) = try start(["1.0": ["--crash-after", "0.5"], "2.0": ["--ready-after", "1.5"]])
-        let handoff = try handOff(daemon, to: "2.0")
+        let handoff = try daemon.handOff(to: "2.0")
         #expect(handoff["outcome"] as? String == "committed", "\(handoff)")
         try waitForEvent(agents, "go", version: "2.0")
         #expect(agents.current == "2.0")
@@ -228,7 +206,7 @@ struct HandoffIntegrationTests {
 
     @Test func aSuccessorCrashingAfterGoIsRestartedAndMustBeReadyAgain() throws {
         let (daemon, agents) = try start(["1.0": [], "2.0": ["--crash-after", "0.5"]])
-        let handoff = try handOff(daemon, to: "2.0")
+        let handoff = try daemon.handOff(to: "2.0")
         #expect(handoff["outcome"] as? String == "committed")
         // Supervision restarts the current release (2.0) after its backoff (1 s the first
         // time), which /v1/agents shows meanwhile.
@@ -248,7 +226,7 @@ struct HandoffIntegrationTests {
 
     @Test func sequentialModeStopsFirstThenStarts() throws {
         let (daemon, agents) = try start(["1.0": [], "2.0": []], mode: "sequential")
-        let handoff = try handOff(daemon, to: "2.0")
+        let handoff = try daemon.handOff(to: "2.0")
         #expect(handoff["outcome"] as? String == "committed")
         try waitForEvent(agents, "go", version: "2.0")
         #expect(handoff["mode"] as? String == "sequential")
@@ -262,7 +240,7 @@ struct HandoffIntegrationTests {
 
     @Test func sequentialModeFallsBackToThePreviousRelease() throws {
         let (daemon, agents) = try start(["1.0": [], "2.0": ["--exit-before-ready"]], mode: "sequential")
-        let handoff = try handOff(daemon, to: "2.0")
+        let handoff = try daemon.handOff(to: "2.0")
         #expect(handoff["outcome"] as? String == "reverted", "\(handoff)")
         #expect(agents.current == "1.0")
         // The previous release's new instance works once it hears go.
@@ -275,7 +253,7 @@ struct HandoffIntegrationTests {
 
     @Test func rollbackHandsBackToThePreviousRelease() throws {
         let (daemon, agents) = try start(["1.0": [], "2.0": []])
-        #expect(try handOff(daemon, to: "2.0")["outcome"] as? String == "committed")
+        #expect(try daemon.handOff(to: "2.0")["outcome"] as? String == "committed")
         let answer = try daemon.endpoint.json("POST", "/v1/agents/web/rollback", token: daemon.token, "{}")
         #expect(answer.status == 202)
         #expect(try answer.json()["to"] as? String == "1.0")
@@ -416,9 +394,9 @@ struct ShellAgentTests {
             }
         }
         try running("1.0")
-        let committed = try tests.handOff(daemon, to: "2.0", agent: "demo")
+        let committed = try daemon.handOff(to: "2.0", agent: "demo")
         #expect(committed["outcome"] as? String == "committed", "\(committed)")
-        let failed = try tests.handOff(daemon, to: "3.0", agent: "demo")
+        let failed = try daemon.handOff(to: "3.0", agent: "demo")
         #expect(failed["outcome"] as? String == "failed")
         #expect((failed["error"] as? String)?.contains("self-check failed") == true, "\(failed)")
         try running("2.0")
@@ -545,11 +523,11 @@ struct ProbeAgentTests {
             let view = try? daemon.endpoint.get("/v1/agents/plain", token: daemon.token).json()
             return (view?["running"] as? [String: Any])?["version"] as? String == "1.0"
         }
-        let committed = try tests.handOff(daemon, to: "2.0", agent: "plain")
+        let committed = try daemon.handOff(to: "2.0", agent: "plain")
         #expect(committed["outcome"] as? String == "committed", "\(committed)")
         let log = try String(contentsOfFile: state.file("plain.log"), encoding: .utf8)
         #expect(log.contains("plain.1 term"), "the old one was stopped by SIGTERM: \(log)")
-        let failed = try tests.handOff(daemon, to: "3.0", agent: "plain")
+        let failed = try daemon.handOff(to: "3.0", agent: "plain")
         #expect(failed["outcome"] as? String == "failed")
         #expect((failed["error"] as? String)?.contains("not ready within") == true)
         #expect(!(try String(contentsOfFile: state.file("plain.log"), encoding: .utf8)).contains("plain.2 term"),

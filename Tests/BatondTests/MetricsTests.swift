@@ -29,8 +29,8 @@ struct MetricsTests {
         #expect(sample(metrics, #"baton_handoff_duration_seconds_count{mode="parallel"}"#) == 0)
         #expect(sample(metrics, #"baton_handoff_last_success_timestamp_seconds{agent="web"}"#) == nil, "no handoff yet")
 
-        #expect(try handoffs.handOff(daemon, to: "2.0")["outcome"] as? String == "committed")
-        #expect(try handoffs.handOff(daemon, to: "3.0")["outcome"] as? String == "failed")
+        #expect(try daemon.handOff(to: "2.0")["outcome"] as? String == "committed")
+        #expect(try daemon.handOff(to: "3.0")["outcome"] as? String == "failed")
         _ = try daemon.endpoint.get("/v1/agents/web", token: daemon.token)
         metrics = try daemon.endpoint.get("/metrics").text
 
