@@ -4,8 +4,9 @@
 usage: bench/peers.py [--quick] [--upgrades N] [--delays 0,0.5,2] [--rate R]
                       --batond BATOND --baton BATON --agent AGENT --supervisor-bin DIR
 
-AGENT is examples/http-agent (or bench/standin_agent.py: a script is run with this
-Python), with its flags `--startup-delay S` and `--bind tcp://HOST:PORT`. For each
+AGENT is examples/http-agent, run with `--startup-delay S`, `--bind tcp://HOST:PORT`
+and `--standalone-version VERSION` (the version it answers with under supervisord;
+under batond it answers with BATON_VERSION). For each
 start-up delay S and each setup, on a fresh temp dir and a fresh free port, the agent
 serves while a load generator sends about R requests/s (default 1,000), a new
 connection per request, and the agent is upgraded N times (default 20) to a new
@@ -140,15 +141,14 @@ class Load:
 
 
 def write_release(root, version, agent, delay, port):
-    """releases/<version>/bin/agent: runs AGENT with the flags; the same for every version."""
+    """releases/<version>/bin/agent: runs AGENT with the flags; the same binary for every version."""
     bin_dir = os.path.join(root, version, "bin")
     os.makedirs(bin_dir)
-    command = [agent] if os.access(agent, os.X_OK) and not agent.endswith(".py") else [sys.executable, agent]
-    flags = ["--startup-delay", str(delay), "--bind", f"tcp://127.0.0.1:{port}"]
+    command = [agent, "--startup-delay", str(delay), "--bind", f"tcp://127.0.0.1:{port}",
+               "--standalone-version", version]
     script = os.path.join(bin_dir, "agent")
     with open(script, "w") as handle:
-        quoted = " ".join("'" + part.replace("'", "'\\''") + "'" for part in command + flags)
-        handle.write(f"#!/bin/sh\nexec {quoted}\n")
+        handle.write("#!/bin/sh\nexec " + " ".join("'" + part.replace("'", "'\\''") + "'" for part in command) + "\n")
     os.chmod(script, 0o755)
 
 
@@ -262,8 +262,8 @@ class Batond:
         wait_until(lambda: answers(self.port), "batond's agent answering", process=self.process)
 
     def upgrade(self, version):
-        result = subprocess.run([self.options.baton, "--socket", self.socket, "upgrade", "web", version],
-                                capture_output=True, text=True, env=clean_environment())
+        result = subprocess.run([self.options.baton, "upgrade", "web", version], capture_output=True, text=True,
+                                env=dict(clean_environment(), BATON_SOCKET=self.socket))
         if result.returncode != 0:
             raise RuntimeError(f"baton upgrade web {version}: exit {result.returncode}: {result.stdout}{result.stderr}")
 
@@ -348,7 +348,7 @@ def main():
     parser = argparse.ArgumentParser(prog="bench/peers.py", description=__doc__.split("\n")[0])
     parser.add_argument("--batond", required=True)
     parser.add_argument("--baton", required=True)
-    parser.add_argument("--agent", required=True, help="examples/http-agent's binary, or bench/standin_agent.py")
+    parser.add_argument("--agent", required=True, help="examples/http-agent's binary")
     parser.add_argument("--supervisor-bin", required=True, help="the directory holding supervisord and supervisorctl")
     parser.add_argument("--upgrades", type=int, default=20)
     parser.add_argument("--delays", default="0,0.5,2")

@@ -158,7 +158,7 @@ if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
     swift build -c release --product baton-bench
     swift build -c release --product baton-testagent
     swift build -c release --product baton
-    if [[ -d examples/http-agent ]]; then swift build -c release --product http-agent; fi
+    swift build -c release --product http-agent
 fi
 [[ -x $batond ]] || die "$batond not found or not executable"
 [[ -x $baton_bench ]] || die "$baton_bench not found or not executable"
@@ -304,11 +304,8 @@ python3 bench/cli.py "$batond" "$(dirname "$batond")/baton" 100 | sed 's/^/   /'
 
 echo
 echo "== the same HTTP agent upgraded under load: supervisord against baton (bench/peers.py)"
-http_agent=$(dirname "$batond")/http-agent
-# Until examples/http-agent exists, a Python agent with the same flags stands in.
-[[ -x $http_agent ]] || http_agent=bench/standin_agent.py
 peers_quick=()
 [[ ${BENCH_PEERS_QUICK:-0} == 1 ]] && peers_quick=(--quick)
-python3 bench/peers.py --batond "$batond" --baton "$(dirname "$batond")/baton" --agent "$http_agent" \
+python3 bench/peers.py --batond "$batond" --baton "$(dirname "$batond")/baton" --agent "$(dirname "$batond")/http-agent" \
     --supervisor-bin .build-bench-venv/bin "${peers_quick[@]}" | sed 's/^/   /' \
     || die "the peer benchmark failed"
