@@ -30,8 +30,9 @@ send to the send of the first request that succeeded after the last failed one; 
 when none failed), the upgrade command's wall time, and the longest successful
 request (a request held in the backlog succeeds late rather than failing). Printed:
 median and max of failures, how many upgrades lost at least one, window and command
-p50/max, and whether every upgrade switched the answering version (the new version
-answered, and no older version answered after it).
+p50/max, the slowest successful request p50/max, and whether every upgrade switched
+the answering version (the new version answered, and no request sent after that
+answer came back was answered by another version).
 After each upgrade the load runs until the new version answers, then 0.5 s more.
 """
 import argparse
@@ -310,8 +311,10 @@ def run(setup, options, delay):
             recovered = next((r for r in window if r[0] > last and r[2] is None), None)
             unavailable = ((recovered[0] if recovered else window[-1][1]) - failed[0][0]) / 1e6
         new, old = versions[index + 1], versions[index]
+        # Once an answer from the new version came back, no request sent after it may be
+        # answered by another version (times taken before the send and after the answer).
         first_new = min((r[1] for r in window if r[3] == new), default=None)
-        stale = sum(1 for r in window if first_new is not None and r[3] != new and r[3] is not None and r[1] > first_new)
+        stale = sum(1 for r in window if first_new is not None and r[3] not in (new, None) and r[0] > first_new)
         upgrades.append({
             "failed": len(failed),
             "kinds": sorted({r[2] for r in failed}),
@@ -319,6 +322,8 @@ def run(setup, options, delay):
             "command": commands[index],
             "slowest": max(((r[1] - r[0]) / 1e6 for r in window if r[2] is None), default=0.0),
             "switched": first_new is not None and stale == 0 and all(r[3] in (old, new, None) for r in window),
+            "versions": f"new version answered: {first_new is not None}, older answers sent after it: {stale}, "
+                        f"versions seen: {sorted({r[3] for r in window if r[3]})}",
         })
     seconds = (records[-1][0] - records[0][0]) / 1e9 if len(records) > 1 else 1
     return upgrades, {"requests": len(records), "rate": len(records) / seconds,
@@ -393,9 +398,10 @@ def main():
             if totals["failed_before"]:
                 problems.append(f"{setup.name}, start-up {delay:g} s: {totals['failed_before']} requests failed "
                                 f"before the first upgrade (the load generator or the machine is overloaded)")
-            if any(not u["switched"] for u in upgrades):
-                problems.append(f"{setup.name}, start-up {delay:g} s: not every upgrade switched the answering "
-                                f"version cleanly")
+            for number, upgrade in enumerate(upgrades, 1):
+                if not upgrade["switched"]:
+                    problems.append(f"{setup.name}, start-up {delay:g} s, upgrade {number}: the answering version "
+                                    f"did not switch cleanly ({upgrade['versions']})")
             shutil.rmtree(directory, ignore_errors=True)
     print()
     print(HEADER)
