@@ -15,6 +15,7 @@ deps-test:
 build: deps
 	$(SWIFT) build --product batond
 	$(SWIFT) build --product baton
+	$(SWIFT) build --product http-agent
 
 # Starts batond in the foreground on the dev config (state under ./.baton/), with the
 # demo agent's releases in place (scripts/demo-releases.sh).

@@ -159,8 +159,9 @@ extension BatonAgent {
                 case .closed:
                     break
                 }
-                handlers.wait()
             }
+            // Outside the lock: a handler may ask for `listeners`.
+            handlers.wait()
         }
 
         private func dispatch(_ connection: Connection) {

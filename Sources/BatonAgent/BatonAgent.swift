@@ -28,6 +28,10 @@ import Glibc
 /// (``BatonAgentError/isUnknownInstance``) means batond does not know this instance,
 /// and the agent must stop working and exit non-zero.
 ///
+/// An agent that serves connections gets its listening sockets from batond (the agent's
+/// `listen`): ``Listeners`` reads them, ``Acceptor`` accepts on them only while the
+/// instance holds `go`.
+///
 /// Every call blocks the calling thread (plain sockets, no event loop); run them on a
 /// thread of their own when the agent has other things to do. The value is immutable
 /// and can be shared between threads.

@@ -120,6 +120,8 @@ extension BatonAgent {
         /// - Throws: ``BatonAgentError/invalidEnvironment(name:reason:)`` when the variables
         ///   are malformed, name a different number of sockets than `LISTEN_FDS`, or a
         ///   descriptor is not open.
+        ///
+        /// Call it first, before starting threads: it changes the environment (`unsetenv`).
         public static func passed() throws -> Listeners { try ofThisProcess.get() }
 
         private static let ofThisProcess = Result { try take(firstDescriptor: 3) }

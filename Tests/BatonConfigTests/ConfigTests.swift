@@ -37,7 +37,7 @@ struct ConfigTests {
         #expect(dev.stateDir == "/repo/.baton")
         #expect(dev.socketPath == "/repo/.baton/batond.sock")
         #expect(dev.listen == ListenAddress("127.0.0.1:7070"))
-        #expect(dev.agents.map(\.name) == ["demo"])
+        #expect(dev.agents.map(\.name) == ["demo", "web"])
     }
 
     @Test func defaultsWhenEmpty() throws {

@@ -7,7 +7,8 @@ import Testing
 /// directory whose `.baton` is that batond's state. A `$ ` line is a command (a trailing
 /// `\` continues it); the lines after it, up to the next command, are what it prints.
 /// In those, `...` stands for any text within a line, and a line of only `...` for any
-/// number of lines. `127.0.0.1:7070` is replaced by the port batond got.
+/// number of lines. `127.0.0.1:7070` is replaced by the port batond got, `127.0.0.1:8080`
+/// by the one the web agent's socket got.
 @Suite("README transcripts")
 struct ReadmeTests {
     struct Command {
@@ -82,15 +83,19 @@ struct ReadmeTests {
         #expect(commands.count >= 5, "the README has console transcripts")
 
         let state = TemporaryDirectory("readme")
-        let setup = try run([Products.packageRoot + "/scripts/demo-releases.sh", state.path])
+        let setup = try run([Products.packageRoot + "/scripts/demo-releases.sh", state.path, Products.path("http-agent")])
         #expect(setup.status == 0, "\(setup.output)")
-        // make run's own config; the flags put its state, socket and port in the test's place.
+        // make run's own config; the flags put its state, socket and port in the test's
+        // place, and the web agent's port 8080 becomes one the kernel picks.
         let config = try String(contentsOfFile: Products.packageRoot + "/config/dev.toml", encoding: .utf8)
+            .replacingOccurrences(of: "tcp://127.0.0.1:8080", with: "tcp://127.0.0.1:0")
         let daemon = try BatondProcess(state: state, configText: config)
         defer { _ = daemon.stop() }
+        var web = ""
         try waitUntil(timeout: 30) {
-            let view = try? daemon.endpoint.get("/v1/agents/demo", token: daemon.token).json()
-            return (view?["running"] as? [String: Any])?["version"] as? String == "1.0"
+            let views = ["demo", "web"].compactMap { try? daemon.endpoint.get("/v1/agents/\($0)", token: daemon.token).json() }
+            web = ((views.last?["sockets"] as? [[String: Any]])?.first?["address"] as? String ?? "").replacingOccurrences(of: "tcp://", with: "")
+            return views.count == 2 && views.allSatisfy { ($0["running"] as? [String: Any])?["version"] as? String == "1.0" }
         }
         let work = TemporaryDirectory("readme-cwd")
         try FileManager.default.createSymbolicLink(atPath: work.file(".baton"), withDestinationPath: state.path)
@@ -101,7 +106,8 @@ struct ReadmeTests {
         var script = "cd \(work.path)\n"
         for command in commands {
             script += "echo \(marker)\n"
-            script += command.text.replacingOccurrences(of: "127.0.0.1:7070", with: "\(daemon.endpoint)") + " 2>&1\n"
+            script += command.text.replacingOccurrences(of: "127.0.0.1:7070", with: "\(daemon.endpoint)")
+                .replacingOccurrences(of: "127.0.0.1:8080", with: web) + " 2>&1\n"
         }
         var environment = ProcessInfo.processInfo.environment
         environment["PATH"] = Products.directory + ":" + (environment["PATH"] ?? "/usr/bin:/bin")

@@ -40,14 +40,15 @@ struct SocketHandoverTests {
     /// Hands over to `version` and, once its instance runs (before it can be ready),
     /// kills it with SIGKILL: the handoff fails and the old instance serves on.
     func handOffKillingTheSuccessor(_ daemon: BatondProcess, to version: String) throws -> [String: Any] {
-        let handoff = inBackground { try daemon.handOff(to: version) }
+        let answer = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"\#(version)"}"#)
+        let id = try #require(try answer.json()["id"] as? String, "\(answer.text)")
         var successor: Int32?
         try waitUntil(timeout: 30) {
             successor = (try? daemon.instances())?.first { $0["version"] as? String == version }.flatMap { ($0["pid"] as? Int).map(Int32.init) }
             return successor != nil
         }
         kill(successor!, SIGKILL)
-        return try handoff.wait(timeout: 60)
+        return try daemon.endpoint.get("/v1/handoffs/\(id)?wait=60", token: daemon.token, timeout: 70).json()
     }
 
     /// What the client and the agents' own logs say after the load stopped.
