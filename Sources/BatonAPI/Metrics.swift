@@ -174,6 +174,13 @@ public final class Metrics: Sendable {
                 out += "baton_agent_running_info{agent=\"\(escape(view.name))\",version=\"\(escape(running))\"} 1\n"
             }
         }
+        family("baton_agent_socket_open", "gauge",
+               "1 while batond holds an agent's listening socket (listen), 0 while it cannot bind it; by agent, name and address.")
+        for view in gauges.views {
+            for socket in view.sockets {
+                out += "baton_agent_socket_open{agent=\"\(escape(view.name))\",name=\"\(escape(socket.name))\",address=\"\(escape(socket.address))\"} \(socket.open ? 1 : 0)\n"
+            }
+        }
         perAgent("baton_agent_degraded", "gauge",
                  "1 while an agent is not where it was asked to be (the desired version does not work, nothing works, a crash-loop verdict stands).") {
             $0.condition.status == .degraded ? "1" : "0"

@@ -187,7 +187,7 @@ private final class AcceptLoop: Sendable {
 
     init() throws {
         var fds: [Int32] = [0, 0]
-        guard pipe(&fds) == 0 else { throw SocketAddress.failure("pipe for the accept thread") }
+        guard pipe(&fds) == 0 else { throw SocketCalls.failure("pipe for the accept thread") }
         wakeRead = fds[0]
         wakeWrite = fds[1]
         // (pipe2 and accept4, which would set it at once, are not in Swift's Glibc module.)

@@ -1,3 +1,4 @@
+import BatonWire
 import Foundation
 import Glibc
 
@@ -5,43 +6,9 @@ extension BatonAgent {
     /// A listening socket this process holds: one batond passed (see ``Listeners``), or
     /// one the agent bound itself (``bind(_:backlog:)``).
     public struct Listener: Sendable, Hashable, CustomStringConvertible {
-        /// What a listening socket is bound to, as `getsockname(2)` says.
-        public enum Address: Sendable, Hashable, CustomStringConvertible {
-            /// `host` is numeric (`127.0.0.1`, `::1`).
-            case tcp(host: String, port: Int)
-            /// A socket file's path, or `@name` for an abstract socket.
-            case unix(path: String)
-
-            /// `tcp://127.0.0.1:8080`, `tcp://[::1]:8080`, `unix:/run/web.sock`: the spelling
-            /// of batond's `listen` entries.
-            public var description: String {
-                switch self {
-                case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
-                case .unix(let path): "unix:\(path)"
-                }
-            }
-
-            /// Parses `tcp://HOST:PORT` (HOST a numeric IPv4 address or a bracketed IPv6
-            /// one, `[::1]`) or `unix:/absolute/path`.
-            public init?(_ text: String) {
-                if text.hasPrefix("unix:") {
-                    let path = String(text.dropFirst("unix:".count))
-                    guard path.hasPrefix("/") else { return nil }
-                    self = .unix(path: path)
-                    return
-                }
-                guard text.hasPrefix("tcp://") else { return nil }
-                let rest = text.dropFirst("tcp://".count)
-                guard let colon = rest.lastIndex(of: ":") else { return nil }
-                var host = rest[..<colon]
-                let bracketed = host.hasPrefix("[") && host.hasSuffix("]")
-                if bracketed { host = host.dropFirst().dropLast() }
-                guard let port = Int(rest[rest.index(after: colon)...]), (0...65535).contains(port), !host.isEmpty,
-                      host.contains(":") == bracketed
-                else { return nil }
-                self = .tcp(host: String(host), port: port)
-            }
-        }
+        /// What a listening socket is bound to, as `getsockname(2)` says: `.tcp(host:port:)`
+        /// or `.unix(path:)`, spelled as batond's `listen` entries (`tcp://127.0.0.1:8080`).
+        public typealias Address = SocketAddress
 
         /// The descriptor. This process's own: close it when done with it, never
         /// `shutdown(2)` it (see ``Listeners``).
@@ -69,8 +36,8 @@ extension BatonAgent {
             guard let parsed = Address(address) else {
                 throw BatonAgentError.socket("\(address): not tcp://HOST:PORT or unix:/PATH")
             }
-            let fd = try SocketAddress.bindAndListen(parsed, backlog: backlog)
-            return Listener(fd: fd, name: address, address: SocketAddress.boundAddress(fd) ?? parsed)
+            let fd = try SocketCalls.bindAndListen(parsed, backlog: backlog)
+            return Listener(fd: fd, name: address, address: SocketAddress.bound(to: fd) ?? parsed)
         }
     }
 
@@ -172,7 +139,7 @@ extension BatonAgent {
                 guard flags >= 0, fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0 else {
                     throw invalid("LISTEN_FDS", "descriptor \(fd): \(String(cString: strerror(errno)))")
                 }
-                listeners.append(Listener(fd: fd, name: name, address: SocketAddress.boundAddress(fd)))
+                listeners.append(Listener(fd: fd, name: name, address: SocketAddress.bound(to: fd)))
             }
             self.init(listeners)
         }

@@ -1,44 +1,11 @@
+import BatonWire
 import Glibc
 
 /// The socket calls behind ``BatonAgent/Listener`` and ``BatonAgent/Acceptor``: binding a
-/// listener, reading back what one is bound to, accepting.
-enum SocketAddress {
-    /// What `fd` is bound to, or nil when it is not a TCP or Unix socket.
-    static func boundAddress(_ fd: Int32) -> BatonAgent.Listener.Address? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let ok = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard ok == 0 else { return nil }
-        return withUnsafeBytes(of: storage) { raw -> BatonAgent.Listener.Address? in
-            switch Int32(storage.ss_family) {
-            case AF_INET:
-                var address = raw.load(as: sockaddr_in.self)
-                return .tcp(host: numericHost(AF_INET, &address.sin_addr), port: Int(UInt16(bigEndian: address.sin_port)))
-            case AF_INET6:
-                var address = raw.load(as: sockaddr_in6.self)
-                return .tcp(host: numericHost(AF_INET6, &address.sin6_addr), port: Int(UInt16(bigEndian: address.sin6_port)))
-            case AF_UNIX:
-                let offset = MemoryLayout<sockaddr_un>.offset(of: \sockaddr_un.sun_path)!
-                let path = raw[offset..<min(Int(length), raw.count)]
-                // An abstract socket's name starts with a NUL; spelled `@name`, as ss(8) does.
-                if path.first == 0 { return .unix(path: "@" + String(decoding: path.dropFirst(), as: UTF8.self)) }
-                return .unix(path: String(decoding: path.prefix { $0 != 0 }, as: UTF8.self))
-            default:
-                return nil
-            }
-        }
-    }
-
-    private static func numericHost(_ family: Int32, _ address: UnsafeRawPointer) -> String {
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        guard inet_ntop(family, address, &text, socklen_t(text.count)) != nil else { return "?" }
-        return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
+/// listener (what one is bound to: ``SocketAddress/bound(to:)``).
+enum SocketCalls {
     /// A new close-on-exec listening socket on `address`, in blocking mode.
-    static func bindAndListen(_ address: BatonAgent.Listener.Address, backlog: Int32) throws -> Int32 {
+    static func bindAndListen(_ address: SocketAddress, backlog: Int32) throws -> Int32 {
         var storage = sockaddr_storage()
         let length: socklen_t
         switch address {

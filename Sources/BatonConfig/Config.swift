@@ -197,38 +197,9 @@ public struct AgentConfig: Sendable, Equatable {
 /// One listening socket of an agent (`listen` in its config): batond binds it once and
 /// every instance gets it, the systemd way, named in `LISTEN_FDNAMES`.
 public struct AgentSocket: Sendable, Equatable, CustomStringConvertible {
-    public enum Address: Sendable, Equatable, CustomStringConvertible {
-        /// A numeric IPv4 or IPv6 host (any address, not only loopback: agents serve
-        /// traffic); port 0 has the kernel pick one, kept for batond's whole life.
-        case tcp(host: String, port: Int)
-        case unix(path: String)
-
-        /// Parses `tcp://HOST:PORT`, `tcp://[V6]:PORT` or `unix:/absolute/path`.
-        public init?(_ text: String) {
-            if text.hasPrefix("tcp://") {
-                guard let address = ListenAddress(String(text.dropFirst(6))), Self.isNumeric(address.host) else { return nil }
-                self = .tcp(host: address.host, port: address.port)
-            } else if text.hasPrefix("unix:") {
-                let path = String(text.dropFirst(5))
-                guard path.hasPrefix("/"), !path.contains("\0"), path.utf8.count <= AgentSocket.maxPathBytes else { return nil }
-                self = .unix(path: path)
-            } else {
-                return nil
-            }
-        }
-
-        static func isNumeric(_ host: String) -> Bool {
-            var v4 = in_addr(), v6 = in6_addr()
-            return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
-        }
-
-        public var description: String {
-            switch self {
-            case .tcp(let host, let port): host.contains(":") ? "tcp://[\(host)]:\(port)" : "tcp://\(host):\(port)"
-            case .unix(let path): "unix:\(path)"
-            }
-        }
-    }
+    /// A numeric TCP host (any address, not only loopback: agents serve traffic; port 0
+    /// has the kernel pick one, kept for batond's whole life) or a Unix socket's path.
+    public typealias Address = SocketAddress
 
     public var address: Address
     /// Its name in `LISTEN_FDNAMES`; the agent's name unless the entry gives one.
@@ -248,6 +219,14 @@ public struct AgentSocket: Sendable, Equatable, CustomStringConvertible {
     public init(address: Address, name: String) {
         self.address = address
         self.name = name
+    }
+
+    /// A `listen` entry's address: as `SocketAddress` parses it, a Unix path short enough
+    /// for sun_path.
+    public static func address(_ text: String) -> Address? {
+        guard let address = Address(text) else { return nil }
+        if case .unix(let path) = address, path.utf8.count > maxPathBytes { return nil }
+        return address
     }
 
     /// A name systemd's `LISTEN_FDNAMES` can carry: 1 to 255 of letters, digits, `_`, `-`, `.`.

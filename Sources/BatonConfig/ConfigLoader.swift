@@ -380,7 +380,7 @@ private struct Reader {
         for (index, element) in array.enumerated() {
             let entry = "entry \(index + 1)"
             func address(_ text: String) throws(ConfigError) -> AgentSocket.Address {
-                guard let address = AgentSocket.Address(text) else {
+                guard let address = AgentSocket.address(text) else {
                     throw error(key, "\(entry): \"\(text)\" is not \"tcp://HOST:PORT\" (a numeric host), \"tcp://[V6]:PORT\" "
                                 + "or \"unix:/absolute/path\" (at most \(AgentSocket.maxPathBytes) bytes)")
                 }

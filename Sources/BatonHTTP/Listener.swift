@@ -1,3 +1,4 @@
+import BatonWire
 import Foundation
 import Glibc
 
@@ -17,10 +18,7 @@ public struct ListenerError: Error, Sendable, CustomStringConvertible {
 
 /// A listening socket: a Unix socket, a loopback TCP port, or one handed over by systemd.
 public struct Listener: Sendable, CustomStringConvertible {
-    public enum Address: Sendable, Equatable {
-        case unix(path: String)
-        case tcp(host: String, port: Int)
-    }
+    public typealias Address = SocketAddress
 
     public let fd: Int32
     public let address: Address
@@ -177,19 +175,8 @@ public struct Listener: Sendable, CustomStringConvertible {
     }
 
     private static func boundPort(_ fd: Int32) -> Int? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let ok = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard ok == 0 else { return nil }
-        return withUnsafeBytes(of: storage) { raw -> Int? in
-            switch Int32(storage.ss_family) {
-            case AF_INET: return Int(UInt16(bigEndian: raw.load(as: sockaddr_in.self).sin_port))
-            case AF_INET6: return Int(UInt16(bigEndian: raw.load(as: sockaddr_in6.self).sin6_port))
-            default: return nil
-            }
-        }
+        guard case .tcp(_, let port)? = SocketAddress.bound(to: fd) else { return nil }
+        return port
     }
 
     // MARK: - Handed over across an exec
@@ -226,7 +213,7 @@ public struct Listener: Sendable, CustomStringConvertible {
             let fields = parts[1].split(separator: ":")
             guard let fd = fields.first.flatMap({ Int32($0) }), fd >= 0 else { continue }
             let owned = fields.dropFirst().contains("owned")
-            guard let address = socketAddress(fd) else { continue }
+            guard let address = address(of: fd) else { continue }
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             var identity: (UInt, UInt)?
             if owned, case .unix(let path) = address {
@@ -264,41 +251,9 @@ public struct Listener: Sendable, CustomStringConvertible {
 
     /// A socket activation passed: a listening socket on `fd`, or nil for another kind.
     public static func activated(fd: Int32) -> Listener? {
-        socketAddress(fd).map { Listener(fd: fd, address: $0, ownsPath: false, fileIdentity: nil) }
+        address(of: fd).map { Listener(fd: fd, address: $0, ownsPath: false, fileIdentity: nil) }
     }
 
     /// What a socket is bound to (getsockname), or nil for other kinds.
-    public static func address(of fd: Int32) -> Address? { socketAddress(fd) }
-
-    private static func socketAddress(_ fd: Int32) -> Address? {
-        var storage = sockaddr_storage()
-        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
-        let ok = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-        }
-        guard ok == 0 else { return nil }
-        switch Int32(storage.ss_family) {
-        case AF_UNIX:
-            let path = withUnsafeBytes(of: storage) { raw -> String in
-                let address = raw.load(as: sockaddr_un.self)
-                return withUnsafeBytes(of: address.sun_path) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            }
-            return .unix(path: path)
-        case AF_INET, AF_INET6:
-            var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-            let host: String = withUnsafeBytes(of: storage) { raw in
-                if Int32(storage.ss_family) == AF_INET {
-                    var address = raw.load(as: sockaddr_in.self).sin_addr
-                    inet_ntop(AF_INET, &address, &text, socklen_t(text.count))
-                } else {
-                    var address = raw.load(as: sockaddr_in6.self).sin6_addr
-                    inet_ntop(AF_INET6, &address, &text, socklen_t(text.count))
-                }
-                return String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            }
-            return .tcp(host: host, port: boundPort(fd) ?? 0)
-        default:
-            return nil
-        }
-    }
+    public static func address(of fd: Int32) -> Address? { SocketAddress.bound(to: fd) }
 }

@@ -202,10 +202,7 @@ public final class AgentSockets: Sendable {
                 listener = try Listener.unix(path: path, mode: mode_t(spec.mode), owner: owner, group: group,
                                              backlog: Int32(spec.backlog))
             }
-            let address: AgentSocket.Address = switch listener.address {
-            case .tcp(let host, let port): .tcp(host: host, port: port)
-            case .unix(let path): .unix(path: path)
-            }
+            let address = listener.address
             logger.info("listening socket bound", metadata: ["agent": "\(agent)", "socket": "\(address)"])
             keep(Open(fd: listener.fd, address: address), agent: agent, index: index, store: true)
         } catch {
@@ -254,7 +251,7 @@ public final class AgentSockets: Sendable {
         guard getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &length) == 0, listening == 1 else { return false }
         length = socklen_t(MemoryLayout<Int32>.size)
         guard getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &length) == 0, type == Int32(SOCK_STREAM.rawValue) else { return false }
-        guard let bound = boundAddress(fd) else { return false }
+        guard let bound = SocketAddress.bound(to: fd) else { return false }
         switch (spec.address, bound) {
         case (.tcp(let host, let port), .tcp(let boundHost, let boundPort)):
             return sameHost(host, boundHost) && (port == 0 || port == boundPort)
@@ -278,16 +275,8 @@ public final class AgentSockets: Sendable {
     /// What the socket is bound to: the port the kernel picked for port 0; a Unix
     /// socket's configured path (it was bound under a temporary name).
     private static func address(of fd: Int32, _ spec: AgentSocket) -> AgentSocket.Address {
-        if case .tcp = spec.address, let bound = boundAddress(fd) { return bound }
+        if case .tcp = spec.address, let bound = SocketAddress.bound(to: fd) { return bound }
         return spec.address
-    }
-
-    static func boundAddress(_ fd: Int32) -> AgentSocket.Address? {
-        switch Listener.address(of: fd) {
-        case .tcp(let host, let port)?: .tcp(host: host, port: port)
-        case .unix(let path)?: .unix(path: path)
-        case nil: nil
-        }
     }
 }
 

@@ -21,10 +21,16 @@ struct HTTPAgentTests {
         }
         var limit = timeval(tv_sec: 20, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        let connected = withUnsafePointer(to: &address) {
+        // The tool creates the file at bind(2) and listens a moment later: refused until then.
+        let deadline = ContinuousClock.now + .seconds(20)
+        while withUnsafePointer(to: &address, {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }) != 0 {
+            guard errno == ECONNREFUSED, ContinuousClock.now < deadline else {
+                throw TestFailure("connect \(path): \(String(cString: strerror(errno)))")
+            }
+            usleep(1000)
         }
-        guard connected == 0 else { throw TestFailure("connect \(path): \(String(cString: strerror(errno)))") }
         let request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         _ = send(fd, request, request.utf8.count, Int32(MSG_NOSIGNAL))
         var answer: [UInt8] = []

@@ -13,8 +13,10 @@ public final class BatondProcess {
 
     /// What batond printed. @unchecked Sendable: `data` is only touched under `lock`.
     private final class Collected: @unchecked Sendable {
-        let lock = NSLock()
+        let lock = NSCondition()
         var data = Data()
+        /// The pipe's end of file: batond exited (its agents write to their own logs).
+        var ended = false
     }
 
     public var stateDir: String { state.path }
@@ -65,6 +67,10 @@ public final class BatondProcess {
             let data = handle.availableData
             collected.lock.lock()
             collected.data.append(data)
+            if data.isEmpty {
+                collected.ended = true
+                collected.lock.broadcast()
+            }
             collected.lock.unlock()
         }
         try process.run()
@@ -100,6 +106,11 @@ public final class BatondProcess {
         }
         waiter.start()
         guard done.wait(timeout: .now() + timeout) == .success else { return nil }
+        // Everything it printed is read before anyone looks at `log`.
+        collected.lock.lock()
+        let deadline = Date().addingTimeInterval(5)
+        while !collected.ended && collected.lock.wait(until: deadline) {}
+        collected.lock.unlock()
         return process.terminationStatus
     }
 

@@ -155,10 +155,13 @@ struct AgentSocketTests {
         }
         #expect(try daemon.instances().isEmpty, "no instance starts without its socket")
         #expect(!agents.log().contains { $0.event == "started" })
+        let sample = #"baton_agent_socket_open{agent="web",name="web",address="tcp://127.0.0.1:\#(port)"}"#
+        #expect(try daemon.endpoint.get("/metrics").text.contains(sample + " 0"))
         close(holder)
         let pid = try waitForWorking(daemon, version: "1.0")
         #expect(try seen(agents, pid: pid).env["LISTEN_FDS"] == "1")
         #expect(try sockets(daemon).first?["open"] as? Bool == true)
+        #expect(try daemon.endpoint.get("/metrics").text.contains(sample + " 1"))
     }
 
     // MARK: - Across batond's own restarts
