@@ -67,14 +67,14 @@ struct InstanceRoutes: Sendable {
         }
         let wait = try request.wait(max: maxWait)
         let registry = supervisor.registry
-        guard let now = registry.view(id) else {
+        guard let now = registry.view(id, seen: seen) else {
             throw HTTPError(status: 404, code: "instance_not_found", message: "no instance \(id)")
         }
         if wait == 0 || seen != now.signal { return .respond(.json(now)) }
         if let seenDesired, seenDesired != now.desired?.version ?? "" { return .respond(.json(now)) }
         let pending = try request.park(deadline: .milliseconds(Int64(wait * 1000)),
                                        limit: ParkLimit(group: "signal \(id)", most: Self.signalWaiters, overflow: .answerOldest)) {
-            .json(registry.view(id) ?? SignalView(instance: id, signal: .stop, handoff: nil))
+            .json(registry.view(id, seen: seen) ?? SignalView(instance: id, signal: .stop, handoff: nil))
         }
         let waiter = InstanceRegistry.Waiter(seen: seen, answer: { pending.answer(.json($0)) }, isAnswered: { pending.isAnswered })
         if let changed = registry.signalOrPark(id, seen: seen, seenDesired: seenDesired, waiter: waiter) {

@@ -19,8 +19,8 @@ public enum TokenDigest {
 /// own version (`SignalView.desired`).
 ///
 /// Invariant: a waiter is parked only while its instance's signal equals the `seen` it
-/// asked with and the desired version its view carries is the one it carried when the
-/// waiter parked; any change of either answers it.
+/// asked with (or its instance is `undecided`) and the desired version its view carries
+/// is the one it carried when the waiter parked; any change of either answers it.
 public final class InstanceRegistry: Sendable {
     public struct Instance: Sendable, Equatable {
         public var id: String
@@ -38,6 +38,11 @@ public final class InstanceRegistry: Sendable {
         public var spawned: Bool
         /// SHA-256 (hex) of its bearer token.
         let tokenDigest: String
+        /// batond restarted after this handoff successor may have been told go and before
+        /// that was recorded (docs/ledger.md): it is told nothing new until its next signal
+        /// is set. Its polls park whatever they saw, and answer with what they saw; so one
+        /// that heard go never hears wait because of the restart.
+        public var undecided = false
     }
 
     public struct Waiter: Sendable {
@@ -68,9 +73,11 @@ public final class InstanceRegistry: Sendable {
 
         /// What the instance is told: its signal, its handoff, and the agent's desired
         /// version unless it runs that version already.
-        func view(of instance: Instance) -> SignalView {
+        /// `seen`: what the asker last saw, which an undecided instance is told again.
+        func view(of instance: Instance, seen: AgentSignal? = nil) -> SignalView {
             let desired = self.desired[instance.agent].flatMap { $0.version == instance.version ? nil : $0 }
-            return SignalView(instance: instance.id, signal: instance.signal, handoff: instance.handoff, desired: desired)
+            let signal = instance.undecided ? seen ?? instance.signal : instance.signal
+            return SignalView(instance: instance.id, signal: signal, handoff: instance.handoff, desired: desired)
         }
     }
 
@@ -145,8 +152,14 @@ public final class InstanceRegistry: Sendable {
         return nil
     }
 
-    public func view(_ id: String) -> SignalView? {
-        state.withLock { state in state.instances[id].map { state.view(of: $0) } }
+    /// What the instance is told when it last saw `seen` (see `Instance.undecided`).
+    public func view(_ id: String, seen: AgentSignal? = nil) -> SignalView? {
+        state.withLock { state in state.instances[id].map { state.view(of: $0, seen: seen) } }
+    }
+
+    /// Whether a poll of `id` that saw `seen` is parked (a test seam: see `CrashPoint`).
+    public func isParked(_ id: String, seen: AgentSignal) -> Bool {
+        state.withLock { state in state.waiters[id, default: []].contains { $0.seen == seen && !$0.isAnswered() } }
     }
 
     /// The agent's desired version as its instances see it (nil before the first).
@@ -166,7 +179,7 @@ public final class InstanceRegistry: Sendable {
             for (instance, carried) in before {
                 let view = state.view(of: instance)
                 guard view.desired?.version != carried else { continue }
-                answers += (state.waiters.removeValue(forKey: instance.id) ?? []).map { ($0, view) }
+                answers += (state.waiters.removeValue(forKey: instance.id) ?? []).map { ($0, state.view(of: instance, seen: $0.seen)) }
             }
             return answers
         }
@@ -189,6 +202,7 @@ public final class InstanceRegistry: Sendable {
             guard var instance = state.instances[id] else { return ([], nil) }
             state.generation += 1
             instance.signal = signal
+            instance.undecided = false
             instance.handoff = handoff
             state.instances[id] = instance
             let all = state.waiters[id] ?? []
@@ -205,8 +219,8 @@ public final class InstanceRegistry: Sendable {
     public func signalOrPark(_ id: String, seen: AgentSignal?, seenDesired: String? = nil, waiter: Waiter) -> SignalView? {
         state.withLock { state in
             guard let instance = state.instances[id] else { return SignalView(instance: id, signal: .stop, handoff: nil) }
-            let view = state.view(of: instance)
-            if seen != instance.signal { return view }
+            let view = state.view(of: instance, seen: seen)
+            if seen != view.signal { return view }
             if let seenDesired, seenDesired != view.desired?.version ?? "" { return view }
             var list = state.waiters[id, default: []].filter { !$0.isAnswered() }
             list.append(waiter)
