@@ -73,7 +73,7 @@ struct InstanceRoutes: Sendable {
         if wait == 0 || seen != now.signal { return .respond(.json(now)) }
         if let seenDesired, seenDesired != now.desired?.version ?? "" { return .respond(.json(now)) }
         let pending = try request.park(deadline: .milliseconds(Int64(wait * 1000)),
-                                       limit: ParkLimit(group: "signal \(id)", most: Self.signalWaiters, overflow: .answerOldest)) {
+                                       limit: ParkLimit(group: "signal \(id)", most: Self.signalWaiters, overflow: .answerOldest)) { [seen] in
             .json(registry.view(id, seen: seen) ?? SignalView(instance: id, signal: .stop, handoff: nil))
         }
         let waiter = InstanceRegistry.Waiter(seen: seen, answer: { pending.answer(.json($0)) }, isAnswered: { pending.isAnswered })

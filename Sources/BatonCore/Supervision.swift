@@ -1101,6 +1101,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         case .spawning, .waitingReady, .stoppingOld:
             if successorReady, oldWorks, old?.signal == .stop {
                 take(.stoppingOld, oldAlive: true, successorAlive: true, previousAlive: false)
+                // The decision that lets go go ahead of its records once O is gone.
+                if interrupted.phase != .stoppingOld { emit(.record(.handoffPhase(.stoppingOld))) }
                 return stopOld()
             }
             if successorReady, interrupted.phase != .spawning {
