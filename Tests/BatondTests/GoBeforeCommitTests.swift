@@ -27,10 +27,11 @@ struct GoBeforeCommitTests {
         try agents.add("1.0", [])
         try agents.add("2.0", ["--work-every", "0.02"])
         try agents.setCurrent("1.0")
-        let config = agents.config()
+        let config = agents.config(stop: "2s", kill: "1s")
         let first = try BatondProcess(state: state, configText: config, environment: ["BATON_CRASH_POINT": "go-before-commit"],
                                       agentsOutlive: true)
         try waitUntil(timeout: 30) { agents.log().contains { $0.event == "go" && $0.version == "1.0" } }
+        let old = Int32(try #require(first.instances().first?["pid"] as? Int))
         let answer = try first.endpoint.json("PUT", "/v1/agents/web/desired", token: first.token, #"{"version":"2.0"}"#)
         #expect(answer.status == 202, "\(answer.text)")
 
@@ -49,6 +50,12 @@ struct GoBeforeCommitTests {
             agents.log().contains { $0.instance == successor.instance && $0.event == "work" && $0.nanoseconds > killedAt }
         }
 
+        // The old instance, its stopped report never answered, would report again at once:
+        // frozen, it cannot, so the next batond sees it alive and told stop, as when its
+        // report is still on its way, and waits for it (stop_timeout, TERM, KILL) while the
+        // successor polls with seen=go. That poll must park, not hear wait.
+        kill(old, SIGSTOP)
+        defer { kill(old, SIGKILL) }
         let second = try BatondProcess(state: state, configText: config)
         defer { second.stop() }
         var view: [String: Any] = [:]
