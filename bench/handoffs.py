@@ -179,6 +179,7 @@ def main():
         return ns / 1e6 + offset
 
     spawned_at = {r["data"]["instance"]: millis(r["time"]) for r in records if r["kind"] == "instance.spawned"}
+    ready_at = {r["data"]["instance"]: millis(r["time"]) for r in records if r["kind"] == "instance.ready"}
     lines = [line.split() for line in open(events) if line.strip()]
     first = {}
     for event, instance, version, ns in lines:
@@ -191,7 +192,7 @@ def main():
             order.append(instance)
     order.sort(key=lambda i: int(i.split(".")[1]))
     batond_gaps, agent_gaps, overheads = [], [], []
-    parts = {"spawn": [], "fork": [], "after_spawned": [], "ready_to_stop": [], "gap": [], "go_to_end": []}
+    parts = {"spawn": [], "fork": [], "after_spawned": [], "ready_to_stop": [], "report": [], "gap": [], "go_to_end": []}
     for index, handoff in enumerate(handoffs):
         if handoff["outcome"] != "committed" or index + 1 >= len(order):
             continue
@@ -214,6 +215,8 @@ def main():
                 parts["fork"].append(spawned_at[new] - began_ms)
                 parts["after_spawned"].append(wall(first[("started", new)]) - spawned_at[new])
             parts["ready_to_stop"].append((first[("stop-received", old)] - first[("ready", new)]) / 1e6)
+            if new in ready_at:
+                parts["report"].append(ready_at[new] - wall(first[("ready", new)]))
             parts["gap"].append((first[("go", new)] - first[("stopped", old)]) / 1e6)
             parts["go_to_end"].append(ended_ms - wall(first[("go", new)]))
     shutil.rmtree(state, ignore_errors=True)
@@ -249,6 +252,7 @@ def main():
     part("  of which began -> instance.spawned recorded (fdatasync, fork)", parts["fork"])
     part("  of which instance.spawned -> started, less the start alone", parts["after_spawned"], start_alone)
     part("ready report -> the old one hears stop (records, signal)", parts["ready_to_stop"])
+    part("  of which ready -> instance.ready recorded (the report's way in)", parts["report"])
     part("gap: the old one's stopped -> the successor hears go", parts["gap"])
     part("go -> ended (the commit's records, current flipped, the end)", parts["go_to_end"])
     handoff_count = len(handoffs)

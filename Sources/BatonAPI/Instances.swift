@@ -6,7 +6,8 @@ import BatonSupervisor
 /// The instance protocol: an agent's process reports ready, failed or stopped, and
 /// long-polls its signal with the last one it saw (`seen`) and, if it cares, the last
 /// desired version it saw (`seen_desired`). A parked poll is answered when the signal
-/// changes or when the desired version its answer carries changes.
+/// changes or, if it passed `seen_desired`, when the desired version its answer carries
+/// changes.
 struct InstanceRoutes: Sendable {
     let supervisor: Supervisor
     let maxWait: Duration
@@ -76,7 +77,8 @@ struct InstanceRoutes: Sendable {
                                        limit: ParkLimit(group: "signal \(id)", most: Self.signalWaiters, overflow: .answerOldest)) { [seen] in
             .json(registry.view(id, seen: seen) ?? SignalView(instance: id, signal: .stop, handoff: nil))
         }
-        let waiter = InstanceRegistry.Waiter(seen: seen, answer: { pending.answer(.json($0)) }, isAnswered: { pending.isAnswered })
+        let waiter = InstanceRegistry.Waiter(seen: seen, followsDesired: seenDesired != nil, answer: { pending.answer(.json($0)) },
+                                             isAnswered: { pending.isAnswered })
         if let changed = registry.signalOrPark(id, seen: seen, seenDesired: seenDesired, waiter: waiter) {
             pending.answer(.json(changed))
         }

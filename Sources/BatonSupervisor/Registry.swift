@@ -19,8 +19,12 @@ public enum TokenDigest {
 /// own version (`SignalView.desired`).
 ///
 /// Invariant: a waiter is parked only while its instance's signal equals the `seen` it
-/// asked with (or its instance is `undecided`) and the desired version its view carries
-/// is the one it carried when the waiter parked; any change of either answers it.
+/// asked with (or its instance is `undecided`) and, if it asked about the desired version
+/// (`seen_desired`), the desired version its view carries is the one it carried when the
+/// waiter parked; any change of either answers it. A waiter that did not ask about the
+/// desired version is not answered for it: an answer with its signal unchanged would only
+/// send it round again (the agent library backs off on such an answer, and the old
+/// instance of a handoff, which the desired version begins, would hear its stop late).
 public final class InstanceRegistry: Sendable {
     public struct Instance: Sendable, Equatable {
         public var id: String
@@ -47,12 +51,16 @@ public final class InstanceRegistry: Sendable {
 
     public struct Waiter: Sendable {
         let seen: AgentSignal?
+        /// Whether it asked about the desired version (`seen_desired`).
+        let followsDesired: Bool
         /// Answers the parked request; a no-op once it was answered (deadline, shutdown).
         let answer: @Sendable (SignalView) -> Void
         let isAnswered: @Sendable () -> Bool
 
-        public init(seen: AgentSignal?, answer: @escaping @Sendable (SignalView) -> Void, isAnswered: @escaping @Sendable () -> Bool) {
+        public init(seen: AgentSignal?, followsDesired: Bool = false, answer: @escaping @Sendable (SignalView) -> Void,
+                    isAnswered: @escaping @Sendable () -> Bool) {
             self.seen = seen
+            self.followsDesired = followsDesired
             self.answer = answer
             self.isAnswered = isAnswered
         }
@@ -167,8 +175,9 @@ public final class InstanceRegistry: Sendable {
         state.withLock { $0.desired[agent] }
     }
 
-    /// Sets the agent's desired version, and answers the waiters of every instance whose
-    /// view now carries another desired version (one appears, goes, or changes version).
+    /// Sets the agent's desired version, and answers the waiters that follow it (see the
+    /// invariant) of every instance whose view now carries another desired version (one
+    /// appears, goes, or changes version).
     public func setDesired(agent: String, _ desired: DesiredVersion?) {
         let answers = state.withLock { state -> [(Waiter, SignalView)] in
             guard state.desired[agent] != desired else { return [] }
@@ -179,7 +188,9 @@ public final class InstanceRegistry: Sendable {
             for (instance, carried) in before {
                 let view = state.view(of: instance)
                 guard view.desired?.version != carried else { continue }
-                answers += (state.waiters.removeValue(forKey: instance.id) ?? []).map { ($0, state.view(of: instance, seen: $0.seen)) }
+                let waiters = state.waiters[instance.id] ?? []
+                state.waiters[instance.id] = waiters.filter { !$0.followsDesired }
+                answers += waiters.filter(\.followsDesired).map { ($0, state.view(of: instance, seen: $0.seen)) }
             }
             return answers
         }

@@ -31,8 +31,9 @@ struct RegistryTests {
             InstanceRegistry.Waiter(seen: nil, answer: { view in self.answers.withLock { $0.append(view) } },
                                     isAnswered: { self.answers.withLock { !$0.isEmpty } })
         }
-        func parked(seen: AgentSignal) -> InstanceRegistry.Waiter {
-            InstanceRegistry.Waiter(seen: seen, answer: { view in self.answers.withLock { $0.append(view) } },
+        /// `followsDesired`: it asked with `seen_desired`.
+        func parked(seen: AgentSignal, followsDesired: Bool = true) -> InstanceRegistry.Waiter {
+            InstanceRegistry.Waiter(seen: seen, followsDesired: followsDesired, answer: { view in self.answers.withLock { $0.append(view) } },
                                     isAnswered: { self.answers.withLock { !$0.isEmpty } })
         }
         var answered: [SignalView] { answers.withLock { $0 } }
@@ -129,5 +130,20 @@ struct RegistryTests {
         let parked = Parked()
         #expect(registry.signalOrPark("ext.2", seen: .go, waiter: parked.parked(seen: .go))?.signal == .wait)
         #expect(registry.view("ext.2", seen: .go)?.signal == .wait)
+    }
+
+    /// A poll that did not ask about the desired version (no `seen_desired`: BatonAgent's
+    /// `waitForSignal`) is not answered when it changes, only when its signal does: the
+    /// old instance of a handoff, which a desired version begins, stays parked and hears
+    /// its stop at once instead of after the agent library's back-off.
+    @Test func aPollThatDoesNotFollowTheDesiredVersionIsNotAnsweredForIt() {
+        let registry = Self.registry()
+        let signalOnly = Parked()
+        #expect(registry.signalOrPark("ext.1", seen: .go, waiter: signalOnly.parked(seen: .go, followsDesired: false)) == nil)
+        registry.setDesired(agent: "ext", Self.desired("2.0"))
+        #expect(signalOnly.answered.isEmpty)
+        #expect(registry.isParked("ext.1", seen: .go))
+        registry.setSignal("ext.1", .stop, handoff: "ext-1")
+        #expect(signalOnly.answered.map(\.signal) == [.stop] && signalOnly.answered.first?.desired?.version == "2.0")
     }
 }
