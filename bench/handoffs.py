@@ -117,7 +117,9 @@ def main():
     config = os.path.join(state, "batond.toml")
     with open(config, "w") as handle:
         handle.write('[agents.bench]\ncommand = ["{release}/bin/agent"]\nready_timeout = "10s"\n'
-                     'stop_timeout = "5s"\nkill_timeout = "2s"\n')
+                     'stop_timeout = "5s"\nkill_timeout = "2s"\n'
+                     # Agents outlive batond by default: the last instance must not.
+                     '\n[daemon]\nstop_agents_on_exit = true\n')
     daemon = subprocess.Popen([batond, "--config", config, "--state-dir", state, "--socket", state + "/batond.sock",
                                "--listen", "127.0.0.1:0", "--log-level", "warning"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
