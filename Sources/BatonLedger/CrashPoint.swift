@@ -22,8 +22,8 @@ public enum CrashPoint: String, Sendable, CaseIterable {
         #endif
     }()
 
-    /// Whether batond dies here: a point that needs more than reaching it (the successor
-    /// heard go) asks before it waits for that.
+    /// Whether the environment names this point: one that is reached only once something
+    /// else happened (the successor heard go) asks this before it waits for that.
     public var isArmed: Bool { Self.armed == self }
 
     /// Dies here, if the environment names this point.

@@ -42,10 +42,10 @@ public final class InstanceRegistry: Sendable {
         public var spawned: Bool
         /// SHA-256 (hex) of its bearer token.
         let tokenDigest: String
-        /// batond restarted after this handoff successor may have been told go and before
-        /// that was recorded (docs/ledger.md): it is told nothing new until its next signal
-        /// is set. Its polls park whatever they saw, and answer with what they saw; so one
-        /// that heard go never hears wait because of the restart.
+        /// batond restarted while this handoff successor may hold a go that was never
+        /// recorded (docs/ledger.md): it is told nothing new until its next signal is set.
+        /// Its polls park whatever they saw and answer with what they saw, so one that
+        /// heard go never hears wait because of the restart.
         public var undecided = false
     }
 
