@@ -6,7 +6,8 @@ import BatonSupervisor
 /// The instance protocol: an agent's process reports ready, failed or stopped, and
 /// long-polls its signal with the last one it saw (`seen`) and, if it cares, the last
 /// desired version it saw (`seen_desired`). A parked poll is answered when the signal
-/// changes or when the desired version its answer carries changes.
+/// changes or, if it passed `seen_desired`, when the desired version its answer carries
+/// changes.
 struct InstanceRoutes: Sendable {
     let supervisor: Supervisor
     let maxWait: Duration
@@ -67,16 +68,17 @@ struct InstanceRoutes: Sendable {
         }
         let wait = try request.wait(max: maxWait)
         let registry = supervisor.registry
-        guard let now = registry.view(id) else {
+        guard let now = registry.view(id, seen: seen) else {
             throw HTTPError(status: 404, code: "instance_not_found", message: "no instance \(id)")
         }
         if wait == 0 || seen != now.signal { return .respond(.json(now)) }
         if let seenDesired, seenDesired != now.desired?.version ?? "" { return .respond(.json(now)) }
         let pending = try request.park(deadline: .milliseconds(Int64(wait * 1000)),
-                                       limit: ParkLimit(group: "signal \(id)", most: Self.signalWaiters, overflow: .answerOldest)) {
-            .json(registry.view(id) ?? SignalView(instance: id, signal: .stop, handoff: nil))
+                                       limit: ParkLimit(group: "signal \(id)", most: Self.signalWaiters, overflow: .answerOldest)) { [seen] in
+            .json(registry.view(id, seen: seen) ?? SignalView(instance: id, signal: .stop, handoff: nil))
         }
-        let waiter = InstanceRegistry.Waiter(seen: seen, answer: { pending.answer(.json($0)) }, isAnswered: { pending.isAnswered })
+        let waiter = InstanceRegistry.Waiter(seen: seen, followsDesired: seenDesired != nil, answer: { pending.answer(.json($0)) },
+                                             isAnswered: { pending.isAnswered })
         if let changed = registry.signalOrPark(id, seen: seen, seenDesired: seenDesired, waiter: waiter) {
             pending.answer(.json(changed))
         }

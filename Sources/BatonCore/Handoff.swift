@@ -9,6 +9,9 @@
 ///   is gone (reported stopped, or exited);
 /// - the release becomes current (`.commit`) only after the successor reported ready
 ///   and the old one is gone;
+/// - go goes ahead of its records only once `stopping_old` is durable: that record holds
+///   the decision "the successor gets go once the old one is gone", so the old one's end
+///   is followed at once by go, and the commit comes after (`.signalGoAhead`);
 /// - a successor that fails is terminated, and the old one is never disturbed by it
 ///   (parallel mode): nothing is sent to the old one before the successor is ready.
 public struct Handoff: Sendable, Equatable {
@@ -36,7 +39,9 @@ public struct Handoff: Sendable, Equatable {
         /// The successor runs and verifies itself; the old one still works. Next:
         /// stoppingOld, committing, or abortingSuccessor.
         case waitingReady = "waiting_ready"
-        /// The old instance was told stop (then TERM, then KILL). Next: committed, or failed.
+        /// The old instance was told stop (then TERM, then KILL). Recorded before the stop,
+        /// it holds the decision that the successor gets go once the old one is gone.
+        /// Next: committed, or failed.
         case stoppingOld = "stopping_old"
         /// The successor failed and is being terminated. Next: failed, or (sequential)
         /// revertingSpawn.
@@ -93,6 +98,12 @@ public struct Handoff: Sendable, Equatable {
         case spawn(Role)
         /// Set the instance's level-triggered signal.
         case signalGo(Role)
+        /// Tell the successor go at once, ahead of the records that came with the old
+        /// one's end (its stop or exit, the go itself): the decision is durable already,
+        /// since `stopping_old` was recorded before the old one was told stop, and a
+        /// restarted batond finishes such a handoff as committed (docs/ledger.md). The
+        /// commit follows, so its fdatasync is no part of the gap.
+        case signalGoAhead(Role)
         case signalStop(Role)
         /// SIGTERM, then (on a later action) SIGKILL, to the instance's process group.
         case terminate(Role)
@@ -273,7 +284,9 @@ public struct Handoff: Sendable, Equatable {
                 // The successor died while the old one was stopping: nothing to hand to.
                 return [.cancelTimer(.stop), .cancelTimer(.kill)] + finishFailure()
             }
-            return [.cancelTimer(.stop), .cancelTimer(.kill)] + commit()
+            // Go first: `stopping_old` on disk holds the decision, the commit follows.
+            phase = .committed
+            return [.signalGoAhead(.successor), .cancelTimer(.stop), .cancelTimer(.kill), .commit, .end(.committed, error: nil)]
         case (.stoppingOld, .timeout(.stop)):
             escalation = 2
             return [.terminate(.old), .startTimer(.kill, timeouts.kill)]
@@ -354,6 +367,8 @@ public struct Handoff: Sendable, Equatable {
 
     // MARK: - Steps shared by several transitions
 
+    /// The successor is ready and nothing was told stop for it (`stopping_old` was never
+    /// recorded): the commit is the decision, so it is durable before the go.
     private mutating func commit() -> [Action] {
         phase = .committed
         return [.commit, .signalGo(.successor), .end(.committed, error: nil)]

@@ -264,6 +264,10 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         case spawn(Spawn)
         /// Set the instance's level-triggered signal (recorded, then seen by it).
         case signal(String, AgentSignal)
+        /// Set the instance's signal to go at once and record it after, with the commit
+        /// that follows: the ledger holds the decision already (see
+        /// `Handoff.Action.signalGoAhead`).
+        case signalGoAhead(String)
         /// SIGTERM, and SIGKILL, to the instance's process group.
         case terminate(String)
         case kill(String)
@@ -608,8 +612,10 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
 
     /// The only place that tells an instance go (see the invariant). While another
     /// instance holds go, `id` waits in `awaitingGo` and `handle` grants it once that one
-    /// is gone; so a grant never makes two.
-    private mutating func grantGo(_ id: String) {
+    /// is gone; so a grant never makes two. `ahead`: the handoff's decision is durable,
+    /// so the go need not wait for its own record; one deferred behind another holder
+    /// waits for its record like any other.
+    private mutating func grantGo(_ id: String, ahead: Bool = false) {
         guard let instance = instances[id], instance.leaving == nil, !instance.stopped, !instance.holdsGo else { return }
         if let other = holder, other != id {
             awaitingGo = id
@@ -617,7 +623,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         }
         instances[id]?.holdsGo = true
         instances[id]?.signal = .go
-        emit(.signal(id, .go))
+        emit(ahead ? .signalGoAhead(id) : .signal(id, .go))
     }
 
     private mutating func giveGoAndWork(_ id: String) {
@@ -910,6 +916,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
             }
         case .signalGo(let role):
             if let id = run.roles[role] { grantGo(id) }
+        case .signalGoAhead(let role):
+            if let id = run.roles[role] { grantGo(id, ahead: true) }
         case .signalStop(let role):
             guard let id = run.roles[role], instances[id] != nil else { return }
             tell(id, .stop)
@@ -988,7 +996,7 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
     /// | --- | --- | --- |
     /// | stopping_first | O alive, not stopped | finish: O is told stop again (stop_timeout, TERM, KILL); once it is gone the handoff goes on (spawns S) |
     /// | stopping_first | O gone or stopped | finish: S is spawned now |
-    /// | spawning, waiting_ready, stopping_old | O alive and told stop, S alive and ready | finish: wait for O (stop_timeout, TERM, KILL), then commit S |
+    /// | spawning, waiting_ready, stopping_old | O alive and told stop, S alive and ready | finish: wait for O (stop_timeout, TERM, KILL), then commit S; S is told nothing meanwhile (in stopping_old it may hold go unrecorded: `signalGoAhead`) |
     /// | waiting_ready, stopping_old | O alive and not told stop, S alive and ready | finish: O is told stop, then S commits |
     /// | waiting_ready, stopping_old | O gone or stopped, S alive and ready | finish: commit S now |
     /// | spawning, waiting_ready, stopping_old | S not alive, or not ready | cancelled: S (if alive) is terminated; O keeps go if it was not told stop, else the current release starts now and gets go once O is gone |
@@ -1093,6 +1101,8 @@ public struct Supervision<C: Clock>: Sendable where C.Duration == Duration {
         case .spawning, .waitingReady, .stoppingOld:
             if successorReady, oldWorks, old?.signal == .stop {
                 take(.stoppingOld, oldAlive: true, successorAlive: true, previousAlive: false)
+                // The decision that lets go go ahead of its records once O is gone.
+                if interrupted.phase != .stoppingOld { emit(.record(.handoffPhase(.stoppingOld))) }
                 return stopOld()
             }
             if successorReady, interrupted.phase != .spawning {

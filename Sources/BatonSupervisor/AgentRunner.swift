@@ -224,6 +224,8 @@ actor AgentRunner {
                     await inOrder { self.recordSignal(instance, signal) }
                 }
                 await whenDurable { self.signal(instance, signal) }
+            case .signalGoAhead(let instance):
+                await goAhead(instance)
             case .terminate(let instance):
                 await whenDurable { self.processes[instance]?.send(SIGTERM) }
             case .kill(let instance):
@@ -246,6 +248,31 @@ actor AgentRunner {
             case .refuse:
                 break // the request that caused it answers with it: see `attempt`
             }
+        }
+    }
+
+    /// The successor hears go the moment the old instance is gone, before the records
+    /// that came with that (the old one's stop or exit, this go, the commit after it) are
+    /// durable: the ledger holds the decision already, in the handoff's `stopping_old`,
+    /// and a restarted batond finishes such a handoff as committed (docs/ledger.md). So
+    /// the commit's fdatasync follows the go instead of sitting in the gap. Unless the
+    /// ledger shows that phase durable for this handoff, and no effect waits for it, the
+    /// go waits for its record like any other.
+    private func goAhead(_ instance: String) async {
+        let durable = context.ledger.state.agents[name]?.handoff
+        guard let id = flight?.view.id, durable?.id == id, durable?.phase == Handoff.Phase.stoppingOld.rawValue,
+              deferred.isEmpty, shutdownDone == nil else {
+            await inOrder { self.recordSignal(instance, .go) }
+            return await whenDurable { self.signal(instance, .go) }
+        }
+        signal(instance, .go)
+        recordSignal(instance, .go)
+        if CrashPoint.goBeforeCommit.isArmed {
+            // Dies once the successor asks again with `seen=go`: it heard go for sure.
+            for _ in 0..<10_000 where !context.registry.isParked(instance, seen: .go) {
+                try? await Task.sleep(for: .milliseconds(1))
+            }
+            CrashPoint.goBeforeCommit.reached()
         }
     }
 
@@ -412,6 +439,10 @@ actor AgentRunner {
         // taken as told stop, and goes to its exit like any instance told stop.
         let signal: AgentSignal = instance.tokenDigest == nil ? .stop : instance.signal
         let inFlight = instance.handoff != nil && instance.handoff == interrupted?.id
+        // Go goes ahead of its record once `stopping_old` is durable: a ready successor
+        // recorded in wait may have heard go, and must not hear wait now (docs/ledger.md).
+        let undecided = inFlight && interrupted?.phase == Handoff.Phase.stoppingOld.rawValue
+            && instance.role == Handoff.Role.successor.rawValue && instance.state == .ready && signal == .wait
         if let process {
             processes[instance.id] = process
             if !instance.registered { context.logs.watch(instance.id, context.log(instance.id)) }
@@ -419,7 +450,7 @@ actor AgentRunner {
                                        signal: signal, handoff: inFlight ? instance.handoff : nil,
                                        startedAt: instance.startedAt, ready: instance.state != .spawned,
                                        stopped: instance.state == .stopped, spawned: !instance.registered,
-                                       tokenDigest: instance.tokenDigest ?? ""))
+                                       tokenDigest: instance.tokenDigest ?? "", undecided: undecided))
             if signal != instance.signal {
                 record(.instanceSignal(.init(agent: name, instance: instance.id, signal: signal, handoff: nil)))
             }

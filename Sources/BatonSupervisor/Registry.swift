@@ -19,8 +19,12 @@ public enum TokenDigest {
 /// own version (`SignalView.desired`).
 ///
 /// Invariant: a waiter is parked only while its instance's signal equals the `seen` it
-/// asked with and the desired version its view carries is the one it carried when the
-/// waiter parked; any change of either answers it.
+/// asked with (or its instance is `undecided`) and, if it asked about the desired version
+/// (`seen_desired`), the desired version its view carries is the one it carried when the
+/// waiter parked; any change of either answers it. A waiter that did not ask about the
+/// desired version is not answered for it: an answer with its signal unchanged would only
+/// send it round again (the agent library backs off on such an answer, and the old
+/// instance of a handoff, which the desired version begins, would hear its stop late).
 public final class InstanceRegistry: Sendable {
     public struct Instance: Sendable, Equatable {
         public var id: String
@@ -38,16 +42,25 @@ public final class InstanceRegistry: Sendable {
         public var spawned: Bool
         /// SHA-256 (hex) of its bearer token.
         let tokenDigest: String
+        /// batond restarted while this handoff successor may hold a go that was never
+        /// recorded (docs/ledger.md): it is told nothing new until its next signal is set.
+        /// Its polls park whatever they saw and answer with what they saw, so one that
+        /// heard go never hears wait because of the restart.
+        public var undecided = false
     }
 
     public struct Waiter: Sendable {
         let seen: AgentSignal?
+        /// Whether it asked about the desired version (`seen_desired`).
+        let followsDesired: Bool
         /// Answers the parked request; a no-op once it was answered (deadline, shutdown).
         let answer: @Sendable (SignalView) -> Void
         let isAnswered: @Sendable () -> Bool
 
-        public init(seen: AgentSignal?, answer: @escaping @Sendable (SignalView) -> Void, isAnswered: @escaping @Sendable () -> Bool) {
+        public init(seen: AgentSignal?, followsDesired: Bool = false, answer: @escaping @Sendable (SignalView) -> Void,
+                    isAnswered: @escaping @Sendable () -> Bool) {
             self.seen = seen
+            self.followsDesired = followsDesired
             self.answer = answer
             self.isAnswered = isAnswered
         }
@@ -68,9 +81,11 @@ public final class InstanceRegistry: Sendable {
 
         /// What the instance is told: its signal, its handoff, and the agent's desired
         /// version unless it runs that version already.
-        func view(of instance: Instance) -> SignalView {
+        /// `seen`: what the asker last saw, which an undecided instance is told again.
+        func view(of instance: Instance, seen: AgentSignal? = nil) -> SignalView {
             let desired = self.desired[instance.agent].flatMap { $0.version == instance.version ? nil : $0 }
-            return SignalView(instance: instance.id, signal: instance.signal, handoff: instance.handoff, desired: desired)
+            let signal = instance.undecided ? seen ?? instance.signal : instance.signal
+            return SignalView(instance: instance.id, signal: signal, handoff: instance.handoff, desired: desired)
         }
     }
 
@@ -145,8 +160,14 @@ public final class InstanceRegistry: Sendable {
         return nil
     }
 
-    public func view(_ id: String) -> SignalView? {
-        state.withLock { state in state.instances[id].map { state.view(of: $0) } }
+    /// What the instance is told when it last saw `seen` (see `Instance.undecided`).
+    public func view(_ id: String, seen: AgentSignal? = nil) -> SignalView? {
+        state.withLock { state in state.instances[id].map { state.view(of: $0, seen: seen) } }
+    }
+
+    /// Whether a poll of `id` that saw `seen` is parked (a test seam: see `CrashPoint`).
+    public func isParked(_ id: String, seen: AgentSignal) -> Bool {
+        state.withLock { state in state.waiters[id, default: []].contains { $0.seen == seen && !$0.isAnswered() } }
     }
 
     /// The agent's desired version as its instances see it (nil before the first).
@@ -154,8 +175,9 @@ public final class InstanceRegistry: Sendable {
         state.withLock { $0.desired[agent] }
     }
 
-    /// Sets the agent's desired version, and answers the waiters of every instance whose
-    /// view now carries another desired version (one appears, goes, or changes version).
+    /// Sets the agent's desired version, and answers the waiters that follow it (see the
+    /// invariant) of every instance whose view now carries another desired version (one
+    /// appears, goes, or changes version).
     public func setDesired(agent: String, _ desired: DesiredVersion?) {
         let answers = state.withLock { state -> [(Waiter, SignalView)] in
             guard state.desired[agent] != desired else { return [] }
@@ -166,7 +188,9 @@ public final class InstanceRegistry: Sendable {
             for (instance, carried) in before {
                 let view = state.view(of: instance)
                 guard view.desired?.version != carried else { continue }
-                answers += (state.waiters.removeValue(forKey: instance.id) ?? []).map { ($0, view) }
+                let waiters = state.waiters[instance.id] ?? []
+                state.waiters[instance.id] = waiters.filter { !$0.followsDesired }
+                answers += waiters.filter(\.followsDesired).map { ($0, state.view(of: instance, seen: $0.seen)) }
             }
             return answers
         }
@@ -189,6 +213,7 @@ public final class InstanceRegistry: Sendable {
             guard var instance = state.instances[id] else { return ([], nil) }
             state.generation += 1
             instance.signal = signal
+            instance.undecided = false
             instance.handoff = handoff
             state.instances[id] = instance
             let all = state.waiters[id] ?? []
@@ -205,8 +230,8 @@ public final class InstanceRegistry: Sendable {
     public func signalOrPark(_ id: String, seen: AgentSignal?, seenDesired: String? = nil, waiter: Waiter) -> SignalView? {
         state.withLock { state in
             guard let instance = state.instances[id] else { return SignalView(instance: id, signal: .stop, handoff: nil) }
-            let view = state.view(of: instance)
-            if seen != instance.signal { return view }
+            let view = state.view(of: instance, seen: seen)
+            if seen != view.signal { return view }
             if let seenDesired, seenDesired != view.desired?.version ?? "" { return view }
             var list = state.waiters[id, default: []].filter { !$0.isAnswered() }
             list.append(waiter)

@@ -76,7 +76,7 @@ struct ExternalAgentTests {
         all += machine.handle(.stopped("r.1"))
         all += machine.handle(.exited("r.1", description: "exit 0"))
         #expect(all.contains(.commit(version: "v2")))
-        #expect(all.contains(.signal("r.2", .go)))
+        #expect(all.contains(.signalGoAhead("r.2")))
         #expect(Self.spawns(all).isEmpty)
         #expect(name(machine.state) == "working(r.2)")
     }

@@ -23,13 +23,13 @@ struct HandoffTests {
             (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
             (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
             (.ready(.successor), [.cancelTimer(.ready), .recordPhase(.stoppingOld), .signalStop(.old), .startTimer(.stop, t.stop)]),
-            (.stopped(.old), [.cancelTimer(.stop), .cancelTimer(.kill), .commit, .signalGo(.successor), .end(.committed, error: nil)]),
+            (.stopped(.old), A.goAheadThenCommit),
         ], final: .committed),
         Path(name: "parallel: old exits instead of reporting stopped", mode: .parallel, hasOld: true, steps: [
             (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
             (.spawned(.successor), [.recordPhase(.waitingReady), .startTimer(.ready, t.ready)]),
             (.ready(.successor), [.cancelTimer(.ready), .recordPhase(.stoppingOld), .signalStop(.old), .startTimer(.stop, t.stop)]),
-            (.exited(.old, description: "exit 0"), [.cancelTimer(.stop), .cancelTimer(.kill), .commit, .signalGo(.successor), .end(.committed, error: nil)]),
+            (.exited(.old, description: "exit 0"), A.goAheadThenCommit),
         ], final: .committed),
         Path(name: "parallel: first start, nothing to stop", mode: .parallel, hasOld: false, steps: [
             (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
@@ -42,7 +42,7 @@ struct HandoffTests {
             (.ready(.successor), [.cancelTimer(.ready), .recordPhase(.stoppingOld), .signalStop(.old), .startTimer(.stop, t.stop)]),
             (.timeout(.stop), [.terminate(.old), .startTimer(.kill, t.kill)]),
             (.timeout(.kill), [.kill(.old)]),
-            (.exited(.old, description: "signal 9"), [.cancelTimer(.stop), .cancelTimer(.kill), .commit, .signalGo(.successor), .end(.committed, error: nil)]),
+            (.exited(.old, description: "signal 9"), A.goAheadThenCommit),
         ], final: .committed),
         Path(name: "parallel: successor exits before ready", mode: .parallel, hasOld: true, steps: [
             (.begin, [.recordPhase(.spawning), .spawn(.successor)]),
@@ -149,8 +149,8 @@ struct HandoffTests {
         #expect(handoff.phase == path.final)
     }
 
-    /// Exclusion, from the actions alone: across every path, `signalGo(.successor)`
-    /// comes only after the old instance was seen gone, and `commit` only after ready.
+    /// Exclusion, from the actions alone: across every path, go to the successor comes
+    /// only after the old instance was seen gone, and `commit` only after ready.
     @Test(arguments: paths)
     func goOnlyAfterTheOldIsGone(_ path: Path) {
         var handoff = Handoff(mode: path.mode, timeouts: Self.t, hasOld: path.hasOld)
@@ -163,9 +163,32 @@ struct HandoffTests {
             default: break
             }
             for action in handoff.handle(event) {
-                if action == .signalGo(.successor) { #expect(oldGone, "\(path.name): go before the old one was gone") }
+                if action == .signalGo(.successor) || action == .signalGoAhead(.successor) {
+                    #expect(oldGone, "\(path.name): go before the old one was gone")
+                }
                 if action == .commit { #expect(ready && oldGone, "\(path.name): commit too early") }
             }
+        }
+    }
+
+    /// Go ahead of its records only where the ledger holds the decision: after
+    /// `stopping_old` was recorded (and the old one told stop after it), with the commit
+    /// in the same step after it. Elsewhere the commit comes first.
+    @Test(arguments: paths)
+    func goAheadOnlyOnceStoppingOldIsRecorded(_ path: Path) {
+        var handoff = Handoff(mode: path.mode, timeouts: Self.t, hasOld: path.hasOld)
+        var recorded: [A] = []
+        for (event, _) in path.steps {
+            let actions = handoff.handle(event)
+            if let go = actions.firstIndex(of: .signalGoAhead(.successor)) {
+                #expect(recorded.contains(.recordPhase(.stoppingOld)) && recorded.contains(.signalStop(.old)),
+                        "\(path.name): go ahead without stopping_old recorded")
+                #expect(actions.suffix(from: go).contains(.commit), "\(path.name): go ahead, and no commit after it")
+            }
+            if let go = actions.firstIndex(of: .signalGo(.successor)) {
+                #expect(actions.prefix(upTo: go).contains(.commit), "\(path.name): go before the commit without stopping_old")
+            }
+            recorded += actions
         }
     }
 
@@ -218,7 +241,11 @@ struct HandoffTests {
                                       successorAlive: true, previousAlive: true)
                 let actions = handoff.handle(event)
                 if phase.isFinal { #expect(actions.isEmpty && handoff.phase == phase, "\(phase) × \(event)") }
-                if actions.contains(.signalGo(.successor)) { #expect(event == .ready(.successor) || event == .stopped(.old) || event == .exited(.old, description: "x")) }
+                if actions.contains(.signalGo(.successor)) { #expect(event == .ready(.successor), "\(phase) × \(event)") }
+                if actions.contains(.signalGoAhead(.successor)) {
+                    #expect(phase == .stoppingOld && (event == .stopped(.old) || event == .exited(.old, description: "x")), "\(phase) × \(event)")
+                    #expect(actions == A.goAheadThenCommit, "\(phase) × \(event)")
+                }
                 if actions.contains(.signalGo(.previous)) { #expect(event == .ready(.previous)) }
             }
         }
@@ -231,7 +258,7 @@ struct HandoffTests {
         #expect(stopping.handle(.begin).isEmpty)
         #expect(stopping.handle(.timeout(.stop)) == [.terminate(.old), .startTimer(.kill, Self.t.kill)])
         #expect(stopping.handle(.exited(.old, description: "signal 15"))
-            == [.cancelTimer(.stop), .cancelTimer(.kill), .commit, .signalGo(.successor), .end(.committed, error: nil)])
+            == A.goAheadThenCommit)
         var reverting = Handoff(mode: .sequential, timeouts: Self.t, resuming: .revertingReady, hadOld: true, oldAlive: false,
                                 successorAlive: false, previousAlive: true)
         #expect(reverting.handle(.ready(.previous))
@@ -246,4 +273,10 @@ struct HandoffTests {
         #expect(handoff.handle(.timeout(.kill)).isEmpty)
         #expect(handoff.phase == .waitingReady)
     }
+}
+
+extension Handoff.Action {
+    /// The old one is gone after `stopping_old` was recorded: go at once, the commit after.
+    static let goAheadThenCommit: [Handoff.Action] = [.signalGoAhead(.successor), .cancelTimer(.stop), .cancelTimer(.kill), .commit,
+                                                      .end(.committed, error: nil)]
 }

@@ -20,6 +20,9 @@ struct SeededGenerator: RandomNumberGenerator {
 /// The world below plays the processes and the ledger; after every step it checks:
 /// - at most one instance holds go (told go, and not since reported stopped or exited);
 /// - a commit comes only after the successor reported ready and the old one is gone;
+/// - a successor told go ahead of its records (`signalGoAhead`), batond killed before the
+///   commit recorded them: the restart tells it nothing (no wait, stop, TERM or KILL),
+///   and the handoff goes on to give it go;
 /// - no action addresses an instance that exited;
 /// - crash loops (2 abnormal exits within a minute, v2 and v3 irreversible): never a second
 ///   rewind without an operator's desired version between, never a rewind of an
@@ -58,6 +61,8 @@ struct SupervisionWalkTests {
         var commits = 0
         var rewinds = 0
         var givenUp = 0
+        /// Restarts after a go ahead of its record, before the commit.
+        var resumedAfterGoAhead = 0
         // The ledger's view.
         var current: String? = "v1"
         var previous: String?
@@ -67,6 +72,17 @@ struct SupervisionWalkTests {
         var roles: [Handoff.Role: String] = [:]
         /// Processes that died while batond was down: the ledger still says live.
         var diedWhileDown: Set<String> = []
+        /// A successor told go ahead of its record, and the old one's stop report that came
+        /// with it: neither is in the ledger until the commit after them is (or, through
+        /// restarts, until a later record about them).
+        var unrecordedGo: String?
+        var unrecordedStop: String?
+        /// The successor that heard go before batond died unrecorded: the restarted batond
+        /// does not know it holds go until the handoff gives it go again.
+        var undecided: String?
+        /// The actions of the last event fed, and the successor one of them told go ahead.
+        var lastActions: [A] = []
+        var aheadInStep: String?
 
         /// Set BATON_WALK_TRACE to a world's seed to see its every step.
         var trace: Bool
@@ -99,7 +115,8 @@ struct SupervisionWalkTests {
 
         // MARK: Steps
 
-        mutating func step() {
+        /// `cutAfterGoAhead`: batond dies right after every go ahead, before its commit.
+        mutating func step(cutAfterGoAhead: Bool = false) {
             steps += 1
             if let spawn = awaitedSpawn {
                 awaitedSpawn = nil
@@ -113,7 +130,14 @@ struct SupervisionWalkTests {
             }
             if chance(0.01) { return crash() }
             if chance(0.004) { return shutdown(stopAgents: chance(0.5)) }
-            feed(randomEvent())
+            let event = randomEvent()
+            if cutAfterGoAhead {
+                var probe = machine
+                if let go = probe.handle(event).firstIndex(where: { if case .signalGoAhead = $0 { true } else { false } }) {
+                    return crash(event, cut: go + 1)
+                }
+            }
+            feed(event)
             if machine.isFinished { restart() }
         }
 
@@ -160,6 +184,12 @@ struct SupervisionWalkTests {
         }
 
         mutating func feed(_ event: E, keep: Int? = nil) {
+            // A report or exit batond hears is recorded (the walk's ledger), unless a go
+            // ahead of it is cut from its commit below.
+            switch event {
+            case .stopped(let id), .exited(let id, _): if unrecordedStop == id { unrecordedStop = nil }
+            default: break
+            }
             // What a process says changes the world whether or not batond hears it.
             switch event {
             case .ready(let id) where processes[id]?.alive == true:
@@ -185,6 +215,8 @@ struct SupervisionWalkTests {
                 #expect(!actions.contains { if case .spawn = $0 { true } else if case .signal(_, .go) = $0 { true } else { false } },
                         "halted, yet a start or a go: seed \(seed), step \(steps), \(event) → \(actions)")
             }
+            lastActions = actions
+            aheadInStep = nil
             let performed = keep.map { Array(actions.prefix($0)) } ?? actions
             for (index, action) in performed.enumerated() {
                 apply(action, next: performed.dropFirst(index + 1).first, cut: performed.count < actions.count, event: event)
@@ -208,11 +240,23 @@ struct SupervisionWalkTests {
             switch action {
             case .signal(let id, let signal):
                 processes[id]?.signal = signal
+                if unrecordedGo == id { unrecordedGo = nil }
                 if signal == .go {
                     processes[id]?.heldGo = true
                     #expect(holders.subtracting([id]).isEmpty, "two in go (\(holders) and \(id)): \(where_)")
                     holders.insert(id)
+                    if undecided == id { undecided = nil }
                 }
+            case .signalGoAhead(let id):
+                #expect(phase == .stoppingOld, "go ahead without stopping_old recorded: \(where_)")
+                processes[id]?.signal = .go
+                processes[id]?.heldGo = true
+                #expect(holders.subtracting([id]).isEmpty, "two in go (\(holders) and \(id)): \(where_)")
+                holders.insert(id)
+                if undecided == id { undecided = nil }
+                unrecordedGo = id
+                aheadInStep = id
+                if case .stopped(let old) = event { unrecordedStop = old }
             case .terminate(let id), .kill(let id):
                 processes[id]?.dying = true
             case .spawn(let spawn):
@@ -235,8 +279,12 @@ struct SupervisionWalkTests {
                     current = version
                 }
                 phase = .committed
-                // Go follows, or waits for one told stop before batond's restart to be gone.
-                let following: String? = if case .signal(let id, .go)? = next { id } else { machine.awaitingGo }
+                // Go went ahead of it, or follows, or waits for one told stop before
+                // batond's restart to be gone. Its record holds what went ahead.
+                let following: String? = if let ahead = aheadInStep { ahead } else if case .signal(let id, .go)? = next { id }
+                    else { machine.awaitingGo }
+                unrecordedGo = nil
+                unrecordedStop = nil
                 if next == nil && cut { return } // batond died right after the commit
                 guard let successor = following else {
                     Issue.record("commit, and nobody gets go: \(where_)")
@@ -278,7 +326,7 @@ struct SupervisionWalkTests {
 
         func addressed(_ action: A) -> String? {
             switch action {
-            case .signal(let id, _), .terminate(let id), .kill(let id), .release(let id): id
+            case .signal(let id, _), .signalGoAhead(let id), .terminate(let id), .kill(let id), .release(let id): id
             case .startTimer(.ready(let id), _), .startTimer(.escalate(let id), _): id
             case .record, .recordError, .spawn, .startTimer, .cancelTimer, .commit, .refuse: nil
             }
@@ -287,8 +335,12 @@ struct SupervisionWalkTests {
         mutating func check(after event: E) {
             let where_ = "seed \(seed), step \(steps), after \(event)"
             #expect(holders.count <= 1, "two in go: \(holders): \(where_)")
-            // The machine never forgets one that holds go.
-            for id in holders { #expect(machine.instances[id]?.holdsGo == true, "\(id) holds go unbeknown: \(where_)") }
+            // The machine never forgets one that holds go, but for a successor whose go
+            // batond's death left unrecorded, until the handoff gives it go again.
+            if let id = undecided, !holders.contains(id) { undecided = nil }
+            for id in holders where id != undecided {
+                #expect(machine.instances[id]?.holdsGo == true, "\(id) holds go unbeknown: \(where_)")
+            }
             if let waiting = machine.awaitingGo {
                 let holder = machine.holder.flatMap { machine.instances[$0] }
                 #expect(holder?.leaving != nil, "\(waiting) waits for go behind one that is not leaving: \(where_)")
@@ -298,9 +350,10 @@ struct SupervisionWalkTests {
         // MARK: batond's death and restart
 
         /// kill -9 in the middle of a step: records and effects up to a cut are done, the
-        /// rest never happens; some processes die while batond is down.
-        mutating func crash() {
-            let event = randomEvent()
+        /// rest never happens; some processes die while batond is down. `event` and `cut`:
+        /// that step, cut there (else a random one).
+        mutating func crash(_ chosen: E? = nil, cut chosenCut: Int? = nil) {
+            let event = chosen ?? randomEvent()
             var probe = machine
             let actions = probe.handle(event)
             // Cut anywhere but between a handoff's beginning and its first phase, and
@@ -311,7 +364,7 @@ struct SupervisionWalkTests {
                 if case .record(.handoffBegan) = actions[index] { continue }
                 cuts.append(index + 1)
             }
-            feed(event, keep: pick(cuts)!)
+            feed(event, keep: chosenCut ?? pick(cuts)!)
             awaitedSpawn = nil
             for id in alive where chance(0.1) {
                 processes[id]!.alive = false
@@ -335,22 +388,37 @@ struct SupervisionWalkTests {
             let adopted = known.sorted().compactMap { id -> Machine.AdoptedInstance? in
                 guard let process = processes[id] else { return nil }
                 let role = roles.first { $0.value == id }?.key
-                return .init(id: id, version: process.version, registered: process.registered, signal: process.signal,
-                             heldGo: process.heldGo, ready: process.ready, stopped: process.stopped, role: began == nil ? nil : role, alive: process.alive,
-                             stored: Self.isStored(process.version))
+                // The ledger's view: what went ahead of the commit is not in it.
+                let unrecorded = id == unrecordedGo
+                return .init(id: id, version: process.version, registered: process.registered,
+                             signal: unrecorded ? .wait : process.signal, heldGo: unrecorded ? false : process.heldGo,
+                             ready: process.ready, stopped: id == unrecordedStop ? false : process.stopped,
+                             role: began == nil ? nil : role, alive: process.alive, stored: Self.isStored(process.version))
             }
+            // Still working on that go (not stopped since, alive): the restart tells it
+            // nothing (the shell keeps its polls from hearing wait), and it gets go once the
+            // old one is gone.
+            let heardGo = unrecordedGo.flatMap { holders.contains($0) ? $0 : nil }
+            if let id = heardGo { undecided = id }
             var interrupted: Machine.InterruptedHandoff?
             if case .handoffBegan(let from, let to, let mode)? = began, let phase {
                 interrupted = .init(mode: mode, from: from, to: to, phase: phase)
             }
             diedWhileDown = []
             machine = Machine(settings: settings, clock: clock)
-            began = nil
-            phase = nil
+            // The ledger keeps the handoff in flight (began, phase) until it records its end.
             roles = [:]
             let stored = previous.flatMap { Self.isStored($0) ? $0 : nil }
             feed(.boot(current: current, instances: adopted, handoff: interrupted,
                        releases: releases(previous: stored, versions: [current, stored, interrupted?.to] + adopted.map(\.version))))
+            if let id = heardGo {
+                let where_ = "seed \(seed), step \(steps), restart after \(id) heard go unrecorded"
+                let untilGo = lastActions.prefix { $0 != .signal(id, .go) && $0 != .signalGoAhead(id) }
+                #expect(!untilGo.contains { if case .signal(id, _) = $0 { true } else { false } }, "\(where_): \(lastActions)")
+                #expect(!untilGo.contains(.terminate(id)) && !untilGo.contains(.kill(id)), "\(where_): \(lastActions)")
+                if untilGo.count == lastActions.count { #expect(machine.instances[id]?.leaving == nil, "\(where_)") }
+                resumedAfterGoAhead += 1
+            }
         }
 
         /// What the shell tells the machine at boot: the previous release, which of the
@@ -373,6 +441,16 @@ struct SupervisionWalkTests {
         #expect(world.restarts > 0, "seed \(seed): batond never restarted")
         #expect(world.rewinds > 0, "seed \(seed): no rewind")
         #expect(world.givenUp > 0, "seed \(seed): never gave up on an irreversible release")
+    }
+
+    /// batond killed between a go ahead and its commit, over and over: every restart
+    /// finds the successor told go unrecorded, and the checks above hold.
+    @Test(arguments: seeds)
+    func walkThroughKillsBetweenGoAndCommit(seed: UInt64) {
+        var world = World(seed: seed)
+        world.feed(.boot(current: "v1", instances: [], handoff: nil))
+        for _ in 0..<4_000 { world.step(cutAfterGoAhead: true) }
+        #expect(world.resumedAfterGoAhead > 0, "seed \(seed): batond was never killed between go and commit")
     }
 
     /// An external agent: the same walk (desired versions refused, registered instances

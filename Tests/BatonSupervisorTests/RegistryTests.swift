@@ -31,8 +31,9 @@ struct RegistryTests {
             InstanceRegistry.Waiter(seen: nil, answer: { view in self.answers.withLock { $0.append(view) } },
                                     isAnswered: { self.answers.withLock { !$0.isEmpty } })
         }
-        func parked(seen: AgentSignal) -> InstanceRegistry.Waiter {
-            InstanceRegistry.Waiter(seen: seen, answer: { view in self.answers.withLock { $0.append(view) } },
+        /// `followsDesired`: it asked with `seen_desired`.
+        func parked(seen: AgentSignal, followsDesired: Bool = true) -> InstanceRegistry.Waiter {
+            InstanceRegistry.Waiter(seen: seen, followsDesired: followsDesired, answer: { view in self.answers.withLock { $0.append(view) } },
                                     isAnswered: { self.answers.withLock { !$0.isEmpty } })
         }
         var answered: [SignalView] { answers.withLock { $0 } }
@@ -90,5 +91,59 @@ struct RegistryTests {
         #expect(registry.signalOrPark("ext.2", seen: .wait, seenDesired: "", waiter: Parked().parked(seen: .wait)) == nil,
                 "ext.2 runs the desired version: none to see")
         #expect(parked.answered.isEmpty)
+    }
+
+    /// A successor batond restarted over while it may have heard go unrecorded
+    /// (`undecided`): its polls park whatever they saw and answer with what they saw, so
+    /// one that heard go never hears wait; its next signal decides, and answers as usual.
+    @Test func anUndecidedInstanceIsToldNothingNewUntilItsNextSignal() {
+        let registry = InstanceRegistry()
+        registry.add(.init(id: "web.2", agent: "web", version: "2.0", pid: 102, signal: .wait, handoff: "web-1", startedAt: Self.at,
+                           ready: true, stopped: false, spawned: true, tokenDigest: "web.2", undecided: true))
+        // A poll that saw go parks; at its deadline (or at once, without wait) it is told go again.
+        let heard = Parked(), notHeard = Parked()
+        #expect(registry.signalOrPark("web.2", seen: .go, waiter: heard.parked(seen: .go)) == nil)
+        #expect(registry.signalOrPark("web.2", seen: .wait, waiter: notHeard.parked(seen: .wait)) == nil)
+        #expect(registry.isParked("web.2", seen: .go) && registry.isParked("web.2", seen: .wait))
+        #expect(registry.view("web.2", seen: .go)?.signal == .go)
+        #expect(registry.view("web.2", seen: .wait)?.signal == .wait)
+        // News of the desired version answers it with its own signal, not the recorded one.
+        registry.setDesired(agent: "web", Self.desired("3.0"))
+        #expect(heard.answered.map(\.signal) == [.go] && notHeard.answered.map(\.signal) == [.wait])
+
+        // The handoff gives it go: the one that heard go stays parked, the other hears go.
+        let heardAgain = Parked(), waiting = Parked()
+        #expect(registry.signalOrPark("web.2", seen: .go, waiter: heardAgain.parked(seen: .go)) == nil)
+        #expect(registry.signalOrPark("web.2", seen: .wait, waiter: waiting.parked(seen: .wait)) == nil)
+        registry.setSignal("web.2", .go, handoff: "web-1")
+        #expect(heardAgain.answered.isEmpty)
+        #expect(waiting.answered.map(\.signal) == [.go])
+        // Decided: a later stop answers as for any instance.
+        registry.setSignal("web.2", .stop, handoff: nil)
+        #expect(heardAgain.answered.map(\.signal) == [.stop])
+        #expect(registry.view("web.2", seen: .go)?.signal == .stop)
+    }
+
+    /// Without the restart's doubt, a poll that saw another signal is answered at once.
+    @Test func aDecidedInstanceIsAnsweredWithItsSignal() {
+        let registry = Self.registry()
+        let parked = Parked()
+        #expect(registry.signalOrPark("ext.2", seen: .go, waiter: parked.parked(seen: .go))?.signal == .wait)
+        #expect(registry.view("ext.2", seen: .go)?.signal == .wait)
+    }
+
+    /// A poll that did not ask about the desired version (no `seen_desired`: BatonAgent's
+    /// `waitForSignal`) is not answered when it changes, only when its signal does: the
+    /// old instance of a handoff, which a desired version begins, stays parked and hears
+    /// its stop at once instead of after the agent library's back-off.
+    @Test func aPollThatDoesNotFollowTheDesiredVersionIsNotAnsweredForIt() {
+        let registry = Self.registry()
+        let signalOnly = Parked()
+        #expect(registry.signalOrPark("ext.1", seen: .go, waiter: signalOnly.parked(seen: .go, followsDesired: false)) == nil)
+        registry.setDesired(agent: "ext", Self.desired("2.0"))
+        #expect(signalOnly.answered.isEmpty)
+        #expect(registry.isParked("ext.1", seen: .go))
+        registry.setSignal("ext.1", .stop, handoff: "ext-1")
+        #expect(signalOnly.answered.map(\.signal) == [.stop] && signalOnly.answered.first?.desired?.version == "2.0")
     }
 }

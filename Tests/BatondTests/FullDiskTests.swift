@@ -4,7 +4,7 @@ import Glibc
 import Testing
 
 /// Ledger before effect, with a real full disk: the ledger's directory is a small tmpfs
-/// the test fills. Nothing happens that the ledger did not record, and batond resumes by
+/// the test fills. Nothing happens that the ledger did not decide, and batond resumes by
 /// itself once the disk has room again.
 @Suite("a full disk", .serialized)
 struct FullDiskTests {
@@ -115,18 +115,20 @@ struct FullDiskTests {
         #expect(try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"1.0"}"#).errorCode
                 == "ledger_unavailable")
 
-        // The old instance finishes and reports stopped: its successor is not told go, and
-        // `current` does not flip, while the commit cannot be recorded.
+        // The old instance finishes and reports stopped: its successor gets go at once (the
+        // decision, stopping_old, was recorded before the disk filled) and keeps it, while
+        // `current` does not flip until the commit is recorded.
         try waitUntil(timeout: 30) { instances(daemon, "web").contains { $0["version"] as? String == "1.0" && $0["state"] as? String == "stopped" } }
         try waitUntil(timeout: 30) { (metric(daemon, #"baton_agent_effects_waiting{agent="web"}"#) ?? 0) >= 1 }
+        try waitUntil(timeout: 30) { web.log().contains { $0.event == "go" && $0.version == "2.0" } }
         #expect(web.current == "1.0")
-        #expect(!web.log().contains { $0.event == "go" && $0.version == "2.0" })
 
-        // Room again: batond resumes by itself, in order.
+        // Room again: batond resumes by itself, in order; the successor kept its go.
         disk.free()
         try waitUntil(timeout: 30) { (try? daemon.endpoint.get("/readyz").status) == 200 }
-        try waitUntil(timeout: 30) { web.log().contains { $0.event == "go" && $0.version == "2.0" } }
-        #expect(web.current == "2.0")
+        try waitUntil(timeout: 30) { web.current == "2.0" }
+        #expect(web.log().filter { $0.event == "go" && $0.version == "2.0" }.count == 1, "\(web.log())")
+        #expect(!web.log().contains { $0.version == "2.0" && ["stop-received", "term", "exit"].contains($0.event) }, "\(web.log())")
         let handoff = try daemon.endpoint.get("/v1/handoffs/web-1", token: daemon.token).json()
         #expect(handoff["outcome"] as? String == "committed", "\(handoff)")
         #expect(overlaps(web.log()).isEmpty, "\(web.log())")

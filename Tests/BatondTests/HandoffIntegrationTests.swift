@@ -119,11 +119,11 @@ struct HandoffIntegrationTests {
             if kind == "instance.signal" { return "signal:" + ((record["data"] as? [String: Any])?["signal"] as? String ?? "?") }
             return kind
         }
-        // Each signal is recorded before the instance can see it: a restarted batond
-        // knows who holds go.
+        // Each signal is recorded before the instance can see it, but the successor's go:
+        // decided by stopping_old, it goes ahead and is recorded with the commit.
         let expected = ["agent.desired", "handoff.began", "phase:spawning", "instance.spawned", "phase:waiting_ready",
-                        "instance.ready", "phase:stopping_old", "signal:stop", "instance.stopped", "release.current",
-                        "signal:go", "handoff.ended"]
+                        "instance.ready", "phase:stopping_old", "signal:stop", "instance.stopped", "signal:go",
+                        "release.current", "handoff.ended"]
         #expect(Array(steps.prefix(expected.count)) == expected, "\(steps)")
         daemon.stop()
     }

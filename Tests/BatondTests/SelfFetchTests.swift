@@ -159,8 +159,8 @@ struct SelfFetchTests {
     }
 
     /// The signal answers carry the desired version while it is not the instance's own,
-    /// and a parked long-poll is answered when it changes; `seen_desired` answers at once
-    /// when the caller has not seen the current one.
+    /// and a parked long-poll that passed `seen_desired` is answered when it changes (and
+    /// at once when the caller has not seen the current one).
     @Test func theSignalCarriesTheDesiredVersionAndWakesOnIt() throws {
         let state = TemporaryDirectory("selffetch-signal")
         let daemon = try start(state)
@@ -178,7 +178,7 @@ struct SelfFetchTests {
         #expect(ready["signal"] as? String == "go" && ready["desired"] is NSNull, "\(ready)")
 
         let endpoint = daemon.unix
-        let parked = inBackground { try endpoint.get("/v1/instances/\(id)/signal?seen=go&wait=60", token: token, timeout: 90) }
+        let parked = inBackground { try endpoint.get("/v1/instances/\(id)/signal?seen=go&seen_desired=&wait=60", token: token, timeout: 90) }
         try waitUntil(timeout: 20) {
             (try? daemon.endpoint.get("/metrics").text.contains("baton_http_parked_requests 1\n")) ?? false
         }
