@@ -164,17 +164,18 @@ extension Releases {
 
     private func failed(_ request: FetchRequest, reason: String) async {
         let reason = request.redacting(reason)
-        fetches.withLock {
-            $0["\(request.agent)/\(request.version)"]?.phase = .failed
-            $0["\(request.agent)/\(request.version)"]?.error = reason
-        }
         logger.warning("release fetch failed", metadata: ["agent": "\(request.agent)", "version": "\(request.version)",
                                                           "url": "\(request.shown)", "error": "\(reason)"])
+        // Recorded before it shows: whoever sees the fetch failed finds it in the ledger.
         do throws(LedgerError) {
             _ = try await ledger.append(.releaseFetchFailed(.init(agent: request.agent, version: request.version, url: request.shown,
                                                                   by: request.by, error: reason)))
         } catch {
             logger.warning("the failed fetch could not be recorded", metadata: ["error": "\(error)"])
+        }
+        fetches.withLock {
+            $0["\(request.agent)/\(request.version)"]?.phase = .failed
+            $0["\(request.agent)/\(request.version)"]?.error = reason
         }
     }
 
