@@ -104,9 +104,11 @@ public struct Daemon: Sendable {
         var inheritedSockets = Dictionary(stored.map { ($0.name!, $0.fd) }, uniquingKeysWith: { first, _ in first })
         inheritedSockets.merge(AgentSockets.handedOver()) { _, handed in handed }
         let notifier = self.notifier
-        var store: (@Sendable (Int32, String) -> Void)?
-        if notifier.isEnabled { store = { fd, name in notifier.store(fd, name: name) } }
-        let sockets = AgentSockets(inherited: inheritedSockets, logger: logger, stored: store)
+        let store = notifier.isEnabled
+            ? AgentSockets.Store(keep: { fd, name in notifier.store(fd, name: name) },
+                                 remove: { name in notifier.send("FDSTOREREMOVE=1\nFDNAME=\(name)") })
+            : nil
+        let sockets = AgentSockets(inherited: inheritedSockets, logger: logger, store: store)
         // Instances talk to batond over their own socket, out of reach of floods on the others.
         let supervisor = Supervisor(config: config, ledger: ledger, socketPath: config.agentSocketPath,
                                     url: listeners.first { !$0.isUnix }?.url, logger: logger, sockets: sockets)
@@ -168,12 +170,11 @@ public struct Daemon: Sendable {
         let services = ServiceGroup(configuration: .init(
             services: [
                 .init(service: HTTPService(server: server, listeners: listeners.map(\.description),
-                                           adopted: { [supervisor, notifier, logger] in
+                                           adopted: { [supervisor, logger] in
                                                await supervisor.adopted()
                                                // Every agent took its sockets: the rest belong to none.
                                                for name in supervisor.sockets.closeUnclaimed() {
-                                                   logger.notice("closing a kept socket no agent lists any more", metadata: ["socket": "\(name)"])
-                                                   notifier.send("FDSTOREREMOVE=1\nFDNAME=\(name)")
+                                                   logger.notice("closed a kept socket no agent lists any more", metadata: ["socket": "\(name)"])
                                                }
                                                // A rollout a restart cut short goes on once every agent re-adopted.
                                                await rollouts.resume()

@@ -49,17 +49,29 @@ public final class AgentSockets: Sendable {
         var errors: [String: [String?]] = [:]
     }
 
+    /// A keeper of descriptors that outlives batond: systemd's file descriptor store.
+    public struct Store: Sendable {
+        /// Keeps `fd` under `name` (`FDSTORE=1`).
+        public let keep: @Sendable (_ fd: Int32, _ name: String) -> Void
+        /// Drops every descriptor kept under `name` (`FDSTOREREMOVE=1`).
+        public let remove: @Sendable (_ name: String) -> Void
+
+        public init(keep: @escaping @Sendable (Int32, String) -> Void, remove: @escaping @Sendable (String) -> Void) {
+            self.keep = keep
+            self.remove = remove
+        }
+    }
+
     private let state: Mutex<State>
-    /// Called with each socket batond opened or took from an instance, and its store name:
-    /// batond under systemd puts it in the file descriptor store.
-    private let stored: (@Sendable (_ fd: Int32, _ name: String) -> Void)?
+    /// Where each socket batond opens or takes from an instance goes, under its name, in
+    /// place of whatever was kept under that name (under systemd; nil otherwise).
+    private let store: Store?
     private let logger: Logger
 
     /// `inherited`: descriptors by store name, from a re-exec or systemd's store.
-    public init(inherited: [String: Int32] = [:], logger: Logger = Logger(label: "baton.sockets"),
-                stored: (@Sendable (_ fd: Int32, _ name: String) -> Void)? = nil) {
+    public init(inherited: [String: Int32] = [:], logger: Logger = Logger(label: "baton.sockets"), store: Store? = nil) {
         state = Mutex(State(inherited: inherited))
-        self.stored = stored
+        self.store = store
         self.logger = logger
     }
 
@@ -83,6 +95,7 @@ public final class AgentSockets: Sendable {
                 logger.warning("an inherited socket no longer matches the config; closing it",
                                metadata: ["agent": "\(agent.name)", "socket": "\(spec.address)"])
                 close(fd)
+                store?.remove(name)
             }
             if let fd = Self.copy(spec, fromAny: holders) {
                 logger.info("socket taken back from a live instance", metadata: ["agent": "\(agent.name)", "socket": "\(spec.address)"])
@@ -94,13 +107,17 @@ public final class AgentSockets: Sendable {
     }
 
     /// Closes what was inherited and matches no configured socket (an agent removed from
-    /// the config, an address changed): nothing would ever pass it on.
+    /// the config, an address changed), and drops it from the store: nothing would ever
+    /// pass it on, and it would keep its address bound. Returns the names.
     public func closeUnclaimed() -> [String] {
         let left = state.withLock { state -> [String: Int32] in
             defer { state.inherited = [:] }
             return state.inherited
         }
-        for fd in left.values { close(fd) }
+        for (name, fd) in left {
+            close(fd)
+            store?.remove(name)
+        }
         return left.keys.sorted()
     }
 
@@ -187,7 +204,13 @@ public final class AgentSockets: Sendable {
             if index < errors.count { errors[index] = nil }
             state.errors[agent] = errors
         }
-        if store { stored?(open.fd, Self.storeName(agent: agent, index: index)) }
+        if store, let keeper = self.store {
+            // systemd keeps every descriptor sent under a name: drop what an earlier batond
+            // kept there (a socket no longer configured) before keeping this one.
+            let name = Self.storeName(agent: agent, index: index)
+            keeper.remove(name)
+            keeper.keep(open.fd, name)
+        }
     }
 
     private func bind(_ spec: AgentSocket, agent: String, index: Int) {

@@ -26,6 +26,8 @@ public final class NotifySocket {
     /// Descriptors batond put in the "file descriptor store" (`FDSTORE=1` with
     /// SCM_RIGHTS), as systemd would keep them, with their `FDNAME`. The test owns them.
     public private(set) var stored: [(name: String, fd: Int32)] = []
+    /// Every datagram received so far, in order.
+    public private(set) var messages: [String] = []
 
     /// The next datagram, or nil after `timeout` seconds. Descriptors that come with an
     /// `FDSTORE=1` message are kept in `stored`.
@@ -49,6 +51,7 @@ public final class NotifySocket {
         }
         guard count > 0 else { return nil }
         let message = String(decoding: buffer[..<count], as: UTF8.self)
+        messages.append(message)
         let descriptors = Self.rights(in: control)
         let lines = message.split(separator: "\n")
         if lines.contains("FDSTORE=1"), let name = lines.first(where: { $0.hasPrefix("FDNAME=") })?.dropFirst(7) {

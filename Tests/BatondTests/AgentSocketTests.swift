@@ -227,6 +227,30 @@ struct AgentSocketTests {
         let next = try seen(agents, pid: try waitForWorking(second, version: "1.0"))
         #expect(next.fds["3"] == instance.fds["3"], "the new instance got the stored socket, never bound again")
         #expect(!second.log.contains("listening socket bound"), "\(second.log)")
+        #expect(!second.notify.messages.contains { $0.contains("FDSTORE") }, "kept as it is: \(second.notify.messages)")
+        #expect(second.stop() == 0)
+
+        // The address changed while the socket was kept: the kept one is dropped from the
+        // store (it would hold the old port forever) and the new one kept in its place.
+        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) == 0 && getsockname(probe, $0, &length) == 0 }
+        }
+        let newPort = Int(UInt16(bigEndian: address.sin_port))
+        close(probe)
+        let moved = text.replacingOccurrences(of: "tcp://127.0.0.1:0", with: "tcp://127.0.0.1:\(newPort)")
+        let third = try BatondProcess(state: state, configText: moved, wrapper: [which("python3") ?? "/usr/bin/python3", launcher,
+                                                                             "\(getpid())", "\(stored.fd)", "agent.web.0"])
+        defer { _ = third.stop() }
+        _ = try waitForWorking(third, version: "1.0")
+        let removal = third.notify.messages.firstIndex { $0.contains("FDSTOREREMOVE=1") && $0.contains("FDNAME=agent.web.0") }
+        let kept = try #require(third.notify.storedDescriptors(timeout: 10).last { $0.name == "agent.web.0" })
+        #expect(removal != nil, "\(third.notify.messages)")
+        #expect(boundPort(kept.fd) == newPort, "the new socket is kept under the name")
     }
 
     @Test func theSocketsCrossASelfUpgrade() throws {
@@ -260,5 +284,14 @@ struct AgentSocketTests {
     func socketInode(_ fd: Int32) -> UInt64 {
         var info = stat()
         return fstat(fd, &info) == 0 ? UInt64(info.st_ino) : 0
+    }
+
+    func boundPort(_ fd: Int32) -> Int? {
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        return ok == 0 ? Int(UInt16(bigEndian: address.sin_port)) : nil
     }
 }
