@@ -32,6 +32,10 @@ struct AgentCommand: ParsableCommand {
                            + ", ready within \(Format.duration(milliseconds: config.readyTimeoutMs))"
                            + ", stop within \(Format.duration(milliseconds: config.stopTimeoutMs))")
             Terminal.print("  restarts: \(agent.restarts) since batond started")
+            for socket in agent.sockets {
+                let state = socket.open ? "held by batond" : Terminal.paint("not open", .red) + (socket.error.map { ": \($0)" } ?? "")
+                Terminal.print("  socket \(socket.name): \(socket.address), \(state)")
+            }
             if let next = agent.nextAttemptAt { Terminal.print("  next attempt: \(Format.clock(next))") }
             if let desired = agent.desired {
                 Terminal.print("  desired \(desired.version) set by \(desired.setBy) at \(Format.clock(desired.setAt))")
