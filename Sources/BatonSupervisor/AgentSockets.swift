@@ -89,6 +89,7 @@ public final class AgentSockets: Sendable {
             let inherited = state.withLock { $0.inherited.removeValue(forKey: name) }
             if let fd = inherited {
                 if Self.matches(fd, spec) {
+                    adopt(fd, spec, agent: agent.name)
                     keep(Open(fd: fd, address: Self.address(of: fd, spec)), agent: agent.name, index: index, store: false)
                     continue
                 }
@@ -99,10 +100,34 @@ public final class AgentSockets: Sendable {
             }
             if let fd = Self.copy(spec, fromAny: holders) {
                 logger.info("socket taken back from a live instance", metadata: ["agent": "\(agent.name)", "socket": "\(spec.address)"])
+                adopt(fd, spec, agent: agent.name)
                 keep(Open(fd: fd, address: Self.address(of: fd, spec)), agent: agent.name, index: index, store: true)
                 continue
             }
             bind(spec, agent: agent.name, index: index)
+        }
+    }
+
+    /// A socket bound by an earlier batond gets what the config says now: its backlog
+    /// (listen(2) again changes it in place) and, for a Unix socket, its file's mode and
+    /// owner.
+    private func adopt(_ fd: Int32, _ spec: AgentSocket, agent: String) {
+        var problems: [String] = []
+        if listen(fd, Int32(spec.backlog)) != 0 { problems.append("listen: \(String(cString: strerror(errno)))") }
+        if case .unix(let path) = spec.address {
+            if chmod(path, mode_t(spec.mode)) != 0 { problems.append("chmod \(path): \(String(cString: strerror(errno)))") }
+            do {
+                let owner = try Self.resolve(user: spec.owner), group = try Self.resolve(group: spec.group)
+                if owner != nil || group != nil, chown(path, owner ?? uid_t.max, group ?? gid_t.max) != 0 {
+                    problems.append("chown \(path): \(String(cString: strerror(errno)))")
+                }
+            } catch {
+                problems.append(error.description)
+            }
+        }
+        if !problems.isEmpty {
+            logger.warning("a kept socket keeps its earlier settings", metadata: [
+                "agent": "\(agent)", "socket": "\(spec.address)", "error": "\(problems.joined(separator: "; "))"])
         }
     }
 

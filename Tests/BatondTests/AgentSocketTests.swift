@@ -189,6 +189,28 @@ struct AgentSocketTests {
         #expect(after.fds["3"] == before.fds["3"], "the successor got the very socket the first batond bound")
     }
 
+    @Test func aKeptUnixSocketGetsTheModeTheConfigSaysNow() throws {
+        let state = TemporaryDirectory("sockets")
+        let agents = TestReleases(state: state)
+        try addRelease(agents, "1.0")
+        try agents.setCurrent("1.0")
+        let path = state.file("web.sock")
+        func text(_ mode: String) -> String { config(agents, listen: #"[{ address = "unix:\#(path)", mode = "\#(mode)" }]"#) }
+        let first = try BatondProcess(state: state, configText: text("0600"), agentsOutlive: true)
+        let pid = try waitForWorking(first, version: "1.0")
+        var info = stat()
+        #expect(lstat(path, &info) == 0 && info.st_mode & 0o777 == 0o600)
+        let inode = info.st_ino
+        first.signal(SIGKILL)
+        #expect(first.waitForExit() != nil)
+
+        let second = try BatondProcess(state: state, configText: text("0660"))
+        defer { _ = second.stop() }
+        #expect(try waitForWorking(second, version: "1.0") == pid, "adopted, not restarted")
+        #expect(second.log.contains("socket taken back from a live instance"), "\(second.log)")
+        #expect(lstat(path, &info) == 0 && info.st_mode & 0o777 == 0o660 && info.st_ino == inode, "the same socket file, its mode as configured now")
+    }
+
     /// systemd's file descriptor store, played by the test: batond hands each socket over
     /// (FDSTORE=1) as it binds it; with batond *and* its instance killed, only the store
     /// holds the socket, and the next batond, started with it the way systemd passes
