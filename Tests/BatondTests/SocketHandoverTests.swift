@@ -106,9 +106,12 @@ struct SocketHandoverTests {
         expectNothingRefused(result, agents, versions: ["a", "b"])
     }
 
+    /// batond killed twice under load: between handoffs, and in the middle of one (its
+    /// successor still checking itself), which the restarted batond ends `cancelled`
+    /// (docs/ledger.md: a successor not ready is terminated, the old instance serves on).
     @Test func aKill9AndRestartOfBatondMidStreamRefusesNothing() throws {
         let state = TemporaryDirectory("handover")
-        let (first, agents, address) = try start(["a": [], "b": []], agentsOutlive: true, state: state)
+        let (first, agents, address) = try start(["a": [], "b": [], "c": ["--ready-after", "1"]], agentsOutlive: true, state: state)
         let load = try HTTPLoad(address: address)
         load.start(connections: 4)
         #expect(try first.handOff(to: "b")["outcome"] as? String == "committed")
@@ -118,13 +121,24 @@ struct SocketHandoverTests {
         let whileDown = load.counts.ok
         try waitUntil(timeout: 10) { load.counts.ok > whileDown + 20 }
 
-        let second = try BatondProcess(state: state, configText: config(agents, mode: "parallel"))
-        defer { _ = second.stop() }
+        let second = try BatondProcess(state: state, configText: config(agents, mode: "parallel"), agentsOutlive: true)
         try waitForRunning(second, "b")
         #expect(try second.handOff(to: "a")["outcome"] as? String == "committed")
-        #expect(try second.handOff(to: "b")["outcome"] as? String == "committed")
+        // Mid-handoff: c starts beside a and checks itself for a second; batond dies.
+        let answer = try second.endpoint.json("PUT", "/v1/agents/web/desired", token: second.token, #"{"version":"c"}"#)
+        #expect(answer.status == 202, "\(answer.text)")
+        try waitUntil(timeout: 30) { agents.log().contains { $0.event == "started" && $0.version == "c" } }
+        second.signal(SIGKILL)
+        #expect(second.waitForExit() != nil)
+
+        let third = try BatondProcess(state: state, configText: config(agents, mode: "parallel"))
+        defer { _ = third.stop() }
+        try waitForRunning(third, "a")
+        let cancelled = try third.endpoint.get("/v1/handoffs?agent=web&limit=1", token: third.token).json()["handoffs"] as? [[String: Any]]
+        #expect(cancelled?.first?["outcome"] as? String == "cancelled", "\(String(describing: cancelled))")
+        #expect(try third.handOff(to: "c")["outcome"] as? String == "committed")
         let result = load.stop()
-        expectNothingRefused(result, agents, versions: ["a", "b"])
+        expectNothingRefused(result, agents, versions: ["a", "b", "c"])
     }
 
     @Test func aSelfUpgradeMidStreamRefusesNothing() throws {
