@@ -25,9 +25,11 @@ struct HTTPLoadTests {
 
         #expect(result.ok >= 20)
         #expect(result.bodies == ["web.1 2\n"])
-        // A request queued in the backlog as the listener closed is reset; every one after is refused.
+        // A request queued in the backlog as the listener closed is reset; every one after is
+        // refused. (Two threads record in no set order: a reset may be counted after a refusal.)
         #expect(result.failures.allSatisfy { [.refused, .reset].contains($0.kind) }, "\(result.failures.prefix(3))")
-        #expect(result.failures.last?.kind == .refused)
+        #expect(result.failures.filter { $0.kind == .reset }.count <= 2, "at most one in flight per thread: \(result.failures.prefix(5))")
+        #expect(result.failures.contains { $0.kind == .refused })
         #expect(result.failures.allSatisfy { $0.nanoseconds > 0 && $0.nanoseconds <= monotonicNanoseconds() })
     }
 
