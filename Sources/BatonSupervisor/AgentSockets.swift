@@ -41,12 +41,17 @@ public final class AgentSockets: Sendable {
         let address: AgentSocket.Address
     }
 
+    /// One `listen` entry's socket: open, or why it could not be bound.
+    private enum Slot {
+        case open(Open)
+        case failed(String)
+    }
+
     private struct State {
         /// Descriptors given at start (re-exec, systemd's store) not yet matched to a config entry.
         var inherited: [String: Int32]
-        /// By agent, one slot per `listen` entry.
-        var open: [String: [Open?]] = [:]
-        var errors: [String: [String?]] = [:]
+        /// By store name (`agent.<agent>.<index>`).
+        var slots: [String: Slot] = [:]
     }
 
     /// A keeper of descriptors that outlives batond: systemd's file descriptor store.
@@ -156,8 +161,7 @@ public final class AgentSockets: Sendable {
         for (index, spec) in agent.listen.enumerated() {
             if socket(agent.name, index) == nil { bind(spec, agent: agent.name, index: index) }
             guard let open = socket(agent.name, index) else {
-                let reason = state.withLock { $0.errors[agent.name]?[index] ?? nil } ?? "not open"
-                throw SpawnError(description: "listening socket \(spec.address): \(reason)")
+                throw SpawnError(description: "listening socket \(spec.address): \(failure(agent.name, index) ?? "not open")")
             }
             passed.append(PassedSocket(fd: open.fd, name: spec.name))
         }
@@ -171,16 +175,15 @@ public final class AgentSockets: Sendable {
             if let open = socket(agent.name, index) {
                 return AgentView.Socket(name: spec.name, address: open.address.description, open: true, error: nil)
             }
-            let error = state.withLock { $0.errors[agent.name]?[index] ?? nil }
-            return AgentView.Socket(name: spec.name, address: spec.address.description, open: false, error: error)
+            return AgentView.Socket(name: spec.name, address: spec.address.description, open: false, error: failure(agent.name, index))
         }
     }
 
     /// Every open socket with its store name: what crosses a re-exec.
     public var all: [(name: String, fd: Int32)] {
         state.withLock { state in
-            state.open.flatMap { agent, sockets in
-                sockets.enumerated().compactMap { index, open in open.map { (Self.storeName(agent: agent, index: index), $0.fd) } }
+            state.slots.compactMap { name, slot in
+                if case .open(let open) = slot { (name, open.fd) } else { nil }
             }.sorted { $0.0 < $1.0 }
         }
     }
@@ -214,21 +217,18 @@ public final class AgentSockets: Sendable {
 
     private func socket(_ agent: String, _ index: Int) -> Open? {
         state.withLock { state in
-            guard let sockets = state.open[agent], index < sockets.count else { return nil }
-            return sockets[index]
+            if case .open(let open)? = state.slots[Self.storeName(agent: agent, index: index)] { open } else { nil }
+        }
+    }
+
+    private func failure(_ agent: String, _ index: Int) -> String? {
+        state.withLock { state in
+            if case .failed(let reason)? = state.slots[Self.storeName(agent: agent, index: index)] { reason } else { nil }
         }
     }
 
     private func keep(_ open: Open, agent: String, index: Int, store: Bool) {
-        state.withLock { state in
-            var sockets = state.open[agent] ?? []
-            while sockets.count <= index { sockets.append(nil) }
-            sockets[index] = open
-            state.open[agent] = sockets
-            var errors = state.errors[agent] ?? []
-            if index < errors.count { errors[index] = nil }
-            state.errors[agent] = errors
-        }
+        state.withLock { $0.slots[Self.storeName(agent: agent, index: index)] = .open(open) }
         if store, let keeper = self.store {
             // systemd keeps every descriptor sent under a name: drop what an earlier batond
             // kept there (a socket no longer configured) before keeping this one.
@@ -256,12 +256,7 @@ public final class AgentSockets: Sendable {
         } catch {
             logger.error("cannot bind a listening socket", metadata: ["agent": "\(agent)", "socket": "\(spec.address)",
                                                                       "error": "\(error)"])
-            state.withLock { state in
-                var errors = state.errors[agent] ?? []
-                while errors.count <= index { errors.append(nil) }
-                errors[index] = error.description
-                state.errors[agent] = errors
-            }
+            state.withLock { $0.slots[Self.storeName(agent: agent, index: index)] = .failed(error.description) }
         }
     }
 
