@@ -55,6 +55,10 @@ for version in 1.4.2 1.4.3; do
 done
 ln -s 1.4.2 "$releases/current"
 cat >"$state/batond.toml" <<'EOF'
+# Its agents stop with it: nothing is left running after the contract test.
+[daemon]
+stop_agents_on_exit = true
+
 [http]
 max_wait = "1s"
 
