@@ -101,8 +101,14 @@ public struct Daemon: Sendable {
         // The agents' listening sockets: across a re-exec first, else from systemd's store;
         // under systemd each one batond opens goes into its store, so that it outlives
         // batond's own restarts.
-        var inheritedSockets = Dictionary(stored.map { ($0.name!, $0.fd) }, uniquingKeysWith: { first, _ in first })
-        inheritedSockets.merge(AgentSockets.handedOver()) { _, handed in handed }
+        var inheritedSockets = Dictionary(stored.map { ($0.name!, $0.fd) }) { first, again in
+            close(again)  // systemd kept two under one name (an earlier batond's leftovers)
+            return first
+        }
+        inheritedSockets.merge(AgentSockets.handedOver()) { kept, handed in
+            close(kept)
+            return handed
+        }
         let notifier = self.notifier
         let store = notifier.isEnabled
             ? AgentSockets.Store(keep: { fd, name in notifier.store(fd, name: name) },
