@@ -76,6 +76,9 @@ if (( test )); then
     need_cmd zstd zstd
     need_cmd systemd systemd-analyze systemd-socket-activate
     need_cmd chromium chromium  # headless, for the status page test (StatusPageTests)
+    # A real etcd cluster for the fleet's tests (members run by hand, not the package's service).
+    need_cmd etcd-server etcd
+    need_cmd etcd-client etcdctl
     command -v promtool >/dev/null 2>&1 || promtool_missing=1
     # The contract check needs two Python modules. Debian's python3 takes them from
     # apt; another python3 on PATH (pyenv, a venv) from PyPI, after apt is done.

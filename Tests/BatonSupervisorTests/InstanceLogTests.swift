@@ -138,11 +138,4 @@ struct InstanceLogTests {
         #expect(contents(logs[1].path)?.count == 5000, "a forgotten log is left alone")
     }
 
-    func waitUntil(timeout: Double, _ condition: () -> Bool) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while !condition() {
-            guard Date() < deadline else { throw TestFailure("condition not met within \(timeout) s") }
-            usleep(10_000)
-        }
-    }
 }

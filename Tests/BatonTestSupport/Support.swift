@@ -93,3 +93,36 @@ public final class Background<Value: Sendable>: @unchecked Sendable {
 public func inBackground<Value: Sendable>(_ work: @escaping @Sendable () throws -> Value) -> Background<Value> {
     Background(work)
 }
+
+/// Polls a condition that has no signal to wait on (an external process's state).
+public func waitUntil(timeout: Double, _ condition: () -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while !condition() {
+        guard Date() < deadline else { throw TestFailure("condition not met within \(timeout)s") }
+        usleep(20_000)
+    }
+}
+
+/// A port that was free a moment ago (for tools that must be told a port up front).
+public func freePort() throws -> Int { try freePorts(1)[0] }
+
+/// `count` distinct TCP ports the kernel calls free now (bound to port 0, then released).
+public func freePorts(_ count: Int) throws -> [Int] {
+    var held: [Int32] = []
+    defer { held.forEach { close($0) } }
+    var ports: [Int] = []
+    for _ in 0..<count {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        held.append(fd)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard ok else { throw TestFailure("no free port: \(String(cString: strerror(errno)))") }
+        ports.append(Int(UInt16(bigEndian: address.sin_port)))
+    }
+    return ports
+}

@@ -190,33 +190,6 @@ struct LifecycleTests {
     }
 }
 
-/// Polls a condition that has no signal to wait on (an external process's state).
-func waitUntil(timeout: Double, _ condition: () -> Bool) throws {
-    let deadline = Date().addingTimeInterval(timeout)
-    while !condition() {
-        guard Date() < deadline else { throw TestFailure("condition not met within \(timeout)s") }
-        usleep(20_000)
-    }
-}
-
-/// A port that was free a moment ago (for tools that must be told a port up front).
-func freePort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = 0
-    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
-    _ = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
-    }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
 final class LockedArray<Element: Sendable>: @unchecked Sendable {
     // @unchecked: every access goes through `lock`.
     private let lock = NSLock()
