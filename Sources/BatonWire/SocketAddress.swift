@@ -43,6 +43,39 @@ public enum SocketAddress: Sendable, Hashable, CustomStringConvertible {
         return inet_pton(AF_INET, host, &v4) == 1 || inet_pton(AF_INET6, host, &v6) == 1
     }
 
+    /// The address as bind(2) and connect(2) take it: its family's sockaddr, in storage
+    /// large enough for any, and its length. Nil for a TCP host that is not a numeric
+    /// address, or a Unix path that does not fit in sun_path with its NUL.
+    public var sockaddrStorage: (storage: sockaddr_storage, length: socklen_t)? {
+        var storage = sockaddr_storage()
+        switch self {
+        case .tcp(let host, let port):
+            var v4 = sockaddr_in(), v6 = sockaddr_in6()
+            if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
+                v4.sin_family = sa_family_t(AF_INET)
+                v4.sin_port = in_port_t(UInt16(port).bigEndian)
+                withUnsafeMutableBytes(of: &storage) { raw in withUnsafeBytes(of: v4) { raw.copyMemory(from: $0) } }
+                return (storage, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+            guard inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 else { return nil }
+            v6.sin6_family = sa_family_t(AF_INET6)
+            v6.sin6_port = in_port_t(UInt16(port).bigEndian)
+            withUnsafeMutableBytes(of: &storage) { raw in withUnsafeBytes(of: v6) { raw.copyMemory(from: $0) } }
+            return (storage, socklen_t(MemoryLayout<sockaddr_in6>.size))
+        case .unix(let path):
+            var unix = sockaddr_un()
+            unix.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8)
+            guard bytes.count < MemoryLayout.size(ofValue: unix.sun_path) else { return nil }
+            withUnsafeMutableBytes(of: &unix.sun_path) { raw in
+                raw.copyBytes(from: bytes)
+                raw[bytes.count] = 0
+            }
+            withUnsafeMutableBytes(of: &storage) { raw in withUnsafeBytes(of: unix) { raw.copyMemory(from: $0) } }
+            return (storage, socklen_t(MemoryLayout<sockaddr_un>.size))
+        }
+    }
+
     /// What the socket `fd` is bound to (getsockname(2)), or nil when it is not a TCP or
     /// Unix socket.
     public static func bound(to fd: Int32) -> SocketAddress? {

@@ -212,7 +212,7 @@ extension Endpoint {
 }
 
 /// A `sockaddr_un` for `path`.
-func unixSocketAddress(_ path: String) -> sockaddr_un {
+public func unixSocketAddress(_ path: String) -> sockaddr_un {
     var address = sockaddr_un()
     address.sun_family = sa_family_t(AF_UNIX)
     withUnsafeMutableBytes(of: &address.sun_path) { raw in

@@ -1,3 +1,4 @@
+import BatonWire
 import Foundation
 import Glibc
 import Synchronization
@@ -106,21 +107,7 @@ public final class HTTPLoad: Sendable {
             default: return failed(.badAnswer, detail)
             }
         }
-        var storage = sockaddr_storage()
-        let length: socklen_t
-        var v4 = sockaddr_in()
-        var v6 = sockaddr_in6()
-        if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
-            v4.sin_family = sa_family_t(AF_INET)
-            v4.sin_port = in_port_t(UInt16(port).bigEndian)
-            withUnsafeMutableBytes(of: &storage) { raw in withUnsafeBytes(of: v4) { raw.copyMemory(from: $0) } }
-            length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        } else if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
-            v6.sin6_family = sa_family_t(AF_INET6)
-            v6.sin6_port = in_port_t(UInt16(port).bigEndian)
-            withUnsafeMutableBytes(of: &storage) { raw in withUnsafeBytes(of: v6) { raw.copyMemory(from: $0) } }
-            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-        } else {
+        guard var (storage, length) = SocketAddress.tcp(host: host, port: port).sockaddrStorage else {
             return failed(.badAnswer, "not a numeric address: \(host)")
         }
         let fd = socket(Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -254,16 +254,7 @@ struct AgentSocketTests {
 
         // The address changed while the socket was kept: the kept one is dropped from the
         // store (it would hold the old port forever) and the new one kept in its place.
-        let probe = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(probe, $0, length) == 0 && getsockname(probe, $0, &length) == 0 }
-        }
-        let newPort = Int(UInt16(bigEndian: address.sin_port))
-        close(probe)
+        let newPort = try freePort()
         let moved = text.replacingOccurrences(of: "tcp://127.0.0.1:0", with: "tcp://127.0.0.1:\(newPort)")
         let third = try BatondProcess(state: state, configText: moved, wrapper: [which("python3") ?? "/usr/bin/python3", launcher,
                                                                              "\(getpid())", "\(stored.fd)", "agent.web.0"])
