@@ -100,7 +100,8 @@ public struct FleetRolloutState: Codable, Sendable, Equatable {
     public var id: String
     public var version: String
     public var phase: Phase
-    /// Hosts that may begin the rollout (canary and soaking); ignored once `all`.
+    /// Canary: the hosts of the first wave. Barrier: the hosts it waits for (those
+    /// registered when it began, and every host that registered since).
     public var admitted: [String]
     /// Every host may begin it (rolling, and the barrier's phases).
     public var all: Bool
@@ -122,11 +123,16 @@ public struct FleetRolloutState: Codable, Sendable, Equatable {
         self.updatedAt = updatedAt
     }
 
-    /// Whether `host` may begin this rollout now.
+    /// Whether `host` may begin a plain upgrade (a machine rollout without the barrier) to
+    /// this version now: in the canary wave if admitted, while rolling, and after the end,
+    /// so a host that joins late (or comes back from a partition) converges; once the
+    /// barrier proceeds, a host that was not halted with the others upgrades the plain way.
+    /// The barrier's own steps are driven by `phase`, not by this.
     public func admits(_ host: String) -> Bool {
         switch phase {
         case .canary, .rolling: all || admitted.contains(host)
-        case .soaking, .halting, .migrating, .proceeding, .restoring, .paused, .done, .restored: false
+        case .done, .proceeding: true
+        case .soaking, .halting, .migrating, .restoring, .paused, .restored: false
         }
     }
 }
