@@ -221,10 +221,9 @@ struct EtcdClientTests {
 
         // Turning auth off and on again drops every token: the client authenticates again, once.
         let token = try #require(try member.json("POST", "/v3/auth/authenticate", #"{"name":"root","password":"\#(password)"}"#).json()["token"] as? String)
-        for path in ["/v3/auth/disable", "/v3/auth/enable"] {
-            let answer = try member.request("POST", path, headers: ["Authorization": token, "Content-Type": "application/json"], body: bytes("{}"))
-            #expect(answer.status == 200)
-        }
+        let disabled = try member.request("POST", "/v3/auth/disable", headers: ["Authorization": token, "Content-Type": "application/json"], body: bytes("{}"))
+        #expect(disabled.status == 200)
+        #expect(try member.json("POST", "/v3/auth/enable", "{}").status == 200)
         let before = client.requests
         #expect(try await client.range("fleet/a").kvs.map(\.string) == ["1"])
         #expect(client.requests - before == 3, "refused, authenticate, again")
