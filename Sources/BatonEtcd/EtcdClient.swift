@@ -348,6 +348,11 @@ public final class EtcdClient: Sendable {
                 if wasSent && kind == .write {
                     throw .unreachable(reasons.joined(separator: "; ") + " (after the request was sent: it may have been applied)")
                 }
+            case .timedOut:
+                reasons.append("\(endpoint): no answer within the request timeout of \(settings.requestTimeout.spelled)")
+                if kind == .write {
+                    throw .unreachable(reasons.joined(separator: "; ") + " (after the request was sent: it may have been applied)")
+                }
             case .cancelled:
                 throw .unreachable("cancelled")
             }

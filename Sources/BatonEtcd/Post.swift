@@ -29,6 +29,8 @@ enum PostOutcome {
     /// No answer. `sent` is false when the request certainly never left (no connection, TLS
     /// handshake failed, timed out before the transfer began): then it is safe to send it elsewhere.
     case failed(reason: String, sent: Bool)
+    /// No answer within the timeout, after the request was sent (it may have been received).
+    case timedOut
     /// `isCancelled` said so.
     case cancelled
 }
@@ -166,9 +168,7 @@ final class CurlConnection {
                                     CURLE_SSL_CERTPROBLEM.rawValue, CURLE_SSL_CACERT_BADFILE.rawValue,
                                     CURLE_UNSUPPORTED_PROTOCOL.rawValue, CURLE_URL_MALFORMAT.rawValue]
         let sent = pretransfer > 0 && !notSent.contains(result.rawValue)
-        if result == CURLE_OPERATION_TIMEDOUT, let timeout = post.timeout, pretransfer > 0 {
-            return .failed(reason: "no answer within \(timeout.spelled)", sent: sent)
-        }
+        if result == CURLE_OPERATION_TIMEDOUT, pretransfer > 0 { return .timedOut }
         return .failed(reason: text, sent: sent)
     }
 

@@ -146,10 +146,15 @@ private final class Watcher: Sendable {
             }
             return !self.isStopped
         }, isCancelled: { self.isStopped })
+        // The gateway ends the stream with an error object and no newline after it.
+        if session.ending == nil, let last = session.lines.rest() {
+            do throws(EtcdError) { try handle(last, session: &session) } catch { session.ending = error }
+        }
         if let ending = session.ending { return ending }
         switch outcome {
         case .answered(let status): return .unreachable("\(url): the watch stream ended (HTTP \(status))")
         case .failed(let reason, _): return .unreachable("\(url): \(reason)")
+        case .timedOut: return .unreachable("\(url): timed out")
         case .cancelled: return .unreachable("\(url): cancelled")
         }
     }
@@ -210,5 +215,11 @@ struct LineSplitter {
         let lines = pending[..<newline].split(separator: UInt8(ascii: "\n")).map { Array($0) }
         pending.removeSubrange(...newline)
         return lines
+    }
+
+    /// What followed the last newline, if anything: the stream's last line, when it ended without one.
+    mutating func rest() -> [UInt8]? {
+        defer { pending = [] }
+        return pending.isEmpty ? nil : pending
     }
 }

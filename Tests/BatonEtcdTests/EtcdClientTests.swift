@@ -181,9 +181,13 @@ struct EtcdClientTests {
     @Test func withQuorumLostCallsFailInBoundedTimeAndDoNotHang() async throws {
         let cluster = try EtcdCluster(size: 3)
         let client = EtcdClient(EtcdSettings(endpoints: cluster.endpoints, requestTimeout: .seconds(3)))
-        _ = try await client.put("fleet/a", value: bytes("1"))
+        let start = try await client.put("fleet/a", value: bytes("1"))
+        var updates = client.watch("fleet/a", from: start).makeAsyncIterator()
+        #expect(try await collect(1, from: &updates) { _ in }.map(\.kv.string) == ["1"])
         cluster.kill9(1)
         cluster.kill9(2)
+        // The watch asked for a leader: its member ends it when it has none, and says why.
+        #expect(await updates.next() == .disconnected(.failed(code: 14, message: "etcdserver: no leader")))
         // The suite's time limit is the bound: each call ends in its request timeout at most.
         for _ in 0..<2 {
             await #expect(throws: EtcdError.self) { try await client.put("fleet/a", value: bytes("2")) }
