@@ -115,12 +115,19 @@ actor FleetMember {
     }
 
     /// Renews the lease at a third of its TTL. When etcd says it is gone, or it could not
-    /// be renewed for a whole TTL, it counts as lost.
+    /// be renewed for a whole TTL, it counts as lost, and the host registers again.
     private func keepAlive() async {
         let interval = settings.leaseTTL / 3
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
-            guard let lease else { continue }
+            guard let lease else {
+                // Lost while the watches stayed up (a host frozen past its TTL): nothing else
+                // notices until the plan changes, so register again here.
+                if !stopping {
+                    do throws(EtcdError) { _ = try await currentLease() } catch { contact(error) }
+                }
+                continue
+            }
             do throws(EtcdError) {
                 _ = try await client.keepAlive(lease)
                 lastKeepAlive = .now
