@@ -58,7 +58,7 @@ public final class FleetHost {
     /// by hand and running before the fleet moves anything.
     public init(name: String, endpoints: [String], agent: String = "web", initial: String = "1.0",
                 labels: [String: String] = [:], coordinator: Bool = true, leaseTTL: String = "3s",
-                extraConfig: String = "") throws {
+                requestTimeout: String = "2s", extraConfig: String = "") throws {
         self.name = name
         self.agent = agent
         let state = TemporaryDirectory("fleet-\(name)")
@@ -78,7 +78,7 @@ public final class FleetHost {
             coordinator = \(coordinator)
             lease_ttl = "\(leaseTTL)"
             heartbeat = "5s"
-            request_timeout = "2s"
+            request_timeout = "\(requestTimeout)"
             \(extraConfig)
 
             [fleet.labels]

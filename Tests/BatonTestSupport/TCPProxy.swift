@@ -5,9 +5,13 @@ import Glibc
 /// it forwards every connection while healed; `partition()` cuts every connection it
 /// carries and holds new ones (accepted, never answered: a silent network, so clients
 /// wait out their own timeouts); `heal()` closes the held ones and forwards again.
+/// `stall(request:answer:)` freezes the traffic instead, at one chosen moment: right
+/// after etcd answered a given request, before the client sees the answer; nothing is
+/// lost, everything moves on in order at `release()`. Call `stop()` when done (its
+/// threads hold it).
 ///
-/// @unchecked Sendable: `partitioned`, `pairs`, `held` and `closed` are only touched
-/// under `lock`; the descriptors are owned as described at `Pair`.
+/// @unchecked Sendable: `partitioned`, `pairs`, `held`, `closed`, `marker`, `armedPair`
+/// and `stalled` are only touched under `lock`; the descriptors are owned as described at `Pair`.
 public final class TCPProxy: @unchecked Sendable {
     /// Where clients connect: `http://127.0.0.1:PORT`.
     public var url: String { "http://127.0.0.1:\(port)" }
@@ -19,6 +23,14 @@ public final class TCPProxy: @unchecked Sendable {
     private var closed = false
     private var pairs: [ObjectIdentifier: Pair] = [:]
     private var held: [Int32] = []
+    /// The stall: armed with `marker` (a request's) and `answerMarker`, set off by an answer
+    /// holding `answerMarker` on the connection (`armedPair`) whose last request held
+    /// `marker`; while `stalled`, no pump sends anything.
+    private var marker: [UInt8]?
+    private var answerMarker: [UInt8] = []
+    private var armedPair: ObjectIdentifier?
+    private var stalled = false
+    private let moving = NSCondition()
 
     /// One forwarded connection: the client's socket and the target's. Each direction is
     /// pumped by a thread of its own; cutting shuts both sockets down (which wakes the
@@ -94,6 +106,35 @@ public final class TCPProxy: @unchecked Sendable {
         }
     }
 
+    /// Arms the stall: once a request whose bytes contain `request` has gone to the target,
+    /// and its answer comes with `answer` in it, those bytes, and every byte after them on
+    /// every connection, wait until `release()`.
+    public func stall(request: String, answer: String) {
+        lock.lock()
+        marker = Array(request.utf8)
+        answerMarker = Array(answer.utf8)
+        armedPair = nil
+        lock.unlock()
+    }
+
+    /// Whether the stall went off (and holds the traffic now).
+    public var isStalled: Bool {
+        lock.lock(); defer { lock.unlock() }
+        return stalled
+    }
+
+    /// Lets everything held move on, in order; disarms the stall.
+    public func release() {
+        lock.lock()
+        marker = nil
+        armedPair = nil
+        stalled = false
+        lock.unlock()
+        moving.lock()
+        moving.broadcast()
+        moving.unlock()
+    }
+
     /// Stops listening and ends every connection.
     public func stop() {
         lock.lock()
@@ -148,7 +189,7 @@ public final class TCPProxy: @unchecked Sendable {
         if cutNow { pair.cut() }
         for (from, to) in [(client, target), (target, client)] {
             Thread { [self] in
-                pump(from, to)
+                pump(from, to, pair: ObjectIdentifier(pair), request: from == client)
                 // One direction ended: end the other too (a half-closed etcd connection is of no use).
                 pair.cut()
                 if pair.pumpEnded() {
@@ -162,12 +203,27 @@ public final class TCPProxy: @unchecked Sendable {
         }
     }
 
-    private func pump(_ from: Int32, _ to: Int32) {
+    /// `request`: the client-to-target direction (where the stall's marker is looked for).
+    private func pump(_ from: Int32, _ to: Int32, pair: ObjectIdentifier, request: Bool) {
         var buffer = [UInt8](repeating: 0, count: 16_384)
+        var tail: [UInt8] = []  // the end of the previous read, for a marker split across two
         while true {
             let count = buffer.withUnsafeMutableBytes { read(from, $0.baseAddress, $0.count) }
             if count < 0 && errno == EINTR { continue }
             guard count > 0 else { return }
+            lock.lock()
+            if let marker, !stalled {
+                let seen = tail + buffer[..<count]
+                let needle = request ? marker : answerMarker
+                if request && Self.contains(seen, needle) {
+                    armedPair = pair
+                } else if !request && armedPair == pair && Self.contains(seen, needle) {
+                    stalled = true
+                }
+                tail = Array(seen.suffix(max(marker.count, answerMarker.count)))
+            }
+            lock.unlock()
+            waitWhileStalled()
             var sent = 0
             while sent < count {
                 let wrote = buffer.withUnsafeBytes { send(to, $0.baseAddress! + sent, count - sent, Int32(MSG_NOSIGNAL)) }
@@ -176,6 +232,17 @@ public final class TCPProxy: @unchecked Sendable {
                 sent += wrote
             }
         }
+    }
+
+    private func waitWhileStalled() {
+        moving.lock()
+        while isStalled { moving.wait(until: Date().addingTimeInterval(0.1)) }
+        moving.unlock()
+    }
+
+    private static func contains(_ bytes: [UInt8], _ needle: [UInt8]) -> Bool {
+        guard !needle.isEmpty, bytes.count >= needle.count else { return false }
+        return (0...(bytes.count - needle.count)).contains { bytes[$0..<($0 + needle.count)].elementsEqual(needle) }
     }
 
     private static func loopback(port: Int) -> sockaddr_in {

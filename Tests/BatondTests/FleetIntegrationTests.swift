@@ -19,8 +19,10 @@ struct FleetIntegrationTests {
         let fleet = try TestFleet(cluster: cluster, hosts: 10, labels: { [3, 7].contains($0) ? ["canary": "true"] : [:] })
         // A self-check that takes a while, so that handoffs last long enough to overlap.
         let release = try fleet.releases.add(agent: "web", version: "2.0", switches: ["--ready-after", "0.5"])
+        let began = Date()
         try expectSet(fleet, plan("2.0", release, #""canary": 2, "max_unavailable": 3"#))
         let done = try fleet.waitForPhase("done", timeout: 180)
+        print("fleet acceptance: 10 hosts (canary 2, max-unavailable 3) done in \(seconds(since: began)) s")
         let rollout = try #require(done["rollout"] as? [String: Any])
         #expect(rollout["admitted"] as? [String] == ["h03", "h07"], "\(rollout)")
         #expect((rollout["failed"] as? [String: Any] ?? [:]).isEmpty, "\(rollout)")
@@ -192,12 +194,14 @@ struct FleetIntegrationTests {
         defer { for orphan in orphans { orphan.kill() } }
         victim.daemon.signal(SIGKILL)
         _ = victim.daemon.waitForExit()
+        let killed = Date()
         #expect(fleet.hosts.filter { $0.rolloutPhase(in: view) == "done" }.count < fleet.hosts.count, "killed mid-rollout: \(view)")
 
         try waitUntil(timeout: 60) {
             let coordinator = (try? fleet.hosts[live].fleet(timeout: 5))?["coordinator"] as? String
             return coordinator != nil && coordinator != old
         }
+        print("fleet acceptance: a new coordinator \(seconds(since: killed)) s after kill -9 of the old one's batond (lease_ttl 3s)")
         let done = try fleet.waitForPhase("done", timeout: 120, through: live)
         #expect(done["coordinator"] as? String != old)
         let rollout = try #require(done["rollout"] as? [String: Any])
@@ -271,6 +275,60 @@ struct FleetIntegrationTests {
         }
     }
 
+    /// The late write itself. A paused coordinator reads the leader key before each write
+    /// and steps down on waking (above), so to make it send a write after its deposition
+    /// the test freezes its traffic (its own proxies) right after etcd answered the read it
+    /// decides from, and before that answer reaches it: its lease ends, another host is
+    /// elected and writes; then the old one gets its read (which says it leads), decides,
+    /// and writes. etcd refuses the write (the leader key's create revision is another's),
+    /// and the old coordinator counts it and steps down.
+    @Test func aDeposedCoordinatorsLateWriteIsRefused() throws {
+        let cluster = try EtcdCluster(size: 3)
+        // h00 and h01 never coordinate; h02, behind the proxies, does (the only candidate
+        // when it joins); h03 joins after it, as its successor.
+        let fleet = try TestFleet(cluster: cluster, hosts: 2, coordinator: { _ in false })
+        let etcd = EtcdKeys(cluster: cluster)
+        let proxies = try cluster.endpoints.map { try TCPProxy(to: $0) }
+        defer { for proxy in proxies { proxy.release(); proxy.stop() } }
+        // A request timeout longer than the stall: its read is answered late, not abandoned.
+        let old = try FleetHost(name: "h02", endpoints: proxies.map(\.url), requestTimeout: "60s")
+        fleet.add(old)
+        try waitFor("step 1", old, timeout: 60) { (try? etcd.read(etcd.coordinator))??.string == "h02" }
+        let successor = try FleetHost(name: "h03", endpoints: cluster.endpoints)
+        fleet.add(successor)
+        try waitFor("step 2", old, timeout: 60) { old.running() == "1.0" && successor.running() == "1.0" && fleet.registered() == 4 }
+        let release = try fleet.releases.add(agent: "web", version: "2.0")
+
+        // The read the coordinator decides from is the range of the whole fleet's prefix;
+        // the one to hold is the first that has the plan in it.
+        let request = "\"\(EtcdKeys.base64("/baton/test/"))\"", answer = EtcdKeys.base64("/baton/test/plan/desired")
+        for proxy in proxies { proxy.stall(request: request, answer: answer) }
+        try expectSet(fleet, plan("2.0", release, #""max_unavailable": 2"#))
+        try waitFor("step 3", old, timeout: 30) { proxies.contains(where: \.isStalled) }
+        // Its lease ends; h03 is elected and writes the plan's first rollout state.
+        try waitFor("step 4", old, timeout: 60) { (try? etcd.read(etcd.coordinator))??.string == "h03" }
+        let takeover = try #require(etcd.read(etcd.coordinator)?.createRevision)
+        try waitFor("step 5", old, timeout: 60) { (try? etcd.rollout())??["coordinator"] as? String == "h03" }
+        #expect(metric(old, "baton_fleet_refused_writes_total") == 0)
+
+        for proxy in proxies { proxy.release() }
+        try waitFor("step 6", old, timeout: 60) { (metric(old, "baton_fleet_refused_writes_total") ?? 0) >= 1 }
+        try waitFor("step 7", old, timeout: 60) { metric(old, "baton_fleet_coordinator") == 0 }
+        try fleet.waitForPhase("done", timeout: 120)
+        try waitFor("step 8", old, timeout: 60) { old.running() == "2.0" }
+
+        let history = try etcd.history(etcd.rolloutKey, since: takeover)
+        #expect(!history.isEmpty)
+        for version in history {
+            let state = try JSONSerialization.jsonObject(with: version.value) as? [String: Any]
+            #expect(state?["coordinator"] as? String != "h02", "written by the deposed coordinator at \(version.modRevision): \(state ?? [:])")
+        }
+        for host in fleet.hosts {
+            #expect(host.running() == "2.0", "\(host.name)")
+            #expect(overlaps(host.log()).isEmpty, "\(host.name)")
+        }
+    }
+
     /// One host cut off from etcd (its own proxies in front of the cluster): it keeps its
     /// agent working on 1.0 and says it is not connected; the others move on; healed, it
     /// registers again and converges.
@@ -301,7 +359,9 @@ struct FleetIntegrationTests {
                 "its agent never stopped while it was cut off: \(cut.log())")
 
         for proxy in proxies { proxy.heal() }
+        let healed = Date()
         try waitUntil(timeout: 60) { cut.running() == "2.0" }
+        print("fleet acceptance: the cut-off host ran 2.0 \(seconds(since: healed)) s after the partition healed")
         var view: [String: Any] = [:]
         try waitUntil(timeout: 60) {
             view = (try? fleet.hosts[0].fleet(timeout: 5)) ?? view
@@ -392,6 +452,16 @@ func migrationStamps(_ path: String) -> [(word: String, time: UInt64)] {
         return (String(parts[0]), time)
     }
 }
+
+/// `waitUntil`, failing with what was awaited and the end of `host`'s batond log.
+func waitFor(_ what: String, _ host: FleetHost, timeout: Double, _ condition: () -> Bool) throws {
+    do { try waitUntil(timeout: timeout, condition) } catch {
+        throw TestFailure("\(what): not within \(timeout)s; \(host.name)'s batond:\n\(host.daemon.log.suffix(6000))")
+    }
+}
+
+/// Seconds since `start`, to one decimal (figures printed for the record, never asserted).
+func seconds(since start: Date) -> String { String(format: "%.1f", Date().timeIntervalSince(start)) }
 
 /// A sample of a host's `/metrics` without labels.
 func metric(_ host: FleetHost, _ name: String) -> Double? {
