@@ -27,6 +27,7 @@ actor FleetMember {
 
     // MARK: Connection
     private(set) var lease: Int64?
+    private var granting: Task<Result<Int64, EtcdError>, Never>?
     private var leaseGranted: ContinuousClock.Instant?
     private var lastKeepAlive: ContinuousClock.Instant?
     private(set) var connected = false
@@ -79,8 +80,21 @@ actor FleetMember {
     }
 
     /// The lease this host's keys live under, granted (and the host registered) once etcd answers.
+    /// One grant at a time: the follower, the keepalive loop and the campaign all ask for it,
+    /// and a caller that comes while a grant is under way awaits that one.
     func currentLease() async throws(EtcdError) -> Int64 {
         if let lease { return lease }
+        if let granting { return try await granting.value.get() }
+        let task = Task { () async -> Result<Int64, EtcdError> in
+            do throws(EtcdError) { return .success(try await self.register()) } catch { return .failure(error) }
+        }
+        granting = task
+        let result = await task.value
+        granting = nil
+        return try result.get()
+    }
+
+    private func register() async throws(EtcdError) -> Int64 {
         let granted = try await client.grant(ttl: settings.leaseTTL.components.seconds)
         lease = granted.id
         leaseGranted = .now

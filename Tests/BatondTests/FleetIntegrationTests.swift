@@ -395,6 +395,19 @@ struct FleetIntegrationTests {
         #expect(!frozen.log().contains { ["stop-received", "stopped", "term", "exit"].contains($0.event) })
     }
 
+    /// A batond registers under one lease: its plan follower and its campaign both need the
+    /// lease at start, and must not grant one each (the spare one holds whatever was put
+    /// under it, a coordinator key or the host's own status, until it ends).
+    @Test func aHostRegistersUnderOneLease() throws {
+        let cluster = try EtcdCluster(size: 1)
+        let etcd = EtcdKeys(cluster: cluster)
+        // A long TTL: a spare lease would still be there when the test looks.
+        let host = try FleetHost(name: "h00", endpoints: cluster.endpoints, leaseTTL: "60s")
+        try waitUntil(timeout: 60) { (try? etcd.read("/baton/test/hosts/h00")) != nil && (try? etcd.read(etcd.coordinator)) != nil }
+        let leases = try etcd.call("/v3/lease/leases", [:])["leases"] as? [[String: Any]] ?? []
+        #expect(leases.count == 1, "leases granted: \(leases); \(host.daemon.log.components(separatedBy: "\n").filter { $0.contains("joined the fleet") })")
+    }
+
     // MARK: - Helpers
 
     func plan(_ version: String, _ release: (url: String, sha256: String), _ rules: String) -> String {
