@@ -441,10 +441,12 @@ actor FleetMember {
                 case .restoring, .restored, .paused:
                     return (false, state.reason ?? "the fleet restores the previous versions")
                 case .migrating where hasMigration && !claimed:
-                    claimed = true
                     let claim = try await client.txn([.createRevision(keys.migration(plan.id), equals: 0)],
-                                                     success: [.put(keys.migration(plan.id), value: Array(me.utf8))])
-                    if claim.succeeded {
+                                                     success: [.put(keys.migration(plan.id), value: Array(me.utf8))],
+                                                     failure: [.range(keys.migration(plan.id))])
+                    claimed = true
+                    // Ours also when an earlier attempt of ours created it and its answer was lost.
+                    if claim.succeeded || claim.ranges.first?.first?.string == me {
                         logger.notice("this host runs the fleet's migration", metadata: ["plan": "\(plan.id)"])
                         await set(.migrating, plan)
                         let (ok, detail) = await run()
