@@ -55,6 +55,8 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
             ]
         ),
+        // The etcd v3 client of fleet mode: its JSON gateway over libcurl (docs/fleet.md).
+        .target(name: "BatonEtcd", dependencies: ["CCurl"]),
         // Processes: spawn, watch, signal; instances and their signals; handoffs.
         .target(
             name: "BatonSupervisor",
@@ -129,6 +131,7 @@ let package = Package(
             name: "BatonReleasesTests",
             dependencies: ["BatonReleases", "BatonCore", "BatonTestSupport", .product(name: "Crypto", package: "swift-crypto")]
         ),
+        .testTarget(name: "BatonEtcdTests", dependencies: ["BatonEtcd", "BatonTestSupport"]),
         .testTarget(name: "BatonSupervisorTests", dependencies: ["BatonSupervisor", "BatonCore", "BatonTestSupport"]),
         .testTarget(
             name: "BatondTests",

@@ -1,10 +1,11 @@
 /// Fleet mode: the values batond keeps in etcd, as JSON (WireJSON: snake_case), and the
 /// fleet's view in the API (`GET /v1/fleet`). The key layout under `<prefix>/<fleet>/`:
 ///
-/// - `plan`: the desired fleet version (`FleetPlan`), written by `PUT /v1/fleet` through a
-///   transaction guarded by the revision the writer read;
-/// - `rollout`: where the coordinator has the rollout of that plan (`FleetRolloutState`),
-///   written only through a transaction that compares the coordinator's leader key;
+/// - `plan/desired`: the desired fleet version (`FleetPlan`), written by `PUT /v1/fleet`
+///   through a transaction guarded by the revision the writer read;
+/// - `plan/rollout`: where the coordinator has the rollout of that plan
+///   (`FleetRolloutState`), written only through a transaction that compares the
+///   coordinator's leader key. Hosts watch `plan/` alone, and read both at one revision;
 /// - `coordinator`: the leader key (the coordinator's host name), under its lease;
 /// - `hosts/<host>`: each host's status (`FleetHostStatus`), under the host's lease;
 /// - `slots/<n>`: max-unavailable slots (value: the holder's host name), under its lease;
@@ -32,7 +33,7 @@ public struct FleetVersion: Codable, Sendable, Equatable {
     public init(version: String, releases: [String: FleetRelease]) { self.version = version; self.releases = releases }
 }
 
-/// The desired fleet version (`<prefix>/<fleet>/plan`).
+/// The desired fleet version (`<prefix>/<fleet>/plan/desired`).
 public struct FleetPlan: Codable, Sendable, Equatable {
     /// `fleet-<n>`, one more than the plan it replaced: a new id is a new rollout.
     public var id: String
@@ -69,7 +70,7 @@ public struct FleetPlan: Codable, Sendable, Equatable {
     public var number: Int { Int(id.dropFirst("fleet-".count)) ?? 0 }
 }
 
-/// Where the coordinator has the rollout of a plan (`<prefix>/<fleet>/rollout`).
+/// Where the coordinator has the rollout of a plan (`<prefix>/<fleet>/plan/rollout`).
 public struct FleetRolloutState: Codable, Sendable, Equatable {
     public enum Phase: String, Codable, Sendable, CaseIterable {
         /// The canary wave (`admitted`) upgrades.

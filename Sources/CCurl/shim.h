@@ -1,6 +1,6 @@
-// libcurl (Debian's libcurl4-openssl-dev), for fetching releases: fixed-arity
-// wrappers around its variadic calls, which Swift cannot call.
-// BatonReleases is the only module that imports it.
+// libcurl (Debian's libcurl4-openssl-dev), for fetching releases and talking to etcd:
+// fixed-arity wrappers around its variadic calls, which Swift cannot call.
+// Imported by BatonReleases (Download.swift) and BatonEtcd (Post.swift) only.
 #ifndef BATON_CCURL_SHIM_H
 #define BATON_CCURL_SHIM_H
 
