@@ -92,7 +92,7 @@ private final class Watcher: Sendable {
             do {
                 let token = try client.currentToken()
                 failure = connect(url, token: token, session: &session)
-                if case .failed(GRPCCode.unauthenticated, _) = failure { client.forget(token: token) }
+                if EtcdClient.refusesToken(failure) { client.forget(token: token) }
             } catch {
                 failure = error
             }
@@ -166,11 +166,7 @@ private final class Watcher: Sendable {
         guard let result = object.object("result") else { throw .badAnswer("a watch line without a result") }
         let compactRevision = try result.int64("compact_revision")
         if compactRevision > 0 { throw .compacted(compactRevision) }
-        if result.bool("canceled") {
-            // E.g. "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token".
-            let reason = result.string("cancel_reason") ?? "etcd canceled the watch"
-            throw .failed(code: reason.contains("code = Unauthenticated") ? GRPCCode.unauthenticated : 0, message: reason)
-        }
+        if result.bool("canceled") { throw .watchCanceled(result.string("cancel_reason") ?? "etcd canceled the watch") }
         if result.bool("created") {
             session.created = true
             // A watch from now starts after the revision it was created at.
@@ -202,6 +198,19 @@ private final class Watcher: Sendable {
         while !isStopped, ContinuousClock.now < until {
             Thread.sleep(forTimeInterval: 0.02)
         }
+    }
+}
+
+extension EtcdError {
+    /// A watch's `cancel_reason` as an error: "rpc error: code = Unauthenticated desc =
+    /// etcdserver: invalid auth token" is `.failed(code: 16, message: "etcdserver: invalid auth token")`.
+    static func watchCanceled(_ reason: String) -> EtcdError {
+        let codes = ["InvalidArgument": GRPCCode.invalidArgument, "NotFound": GRPCCode.notFound, "PermissionDenied": 7,
+                     "Unavailable": GRPCCode.unavailable, "Unauthenticated": GRPCCode.unauthenticated]
+        let prefix = "rpc error: code = "
+        guard reason.hasPrefix(prefix), let desc = reason.range(of: " desc = ") else { return .failed(code: 0, message: reason) }
+        let name = String(reason[reason.index(reason.startIndex, offsetBy: prefix.count)..<desc.lowerBound])
+        return .failed(code: codes[name] ?? 0, message: String(reason[desc.upperBound...]))
     }
 }
 

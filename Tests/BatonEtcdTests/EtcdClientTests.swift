@@ -233,6 +233,42 @@ struct EtcdClientTests {
         #expect(client.requests - before == 3, "refused, authenticate, again")
     }
 
+    @Test(.enabled(if: which("openssl") != nil, "needs openssl"))
+    func aJWTTokenMadeStaleByAChangeOfUsersIsReplaced() async throws {
+        let member = try LoneMember(jwt: true)
+        let password = "s3cret-pw-7f2a"
+        let client = EtcdClient(EtcdSettings(endpoints: [member.url], username: "root", password: password))
+        try await member.waitUntilReady(EtcdClient(EtcdSettings(endpoints: [member.url])))
+        let admin = try #require(Endpoint(address: String(member.url.dropFirst("http://".count))))
+        for (path, body) in [("/v3/auth/user/add", #"{"name":"root","password":"\#(password)"}"#),
+                             ("/v3/auth/user/grant", #"{"user":"root","role":"root"}"#), ("/v3/auth/enable", "{}")] {
+            #expect(try admin.json("POST", path, body).status == 200)
+        }
+        _ = try await client.put("fleet/a", value: bytes("1"))
+
+        // A JWT carries the auth store's revision it was made at: once users or roles
+        // change, etcd refuses it ("revision of auth store is old") until the client
+        // authenticates again.
+        func addUser(_ name: String) throws {
+            let token = try #require(try admin.json("POST", "/v3/auth/authenticate", #"{"name":"root","password":"\#(password)"}"#).json()["token"] as? String)
+            let added = try admin.request("POST", "/v3/auth/user/add", headers: ["Authorization": token, "Content-Type": "application/json"],
+                                          body: bytes(#"{"name":"\#(name)","password":"\#(name)"}"#))
+            #expect(added.status == 200)
+        }
+        try addUser("other")
+        let before = client.requests
+        let start = try await client.put("fleet/a", value: bytes("2"))
+        #expect(client.requests - before == 3, "refused, authenticate, again")
+        #expect(try await client.range("fleet/a").kvs.map(\.string) == ["2"])
+
+        // A watch refused so reconnects with a new token.
+        try addUser("third")
+        var updates = client.watch("fleet/a", from: start).makeAsyncIterator()
+        var disconnections: [EtcdError] = []
+        #expect(try await collect(1, from: &updates) { disconnections.append($0) }.map(\.kv.string) == ["2"])
+        #expect(disconnections == [.failed(code: 3, message: "etcdserver: revision of auth store is old")])
+    }
+
     // MARK: - Helpers
 
     /// The next `count` events of a watch; `disconnected` hears of each break on the way.
