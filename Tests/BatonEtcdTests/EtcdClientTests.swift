@@ -118,7 +118,10 @@ struct EtcdClientTests {
         let client = EtcdClient(EtcdSettings(endpoints: order.map { cluster.members[$0].clientURL }))
         let start = try await client.put("fleet/plan", value: bytes("v0"))
         var updates = client.watch("fleet/plan", from: start).makeAsyncIterator()
+        // A watch from now that has seen nothing yet resumes after the revision it was created at.
+        var fromNow = client.watch("fleet/plan", from: 0).makeAsyncIterator()
         var events = try await collect(1, from: &updates) { _ in }
+        try await eventually { try watchers(cluster, member: followers[0]) == 2 }
         cluster.kill9(followers[0])
         var disconnections: [EtcdError] = []
         for version in 1...5 { _ = try await client.put("fleet/plan", value: bytes("v\(version)")) }
@@ -126,6 +129,7 @@ struct EtcdClientTests {
         #expect(events.map(\.kv.string) == (0...5).map { "v\($0)" })
         #expect(zip(events, events.dropFirst()).allSatisfy { $0.kv.modRevision + 1 == $1.kv.modRevision })
         #expect(disconnections.count == 1, "\(disconnections)")
+        #expect(try await collect(5, from: &fromNow) { _ in }.map(\.kv.string) == (1...5).map { "v\($0)" })
     }
 
     @Test func aWatchFromACompactedRevisionFinishesWithCompacted() async throws {
@@ -294,9 +298,9 @@ struct EtcdClientTests {
         while try await !condition() { try await Task.sleep(for: .milliseconds(50)) }
     }
 
-    /// How many watchers the (single) member has, from its metrics.
-    func watchers(_ cluster: EtcdCluster) throws -> Int {
-        let metrics = try cluster.members[0].client.get("/metrics").text
+    /// How many watchers a member has, from its metrics.
+    func watchers(_ cluster: EtcdCluster, member: Int = 0) throws -> Int {
+        let metrics = try cluster.members[member].client.get("/metrics").text
         let line = metrics.split(separator: "\n").first { $0.hasPrefix("etcd_debugging_mvcc_watcher_total ") }
         guard let line, let value = Double(line.split(separator: " ")[1]) else { throw TestFailure("no watcher gauge in the metrics") }
         return Int(value)
