@@ -71,11 +71,19 @@ let package = Package(
             name: "BatonConfig",
             dependencies: ["BatonCore", "TOMLKit"]
         ),
+        // Fleet mode: this host's membership in a fleet kept in etcd, and the coordinator.
+        .target(
+            name: "BatonFleet",
+            dependencies: [
+                "BatonCore", "BatonConfig", "BatonEtcd", "BatonReleases", "BatonSupervisor",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // Routes and handlers of the batond API: auth, status, events, metrics.
         .target(
             name: "BatonAPI",
             dependencies: [
-                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonSupervisor", "BatonReleases",
+                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonSupervisor", "BatonReleases", "BatonFleet",
                 .product(name: "Logging", package: "swift-log"),
             ],
             // The status page, compiled into batond as bytes (no bundle to lose beside the binary).
@@ -85,7 +93,7 @@ let package = Package(
         .target(
             name: "BatonDaemon",
             dependencies: [
-                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonAPI", "BatonSupervisor",
+                "BatonCore", "BatonLedger", "BatonHTTP", "BatonConfig", "BatonAPI", "BatonSupervisor", "BatonFleet",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,5 +1,6 @@
 import BatonConfig
 import BatonCore
+import BatonFleet
 import BatonHTTP
 import BatonLedger
 import BatonSupervisor
@@ -25,6 +26,8 @@ public final class API: Sendable {
     let ledger: Ledger
     let supervisor: Supervisor
     let rollouts: Rollouts
+    /// Fleet mode, when `[fleet]` is configured.
+    let fleet: Fleet?
     let auth: OperatorAuth
     let daemon: any DaemonControl
     let metrics: Metrics
@@ -36,12 +39,13 @@ public final class API: Sendable {
     /// for its event streams.
     private let server = Mutex<HTTPServer?>(nil)
 
-    public init(context: Context, ledger: Ledger, supervisor: Supervisor, rollouts: Rollouts, auth: OperatorAuth,
+    public init(context: Context, ledger: Ledger, supervisor: Supervisor, rollouts: Rollouts, fleet: Fleet? = nil, auth: OperatorAuth,
                 daemon: any DaemonControl, logger: Logger) {
         self.context = context
         self.ledger = ledger
         self.supervisor = supervisor
         self.rollouts = rollouts
+        self.fleet = fleet
         self.auth = auth
         self.daemon = daemon
         self.logger = logger
@@ -79,6 +83,7 @@ public final class API: Sendable {
         let releases = ReleaseRoutes(releases: supervisor.releases)
         let version = VersionRoutes(rollouts: rollouts)
         let daemon = DaemonRoutes(control: self.daemon)
+        let fleet = FleetRoutes(fleet: self.fleet)
         let page = StatusPageRoutes(sessions: auth.sessions)
         return Router([
             // Probes: anyone.
@@ -113,6 +118,11 @@ public final class API: Sendable {
             Route(.DELETE, "/v1/releases/{agent}/{version}", scope: .operator, handler: releases.deleteRelease),
             Route(.GET, "/v1/version", scope: .operator, handler: version.getVersion),
             Route(.PUT, "/v1/version", scope: .operator, takesBody: true, handler: version.setVersion),
+            // The fleet (fleet mode): what this host sees in etcd, and the fleet's plan.
+            Route(.GET, "/v1/fleet", scope: .operator, handler: fleet.get),
+            Route(.PUT, "/v1/fleet", scope: .operator, takesBody: true, handler: fleet.set),
+            Route(.POST, "/v1/fleet/rollback", scope: .operator, takesBody: true, handler: fleet.rollback),
+            Route(.POST, "/v1/fleet/exclude", scope: .operator, takesBody: true, handler: fleet.exclude),
             // batond itself.
             Route(.GET, "/v1/daemon", scope: .operator, handler: daemon.getDaemon),
             Route(.PUT, "/v1/daemon/binary", scope: .operator, streamed: daemon.binaryBody, handler: daemon.storeBinary),
@@ -157,7 +167,7 @@ public final class API: Sendable {
                                         lastSeq: state.lastSeq, ledgerWritable: ledger.isWritable,
                                         parked: parked, listeners: server?.listenerStats ?? [],
                                         views: views.sorted { $0.name < $1.name }, history: state.agents,
-                                        supervisor: supervisor.stats.snapshot))
+                                        supervisor: supervisor.stats.snapshot, fleet: fleet?.metrics))
         return .text(text, contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 
@@ -185,7 +195,7 @@ public final class API: Sendable {
                    listeners: context.listeners, agents: agentViews())
     }
 
-    func agentViews(in state: LedgerState? = nil) -> [AgentView] {
+    public func agentViews(in state: LedgerState? = nil) -> [AgentView] {
         let state = state ?? ledger.state
         return context.config.agents.map { view(of: $0, ledger: state.agents[$0.name]) }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import BatonCore
+import BatonFleet
 import BatonHTTP
 import BatonLedger
 import BatonSupervisor
@@ -66,6 +67,8 @@ public final class Metrics: Sendable {
         /// What the ledger knows of each agent (its last handoffs).
         var history: [String: AgentLedger]
         var supervisor: SupervisorStats.Snapshot
+        /// Fleet mode's, when it is on.
+        var fleet: FleetGauges? = nil
     }
 
     /// The text exposition format, version 0.0.4.
@@ -231,6 +234,36 @@ public final class Metrics: Sendable {
             for outcome in HandoffOutcome.allCases {
                 out += "baton_handoff_last_outcome{agent=\"\(escape(agent))\",outcome=\"\(outcome.rawValue)\"} \(outcome == last ? 1 : 0)\n"
             }
+        }
+
+        // The fleet (only in fleet mode)
+        if let fleet = gauges.fleet {
+            single("baton_fleet_connected", "gauge", "1 while etcd answers this batond, 0 while it cannot be reached (agents stay as they are).",
+                   fleet.connected ? "1" : "0")
+            if let last = fleet.lastContact {
+                single("baton_fleet_last_contact_timestamp_seconds", "gauge", "When etcd last answered, in seconds since the epoch.",
+                       format(last.seconds))
+            }
+            single("baton_fleet_coordinator", "gauge", "1 while this host is the fleet's elected coordinator.", fleet.coordinator ? "1" : "0")
+            if let hosts = fleet.hosts {
+                single("baton_fleet_hosts", "gauge", "Hosts registered in the fleet, as this host last read them.", "\(hosts)")
+            }
+            if let id = fleet.planID, let version = fleet.planVersion {
+                family("baton_fleet_plan_info", "gauge", "1 for the fleet's plan (its id and version) as this host last read it.")
+                out += "baton_fleet_plan_info{plan=\"\(escape(id))\",version=\"\(escape(version))\"} 1\n"
+            }
+            family("baton_fleet_rollout_phase", "gauge", "1 for the phase the coordinator has the fleet's rollout in, 0 for the others.")
+            for phase in FleetRolloutState.Phase.allCases {
+                out += "baton_fleet_rollout_phase{phase=\"\(phase.rawValue)\"} \(fleet.rolloutPhase == phase ? 1 : 0)\n"
+            }
+            family("baton_fleet_host_phase", "gauge", "1 for where this host is in the fleet's rollout, 0 for the others.")
+            for phase in FleetHostStatus.Rollout.Phase.allCases {
+                out += "baton_fleet_host_phase{phase=\"\(phase.rawValue)\"} \(fleet.hostPhase == phase ? 1 : 0)\n"
+            }
+            single("baton_fleet_etcd_requests_total", "counter", "Requests this batond sent to etcd (each call, and each watch (re)connect).",
+                   "\(fleet.etcdRequests)")
+            single("baton_fleet_refused_writes_total", "counter",
+                   "Coordinator writes etcd refused because this host no longer held the leader key.", "\(fleet.refusedWrites)")
         }
         return out
     }

@@ -25,6 +25,8 @@ public struct BatondConfig: Sendable, Equatable {
     public var ledger = LedgerSettings()
     public var logs = LogSettings()
     public var releases = ReleaseSettings()
+    /// Fleet mode: nil unless `[fleet]` names etcd endpoints.
+    public var fleet: FleetSettings?
     public var agents: [AgentConfig] = []
 
     public init() {}
@@ -88,6 +90,56 @@ public struct BatondConfig: Sendable, Equatable {
         public var fetchTimeout: Duration = .seconds(1800)
         public var fetchStallTimeout: Duration = .seconds(60)
         public init() {}
+    }
+
+    /// `[fleet]`: this batond follows a fleet's version kept in etcd.
+    public struct FleetSettings: Sendable, Equatable {
+        /// etcd client URLs (`http://` or `https://`), tried in order.
+        public var endpoints: [String]
+        /// The fleet this host belongs to: its keys live under `<prefix>/<name>/`.
+        public var name = "default"
+        /// This host's name in the fleet; the machine's host name when unset.
+        public var host: String
+        public var labels: [String: String] = [:]
+        /// The etcd key prefix, `/` followed by key characters, without a trailing `/`.
+        public var prefix = "/baton"
+        /// Whether this batond may be elected the fleet's coordinator.
+        public var coordinator = true
+        /// The lease of this host's keys (its presence, its slots, its barrier keys): it
+        /// ends this long after batond stops renewing it. Renewed at a third of it.
+        public var leaseTTL: Duration = .seconds(10)
+        /// The host's status is written when it changes, and at least this often.
+        public var heartbeat: Duration = .seconds(30)
+        /// TLS to etcd: the CA that signs its certificates, and a client certificate and key.
+        public var caFile: String?
+        public var certFile: String?
+        public var keyFile: String?
+        /// etcd's own authentication: a user, with its password in a file (never in this one).
+        public var username: String?
+        public var passwordFile: String?
+        public var requestTimeout: Duration = .seconds(5)
+
+        public static let leaseTTLRange: ClosedRange<Duration> = .seconds(2) ... .seconds(300)
+        public static let heartbeatRange: ClosedRange<Duration> = .seconds(1) ... .seconds(3600)
+        public static let requestTimeoutRange: ClosedRange<Duration> = .milliseconds(100) ... .seconds(300)
+
+        public init(endpoints: [String], host: String) {
+            self.endpoints = endpoints
+            self.host = host
+        }
+
+        /// Fleet, host and label names: 1 to 63 of letters, digits, `.`, `_`, `-`, starting
+        /// with a letter or digit (each becomes one etcd key segment).
+        public static func isValidName(_ name: String) -> Bool {
+            let bytes = Array(name.utf8)
+            guard (1...63).contains(bytes.count), bytes[0] < 128, isalnum(Int32(bytes[0])) != 0 else { return false }
+            return bytes.allSatisfy {
+                $0 < 128 && (isalnum(Int32($0)) != 0 || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-"))
+            }
+        }
+
+        /// The keys of this fleet: `<prefix>/<name>/`.
+        public var keyRoot: String { "\(prefix)/\(name)/" }
     }
 
     public enum LogLevel: String, Sendable, CaseIterable {

@@ -55,6 +55,13 @@ extension BatondConfig {
         socket = socket.map(absolute)
         agentSocket = agentSocket.map(absolute)
         file = file.map(absolute)
+        if var settings = fleet {
+            settings.caFile = settings.caFile.map(absolute)
+            settings.certFile = settings.certFile.map(absolute)
+            settings.keyFile = settings.keyFile.map(absolute)
+            settings.passwordFile = settings.passwordFile.map(absolute)
+            fleet = settings
+        }
     }
 
     /// The longest control socket path batond can bind: `sun_path` holds 108 bytes with
@@ -106,7 +113,7 @@ private struct Reader {
 
     func read(_ root: TOMLTable) throws(ConfigError) -> BatondConfig {
         var config = BatondConfig()
-        try only(root, [], allowed: ["daemon", "http", "ledger", "logs", "releases", "agents"])
+        try only(root, [], allowed: ["daemon", "http", "ledger", "logs", "releases", "fleet", "agents"])
         if let daemon = try table(root, "daemon", path: []) {
             let path = ["daemon"]
             try only(daemon, path, allowed: ["state_dir", "socket", "agent_socket", "listen", "log_level", "operator_group",
@@ -197,6 +204,9 @@ private struct Reader {
         if let releases = try table(root, "releases", path: []) {
             config.releases = try readReleases(releases)
         }
+        if let fleet = try table(root, "fleet", path: []) {
+            config.fleet = try readFleet(fleet)
+        }
         if let agents = try table(root, "agents", path: []) {
             for name in agents.keys.sorted() {
                 let path = ["agents", name]
@@ -250,6 +260,86 @@ private struct Reader {
             throw error(path + ["require_signature"], "is true, but [releases.trusted_keys] names no key: every push and fetch would be refused")
         }
         return settings
+    }
+
+    func readFleet(_ table: TOMLTable) throws(ConfigError) -> BatondConfig.FleetSettings {
+        let path = ["fleet"]
+        typealias Fleet = BatondConfig.FleetSettings
+        try only(table, path, allowed: ["endpoints", "name", "host", "labels", "prefix", "coordinator", "lease_ttl", "heartbeat",
+                                        "ca_file", "cert_file", "key_file", "username", "password_file", "request_timeout"])
+        guard let endpoints = try strings(table, "endpoints", path: path), !endpoints.isEmpty else {
+            throw error(path + ["endpoints"], "is required: etcd's client URLs, e.g. [\"http://127.0.0.1:2379\"]")
+        }
+        for endpoint in endpoints {
+            guard let url = URL(string: endpoint), url.scheme == "http" || url.scheme == "https", url.host != nil,
+                  url.user == nil, url.path.isEmpty || url.path == "/", url.query == nil else {
+                throw error(path + ["endpoints"], "\(endpoint) is not an etcd client URL such as \"http://10.0.0.1:2379\" "
+                    + "(http or https, a host and a port, nothing else)")
+            }
+        }
+        func name(_ key: String) throws(ConfigError) -> String? {
+            guard let value = try string(table, key, path: path) else { return nil }
+            guard Fleet.isValidName(value) else {
+                throw error(path + [key], "\"\(value)\" is not a valid name: use 1 to 63 of letters, digits, '.', '_', '-', starting with a letter or digit")
+            }
+            return value
+        }
+        let host: String
+        if let given = try name("host") {
+            host = given
+        } else {
+            var buffer = [CChar](repeating: 0, count: 256)
+            gethostname(&buffer, buffer.count)
+            let system = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            guard Fleet.isValidName(system) else {
+                throw error(path + ["host"], "is not set, and this machine's host name \"\(system)\" is not a valid fleet host name: set one")
+            }
+            host = system
+        }
+        var fleet = Fleet(endpoints: endpoints.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }, host: host)
+        if let value = try name("name") { fleet.name = value }
+        if let labels = try self.table(table, "labels", path: path) {
+            for key in labels.keys.sorted() {
+                guard Fleet.isValidName(key) else { throw error(path + ["labels", key], "is not a valid label name") }
+                guard let value = labels[key]?.string, Fleet.isValidName(value) else {
+                    throw error(path + ["labels", key], "must be a string of 1 to 63 letters, digits, '.', '_', '-'")
+                }
+                fleet.labels[key] = value
+            }
+        }
+        if let prefix = try string(table, "prefix", path: path) {
+            let segments = prefix.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+            guard prefix.hasPrefix("/"), !prefix.hasSuffix("/"), !segments.isEmpty,
+                  segments.allSatisfy({ Fleet.isValidName(String($0)) }) else {
+                throw error(path + ["prefix"], "\"\(prefix)\" must be a key path such as \"/baton\" (segments of letters, digits, '.', '_', '-'; no trailing '/')")
+            }
+            fleet.prefix = prefix
+        }
+        if let value = try bool(table, "coordinator", path: path) { fleet.coordinator = value }
+        if let value = try duration(table, "lease_ttl", path: path, range: Fleet.leaseTTLRange) {
+            guard value.milliseconds % 1000 == 0 else { throw error(path + ["lease_ttl"], "must be whole seconds (etcd's leases count in seconds)") }
+            fleet.leaseTTL = value
+        }
+        if let value = try duration(table, "heartbeat", path: path, range: Fleet.heartbeatRange) { fleet.heartbeat = value }
+        if let value = try duration(table, "request_timeout", path: path, range: Fleet.requestTimeoutRange) { fleet.requestTimeout = value }
+        for key in ["ca_file", "cert_file", "key_file", "password_file"] {
+            guard let file = try string(table, key, path: path) else { continue }
+            guard !file.isEmpty else { throw error(path + [key], "must name a file") }
+            switch key {
+            case "ca_file": fleet.caFile = file
+            case "cert_file": fleet.certFile = file
+            case "key_file": fleet.keyFile = file
+            default: fleet.passwordFile = file
+            }
+        }
+        if (fleet.certFile == nil) != (fleet.keyFile == nil) {
+            throw error(path + [fleet.certFile == nil ? "key_file" : "cert_file"], "cert_file and key_file go together")
+        }
+        fleet.username = try string(table, "username", path: path)
+        if (fleet.username == nil) != (fleet.passwordFile == nil) {
+            throw error(path + [fleet.username == nil ? "password_file" : "username"], "username and password_file go together")
+        }
+        return fleet
     }
 
     func readAgent(_ table: TOMLTable, name: String, path: [String]) throws(ConfigError) -> AgentConfig {

@@ -110,7 +110,8 @@ public struct LedgerState: Codable, Sendable, Equatable {
             if e.outcome == .done { machine.version = rollout.version }
             machine.lastError = e.error.map { LastError(reason: $0, at: at, stderrTail: "", handoff: nil) } ?? machine.lastError
             machine.history.append(.init(id: rollout.id, version: rollout.version, barrier: rollout.barrier,
-                                         startedAt: rollout.startedAt, endedAt: at, outcome: e.outcome, error: e.error))
+                                         startedAt: rollout.startedAt, endedAt: at, outcome: e.outcome, error: e.error,
+                                         by: rollout.by))
             if machine.history.count > MachineLedger.historyLimit {
                 machine.history.removeFirst(machine.history.count - MachineLedger.historyLimit)
             }
@@ -188,6 +189,8 @@ public struct RolloutSummary: Codable, Sendable, Equatable {
     public var endedAt: Timestamp
     public var outcome: MachineRollout.Phase
     public var error: String?
+    /// Who asked for it (absent from snapshots written before it was kept).
+    public var by: String?
 }
 
 /// One agent as the ledger knows it. `desired` is what was asked; `running` and

@@ -1,6 +1,7 @@
 import BatonAPI
 import BatonConfig
 import BatonCore
+import BatonFleet
 import BatonHTTP
 import BatonLedger
 import BatonSupervisor
@@ -8,6 +9,7 @@ import Foundation
 import Glibc
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// batond's life: lock and load the ledger, bind the listeners, serve, and on SIGTERM or
 /// SIGINT answer every parked request, record the clean stop and exit 0.
@@ -130,8 +132,23 @@ public struct Daemon: Sendable {
                                     arguments: Array(CommandLine.arguments.dropFirst()), logger: logger)
         let rollouts = Rollouts(supervisor: supervisor, ledger: ledger, agents: config.agents,
                                 logDirectory: config.stateDir + "/logs", logger: logger)
+        // Fleet mode: the member reads the agents as the API shows them.
+        let views = AgentViewSource()
+        let fleet: Fleet?
+        if let settings = config.fleet {
+            let local = MachineHost(supervisor: supervisor, rollouts: rollouts, agents: config.agents, views: { views.views() })
+            do throws(FleetRefusal) {
+                fleet = try Fleet(settings: settings, local: local, logger: logger)
+            } catch {
+                throw Failure(exit: .configError, description: error.description)
+            }
+        } else {
+            fleet = nil
+        }
         let api = API(context: .init(config: config, startedAt: startedAt, listeners: described),
-                      ledger: ledger, supervisor: supervisor, rollouts: rollouts, auth: auth, daemon: upgrader, logger: logger)
+                      ledger: ledger, supervisor: supervisor, rollouts: rollouts, fleet: fleet, auth: auth, daemon: upgrader,
+                      logger: logger)
+        views.install(api)
         var httpConfiguration = HTTPServer.Configuration()
         httpConfiguration.maxBodyBytes = config.http.maxBodyBytes
         httpConfiguration.connectionLimit = UInt32(config.http.maxConnections)
@@ -184,7 +201,10 @@ public struct Daemon: Sendable {
                                                }
                                                // A rollout a restart cut short goes on once every agent re-adopted.
                                                await rollouts.resume()
+                                               // Then the fleet: this host acts on its plan only with its own state settled.
+                                               await fleet?.start()
                                            }, notifier: notifier, logger: logger)),
+                .init(service: FleetService(fleet: fleet)),
                 .init(service: WatchdogService(notifier: notifier)),
                 .init(service: UpgradeService(upgrader: upgrader)),
                 // Last, so it stops first: agents are stopped while the API still serves them.
@@ -385,4 +405,23 @@ struct SupervisorService: Service {
             await supervisor.shutdown()
         }
     }
+}
+
+/// Leaves the fleet when batond stops: gives its lease back, so that the fleet sees this
+/// host go at once and its slots and coordinator key are free (the agents keep working).
+struct FleetService: Service {
+    let fleet: Fleet?
+
+    func run() async throws {
+        // Returns only at shutdown: a service that returns ends the group.
+        try? await gracefulShutdown()
+        await fleet?.stop()
+    }
+}
+
+/// The agents as the API shows them, for the fleet member (made before the API is).
+private final class AgentViewSource: Sendable {
+    private let api = Mutex<API?>(nil)
+    func install(_ api: API) { self.api.withLock { $0 = api } }
+    func views() -> [AgentView] { api.withLock { $0 }?.agentViews() ?? [] }
 }

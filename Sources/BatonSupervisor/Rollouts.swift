@@ -46,6 +46,14 @@ public actor Rollouts {
     private var migrations: [Migration] = []
     /// A `begin` waits for its record: the actor may take another request meanwhile.
     private var beginning: String?
+    /// A fleet's barrier (fleet mode): once every agent here is halted, the rollout waits
+    /// for the fleet instead of running its migrations itself; the hook gets them, to run
+    /// if this host is the one that claims the fleet's migration, and answers its outcome.
+    public typealias FleetBarrier = @Sendable (_ hasMigration: Bool, _ runMigrations: @escaping @Sendable () async -> (ok: Bool, detail: String))
+        async -> (ok: Bool, detail: String)
+    private var fleetBarrier: FleetBarrier?
+    /// Those waiting for a rollout's end (`awaitEnd`), by rollout id.
+    private var endWaiters: [String: [CheckedContinuation<RolloutSummary?, Never>]] = [:]
 
     public init(supervisor: Supervisor, ledger: Ledger, agents: [AgentConfig], logDirectory: String, logger: Logger) {
         self.supervisor = supervisor
@@ -78,7 +86,8 @@ public actor Rollouts {
 
     /// `PUT /v1/version`: records the rollout (the version is pending from here on) and
     /// begins it; answers once that record is durable.
-    public func begin(version: String, barrier: Bool, by: String) async throws(RolloutRefusal) -> MachineVersionView {
+    public func begin(version: String, barrier: Bool, by: String, fleetBarrier: FleetBarrier? = nil)
+        async throws(RolloutRefusal) -> MachineVersionView {
         guard Names.isValidVersion(version) else { throw .invalidVersion(version) }
         if let machine, !machine.isFinished, let id { throw .inProgress(id: id, version: machine.version) }
         if let beginning { throw .inProgress(id: "(being recorded)", version: beginning) }
@@ -108,14 +117,29 @@ public actor Rollouts {
         self.id = id
         self.by = by
         self.migrations = migrations
+        self.fleetBarrier = barrier ? fleetBarrier : nil
         supervisor.hold(planned.map(\.name), for: id)
-        machine = MachineRollout(version: version, barrier: barrier, migration: migrations.isEmpty ? nil : ["migrate"],
-                                 agents: planned)
+        // Under a fleet's barrier the rollout always waits at the migration step: for the
+        // fleet's migration, wherever it runs.
+        machine = MachineRollout(version: version, barrier: barrier,
+                                 migration: migrations.isEmpty && self.fleetBarrier == nil ? nil : ["migrate"], agents: planned)
         logger.notice("rollout began", metadata: ["rollout": "\(id)", "version": "\(version)", "barrier": "\(barrier)",
                                                   "agents": "\(planned.map(\.name).joined(separator: ","))", "by": "\(by)"])
         await feed(.begin)
         return view
     }
+
+    /// Waits until rollout `id` ends, and answers how (nil: the ledger no longer has it,
+    /// or it is not this batond's to end: another batond started after).
+    public func awaitEnd(_ id: String) async -> RolloutSummary? {
+        if ledger.state.machine?.rollout?.id != id || self.id != id || machine?.isFinished != false {
+            return ledger.state.machine?.history.last { $0.id == id }
+        }
+        return await withCheckedContinuation { endWaiters[id, default: []].append($0) }
+    }
+
+    /// The id of the rollout in progress, if one is.
+    public nonisolated var inProgress: String? { ledger.state.machine?.rollout?.id }
 
     // MARK: - Resume
 
@@ -193,6 +217,9 @@ public actor Rollouts {
                 }
                 if case .ended(let outcome, let error) = note {
                     supervisor.release(id)
+                    fleetBarrier = nil
+                    let summary = ledger.state.machine?.history.last { $0.id == id }
+                    for waiter in endWaiters.removeValue(forKey: id) ?? [] { waiter.resume(returning: summary) }
                     logger.notice("rollout ended", metadata: ["rollout": "\(id)", "outcome": "\(outcome.rawValue)",
                                                               "error": "\(error ?? "")"])
                 }
@@ -213,8 +240,10 @@ public actor Rollouts {
                 }
             case .runMigration:
                 let migrations = self.migrations
+                let fleetBarrier = self.fleetBarrier
                 Task {
-                    let (ok, detail) = await self.run(migrations)
+                    let run: @Sendable () async -> (ok: Bool, detail: String) = { await self.run(migrations) }
+                    let (ok, detail) = if let fleetBarrier { await fleetBarrier(!migrations.isEmpty, run) } else { await run() }
                     await self.feed(.migrated(ok: ok, detail: detail))
                 }
             }

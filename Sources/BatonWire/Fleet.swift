@@ -1,10 +1,11 @@
 /// Fleet mode: the values batond keeps in etcd, as JSON (WireJSON: snake_case), and the
 /// fleet's view in the API (`GET /v1/fleet`). The key layout under `<prefix>/<fleet>/`:
 ///
-/// - `plan`: the desired fleet version (`FleetPlan`), written by `PUT /v1/fleet` through a
-///   transaction guarded by the revision the writer read;
-/// - `rollout`: where the coordinator has the rollout of that plan (`FleetRolloutState`),
-///   written only through a transaction that compares the coordinator's leader key;
+/// - `plan/desired`: the desired fleet version (`FleetPlan`), written by `PUT /v1/fleet`
+///   through a transaction guarded by the revision the writer read;
+/// - `plan/rollout`: where the coordinator has the rollout of that plan
+///   (`FleetRolloutState`), written only through a transaction that compares the
+///   coordinator's leader key. Hosts watch `plan/` alone, and read both at one revision;
 /// - `coordinator`: the leader key (the coordinator's host name), under its lease;
 /// - `hosts/<host>`: each host's status (`FleetHostStatus`), under the host's lease;
 /// - `slots/<n>`: max-unavailable slots (value: the holder's host name), under its lease;
@@ -32,7 +33,7 @@ public struct FleetVersion: Codable, Sendable, Equatable {
     public init(version: String, releases: [String: FleetRelease]) { self.version = version; self.releases = releases }
 }
 
-/// The desired fleet version (`<prefix>/<fleet>/plan`).
+/// The desired fleet version (`<prefix>/<fleet>/plan/desired`).
 public struct FleetPlan: Codable, Sendable, Equatable {
     /// `fleet-<n>`, one more than the plan it replaced: a new id is a new rollout.
     public var id: String
@@ -69,7 +70,7 @@ public struct FleetPlan: Codable, Sendable, Equatable {
     public var number: Int { Int(id.dropFirst("fleet-".count)) ?? 0 }
 }
 
-/// Where the coordinator has the rollout of a plan (`<prefix>/<fleet>/rollout`).
+/// Where the coordinator has the rollout of a plan (`<prefix>/<fleet>/plan/rollout`).
 public struct FleetRolloutState: Codable, Sendable, Equatable {
     public enum Phase: String, Codable, Sendable, CaseIterable {
         /// The canary wave (`admitted`) upgrades.
@@ -223,4 +224,107 @@ public struct FleetMigrationOutcome: Codable, Sendable, Equatable {
     public var ok: Bool
     public var detail: String
     public init(host: String, ok: Bool, detail: String) { self.host = host; self.ok = ok; self.detail = detail }
+}
+
+// MARK: - The API
+
+/// `GET /v1/fleet`: the fleet as this batond sees it.
+public struct FleetView: Codable, Sendable, Equatable {
+    public var fleet: String
+    /// This host's name in the fleet.
+    public var host: String
+    /// Whether etcd answered this batond's last request.
+    public var connected: Bool
+    /// Why it did not.
+    public var error: String?
+    /// The last time etcd answered.
+    public var lastContact: Timestamp?
+    /// Whether the plan, the rollout and the hosts below were read now (false: as last
+    /// read, etcd cannot be reached).
+    public var fresh: Bool
+    /// The revision they were read at (the plan's `expect_revision` guard takes it).
+    public var revision: Int64
+    /// The revision the plan was last written at (0: there is none).
+    public var planRevision: Int64
+    /// The host that coordinates the fleet now.
+    public var coordinator: String?
+    public var plan: FleetPlan?
+    public var rollout: FleetRolloutState?
+    /// Every registered host (those whose lease lives), by name.
+    public var hosts: [FleetHostStatus]
+
+    public init(fleet: String, host: String, connected: Bool, error: String?, lastContact: Timestamp?, fresh: Bool,
+                revision: Int64, planRevision: Int64, coordinator: String?, plan: FleetPlan?, rollout: FleetRolloutState?,
+                hosts: [FleetHostStatus]) {
+        self.fleet = fleet; self.host = host; self.connected = connected; self.error = error; self.lastContact = lastContact
+        self.fresh = fresh; self.revision = revision; self.planRevision = planRevision; self.coordinator = coordinator
+        self.plan = plan; self.rollout = rollout; self.hosts = hosts
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(fleet, forKey: .fleet)
+        try c.encode(host, forKey: .host)
+        try c.encode(connected, forKey: .connected)
+        try c.encode(error, forKey: .error)
+        try c.encode(lastContact, forKey: .lastContact)
+        try c.encode(fresh, forKey: .fresh)
+        try c.encode(revision, forKey: .revision)
+        try c.encode(planRevision, forKey: .planRevision)
+        try c.encode(coordinator, forKey: .coordinator)
+        try c.encode(plan, forKey: .plan)
+        try c.encode(rollout, forKey: .rollout)
+        try c.encode(hosts, forKey: .hosts)
+    }
+}
+
+/// `PUT /v1/fleet`: a new desired fleet version.
+public struct FleetSetRequest: Codable, Sendable, Equatable {
+    public struct Source: Codable, Sendable, Equatable {
+        public var url: String?
+        public var sha256: String?
+        public init(url: String? = nil, sha256: String? = nil) { self.url = url; self.sha256 = sha256 }
+    }
+
+    public var version: String
+    /// Per agent, where its release is and its digest. What is left out is completed from
+    /// `url_template` and from the release of that version stored on this machine.
+    public var releases: [String: Source]?
+    /// `{agent}` and `{version}` expand: e.g. `https://releases.example/{agent}/{version}.tar.gz`.
+    public var urlTemplate: String?
+    /// The agents the plan moves; default: every agent named in `releases`, else every
+    /// agent this batond starts.
+    public var agents: [String]?
+    public var barrier: Bool?
+    public var canary: Int?
+    public var maxUnavailable: Int?
+    public var soakMs: Int64?
+    public var failureThreshold: Int?
+    public var exclude: [String]?
+    /// Refuse unless the plan is still the one written at this revision (`plan_revision`
+    /// in `GET /v1/fleet`; 0: there must be none).
+    public var expectRevision: Int64?
+
+    public init(version: String, releases: [String: Source]? = nil, urlTemplate: String? = nil, agents: [String]? = nil,
+                barrier: Bool? = nil, canary: Int? = nil, maxUnavailable: Int? = nil, soakMs: Int64? = nil,
+                failureThreshold: Int? = nil, exclude: [String]? = nil, expectRevision: Int64? = nil) {
+        self.version = version; self.releases = releases; self.urlTemplate = urlTemplate; self.agents = agents
+        self.barrier = barrier; self.canary = canary; self.maxUnavailable = maxUnavailable; self.soakMs = soakMs
+        self.failureThreshold = failureThreshold; self.exclude = exclude; self.expectRevision = expectRevision
+    }
+}
+
+/// `POST /v1/fleet/rollback`: the plan's previous version again, as a new plan.
+public struct FleetRollbackRequest: Codable, Sendable, Equatable {
+    public var maxUnavailable: Int?
+    public var expectRevision: Int64?
+    public init(maxUnavailable: Int? = nil, expectRevision: Int64? = nil) {
+        self.maxUnavailable = maxUnavailable; self.expectRevision = expectRevision
+    }
+}
+
+/// `POST /v1/fleet/exclude`: hosts the plan's barrier no longer waits for (same plan).
+public struct FleetExcludeRequest: Codable, Sendable, Equatable {
+    public var hosts: [String]
+    public init(hosts: [String]) { self.hosts = hosts }
 }

@@ -33,7 +33,7 @@ struct Baton: ParsableCommand {
         version: BatonVersion.current,
         subcommands: [
             Status.self, AgentCommand.self, Upgrade.self, Rollback.self, History.self, Events.self, Logs.self,
-            DaemonCommand.self, Push.self, Fetch.self, ReleasesCommand.self, VersionCommand.self, UI.self,
+            DaemonCommand.self, Push.self, Fetch.self, ReleasesCommand.self, VersionCommand.self, FleetCommand.self, UI.self,
         ]
     )
 

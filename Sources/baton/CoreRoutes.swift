@@ -62,3 +62,21 @@ extension BatonClient {
     }
 
 }
+
+extension BatonClient {
+    public func fleet() throws(ClientError) -> Reply<FleetView> {
+        try call("GET", "/v1/fleet", as: FleetView.self)
+    }
+
+    public func setFleet(_ request: FleetSetRequest) throws(ClientError) -> Reply<FleetView> {
+        try call("PUT", "/v1/fleet", body: request, as: FleetView.self)
+    }
+
+    public func rollbackFleet(_ request: FleetRollbackRequest) throws(ClientError) -> Reply<FleetView> {
+        try call("POST", "/v1/fleet/rollback", body: request, as: FleetView.self)
+    }
+
+    public func excludeFromFleet(_ request: FleetExcludeRequest) throws(ClientError) -> Reply<FleetView> {
+        try call("POST", "/v1/fleet/exclude", body: request, as: FleetView.self)
+    }
+}
