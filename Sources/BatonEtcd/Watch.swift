@@ -17,11 +17,13 @@ public struct EtcdEvent: Sendable, Equatable {
 /// What a watch stream yields.
 public enum EtcdWatchUpdate: Sendable, Equatable {
     /// Events in revision order. `revision` is the mod revision of the last one: the watcher
-    /// has seen every change up to it. With no events it is a progress notification: nothing
-    /// changed up to `revision`.
+    /// has seen every change up to it. With no events, the watcher has seen every change up
+    /// to `revision` and is connected: it comes when the watch is connected again after
+    /// `.disconnected` (and for a progress notification from etcd).
     case events([EtcdEvent], revision: Int64)
     /// The stream broke (or could not be opened): said once per break, not per retry. The
-    /// watch reconnects by itself, from the revision after the last one seen.
+    /// watch reconnects by itself, from the revision after the last one seen, and says so
+    /// with an empty `.events`.
     case disconnected(EtcdError)
     /// The revisions asked for were compacted away (this is the compact revision): the
     /// stream finishes. Re-read, then watch again from the read's revision + 1.
@@ -87,7 +89,7 @@ private final class Watcher: Sendable {
             }
             endpoint %= endpoints.count
             let url = endpoints[endpoint]
-            var session = Session(next: next)
+            var session = Session(next: next, announce: reported)
             let failure: EtcdError
             do {
                 let token = try client.currentToken()
@@ -121,6 +123,8 @@ private final class Watcher: Sendable {
     struct Session {
         /// The revision to start from on the next connection.
         var next: Int64
+        /// Whether to say when the watch is created: it was said to be disconnected.
+        var announce: Bool
         var created = false
         var lines = LineSplitter()
         /// Why the watcher ended the stream itself.
@@ -171,6 +175,7 @@ private final class Watcher: Sendable {
             session.created = true
             // A watch from now starts after the revision it was created at.
             if session.next == 0 { session.next = try result.revision() + 1 }
+            if session.announce { continuation.yield(.events([], revision: session.next - 1)) }
             return
         }
         let events = try result.objects("events").map { (event) throws(EtcdError) -> EtcdEvent in

@@ -123,12 +123,19 @@ struct EtcdClientTests {
         var events = try await collect(1, from: &updates) { _ in }
         try await eventually { try watchers(cluster, member: followers[0]) == 2 }
         cluster.kill9(followers[0])
-        var disconnections: [EtcdError] = []
+        var others: [EtcdWatchUpdate] = []
         for version in 1...5 { _ = try await client.put("fleet/plan", value: bytes("v\(version)")) }
-        events += try await collect(5, from: &updates) { disconnections.append($0) }
+        events += try await collect(5, from: &updates) { others.append($0) }
         #expect(events.map(\.kv.string) == (0...5).map { "v\($0)" })
         #expect(zip(events, events.dropFirst()).allSatisfy { $0.kv.modRevision + 1 == $1.kv.modRevision })
-        #expect(disconnections.count == 1, "\(disconnections)")
+        // Said once: the break, then the reconnection, at the revision seen before it.
+        #expect(others.count == 2, "\(others)")
+        if case .disconnected(.unreachable(let text)) = others.first {
+            #expect(text.hasPrefix(cluster.members[followers[0]].clientURL), "\(text)")
+        } else {
+            Issue.record("not a disconnection first: \(others)")
+        }
+        #expect(others.last == .events([], revision: start))
         #expect(try await collect(5, from: &fromNow) { _ in }.map(\.kv.string) == (1...5).map { "v\($0)" })
     }
 
@@ -268,23 +275,26 @@ struct EtcdClientTests {
         // A watch refused so reconnects with a new token.
         try addUser("third")
         var updates = client.watch("fleet/a", from: start).makeAsyncIterator()
-        var disconnections: [EtcdError] = []
-        #expect(try await collect(1, from: &updates) { disconnections.append($0) }.map(\.kv.string) == ["2"])
-        #expect(disconnections == [.failed(code: 3, message: "etcdserver: revision of auth store is old")])
+        var others: [EtcdWatchUpdate] = []
+        #expect(try await collect(1, from: &updates) { others.append($0) }.map(\.kv.string) == ["2"])
+        #expect(others == [.disconnected(.failed(code: 3, message: "etcdserver: revision of auth store is old")), .events([], revision: start - 1)])
     }
 
     // MARK: - Helpers
 
-    /// The next `count` events of a watch; `disconnected` hears of each break on the way.
+    /// The next `count` events of a watch; `other` hears of the updates on the way that
+    /// bring none (`.disconnected`, empty `.events`).
     func collect(_ count: Int, from updates: inout AsyncStream<EtcdWatchUpdate>.Iterator,
-                 disconnected: (EtcdError) -> Void) async throws -> [EtcdEvent] {
+                 other: (EtcdWatchUpdate) -> Void) async throws -> [EtcdEvent] {
         var events: [EtcdEvent] = []
         while events.count < count {
-            switch await updates.next() {
+            let update = await updates.next()
+            switch update {
             case .events(let batch, let revision)?:
+                if batch.isEmpty { other(.events([], revision: revision)) }
                 #expect(batch.isEmpty || batch.last?.kv.modRevision == revision)
                 events += batch
-            case .disconnected(let error)?: disconnected(error)
+            case .disconnected?: other(update!)
             case .compacted(let revision)?: throw TestFailure("the watch was compacted at \(revision)")
             case nil: throw TestFailure("the watch ended after \(events.count) events")
             }
