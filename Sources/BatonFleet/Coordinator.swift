@@ -126,7 +126,11 @@ actor FleetCoordinatorRole {
             // Until something changes, the rules' next time, or 5 s (a host's lease ending
             // shows as a delete, but a clock-driven step has no event).
             let limit: Duration = wake.map { .milliseconds(max(10, min(5000, $0.milliseconds - Timestamp.now().milliseconds))) } ?? .seconds(5)
-            let timer = Task { try? await Task.sleep(for: limit); changes.continuation.yield() }
+            let timer = Task {
+                // A cancelled timer must not wake the next wait.
+                guard (try? await Task.sleep(for: limit)) != nil else { return }
+                changes.continuation.yield()
+            }
             var iterator = changes.stream.makeAsyncIterator()
             _ = await iterator.next()
             timer.cancel()

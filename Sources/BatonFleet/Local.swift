@@ -96,9 +96,15 @@ public struct MachineHost: FleetLocal {
 
     private struct FetchRequestInput { var agent, version, url: String; var sha256: [UInt8]; var by: String }
 
-    /// One release: stored already (the same bytes), or fetched now and awaited.
+    /// One release: stored already (the same bytes), or fetched now and awaited. A
+    /// release put in place by hand has no digest to compare: it is taken as it is (the
+    /// operator put it there), as a machine rollout would.
     private func fetch(_ input: FetchRequestInput) async -> String? {
         let releases = supervisor.releases
+        if releases.store.exists(agent: input.agent, version: input.version),
+           releases.store.manifest(agent: input.agent, version: input.version) == nil {
+            return nil
+        }
         let request = Releases.FetchRequest(agent: input.agent, version: input.version, url: input.url, sha256: input.sha256,
                                             signature: nil, irreversible: false, by: input.by)
         do throws(ReleaseRefusal) {

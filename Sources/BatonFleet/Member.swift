@@ -270,7 +270,8 @@ actor FleetMember {
             return prefetch(plan, planned: planned)
         }
         // A host that registers while the fleet is halted (or migrating) halts too.
-        if plan.barrier, state.phase == .halting || state.phase == .migrating, !plan.exclude.contains(me), !planned.isEmpty {
+        if plan.barrier, state.phase == .halting || state.phase == .migrating, !plan.exclude.contains(me), !planned.isEmpty,
+           connected {
             return work(plan) { member in await member.barrier(plan) }
         }
         if planned.isEmpty || onVersion {
@@ -279,7 +280,7 @@ actor FleetMember {
             }
             return
         }
-        if state.admits(me) {
+        if state.admits(me), connected {
             return work(plan) { member in await member.upgrade(plan) }
         }
         if rollout?.id != plan.id {
@@ -333,10 +334,30 @@ actor FleetMember {
             rollout = .init(id: plan.id, version: plan.version, phase: .waiting)
             return await publish()
         }
+        // The last word before acting: the plan read again, now.
+        guard await stillCalled(plan, { $0.admits(me) }) else {
+            await giveBack(slot)
+            rollout = .init(id: plan.id, version: plan.version, phase: .waiting)
+            return await publish()
+        }
         await set(.handingOver, plan)
         let outcome = await local.upgrade(version: plan.version, by: Self.by(plan), barrier: nil)
         await giveBack(slot)
         await finish(plan, outcome)
+    }
+
+    /// Whether the plan, read from etcd now, is still `plan` with a rollout state that
+    /// asks this of the host: what a host does to its agents never rests on an old read.
+    private func stillCalled(_ plan: FleetPlan, _ asks: (FleetRolloutState) -> Bool) async -> Bool {
+        do throws(EtcdError) {
+            let fresh = try await readPlan()
+            adopt(fresh)
+            guard fresh.plan?.id == plan.id, let state = fresh.state, state.id == plan.id else { return false }
+            return asks(state)
+        } catch {
+            contact(error)
+            return false
+        }
     }
 
     /// One of `maxUnavailable` slot keys, created if absent under this host's lease (a dead
@@ -410,6 +431,10 @@ actor FleetMember {
         if let reason = await local.fetch(version: plan.version, releases: plan.releases, by: Self.by(plan)) {
             return await set(.failed, plan, error: reason)
         }
+        guard await stillCalled(plan, { $0.phase == .halting || $0.phase == .migrating }) else {
+            rollout = .init(id: plan.id, version: plan.version, phase: .waiting)
+            return await publish()
+        }
         await set(.halting, plan)
         let outcome = await local.upgrade(version: plan.version, by: Self.by(plan), barrier: { hasMigration, run in
             await self.atBarrier(plan, hasMigration: hasMigration, run: run)
@@ -441,10 +466,12 @@ actor FleetMember {
                 case .restoring, .restored, .paused:
                     return (false, state.reason ?? "the fleet restores the previous versions")
                 case .migrating where hasMigration && !claimed:
-                    claimed = true
                     let claim = try await client.txn([.createRevision(keys.migration(plan.id), equals: 0)],
-                                                     success: [.put(keys.migration(plan.id), value: Array(me.utf8))])
-                    if claim.succeeded {
+                                                     success: [.put(keys.migration(plan.id), value: Array(me.utf8))],
+                                                     failure: [.range(keys.migration(plan.id))])
+                    claimed = true
+                    // Ours also when an earlier attempt of ours created it and its answer was lost.
+                    if claim.succeeded || claim.ranges.first?.first?.string == me {
                         logger.notice("this host runs the fleet's migration", metadata: ["plan": "\(plan.id)"])
                         await set(.migrating, plan)
                         let (ok, detail) = await run()
