@@ -27,7 +27,8 @@ actor FleetMember {
 
     // MARK: Connection
     private(set) var lease: Int64?
-    private var leaseGranted: ContinuousClock.Instant?
+    /// The grant in flight, if one is.
+    private var granting: Task<Result<Int64, EtcdError>, Never>?
     private var lastKeepAlive: ContinuousClock.Instant?
     private(set) var connected = false
     private(set) var lastContact: Timestamp?
@@ -78,17 +79,28 @@ actor FleetMember {
         snapshotWaiters = []
     }
 
-    /// The lease this host's keys live under, granted (and the host registered) once etcd answers.
+    /// The lease this host's keys live under, granted (and the host registered) once etcd
+    /// answers. One grant at a time: callers that ask meanwhile (the follower, the
+    /// coordinator, the keepalive) all get the lease it grants.
     func currentLease() async throws(EtcdError) -> Int64 {
         if let lease { return lease }
-        let granted = try await client.grant(ttl: settings.leaseTTL.components.seconds)
-        lease = granted.id
-        leaseGranted = .now
-        lastKeepAlive = .now
-        logger.notice("joined the fleet", metadata: ["fleet": "\(settings.name)", "host": "\(me)", "lease": "\(granted.id)"])
-        published = nil
-        await publish()
-        return granted.id
+        let grant = granting ?? Task { () async -> Result<Int64, EtcdError> in
+            do throws(EtcdError) {
+                let granted = try await client.grant(ttl: settings.leaseTTL.components.seconds)
+                lease = granted.id
+                lastKeepAlive = .now
+                logger.notice("joined the fleet", metadata: ["fleet": "\(settings.name)", "host": "\(me)", "lease": "\(granted.id)"])
+                published = nil
+                await publish()
+                return .success(granted.id)
+            } catch {
+                return .failure(error)
+            }
+        }
+        granting = grant
+        let result = await grant.value
+        granting = nil
+        return try result.get()
     }
 
     /// The lease was lost (expired while etcd could not be reached, or revoked): every key
@@ -120,7 +132,11 @@ actor FleetMember {
         let interval = settings.leaseTTL / 3
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
-            guard let lease else { continue }
+            guard let lease else {
+                // Lost: register again (a host that waits for nothing else comes back here).
+                _ = try? await currentLease()
+                continue
+            }
             do throws(EtcdError) {
                 _ = try await client.keepAlive(lease)
                 lastKeepAlive = .now
