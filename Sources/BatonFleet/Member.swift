@@ -116,7 +116,7 @@ actor FleetMember {
             if connected { logger.warning("etcd cannot be reached; agents stay as they are", metadata: ["error": "\(error)"]) }
             connected = false
             lastError = error.description
-            gauges.update { $0.connected = false }
+            gauges.update { $0.connected = false; $0.lastError = error.description }
         } else {
             if !connected { logger.notice("etcd reached", metadata: ["endpoints": "\(settings.endpoints.joined(separator: ","))"]) }
             connected = true

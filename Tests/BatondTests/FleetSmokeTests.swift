@@ -64,6 +64,8 @@ struct FleetSmokeTests {
         for name in ["h00", "h01"] {
             #expect(status.output.contains("\(name)   web 2.0 running  fleet-2 done"), "\(status.output)")
         }
+        let machine = try run([Products.path("baton"), "status", "--socket", host.daemon.socketPath])
+        #expect(machine.output.contains("fleet test as h00: plan fleet-2 (2.0), rollout done, this host done"), "\(machine.output)")
         // Back to 1.0 (the release put there by hand on each host is taken as stored), then a refusal.
         let back = try baton(["fleet", "rollback", "--wait"])
         #expect(back.status == 0, "\(back.output)")
@@ -72,6 +74,29 @@ struct FleetSmokeTests {
                                "--expect-revision", "1"])
         #expect(stale.status == 4, "\(stale.output)")
         #expect(stale.output.contains("not 1: read it again"), "\(stale.output)")
+    }
+
+    /// etcd gone: the host keeps its agent as it is and says so in `/v1/status`,
+    /// `baton status` and `/metrics`.
+    @Test func aHostThatCannotReachEtcdSaysSoAndKeepsItsAgents() throws {
+        let cluster = try EtcdCluster(size: 1)
+        let fleet = try TestFleet(cluster: cluster, hosts: 1)
+        let host = fleet.hosts[0]
+        let before = try host.daemon.endpoint.get("/v1/status", token: host.daemon.token).json()["fleet"] as? [String: Any]
+        #expect(before?["connected"] as? Bool == true && before?["host"] as? String == "h00", "\(before ?? [:])")
+        cluster.kill9(0)
+        var status: [String: Any] = [:]
+        try waitUntil(timeout: 30) {
+            status = (try? host.daemon.endpoint.get("/v1/status", token: host.daemon.token).json()["fleet"] as? [String: Any]) ?? [:]
+            return status["connected"] as? Bool == false
+        }
+        #expect((status["error"] as? String)?.isEmpty == false, "\(status)")
+        #expect(metric(host, "baton_fleet_connected") == 0)
+        let printed = try run([Products.path("baton"), "status", "--socket", host.daemon.socketPath])
+        #expect(printed.output.contains("fleet test as h00: etcd unreachable"), "\(printed.output)")
+        #expect(printed.output.contains("agents stay as they are"), "\(printed.output)")
+        #expect(host.running() == "1.0")
+        #expect(host.log().filter { $0.event == "stopped" || $0.event == "exit" }.isEmpty, "the agent was not touched")
     }
 
     func metric(_ host: FleetHost, _ name: String) -> Double? {
