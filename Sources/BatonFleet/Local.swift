@@ -43,6 +43,13 @@ public protocol FleetLocal: Sendable {
     func running(by: String) -> String?
     /// Waits for the machine rollout `id` to end.
     func awaitEnd(_ id: String) async -> FleetUpgradeOutcome
+    /// A barrier rollout taken up after a restart waits at the fleet's barrier again,
+    /// with this hook.
+    func rejoinBarrier(_ id: String, _ hook: @escaping FleetBarrierHook) async
+}
+
+extension FleetLocal {
+    public func rejoinBarrier(_ id: String, _ hook: @escaping FleetBarrierHook) async {}
 }
 
 /// batond's machine: its supervisor, rollouts and releases.
@@ -155,6 +162,10 @@ public struct MachineHost: FleetLocal {
     public func running(by: String) -> String? {
         guard let pending = rollouts.view.pending, pending.by == by else { return nil }
         return pending.id
+    }
+
+    public func rejoinBarrier(_ id: String, _ hook: @escaping FleetBarrierHook) async {
+        await rollouts.rejoinFleetBarrier(id, hook)
     }
 
     public func awaitEnd(_ id: String) async -> FleetUpgradeOutcome {

@@ -271,8 +271,16 @@ actor FleetMember {
         guard working == nil, !stopping, let snapshot, let plan = snapshot.plan else { return }
         let by = Self.by(plan)
         if let id = local.running(by: by) {
-            // A batond restarted in the middle of this plan's machine rollout: await it.
-            return work(plan) { member in await member.finish(plan, await member.local.awaitEnd(id)) }
+            // A batond restarted in the middle of this plan's machine rollout: await it
+            // (at the fleet's barrier again, if it was halted there).
+            return work(plan) { member in
+                if plan.barrier {
+                    await member.local.rejoinBarrier(id) { hasMigration, run in
+                        await member.atBarrier(plan, hasMigration: hasMigration, run: run, resumed: true)
+                    }
+                }
+                await member.finish(plan, await member.local.awaitEnd(id))
+            }
         }
         if let rollout, rollout.id == plan.id, rollout.phase.isFinal { return }
         if let ended = local.ended(by: by) {
@@ -453,19 +461,22 @@ actor FleetMember {
         }
         await set(.halting, plan)
         let outcome = await local.upgrade(version: plan.version, by: Self.by(plan), barrier: { hasMigration, run in
-            await self.atBarrier(plan, hasMigration: hasMigration, run: run)
+            await self.atBarrier(plan, hasMigration: hasMigration, run: run, resumed: false)
         })
         await finish(plan, outcome)
     }
 
     /// Every agent here is halted: says so, and waits for the fleet's decision; runs the
-    /// migration if this host claims it.
-    private func atBarrier(_ plan: FleetPlan, hasMigration: Bool, run: @Sendable () async -> (ok: Bool, detail: String))
-        async -> (ok: Bool, detail: String) {
+    /// migration if this host claims it. `resumed`: batond restarted while halted here; a
+    /// claim of this host's found then is an earlier batond's, whose migration may have
+    /// run: it is never run again, and its outcome is written as unknown (the fleet restores).
+    private func atBarrier(_ plan: FleetPlan, hasMigration: Bool, run: @Sendable () async -> (ok: Bool, detail: String),
+                           resumed: Bool) async -> (ok: Bool, detail: String) {
         await set(.halted, plan)
         let halted = Array((try? WireJSON.encoder.encode(FleetHalted(migration: hasMigration))) ?? Data())
         var said = false
         var claimed = false
+        var tried = false
         while !stopping {
             do throws(EtcdError) {
                 if !said {
@@ -481,13 +492,26 @@ actor FleetMember {
                     return (true, "the fleet proceeds")
                 case .restoring, .restored, .paused:
                     return (false, state.reason ?? "the fleet restores the previous versions")
-                case .migrating where hasMigration && !claimed:
+                case .migrating where (hasMigration || resumed) && !claimed:
+                    // The first attempt in this wait: a claim of this host's found now is an earlier batond's.
+                    let first = !tried
+                    tried = true
                     let claim = try await client.txn([.createRevision(keys.migration(plan.id), equals: 0)],
-                                                     success: [.put(keys.migration(plan.id), value: Array(me.utf8))],
-                                                     failure: [.range(keys.migration(plan.id))])
+                                                     success: hasMigration ? [.put(keys.migration(plan.id), value: Array(me.utf8))] : [],
+                                                     failure: [.range(keys.migration(plan.id)), .range(keys.outcome(plan.id))])
+                    let holder = claim.ranges.first?.first?.string
+                    let hasOutcome = claim.ranges.dropFirst().first?.isEmpty == false
                     claimed = true
-                    // Ours also when an earlier attempt of ours created it and its answer was lost.
-                    if claim.succeeded || claim.ranges.first?.first?.string == me {
+                    if !claim.succeeded, holder == me, first, !hasOutcome {
+                        // An earlier batond of this host claimed it, and may have run it:
+                        // its outcome is unknown, and it never runs twice.
+                        let outcome = FleetMigrationOutcome(host: me, ok: false,
+                                                            detail: "batond restarted while this host ran the migration: its outcome is unknown")
+                        try await putRetrying(keys.outcome(plan.id), Array((try? WireJSON.encoder.encode(outcome)) ?? Data()))
+                        continue
+                    }
+                    // Ours also when an earlier attempt in this wait created it and its answer was lost.
+                    if hasMigration && (claim.succeeded || holder == me) {
                         logger.notice("this host runs the fleet's migration", metadata: ["plan": "\(plan.id)"])
                         await set(.migrating, plan)
                         let (ok, detail) = await run()
