@@ -193,8 +193,21 @@ actor FleetCoordinatorRole {
         return Observed(value: observation, leaderOK: leaderOK, unreadable: unreadable)
     }
 
+    /// A debug build's pause between deciding and writing (`BATON_FLEET_WRITE_DELAY_MS`),
+    /// so that a test can depose the coordinator exactly there and see its late write
+    /// refused. Release builds ignore the variable.
+    static let writeDelay: Duration? = {
+        #if DEBUG
+        guard let text = ProcessInfo.processInfo.environment["BATON_FLEET_WRITE_DELAY_MS"], let ms = Int64(text) else { return nil }
+        return .milliseconds(ms)
+        #else
+        return nil
+        #endif
+    }()
+
     /// Writes the rollout state if we still lead; false when etcd refused it.
     private func write(_ state: FleetRolloutState) async throws(EtcdError) -> Bool {
+        if let delay = Self.writeDelay { try? await Task.sleep(for: delay) }
         guard let term, let body = try? WireJSON.encoder.encode(state) else { return false }
         let result = try await client.txn([.createRevision(keys.coordinator, equals: term), .value(keys.coordinator, equals: Array(me.utf8))],
                                           success: [.put(keys.rollout, value: Array(body))])

@@ -52,6 +52,7 @@ public final class FleetHost {
     public private(set) var daemon: BatondProcess
     public let agent: String
     let config: String
+    let environment: [String: String]
     /// The agent's own events file (`TEST_AGENT_EVENTS`).
     public let events: String
 
@@ -59,7 +60,7 @@ public final class FleetHost {
     /// by hand and running before the fleet moves anything.
     public init(name: String, endpoints: [String], agent: String = "web", initial: String = "1.0",
                 labels: [String: String] = [:], coordinator: Bool = true, leaseTTL: String = "3s",
-                extraConfig: String = "") throws {
+                extraConfig: String = "", environment: [String: String] = [:]) throws {
         self.name = name
         self.agent = agent
         let state = TemporaryDirectory("fleet-\(name)")
@@ -96,14 +97,15 @@ public final class FleetHost {
             TEST_AGENT_EVENTS = "\(events)"
             """
         self.config = config
-        daemon = try BatondProcess(state: state, configText: config)
+        self.environment = environment
+        daemon = try BatondProcess(state: state, configText: config, environment: environment)
     }
 
     /// kill -9 of batond (its agents keep running), and a new batond on the same state.
     public func restart() throws {
         daemon.signal(SIGKILL)
         _ = daemon.waitForExit()
-        daemon = try BatondProcess(state: daemon.state, configText: config)
+        daemon = try BatondProcess(state: daemon.state, configText: config, environment: environment)
     }
 
     public func log() -> [AgentEvent] { AgentEventLog(path: events).events }
