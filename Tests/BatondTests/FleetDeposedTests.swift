@@ -8,26 +8,11 @@ import Testing
 /// the leader key away during the pause, as the end of its lease would.
 @Suite("fleet deposed coordinator", .serialized, .enabled(if: EtcdCluster.isAvailable, "etcd is not installed (scripts/install-deps.sh test)"))
 struct FleetDeposedTests {
-    static func key(_ text: String) -> String { Data(text.utf8).base64EncodedString() }
-
-    /// The value of a key, read through the member's gateway.
-    static func value(_ cluster: EtcdCluster, _ key: String) throws -> String? {
-        let answer = try cluster.members[0].client.json("POST", "/v3/kv/range", #"{"key": "\#(Self.key(key))"}"#).json()
-        guard let kvs = answer["kvs"] as? [[String: Any]], let value = kvs.first?["value"] as? String,
-              let bytes = Data(base64Encoded: value) else { return nil }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    func metric(_ host: FleetHost, _ name: String) -> Double? {
-        guard let text = try? host.daemon.endpoint.get("/metrics").text else { return nil }
-        return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.dropFirst(name.count + 1)) }
-    }
-
     @Test func aLateWriteOfADeposedCoordinatorIsRefused() throws {
         let cluster = try EtcdCluster(size: 1)
         let releases = try FleetReleaseServer()
         let old = try FleetHost(name: "h00", endpoints: cluster.endpoints, environment: ["BATON_FLEET_WRITE_DELAY_MS": "3000"])
-        try waitUntil(timeout: 30) { (try? Self.value(cluster, "/baton/test/coordinator")) == "h00" }
+        try waitUntil(timeout: 30) { (try? cluster.value(of: "/baton/test/coordinator")) == "h00" }
         let next = try FleetHost(name: "h01", endpoints: cluster.endpoints)
         try waitUntil(timeout: 30) { ((try? next.fleet())?["hosts"] as? [Any])?.count == 2 }
 
@@ -37,18 +22,17 @@ struct FleetDeposedTests {
                                                 #"{"version": "2.0", "releases": {"web": {"url": "\#(release.url)", "sha256": "\#(release.sha256)"}}}"#)
         #expect(set.status == 200, "\(set.text)")
         // Meanwhile its term ends (its key is gone, as with its lease), and h01 is elected.
-        let deleted = try cluster.members[0].client.json("POST", "/v3/kv/deleterange", #"{"key": "\#(Self.key("/baton/test/coordinator"))"}"#)
-        #expect(deleted.status == 200)
-        try waitUntil(timeout: 30) { (try? Self.value(cluster, "/baton/test/coordinator")) == "h01" }
+        try cluster.delete("/baton/test/coordinator")
+        try waitUntil(timeout: 30) { (try? cluster.value(of: "/baton/test/coordinator")) == "h01" }
         // h00's write comes late: etcd refuses it, and h00 knows it no longer leads.
-        try waitUntil(timeout: 30) { (metric(old, "baton_fleet_refused_writes_total") ?? 0) >= 1 }
-        #expect(metric(old, "baton_fleet_coordinator") == 0)
+        try waitUntil(timeout: 30) { (old.metric("baton_fleet_refused_writes_total") ?? 0) >= 1 }
+        #expect(old.metric("baton_fleet_coordinator") == 0)
         // The rollout state was never h00's: h01 wrote it, and the rollout ends.
         try waitUntil(timeout: 60) {
-            guard let state = try? Self.value(cluster, "/baton/test/plan/rollout") else { return false }
+            guard let state = try? cluster.value(of: "/baton/test/plan/rollout") else { return false }
             return state.contains(#""phase":"done""#)
         }
-        let state = try #require(try Self.value(cluster, "/baton/test/plan/rollout"))
+        let state = try #require(try cluster.value(of: "/baton/test/plan/rollout"))
         #expect(state.contains(#""coordinator":"h01""#), "\(state)")
         #expect(old.running() == "2.0" && next.running() == "2.0")
     }

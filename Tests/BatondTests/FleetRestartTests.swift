@@ -24,33 +24,42 @@ struct FleetRestartTests {
         }
     }
 
-    /// The host that claimed the barrier's migration, read from etcd through its gateway.
-    static func claimer(_ cluster: EtcdCluster, plan: String) throws -> String? {
-        let key = Data("/baton/test/barrier/\(plan)/migration".utf8).base64EncodedString()
-        let answer = try cluster.members[0].client.json("POST", "/v3/kv/range", #"{"key": "\#(key)"}"#).json()
-        guard let kvs = answer["kvs"] as? [[String: Any]], let value = kvs.first?["value"] as? String,
-              let bytes = Data(base64Encoded: value) else { return nil }
-        return String(decoding: bytes, as: UTF8.self)
+    /// Two hosts on 1.0 and a barrier plan to 2.0 whose migration runs, held at its gate.
+    struct HeldBarrier {
+        let cluster: EtcdCluster
+        let fleet: TestFleet
+        let scratch = TemporaryDirectory("fleet-migration")
+        var log: String { scratch.file("migration.log") }
+        var gate: String { scratch.file("gate") }
+
+        init() throws {
+            cluster = try EtcdCluster(size: 1)
+            fleet = try TestFleet(cluster: cluster, hosts: 2)
+            let release = try fleet.releases.add(agent: "web", version: "2.0", migration: FleetRestartTests.migration(log: log, gate: gate))
+            let set = try fleet.set(#"{"version": "2.0", "barrier": true, "releases": {"web": {"url": "\#(release.url)", "sha256": "\#(release.sha256)"}}}"#)
+            guard set.status == 200 else { throw TestFailure("PUT /v1/fleet: \(set.status) \(set.text)") }
+            try waitUntil(timeout: 60) { [log] in FleetRestartTests.stamps(log).contains { $0.0 == "start" } }
+        }
+
+        /// The host that claimed the migration.
+        func claimer() throws -> FleetHost {
+            let name = try cluster.value(of: "/baton/test/barrier/fleet-1/migration")
+            return try #require(fleet.hosts.first { $0.name == name })
+        }
     }
 
     @Test func aHostRestartedWhileHaltedWaitsForTheFleetThenStartsTheNewVersion() throws {
-        let cluster = try EtcdCluster(size: 1)
-        let fleet = try TestFleet(cluster: cluster, hosts: 2)
-        let scratch = TemporaryDirectory("fleet-migration")
-        let log = scratch.file("migration.log"), gate = scratch.file("gate")
-        let release = try fleet.releases.add(agent: "web", version: "2.0", migration: Self.migration(log: log, gate: gate))
-        let set = try fleet.set(#"{"version": "2.0", "barrier": true, "releases": {"web": {"url": "\#(release.url)", "sha256": "\#(release.sha256)"}}}"#)
-        #expect(set.status == 200, "\(set.text)")
+        let held = try HeldBarrier()
+        let (fleet, log) = (held.fleet, held.log)
         // The migration runs on one host, held at the gate: kill -9 the other host's batond.
-        try waitUntil(timeout: 60) { Self.stamps(log).contains { $0.0 == "start" } }
-        let claimer = try #require(try Self.claimer(cluster, plan: "fleet-1"))
-        let other = try #require(fleet.hosts.first { $0.name != claimer })
+        let claimer = try held.claimer()
+        let other = try #require(fleet.hosts.first { $0.name != claimer.name })
         try other.restart()
         // The restarted batond takes its rollout up and waits: nothing of it starts.
         try waitUntil(timeout: 30) { (try? other.fleet())?["connected"] as? Bool == true }
         #expect(other.running() == nil, "the restarted host started an agent while the fleet migrates")
         // The fleet proceeds once the migration ends: every host starts 2.0.
-        FileManager.default.createFile(atPath: gate, contents: nil)
+        FileManager.default.createFile(atPath: held.gate, contents: nil)
         try fleet.waitForPhase("done", timeout: 120)
         try waitUntil(timeout: 60) { fleet.hosts.allSatisfy { $0.running() == "2.0" } }
         let stamps = Self.stamps(log)
@@ -65,22 +74,16 @@ struct FleetRestartTests {
     }
 
     @Test func theClaimerRestartedMidMigrationNeverRunsItAgainAndTheFleetRestores() throws {
-        let cluster = try EtcdCluster(size: 1)
-        let fleet = try TestFleet(cluster: cluster, hosts: 2)
-        let scratch = TemporaryDirectory("fleet-migration")
-        let log = scratch.file("migration.log"), gate = scratch.file("gate")
-        let release = try fleet.releases.add(agent: "web", version: "2.0", migration: Self.migration(log: log, gate: gate))
-        let set = try fleet.set(#"{"version": "2.0", "barrier": true, "releases": {"web": {"url": "\#(release.url)", "sha256": "\#(release.sha256)"}}}"#)
-        #expect(set.status == 200, "\(set.text)")
-        try waitUntil(timeout: 60) { Self.stamps(log).contains { $0.0 == "start" } }
-        let claimer = try #require(fleet.hosts.first { $0.name == (try? Self.claimer(cluster, plan: "fleet-1")) })
+        let held = try HeldBarrier()
+        let (fleet, log) = (held.fleet, held.log)
+        let claimer = try held.claimer()
         try claimer.restart()
         // Its outcome is unknown: written as failed, and every host goes back to 1.0.
         let restored = try fleet.waitForPhase("restored", timeout: 120)
         let reason = (restored["rollout"] as? [String: Any])?["reason"] as? String ?? ""
         #expect(reason.contains("outcome is unknown"), "\(reason)")
         try waitUntil(timeout: 60) { fleet.hosts.allSatisfy { $0.running() == "1.0" } }
-        FileManager.default.createFile(atPath: gate, contents: nil)
+        FileManager.default.createFile(atPath: held.gate, contents: nil)
         #expect(Self.stamps(log).filter { $0.0 == "start" }.count == 1, "the migration never ran twice")
         for host in fleet.hosts {
             #expect(!host.log().contains { $0.version == "2.0" && $0.event == "go" }, "\(host.name) never ran 2.0")

@@ -27,13 +27,13 @@ struct FleetSmokeTests {
         let cluster = try EtcdCluster(size: 1)
         let fleet = try TestFleet(cluster: cluster, hosts: 1)
         let host = fleet.hosts[0]
-        try waitUntil(timeout: 30) { metric(host, "baton_fleet_coordinator") == 1 }
-        let before = try #require(metric(host, "baton_fleet_etcd_requests_total"))
-        let contact = try #require(metric(host, "baton_fleet_last_contact_timestamp_seconds"))
+        try waitUntil(timeout: 30) { host.metric("baton_fleet_coordinator") == 1 }
+        let before = try #require(host.metric("baton_fleet_etcd_requests_total"))
+        let contact = try #require(host.metric("baton_fleet_last_contact_timestamp_seconds"))
         // Until etcd answered 3 s later (a keepalive a second, a third of the 3 s lease),
         // with nothing changing: a handful of requests.
-        try waitUntil(timeout: 30) { (metric(host, "baton_fleet_last_contact_timestamp_seconds") ?? 0) >= contact + 3 }
-        let after = try #require(metric(host, "baton_fleet_etcd_requests_total"))
+        try waitUntil(timeout: 30) { (host.metric("baton_fleet_last_contact_timestamp_seconds") ?? 0) >= contact + 3 }
+        let after = try #require(host.metric("baton_fleet_etcd_requests_total"))
         #expect(after - before < 30, "\(after - before) requests to etcd in 3 s while nothing changed")
     }
 
@@ -91,7 +91,7 @@ struct FleetSmokeTests {
             return status["connected"] as? Bool == false
         }
         #expect((status["error"] as? String)?.isEmpty == false, "\(status)")
-        #expect(metric(host, "baton_fleet_connected") == 0)
+        #expect(host.metric("baton_fleet_connected") == 0)
         let printed = try run([Products.path("baton"), "status", "--socket", host.daemon.socketPath])
         #expect(printed.output.contains("fleet test as h00: etcd unreachable"), "\(printed.output)")
         #expect(printed.output.contains("agents stay as they are"), "\(printed.output)")
@@ -99,11 +99,4 @@ struct FleetSmokeTests {
         #expect(host.log().filter { $0.event == "stopped" || $0.event == "exit" }.isEmpty, "the agent was not touched")
     }
 
-    func metric(_ host: FleetHost, _ name: String) -> Double? {
-        guard let text = try? host.daemon.endpoint.get("/metrics").text else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
-            return Double(line.dropFirst(name.count + 1))
-        }
-        return nil
-    }
 }
