@@ -106,8 +106,8 @@ actor FleetMember {
     /// The lease was lost (expired while etcd could not be reached, or revoked): every key
     /// under it is gone, this host's slots and coordinator key with them.
     private func leaseLost(_ why: String) {
-        guard lease != nil else { return }
-        logger.warning("the fleet lease was lost; joining again", metadata: ["lease": "\(lease!)", "why": "\(why)"])
+        guard let lost = lease else { return }
+        logger.warning("the fleet lease was lost; joining again", metadata: ["lease": "\(lost)", "why": "\(why)"])
         lease = nil
     }
 
