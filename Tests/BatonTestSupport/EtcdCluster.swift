@@ -77,6 +77,23 @@ public final class EtcdCluster {
         return nil
     }
 
+    /// A key's value as text, read through the first running member's gateway; nil when absent.
+    public func value(of key: String) throws -> String? {
+        guard let member = running.first else { throw TestFailure("no etcd member runs") }
+        let encoded = Data(key.utf8).base64EncodedString()
+        let answer = try member.client.json("POST", "/v3/kv/range", #"{"key": "\#(encoded)"}"#).json()
+        guard let kvs = answer["kvs"] as? [[String: Any]], let value = kvs.first?["value"] as? String,
+              let bytes = Data(base64Encoded: value) else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Deletes a key through the first running member's gateway.
+    public func delete(_ key: String) throws {
+        guard let member = running.first else { throw TestFailure("no etcd member runs") }
+        let answer = try member.client.json("POST", "/v3/kv/deleterange", #"{"key": "\#(Data(key.utf8).base64EncodedString())"}"#)
+        guard answer.status == 200 else { throw TestFailure("deleterange \(key): \(answer.status) \(answer.text)") }
+    }
+
     /// SIGKILL of one member (its data directory stays, as after a crash).
     public func kill9(_ index: Int) {
         let process = members[index].process

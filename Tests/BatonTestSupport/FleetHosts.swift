@@ -49,8 +49,10 @@ public final class FleetReleaseServer {
 /// One host of a test fleet: a real batond with one test agent and a `[fleet]` section.
 public final class FleetHost {
     public let name: String
-    public let daemon: BatondProcess
+    public private(set) var daemon: BatondProcess
     public let agent: String
+    let config: String
+    let environment: [String: String]
     /// The agent's own events file (`TEST_AGENT_EVENTS`).
     public let events: String
 
@@ -58,7 +60,7 @@ public final class FleetHost {
     /// by hand and running before the fleet moves anything.
     public init(name: String, endpoints: [String], agent: String = "web", initial: String = "1.0",
                 labels: [String: String] = [:], coordinator: Bool = true, leaseTTL: String = "3s",
-                requestTimeout: String = "2s", extraConfig: String = "") throws {
+                requestTimeout: String = "2s", extraConfig: String = "", environment: [String: String] = [:]) throws {
         self.name = name
         self.agent = agent
         let state = TemporaryDirectory("fleet-\(name)")
@@ -94,10 +96,25 @@ public final class FleetHost {
             [agents.\(agent).env]
             TEST_AGENT_EVENTS = "\(events)"
             """
-        daemon = try BatondProcess(state: state, configText: config)
+        self.config = config
+        self.environment = environment
+        daemon = try BatondProcess(state: state, configText: config, environment: environment)
+    }
+
+    /// kill -9 of batond (its agents keep running), and a new batond on the same state.
+    public func restart() throws {
+        daemon.signal(SIGKILL)
+        _ = daemon.waitForExit()
+        daemon = try BatondProcess(state: daemon.state, configText: config, environment: environment)
     }
 
     public func log() -> [AgentEvent] { AgentEventLog(path: events).events }
+
+    /// One unlabelled sample of this batond's `/metrics`.
+    public func metric(_ name: String) -> Double? {
+        guard let text = try? daemon.endpoint.get("/metrics").text else { return nil }
+        return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.dropFirst(name.count + 1)) }
+    }
 
     /// `GET /v1/fleet` through this host.
     public func fleet(timeout: Double = 30) throws -> [String: Any] {

@@ -256,10 +256,10 @@ struct FleetIntegrationTests {
         resumed = true
         // It steps down (it reads the leader key before every write), joins again and
         // converges on the new plan.
-        try waitUntil(timeout: 60) { metric(paused, "baton_fleet_coordinator") == 0 }
+        try waitUntil(timeout: 60) { paused.metric("baton_fleet_coordinator") == 0 }
         try fleet.waitForPhase("done", timeout: 120, through: other)
         try waitUntil(timeout: 60) { paused.running() == "3.0" }
-        let refused = metric(paused, "baton_fleet_refused_writes_total") ?? -1
+        let refused = paused.metric("baton_fleet_refused_writes_total") ?? -1
         print("fleet acceptance: the paused coordinator's refused writes after it woke: \(refused)")
 
         // The rollout key's history since the takeover: no version written by the old coordinator.
@@ -309,11 +309,11 @@ struct FleetIntegrationTests {
         try waitFor("step 4", old, timeout: 60) { (try? etcd.read(etcd.coordinator))??.string == "h03" }
         let takeover = try #require(etcd.read(etcd.coordinator)?.createRevision)
         try waitFor("step 5", old, timeout: 60) { (try? etcd.rollout())??["coordinator"] as? String == "h03" }
-        #expect(metric(old, "baton_fleet_refused_writes_total") == 0)
+        #expect(old.metric("baton_fleet_refused_writes_total") == 0)
 
         for proxy in proxies { proxy.release() }
-        try waitFor("step 6", old, timeout: 60) { (metric(old, "baton_fleet_refused_writes_total") ?? 0) >= 1 }
-        try waitFor("step 7", old, timeout: 60) { metric(old, "baton_fleet_coordinator") == 0 }
+        try waitFor("step 6", old, timeout: 60) { (old.metric("baton_fleet_refused_writes_total") ?? 0) >= 1 }
+        try waitFor("step 7", old, timeout: 60) { old.metric("baton_fleet_coordinator") == 0 }
         try fleet.waitForPhase("done", timeout: 120)
         try waitFor("step 8", old, timeout: 60) { old.running() == "2.0" }
 
@@ -475,15 +475,6 @@ func waitFor(_ what: String, _ host: FleetHost, timeout: Double, _ condition: ()
 
 /// Seconds since `start`, to one decimal (figures printed for the record, never asserted).
 func seconds(since start: Date) -> String { String(format: "%.1f", Date().timeIntervalSince(start)) }
-
-/// A sample of a host's `/metrics` without labels.
-func metric(_ host: FleetHost, _ name: String) -> Double? {
-    guard let text = try? host.daemon.endpoint.get("/metrics", timeout: 5).text else { return nil }
-    for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
-        return Double(line.dropFirst(name.count + 1))
-    }
-    return nil
-}
 
 // MARK: - etcd, read by the test itself
 
