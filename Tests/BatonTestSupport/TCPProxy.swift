@@ -82,8 +82,6 @@ public final class TCPProxy: @unchecked Sendable {
         try self.init(targetPort: port)
     }
 
-    deinit { stop() }
-
     /// Cuts every connection, and holds new ones until `heal()`.
     public func partition() {
         lock.lock()
@@ -121,6 +119,11 @@ public final class TCPProxy: @unchecked Sendable {
     public var isStalled: Bool {
         lock.lock(); defer { lock.unlock() }
         return stalled
+    }
+
+    private var isClosed: Bool {
+        lock.lock(); defer { lock.unlock() }
+        return closed
     }
 
     /// Lets everything held move on, in order; disarms the stall.
@@ -236,7 +239,7 @@ public final class TCPProxy: @unchecked Sendable {
 
     private func waitWhileStalled() {
         moving.lock()
-        while isStalled { moving.wait(until: Date().addingTimeInterval(0.1)) }
+        while isStalled && !isClosed { moving.wait(until: Date().addingTimeInterval(0.1)) }
         moving.unlock()
     }
 

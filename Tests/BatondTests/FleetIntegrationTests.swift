@@ -7,8 +7,8 @@ import Testing
 /// real batonds, each a host with one test agent, checked from the agents' own event
 /// files (CLOCK_MONOTONIC, one time line for every process on this machine): canary and
 /// max-unavailable, a canary that fails, the fleet barrier with a migration, and faults
-/// (etcd's leader killed, the coordinator killed or paused past its lease, a host cut off
-/// from etcd).
+/// (etcd's leader killed, the coordinator killed or paused past its lease, a deposed
+/// coordinator's late write, a host cut off from etcd or frozen past its lease).
 @Suite("fleet acceptance", .serialized, .enabled(if: EtcdCluster.isAvailable, "etcd is not installed (scripts/install-deps.sh test)"))
 struct FleetIntegrationTests {
     // MARK: - Canary and max-unavailable
@@ -219,7 +219,9 @@ struct FleetIntegrationTests {
     /// The coordinator paused (SIGSTOP) past its lease: another is elected, and a plan set
     /// meanwhile gives the old one something to write when it wakes. Every write the
     /// coordinator makes is guarded by its leader key; the rollout key's whole history
-    /// shows it never wrote again after the takeover, and it stepped down.
+    /// shows it never wrote again after the takeover, and it stepped down. (Waking, it
+    /// reads the fleet, leader key included, before it decides, so it sends no late write
+    /// at all here: the next test makes it send one.)
     @Test func aCoordinatorPausedPastItsLeaseNeverWritesAgain() throws {
         let cluster = try EtcdCluster(size: 3)
         let fleet = try TestFleet(cluster: cluster, hosts: 3)
@@ -238,10 +240,9 @@ struct FleetIntegrationTests {
         paused.daemon.signal(SIGSTOP)
         var resumed = false
         defer { if !resumed { paused.daemon.signal(SIGCONT) } }
-        var successor: String?
         try waitUntil(timeout: 60) {
-            successor = try? etcd.read(etcd.coordinator)?.string
-            return successor != nil && successor != old
+            let holder = try? etcd.read(etcd.coordinator)?.string
+            return holder != nil && holder != old
         }
         let takeover = try #require(etcd.read(etcd.coordinator)?.createRevision)
         try expectSet(fleet, plan("3.0", second, #""max_unavailable": 3"#), through: other)
@@ -293,10 +294,10 @@ struct FleetIntegrationTests {
         // A request timeout longer than the stall: its read is answered late, not abandoned.
         let old = try FleetHost(name: "h02", endpoints: proxies.map(\.url), requestTimeout: "60s")
         fleet.add(old)
-        try waitFor("step 1", old, timeout: 60) { (try? etcd.read(etcd.coordinator))??.string == "h02" }
+        try waitFor("h02 coordinates", old, timeout: 60) { (try? etcd.read(etcd.coordinator))??.string == "h02" }
         let successor = try FleetHost(name: "h03", endpoints: cluster.endpoints)
         fleet.add(successor)
-        try waitFor("step 2", old, timeout: 60) { old.running() == "1.0" && successor.running() == "1.0" && fleet.registered() == 4 }
+        try waitFor("four hosts registered on 1.0", old, timeout: 60) { old.running() == "1.0" && successor.running() == "1.0" && fleet.registered() == 4 }
         let release = try fleet.releases.add(agent: "web", version: "2.0")
 
         // The read the coordinator decides from is the range of the whole fleet's prefix;
@@ -304,18 +305,18 @@ struct FleetIntegrationTests {
         let request = "\"\(EtcdKeys.base64("/baton/test/"))\"", answer = EtcdKeys.base64("/baton/test/plan/desired")
         for proxy in proxies { proxy.stall(request: request, answer: answer) }
         try expectSet(fleet, plan("2.0", release, #""max_unavailable": 2"#))
-        try waitFor("step 3", old, timeout: 30) { proxies.contains(where: \.isStalled) }
+        try waitFor("the stall went off", old, timeout: 30) { proxies.contains(where: \.isStalled) }
         // Its lease ends; h03 is elected and writes the plan's first rollout state.
-        try waitFor("step 4", old, timeout: 60) { (try? etcd.read(etcd.coordinator))??.string == "h03" }
+        try waitFor("h03 coordinates", old, timeout: 60) { (try? etcd.read(etcd.coordinator))??.string == "h03" }
         let takeover = try #require(etcd.read(etcd.coordinator)?.createRevision)
-        try waitFor("step 5", old, timeout: 60) { (try? etcd.rollout())??["coordinator"] as? String == "h03" }
+        try waitFor("h03 wrote the rollout state", old, timeout: 60) { (try? etcd.rollout())??["coordinator"] as? String == "h03" }
         #expect(old.metric("baton_fleet_refused_writes_total") == 0)
 
         for proxy in proxies { proxy.release() }
-        try waitFor("step 6", old, timeout: 60) { (old.metric("baton_fleet_refused_writes_total") ?? 0) >= 1 }
-        try waitFor("step 7", old, timeout: 60) { old.metric("baton_fleet_coordinator") == 0 }
+        try waitFor("h02 counted a refused write", old, timeout: 60) { (old.metric("baton_fleet_refused_writes_total") ?? 0) >= 1 }
+        try waitFor("h02 stepped down", old, timeout: 60) { old.metric("baton_fleet_coordinator") == 0 }
         try fleet.waitForPhase("done", timeout: 120)
-        try waitFor("step 8", old, timeout: 60) { old.running() == "2.0" }
+        try waitFor("h02 converged on 2.0", old, timeout: 60) { old.running() == "2.0" }
 
         let history = try etcd.history(etcd.rolloutKey, since: takeover)
         #expect(!history.isEmpty)
