@@ -141,10 +141,12 @@ struct FleetBench {
         let watching = try await observer.start()
         defer { watching.cancel() }
         var models: [ModelHost] = []
+        let concurrency = ModelConcurrency()
         var fleets: [Fleet] = []
         for index in 0..<n {
             let name = String(format: "host-%03d", index)
-            let model = ModelHost(name: name, version: "1.0.0", seed: UInt64(index + 1), timings: timings, hasMigration: index == n - 1)
+            let model = ModelHost(name: name, version: "1.0.0", seed: UInt64(index + 1), timings: timings, hasMigration: index == n - 1,
+                                  concurrency: concurrency)
             models.append(model)
             fleets.append(try Fleet(settings: settings(host: name, coordinator: index < options.coordinators), local: model, logger: logger))
         }
@@ -163,7 +165,8 @@ struct FleetBench {
 
         // The operator: a Fleet that only writes plans (never started: its client counts apart).
         let operatorFleet = try Fleet(settings: settings(host: "operator", coordinator: false),
-                                      local: ModelHost(name: "operator", version: "1.0.0", seed: 0, timings: timings, hasMigration: false),
+                                      local: ModelHost(name: "operator", version: "1.0.0", seed: 0, timings: timings, hasMigration: false,
+                                                       concurrency: ModelConcurrency()),
                                       logger: logger)
         let scenarios = [
             FleetScenario(name: "canary 0, max-unavailable 25", maxUnavailable: 25),
@@ -176,12 +179,23 @@ struct FleetBench {
                           maxUnavailable: 10, failureRate: options.failureRate, failureThreshold: n / 10),
         ]
         var results: [FleetResult] = []
-        for (index, scenario) in scenarios.enumerated() {
+        let chosen = option("--scenarios", default: "").split(separator: ",").compactMap { Int($0) }
+        var steadyDone = options.steadySeconds <= 0
+        for (index, scenario) in scenarios.enumerated() where chosen.isEmpty || chosen.contains(index) {
             for model in models { model.timings.withLock { $0.failureRate = scenario.failureRate } }
-            let result = try await rollout(scenario, version: "1.\(index + 1).0", fleets: fleets, models: models,
+            _ = concurrency.reset()
+            var result = try await rollout(scenario, version: "1.\(index + 1).0", fleets: fleets, models: models,
                                            observer: observer, operatorFleet: operatorFleet)
+            result.handoffs = concurrency.reset()
+            if !scenario.barrier, result.handoffs > scenario.maxUnavailable, result.problem == nil {
+                result.problem = "\(result.handoffs) hosts were mid-handoff at once, more than max-unavailable \(scenario.maxUnavailable)"
+            }
+            print("  model upgrades at once, at most: \(result.handoffs)" + (result.problem.map { "; PROBLEM: \($0)" } ?? ""))
             results.append(result)
-            if index == 0 { try await steady(fleets: fleets) }
+            if !steadyDone {
+                steadyDone = true
+                try await steady(fleets: fleets)
+            }
         }
 
         print("\n== summary: \(n) hosts, upgrade \(timings.upgradeMs) ± \(timings.jitterMs) ms")
@@ -277,14 +291,13 @@ struct FleetBench {
         var result = FleetResult(scenario: scenario, minimum: minimum, plan: plan, hosts: n, onVersion: onVersion,
                                  requests: deltas.reduce(0, +), leaderRequests: leader.map { deltas[$0] })
         if scenario.failureRate == 0 && onVersion != n { result.problem = "\(n - onVersion) hosts are not on \(version)" }
-        if !scenario.barrier, plan.maxHandingOver > scenario.maxUnavailable {
-            result.problem = "\(plan.maxHandingOver) hosts were mid-handoff at once, more than max-unavailable \(scenario.maxUnavailable)"
+        if !scenario.barrier, plan.maxSlots > scenario.maxUnavailable {
+            result.problem = "\(plan.maxSlots) slot keys were held at once, more than max-unavailable \(scenario.maxUnavailable)"
         }
         if scenario.failureRate == 0, plan.endPhase != .done { result.problem = "the rollout ended \(plan.endPhase?.rawValue ?? "?")" }
         for line in result.details { print("  " + line) }
         print(String(format: "  CPU over the rollout (%.1f s): baton-bench %.0f%%, etcd members %.0f%% (of one core)",
                      elapsed, 100 * used.bench / elapsed, 100 * used.etcd / elapsed))
-        if let problem = result.problem { print("  PROBLEM: \(problem)") }
         return result
     }
 
@@ -350,6 +363,8 @@ struct FleetResult {
     var requests: Int
     var leaderRequests: Int?
     var problem: String?
+    /// The most model upgrades that ran at once.
+    var handoffs = 0
 
     var ok: Bool { problem == nil }
 
@@ -370,7 +385,11 @@ struct FleetResult {
         ]
         if let first = since(plan.firstHandingOver) { lines.append("first host handing over at \(format(first))") }
         let writes = plan.writes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
-        lines.append("max hosts mid-handoff at once: \(plan.maxHandingOver); slot keys held at most: \(plan.maxSlots); writes seen: \(writes)")
+        lines.append("hosts showing handing_over at once, at most: \(plan.maxHandingOver); slot keys held at most: \(plan.maxSlots); writes seen: \(writes)")
+        if !plan.slotGaps.isEmpty {
+            lines.append("a slot key free before the next host takes it: " + spread(plan.slotGaps)
+                         + "; held: " + spread(plan.slotHolds) + " (\(plan.slotHolds.count) takes)")
+        }
         let perHost = Double(requests) / Double(hosts)
         var text = String(format: "etcd requests: %d (%.1f per host)", requests, perHost)
         if let leaderRequests {
@@ -381,12 +400,19 @@ struct FleetResult {
         return lines
     }
 
+    /// "median X ms, p90 Y ms, max Z ms".
+    func spread(_ values: [Double]) -> String {
+        let sorted = values.sorted()
+        func at(_ q: Double) -> Double { sorted[min(sorted.count - 1, Int(q * Double(sorted.count)))] * 1000 }
+        return String(format: "median %.0f ms, p90 %.0f ms, max %.0f ms", at(0.5), at(0.9), sorted.last! * 1000)
+    }
+
     var line: String {
         let ratio = since(plan.end).map { String(format: "%.2fx", $0 / minimum) } ?? "—"
         func pad(_ text: String, _ width: Int) -> String { String(repeating: " ", count: max(0, width - text.count)) + text }
         return "  " + scenario.name.padding(toLength: 50, withPad: " ", startingAt: 0) + pad(format(since(plan.hostsDone)), 15)
             + pad(format(since(plan.end)), 14) + pad(String(format: "%.2f s", minimum), 16) + pad(ratio, 7)
-            + pad(String(plan.maxHandingOver), 17) + pad(String(format: "%.1f", Double(requests) / Double(hosts)), 15)
+            + pad(String(handoffs), 17) + pad(String(format: "%.1f", Double(requests) / Double(hosts)), 15)
     }
 }
 
@@ -403,6 +429,9 @@ final class FleetObserver: Sendable {
         var phases: [(phase: FleetRolloutState.Phase, at: ContinuousClock.Instant)] = []
         var maxHandingOver = 0
         var maxSlots = 0
+        /// Seconds from a slot key's delete to its next put, and from a put to its delete.
+        var slotGaps: [Double] = []
+        var slotHolds: [Double] = []
         /// Puts and deletes seen under each folder while this plan was the current one.
         var writes: [String: Int] = [:]
     }
@@ -410,6 +439,9 @@ final class FleetObserver: Sendable {
     struct State: Sendable {
         var hosts: [String: FleetHostStatus] = [:]
         var slots: Set<String> = []
+        /// Per slot key: when it was last deleted, or put.
+        var slotFreed: [String: ContinuousClock.Instant] = [:]
+        var slotTaken: [String: ContinuousClock.Instant] = [:]
         var leader: String?
         var current: String?
         var plans: [String: Plan] = [:]
@@ -448,6 +480,7 @@ final class FleetObserver: Sendable {
         let folder = key.dropFirst(keys.root.count).split(separator: "/").first.map(String.init) ?? ""
         if let current = state.current { state.plans[current, default: Plan()].writes[folder, default: 0] += 1 }
         if key == keys.plan, put, let plan = try? WireJSON.decoder.decode(FleetPlan.self, from: Data(event.kv.value)) {
+            if state.current != plan.id { state.slotFreed = [:] }
             state.current = plan.id
             if state.plans[plan.id]?.seen == nil { state.plans[plan.id, default: Plan()].seen = now }
         } else if key == keys.rollout, put, let rollout = try? WireJSON.decoder.decode(FleetRolloutState.self, from: Data(event.kv.value)) {
@@ -469,7 +502,19 @@ final class FleetObserver: Sendable {
                 state.hosts[name] = nil
             }
         } else if key.hasPrefix(keys.slots) {
-            if put { state.slots.insert(key) } else { state.slots.remove(key) }
+            if put, !state.slots.contains(key) {
+                state.slots.insert(key)
+                if let current = state.current, let freed = state.slotFreed[key] {
+                    state.plans[current, default: Plan()].slotGaps.append(seconds(now - freed))
+                }
+                state.slotTaken[key] = now
+            } else if !put {
+                state.slots.remove(key)
+                state.slotFreed[key] = now
+                if let current = state.current, let taken = state.slotTaken.removeValue(forKey: key) {
+                    state.plans[current, default: Plan()].slotHolds.append(seconds(now - taken))
+                }
+            }
         }
         guard let current = state.current else { return }
         var plan = state.plans[current, default: Plan()]

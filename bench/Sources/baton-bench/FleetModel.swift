@@ -36,11 +36,13 @@ final class ModelHost: FleetLocal {
 
     let name: String
     let timings: Mutex<ModelTimings>
+    let concurrency: ModelConcurrency
     let hasMigration: Bool
     private let state: Mutex<State>
 
-    init(name: String, version: String, seed: UInt64, timings: ModelTimings, hasMigration: Bool) {
+    init(name: String, version: String, seed: UInt64, timings: ModelTimings, hasMigration: Bool, concurrency: ModelConcurrency) {
         self.name = name
+        self.concurrency = concurrency
         self.timings = Mutex(timings)
         self.hasMigration = hasMigration
         self.state = Mutex(State(version: version, desired: version, machineVersion: version, random: SplitMix64(seed: seed)))
@@ -77,6 +79,8 @@ final class ModelHost: FleetLocal {
             return (state.version, max(0, timings.upgradeMs + jitter), fails)
         }
         var outcome = FleetUpgradeOutcome.done
+        concurrency.began()
+        defer { concurrency.ended() }
         if let barrier {
             await pause(milliseconds: timings.haltMs)
             state.withLock { $0.version = nil }
@@ -109,6 +113,15 @@ final class ModelHost: FleetLocal {
     private func pause(milliseconds: Int) async {
         if milliseconds > 0 { try? await Task.sleep(for: .milliseconds(milliseconds)) }
     }
+}
+
+/// How many model upgrades (handoffs) run at once, and the most seen: what max-unavailable bounds.
+final class ModelConcurrency: Sendable {
+    private let counts = Mutex((now: 0, most: 0))
+    func began() { counts.withLock { $0.now += 1; $0.most = max($0.most, $0.now) } }
+    func ended() { counts.withLock { $0.now -= 1 } }
+    /// The most since the last reset, and starts counting again.
+    func reset() -> Int { counts.withLock { let most = $0.most; $0.most = $0.now; return most } }
 }
 
 /// A small seeded generator: each host's jitter and failures repeat from run to run.
