@@ -199,7 +199,7 @@ struct FleetBench {
         }
 
         print("\n== summary: \(n) hosts, upgrade \(timings.upgradeMs) ± \(timings.jitterMs) ms")
-        print("  plan                                              all hosts done  rollout done  serial minimum  ratio  max mid-handoff  requests/host")
+        print("  plan                                              all hosts done  rollout done  serial minimum  ratio  upgrades at once  requests/host")
         for result in results {
             print(result.line)
         }
@@ -412,7 +412,7 @@ struct FleetResult {
         func pad(_ text: String, _ width: Int) -> String { String(repeating: " ", count: max(0, width - text.count)) + text }
         return "  " + scenario.name.padding(toLength: 50, withPad: " ", startingAt: 0) + pad(format(since(plan.hostsDone)), 15)
             + pad(format(since(plan.end)), 14) + pad(String(format: "%.2f s", minimum), 16) + pad(ratio, 7)
-            + pad(String(handoffs), 17) + pad(String(format: "%.1f", Double(requests) / Double(hosts)), 15)
+            + pad(String(handoffs), 18) + pad(String(format: "%.1f", Double(requests) / Double(hosts)), 15)
     }
 }
 
