@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Checks a running batond against api/openapi.yaml.
 
-usage: check-contract.py SPEC BASE_URL TOKEN
+usage: check-contract.py SPEC BASE_URL TOKEN [fleet]
+
+With `fleet` the batond runs in fleet mode (a `[fleet]` section, etcd
+reachable, no plan yet) and the fleet routes are checked with their answers in
+fleet mode; without it they are checked answering `fleet_off`.
 
 Calls every route the spec lists (and the error cases it documents), and
 validates each answer's status, content type and JSON body against the schema
@@ -41,6 +45,7 @@ def sha256(text):
 
 def main():
     spec_path, base, token = sys.argv[1:4]
+    fleet = sys.argv[4:5] == ["fleet"]
     with open(spec_path) as handle:
         spec = yaml.safe_load(handle)
     components = spec["components"]
@@ -119,6 +124,35 @@ def main():
         ("post", "/v1/instances/{id}/stopped", "/v1/instances/demo.1/stopped", None, "{}", 401),
         ("get", "/v1/instances/{id}/signal", "/v1/instances/demo.1/signal", token, None, 403),
     ]
+    source = '{"demo": {"url": "http://127.0.0.1:9/demo.tar.gz", "sha256": "' + "0" * 64 + '"}}'
+    if fleet:
+        checks += [
+            ("get", "/v1/fleet", "/v1/fleet", token, None, 200),
+            ("get", "/v1/fleet", "/v1/fleet", None, None, 401),
+            ("post", "/v1/fleet/rollback", "/v1/fleet/rollback", token, "{}", 404),
+            ("post", "/v1/fleet/exclude", "/v1/fleet/exclude", token, '{"hosts": ["h9"]}', 404),
+            ("put", "/v1/fleet", "/v1/fleet", token, '{"version": "1.0", "releases": ' + source + '}', 200),
+            ("put", "/v1/fleet", "/v1/fleet", token, '{"version": "2.0", "releases": ' + source + ', "canary": 1, '
+             '"max_unavailable": 2, "soak_ms": 1000}', 200),
+            ("put", "/v1/fleet", "/v1/fleet", token, '{"version": "3.0", "releases": ' + source + ', "expect_revision": 1}', 409),
+            ("put", "/v1/fleet", "/v1/fleet", token, '{"version": "../x", "releases": ' + source + '}', 422),
+            ("put", "/v1/fleet", "/v1/fleet", token, '{"version": "3.0", "agents": ["demo"]}', 422),
+            ("put", "/v1/fleet", "/v1/fleet", token, '{"version": "3.0", "barrier": true, "canary": 2, "releases": ' + source + '}', 422),
+            ("put", "/v1/fleet", "/v1/fleet", token, '{"version": "3.0", "colour": "red"}', 422),
+            ("put", "/v1/fleet", "/v1/fleet", token, "{", 400),
+            ("post", "/v1/fleet/exclude", "/v1/fleet/exclude", token, '{"hosts": ["h9"]}', 200),
+            ("post", "/v1/fleet/exclude", "/v1/fleet/exclude", token, '{"hosts": ["a/b"]}', 422),
+            ("post", "/v1/fleet/rollback", "/v1/fleet/rollback", token, '{"expect_revision": 1}', 409),
+            ("post", "/v1/fleet/rollback", "/v1/fleet/rollback", token, "{}", 200),
+            ("get", "/v1/fleet", "/v1/fleet", token, None, 200),
+        ]
+    else:
+        checks += [
+            ("get", "/v1/fleet", "/v1/fleet", token, None, 404),
+            ("put", "/v1/fleet", "/v1/fleet", token, '{"version": "2.0"}', 404),
+            ("post", "/v1/fleet/rollback", "/v1/fleet/rollback", token, "{}", 404),
+            ("post", "/v1/fleet/exclude", "/v1/fleet/exclude", token, '{"hosts": ["h1"]}', 404),
+        ]
     seen = set()
     for method, template, path, credential, payload, expected in checks:
         operation = spec["paths"][template][method]

@@ -79,6 +79,7 @@ if (( test )); then
     # A real etcd cluster for the fleet's tests (members run by hand, not the package's service).
     need_cmd etcd-server etcd
     need_cmd etcd-client etcdctl
+    need_cmd openssl openssl  # certificates for the etcd client's TLS tests
     command -v promtool >/dev/null 2>&1 || promtool_missing=1
     # The contract check needs two Python modules. Debian's python3 takes them from
     # apt; another python3 on PATH (pyenv, a venv) from PyPI, after apt is done.

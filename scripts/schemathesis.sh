@@ -48,6 +48,32 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Fleet mode, when etcd is installed (make test installs it): one etcd member on free
+# loopback ports, its data under the state directory, so that the fleet routes answer
+# from a real etcd rather than 404 fleet_off.
+fleet_config=
+etcd_pid=
+if command -v etcd >/dev/null; then
+    read -r client_port peer_port < <(python3 -c 'import socket
+sockets = [socket.socket() for _ in range(2)]
+for s in sockets: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in sockets])')
+    etcd --name schemathesis --data-dir "$state/etcd" \
+        --listen-client-urls "http://127.0.0.1:$client_port" --advertise-client-urls "http://127.0.0.1:$client_port" \
+        --listen-peer-urls "http://127.0.0.1:$peer_port" --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
+        --initial-cluster "schemathesis=http://127.0.0.1:$peer_port" --log-outputs "$state/etcd.log" --logger zap \
+        >/dev/null 2>&1 &
+    etcd_pid=$!
+    fleet_config="[fleet]
+endpoints = [\"http://127.0.0.1:$client_port\"]
+host = \"schemathesis\"
+lease_ttl = \"3s\""
+fi
+stop_etcd() {
+    if [[ -n $etcd_pid ]]; then kill -KILL "$etcd_pid" 2>/dev/null || true; wait "$etcd_pid" 2>/dev/null || true; fi
+}
+trap 'stop_etcd; cleanup' EXIT
+
 releases="$state/releases/machine-0"
 for version in 1.4.2 1.4.3; do
     mkdir -p "$releases/$version/bin"
@@ -68,6 +94,7 @@ ready_timeout = "10s"
 stop_timeout = "2s"
 kill_timeout = "1s"
 EOF
+if [[ -n $fleet_config ]]; then printf '\n%s\n' "$fleet_config" >>"$state/batond.toml"; fi
 
 "$batond" --config "$state/batond.toml" --state-dir "$state" --listen 127.0.0.1:0 --log-level warning \
     2>"$state/batond.log" &
@@ -105,7 +132,10 @@ done
 # (415 otherwise); a fetch's URL must be one libcurl parses as http or https with a
 # host (422 invalid_url), which the schema's pattern only approximates. A desired
 # version's url and sha256 are for agents batond does not start (external = true);
-# the schema cannot say which agents those are (422 not_external otherwise).
+# the schema cannot say which agents those are (422 not_external otherwise). A fleet
+# plan needs a source (URL and digest) for every agent it names, given or stored on
+# the machine (422 invalid_plan otherwise); a rollback needs a previous plan, and an
+# exclusion a plan (404 no_plan otherwise): a schema cannot say either.
 cat >"$state/operator.toml" <<EOF
 headers = { Authorization = "Bearer $token" }
 [cache]
@@ -121,6 +151,15 @@ include-operation-id = "setDesired"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 [[operations]]
 include-operation-id = "fetchRelease"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
+[[operations]]
+include-operation-id = "setFleet"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
+[[operations]]
+include-operation-id = "rollbackFleet"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
+[[operations]]
+include-operation-id = "excludeFromFleet"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 EOF
 cat >"$state/instance.toml" <<EOF

@@ -32,7 +32,7 @@ public final class API: Sendable {
     let daemon: any DaemonControl
     let metrics: Metrics
     /// The encoded `/v1/status` body and the ledger position it was built at.
-    private let statusCache = Mutex<(seq: UInt64, instances: Int, writable: Bool, body: [UInt8])?>(nil)
+    private let statusCache = Mutex<(seq: UInt64, instances: Int, writable: Bool, fleet: FleetSummary?, body: [UInt8])?>(nil)
     let events: EventWaiters
     let logger: Logger
     /// Installed by `makeServer`; read by /metrics for its gauges, told of every commit
@@ -176,13 +176,16 @@ public final class API: Sendable {
     /// `/v1/status`, encoded once per ledger change: monitoring polls it often and
     /// everything in it derives from the ledger's published state and fixed facts.
     func statusResponse() -> Response {
-        let seq = ledger.lastSeq, instances = supervisor.registry.generation, writable = ledger.isWritable
-        if let cached = statusCache.withLock({ $0 }), cached.seq == seq, cached.instances == instances, cached.writable == writable {
+        let seq = ledger.lastSeq, instances = supervisor.registry.generation, writable = ledger.isWritable, fleet = fleet?.summary
+        if let cached = statusCache.withLock({ $0 }), cached.seq == seq, cached.instances == instances, cached.writable == writable,
+           cached.fleet == fleet {
             return .json(bytes: cached.body)
         }
-        let response = Response.json(status())
+        var view = status()
+        view.fleet = fleet
+        let response = Response.json(view)
         if response.status == 200 {
-            statusCache.withLock { $0 = (seq, instances, writable, response.body) }
+            statusCache.withLock { $0 = (seq, instances, writable, fleet, response.body) }
         }
         return response
     }

@@ -33,13 +33,13 @@ public struct FleetObservation: Sendable, Equatable {
 /// A state that differs from the stored one only in `updatedAt` or `coordinator` is not
 /// written: a new coordinator does not rewrite the state to sign it.
 ///
-/// What counts (rule 2 of the issue's design):
+/// What counts:
 /// - a host is done with the plan when its status says `rollout.id == plan.id` and
 ///   phase `done`, and no agent of the plan on it has a standing rewind;
 /// - a host failed when its phase for the plan is `failed` or `restored` (its `error`
 ///   says why), or it was done and then an agent of the plan rewound ("agent X rewound").
 ///   Failed hosts are recorded in `state.failed` once, with the first reason seen, and
-///   stay there for the plan: a host that fails then recovers still counted against
+///   stay there for the plan: a host that fails then recovers still counts against
 ///   the rollout. While restoring, `restored` is what the fleet asks for, not a failure:
 ///   only `failed` hosts are recorded then.
 ///
@@ -112,7 +112,7 @@ public enum FleetCoordinator {
 
     // MARK: - The fleet as this plan sees it
 
-    struct Fleet {
+    private struct Fleet {
         let now: Timestamp
         let registered: [String: FleetHostStatus]
         let halted: [String: FleetHalted]
@@ -187,8 +187,9 @@ public enum FleetCoordinator {
 
     // MARK: - Steps
 
-    /// The first state of a plan (rule 1).
-    static func begin(_ plan: FleetPlan, _ fleet: Fleet) -> State {
+    /// The first state of a plan: the barrier halts every registered host; a canary admits
+    /// its wave; without either, every host may begin.
+    private static func begin(_ plan: FleetPlan, _ fleet: Fleet) -> State {
         var state = State(id: plan.id, version: plan.version, phase: .rolling, all: true, coordinator: "",
                           updatedAt: fleet.now)
         if plan.barrier {
@@ -203,7 +204,7 @@ public enum FleetCoordinator {
     }
 
     /// One step from `state`: the same state when nothing moves it.
-    static func step(_ state: State, _ plan: FleetPlan, _ fleet: Fleet) -> State {
+    private static func step(_ state: State, _ plan: FleetPlan, _ fleet: Fleet) -> State {
         var state = state
         switch state.phase {
         case .paused, .done, .restored:
@@ -213,7 +214,7 @@ public enum FleetCoordinator {
         case .canary, .soaking, .rolling, .halting, .migrating, .proceeding:
             record(fleet.failures, into: &state)
         }
-        let barrier = Set(plan.exclude)
+        let excluded = Set(plan.exclude)
         switch state.phase {
         case .canary:
             if state.admitted.isEmpty { state.admitted = fleet.wave(plan.canary) }
@@ -257,7 +258,7 @@ public enum FleetCoordinator {
             }
         case .halting:
             state.admitted = Array(Set(state.admitted).union(fleet.registered.keys)).sorted()
-            let waited = state.admitted.filter { !barrier.contains($0) }
+            let waited = state.admitted.filter { !excluded.contains($0) }
             let failed = waited.filter { state.failed[$0] != nil }
             if !failed.isEmpty {
                 state.phase = .restoring
@@ -267,7 +268,8 @@ public enum FleetCoordinator {
             let gone = waited.filter { fleet.registered[$0] == nil }
             if !waited.isEmpty && waited.allSatisfy({ fleet.registered[$0] != nil && fleet.halted[$0] != nil }) {
                 state.reason = nil
-                state.phase = fleet.halted.values.contains(where: \.migration) ? .migrating : .proceeding
+                let migration = fleet.halted.contains { fleet.registered[$0.key] != nil && $0.value.migration }
+                state.phase = migration ? .migrating : .proceeding
             } else if waited.isEmpty {
                 state.reason = "waiting for a host to halt: none is registered outside the excluded ones"
             } else if gone.isEmpty {
@@ -275,9 +277,8 @@ public enum FleetCoordinator {
             } else if gone.count == 1 {
                 state.reason = "waiting for \(gone[0]), gone since its lease ended: exclude it with `baton fleet exclude \(gone[0])`"
             } else {
-                let names = gone.joined(separator: " ")
                 state.reason = "waiting for \(gone.joined(separator: ", ")), gone since their leases ended: "
-                    + "exclude them with `baton fleet exclude \(names)`"
+                    + "exclude them with `baton fleet exclude \(gone.joined(separator: " "))`"
             }
         case .migrating:
             if let outcome = fleet.outcome {
@@ -292,12 +293,12 @@ public enum FleetCoordinator {
                 state.reason = "the migration's host \(claimer) is gone: its outcome is unknown"
             }
         case .proceeding:
-            let waited = fleet.registered.keys.filter { !barrier.contains($0) }
+            let waited = fleet.registered.keys.filter { !excluded.contains($0) }
             if !waited.isEmpty && waited.allSatisfy({ fleet.isSettled($0, failed: state.failed) }) {
                 state.phase = .done
             }
         case .restoring:
-            if fleet.registered.keys.filter({ !barrier.contains($0) }).allSatisfy({ fleet.isRestored($0, plan) }) {
+            if fleet.registered.keys.filter({ !excluded.contains($0) }).allSatisfy({ fleet.isRestored($0, plan) }) {
                 state.phase = .restored
             }
         case .paused, .done, .restored:
@@ -309,11 +310,11 @@ public enum FleetCoordinator {
     // MARK: - Helpers
 
     /// Records hosts not yet recorded; a recorded host keeps its first reason.
-    static func record(_ failures: [String: String], into state: inout State) {
+    private static func record(_ failures: [String: String], into state: inout State) {
         for (host, why) in failures where state.failed[host] == nil { state.failed[host] = why }
     }
 
-    static func pause(_ state: State, _ reason: String) -> State {
+    private static func pause(_ state: State, _ reason: String) -> State {
         var state = state
         state.phase = .paused
         state.reason = reason
@@ -321,11 +322,11 @@ public enum FleetCoordinator {
     }
 
     /// `h1 (why), h2 (why)`.
-    static func describe(_ hosts: [String], _ failed: [String: String]) -> String {
+    private static func describe(_ hosts: [String], _ failed: [String: String]) -> String {
         hosts.map { "\($0) (\(failed[$0] ?? "failed"))" }.joined(separator: ", ")
     }
 
-    static func sameIgnoringStamp(_ a: State, _ b: State) -> Bool {
+    private static func sameIgnoringStamp(_ a: State, _ b: State) -> Bool {
         var a = a
         a.updatedAt = b.updatedAt
         a.coordinator = b.coordinator

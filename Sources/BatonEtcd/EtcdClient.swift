@@ -250,21 +250,27 @@ public final class EtcdClient: Sendable {
     }
 
     /// One unary call, authenticated when the settings have a user: blocks the calling thread.
-    /// An expired token is replaced once.
+    /// A token etcd refuses is replaced once.
     func call(_ path: String, body: [UInt8], kind: Kind) throws(EtcdError) -> JSONObject {
-        var token = try currentToken()
+        let token = try currentToken()
         do {
             return try exchange(path, body: body, kind: kind, token: token)
-        } catch .failed(code: GRPCCode.unauthenticated, let message) where token != nil {
-            // Simple tokens expire after etcd's --auth-token-ttl (5 min) unused; a member
-            // restarted forgets them all. Authenticate again, once.
+        } catch where token != nil && EtcdClient.refusesToken(error) {
             forget(token: token)
-            token = try currentToken()
-            do {
-                return try exchange(path, body: body, kind: kind, token: token)
-            } catch .failed(code: GRPCCode.unauthenticated, _) {
-                throw .failed(code: GRPCCode.unauthenticated, message: message)
-            }
+            return try exchange(path, body: body, kind: kind, token: try currentToken())
+        }
+    }
+
+    /// Whether etcd refused the token, having applied nothing, so that the same call may
+    /// pass with a new one: "invalid auth token" (simple tokens expire after etcd's
+    /// --auth-token-ttl, 5 min, unused, and a restarted member forgets them all), or
+    /// "revision of auth store is old" (a JWT made before users or roles last changed;
+    /// refused when applied, with no effect).
+    static func refusesToken(_ error: EtcdError) -> Bool {
+        switch error {
+        case .failed(GRPCCode.unauthenticated, _): true
+        case .failed(GRPCCode.invalidArgument, let message): message.contains("revision of auth store is old")
+        case .failed, .unreachable, .leaseNotFound, .compacted, .badAnswer: false
         }
     }
 

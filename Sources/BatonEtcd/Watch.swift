@@ -17,11 +17,13 @@ public struct EtcdEvent: Sendable, Equatable {
 /// What a watch stream yields.
 public enum EtcdWatchUpdate: Sendable, Equatable {
     /// Events in revision order. `revision` is the mod revision of the last one: the watcher
-    /// has seen every change up to it. With no events it is a progress notification: nothing
-    /// changed up to `revision`.
+    /// has seen every change up to it. With no events, the watcher has seen every change up
+    /// to `revision` and is connected: it comes when the watch is connected again after
+    /// `.disconnected` (and for a progress notification from etcd).
     case events([EtcdEvent], revision: Int64)
     /// The stream broke (or could not be opened): said once per break, not per retry. The
-    /// watch reconnects by itself, from the revision after the last one seen.
+    /// watch reconnects by itself, from the revision after the last one seen, and says so
+    /// with an empty `.events`.
     case disconnected(EtcdError)
     /// The revisions asked for were compacted away (this is the compact revision): the
     /// stream finishes. Re-read, then watch again from the read's revision + 1.
@@ -87,12 +89,12 @@ private final class Watcher: Sendable {
             }
             endpoint %= endpoints.count
             let url = endpoints[endpoint]
-            var session = Session(next: next)
+            var session = Session(next: next, announce: reported)
             let failure: EtcdError
             do {
                 let token = try client.currentToken()
                 failure = connect(url, token: token, session: &session)
-                if case .failed(GRPCCode.unauthenticated, _) = failure { client.forget(token: token) }
+                if EtcdClient.refusesToken(failure) { client.forget(token: token) }
             } catch {
                 failure = error
             }
@@ -121,6 +123,8 @@ private final class Watcher: Sendable {
     struct Session {
         /// The revision to start from on the next connection.
         var next: Int64
+        /// Whether to say when the watch is created: it was said to be disconnected.
+        var announce: Bool
         var created = false
         var lines = LineSplitter()
         /// Why the watcher ended the stream itself.
@@ -166,15 +170,12 @@ private final class Watcher: Sendable {
         guard let result = object.object("result") else { throw .badAnswer("a watch line without a result") }
         let compactRevision = try result.int64("compact_revision")
         if compactRevision > 0 { throw .compacted(compactRevision) }
-        if result.bool("canceled") {
-            // E.g. "rpc error: code = Unauthenticated desc = etcdserver: invalid auth token".
-            let reason = result.string("cancel_reason") ?? "etcd canceled the watch"
-            throw .failed(code: reason.contains("code = Unauthenticated") ? GRPCCode.unauthenticated : 0, message: reason)
-        }
+        if result.bool("canceled") { throw .watchCanceled(result.string("cancel_reason") ?? "etcd canceled the watch") }
         if result.bool("created") {
             session.created = true
             // A watch from now starts after the revision it was created at.
             if session.next == 0 { session.next = try result.revision() + 1 }
+            if session.announce { continuation.yield(.events([], revision: session.next - 1)) }
             return
         }
         let events = try result.objects("events").map { (event) throws(EtcdError) -> EtcdEvent in
@@ -202,6 +203,19 @@ private final class Watcher: Sendable {
         while !isStopped, ContinuousClock.now < until {
             Thread.sleep(forTimeInterval: 0.02)
         }
+    }
+}
+
+extension EtcdError {
+    /// A watch's `cancel_reason` as an error: "rpc error: code = Unauthenticated desc =
+    /// etcdserver: invalid auth token" is `.failed(code: 16, message: "etcdserver: invalid auth token")`.
+    static func watchCanceled(_ reason: String) -> EtcdError {
+        let codes = ["InvalidArgument": GRPCCode.invalidArgument, "NotFound": GRPCCode.notFound, "PermissionDenied": 7,
+                     "Unavailable": GRPCCode.unavailable, "Unauthenticated": GRPCCode.unauthenticated]
+        let prefix = "rpc error: code = "
+        guard reason.hasPrefix(prefix), let desc = reason.range(of: " desc = ") else { return .failed(code: 0, message: reason) }
+        let name = String(reason[reason.index(reason.startIndex, offsetBy: prefix.count)..<desc.lowerBound])
+        return .failed(code: codes[name] ?? 0, message: String(reason[desc.upperBound...]))
     }
 }
 

@@ -156,6 +156,7 @@ extension EtcdError {
 
 /// The gRPC status codes the client acts on.
 enum GRPCCode {
+    static let invalidArgument = 3
     static let notFound = 5
     static let unavailable = 14
     static let unauthenticated = 16

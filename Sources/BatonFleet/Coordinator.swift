@@ -24,6 +24,8 @@ actor FleetCoordinatorRole {
     private(set) var leader: String?
     private(set) var refusedWrites = 0
     private(set) var writes = 0
+    /// Keys whose values could not be read at the last look (logged once).
+    private var unreadable: [String] = []
     private var task: Task<Void, Never>?
 
     init(settings: BatondConfig.FleetSettings, client: EtcdClient, member: FleetMember, gauges: FleetGaugeBox, logger: Logger) {
@@ -109,7 +111,14 @@ actor FleetCoordinatorRole {
             do throws(EtcdError) {
                 let observation = try await observe()
                 guard observation.leaderOK else { return deposed("another host holds the leader key") }
-                if let next = FleetCoordinator.next(observation.value) {
+                if !observation.unreadable.isEmpty {
+                    // Decide nothing on a partial picture; look again at the next change.
+                    if observation.unreadable != unreadable {
+                        logger.error("fleet values this batond cannot read: the rollout waits",
+                                     metadata: ["keys": "\(observation.unreadable.joined(separator: ", "))"])
+                    }
+                    unreadable = observation.unreadable
+                } else if let next = FleetCoordinator.next(observation.value) {
                     if try await write(next) {
                         logger.notice("fleet rollout state", metadata: ["plan": "\(next.id)", "phase": "\(next.phase.rawValue)",
                                                                        "reason": "\(next.reason ?? "")"])
@@ -126,7 +135,11 @@ actor FleetCoordinatorRole {
             // Until something changes, the rules' next time, or 5 s (a host's lease ending
             // shows as a delete, but a clock-driven step has no event).
             let limit: Duration = wake.map { .milliseconds(max(10, min(5000, $0.milliseconds - Timestamp.now().milliseconds))) } ?? .seconds(5)
-            let timer = Task { try? await Task.sleep(for: limit); changes.continuation.yield() }
+            let timer = Task {
+                // A cancelled timer must not wake the next wait.
+                guard (try? await Task.sleep(for: limit)) != nil else { return }
+                changes.continuation.yield()
+            }
             var iterator = changes.stream.makeAsyncIterator()
             _ = await iterator.next()
             timer.cancel()
@@ -139,7 +152,7 @@ actor FleetCoordinatorRole {
         gauges.update { $0.coordinator = false }
     }
 
-    struct Observed { var value: FleetObservation; var leaderOK: Bool }
+    struct Observed { var value: FleetObservation; var leaderOK: Bool; var unreadable: [String] }
 
     /// The whole fleet at one revision.
     private func observe() async throws(EtcdError) -> Observed {
@@ -150,26 +163,34 @@ actor FleetCoordinatorRole {
         var leaderOK = false
         var values: [String: EtcdKeyValue] = [:]
         for kv in all.kvs { values[kv.key] = kv }
-        if let kv = values[keys.plan] { plan = try? WireJSON.decoder.decode(FleetPlan.self, from: Data(kv.value)) }
-        if let kv = values[keys.rollout] { state = try? WireJSON.decoder.decode(FleetRolloutState.self, from: Data(kv.value)) }
+        // A value this batond cannot read (written by a newer one, or by hand) is never
+        // taken for an absent one: a rollout state read as absent would restart the
+        // rollout, a host's status read as absent would count it gone.
+        var unreadable: [String] = []
+        func decode<T: Decodable>(_ type: T.Type, _ kv: EtcdKeyValue) -> T? {
+            guard let value = try? WireJSON.decoder.decode(type, from: Data(kv.value)) else {
+                unreadable.append(kv.key)
+                return nil
+            }
+            return value
+        }
+        if let kv = values[keys.plan] { plan = decode(FleetPlan.self, kv) }
+        if let kv = values[keys.rollout] { state = decode(FleetRolloutState.self, kv) }
         if let kv = values[keys.coordinator] { leaderOK = kv.string == me && kv.createRevision == term }
         for kv in all.kvs where keys.name(of: kv.key, in: keys.hosts) != nil {
-            if let status = try? WireJSON.decoder.decode(FleetHostStatus.self, from: Data(kv.value)) { hosts.append(status) }
+            if let status = decode(FleetHostStatus.self, kv) { hosts.append(status) }
         }
         gauges.update { [count = hosts.count] in $0.hosts = count }
         var observation = FleetObservation(plan: plan, state: state, hosts: hosts, now: .now(), me: me)
         if let plan {
             for kv in all.kvs {
-                guard let host = keys.name(of: kv.key, in: keys.halted(plan.id)),
-                      let halted = try? WireJSON.decoder.decode(FleetHalted.self, from: Data(kv.value)) else { continue }
+                guard let host = keys.name(of: kv.key, in: keys.halted(plan.id)), let halted = decode(FleetHalted.self, kv) else { continue }
                 observation.halted[host] = halted
             }
             observation.migrationClaim = values[keys.migration(plan.id)]?.string
-            observation.migrationOutcome = values[keys.outcome(plan.id)].flatMap {
-                try? WireJSON.decoder.decode(FleetMigrationOutcome.self, from: Data($0.value))
-            }
+            observation.migrationOutcome = values[keys.outcome(plan.id)].flatMap { decode(FleetMigrationOutcome.self, $0) }
         }
-        return Observed(value: observation, leaderOK: leaderOK)
+        return Observed(value: observation, leaderOK: leaderOK, unreadable: unreadable)
     }
 
     /// Writes the rollout state if we still lead; false when etcd refused it.

@@ -37,6 +37,8 @@ public struct FleetGauges: Sendable, Equatable {
     public var hosts: Int?
     public var etcdRequests = 0
     public var refusedWrites = 0
+    /// Why etcd did not answer the last request.
+    public var lastError: String?
 }
 
 /// The gauges, written by the member and the coordinator as things change.
@@ -126,6 +128,14 @@ public final class Fleet: Sendable {
                              coordinator: await coordinator.leader, plan: snapshot?.plan, rollout: snapshot?.state,
                              hosts: [await member.status()])
         }
+    }
+
+    /// For `/v1/status`: never waits.
+    public var summary: FleetSummary {
+        let gauges = self.gauges.snapshot
+        return FleetSummary(fleet: settings.name, host: settings.host, connected: gauges.connected, lastContact: gauges.lastContact,
+                            error: gauges.connected ? nil : gauges.lastError, coordinator: gauges.coordinator, planId: gauges.planID,
+                            planVersion: gauges.planVersion, rolloutPhase: gauges.rolloutPhase, hostPhase: gauges.hostPhase)
     }
 
     /// For `/metrics`: never waits.

@@ -43,6 +43,13 @@ public protocol FleetLocal: Sendable {
     func running(by: String) -> String?
     /// Waits for the machine rollout `id` to end.
     func awaitEnd(_ id: String) async -> FleetUpgradeOutcome
+    /// A barrier rollout taken up after a restart waits at the fleet's barrier again,
+    /// with this hook.
+    func rejoinBarrier(_ id: String, _ hook: @escaping FleetBarrierHook) async
+}
+
+extension FleetLocal {
+    public func rejoinBarrier(_ id: String, _ hook: @escaping FleetBarrierHook) async {}
 }
 
 /// batond's machine: its supervisor, rollouts and releases.
@@ -96,9 +103,15 @@ public struct MachineHost: FleetLocal {
 
     private struct FetchRequestInput { var agent, version, url: String; var sha256: [UInt8]; var by: String }
 
-    /// One release: stored already (the same bytes), or fetched now and awaited.
+    /// One release: stored already (the same bytes), or fetched now and awaited. A
+    /// release put in place by hand has no digest to compare: it is taken as it is (the
+    /// operator put it there), as a machine rollout would.
     private func fetch(_ input: FetchRequestInput) async -> String? {
         let releases = supervisor.releases
+        if releases.store.exists(agent: input.agent, version: input.version),
+           releases.store.manifest(agent: input.agent, version: input.version) == nil {
+            return nil
+        }
         let request = Releases.FetchRequest(agent: input.agent, version: input.version, url: input.url, sha256: input.sha256,
                                             signature: nil, irreversible: false, by: input.by)
         do throws(ReleaseRefusal) {
@@ -149,6 +162,10 @@ public struct MachineHost: FleetLocal {
     public func running(by: String) -> String? {
         guard let pending = rollouts.view.pending, pending.by == by else { return nil }
         return pending.id
+    }
+
+    public func rejoinBarrier(_ id: String, _ hook: @escaping FleetBarrierHook) async {
+        await rollouts.rejoinFleetBarrier(id, hook)
     }
 
     public func awaitEnd(_ id: String) async -> FleetUpgradeOutcome {

@@ -27,7 +27,8 @@ actor FleetMember {
 
     // MARK: Connection
     private(set) var lease: Int64?
-    private var leaseGranted: ContinuousClock.Instant?
+    /// The grant in flight, if one is.
+    private var granting: Task<Result<Int64, EtcdError>, Never>?
     private var lastKeepAlive: ContinuousClock.Instant?
     private(set) var connected = false
     private(set) var lastContact: Timestamp?
@@ -78,17 +79,28 @@ actor FleetMember {
         snapshotWaiters = []
     }
 
-    /// The lease this host's keys live under, granted (and the host registered) once etcd answers.
+    /// The lease this host's keys live under, granted (and the host registered) once etcd
+    /// answers. One grant at a time: callers that ask meanwhile (the follower, the
+    /// coordinator, the keepalive) all get the lease it grants.
     func currentLease() async throws(EtcdError) -> Int64 {
         if let lease { return lease }
-        let granted = try await client.grant(ttl: settings.leaseTTL.components.seconds)
-        lease = granted.id
-        leaseGranted = .now
-        lastKeepAlive = .now
-        logger.notice("joined the fleet", metadata: ["fleet": "\(settings.name)", "host": "\(me)", "lease": "\(granted.id)"])
-        published = nil
-        await publish()
-        return granted.id
+        let grant = granting ?? Task { () async -> Result<Int64, EtcdError> in
+            do throws(EtcdError) {
+                let granted = try await client.grant(ttl: settings.leaseTTL.components.seconds)
+                lease = granted.id
+                lastKeepAlive = .now
+                logger.notice("joined the fleet", metadata: ["fleet": "\(settings.name)", "host": "\(me)", "lease": "\(granted.id)"])
+                published = nil
+                await publish()
+                return .success(granted.id)
+            } catch {
+                return .failure(error)
+            }
+        }
+        granting = grant
+        let result = await grant.value
+        granting = nil
+        return try result.get()
     }
 
     /// The lease was lost (expired while etcd could not be reached, or revoked): every key
@@ -104,7 +116,7 @@ actor FleetMember {
             if connected { logger.warning("etcd cannot be reached; agents stay as they are", metadata: ["error": "\(error)"]) }
             connected = false
             lastError = error.description
-            gauges.update { $0.connected = false }
+            gauges.update { $0.connected = false; $0.lastError = error.description }
         } else {
             if !connected { logger.notice("etcd reached", metadata: ["endpoints": "\(settings.endpoints.joined(separator: ","))"]) }
             connected = true
@@ -120,7 +132,11 @@ actor FleetMember {
         let interval = settings.leaseTTL / 3
         while !Task.isCancelled {
             try? await Task.sleep(for: interval)
-            guard let lease else { continue }
+            guard let lease else {
+                // Lost: register again (a host that waits for nothing else comes back here).
+                _ = try? await currentLease()
+                continue
+            }
             do throws(EtcdError) {
                 _ = try await client.keepAlive(lease)
                 lastKeepAlive = .now
@@ -255,8 +271,16 @@ actor FleetMember {
         guard working == nil, !stopping, let snapshot, let plan = snapshot.plan else { return }
         let by = Self.by(plan)
         if let id = local.running(by: by) {
-            // A batond restarted in the middle of this plan's machine rollout: await it.
-            return work(plan) { member in await member.finish(plan, await member.local.awaitEnd(id)) }
+            // A batond restarted in the middle of this plan's machine rollout: await it
+            // (at the fleet's barrier again, if it was halted there).
+            return work(plan) { member in
+                if plan.barrier {
+                    await member.local.rejoinBarrier(id) { hasMigration, run in
+                        await member.atBarrier(plan, hasMigration: hasMigration, run: run, resumed: true)
+                    }
+                }
+                await member.finish(plan, await member.local.awaitEnd(id))
+            }
         }
         if let rollout, rollout.id == plan.id, rollout.phase.isFinal { return }
         if let ended = local.ended(by: by) {
@@ -270,7 +294,8 @@ actor FleetMember {
             return prefetch(plan, planned: planned)
         }
         // A host that registers while the fleet is halted (or migrating) halts too.
-        if plan.barrier, state.phase == .halting || state.phase == .migrating, !plan.exclude.contains(me), !planned.isEmpty {
+        if plan.barrier, state.phase == .halting || state.phase == .migrating, !plan.exclude.contains(me), !planned.isEmpty,
+           connected {
             return work(plan) { member in await member.barrier(plan) }
         }
         if planned.isEmpty || onVersion {
@@ -279,7 +304,7 @@ actor FleetMember {
             }
             return
         }
-        if state.admits(me) {
+        if state.admits(me), connected {
             return work(plan) { member in await member.upgrade(plan) }
         }
         if rollout?.id != plan.id {
@@ -333,10 +358,30 @@ actor FleetMember {
             rollout = .init(id: plan.id, version: plan.version, phase: .waiting)
             return await publish()
         }
+        // The last word before acting: the plan read again, now.
+        guard await stillCalled(plan, { $0.admits(me) }) else {
+            await giveBack(slot)
+            rollout = .init(id: plan.id, version: plan.version, phase: .waiting)
+            return await publish()
+        }
         await set(.handingOver, plan)
         let outcome = await local.upgrade(version: plan.version, by: Self.by(plan), barrier: nil)
         await giveBack(slot)
         await finish(plan, outcome)
+    }
+
+    /// Whether the plan, read from etcd now, is still `plan` with a rollout state that
+    /// asks this of the host: what a host does to its agents never rests on an old read.
+    private func stillCalled(_ plan: FleetPlan, _ asks: (FleetRolloutState) -> Bool) async -> Bool {
+        do throws(EtcdError) {
+            let fresh = try await readPlan()
+            adopt(fresh)
+            guard fresh.plan?.id == plan.id, let state = fresh.state, state.id == plan.id else { return false }
+            return asks(state)
+        } catch {
+            contact(error)
+            return false
+        }
     }
 
     /// One of `maxUnavailable` slot keys, created if absent under this host's lease (a dead
@@ -414,21 +459,28 @@ actor FleetMember {
         if let reason = await local.fetch(version: plan.version, releases: plan.releases, by: Self.by(plan)) {
             return await set(.failed, plan, error: reason)
         }
+        guard await stillCalled(plan, { $0.phase == .halting || $0.phase == .migrating }) else {
+            rollout = .init(id: plan.id, version: plan.version, phase: .waiting)
+            return await publish()
+        }
         await set(.halting, plan)
         let outcome = await local.upgrade(version: plan.version, by: Self.by(plan), barrier: { hasMigration, run in
-            await self.atBarrier(plan, hasMigration: hasMigration, run: run)
+            await self.atBarrier(plan, hasMigration: hasMigration, run: run, resumed: false)
         })
         await finish(plan, outcome)
     }
 
     /// Every agent here is halted: says so, and waits for the fleet's decision; runs the
-    /// migration if this host claims it.
-    private func atBarrier(_ plan: FleetPlan, hasMigration: Bool, run: @Sendable () async -> (ok: Bool, detail: String))
-        async -> (ok: Bool, detail: String) {
+    /// migration if this host claims it. `resumed`: batond restarted while halted here; a
+    /// claim of this host's found then is an earlier batond's, whose migration may have
+    /// run: it is never run again, and its outcome is written as unknown (the fleet restores).
+    private func atBarrier(_ plan: FleetPlan, hasMigration: Bool, run: @Sendable () async -> (ok: Bool, detail: String),
+                           resumed: Bool) async -> (ok: Bool, detail: String) {
         await set(.halted, plan)
         let halted = Array((try? WireJSON.encoder.encode(FleetHalted(migration: hasMigration))) ?? Data())
         var said = false
         var claimed = false
+        var tried = false
         while !stopping {
             do throws(EtcdError) {
                 if !said {
@@ -444,11 +496,26 @@ actor FleetMember {
                     return (true, "the fleet proceeds")
                 case .restoring, .restored, .paused:
                     return (false, state.reason ?? "the fleet restores the previous versions")
-                case .migrating where hasMigration && !claimed:
-                    claimed = true
+                case .migrating where (hasMigration || resumed) && !claimed:
+                    // The first attempt in this wait: a claim of this host's found now is an earlier batond's.
+                    let first = !tried
+                    tried = true
                     let claim = try await client.txn([.createRevision(keys.migration(plan.id), equals: 0)],
-                                                     success: [.put(keys.migration(plan.id), value: Array(me.utf8))])
-                    if claim.succeeded {
+                                                     success: hasMigration ? [.put(keys.migration(plan.id), value: Array(me.utf8))] : [],
+                                                     failure: [.range(keys.migration(plan.id)), .range(keys.outcome(plan.id))])
+                    let holder = claim.ranges.first?.first?.string
+                    let hasOutcome = claim.ranges.dropFirst().first?.isEmpty == false
+                    claimed = true
+                    if !claim.succeeded, holder == me, first, !hasOutcome {
+                        // An earlier batond of this host claimed it, and may have run it:
+                        // its outcome is unknown, and it never runs twice.
+                        let outcome = FleetMigrationOutcome(host: me, ok: false,
+                                                            detail: "batond restarted while this host ran the migration: its outcome is unknown")
+                        try await putRetrying(keys.outcome(plan.id), Array((try? WireJSON.encoder.encode(outcome)) ?? Data()))
+                        continue
+                    }
+                    // Ours also when an earlier attempt in this wait created it and its answer was lost.
+                    if hasMigration && (claim.succeeded || holder == me) {
                         logger.notice("this host runs the fleet's migration", metadata: ["plan": "\(plan.id)"])
                         await set(.migrating, plan)
                         let (ok, detail) = await run()

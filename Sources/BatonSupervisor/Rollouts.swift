@@ -52,6 +52,12 @@ public actor Rollouts {
     public typealias FleetBarrier = @Sendable (_ hasMigration: Bool, _ runMigrations: @escaping @Sendable () async -> (ok: Bool, detail: String))
         async -> (ok: Bool, detail: String)
     private var fleetBarrier: FleetBarrier?
+    /// A fleet's barrier rollout taken up after a restart waits here for the fleet member
+    /// to give its hook again (`rejoinFleetBarrier`): it never decides alone.
+    private var fleetBarrierWaiters: [CheckedContinuation<FleetBarrier, Never>] = []
+
+    /// Whether a rollout asked `by` this is a step of a fleet's plan (`fleet fleet-N (...)`).
+    public static func isFleet(_ by: String) -> Bool { by.hasPrefix("fleet fleet-") }
     /// Those waiting for a rollout's end (`awaitEnd`), by rollout id.
     private var endWaiters: [String: [CheckedContinuation<RolloutSummary?, Never>]] = [:]
 
@@ -158,9 +164,18 @@ public actor Rollouts {
         let planned = active.agents.map { MachineRollout.Agent(name: $0.name, from: $0.from, status: $0.status, error: $0.error) }
         supervisor.hold(planned.map(\.name), for: active.id)
         logger.notice("taking up a rollout left in progress", metadata: ["rollout": "\(active.id)", "phase": "\(active.phase.rawValue)"])
-        machine = MachineRollout(version: active.version, barrier: active.barrier, migration: migrations.isEmpty ? nil : ["migrate"],
-                                 agents: planned, resumingAt: active.phase)
+        // A fleet's barrier always waits at the migration step: for the fleet's decision.
+        let fleet = active.barrier && Self.isFleet(active.by)
+        machine = MachineRollout(version: active.version, barrier: active.barrier,
+                                 migration: migrations.isEmpty && !fleet ? nil : ["migrate"], agents: planned, resumingAt: active.phase)
         guard active.phase != .pending else { return await feed(.begin) }
+        if fleet && active.phase == .migrating {
+            // Halted at the fleet's barrier when batond stopped: wait there again. Whether
+            // the fleet proceeds or restores is the fleet's to say, never this host's alone
+            // (its agents stay halted meanwhile); a migration this host had claimed is not
+            // run again (the fleet member reports its outcome unknown).
+            return waitAtFleetBarrier()
+        }
         for agent in planned where agent.status == .handingOver {
             let target = active.phase == .restoring ? (agent.from ?? active.version) : active.version
             let recorded = state.agents[agent.name]
@@ -239,15 +254,39 @@ public actor Rollouts {
                     await self.feed(.halted(agent))
                 }
             case .runMigration:
-                let migrations = self.migrations
-                let fleetBarrier = self.fleetBarrier
-                Task {
-                    let run: @Sendable () async -> (ok: Bool, detail: String) = { await self.run(migrations) }
-                    let (ok, detail) = if let fleetBarrier { await fleetBarrier(!migrations.isEmpty, run) } else { await run() }
-                    await self.feed(.migrated(ok: ok, detail: detail))
+                if fleetBarrier != nil || Self.isFleet(by) {
+                    waitAtFleetBarrier()
+                } else {
+                    let migrations = self.migrations
+                    Task {
+                        let (ok, detail) = await self.run(migrations)
+                        await self.feed(.migrated(ok: ok, detail: detail))
+                    }
                 }
             }
         }
+    }
+
+    /// Every agent here is halted for a fleet's barrier: the fleet's hook (given at begin,
+    /// or again by the fleet member after a restart) says when the agents start, and at
+    /// which versions.
+    private func waitAtFleetBarrier() {
+        let migrations = self.migrations
+        let given = fleetBarrier
+        Task {
+            let hook: FleetBarrier
+            if let given { hook = given } else { hook = await withCheckedContinuation { self.fleetBarrierWaiters.append($0) } }
+            let (ok, detail) = await hook(!migrations.isEmpty) { await self.run(migrations) }
+            await self.feed(.migrated(ok: ok, detail: detail))
+        }
+    }
+
+    /// The fleet member takes up rollout `id` after a restart: its barrier hook again.
+    public func rejoinFleetBarrier(_ id: String, _ hook: @escaping FleetBarrier) {
+        guard self.id == id, machine?.isFinished == false else { return }
+        fleetBarrier = hook
+        for waiter in fleetBarrierWaiters { waiter.resume(returning: hook) }
+        fleetBarrierWaiters = []
     }
 
     /// Runs each migration once, in agent order, each within its deadline; the first

@@ -228,6 +228,32 @@ public struct FleetMigrationOutcome: Codable, Sendable, Equatable {
 
 // MARK: - The API
 
+/// This host in its fleet, as `/v1/status` shows it (from what this batond last saw:
+/// no request to etcd).
+public struct FleetSummary: Codable, Sendable, Equatable {
+    public var fleet: String
+    public var host: String
+    /// Whether etcd answered this batond's last request; while it does not, the agents
+    /// stay as they are and nothing of the fleet's plan is begun.
+    public var connected: Bool
+    public var lastContact: Timestamp?
+    public var error: String?
+    public var coordinator: Bool
+    public var planId: String?
+    public var planVersion: String?
+    public var rolloutPhase: FleetRolloutState.Phase?
+    /// Where this host is in the fleet's rollout.
+    public var hostPhase: FleetHostStatus.Rollout.Phase?
+
+    public init(fleet: String, host: String, connected: Bool, lastContact: Timestamp?, error: String?, coordinator: Bool,
+                planId: String?, planVersion: String?, rolloutPhase: FleetRolloutState.Phase?,
+                hostPhase: FleetHostStatus.Rollout.Phase?) {
+        self.fleet = fleet; self.host = host; self.connected = connected; self.lastContact = lastContact; self.error = error
+        self.coordinator = coordinator; self.planId = planId; self.planVersion = planVersion; self.rolloutPhase = rolloutPhase
+        self.hostPhase = hostPhase
+    }
+}
+
 /// `GET /v1/fleet`: the fleet as this batond sees it.
 public struct FleetView: Codable, Sendable, Equatable {
     public var fleet: String

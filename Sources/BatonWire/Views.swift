@@ -143,10 +143,13 @@ public struct StatusView: Codable, Sendable, Equatable {
     public var ledger: Ledger
     public var listeners: [String]
     public var agents: [AgentView]
+    /// Fleet mode only: this host in its fleet (absent without `[fleet]`).
+    public var fleet: FleetSummary?
 
-    public init(version: String, pid: Int32, stateDir: String, startedAt: Timestamp, ledger: Ledger, listeners: [String], agents: [AgentView]) {
+    public init(version: String, pid: Int32, stateDir: String, startedAt: Timestamp, ledger: Ledger, listeners: [String], agents: [AgentView],
+                fleet: FleetSummary? = nil) {
         self.version = version; self.pid = pid; self.stateDir = stateDir; self.startedAt = startedAt
-        self.ledger = ledger; self.listeners = listeners; self.agents = agents
+        self.ledger = ledger; self.listeners = listeners; self.agents = agents; self.fleet = fleet
     }
 }
 

@@ -28,6 +28,19 @@ struct Status: ParsableCommand {
         }
         if !status.ledger.writable { head += ", " + Terminal.paint("ledger NOT writable", .red) }
         Terminal.print(head)
+        if let fleet = status.fleet {
+            var line = "fleet \(fleet.fleet) as \(fleet.host)"
+            if fleet.connected {
+                line += ": plan \(fleet.planId.map { "\($0) (\(fleet.planVersion ?? "?"))" } ?? "none")"
+                if let phase = fleet.rolloutPhase { line += ", rollout \(phase.rawValue)" }
+                if let phase = fleet.hostPhase { line += ", this host \(phase.rawValue)" }
+                if fleet.coordinator { line += ", coordinator" }
+            } else {
+                line += ": " + Terminal.paint("etcd unreachable", .red) + (fleet.error.map { " (\($0))" } ?? "")
+                    + (fleet.lastContact.map { ", last contact \(Format.ago($0))" } ?? "") + "; agents stay as they are"
+            }
+            Terminal.print(line)
+        }
         guard !status.agents.isEmpty else {
             Terminal.print("no agents are configured ([agents.NAME] in batond's config)")
             return

@@ -49,8 +49,9 @@ public final class FleetReleaseServer {
 /// One host of a test fleet: a real batond with one test agent and a `[fleet]` section.
 public final class FleetHost {
     public let name: String
-    public let daemon: BatondProcess
+    public private(set) var daemon: BatondProcess
     public let agent: String
+    let config: String
     /// The agent's own events file (`TEST_AGENT_EVENTS`).
     public let events: String
 
@@ -94,7 +95,15 @@ public final class FleetHost {
             [agents.\(agent).env]
             TEST_AGENT_EVENTS = "\(events)"
             """
+        self.config = config
         daemon = try BatondProcess(state: state, configText: config)
+    }
+
+    /// kill -9 of batond (its agents keep running), and a new batond on the same state.
+    public func restart() throws {
+        daemon.signal(SIGKILL)
+        _ = daemon.waitForExit()
+        daemon = try BatondProcess(state: daemon.state, configText: config)
     }
 
     public func log() -> [AgentEvent] { AgentEventLog(path: events).events }

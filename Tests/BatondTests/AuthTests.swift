@@ -45,6 +45,10 @@ struct AuthTests {
              body: #"{"url":"http://127.0.0.1:9/x","sha256":"\#(String(repeating: "0", count: 64))"}"#),
         Call(method: "DELETE", path: "/v1/releases/demo/1.0", body: nil),
         Call(method: "POST", path: "/v1/ui/links", body: nil),
+        Call(method: "GET", path: "/v1/fleet", body: nil),
+        Call(method: "PUT", path: "/v1/fleet", body: #"{"version":"2.0"}"#),
+        Call(method: "POST", path: "/v1/fleet/rollback", body: "{}"),
+        Call(method: "POST", path: "/v1/fleet/exclude", body: #"{"hosts":["h1"]}"#),
     ]
     static let instanceCalls = [
         Call(method: "POST", path: "/v1/instances/demo.1/ready", body: "{}"),

@@ -16,6 +16,26 @@ struct ContractTests {
         let result = try run([python, Products.packageRoot + "/scripts/check-contract.py",
                               Products.packageRoot + "/api/openapi.yaml", "http://\(host):\(port)", daemon.token])
         #expect(result.status == 0, "\(result.output)")
-        #expect(result.output.contains("58 passed, 0 failed"), "\(result.output)")
+        #expect(result.output.contains("62 passed, 0 failed"), "\(result.output)")
+    }
+
+    /// The fleet routes in fleet mode, on a real etcd: no plan, plans, conflicts, refusals.
+    @Test(.enabled(if: EtcdCluster.isAvailable, "etcd is not installed (scripts/install-deps.sh test)"))
+    func fleetAnswersMatchTheSpec() throws {
+        let python = try #require(which("python3"), "make test installs python3")
+        let cluster = try EtcdCluster(size: 1)
+        let daemon = try BatondProcess(configText: """
+            [fleet]
+            endpoints = ["\(cluster.endpoints[0])"]
+            host = "contract"
+
+            [agents.demo]
+            command = ["{release}/bin/demo"]
+            """)
+        guard case .tcp(let host, let port) = daemon.endpoint else { throw TestFailure("no TCP listener") }
+        let result = try run([python, Products.packageRoot + "/scripts/check-contract.py",
+                              Products.packageRoot + "/api/openapi.yaml", "http://\(host):\(port)", daemon.token, "fleet"])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains("75 passed, 0 failed"), "\(result.output)")
     }
 }
