@@ -122,7 +122,7 @@ let package = Package(
         .executableTarget(
             name: "baton-bench",
             dependencies: ["BatonCore", "BatonLedger", .product(name: "Logging", package: "swift-log"),
-                           "BatonReleases", "BatonTestSupport"],
+                           "BatonReleases", "BatonTestSupport", "BatonFleet", "BatonConfig", "BatonEtcd"],
             path: "bench/Sources/baton-bench"
         ),
         // Helpers shared by the test targets: requests through BatonClient and a raw sender, temp dirs, a batond launcher.

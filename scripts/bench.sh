@@ -27,6 +27,11 @@
 #   with socket hand-over, at agent start-up times of 0, 0.5 and 2 s
 #   (bench/peers.py): failed requests per upgrade, unavailability window and the
 #   upgrade command's time, side by side: reported, no target
+#   100 simulated hosts (batond's fleet code over a model machine, one process)
+#   converging on new versions through a real 3-member etcd cluster on loopback
+#   (baton-bench fleet): time to converge for several canary/max-unavailable
+#   settings against the serial minimum, and etcd requests per host per minute at
+#   rest, against etcd's raw rate from the same client: reported, no target
 # The exit status is non-zero only when something failed to run or a
 # measurement is invalid (non-2xx answers, a server that did not start).
 #
@@ -36,6 +41,8 @@
 #   BENCH_SKIP_BUILD=1       use the binaries as they are (no swift build)
 #   BATOND=..., BATON_BENCH=...  binaries to measure (default .build/release/)
 #   BENCH_PEERS_QUICK=1      bench/peers.py with 5 upgrades per run instead of 20
+#   BENCH_FLEET_QUICK=1      baton-bench fleet with 20 hosts and a 10 s steady window
+#                            instead of 100 hosts and 30 s
 # Temp dirs (batond state, ledger dirs) follow TMPDIR: keep it on a real
 # disk, the ledger numbers are about fsync.
 #
@@ -310,3 +317,12 @@ peers_quick=()
 python3 bench/peers.py --batond "$batond" --baton "$(dirname "$batond")/baton" --agent "$(dirname "$batond")/http-agent" \
     --supervisor-bin .build-bench-venv/bin "${peers_quick[@]}" | sed 's/^/   /' \
     || die "the peer benchmark failed"
+
+# MARK: - Fleet simulation
+
+echo
+fleet_hosts=100 fleet_steady=30
+[[ ${BENCH_FLEET_QUICK:-0} == 1 ]] && fleet_hosts=20 fleet_steady=10
+echo "== $fleet_hosts simulated hosts converge through batond's fleet code on 3 etcd members (baton-bench fleet)"
+"$baton_bench" fleet --hosts "$fleet_hosts" --steady-seconds "$fleet_steady" | sed 's/^/   /' \
+    || die "the fleet simulation failed"

@@ -401,7 +401,11 @@ actor FleetMember {
                     return index
                 }
                 let taken = Set(held.kvs.map(\.key))
-                for index in 0..<plan.maxUnavailable where !taken.contains(keys.slot(index)) {
+                // From a random free slot on: hosts that race for the free slots then mostly try
+                // different ones, instead of all colliding on the lowest, then the next.
+                let free = (0..<plan.maxUnavailable).filter { !taken.contains(keys.slot($0)) }
+                let start = free.isEmpty ? 0 : Int.random(in: 0..<free.count)
+                for index in free[start...] + free[..<start] {
                     let result = try await client.txn([.createRevision(keys.slot(index), equals: 0)],
                                                       success: [.put(keys.slot(index), value: Array(me.utf8), lease: lease)])
                     if result.succeeded { return index }

@@ -9,6 +9,11 @@
 //
 // Unpacks a release of about N MB with the release store's unpacker and with `tar -x`
 // (Unpack.swift).
+//
+//   baton-bench fleet [--hosts N] …
+//
+// N simulated hosts converge on new versions through batond's fleet code against a real
+// 3-member etcd cluster on loopback (Fleet.swift).
 import BatonCore
 import BatonLedger
 import Foundation
@@ -21,6 +26,7 @@ func option(_ name: String, default value: String) -> String {
 }
 
 if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "unpack" { unpackBench() }
+if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "fleet" { benchFleet() }
 if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "download" {
     do { try benchDownload() } catch {
         FileHandle.standardError.write(Data("baton-bench: \(error)\n".utf8))
@@ -29,7 +35,7 @@ if CommandLine.arguments.count > 1, CommandLine.arguments[1] == "download" {
     exit(0)
 }
 guard CommandLine.arguments.count > 1, CommandLine.arguments[1] == "ledger" else {
-    FileHandle.standardError.write(Data("usage: baton-bench ledger --writers N --seconds S --dir DIR\n       baton-bench download --mb M --runs R --dir DIR\n       baton-bench unpack --size-mb N --dir DIR\n".utf8))
+    FileHandle.standardError.write(Data("usage: baton-bench ledger --writers N --seconds S --dir DIR\n       baton-bench download --mb M --runs R --dir DIR\n       baton-bench unpack --size-mb N --dir DIR\n       baton-bench fleet [--hosts N] [--coordinators K] [--steady-seconds S]\n".utf8))
     exit(64)
 }
 let writers = Int(option("--writers", default: "1")) ?? 1
