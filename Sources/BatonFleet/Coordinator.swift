@@ -22,8 +22,6 @@ actor FleetCoordinatorRole {
     private(set) var term: Int64?
     /// Who leads, as last seen.
     private(set) var leader: String?
-    private(set) var refusedWrites = 0
-    private(set) var writes = 0
     /// Keys whose values could not be read at the last look (logged once).
     private var unreadable: [String] = []
     private var task: Task<Void, Never>?
@@ -38,7 +36,6 @@ actor FleetCoordinatorRole {
     }
 
     var me: String { settings.host }
-    var leads: Bool { term != nil }
 
     func start() {
         guard settings.coordinator else { return }
@@ -156,41 +153,13 @@ actor FleetCoordinatorRole {
 
     /// The whole fleet at one revision.
     private func observe() async throws(EtcdError) -> Observed {
-        let all = try await client.range(keys.root, prefix: true)
-        var plan: FleetPlan?
-        var state: FleetRolloutState?
-        var hosts: [FleetHostStatus] = []
-        var leaderOK = false
-        var values: [String: EtcdKeyValue] = [:]
-        for kv in all.kvs { values[kv.key] = kv }
-        // A value this batond cannot read (written by a newer one, or by hand) is never
-        // taken for an absent one: a rollout state read as absent would restart the
-        // rollout, a host's status read as absent would count it gone.
-        var unreadable: [String] = []
-        func decode<T: Decodable>(_ type: T.Type, _ kv: EtcdKeyValue) -> T? {
-            guard let value = try? WireJSON.decoder.decode(type, from: Data(kv.value)) else {
-                unreadable.append(kv.key)
-                return nil
-            }
-            return value
-        }
-        if let kv = values[keys.plan] { plan = decode(FleetPlan.self, kv) }
-        if let kv = values[keys.rollout] { state = decode(FleetRolloutState.self, kv) }
-        if let kv = values[keys.coordinator] { leaderOK = kv.string == me && kv.createRevision == term }
-        for kv in all.kvs where keys.name(of: kv.key, in: keys.hosts) != nil {
-            if let status = decode(FleetHostStatus.self, kv) { hosts.append(status) }
-        }
-        gauges.update { [count = hosts.count] in $0.hosts = count }
-        var observation = FleetObservation(plan: plan, state: state, hosts: hosts, now: .now(), me: me)
-        if let plan {
-            for kv in all.kvs {
-                guard let host = keys.name(of: kv.key, in: keys.halted(plan.id)), let halted = decode(FleetHalted.self, kv) else { continue }
-                observation.halted[host] = halted
-            }
-            observation.migrationClaim = values[keys.migration(plan.id)]?.string
-            observation.migrationOutcome = values[keys.outcome(plan.id)].flatMap { decode(FleetMigrationOutcome.self, $0) }
-        }
-        return Observed(value: observation, leaderOK: leaderOK, unreadable: unreadable)
+        let read = FleetContents(try await client.range(keys.root, prefix: true), keys: keys)
+        gauges.update { $0.hosts = read.hosts.count }
+        let observation = FleetObservation(plan: read.plan, state: read.state, hosts: read.hosts, halted: read.halted,
+                                           migrationClaim: read.migrationClaim, migrationOutcome: read.migrationOutcome,
+                                           now: .now(), me: me)
+        let leaderOK = read.coordinator.map { $0.string == me && $0.createRevision == term } ?? false
+        return Observed(value: observation, leaderOK: leaderOK, unreadable: read.unreadable)
     }
 
     /// A debug build's pause between deciding and writing (`BATON_FLEET_WRITE_DELAY_MS`),
@@ -211,10 +180,7 @@ actor FleetCoordinatorRole {
         guard let term, let body = try? WireJSON.encoder.encode(state) else { return false }
         let result = try await client.txn([.createRevision(keys.coordinator, equals: term), .value(keys.coordinator, equals: Array(me.utf8))],
                                           success: [.put(keys.rollout, value: Array(body))])
-        if result.succeeded { writes += 1 } else {
-            refusedWrites += 1
-            gauges.update { $0.refusedWrites += 1 }
-        }
+        if !result.succeeded { gauges.update { $0.refusedWrites += 1 } }
         return result.succeeded
     }
 }

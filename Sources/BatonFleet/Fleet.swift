@@ -100,31 +100,16 @@ public final class Fleet: Sendable {
 
     /// The fleet now (one read of every key), or as last read when etcd cannot be reached.
     public func view() async -> FleetView {
-        let (lastContact, snapshot) = await (member.lastContact, member.snapshot)
         do throws(EtcdError) {
-            let all = try await client.range(keys.root, prefix: true)
-            var view = FleetView(fleet: settings.name, host: settings.host, connected: true, error: nil, lastContact: .now(),
-                                 fresh: true, revision: all.revision, planRevision: 0, coordinator: nil, plan: nil, rollout: nil,
-                                 hosts: [])
-            for kv in all.kvs {
-                if kv.key == keys.plan {
-                    view.plan = try? WireJSON.decoder.decode(FleetPlan.self, from: Data(kv.value))
-                    view.planRevision = kv.modRevision
-                } else if kv.key == keys.rollout {
-                    view.rollout = try? WireJSON.decoder.decode(FleetRolloutState.self, from: Data(kv.value))
-                } else if kv.key == keys.coordinator {
-                    view.coordinator = kv.string
-                } else if keys.name(of: kv.key, in: keys.hosts) != nil,
-                          let host = try? WireJSON.decoder.decode(FleetHostStatus.self, from: Data(kv.value)) {
-                    view.hosts.append(host)
-                }
-            }
-            view.hosts.sort { $0.host < $1.host }
-            gauges.update { $0.hosts = view.hosts.count }
-            return view
+            let read = FleetContents(try await client.range(keys.root, prefix: true), keys: keys)
+            gauges.update { $0.hosts = read.hosts.count }
+            return FleetView(fleet: settings.name, host: settings.host, connected: true, error: nil, lastContact: .now(), fresh: true,
+                             revision: read.revision, planRevision: read.planRevision, coordinator: read.coordinator?.string,
+                             plan: read.plan, rollout: read.state, hosts: read.hosts)
         } catch {
+            let snapshot = await member.snapshot
             return FleetView(fleet: settings.name, host: settings.host, connected: false, error: error.description,
-                             lastContact: lastContact, fresh: false, revision: snapshot?.revision ?? 0, planRevision: 0,
+                             lastContact: gauges.snapshot.lastContact, fresh: false, revision: snapshot?.revision ?? 0, planRevision: 0,
                              coordinator: await coordinator.leader, plan: snapshot?.plan, rollout: snapshot?.state,
                              hosts: [await member.status()])
         }

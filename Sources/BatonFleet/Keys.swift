@@ -1,4 +1,7 @@
 import BatonConfig
+import BatonCore
+import BatonEtcd
+import Foundation
 
 /// The fleet's keys in etcd, all under `<prefix>/<fleet>/` (the layout is described with
 /// the values, in BatonWire's Fleet.swift, and in docs/fleet.md).
@@ -29,5 +32,59 @@ public struct FleetKeys: Sendable, Equatable {
         guard key.hasPrefix(folder) else { return nil }
         let rest = key.dropFirst(folder.count)
         return rest.isEmpty || rest.contains("/") ? nil : String(rest)
+    }
+}
+
+/// Every fleet value, as one range of the fleet's prefix read them (one revision): what
+/// the coordinator decides from and what `GET /v1/fleet` shows.
+struct FleetContents {
+    var revision: Int64
+    var plan: FleetPlan?
+    /// The revision the plan was last written at (0: there is none).
+    var planRevision: Int64 = 0
+    var state: FleetRolloutState?
+    /// The leader key.
+    var coordinator: EtcdKeyValue?
+    /// Registered hosts, by name.
+    var hosts: [FleetHostStatus] = []
+    /// The plan's barrier keys.
+    var halted: [String: FleetHalted] = [:]
+    var migrationClaim: String?
+    var migrationOutcome: FleetMigrationOutcome?
+    /// Keys whose values this batond cannot read (written by a newer one, or by hand):
+    /// never to be taken for absent ones.
+    var unreadable: [String] = []
+
+    init(_ range: EtcdRange, keys: FleetKeys) {
+        revision = range.revision
+        var unreadable: [String] = []
+        func decode<T: Decodable>(_ type: T.Type, _ kv: EtcdKeyValue) -> T? {
+            guard let value = try? WireJSON.decoder.decode(type, from: Data(kv.value)) else {
+                unreadable.append(kv.key)
+                return nil
+            }
+            return value
+        }
+        var values: [String: EtcdKeyValue] = [:]
+        for kv in range.kvs { values[kv.key] = kv }
+        if let kv = values[keys.plan] {
+            plan = decode(FleetPlan.self, kv)
+            planRevision = kv.modRevision
+        }
+        state = values[keys.rollout].flatMap { decode(FleetRolloutState.self, $0) }
+        coordinator = values[keys.coordinator]
+        for kv in range.kvs where keys.name(of: kv.key, in: keys.hosts) != nil {
+            if let status = decode(FleetHostStatus.self, kv) { hosts.append(status) }
+        }
+        hosts.sort { $0.host < $1.host }
+        if let plan {
+            for kv in range.kvs {
+                guard let host = keys.name(of: kv.key, in: keys.halted(plan.id)), let value = decode(FleetHalted.self, kv) else { continue }
+                halted[host] = value
+            }
+            migrationClaim = values[keys.migration(plan.id)]?.string
+            migrationOutcome = values[keys.outcome(plan.id)].flatMap { decode(FleetMigrationOutcome.self, $0) }
+        }
+        self.unreadable = unreadable
     }
 }

@@ -30,9 +30,8 @@ actor FleetMember {
     /// The grant in flight, if one is.
     private var granting: Task<Result<Int64, EtcdError>, Never>?
     private var lastKeepAlive: ContinuousClock.Instant?
+    /// Whether etcd answered the last request (the time and the error are in `gauges`).
     private(set) var connected = false
-    private(set) var lastContact: Timestamp?
-    private(set) var lastError: String?
 
     // MARK: The plan as last read
     private(set) var snapshot: PlanSnapshot?
@@ -57,7 +56,6 @@ actor FleetMember {
     }
 
     var me: String { settings.host }
-    static func by(_ plan: FleetPlan) -> String { "fleet \(plan.id) (\(plan.by))" }
 
     // MARK: - Running
 
@@ -115,14 +113,11 @@ actor FleetMember {
         if let error {
             if connected { logger.warning("etcd cannot be reached; agents stay as they are", metadata: ["error": "\(error)"]) }
             connected = false
-            lastError = error.description
             gauges.update { $0.connected = false; $0.lastError = error.description }
         } else {
             if !connected { logger.notice("etcd reached", metadata: ["endpoints": "\(settings.endpoints.joined(separator: ","))"]) }
             connected = true
-            lastError = nil
-            lastContact = .now()
-            gauges.update { [lastContact] in $0.connected = true; $0.lastContact = lastContact }
+            gauges.update { $0.connected = true; $0.lastContact = .now() }
         }
     }
 
@@ -269,7 +264,7 @@ actor FleetMember {
     /// prefetch, upgrade when admitted, or take part in the barrier.
     private func evaluate() {
         guard working == nil, !stopping, let snapshot, let plan = snapshot.plan else { return }
-        let by = Self.by(plan)
+        let by = plan.rolloutBy
         if let id = local.running(by: by) {
             // A batond restarted in the middle of this plan's machine rollout: await it
             // (at the fleet's barrier again, if it was halted there).
@@ -332,7 +327,7 @@ actor FleetMember {
         guard prefetched != plan.id, !planned.isEmpty else { return }
         prefetched = plan.id
         Task { [local, logger] in
-            if let reason = await local.fetch(version: plan.version, releases: plan.releases, by: Self.by(plan)) {
+            if let reason = await local.fetch(version: plan.version, releases: plan.releases, by: plan.rolloutBy) {
                 logger.warning("fetching the fleet's release ahead failed", metadata: ["plan": "\(plan.id)", "error": "\(reason)"])
             }
         }
@@ -349,7 +344,7 @@ actor FleetMember {
     /// A plain upgrade: fetch, take a max-unavailable slot, one machine rollout, give the slot back.
     private func upgrade(_ plan: FleetPlan) async {
         await set(.fetching, plan)
-        if let reason = await local.fetch(version: plan.version, releases: plan.releases, by: Self.by(plan)) {
+        if let reason = await local.fetch(version: plan.version, releases: plan.releases, by: plan.rolloutBy) {
             return await set(.failed, plan, error: reason)
         }
         await set(.waitingSlot, plan)
@@ -365,7 +360,7 @@ actor FleetMember {
             return await publish()
         }
         await set(.handingOver, plan)
-        let outcome = await local.upgrade(version: plan.version, by: Self.by(plan), barrier: nil)
+        let outcome = await local.upgrade(version: plan.version, by: plan.rolloutBy, barrier: nil)
         await giveBack(slot)
         await finish(plan, outcome)
     }
@@ -456,7 +451,7 @@ actor FleetMember {
     /// restore; the migration itself runs on the one host that claims it.
     private func barrier(_ plan: FleetPlan) async {
         await set(.fetching, plan)
-        if let reason = await local.fetch(version: plan.version, releases: plan.releases, by: Self.by(plan)) {
+        if let reason = await local.fetch(version: plan.version, releases: plan.releases, by: plan.rolloutBy) {
             return await set(.failed, plan, error: reason)
         }
         guard await stillCalled(plan, { $0.phase == .halting || $0.phase == .migrating }) else {
@@ -464,7 +459,7 @@ actor FleetMember {
             return await publish()
         }
         await set(.halting, plan)
-        let outcome = await local.upgrade(version: plan.version, by: Self.by(plan), barrier: { hasMigration, run in
+        let outcome = await local.upgrade(version: plan.version, by: plan.rolloutBy, barrier: { hasMigration, run in
             await self.atBarrier(plan, hasMigration: hasMigration, run: run, resumed: false)
         })
         await finish(plan, outcome)

@@ -56,8 +56,6 @@ public actor Rollouts {
     /// to give its hook again (`rejoinFleetBarrier`): it never decides alone.
     private var fleetBarrierWaiters: [CheckedContinuation<FleetBarrier, Never>] = []
 
-    /// Whether a rollout asked `by` this is a step of a fleet's plan (`fleet fleet-N (...)`).
-    public static func isFleet(_ by: String) -> Bool { by.hasPrefix("fleet fleet-") }
     /// Those waiting for a rollout's end (`awaitEnd`), by rollout id.
     private var endWaiters: [String: [CheckedContinuation<RolloutSummary?, Never>]] = [:]
 
@@ -144,9 +142,6 @@ public actor Rollouts {
         return await withCheckedContinuation { endWaiters[id, default: []].append($0) }
     }
 
-    /// The id of the rollout in progress, if one is.
-    public nonisolated var inProgress: String? { ledger.state.machine?.rollout?.id }
-
     // MARK: - Resume
 
     /// batond started again in the middle of a rollout (after its agents re-adopted):
@@ -165,7 +160,7 @@ public actor Rollouts {
         supervisor.hold(planned.map(\.name), for: active.id)
         logger.notice("taking up a rollout left in progress", metadata: ["rollout": "\(active.id)", "phase": "\(active.phase.rawValue)"])
         // A fleet's barrier always waits at the migration step: for the fleet's decision.
-        let fleet = active.barrier && Self.isFleet(active.by)
+        let fleet = active.barrier && FleetPlan.isRolloutBy(active.by)
         machine = MachineRollout(version: active.version, barrier: active.barrier,
                                  migration: migrations.isEmpty && !fleet ? nil : ["migrate"], agents: planned, resumingAt: active.phase)
         guard active.phase != .pending else { return await feed(.begin) }
@@ -254,7 +249,7 @@ public actor Rollouts {
                     await self.feed(.halted(agent))
                 }
             case .runMigration:
-                if fleetBarrier != nil || Self.isFleet(by) {
+                if fleetBarrier != nil || FleetPlan.isRolloutBy(by) {
                     waitAtFleetBarrier()
                 } else {
                     let migrations = self.migrations

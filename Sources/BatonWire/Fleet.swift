@@ -68,6 +68,13 @@ public struct FleetPlan: Codable, Sendable, Equatable {
 
     /// The sequence number in `id` (`fleet-7` → 7); 0 for none.
     public var number: Int { Int(id.dropFirst("fleet-".count)) ?? 0 }
+
+    /// Who a host's machine rollout for this plan is asked by, in its ledger:
+    /// `fleet fleet-7 (who set the plan)`.
+    public var rolloutBy: String { "fleet \(id) (\(by))" }
+
+    /// Whether a machine rollout asked `by` this is a step of a fleet's plan.
+    public static func isRolloutBy(_ by: String) -> Bool { by.hasPrefix("fleet fleet-") }
 }
 
 /// Where the coordinator has the rollout of a plan (`<prefix>/<fleet>/plan/rollout`).
