@@ -88,7 +88,9 @@ struct DaemonRoutes: Sendable {
         case .mismatch: HTTPError(status: 422, code: "digest_mismatch", message: error.description)
         case .tooLarge(let limit): HTTPError.payloadTooLarge(limit: limit)
         case .notStored: HTTPError(status: 404, code: "binary_not_found", message: error.description)
-        case .io: HTTPError(status: 500, code: "store_failed", message: "the binary could not be stored: \(error)")
+        case .io(_, ENOSPC), .io(_, EDQUOT):
+            HTTPError(status: 507, code: "insufficient_storage", message: "the binary could not be stored: \(error); nothing was kept")
+        case .io: HTTPError(status: 503, code: "store_failed", message: "the binary could not be stored: \(error); nothing was kept")
         }
     }
 }

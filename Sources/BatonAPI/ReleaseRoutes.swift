@@ -159,7 +159,7 @@ extension ReleaseRefusal {
             case .unsafeArchive: HTTPError(status: 422, code: "unsafe_archive", message: description)
             case .insufficientSpace, .noSpace: HTTPError(status: 507, code: "insufficient_storage", message: description)
             case .exists: HTTPError(status: 409, code: "release_exists", message: description)
-            case .io: HTTPError(status: 500, code: "store_failed", message: "the release could not be stored: \(description)")
+            case .io: HTTPError(status: 503, code: "store_failed", message: "the release could not be stored: \(description); nothing was kept")
             }
         }
     }

@@ -107,6 +107,8 @@ actor AgentRunner {
     private var processes: [String: ProcessHandle] = [:]
     private var timers: [Machine.TimerKey: (generation: Int, task: Task<Void, Never>)] = [:]
     private var timerGenerations = 0
+    /// Retries `current` after a failed flip (`catchUpCurrent`).
+    private var currentCatchUp: Task<Void, Never>?
     private var flight: Flight?
     private var shutdownDone: (@Sendable () -> Void)?
     /// Who waits for the halt to leave no instance.
@@ -652,7 +654,29 @@ actor AgentRunner {
         do {
             try context.releases.setCurrent(agent: name, version: version)
         } catch {
-            logger.critical("cannot flip the current release", metadata: ["agent": "\(name)", "error": "\(error)"])
+            logger.critical("cannot flip the current release; trying again every second",
+                            metadata: ["agent": "\(name)", "version": "\(version)", "error": "\(error)"])
+            catchUpCurrent()
+        }
+    }
+
+    /// `current` could not follow a commit (the disk failed on symlink or rename): it is
+    /// put in line with the ledger's last commit every second until that works, rather
+    /// than at batond's next start.
+    private func catchUpCurrent() {
+        guard currentCatchUp == nil else { return }
+        currentCatchUp = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                let recorded = context.ledger.state.agents[name]?.current
+                guard let recorded, context.releases.exists(agent: name, version: recorded) else { break }
+                if context.releases.current(agent: name) == recorded { break }
+                if context.releases.reconcile(agent: name, recorded: recorded) != nil {
+                    logger.notice("current follows the ledger again", metadata: ["agent": "\(name)", "current": "\(recorded)"])
+                    break
+                }
+            }
+            currentCatchUp = nil
         }
     }
 
