@@ -10,19 +10,37 @@ struct OpenAPISpec {
         let path: String
     }
 
+    /// What an operation declares about its callers and its body.
+    struct Details {
+        /// The security schemes that grant it (any one suffices); empty: open to anyone.
+        var security: [String]
+        /// The media type of its request body, if it takes one.
+        var bodyType: String?
+    }
+
     let operations: Set<Operation>
+    /// Each operation's security and body; the document's `security` where it has none.
+    let details: [Operation: Details]
     /// Each component schema's lines, below its name.
     let schemas: [String: [Substring]]
 
     static func load() throws -> OpenAPISpec {
         let text = try String(contentsOfFile: Products.packageRoot + "/api/openapi.yaml", encoding: .utf8)
         var operations = Set<Operation>()
+        var declared: [Operation: (security: [String]?, bodyType: String?)] = [:]
+        var documentSecurity: [String] = []
         var schemas: [String: [Substring]] = [:]
         var section = ""  // "paths:", or "components:" and its part, e.g. "components:schemas:"
         var path: String?
+        var operation: Operation?
+        var operationPart = ""  // the operation's key being read: "security", "requestBody", ...
         var schema: String?
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
             if let first = line.first, first != " ", first != "#" { section = String(line); continue }
+            if section == "security:", line.hasPrefix("  - "), line.hasSuffix(": []") {
+                documentSecurity.append(String(line.dropFirst(4).dropLast(4)))
+                continue
+            }
             if section.hasPrefix("components:"), line.hasPrefix("  "), !line.hasPrefix("   "), line.hasSuffix(":") {
                 section = "components:" + line.dropFirst(2)
                 continue
@@ -31,9 +49,24 @@ struct OpenAPISpec {
             case "paths:":
                 if line.hasPrefix("  /"), line.hasSuffix(":") {
                     path = String(line.dropFirst(2).dropLast())
-                } else if let path, line.hasPrefix("    "), !line.hasPrefix("     "),
-                          let method = ["get", "put", "post", "delete", "patch"].first(where: { line == "    \($0):" }) {
-                    operations.insert(Operation(method: method.uppercased(), path: path))
+                    operation = nil
+                } else if let path, line.hasPrefix("    "), !line.hasPrefix("     ") {
+                    operation = ["get", "put", "post", "delete", "patch"].first(where: { line == "    \($0):" })
+                        .map { Operation(method: $0.uppercased(), path: path) }
+                    if let operation {
+                        operations.insert(operation)
+                        declared[operation] = (nil, nil)
+                    }
+                } else if let operation, line.hasPrefix("      "), !line.hasPrefix("       ") {
+                    operationPart = String(line.dropFirst(6).prefix { $0 != ":" })
+                    if line == "      security: []" { declared[operation]?.security = [] }
+                } else if let operation, operationPart == "security", line.hasPrefix("        - "), line.hasSuffix(": []") {
+                    let scheme = String(line.dropFirst(10).dropLast(4))
+                    let before = declared[operation]?.security ?? []
+                    declared[operation]?.security = before + [scheme]
+                } else if let operation, operationPart == "requestBody", declared[operation]?.bodyType == nil,
+                          line.hasPrefix("          "), !line.hasPrefix("           "), line.hasSuffix(":") {
+                    declared[operation]?.bodyType = String(line.dropFirst(10).dropLast())
                 }
             case "components:schemas:":
                 if line.hasPrefix("    "), !line.hasPrefix("     "), line.hasSuffix(":") {
@@ -45,7 +78,8 @@ struct OpenAPISpec {
                 continue
             }
         }
-        return OpenAPISpec(operations: operations, schemas: schemas)
+        let details = declared.mapValues { Details(security: $0.security ?? documentSecurity, bodyType: $0.bodyType) }
+        return OpenAPISpec(operations: operations, details: details, schemas: schemas)
     }
 
     /// A schema's own `pattern`, written as a single-quoted YAML scalar (no escapes but '').
