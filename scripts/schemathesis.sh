@@ -16,9 +16,10 @@
 # codes, content types, headers and bodies as documented; data the schema forbids
 # refused with a 4xx and data it allows accepted (or refused for the machine's
 # state: 404, 409); required headers and authentication really required; 405 for
-# undocumented methods. The stateful checks (use_after_free,
-# ensure_resource_availability, object_level_authorization) need the stateful phase,
-# which follows OpenAPI links; the spec has none, so that phase is not run.
+# undocumented methods. The stateful phase follows the spec's OpenAPI links (an agent
+# listed -> its releases -> one release -> deleted -> asked again; a desired version ->
+# the agent and its handoffs; ...) and adds the stateful checks: use_after_free (what
+# was deleted answers 404), ensure_resource_availability, object_level_authorization.
 # Left out of the operations: POST /v1/agents/{name}/instances. It registers an
 # existing process by pid, and a registered process is signalled by batond (stop,
 # SIGTERM, SIGKILL), so generated pids would have batond signal unrelated processes
@@ -183,7 +184,7 @@ run() {
     "$schemathesis" --config-file "$config" run api/openapi.yaml \
         --url "http://$address" \
         --checks all \
-        --phases examples,coverage,fuzzing \
+        --phases examples,coverage,fuzzing,stateful \
         --max-examples "$max_examples" \
         --request-timeout 30 \
         --generation-database none \
