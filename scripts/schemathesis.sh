@@ -112,20 +112,38 @@ token=$(tr -d '\n' <"$state/operator.token")
 
 # The instance routes need the instance's own token: the one batond gave the agent's
 # running instance in its environment (BATON_TOKEN), read from /proc as `ps e` does.
-instance= instance_token=
-for _ in $(seq 300); do
-    view=$(curl -sf -H "Authorization: Bearer $token" "http://$address/v1/agents/machine-0" || true)
-    read -r instance instance_pid < <(python3 -c 'import json, sys
-instances = json.loads(sys.stdin.read() or "{}").get("instances") or [{}]
+# instance_credentials [NOT]: sets $instance and $instance_token to machine-0's working
+# instance (another than NOT): the token from its environment.
+instance_credentials() {
+    local not=${1:-} view instance_pid
+    instance= instance_token=
+    for _ in $(seq 300); do
+        view=$(curl -sf -H "Authorization: Bearer $token" "http://$address/v1/agents/machine-0" || true)
+        read -r instance instance_pid < <(python3 -c 'import json, sys
+instances = [i for i in json.loads(sys.stdin.read() or "{}").get("instances") or [] if i.get("state") == "working"] or [{}]
 print(instances[0].get("id", ""), instances[0].get("pid", ""))' <<<"$view") || true
-    if [[ -n $instance && -r /proc/$instance_pid/environ ]]; then
-        instance_token=$(tr '\0' '\n' <"/proc/$instance_pid/environ" | sed -n 's/^BATON_TOKEN=//p')
-        [[ -n $instance_token ]] && break
-    fi
-    sleep 0.1
-done
-[[ -n $instance_token ]] || { cat "$state/batond.log" >&2; echo "schemathesis.sh: machine-0 did not start" >&2; exit 1; }
-# Two runs, each with its credentials; no cache of past runs in the work tree.
+        if [[ -n $instance && $instance != "$not" && -r /proc/$instance_pid/environ ]]; then
+            instance_token=$(tr '\0' '\n' <"/proc/$instance_pid/environ" | sed -n 's/^BATON_TOKEN=//p')
+            [[ -n $instance_token ]] && return 0
+        fi
+        sleep 0.1
+    done
+    cat "$state/batond.log" >&2
+    echo "schemathesis.sh: machine-0 has no working instance${not:+ but $not}" >&2
+    exit 1
+}
+# instance_config: the config of a run as $instance.
+instance_config() {
+    cat >"$state/instance.toml" <<EOF
+headers = { Authorization = "Bearer $instance_token" }
+[cache]
+enabled = false
+[parameters]
+"path.id" = "$instance"
+EOF
+}
+instance_credentials
+# Three runs, each with its credentials; no cache of past runs in the work tree.
 # A schema cannot say that Content-Digest must be the body's own SHA-256: a binary
 # generated from the schema is refused 422 digest_mismatch, rightly. A release push
 # also needs one of Content-Digest and ?sha256= (400 without either: a schema cannot
@@ -163,28 +181,23 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 include-operation-id = "excludeFromFleet"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429", "5xx"]
 EOF
-cat >"$state/instance.toml" <<EOF
-headers = { Authorization = "Bearer $instance_token" }
-[cache]
-enabled = false
-[parameters]
-"path.id" = "$instance"
-EOF
+instance_config
 
-# run NAME CONFIG ARGS...: one schemathesis run. Both runs happen; the first failure
-# sets the exit status.
+# run NAME CONFIG ARGS...: one schemathesis run (every phase unless ARGS say --phases).
+# Every run happens; the first failure sets the exit status.
 status=0
 total_started=$(date +%s)
 run() {
-    local name=$1 config=$2 started code=0
+    local name=$1 config=$2 started code=0 phases=(--phases examples,coverage,fuzzing,stateful)
     shift 2
+    [[ " $* " == *" --phases "* ]] && phases=()
     started=$(date +%s)
     # One worker: with two, hypothesis 6.170 on Python 3.11 sometimes fails inside
     # (AST constructor recursion depth mismatch), a race in CPython's ast module.
     "$schemathesis" --config-file "$config" run api/openapi.yaml \
         --url "http://$address" \
         --checks all \
-        --phases examples,coverage,fuzzing,stateful \
+        "${phases[@]}" \
         --max-examples "$max_examples" \
         --request-timeout 30 \
         --generation-database none \
@@ -205,9 +218,16 @@ run() {
 cases=0 failures=0
 # First as the instance, on its own routes (its reports may end it: later requests then
 # get 401 or 404, which the spec documents); then as the operator, on the others.
-run "instance $instance" "$state/instance.toml" --include-tag instances --exclude-operation-id registerInstance
+# The instance's reports end it (stopped, failed), so its stateful phase, which follows
+# the links between its routes, runs apart, as the next instance batond starts.
+run "instance $instance" "$state/instance.toml" --include-tag instances --exclude-operation-id registerInstance \
+    --phases examples,coverage,fuzzing
+instance_credentials "$instance"
+instance_config
+run "instance $instance (stateful)" "$state/instance.toml" --include-tag instances --exclude-operation-id registerInstance \
+    --phases stateful
 run operator "$state/operator.toml" --exclude-tag instances --exclude-operation-id registerInstance
-echo "schemathesis.sh: both runs took $(( $(date +%s) - total_started )) s"
+echo "schemathesis.sh: the three runs took $(( $(date +%s) - total_started )) s"
 
 kill -TERM "$pid"
 if wait "$pid"; then stopped=0; else stopped=$?; fi
