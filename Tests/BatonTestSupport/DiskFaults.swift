@@ -24,18 +24,21 @@ public final class DiskFaults {
         public var description: String { "\(call) fails with \(String(cString: strerror(errno))) under \(path)" }
     }
 
-    /// The compiled shim, or why there is none (no C compiler).
+    /// The C compiler the shim is built with: the system's, else the toolchain's.
+    public static let compiler = which("cc") ?? which("clang")
+    public static var isAvailable: Bool { compiler != nil }
+
+    /// The compiled shim, beside the build's products (compiled once per test run); a
+    /// shim that does not compile fails the tests that need it.
     public static let library: Result<String, TestFailure> = {
-        guard let compiler = which("cc") ?? which("clang") else { return .failure(TestFailure("no C compiler (cc, clang)")) }
-        let output = FileManager.default.temporaryDirectory.path + "/baton-faultfs-\(getpid()).so"
+        guard let compiler else { return .failure(TestFailure("no C compiler (cc, clang)")) }
+        let output = Products.path("faultfs.so")
         let source = Products.packageRoot + "/Tests/Faults/faultfs.c"
-        guard let (status, text) = try? run([compiler, "-shared", "-fPIC", "-O1", "-Wall", "-o", output, source, "-ldl", "-lpthread"]),
-              status == 0 else { return .failure(TestFailure("compiling \(source) failed")) }
-        _ = text
+        guard let (status, text) = try? run([compiler, "-shared", "-fPIC", "-O1", "-Wall", "-o", output, source, "-ldl", "-lpthread"])
+        else { return .failure(TestFailure("\(compiler) did not run")) }
+        guard status == 0 else { return .failure(TestFailure("compiling \(source) failed: \(text)")) }
         return .success(output)
     }()
-
-    public static var isAvailable: Bool { (try? library.get()) != nil }
 
     public let control: String
 
