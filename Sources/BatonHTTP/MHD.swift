@@ -276,18 +276,24 @@ public final class HTTPServer: Sendable {
     }
 
     /// Takes a parked request in, within its group's limit: past it, throws 503
-    /// `too_many_waiters`, or answers the group's oldest to make room.
-    func remember(_ pending: Pending, limit: ParkLimit?) throws(HTTPError) {
+    /// `too_many_waiters`, or answers the group's oldest to make room. A limited request
+    /// (a long-poll) also takes one of the slots its listener lets be held (`hold`, forced
+    /// when it replaces the group's oldest); when none is left, throws 503
+    /// `too_many_waiters` too. One without a limit (a report being processed, answered
+    /// in moments) holds none.
+    func remember(_ pending: Pending, limit: ParkLimit?, hold: (_ force: Bool) -> Bool) throws(HTTPError) {
         let displaced: Pending? = try parked.withLock { (parked) throws(HTTPError) -> Pending? in
             var displaced: Pending?
-            if let limit {
-                var members = parked.groups[limit.group, default: []]
-                if members.count >= limit.most {
-                    switch limit.overflow {
-                    case .refuse: throw HTTPError.tooManyWaiters(limit.group)
-                    case .answerOldest: displaced = members.isEmpty ? nil : members.removeFirst()
-                    }
+            var members = limit.map { parked.groups[$0.group, default: []] } ?? []
+            if let limit, members.count >= limit.most {
+                switch limit.overflow {
+                case .refuse: throw HTTPError.tooManyWaiters(limit.group)
+                case .answerOldest: displaced = members.isEmpty ? nil : members.removeFirst()
                 }
+            }
+            // The table's lock inside the parked one: nothing takes them the other way round.
+            guard limit == nil || hold(displaced != nil) else { throw HTTPError.tooManyWaiters("this listener's slots for waiting") }
+            if let limit {
                 members.append(pending)
                 parked.groups[limit.group] = members
             }
@@ -297,10 +303,11 @@ public final class HTTPServer: Sendable {
         displaced?.expire()
     }
 
-    /// Takes a new stream in, within `maxStreams`: past it, throws 503 `too_many_streams`.
-    func admit(_ stream: OpenStream) throws(HTTPError) {
+    /// Takes a new stream in, within `maxStreams` and within the slots its listener lets
+    /// be held (`hold`): past either, throws 503 `too_many_streams`.
+    func admit(_ stream: OpenStream, hold: () -> Bool) throws(HTTPError) {
         try streams.withLock { (streams) throws(HTTPError) in
-            guard streams.count < configuration.maxStreams else { throw HTTPError.tooManyStreams }
+            guard streams.count < configuration.maxStreams, hold() else { throw HTTPError.tooManyStreams }
             streams[ObjectIdentifier(stream)] = stream
         }
     }
@@ -604,7 +611,12 @@ final class Exchange {
             return queue(HTTPError.shuttingDown.response)
         }
         let stream = OpenStream(source: streamed.source, connection: connection)
-        do { try server.admit(stream) } catch { return queue(error.response) }
+        let key = UInt(bitPattern: connection)
+        do {
+            try server.admit(stream) { [context] in context.table.withLock { $0.hold(key) } }
+        } catch {
+            return queue(error.response)
+        }
         self.stream = stream
         answered = true
         // The response holds the stream until libmicrohttpd frees it (`streamFreed`).
@@ -653,7 +665,8 @@ final class Exchange {
             onDeadline: onDeadline,
             resume: { MHD_resume_connection(OpaquePointer(bitPattern: address)) },
             forget: { server.forget($0, group: group) })
-        try server.remember(pending, limit: limit)
+        let context = self.context
+        try server.remember(pending, limit: limit) { force in context.table.withLock { $0.hold(address, force: force) } }
         self.pending = pending
         server.deadlines.asyncAfter(deadline: .now() + deadline.dispatch) { [weak pending] in
             pending?.expire()

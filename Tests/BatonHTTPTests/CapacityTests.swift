@@ -156,3 +156,99 @@ private func eventually(_ condition: () -> Bool) throws {
         usleep(10_000)
     }
 }
+
+/// A listener that keeps slots for requests answered at once: parked requests and open
+/// streams may hold only `maxConnections - reserved` of its connections.
+@Suite("HTTP reserved slots")
+final class ReservedSlotsTests {
+    let server: HTTPServer
+    let tcp: Listener
+    let endpoint: Endpoint
+    let parked = Locked<Int>(0)
+
+    /// 6 slots, 2 reserved: 4 may be held.
+    init() throws {
+        let parked = self.parked
+        let router = Router([
+            Route(.GET, "/hello", scope: RouteScope("open")) { _ in .respond(.json(["hello": "world"])) },
+            Route(.GET, "/park", scope: RouteScope("open")) { (request) throws(HTTPError) -> Reply in
+                let overflow: ParkLimit.Overflow = request.query("displace") == nil ? .refuse : .answerOldest
+                _ = try request.park(deadline: .seconds(30), limit: ParkLimit(group: "park", most: 1000, overflow: overflow)) {
+                    .json(["answer": "deadline"])
+                }
+                parked.set(parked.get() + 1)
+                return .parked
+            },
+            Route(.GET, "/stream", scope: RouteScope("open")) { _ in
+                .stream(StreamedResponse(headers: [("Content-Type", "text/event-stream")], source: Silence()))
+            },
+        ])
+        server = HTTPServer(router: router, logger: Logger(label: "reserved-slots-test"))
+        tcp = try Listener.tcp(host: "127.0.0.1", port: 0)
+        try server.serve(tcp, policy: ListenerPolicy(maxConnections: 6, reserved: 2))
+        guard case .tcp(let host, let port) = tcp.address else { throw TestFailure("not tcp") }
+        endpoint = .tcp(host: host, port: port)
+    }
+
+    deinit {
+        server.shutdown(grace: .seconds(1))
+        tcp.close()
+    }
+
+    /// Six long-polls on six slots: four park, two are refused at once, and a short
+    /// request still gets a slot. (Without the reserve all six parked and the listener,
+    /// full of busy connections, closed the short request's connection unanswered.)
+    @Test func longPollsCannotTakeTheReservedSlots() throws {
+        let waits = (0..<6).map { _ in inBackground { [endpoint] in try endpoint.get("/park", timeout: 30) } }
+        try eventually { self.parked.get() + self.refusedCount(waits) >= 6 }
+        #expect(parked.get() == 4)
+        let refused = waits.compactMap { try? $0.wait(timeout: 0) }
+        #expect(refused.count == 2)
+        for answer in refused {
+            #expect(answer.status == 503)
+            #expect(answer.errorCode == "too_many_waiters")
+            #expect(answer.header("Retry-After") == "1")
+        }
+        #expect(try endpoint.get("/hello", timeout: 3).status == 200, "a short request found a reserved slot")
+        server.shutdown(grace: .seconds(1))
+        for wait in waits { _ = try? wait.wait() }
+    }
+
+    /// A long-poll that replaces its group's oldest (a displacing limit) is taken even
+    /// when every slot that may be held is: the one it replaces is answered.
+    @Test func aDisplacingLongPollIsTakenAtTheLimit() throws {
+        let first = inBackground { [endpoint] in try endpoint.get("/park?displace=1", timeout: 30) }
+        try eventually { self.parked.get() == 1 }
+        let others = (0..<3).map { _ in inBackground { [endpoint] in try endpoint.get("/park", timeout: 30) } }
+        try eventually { self.parked.get() == 4 }
+        let displacing = inBackground { [endpoint] in try endpoint.get("/park?displace=1", timeout: 30) }
+        #expect(try first.wait(timeout: 5).json()["answer"] as? String == "deadline")
+        try eventually { self.parked.get() == 5 }
+        #expect(server.parkedCount == 4)
+        server.shutdown(grace: .seconds(1))
+        for wait in others + [displacing] { _ = try? wait.wait() }
+    }
+
+    /// Open streams count against the same slots: the fifth is refused at once.
+    @Test func streamsCannotTakeTheReservedSlots() throws {
+        let streams = try (0..<4).map { _ in try RawConnection(endpoint, timeout: 5) }
+        for stream in streams { try stream.send(Array("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n".utf8)) }
+        try eventually { self.server.streamCount == 4 }
+        let refused = try endpoint.get("/stream", timeout: 3)
+        #expect(refused.status == 503)
+        #expect(refused.errorCode == "too_many_streams")
+        #expect(try endpoint.get("/hello", timeout: 3).status == 200)
+        withExtendedLifetime(streams) {}
+    }
+
+    /// The requests answered already (a parked one is not).
+    private func refusedCount(_ waits: [Background<HTTPResponse>]) -> Int {
+        waits.count { (try? $0.wait(timeout: 0)) != nil }
+    }
+}
+
+/// A stream that never has anything to say.
+private final class Silence: StreamSource {
+    func next() -> [UInt8] { [] }
+    var keepalive: [UInt8] { [] }
+}
