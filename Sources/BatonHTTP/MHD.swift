@@ -279,8 +279,10 @@ public final class HTTPServer: Sendable {
     /// `too_many_waiters`, or answers the group's oldest to make room. A limited request
     /// (a long-poll) also takes one of the slots its listener lets be held (`hold`, forced
     /// when it replaces the group's oldest); when none is left, throws 503
-    /// `too_many_waiters` too. One without a limit (a report being processed, answered
-    /// in moments) holds none.
+    /// `too_many_waiters` too, unless the request is the first of a displacing group (one
+    /// client's polls) and another such group has two or more parked on the listener: the
+    /// oldest of those is answered, so that every client keeps one. One without a limit
+    /// (a report being processed, answered in moments) holds no slot.
     func remember(_ pending: Pending, limit: ParkLimit?, hold: (_ force: Bool) -> Bool) throws(HTTPError) {
         let displaced: Pending? = try parked.withLock { (parked) throws(HTTPError) -> Pending? in
             var displaced: Pending?
@@ -291,11 +293,19 @@ public final class HTTPServer: Sendable {
                 case .answerOldest: displaced = members.isEmpty ? nil : members.removeFirst()
                 }
             }
-            // The table's lock inside the parked one: nothing takes them the other way round.
-            guard limit == nil || hold(displaced != nil) else { throw HTTPError.tooManyWaiters("this listener's slots for waiting") }
             if let limit {
+                // The table's lock inside the parked one: nothing takes them the other way round.
+                var held = hold(displaced != nil)
+                if !held, limit.overflow == .answerOldest, members.isEmpty,
+                   let spare = parked.takeSpare(on: pending.listener) {
+                    // Every slot is taken, and this client has none: one that has two gives one up.
+                    displaced = spare
+                    held = hold(true)
+                }
+                guard held else { throw HTTPError.tooManyWaiters("this listener's slots for waiting") }
                 members.append(pending)
                 parked.groups[limit.group] = members
+                if limit.overflow == .answerOldest { parked.displacing.insert(limit.group) }
             }
             parked.all[ObjectIdentifier(pending)] = pending
             return displaced
@@ -329,6 +339,7 @@ public final class HTTPServer: Sendable {
             guard let group, var members = parked.groups[group] else { return }
             members.removeAll { $0 === pending }
             parked.groups[group] = members.isEmpty ? nil : members
+            if members.isEmpty { parked.displacing.remove(group) }
         }
     }
 }
@@ -337,6 +348,22 @@ public final class HTTPServer: Sendable {
 struct ParkedRequests {
     var all: [ObjectIdentifier: Pending] = [:]
     var groups: [String: [Pending]] = [:]
+    /// The groups whose overflow answers their oldest (one client's polls, of which a
+    /// second one is spare).
+    var displacing: Set<String> = []
+
+    /// Takes out of its group the oldest request parked on `listener` of a displacing
+    /// group with two or more parked (its client keeps the others), if there is one.
+    mutating func takeSpare(on listener: ObjectIdentifier) -> Pending? {
+        for group in displacing {
+            guard var members = groups[group], members.count >= 2,
+                  let index = members.firstIndex(where: { $0.listener == listener }) else { continue }
+            let spare = members.remove(at: index)
+            groups[group] = members
+            return spare
+        }
+        return nil
+    }
 }
 
 
@@ -662,6 +689,7 @@ final class Exchange {
         let server = self.server
         let group = limit?.group
         let pending = Pending(
+            listener: ObjectIdentifier(context),
             onDeadline: onDeadline,
             resume: { MHD_resume_connection(OpaquePointer(bitPattern: address)) },
             forget: { server.forget($0, group: group) })

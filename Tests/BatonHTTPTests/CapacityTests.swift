@@ -172,8 +172,12 @@ final class ReservedSlotsTests {
         let router = Router([
             Route(.GET, "/hello", scope: RouteScope("open")) { _ in .respond(.json(["hello": "world"])) },
             Route(.GET, "/park", scope: RouteScope("open")) { (request) throws(HTTPError) -> Reply in
-                let overflow: ParkLimit.Overflow = request.query("displace") == nil ? .refuse : .answerOldest
-                _ = try request.park(deadline: .seconds(30), limit: ParkLimit(group: "park", most: 1000, overflow: overflow)) {
+                // `/park?client=C&most=N`: client C's polls, the oldest answered past N
+                // (as an instance's signal polls); without a client, one group that refuses.
+                let limit = request.query("client").map {
+                    ParkLimit(group: $0, most: Int(request.query("most") ?? "") ?? 1, overflow: .answerOldest)
+                } ?? ParkLimit(group: "park", most: 1000, overflow: .refuse)
+                _ = try request.park(deadline: .seconds(30), limit: limit) {
                     .json(["answer": "deadline"])
                 }
                 parked.set(parked.get() + 1)
@@ -199,10 +203,15 @@ final class ReservedSlotsTests {
     /// request still gets a slot. (Without the reserve all six parked and the listener,
     /// full of busy connections, closed the short request's connection unanswered.)
     @Test func longPollsCannotTakeTheReservedSlots() throws {
-        let waits = (0..<6).map { _ in inBackground { [endpoint] in try endpoint.get("/park", timeout: 30) } }
-        try eventually { self.parked.get() + self.refusedCount(waits) >= 6 }
+        let answered = Locked<[HTTPResponse]>([])
+        let waits = (0..<6).map { _ in inBackground { [endpoint] in
+            let answer = try endpoint.get("/park", timeout: 30)
+            answered.set(answered.get() + [answer])
+            return answer
+        } }
+        try waitUntil(timeout: 30) { self.parked.get() + answered.get().count >= 6 }
         #expect(parked.get() == 4)
-        let refused = waits.compactMap { try? $0.wait(timeout: 0) }
+        let refused = answered.get()
         #expect(refused.count == 2)
         for answer in refused {
             #expect(answer.status == 503)
@@ -217,33 +226,47 @@ final class ReservedSlotsTests {
     /// A long-poll that replaces its group's oldest (a displacing limit) is taken even
     /// when every slot that may be held is: the one it replaces is answered.
     @Test func aDisplacingLongPollIsTakenAtTheLimit() throws {
-        let first = inBackground { [endpoint] in try endpoint.get("/park?displace=1", timeout: 30) }
-        try eventually { self.parked.get() == 1 }
+        let first = inBackground { [endpoint] in try endpoint.get("/park?client=a", timeout: 30) }
+        try waitUntil(timeout: 30) { self.parked.get() == 1 }
         let others = (0..<3).map { _ in inBackground { [endpoint] in try endpoint.get("/park", timeout: 30) } }
-        try eventually { self.parked.get() == 4 }
-        let displacing = inBackground { [endpoint] in try endpoint.get("/park?displace=1", timeout: 30) }
-        #expect(try first.wait(timeout: 5).json()["answer"] as? String == "deadline")
-        try eventually { self.parked.get() == 5 }
+        try waitUntil(timeout: 30) { self.parked.get() == 4 }
+        let displacing = inBackground { [endpoint] in try endpoint.get("/park?client=a", timeout: 30) }
+        #expect(try first.wait(timeout: 30).json()["answer"] as? String == "deadline")
+        try waitUntil(timeout: 30) { self.parked.get() == 5 }
         #expect(server.parkedCount == 4)
         server.shutdown(grace: .seconds(1))
         for wait in others + [displacing] { _ = try? wait.wait() }
+    }
+
+    /// Every slot that may be held is taken, two clients holding two polls each: a third
+    /// client's first poll takes the slot of the oldest of them, its second is refused.
+    @Test func aClientWithoutAPollTakesASpareOne() throws {
+        let get = { [endpoint] (path: String) in inBackground { try endpoint.get(path, timeout: 30) } }
+        let a1 = get("/park?client=a&most=2")
+        try waitUntil(timeout: 30) { self.parked.get() == 1 }
+        let others = [get("/park?client=a&most=2"), get("/park?client=b&most=2"), get("/park?client=b&most=2")]
+        try waitUntil(timeout: 30) { self.parked.get() == 4 }
+        let c1 = get("/park?client=c&most=2")
+        #expect(try a1.wait(timeout: 30).json()["answer"] as? String == "deadline", "a gave up its oldest, keeping one")
+        try waitUntil(timeout: 30) { self.parked.get() == 5 }
+        let c2 = try endpoint.get("/park?client=c&most=2", timeout: 5)
+        #expect(c2.status == 503, "c holds one already: its second finds no slot")
+        #expect(c2.errorCode == "too_many_waiters")
+        #expect(server.parkedCount == 4)
+        server.shutdown(grace: .seconds(1))
+        for wait in others + [c1] { _ = try? wait.wait() }
     }
 
     /// Open streams count against the same slots: the fifth is refused at once.
     @Test func streamsCannotTakeTheReservedSlots() throws {
         let streams = try (0..<4).map { _ in try RawConnection(endpoint, timeout: 5) }
         for stream in streams { try stream.send(Array("GET /stream HTTP/1.1\r\nHost: x\r\n\r\n".utf8)) }
-        try eventually { self.server.streamCount == 4 }
+        try waitUntil(timeout: 30) { self.server.streamCount == 4 }
         let refused = try endpoint.get("/stream", timeout: 3)
         #expect(refused.status == 503)
         #expect(refused.errorCode == "too_many_streams")
         #expect(try endpoint.get("/hello", timeout: 3).status == 200)
         withExtendedLifetime(streams) {}
-    }
-
-    /// The requests answered already (a parked one is not).
-    private func refusedCount(_ waits: [Background<HTTPResponse>]) -> Int {
-        waits.count { (try? $0.wait(timeout: 0)) != nil }
     }
 }
 
