@@ -376,9 +376,10 @@ def main():
         os.chmod(os.path.join(bin_dir, "agent"), 0o755)
     os.symlink("a", os.path.join(state, "releases", "bench", "current"))
     config = os.path.join(state, "batond.toml")
-    # Room on the agent socket for every parked poll, the prober's and the real
-    # agents' (with the default per-peer cap); streams within max_event_streams.
-    agent_max = 2 * args.instances + 1000
+    # Sized as docs/limits.md says: parked polls may hold the agent socket's slots less
+    # its reserve (an eighth), so 2 per instance and some for the real agents must fit
+    # in seven eighths.
+    agent_max = (2 * args.instances + 100) * 8 // 7 + 8
     with open(config, "w") as handle:
         handle.write(f"""[http]
 max_connections = {args.max_connections}

@@ -196,8 +196,8 @@ struct CapacityIntegrationTests {
     /// first poll takes the slot of another's second, and second polls are answered 503
     /// and asked again. The reserve lets the agents' reports in, and every instance keeps
     /// a poll parked: a handoff commits and every signal reaches its agent. (Before the
-    /// reserve, the polls filled the listener with parked connections, every new one was
-    /// closed at once, and the successor's `ready` never got in: the handoff failed.)
+    /// reserve, the polls filled the listener with parked connections and every new one
+    /// was closed at once: the agent's first instance never got its `ready` in.)
     @Test func aHandoffCommitsWhileParkedPollsOutnumberTheAgentSocket() throws {
         let state = TemporaryDirectory("capacity-polls")
         let agents = TestReleases(state: state)
