@@ -496,14 +496,18 @@ stop_agents_on_exit = true
                 started = time.monotonic()
                 outcome = hand_over(unix, token, versions[0])
                 handoffs.append((name, outcome, time.monotonic() - started))
-                versions.reverse()
-                if outcome != "committed":
+                if outcome == "committed":
+                    versions.reverse()
+                else:
                     failures.append(f"{name}: a handoff ended {outcome}")
                     time.sleep(0.5)
             if wrk_thread:
                 wrk_thread.join()
                 details["wrk"] = wrk_result
             details["parked"] = parked()
+            began_status = time.monotonic()
+            details["v1_status"] = (f"{len(request(tcp, 'GET', '/v1/status', token, timeout=30)[1])} bytes "
+                                    f"in {(time.monotonic() - began_status) * 1000:.0f} ms")
             for _, finish in loads:
                 details.update(finish() or {})
             stop.set()
@@ -606,7 +610,9 @@ stop_agents_on_exit = true
     if failures:
         print("batond's log (last 30 lines):")
         print("".join(open(os.path.join(state, "batond.log")).readlines()[-30:]))
-    shutil.rmtree(state, ignore_errors=True)
+        print(f"state directory kept: {state}")
+    else:
+        shutil.rmtree(state, ignore_errors=True)
     if failures:
         counted = {}
         for failure in failures:
