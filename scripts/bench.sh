@@ -32,6 +32,12 @@
 #   (baton-bench fleet): time to converge for several canary/max-unavailable
 #   settings against the serial minimum, and etcd requests per host per minute at
 #   rest, against etcd's raw rate from the same client: reported, no target
+#   load and starvation (bench/starve.py): 10,000 parked signal long-polls (5,000
+#   registered instances, bench/pollers.c), 1,000 event streams, a slowloris at the
+#   connection limit, 2 MiB bodies and wrk on /v1/status, one at a time and all at
+#   once, while an agent hands over back to back: latency per scope (agent,
+#   operator, probe), batond's RSS, wrk's rate against the C server's; target: no
+#   agent misses a signal or hears it over 1 s late, no scope goes unserved
 # The exit status is non-zero only when something failed to run or a
 # measurement is invalid (non-2xx answers, a server that did not start).
 #
@@ -43,6 +49,8 @@
 #   BENCH_PEERS_QUICK=1      bench/peers.py with 5 upgrades per run instead of 20
 #   BENCH_FLEET_QUICK=1      baton-bench fleet with 20 hosts and a 10 s steady window
 #                            instead of 100 hosts and 30 s
+#   BENCH_STARVE_INSTANCES=5000, BENCH_STARVE_SECONDS=15  bench/starve.py's pollers
+#                            (2 parked polls each) and seconds per phase
 # Temp dirs (batond state, ledger dirs) follow TMPDIR: keep it on a real
 # disk, the ledger numbers are about fsync.
 #
@@ -175,6 +183,7 @@ fi
 mkdir -p "$out"
 # shellcheck disable=SC2046 # pkg-config's output is meant to be split
 cc -O2 -Wall -Wextra -o "$out/mhd_fixed" bench/mhd_fixed.c $(pkg-config --cflags --libs libmicrohttpd)
+cc -O2 -Wall -Wextra -o "$out/pollers" bench/pollers.c
 
 # MARK: - HTTP: the C baseline
 
@@ -326,3 +335,11 @@ fleet_hosts=100 fleet_steady=30
 echo "== $fleet_hosts simulated hosts converge through batond's fleet code on 3 etcd members (baton-bench fleet)"
 "$baton_bench" fleet --hosts "$fleet_hosts" --steady-seconds "$fleet_steady" | sed 's/^/   /' \
     || die "the fleet simulation failed"
+
+# MARK: - Load and starvation
+
+echo
+echo "== load and starvation: parked polls, streams, slowloris, 2 MiB bodies, wrk, while an agent hands over (bench/starve.py)"
+python3 bench/starve.py "$batond" "$(dirname "$batond")/baton-testagent" "$out/pollers" "$out/mhd_fixed" \
+    --instances "${BENCH_STARVE_INSTANCES:-5000}" --seconds "${BENCH_STARVE_SECONDS:-15}" | sed 's/^/   /' \
+    || die "the load and starvation benchmark failed"

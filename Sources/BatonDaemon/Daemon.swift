@@ -161,7 +161,8 @@ public struct Daemon: Sendable {
         let agentPolicy = ListenerPolicy(
             maxConnections: config.http.agentMaxConnections, maxConnectionsPerPeer: config.http.agentConnectionsPerPeer,
             peerKey: { [supervisor] peer in supervisor.instance(forProcess: peer.pid).map { "instance \($0)" } ?? "uid \(peer.uid)" },
-            scopes: [.instance, .registration])
+            scopes: [.instance, .registration],
+            reserved: ListenerPolicy.defaultReserve(maxConnections: config.http.agentMaxConnections))
 
         do {
             try await ledger.append(.daemonStarted(.init(pid: getpid(), version: BatonVersion.current, config: config.file,
@@ -170,7 +171,8 @@ public struct Daemon: Sendable {
             throw Failure(exit: .ioError, description: "cannot record the start in the ledger: \(error)")
         }
         let served = listeners.map { (role: $0.isUnix ? Role.control : Role.tcp, listener: $0,
-                                      policy: ListenerPolicy(maxConnections: config.http.maxConnections)) }
+                                      policy: ListenerPolicy(maxConnections: config.http.maxConnections,
+                                                             reserved: ListenerPolicy.defaultReserve(maxConnections: config.http.maxConnections))) }
             + [(role: Role.agent, listener: agentListener, policy: agentPolicy)]
         for (_, listener, policy) in served {
             do { try server.serve(listener, policy: policy) } catch {

@@ -12,15 +12,30 @@ public struct ListenerPolicy: Sendable {
     public var peerKey: @Sendable (PeerCredentials) -> String
     /// The route scopes served here; nil serves every route. Other routes answer 404.
     public var scopes: Set<RouteScope>?
+    /// Slots kept for requests that are answered at once: parked requests (long-polls)
+    /// and open streams together hold at most `maxConnections - reserved` connections of
+    /// the listener. Past that, one more is answered 503 (`too_many_waiters`,
+    /// `too_many_streams`) instead of taking the last slots.
+    public var reserved: Int
 
     public init(maxConnections: Int, maxConnectionsPerPeer: Int? = nil,
                 peerKey: @escaping @Sendable (PeerCredentials) -> String = { "uid \($0.uid)" },
-                scopes: Set<RouteScope>? = nil) {
+                scopes: Set<RouteScope>? = nil, reserved: Int = 0) {
         self.maxConnections = maxConnections
         self.maxConnectionsPerPeer = maxConnectionsPerPeer
         self.peerKey = peerKey
         self.scopes = scopes
+        self.reserved = reserved
     }
+
+    /// The reserve batond keeps on each listener: an eighth of its slots, at least 4,
+    /// and always leaving one slot to hold.
+    public static func defaultReserve(maxConnections: Int) -> Int {
+        max(0, min(max(4, maxConnections / 8), maxConnections - 1))
+    }
+
+    /// Most connections parked requests and open streams may hold at once.
+    public var holdLimit: Int { max(0, maxConnections - reserved) }
 }
 
 /// A cap on the parked requests of one group (e.g. every events long-poll, or the signal
@@ -112,9 +127,13 @@ struct ConnectionTable {
         case head(since: Tick, deadline: Tick)
         /// The head is in; the body (if any) must be in by `deadline`. Goes to `busy`.
         case body(deadline: Tick)
-        /// Handled, parked or answering: no deadline of ours (a parked request carries its
-        /// own, an answer the idle timeout). Goes to `head` when the request ends.
+        /// Handled or answering: no deadline of ours (an answer has the idle timeout).
+        /// Goes to `held` or to `head` when the request ends.
         case busy
+        /// Parked, or sending an open stream: holds its slot for long, within the
+        /// listener's `holdLimit`. No deadline of ours (a parked request carries its own).
+        /// Goes to `head` when the request ends.
+        case held
         /// Shut down by us; libmicrohttpd has not closed it yet. Final.
         case closing
     }
@@ -133,6 +152,8 @@ struct ConnectionTable {
     private let idleThenHeadTimeout: Duration
     private(set) var entries: [UInt: Entry] = [:]
     private(set) var closures: [ConnectionClosure: UInt64] = [:]
+    /// The entries `held` now.
+    private(set) var held = 0
 
     init(policy: ListenerPolicy, headTimeout: Duration, bodyTimeout: Duration, idleTimeout: Duration) {
         self.policy = policy
@@ -194,7 +215,19 @@ struct ConnectionTable {
     }
 
     mutating func closed(_ connection: UInt) {
-        entries[connection] = nil
+        if entries.removeValue(forKey: connection)?.phase == .held { held -= 1 }
+    }
+
+    /// The request of `connection` is about to park or stream: takes one of the slots
+    /// that may be held, or returns false when they are all taken (answer it 503). With
+    /// `force` it is taken anyway: the request replaces a held one that is being
+    /// answered (the count goes over by one until that one's answer is sent).
+    mutating func hold(_ connection: UInt, force: Bool = false) -> Bool {
+        guard let index = entries.index(forKey: connection), entries.values[index].phase == .busy else { return true }
+        guard force || held < policy.holdLimit else { return false }
+        entries.values[index].phase = .held
+        held += 1
+        return true
     }
 
     /// The connections past their head or body deadline, now `closing`: shut them down.
@@ -211,7 +244,7 @@ struct ConnectionTable {
                 } else {
                     closures[.bodyDeadline, default: 0] += 1
                 }
-            case .busy, .closing:
+            case .busy, .held, .closing:
                 continue
             }
         }
@@ -245,6 +278,7 @@ struct ConnectionTable {
 
     private mutating func move(_ connection: UInt, to phase: Phase) {
         guard let index = entries.index(forKey: connection), entries.values[index].phase != .closing else { return }
+        if entries.values[index].phase == .held { held -= 1 }
         entries.values[index].phase = phase
     }
 }

@@ -276,20 +276,36 @@ public final class HTTPServer: Sendable {
     }
 
     /// Takes a parked request in, within its group's limit: past it, throws 503
-    /// `too_many_waiters`, or answers the group's oldest to make room.
-    func remember(_ pending: Pending, limit: ParkLimit?) throws(HTTPError) {
+    /// `too_many_waiters`, or answers the group's oldest to make room. A limited request
+    /// (a long-poll) also takes one of the slots its listener lets be held (`hold`, forced
+    /// when it replaces the group's oldest); when none is left, throws 503
+    /// `too_many_waiters` too, unless the request is the first of a displacing group (one
+    /// client's polls) and another such group has two or more parked on the listener: the
+    /// oldest of those is answered, so that every client keeps one. One without a limit
+    /// (a report being processed, answered in moments) holds no slot.
+    func remember(_ pending: Pending, limit: ParkLimit?, hold: (_ force: Bool) -> Bool) throws(HTTPError) {
         let displaced: Pending? = try parked.withLock { (parked) throws(HTTPError) -> Pending? in
             var displaced: Pending?
-            if let limit {
-                var members = parked.groups[limit.group, default: []]
-                if members.count >= limit.most {
-                    switch limit.overflow {
-                    case .refuse: throw HTTPError.tooManyWaiters(limit.group)
-                    case .answerOldest: displaced = members.isEmpty ? nil : members.removeFirst()
-                    }
+            var members = limit.map { parked.groups[$0.group, default: []] } ?? []
+            if let limit, members.count >= limit.most {
+                switch limit.overflow {
+                case .refuse: throw HTTPError.tooManyWaiters(limit.group)
+                case .answerOldest: displaced = members.isEmpty ? nil : members.removeFirst()
                 }
+            }
+            if let limit {
+                // The table's lock inside the parked one: nothing takes them the other way round.
+                var held = hold(displaced != nil)
+                if !held, limit.overflow == .answerOldest, members.isEmpty,
+                   let spare = parked.takeSpare(on: pending.listener) {
+                    // Every slot is taken, and this client has none: one that has two gives one up.
+                    displaced = spare
+                    held = hold(true)
+                }
+                guard held else { throw HTTPError.tooManyWaiters("this listener's slots for waiting") }
                 members.append(pending)
                 parked.groups[limit.group] = members
+                if limit.overflow == .answerOldest { parked.displacing.insert(limit.group) }
             }
             parked.all[ObjectIdentifier(pending)] = pending
             return displaced
@@ -297,10 +313,11 @@ public final class HTTPServer: Sendable {
         displaced?.expire()
     }
 
-    /// Takes a new stream in, within `maxStreams`: past it, throws 503 `too_many_streams`.
-    func admit(_ stream: OpenStream) throws(HTTPError) {
+    /// Takes a new stream in, within `maxStreams` and within the slots its listener lets
+    /// be held (`hold`): past either, throws 503 `too_many_streams`.
+    func admit(_ stream: OpenStream, hold: () -> Bool) throws(HTTPError) {
         try streams.withLock { (streams) throws(HTTPError) in
-            guard streams.count < configuration.maxStreams else { throw HTTPError.tooManyStreams }
+            guard streams.count < configuration.maxStreams, hold() else { throw HTTPError.tooManyStreams }
             streams[ObjectIdentifier(stream)] = stream
         }
     }
@@ -322,6 +339,7 @@ public final class HTTPServer: Sendable {
             guard let group, var members = parked.groups[group] else { return }
             members.removeAll { $0 === pending }
             parked.groups[group] = members.isEmpty ? nil : members
+            if members.isEmpty { parked.displacing.remove(group) }
         }
     }
 }
@@ -330,6 +348,22 @@ public final class HTTPServer: Sendable {
 struct ParkedRequests {
     var all: [ObjectIdentifier: Pending] = [:]
     var groups: [String: [Pending]] = [:]
+    /// The groups whose overflow answers their oldest (one client's polls, of which a
+    /// second one is spare).
+    var displacing: Set<String> = []
+
+    /// Takes out of its group the oldest request parked on `listener` of a displacing
+    /// group with two or more parked (its client keeps the others), if there is one.
+    mutating func takeSpare(on listener: ObjectIdentifier) -> Pending? {
+        for group in displacing {
+            guard var members = groups[group], members.count >= 2,
+                  let index = members.firstIndex(where: { $0.listener == listener }) else { continue }
+            let spare = members.remove(at: index)
+            groups[group] = members
+            return spare
+        }
+        return nil
+    }
 }
 
 
@@ -604,7 +638,12 @@ final class Exchange {
             return queue(HTTPError.shuttingDown.response)
         }
         let stream = OpenStream(source: streamed.source, connection: connection)
-        do { try server.admit(stream) } catch { return queue(error.response) }
+        let key = UInt(bitPattern: connection)
+        do {
+            try server.admit(stream) { [context] in context.table.withLock { $0.hold(key) } }
+        } catch {
+            return queue(error.response)
+        }
         self.stream = stream
         answered = true
         // The response holds the stream until libmicrohttpd frees it (`streamFreed`).
@@ -650,10 +689,12 @@ final class Exchange {
         let server = self.server
         let group = limit?.group
         let pending = Pending(
+            listener: ObjectIdentifier(context),
             onDeadline: onDeadline,
             resume: { MHD_resume_connection(OpaquePointer(bitPattern: address)) },
             forget: { server.forget($0, group: group) })
-        try server.remember(pending, limit: limit)
+        let context = self.context
+        try server.remember(pending, limit: limit) { force in context.table.withLock { $0.hold(address, force: force) } }
         self.pending = pending
         server.deadlines.asyncAfter(deadline: .now() + deadline.dispatch) { [weak pending] in
             pending?.expire()

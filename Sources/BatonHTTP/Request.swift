@@ -73,15 +73,18 @@ public final class Pending: Sendable {
     }
 
     let state = Mutex<State>(.registering)
+    /// The listener (its daemon's context) whose connection the request holds.
+    let listener: ObjectIdentifier
     let onDeadline: @Sendable () -> Response
     /// Resumes the connection in libmicrohttpd; called once, under the state lock,
     /// so a resume can never precede the suspend.
     let resume: @Sendable () -> Void
     let forget: @Sendable (Pending) -> Void
 
-    init(onDeadline: @escaping @Sendable () -> Response,
+    init(listener: ObjectIdentifier, onDeadline: @escaping @Sendable () -> Response,
          resume: @escaping @Sendable () -> Void,
          forget: @escaping @Sendable (Pending) -> Void) {
+        self.listener = listener
         self.onDeadline = onDeadline
         self.resume = resume
         self.forget = forget

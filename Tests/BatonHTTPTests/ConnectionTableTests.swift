@@ -123,4 +123,29 @@ struct ConnectionTableTests {
         #expect(connections.entries[1]?.phase == .closing)
         #expect(connections.open == 0)
     }
+
+    /// Held connections (parked, streaming) stay within `maxConnections - reserved`; a
+    /// forced hold goes past; ending a request or closing frees the hold.
+    @Test func heldConnectionsStayWithinTheLimitLessTheReserve() {
+        var connections = ConnectionTable(policy: ListenerPolicy(maxConnections: 4, reserved: 2),
+                                          headTimeout: .seconds(10), bodyTimeout: .seconds(30), idleTimeout: .seconds(30))
+        for key in UInt(1)...4 {
+            _ = connections.started(key, fd: Int32(key), peer: nil, now: start)
+            connections.headReceived(key, now: start)
+            connections.bodyReceived(key)
+        }
+        let first = connections.hold(1), second = connections.hold(2), third = connections.hold(3)
+        #expect(first && second)
+        #expect(!third, "two of four slots are reserved")
+        #expect(connections.entries[3]?.phase == .busy)
+        let forced = connections.hold(3, force: true)
+        #expect(forced)
+        #expect(connections.held == 3)
+        connections.requestEnded(1, now: start)
+        connections.closed(2)
+        #expect(connections.held == 1)
+        let fourth = connections.hold(4)
+        #expect(fourth)
+        #expect(connections.held == 2)
+    }
 }
