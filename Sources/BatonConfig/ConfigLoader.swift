@@ -21,6 +21,10 @@ extension BatondConfig {
     /// `accounts`, so a name that does not exist stops batond at start, not at each spawn.
     public static func parse(_ text: String, file: String, workingDirectory: String,
                              accounts: Accounts = .system) throws(ConfigError) -> BatondConfig {
+        if let problem = TableHeaders.problem(in: text) {
+            throw ConfigError(file: file, line: problem.line, column: problem.column,
+                              message: "a table header must start with a key: a letter, digit, _, - or a quote")
+        }
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -645,5 +649,95 @@ private struct Reader {
             throw error(path, "must be a loopback address (127.0.0.0/8 or ::1): the API is local to the machine")
         }
         return address
+    }
+}
+
+/// Finds a table header (`[` or `[[` starting a line, outside every value and string)
+/// whose first key does not start with a bare key character or a quote. toml++ (under
+/// TOMLKit) asserts on one (`[.a]`, `[ =]`, `[#]`: an abort in debug builds, undefined
+/// behaviour where NDEBUG turns the assert into an assumption) instead of failing, so
+/// batond refuses it first; valid TOML never has one. Found by `make fuzz`
+/// (Tests/Fuzz/crashes/config).
+enum TableHeaders {
+    static func problem(in text: String) -> (line: Int, column: Int)? {
+        let bytes = Array(text.utf8)
+        var index = 0
+        var line = 1
+        var lineStart = 0
+        var depth = 0
+        var atStatement = true
+        func at(_ offset: Int) -> UInt8? { index + offset < bytes.count ? bytes[index + offset] : nil }
+        func isKeyStart(_ byte: UInt8?) -> Bool {
+            guard let byte else { return false }
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "_"), UInt8(ascii: "-"), UInt8(ascii: "\""), UInt8(ascii: "'"): return true
+            default: return false
+            }
+        }
+        /// Skips a string starting at `index` (its quote), escapes and multi-line forms included.
+        func skipString(_ quote: UInt8) {
+            let multiline = at(1) == quote && at(2) == quote
+            index += multiline ? 3 : 1
+            while index < bytes.count {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: "\\") && quote == UInt8(ascii: "\"") { index += 2; continue }
+                if byte == UInt8(ascii: "\n") {
+                    guard multiline else { return }
+                    line += 1
+                    lineStart = index + 1
+                }
+                if byte == quote && (!multiline || (at(1) == quote && at(2) == quote)) {
+                    index += multiline ? 3 : 1
+                    // Up to two more quotes belong to the string.
+                    while multiline && at(0) == quote && at(1) != quote { index += 1 }
+                    while multiline && at(0) == quote && at(1) == quote && at(2) != quote { index += 2 }
+                    return
+                }
+                index += 1
+            }
+        }
+        while index < bytes.count {
+            let byte = bytes[index]
+            if atStatement && depth == 0 && byte == UInt8(ascii: "[") {
+                var next = index + 1
+                if next < bytes.count && bytes[next] == UInt8(ascii: "[") { next += 1 }
+                while next < bytes.count && (bytes[next] == UInt8(ascii: " ") || bytes[next] == UInt8(ascii: "\t")) { next += 1 }
+                guard next < bytes.count, isKeyStart(bytes[next]) else { return (line, next - lineStart + 1) }
+                // The rest of the header: keys (quoted ones skipped as strings), dots, `]`.
+                index = next
+                atStatement = false
+                while index < bytes.count && bytes[index] != UInt8(ascii: "\n") && bytes[index] != UInt8(ascii: "#") {
+                    if bytes[index] == UInt8(ascii: "\"") || bytes[index] == UInt8(ascii: "'") { skipString(bytes[index]) } else { index += 1 }
+                }
+                continue
+            }
+            switch byte {
+            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\r"):
+                index += 1
+                continue
+            case UInt8(ascii: "\n"):
+                line += 1
+                lineStart = index + 1
+                atStatement = true
+                index += 1
+                continue
+            case UInt8(ascii: "#"):
+                while index < bytes.count && bytes[index] != UInt8(ascii: "\n") { index += 1 }
+                continue
+            case UInt8(ascii: "\""), UInt8(ascii: "'"):
+                skipString(byte)
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                index += 1
+            case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                depth = max(0, depth - 1)
+                index += 1
+            default:
+                index += 1
+            }
+            atStatement = false
+        }
+        return nil
     }
 }

@@ -436,4 +436,31 @@ struct ConfigTests {
             (error as? ConfigError)?.description.hasPrefix("/nonexistent/batond.toml: ") == true
         }
     }
+
+    /// toml++ asserts (an abort in debug builds) on a table header whose key starts with
+    /// anything but a bare key character or a quote; batond refuses the file with its line
+    /// instead. Found by `make fuzz` (Tests/Fuzz/crashes/config).
+    @Test(arguments: ["[.a]", "[ =]", "[#]", "[\u{1e}nal]", "[[é]]", "[\u{7f}]", "a = 1\n\n  [ .web]"])
+    func aTableHeaderWithoutAKeyIsRefused(_ header: String) {
+        let failure = error(header + "\n")
+        #expect(failure?.message.hasPrefix("a table header must start with a key") == true, "\(String(describing: failure))")
+        #expect(failure?.line == (header.hasPrefix("a = 1") ? 3 : 1))
+    }
+
+    /// Brackets inside values, strings and comments are not table headers.
+    @Test func bracketsInValuesAreNotTableHeaders() throws {
+        let config = try parse("""
+            # [ not a header
+            [agents.web]
+            command = [
+              "/x", "[ =]",
+              '''[#]''',
+            ]
+            env = { A = "[.a]" }
+
+            [ "agents" . "db" ]
+            command = ["/y"]
+            """)
+        #expect(config.agents.map(\.name).sorted() == ["db", "web"])
+    }
 }

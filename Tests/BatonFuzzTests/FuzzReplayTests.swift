@@ -21,6 +21,11 @@ import Testing
         let corpus = Self.inputs("corpus", target)
         // Seeded from real files: a target without any would replay nothing.
         #expect(corpus.count >= 5, "\(target.rawValue): \(corpus.count) corpus files")
-        for file in corpus + Self.inputs("crashes", target) { target.run(Array(try Data(contentsOf: file))) }
+        // BATON_FUZZ_REPLAY_VERBOSE=1 names each file before it runs: the one a trap stopped at.
+        let verbose = ProcessInfo.processInfo.environment["BATON_FUZZ_REPLAY_VERBOSE"] != nil
+        for file in corpus + Self.inputs("crashes", target) {
+            if verbose { FileHandle.standardError.write(Data("replaying \(file.path)\n".utf8)) }
+            target.run(Array(try Data(contentsOf: file)))
+        }
     }
 }
