@@ -666,6 +666,8 @@ enum TableHeaders {
         var lineStart = 0
         var depth = 0
         var atStatement = true
+        // toml++ skips a UTF-8 byte order mark.
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { index = 3; lineStart = 3 }
         func at(_ offset: Int) -> UInt8? { index + offset < bytes.count ? bytes[index + offset] : nil }
         func isKeyStart(_ byte: UInt8?) -> Bool {
             guard let byte else { return false }

@@ -440,7 +440,7 @@ struct ConfigTests {
     /// toml++ asserts (an abort in debug builds) on a table header whose key starts with
     /// anything but a bare key character or a quote; batond refuses the file with its line
     /// instead. Found by `make fuzz` (Tests/Fuzz/crashes/config).
-    @Test(arguments: ["[.a]", "[ =]", "[#]", "[\u{1e}nal]", "[[é]]", "[\u{7f}]", "a = 1\n\n  [ .web]"])
+    @Test(arguments: ["[.a]", "[ =]", "[#]", "[\u{1e}nal]", "[[é]]", "[\u{7f}]", "\u{FEFF}[= 1]", "a = 1\n\n  [ .web]"])
     func aTableHeaderWithoutAKeyIsRefused(_ header: String) {
         let failure = error(header + "\n")
         #expect(failure?.message.hasPrefix("a table header must start with a key") == true, "\(String(describing: failure))")
