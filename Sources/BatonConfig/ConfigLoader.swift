@@ -21,9 +21,8 @@ extension BatondConfig {
     /// `accounts`, so a name that does not exist stops batond at start, not at each spawn.
     public static func parse(_ text: String, file: String, workingDirectory: String,
                              accounts: Accounts = .system) throws(ConfigError) -> BatondConfig {
-        if let problem = TableHeaders.problem(in: text) {
-            throw ConfigError(file: file, line: problem.line, column: problem.column,
-                              message: "a table header must start with a key: a letter, digit, _, - or a quote")
+        if let problem = TOMLGuard.problem(in: text) {
+            throw ConfigError(file: file, line: problem.line, column: problem.column, message: problem.message)
         }
         let table: TOMLTable
         do {
@@ -652,19 +651,21 @@ private struct Reader {
     }
 }
 
-/// Finds a table header (`[` or `[[` starting a line, outside every value and string)
-/// whose first key does not start with a bare key character or a quote. toml++ (under
-/// TOMLKit) asserts on one (`[.a]`, `[ =]`, `[#]`: an abort in debug builds, undefined
-/// behaviour where NDEBUG turns the assert into an assumption) instead of failing, so
-/// batond refuses it first; valid TOML never has one. Found by `make fuzz`
-/// (Tests/Fuzz/crashes/config).
-enum TableHeaders {
-    static func problem(in text: String) -> (line: Int, column: Int)? {
+/// Finds what toml++ (under TOMLKit) asserts on instead of failing: an abort in debug
+/// builds, undefined behaviour where NDEBUG turns the assert into an assumption. batond
+/// refuses it first; valid TOML never has either. Found by `make fuzz`
+/// (Tests/Fuzz/crashes/config):
+/// - a table header (`[` or `[[` starting a line, outside every value and string) whose
+///   first key does not start with a bare key character or a quote (`[.a]`, `[ =]`, `[#]`);
+/// - a `}` where an array's value or `]` is due (`[}`).
+enum TOMLGuard {
+    static func problem(in text: String) -> (line: Int, column: Int, message: String)? {
         let bytes = Array(text.utf8)
         var index = 0
         var line = 1
         var lineStart = 0
-        var depth = 0
+        /// The open arrays and inline tables, innermost last.
+        var open: [UInt8] = []
         var atStatement = true
         // toml++ skips a UTF-8 byte order mark.
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { index = 3; lineStart = 3 }
@@ -701,11 +702,13 @@ enum TableHeaders {
         }
         while index < bytes.count {
             let byte = bytes[index]
-            if atStatement && depth == 0 && byte == UInt8(ascii: "[") {
+            if atStatement && open.isEmpty && byte == UInt8(ascii: "[") {
                 var next = index + 1
                 if next < bytes.count && bytes[next] == UInt8(ascii: "[") { next += 1 }
                 while next < bytes.count && (bytes[next] == UInt8(ascii: " ") || bytes[next] == UInt8(ascii: "\t")) { next += 1 }
-                guard next < bytes.count, isKeyStart(bytes[next]) else { return (line, next - lineStart + 1) }
+                guard next < bytes.count, isKeyStart(bytes[next]) else {
+                    return (line, next - lineStart + 1, "a table header must start with a key: a letter, digit, _, - or a quote")
+                }
                 // The rest of the header: keys (quoted ones skipped as strings), dots, `]`.
                 index = next
                 atStatement = false
@@ -730,10 +733,12 @@ enum TableHeaders {
             case UInt8(ascii: "\""), UInt8(ascii: "'"):
                 skipString(byte)
             case UInt8(ascii: "["), UInt8(ascii: "{"):
-                depth += 1
+                open.append(byte)
                 index += 1
+            case UInt8(ascii: "}") where open.last == UInt8(ascii: "["):
+                return (line, index - lineStart + 1, "an array's values end with ], not }")
             case UInt8(ascii: "]"), UInt8(ascii: "}"):
-                depth = max(0, depth - 1)
+                _ = open.popLast()
                 index += 1
             default:
                 index += 1

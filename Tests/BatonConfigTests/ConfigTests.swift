@@ -447,6 +447,13 @@ struct ConfigTests {
         #expect(failure?.line == (header.hasPrefix("a = 1") ? 3 : 1))
     }
 
+    /// toml++ asserts on a `}` where an array's next value is due; refused with its line.
+    @Test(arguments: ["command = [}", "command = [\"/x\", }]", "command = [\n  # c\n  }\n]", "env = { A = [ { B = 1 } }"])
+    func aBraceClosingAnArrayIsRefused(_ text: String) {
+        let failure = error("[agents.web]\n" + text + "\n")
+        #expect(failure?.message == "an array's values end with ], not }", "\(String(describing: failure))")
+    }
+
     /// Brackets inside values, strings and comments are not table headers.
     @Test func bracketsInValuesAreNotTableHeaders() throws {
         let config = try parse("""
