@@ -15,7 +15,7 @@ import Glibc
 ///
 /// Each entry takes any bytes. A refusal is a thrown error, caught here; a trap (force
 /// unwrap, overflow, index out of range, precondition) is a bug in the parser, and so is
-/// a broken property (`FuzzCheck.require`): both stop the process, which is what the
+/// a broken property (`require`): both stop the process, which is what the
 /// fuzzer reports and the replay fails on.
 public enum FuzzTarget: String, CaseIterable, Sendable {
     case ledgerRecord = "ledger-record"
