@@ -657,7 +657,8 @@ private struct Reader {
 /// (Tests/Fuzz/crashes/config):
 /// - a table header (`[` or `[[` starting a line, outside every value and string) whose
 ///   first key does not start with a bare key character or a quote (`[.a]`, `[ =]`, `[#]`);
-/// - a `}` where an array's value or `]` is due (`[}`).
+/// - a `}` where an array's value or `]` is due (`[}`);
+/// - a value that is a date and `T` with no digit after it (`1979-05-27T!`).
 enum TOMLGuard {
     static func problem(in text: String) -> (line: Int, column: Int, message: String)? {
         let bytes = Array(text.utf8)
@@ -667,6 +668,8 @@ enum TOMLGuard {
         /// The open arrays and inline tables, innermost last.
         var open: [UInt8] = []
         var atStatement = true
+        /// The last byte outside strings, comments and whitespace.
+        var last: UInt8 = 0
         // toml++ skips a UTF-8 byte order mark.
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { index = 3; lineStart = 3 }
         func at(_ offset: Int) -> UInt8? { index + offset < bytes.count ? bytes[index + offset] : nil }
@@ -735,6 +738,15 @@ enum TOMLGuard {
             case UInt8(ascii: "["), UInt8(ascii: "{"):
                 open.append(byte)
                 index += 1
+            case UInt8(ascii: "0")...UInt8(ascii: "9")
+                where last == UInt8(ascii: "=") || last == UInt8(ascii: "[") || (last == UInt8(ascii: ",") && open.last == UInt8(ascii: "[")):
+                let digits = [0, 1, 2, 3, 5, 6, 8, 9].allSatisfy { at($0).map { (48...57).contains($0) } ?? false }
+                if digits && at(4) == UInt8(ascii: "-") && at(7) == UInt8(ascii: "-")
+                    && (at(10) == UInt8(ascii: "T") || at(10) == UInt8(ascii: "t"))
+                    && !(at(11).map { (48...57).contains($0) } ?? false) {
+                    return (line, index - lineStart + 12, "a date's T must be followed by a time")
+                }
+                index += 1
             case UInt8(ascii: "}") where open.last == UInt8(ascii: "["):
                 return (line, index - lineStart + 1, "an array's values end with ], not }")
             case UInt8(ascii: "]"), UInt8(ascii: "}"):
@@ -744,6 +756,7 @@ enum TOMLGuard {
                 index += 1
             }
             atStatement = false
+            last = byte
         }
         return nil
     }

@@ -447,6 +447,14 @@ struct ConfigTests {
         #expect(failure?.line == (header.hasPrefix("a = 1") ? 3 : 1))
     }
 
+    /// toml++ asserts on a date whose `T` has no time after it; refused with its line.
+    @Test(arguments: ["listen = 1979-05-27T!07", "command = [1979-05-27t]", "command = [1, 1979-05-27T]"])
+    func aDateWithoutItsTimeIsRefused(_ text: String) {
+        let failure = error("[agents.web]\n" + text + "\n")
+        #expect(failure?.message == "a date's T must be followed by a time", "\(String(describing: failure))")
+        #expect(failure?.line == 2)
+    }
+
     /// toml++ asserts on a `}` where an array's next value is due; refused with its line.
     @Test(arguments: ["command = [}", "command = [\"/x\", }]", "command = [\n  # c\n  }\n]", "env = { A = [ { B = 1 } }"])
     func aBraceClosingAnArrayIsRefused(_ text: String) {
