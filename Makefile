@@ -2,7 +2,7 @@
 SWIFT ?= swift
 CONFIG ?= config/dev.toml
 
-.PHONY: run test contract build deps deps-test bench check-config clean man
+.PHONY: run test contract build deps deps-test bench fuzz check-config clean man
 
 # What building and running need; `make test` adds the test tools (promtool, the
 # Python tools, ...): scripts/install-deps.sh says which is which.
@@ -42,6 +42,12 @@ contract: deps-test
 bench:
 	@scripts/bench.sh
 
+# libFuzzer with AddressSanitizer on the parsers (scripts/fuzz.sh), FUZZ_SECONDS per
+# target, built apart in .build-fuzz; `make test` replays the corpus it grows.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
 # Man pages for baton and batond (one page per subcommand too) in .build/man/, from
 # their argument-parser definitions by argument-parser's generate-manual plugin.
 man: deps
@@ -51,4 +57,4 @@ man: deps
 	@ls .build/man
 
 clean:
-	rm -rf .build .build-venv .build-bench-venv .baton bench/out
+	rm -rf .build .build-fuzz .build-venv .build-bench-venv .baton bench/out

@@ -147,6 +147,15 @@ let package = Package(
                            .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "Logging", package: "swift-log")]
         ),
+        // The parsers' fuzz entry points (Tests/Fuzz): run by `make fuzz`, replayed on the
+        // committed corpus and crashes by BatonFuzzTests.
+        .target(
+            name: "BatonFuzzTargets",
+            dependencies: ["BatonAPI", "BatonConfig", "BatonCore", "BatonHTTP", "BatonLedger", "BatonReleases",
+                           "BatonSupervisor", "BatonWire"],
+            path: "Tests/Fuzz/BatonFuzzTargets"
+        ),
+        .testTarget(name: "BatonFuzzTests", dependencies: ["BatonFuzzTargets"]),
         // Client library for Swift agents: the agent side of the protocol, over BatonClient.
         .target(name: "BatonAgent", dependencies: ["BatonWire", "BatonClient"]),
         .testTarget(name: "BatonAgentTests", dependencies: ["BatonAgent", "BatonWire", "BatonTestSupport"]),
@@ -166,3 +175,11 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// `make fuzz` only (scripts/fuzz.sh sets BATON_FUZZ): the libFuzzer executable, built with
+// -sanitize=fuzzer,address into .build-fuzz. libFuzzer brings its main, so the normal
+// build, which has none, never sees this target.
+if Context.environment["BATON_FUZZ"] != nil {
+    package.targets.append(
+        .executableTarget(name: "baton-fuzz", dependencies: ["BatonFuzzTargets"], path: "Tests/Fuzz/baton-fuzz"))
+}

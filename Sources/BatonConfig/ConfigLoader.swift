@@ -21,6 +21,9 @@ extension BatondConfig {
     /// `accounts`, so a name that does not exist stops batond at start, not at each spawn.
     public static func parse(_ text: String, file: String, workingDirectory: String,
                              accounts: Accounts = .system) throws(ConfigError) -> BatondConfig {
+        if let problem = TOMLGuard.problem(in: text) {
+            throw ConfigError(file: file, line: problem.line, column: problem.column, message: problem.message)
+        }
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -645,5 +648,116 @@ private struct Reader {
             throw error(path, "must be a loopback address (127.0.0.0/8 or ::1): the API is local to the machine")
         }
         return address
+    }
+}
+
+/// Finds what toml++ (under TOMLKit) asserts on instead of failing: an abort in debug
+/// builds, undefined behaviour where NDEBUG turns the assert into an assumption. batond
+/// refuses it first; valid TOML never has either. Found by `make fuzz`
+/// (Tests/Fuzz/crashes/config):
+/// - a table header (`[` or `[[` starting a line, outside every value and string) whose
+///   first key does not start with a bare key character or a quote (`[.a]`, `[ =]`, `[#]`);
+/// - a `}` where an array's value or `]` is due (`[}`);
+/// - a value that is a date and `T` with no digit after it (`1979-05-27T!`).
+enum TOMLGuard {
+    static func problem(in text: String) -> (line: Int, column: Int, message: String)? {
+        let bytes = Array(text.utf8)
+        var index = 0
+        var line = 1
+        var lineStart = 0
+        /// The open arrays and inline tables, innermost last.
+        var open: [UInt8] = []
+        var atStatement = true
+        /// The last byte outside strings, comments and whitespace.
+        var last: UInt8 = 0
+        // toml++ skips a UTF-8 byte order mark.
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { index = 3; lineStart = 3 }
+        func at(_ offset: Int) -> UInt8? { index + offset < bytes.count ? bytes[index + offset] : nil }
+        func isKeyStart(_ byte: UInt8?) -> Bool {
+            guard let byte else { return false }
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+                 UInt8(ascii: "_"), UInt8(ascii: "-"), UInt8(ascii: "\""), UInt8(ascii: "'"): return true
+            default: return false
+            }
+        }
+        /// Skips a string starting at `index` (its quote), escapes and multi-line forms included.
+        func skipString(_ quote: UInt8) {
+            let multiline = at(1) == quote && at(2) == quote
+            index += multiline ? 3 : 1
+            while index < bytes.count {
+                let byte = bytes[index]
+                if byte == UInt8(ascii: "\\") && quote == UInt8(ascii: "\"") { index += 2; continue }
+                if byte == UInt8(ascii: "\n") {
+                    guard multiline else { return }
+                    line += 1
+                    lineStart = index + 1
+                }
+                if byte == quote && (!multiline || (at(1) == quote && at(2) == quote)) {
+                    index += multiline ? 3 : 1
+                    // Up to two more quotes belong to the string.
+                    while multiline && at(0) == quote && at(1) != quote { index += 1 }
+                    while multiline && at(0) == quote && at(1) == quote && at(2) != quote { index += 2 }
+                    return
+                }
+                index += 1
+            }
+        }
+        while index < bytes.count {
+            let byte = bytes[index]
+            if atStatement && open.isEmpty && byte == UInt8(ascii: "[") {
+                var next = index + 1
+                if next < bytes.count && bytes[next] == UInt8(ascii: "[") { next += 1 }
+                while next < bytes.count && (bytes[next] == UInt8(ascii: " ") || bytes[next] == UInt8(ascii: "\t")) { next += 1 }
+                guard next < bytes.count, isKeyStart(bytes[next]) else {
+                    return (line, next - lineStart + 1, "a table header must start with a key: a letter, digit, _, - or a quote")
+                }
+                // The rest of the header: keys (quoted ones skipped as strings), dots, `]`.
+                index = next
+                atStatement = false
+                while index < bytes.count && bytes[index] != UInt8(ascii: "\n") && bytes[index] != UInt8(ascii: "#") {
+                    if bytes[index] == UInt8(ascii: "\"") || bytes[index] == UInt8(ascii: "'") { skipString(bytes[index]) } else { index += 1 }
+                }
+                continue
+            }
+            switch byte {
+            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\r"):
+                index += 1
+                continue
+            case UInt8(ascii: "\n"):
+                line += 1
+                lineStart = index + 1
+                atStatement = true
+                index += 1
+                continue
+            case UInt8(ascii: "#"):
+                while index < bytes.count && bytes[index] != UInt8(ascii: "\n") { index += 1 }
+                continue
+            case UInt8(ascii: "\""), UInt8(ascii: "'"):
+                skipString(byte)
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                open.append(byte)
+                index += 1
+            case UInt8(ascii: "0")...UInt8(ascii: "9")
+                where last == UInt8(ascii: "=") || last == UInt8(ascii: "[") || (last == UInt8(ascii: ",") && open.last == UInt8(ascii: "[")):
+                let digits = [0, 1, 2, 3, 5, 6, 8, 9].allSatisfy { at($0).map { (48...57).contains($0) } ?? false }
+                if digits && at(4) == UInt8(ascii: "-") && at(7) == UInt8(ascii: "-")
+                    && (at(10) == UInt8(ascii: "T") || at(10) == UInt8(ascii: "t"))
+                    && !(at(11).map { (48...57).contains($0) } ?? false) {
+                    return (line, index - lineStart + 12, "a date's T must be followed by a time")
+                }
+                index += 1
+            case UInt8(ascii: "}") where open.last == UInt8(ascii: "["):
+                return (line, index - lineStart + 1, "an array's values end with ], not }")
+            case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                _ = open.popLast()
+                index += 1
+            default:
+                index += 1
+            }
+            atStatement = false
+            last = byte
+        }
+        return nil
     }
 }

@@ -15,11 +15,25 @@ public struct EmptyJSONObject: ClosedJSONObject, Sendable {
 }
 
 extension Request {
-    /// The body as `T`. 400 `malformed_json` when there is none, when it is not JSON, or
-    /// when an object in it has a key twice (parsers disagree on which one wins, so
-    /// neither does); 422 `invalid_body` when it is not an object, has a field `T` does
-    /// not know, or has the wrong shape.
+    /// The body as `T` (`T.decode(body:)`).
     public func decodeJSON<T: ClosedJSONObject>(_ type: T.Type) throws(HTTPError) -> T {
+        try T.decode(body: body)
+    }
+
+    /// For routes whose body is optional: nil when none was sent, else as `decodeJSON`.
+    public func decodeOptionalJSON<T: ClosedJSONObject>(_ type: T.Type) throws(HTTPError) -> T? {
+        body.isEmpty ? nil : try decodeJSON(type)
+    }
+}
+
+extension ClosedJSONObject {
+    /// A request body as `Self`. 400 `malformed_json` when there is none, when it is not
+    /// JSON, or when an object in it has a key twice (parsers disagree on which one wins,
+    /// so neither does); 422 `invalid_body` when it is not an object, has a field `Self`
+    /// does not know, or has the wrong shape. Apart from `Request` so that the parser
+    /// fuzzer (Tests/Fuzz) runs the routes' own decoding.
+    public static func decode(body: [UInt8]) throws(HTTPError) -> Self {
+        let type = Self.self
         guard !body.isEmpty else {
             throw HTTPError(status: 400, code: "malformed_json", message: "a JSON body is required")
         }
@@ -36,8 +50,8 @@ extension Request {
         guard let object = parsed as? [String: Any] else {
             throw HTTPError(status: 422, code: "invalid_body", message: "the body must be a JSON object")
         }
-        if let unknown = object.keys.filter({ !T.fieldNames.contains($0) }).min() {
-            let known = T.fieldNames.isEmpty ? "none" : T.fieldNames.sorted().joined(separator: ", ")
+        if let unknown = object.keys.filter({ !fieldNames.contains($0) }).min() {
+            let known = fieldNames.isEmpty ? "none" : fieldNames.sorted().joined(separator: ", ")
             throw HTTPError(status: 422, code: "invalid_body", message: "unknown field \(WireJSON.quote(unknown)) (known: \(known))")
         }
         do {
@@ -50,11 +64,6 @@ extension Request {
         } catch {
             throw HTTPError(status: 422, code: "invalid_body", message: "the body does not have the expected shape")
         }
-    }
-
-    /// For routes whose body is optional: nil when none was sent, else as `decodeJSON`.
-    public func decodeOptionalJSON<T: ClosedJSONObject>(_ type: T.Type) throws(HTTPError) -> T? {
-        body.isEmpty ? nil : try decodeJSON(type)
     }
 }
 

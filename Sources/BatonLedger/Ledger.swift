@@ -421,7 +421,10 @@ public final class Ledger: Sendable {
 
     static let snapshotFormat = 1
 
-    static func encodeSnapshot(_ state: LedgerState) throws(LedgerError) -> [UInt8] {
+    // Public for the parser fuzzer (Tests/Fuzz), which decodes snapshots as a start does.
+
+    /// `snapshot.json`'s bytes for `state`: one sealed line.
+    public static func encodeSnapshot(_ state: LedgerState) throws(LedgerError) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
@@ -434,7 +437,8 @@ public final class Ledger: Sendable {
         return RecordCodec.seal(prefix)
     }
 
-    static func decodeSnapshot(_ bytes: ArraySlice<UInt8>, path: String) throws(LedgerError) -> LedgerState {
+    /// The state in `snapshot.json`'s bytes; any damage throws `corruptSnapshot` naming `path`.
+    public static func decodeSnapshot(_ bytes: ArraySlice<UInt8>, path: String) throws(LedgerError) -> LedgerState {
         struct Snapshot: Decodable {
             var format: Int
             var seq: UInt64

@@ -436,4 +436,46 @@ struct ConfigTests {
             (error as? ConfigError)?.description.hasPrefix("/nonexistent/batond.toml: ") == true
         }
     }
+
+    /// toml++ asserts (an abort in debug builds) on a table header whose key starts with
+    /// anything but a bare key character or a quote; batond refuses the file with its line
+    /// instead. Found by `make fuzz` (Tests/Fuzz/crashes/config).
+    @Test(arguments: ["[.a]", "[ =]", "[#]", "[\u{1e}nal]", "[[é]]", "[\u{7f}]", "\u{FEFF}[= 1]", "a = 1\n\n  [ .web]"])
+    func aTableHeaderWithoutAKeyIsRefused(_ header: String) {
+        let failure = error(header + "\n")
+        #expect(failure?.message.hasPrefix("a table header must start with a key") == true, "\(String(describing: failure))")
+        #expect(failure?.line == (header.hasPrefix("a = 1") ? 3 : 1))
+    }
+
+    /// toml++ asserts on a date whose `T` has no time after it; refused with its line.
+    @Test(arguments: ["listen = 1979-05-27T!07", "command = [1979-05-27t]", "command = [1, 1979-05-27T]"])
+    func aDateWithoutItsTimeIsRefused(_ text: String) {
+        let failure = error("[agents.web]\n" + text + "\n")
+        #expect(failure?.message == "a date's T must be followed by a time", "\(String(describing: failure))")
+        #expect(failure?.line == 2)
+    }
+
+    /// toml++ asserts on a `}` where an array's next value is due; refused with its line.
+    @Test(arguments: ["command = [}", "command = [\"/x\", }]", "command = [\n  # c\n  }\n]", "env = { A = [ { B = 1 } }"])
+    func aBraceClosingAnArrayIsRefused(_ text: String) {
+        let failure = error("[agents.web]\n" + text + "\n")
+        #expect(failure?.message == "an array's values end with ], not }", "\(String(describing: failure))")
+    }
+
+    /// Brackets inside values, strings and comments are not table headers.
+    @Test func bracketsInValuesAreNotTableHeaders() throws {
+        let config = try parse("""
+            # [ not a header
+            [agents.web]
+            command = [
+              "/x", "[ =]",
+              '''[#]''',
+            ]
+            env = { A = "[.a]" }
+
+            [ "agents" . "db" ]
+            command = ["/y"]
+            """)
+        #expect(config.agents.map(\.name).sorted() == ["db", "web"])
+    }
 }
