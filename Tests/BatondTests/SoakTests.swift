@@ -33,7 +33,7 @@ struct SoakTests {
         #expect(summary.kills == iterations)
         #expect(summary.acknowledged > 0, "the drivers saw no change acknowledged")
         #expect(summary.handoffs > 0, "no handoff ended")
-        #expect(soak.problems.isEmpty, "seed \(seed):\n" + soak.problems.joined(separator: "\n"))
+        #expect(soak.problems.isEmpty, "seed \(seed):\n\(soak.problems.joined(separator: "\n"))")
     }
 }
 
@@ -129,7 +129,7 @@ final class Soak: @unchecked Sendable {
     let state = TemporaryDirectory("soak")
     let seed: UInt64
     var rng: SeededGenerator
-    let config: String
+    var config = ""
 
     struct Shared {
         /// The batond the drivers talk to; nil while it is down or being checked.
@@ -295,8 +295,9 @@ final class Soak: @unchecked Sendable {
 
     func startDrivers() {
         for (index, agent) in agents.enumerated() {
-            var generator = SeededGenerator(seed: seed &+ UInt64(index + 1) &* 0x1000_0001)
+            let seed = seed &+ UInt64(index + 1) &* 0x1000_0001
             let thread = Thread { [self] in
+                var generator = SeededGenerator(seed: seed)
                 while let endpoint = pass() {
                     step(agent, endpoint, &generator)
                 }
@@ -569,7 +570,7 @@ final class Soak: @unchecked Sendable {
             guard change.answered else { return }  // whole or absent: `checkDesiredWhole`, over the whole ledger
             guard let record = began(change.handoff) else { return problem("\(what): no handoff.began \(change.handoff ?? "?") in the ledger") }
             let desired = about.last { kind($0) == "agent.desired" && seq($0) < seq(record) }
-            if data(record)["to"] as? String != change.version || desired.map({ data($0)["version"] as? String }) != change.version {
+            if data(record)["to"] as? String != change.version || desired.flatMap({ data($0)["version"] as? String }) != change.version {
                 problem("\(what): handoff \(change.handoff ?? "?") or its agent.desired is not for \(change.version ?? "?"): \(record)")
             }
         case .unchanged:
@@ -730,5 +731,5 @@ final class Soak: @unchecked Sendable {
 func setChildSubreaper(_ on: Bool) {
     typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
     guard let symbol = dlsym(nil, "prctl") else { return }  // nil: RTLD_DEFAULT
-    _ = unsafeBitCast(symbol, to: Prctl.self)(PR_SET_CHILD_SUBREAPER, on ? 1 : 0, 0, 0, 0)
+    _ = unsafeBitCast(symbol, to: Prctl.self)(36, on ? 1 : 0, 0, 0, 0)  // PR_SET_CHILD_SUBREAPER
 }
