@@ -156,7 +156,8 @@ final class Soak: @unchecked Sendable {
     var lastSeq = 0
     var checkedChanges = 0
     var checkedUnanswered = 0
-    var inFlightChecked = 0
+    /// The handoffs in flight at a kill, by their last recorded phase.
+    var inFlightPhases: [String: Int] = [:]
 
     var problems: [String] { shared.withLock { $0.problems } }
 
@@ -539,7 +540,7 @@ final class Soak: @unchecked Sendable {
                 view = try daemon.endpoint.get("/v1/handoffs/\(id)?wait=5", token: daemon.token, timeout: 20).json()
                 if view["outcome"] is String { break }
             }
-            inFlightChecked += 1
+            inFlightPhases[handoff.phase, default: 0] += 1
             guard let outcome = view["outcome"] as? String else {
                 problem("handoff \(id), in flight at the kill (\(handoff.phase)), did not end: \(view)")
                 continue
@@ -598,8 +599,8 @@ final class Soak: @unchecked Sendable {
     /// by the handoff to it (before the agent's next desired version), unless that version
     /// already worked.
     func checkDesiredWhole() {
-        var running: [String: String] = [:]
-        var targets: [String: String] = [:]
+        // What works: the current release, 1.0 at the start.
+        var running = Dictionary(uniqueKeysWithValues: agents.map { ($0.name, "1.0") })
         var pending: [String: (version: String, seq: Int)] = [:]
         for record in records {
             let fields = data(record)
@@ -610,10 +611,9 @@ final class Soak: @unchecked Sendable {
                 let version = fields["version"] as? String ?? ""
                 pending[agent] = running[agent] == version ? nil : (version, seq(record))
             case "handoff.began":
-                targets[fields["handoff"] as? String ?? ""] = fields["to"] as? String
                 if let open = pending[agent], fields["to"] as? String == open.version { pending[agent] = nil }
-            case "handoff.ended" where fields["outcome"] as? String == "committed":
-                running[agent] = targets[fields["handoff"] as? String ?? ""]
+            case "release.current":
+                running[agent] = fields["version"] as? String
             default:
                 break
             }
@@ -682,7 +682,7 @@ final class Soak: @unchecked Sendable {
         var summary = Summary(kills: outages.count, handoffs: ended.count, acknowledged: checkedChanges)
         summary.line = "soak summary: seed \(seed), iterations \(iterations), kills \(outages.count), "
             + "handoffs ended \(ended.count) \(outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")), "
-            + "in flight at a kill \(inFlightChecked), rewinds \(records.filter { kind($0) == "agent.rewound" }.count), "
+            + "in flight at a kill \(inFlightPhases.values.reduce(0, +)) (\(inFlightPhases.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))), rewinds \(records.filter { kind($0) == "agent.rewound" }.count), "
             + "acknowledged changes checked \(checkedChanges), unanswered checked \(checkedUnanswered), records \(lastSeq), "
             + String(format: "batond down %.2f s mean, %.2f s max; ", downs.reduce(0, +) / Double(max(1, downs.count)), downs.max() ?? 0)
             + String(format: "max without a working instance %.2f s (%@; batond down %.2f s of it); ", worst.gap, worst.agent, worst.down)
@@ -712,6 +712,17 @@ final class Soak: @unchecked Sendable {
     /// Stops the last batond and its agents (`stop_agents_on_exit`), then anything the
     /// ledger names that still runs.
     func finish() {
+        if !problems.isEmpty {
+            // What a report needs: the ledger, batond's output and the agents' event files.
+            let keep = NSTemporaryDirectory() + "baton-soak-\(seed)"
+            try? FileManager.default.removeItem(atPath: keep)
+            try? FileManager.default.createDirectory(atPath: keep, withIntermediateDirectories: true)
+            for name in ["ledger/journal.jsonl"] + agents.map({ "events-\($0.name).log" }) {
+                try? FileManager.default.copyItem(atPath: state.file(name), toPath: "\(keep)/\((name as NSString).lastPathComponent)")
+            }
+            try? daemon?.log.write(toFile: "\(keep)/batond.log", atomically: true, encoding: .utf8)
+            print("soak: the ledger and the event files are kept in \(keep)")
+        }
         shared.withLock { $0.stopping = true }
         open(first: false)
         daemon?.stop()
