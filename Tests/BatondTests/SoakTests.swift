@@ -25,11 +25,11 @@ struct SoakTests {
         let environment = ProcessInfo.processInfo.environment
         let iterations = environment["BATON_SOAK_ITERATIONS"].flatMap(Int.init) ?? 10
         let seed = environment["BATON_SOAK_SEED"].flatMap(UInt64.init) ?? UInt64.random(in: 1...999_999_999)
-        print("soak: \(iterations) iterations, seed \(seed) (BATON_SOAK_SEED=\(seed) repeats the schedule)")
+        say("soak: \(iterations) iterations, seed \(seed) (BATON_SOAK_SEED=\(seed) repeats the schedule)")
         let soak = try Soak(seed: seed)
         defer { soak.finish() }
         let summary = try soak.run(iterations: iterations)
-        print(summary.line)
+        say(summary.line)
         #expect(summary.kills == iterations)
         #expect(summary.acknowledged > 0, "the drivers saw no change acknowledged")
         #expect(summary.handoffs > 0, "no handoff ended")
@@ -109,7 +109,6 @@ struct Change: Sendable {
 
 /// One kill: when, and when the next batond was ready (CLOCK_MONOTONIC ns).
 struct Outage: Sendable {
-    let iteration: Int
     let killed: UInt64
     var ready: UInt64 = 0
     var seconds: Double { Double(ready - killed) / 1e9 }
@@ -164,7 +163,7 @@ final class Soak: @unchecked Sendable {
     func problem(_ text: String) {
         let iteration = shared.withLock { $0.iteration }
         shared.withLock { $0.problems.append("iteration \(iteration): \(text)") }
-        print("soak: PROBLEM iteration \(iteration): \(text)")
+        say("soak: PROBLEM iteration \(iteration): \(text)")
     }
 
     init(seed: UInt64) throws {
@@ -227,20 +226,23 @@ final class Soak: @unchecked Sendable {
         startDrivers()
         for iteration in 1...iterations {
             shared.withLock { $0.iteration = iteration }
-            open(first: iteration == 1)
+            open()
             usleep(UInt32(Double.random(in: 0.2...2.5, using: &rng) * 1e6))
             try killAndRestart(iteration: iteration)
             try check(iteration: iteration)
+            if iteration % 25 == 0 {
+                say("soak: iteration \(iteration) of \(iterations), records \(lastSeq), problems \(problems.count)")
+            }
         }
         shared.withLock { $0.stopping = true }
-        open(first: false)
+        open()
         for driver in drivers { while !driver.isFinished { usleep(10_000) } }
         closeGate()
         return try finalCheck(iterations: iterations)
     }
 
     /// The drivers may go on, against the batond now up.
-    func open(first: Bool) {
+    func open() {
         gate.lock()
         shared.withLock {
             $0.endpoint = daemon?.endpoint
@@ -261,7 +263,7 @@ final class Soak: @unchecked Sendable {
     func killAndRestart(iteration: Int) throws {
         guard let old = daemon else { return }
         old.signal(SIGKILL)
-        var outage = Outage(iteration: iteration, killed: monotonicNanoseconds())
+        var outage = Outage(killed: monotonicNanoseconds())
         closeGate()
         guard old.waitForExit() != nil else { throw TestFailure("batond did not die") }
         usleep(UInt32(Double.random(in: 0...0.3, using: &rng) * 1e6))
@@ -308,8 +310,6 @@ final class Soak: @unchecked Sendable {
             thread.start()
         }
     }
-
-    var token: String { daemon?.token ?? "" }
 
     func record(_ change: Change) { shared.withLock { $0.changes.append(change) } }
 
@@ -721,10 +721,10 @@ final class Soak: @unchecked Sendable {
                 try? FileManager.default.copyItem(atPath: state.file(name), toPath: "\(keep)/\((name as NSString).lastPathComponent)")
             }
             try? daemon?.log.write(toFile: "\(keep)/batond.log", atomically: true, encoding: .utf8)
-            print("soak: the ledger and the event files are kept in \(keep)")
+            say("soak: the ledger and the event files are kept in \(keep)")
         }
         shared.withLock { $0.stopping = true }
-        open(first: false)
+        open()
         daemon?.stop()
         for record in records where kind(record) == "instance.spawned" {
             guard let pid = data(record)["pid"] as? Int else { continue }
@@ -743,4 +743,9 @@ func setChildSubreaper(_ on: Bool) {
     typealias Prctl = @convention(c) (Int32, UInt, UInt, UInt, UInt) -> Int32
     guard let symbol = dlsym(nil, "prctl") else { return }  // nil: RTLD_DEFAULT
     _ = unsafeBitCast(symbol, to: Prctl.self)(36, on ? 1 : 0, 0, 0, 0)  // PR_SET_CHILD_SUBREAPER
+}
+
+/// A line on standard output at once (print's buffer reaches a pipe only at exit).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
