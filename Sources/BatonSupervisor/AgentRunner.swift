@@ -515,11 +515,13 @@ actor AgentRunner {
         if let refusal { return .failure(refusal) }
         // The desired version goes to disk in one batch with the handoff's first records: a
         // batond killed between two batches would leave a desired version recorded that
-        // nothing hands over to.
+        // nothing hands over to. So `handoff.began` goes first, ahead of any effect (a
+        // start not yet ready is terminated before the handoff begins).
         record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
         asked = (version, by)
         machine = next
-        await perform(actions)
+        let began = actions.filter(\.beginsHandoff)
+        await perform(began + actions.filter { !$0.beginsHandoff })
         asked = nil
         publishDesired()
         await drain()
@@ -957,6 +959,12 @@ actor AgentRunner {
             return .ledger("the ledger cannot write; batond retries by itself (see /readyz)")
         }
         return nil
+    }
+}
+
+extension Supervision.Action {
+    var beginsHandoff: Bool {
+        if case .record(.handoffBegan) = self { true } else { false }
     }
 }
 
