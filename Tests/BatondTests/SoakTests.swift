@@ -152,6 +152,9 @@ final class Soak: @unchecked Sendable {
     /// batond must still serve, the same.
     var records: [[String: Any]] = []
     var checksums: [Int: String] = [:]
+    var recordsByAgent: [String: [[String: Any]]] = [:]
+    /// The instances' pids that may still need reaping.
+    var spawned: [pid_t] = []
     /// Records a snapshot took between the last read and a kill: never read back.
     var unread = 0
     /// Acknowledged handoffs checked through `GET /v1/handoffs/{id}`, their records unread.
@@ -238,11 +241,17 @@ final class Soak: @unchecked Sendable {
                 say("soak: iteration \(iteration) of \(iterations), records \(lastSeq), problems \(problems.count)")
             }
         }
+        stopDrivers()
+        return try finalCheck(iterations: iterations)
+    }
+
+    /// Each driver ends after the step it is in.
+    func stopDrivers() {
         shared.withLock { $0.stopping = true }
         open()
         for driver in drivers { while !driver.isFinished { usleep(10_000) } }
-        closeGate()
-        return try finalCheck(iterations: iterations)
+        // Their closures hold the soak: let it go, and its state directory with it.
+        drivers.removeAll()
     }
 
     /// The drivers may go on, against the batond now up.
@@ -488,6 +497,8 @@ final class Soak: @unchecked Sendable {
             } else {
                 checksums[number] = crc
                 records.append(record)
+                recordsByAgent[data(record)["agent"] as? String ?? "", default: []].append(record)
+                if kind(record) == "instance.spawned", let pid = data(record)["pid"] as? Int { spawned.append(pid_t(pid)) }
             }
         }
         if full && previous < lastSeq { problem("the ledger ends at \(previous), but records up to \(lastSeq) were served before") }
@@ -575,7 +586,7 @@ final class Soak: @unchecked Sendable {
 
     /// An acknowledged change is in the ledger; an unanswered one is whole or absent.
     func checkChange(_ change: Change, _ daemon: BatondProcess) throws {
-        let about = records.filter { data($0)["agent"] as? String == change.agent }
+        let about = recordsByAgent[change.agent] ?? []
         func began(_ id: String?) -> [String: Any]? {
             about.first { kind($0) == "handoff.began" && data($0)["handoff"] as? String == id }
         }
@@ -652,9 +663,8 @@ final class Soak: @unchecked Sendable {
 
     /// Reaps the orphaned instances that exited (only pids the ledger names).
     func reap() {
-        for record in records where kind(record) == "instance.spawned" {
-            if let pid = data(record)["pid"] as? Int { _ = waitpid(pid_t(pid), nil, WNOHANG) }
-        }
+        // Kept while it may still be: batond's child now, an orphan after the next kill.
+        spawned = spawned.filter { waitpid($0, nil, WNOHANG) != $0 && kill($0, 0) == 0 }
     }
 
     // MARK: the end
@@ -751,8 +761,7 @@ final class Soak: @unchecked Sendable {
             try? daemon?.log.write(toFile: "\(keep)/batond.log", atomically: true, encoding: .utf8)
             say("soak: the ledger and the event files are kept in \(keep)")
         }
-        shared.withLock { $0.stopping = true }
-        open()
+        stopDrivers()
         daemon?.stop()
         for record in records where kind(record) == "instance.spawned" {
             guard let pid = data(record)["pid"] as? Int else { continue }
