@@ -619,7 +619,10 @@ final class Soak: @unchecked Sendable {
             let file = FileManager.default.contents(atPath: state.file("releases/\(change.agent)/\(change.version ?? "")/bin/\(change.agent)"))
             let whole = stored.count == 1 && data(stored[0])["sha256"] as? String == change.sha256 && view.status == 200
                 && file == Data(change.body)
-            let absent = stored.isEmpty && view.status == 404 && file == nil
+            // Recorded as stored, then killed before the rename: the next batond records it
+            // deleted (`missing`), and it is not there.
+            let deleted = about.contains { kind($0) == "release.deleted" && data($0)["version"] as? String == change.version }
+            let absent = (stored.isEmpty || deleted) && view.status == 404 && file == nil
             if change.answered ? !whole : !(whole || absent) {
                 problem("\(what): records \(stored.count), GET \(view.status), file \(file == nil ? "absent" : "present")")
             }
