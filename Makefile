@@ -1,8 +1,9 @@
-# baton: `make run` to try it, `make test` for the whole suite, `make bench` for figures.
+# baton: `make run` to try it, `make test` for the whole suite, `make bench` for figures,
+# `make soak` and `make fuzz` for the long proofs (docs/reliability.md).
 SWIFT ?= swift
 CONFIG ?= config/dev.toml
 
-.PHONY: run test contract build deps deps-test bench fuzz check-config clean man
+.PHONY: run test contract soak build deps deps-test bench fuzz check-config clean man
 
 # What building and running need; `make test` adds the test tools (promtool, the
 # Python tools, ...): scripts/install-deps.sh says which is which.
@@ -38,6 +39,13 @@ test: deps-test
 contract: deps-test
 	$(SWIFT) build --product batond
 	scripts/schemathesis.sh
+
+# The crash-point soak (Tests/BatondTests/SoakTests.swift): 500 cycles of kill -9 and
+# restart of batond while agents hand over; `make test` runs 10. BATON_SOAK_SEED=N
+# repeats a run's schedule; BATON_SOAK_ITERATIONS=N sets the length.
+soak: deps
+	$(SWIFT) build --build-tests
+	BATON_SOAK_ITERATIONS=$${BATON_SOAK_ITERATIONS:-500} $(SWIFT) test --skip-build --filter SoakTests
 
 bench:
 	@scripts/bench.sh

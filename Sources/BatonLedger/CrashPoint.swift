@@ -9,6 +9,9 @@ public enum CrashPoint: String, Sendable, CaseIterable {
     /// exit, the go, the commit), and heard it (it asks again with `seen=go`); none of
     /// those records is durable yet. See docs/ledger.md, "Go before the commit record".
     case goBeforeCommit = "go-before-commit"
+    /// An operator's desired version (`PUT /v1/agents/{name}/desired`, a rollback) was
+    /// just made durable, before its answer. See docs/ledger.md, "When batond comes back".
+    case desiredRecorded = "desired-recorded"
 
     public static let variable = "BATON_CRASH_POINT"
 

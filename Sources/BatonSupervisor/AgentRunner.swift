@@ -117,6 +117,9 @@ actor AgentRunner {
     private var probes: [String: Task<Void, Never>] = [:]
     /// Records not yet written: see `record` and `flush`.
     private var unflushed: [LedgerEvent] = []
+    /// The desired version `begin` queued with its handoff's first records, not yet in the
+    /// ledger's state: whom that handoff's record names as asking.
+    private var asked: (version: String, by: String)?
     /// Effects waiting for the ledger to write again, in the order they were decided.
     private var deferred: [() async -> Void] = []
     /// Whether the last flush failed (logged once, not at every retry).
@@ -512,9 +515,17 @@ actor AgentRunner {
         }
         let (next, actions, refusal) = attempt(.desired(version: version, mode: Handoff.Mode(mode), irreversible: isIrreversible(version)))
         if let refusal { return .failure(refusal) }
-        if let failure = await writeDesired(.init(agent: name, version: version, mode: mode, by: by)) { return .failure(failure) }
+        // The desired version goes to disk in one batch with the handoff's first records: a
+        // batond killed between two batches would leave a desired version recorded that
+        // nothing hands over to. So `handoff.began` goes first, ahead of any effect (a
+        // start not yet ready is terminated before the handoff begins).
+        record(.agentDesired(.init(agent: name, version: version, mode: mode, by: by)))
+        asked = (version, by)
         machine = next
-        await perform(actions)
+        let began = actions.filter(\.beginsHandoff)
+        await perform(began + actions.filter { !$0.beginsHandoff })
+        asked = nil
+        publishDesired()
         await drain()
         await flush()
         // The handoff just begun took the last number. The book holds every change of its
@@ -723,8 +734,8 @@ actor AgentRunner {
             let id = nextHandoffID()
             let mode = HandoffMode(mode)
             // Asked for by whoever set the version it goes to; a rewind goes elsewhere.
-            let desired = context.ledger.state.agents[name]?.desired
-            let by = desired?.version == to ? desired?.setBy ?? "batond" : "batond"
+            let desired = asked ?? context.ledger.state.agents[name]?.desired.map { ($0.version, $0.setBy) }
+            let by = desired?.version == to ? desired?.by ?? "batond" : "batond"
             record(.handoffBegan(.init(handoff: id, agent: name, from: from, to: to, mode: mode, by: by)))
             var old: String?
             if case .handingOff(let run) = machine.state { old = run.roles[.old] }
@@ -908,6 +919,7 @@ actor AgentRunner {
         }
         guard case .failure(let error) = result else {
             ledgerRefused = false
+            if batch.contains(where: { $0.kind == "agent.desired" }) { CrashPoint.desiredRecorded.reached() }
             return nil
         }
         unflushed = batch + unflushed
@@ -971,6 +983,12 @@ actor AgentRunner {
             return .ledger("the ledger cannot write; batond retries by itself (see /readyz)")
         }
         return nil
+    }
+}
+
+extension Supervision.Action {
+    var beginsHandoff: Bool {
+        if case .record(.handoffBegan) = self { true } else { false }
     }
 }
 

@@ -83,8 +83,7 @@ public struct AgentEvent: Sendable, Equatable {
 /// finishing its work, so `term` does not end it).
 public func workingIntervals(_ events: [AgentEvent]) -> [(instance: String, from: UInt64, to: UInt64)] {
     var intervals: [(String, UInt64, UInt64)] = []
-    for instance in Set(events.map(\.instance)) {
-        let mine = events.filter { $0.instance == instance }
+    for (instance, mine) in Dictionary(grouping: events, by: \.instance) {
         guard let go = mine.first(where: { $0.event == "go" }) else { continue }
         let end = mine.first { ["stopped", "exit"].contains($0.event) && $0.nanoseconds >= go.nanoseconds }
         intervals.append((instance, go.nanoseconds, end?.nanoseconds ?? UInt64.max))
@@ -97,7 +96,9 @@ public func overlaps(_ events: [AgentEvent]) -> [(String, String)] {
     let intervals = workingIntervals(events)
     var found: [(String, String)] = []
     for (index, a) in intervals.enumerated() {
-        for b in intervals[(index + 1)...] where b.from < a.to {
+        // Sorted by start: the first that starts after `a` ended ends the search.
+        for b in intervals[(index + 1)...] {
+            guard b.from < a.to else { break }
             found.append((a.instance, b.instance))
         }
     }
