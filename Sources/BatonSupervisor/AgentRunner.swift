@@ -309,7 +309,7 @@ actor AgentRunner {
             if !force, machine.verdict == nil, let working = workingVersion, working == version {
                 return reply(await unchanged(version, mode: mode ?? config.mode, by: by))
             }
-            reply(await begin(to: version, mode: mode ?? config.mode, by: by).map(DesiredAnswer.handoff))
+            await answerWhenDurable(await begin(to: version, mode: mode ?? config.mode, by: by).map(DesiredAnswer.handoff), reply)
         case .recordDesired(let request, let by, let reply):
             reply(await recordDesired(request, by: by))
         case .rollback(let by, let force, let reply):
@@ -321,7 +321,7 @@ actor AgentRunner {
             if !force, let current = state?.current, isIrreversible(current) {
                 return reply(.failure(.irreversibleRelease(agent: name, version: current, previous: previous)))
             }
-            reply(await begin(to: previous, mode: config.mode, by: by))
+            await answerWhenDurable(await begin(to: previous, mode: config.mode, by: by), reply)
         case .report(let instance, let report, let reply):
             guard context.registry.instance(instance) != nil else { return reply(.failure(.instanceNotFound(instance))) }
             await received(report, from: instance)
@@ -533,6 +533,16 @@ actor AgentRunner {
         let id = "\(name)-\(handoffNumbers)"
         guard let view = context.handoffs.view(id) else { return .failure(.ledger("handoff \(id) was not recorded")) }
         return .success(view)
+    }
+
+    /// Answers a change once its records are durable: a handoff begun while the ledger
+    /// failed under it is acknowledged only when the ledger writes again (its records and
+    /// effects wait in order until then; the API answers `503 timeout` meanwhile, "it may
+    /// still take effect"). A refusal answers at once.
+    private func answerWhenDurable<Success>(_ result: Result<Success, SupervisorError>,
+                                            _ reply: @escaping @Sendable (Result<Success, SupervisorError>) -> Void) async {
+        guard case .success = result else { return reply(result) }
+        await whenDurable { reply(result) }
     }
 
     /// An external agent's desired version: recorded, then shown to its instances, which

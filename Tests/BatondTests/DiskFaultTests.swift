@@ -22,11 +22,12 @@ struct DiskFaultTests {
         }
     }
 
-    /// batond with `web` working at 1.0 (2.0 stored beside it), under the fault shim.
+    /// batond with `web` working at 1.0 (2.0 and 3.0 stored beside it), under the fault shim.
     func start(_ faults: DiskFaults, state: TemporaryDirectory) throws -> (BatondProcess, TestReleases) {
         let web = TestReleases(state: state)
         try web.add("1.0")
         try web.add("2.0")
+        try web.add("3.0")
         try web.setCurrent("1.0")
         let daemon = try BatondProcess(state: state, configText: web.config(), environment: try faults.environment())
         try waitUntil(timeout: 30) { running(daemon) == "1.0" }
@@ -68,12 +69,24 @@ struct DiskFaultTests {
         let ledger = daemon.state.file("ledger")
         try faults.set(example.faults.map { DiskFaults.Fault($0.0, $0.1, ledger) })
 
-        // The change is refused, in the one error shape, and no agent hears of it.
-        let refused = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"2.0"}"#)
-        #expect(refused.status == 503 && refused.errorCode == "ledger_unavailable", "\(refused.text)")
+        // A change whose records meet the failing disk is not acknowledged while they are
+        // not durable: its answer waits for the disk (or ends in 503 timeout at 60 s).
+        let held = Locked<HTTPResponse?>(nil)
+        let answered = DispatchSemaphore(value: 0)
+        Thread { [endpoint = daemon.endpoint, token = daemon.token] in
+            held.set(try? endpoint.request("PUT", "/v1/agents/web/desired", token: token, headers: ["Content-Type": "application/json"],
+                                           body: Array(#"{"version":"2.0"}"#.utf8), timeout: 90))
+            answered.signal()
+        }.start()
+        try waitUntil(timeout: 30) { (try? daemon.endpoint.get("/readyz").status) == 503 }
         #expect(faults.hits.contains { $0.hasPrefix(example.faults[0].0.rawValue + " ") }, "\(faults.hits)")
         let reason = String(cString: strerror(example.faults[0].1))
         try expectDegraded(daemon, because: reason)
+
+        // A change asked for while the ledger is known to fail is refused at once, in the one
+        // error shape, and leaves no record.
+        let refused = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"3.0"}"#)
+        #expect(refused.status == 503 && refused.errorCode == "ledger_unavailable", "\(refused.text)")
 
         // The probe write meets the later faults: still refused, still serving.
         if !example.then.isEmpty {
@@ -83,20 +96,30 @@ struct DiskFaultTests {
             #expect(try daemon.endpoint.json("POST", "/v1/agents/web/rollback", token: daemon.token, "{}").status >= 400)
             try expectDegraded(daemon, because: reason)
         }
-        #expect(!web.log().contains { $0.version == "2.0" }, "an instance of 2.0 started without its record: \(web.log())")
+        // A probe write was tried and failed (2 s after the failure): the held answer is still held.
+        try waitUntil(timeout: 30) { (metric(daemon, "baton_ledger_recovery_attempts_total") ?? 0) >= 1 }
+        #expect(held.get() == nil, "acknowledged before its records were durable: \(held.get()?.text ?? "")")
+        #expect(!web.log().contains { ["2.0", "3.0"].contains($0.version) }, "an instance started without its record: \(web.log())")
         #expect(!web.log().contains { $0.version == "1.0" && $0.event == "stop-received" }, "\(web.log())")
 
-        // The disk recovers: batond writes again by itself, and the same change goes through.
+        // The disk recovers: batond writes again by itself, acknowledges the held change, and
+        // its handoff runs.
         try faults.clear()
+        #expect(answered.wait(timeout: .now() + 30) == .success)
+        #expect(held.get()?.status == 202, "\(held.get()?.text ?? "no answer")")
         try waitUntil(timeout: 30) { (try? daemon.endpoint.get("/readyz").status) == 200 }
-        let accepted = try daemon.endpoint.json("PUT", "/v1/agents/web/desired", token: daemon.token, #"{"version":"2.0"}"#)
-        #expect(accepted.status == 202, "\(accepted.text)")
         try waitUntil(timeout: 30) { running(daemon) == "2.0" && web.current == "2.0" }
         #expect(overlaps(web.log()).isEmpty, "\(web.log())")
-        // The refused change left no record: one desired 2.0, the accepted one.
-        let desired = try records(daemon, kind: "agent.desired").filter { $0["version"] as? String == "2.0" }
-        #expect(desired.count == 1, "\(desired)")
+        #expect(!web.log().contains { $0.version == "3.0" }, "\(web.log())")
+        // The ledger: the acknowledged change once, the refused one not at all.
+        let desired = try records(daemon, kind: "agent.desired").compactMap { $0["version"] as? String }
+        #expect(desired.filter { $0 == "2.0" }.count == 1 && !desired.contains("3.0"), "\(desired)")
         #expect(daemon.stop() == 0)
+    }
+
+    func metric(_ daemon: BatondProcess, _ series: String) -> Double? {
+        guard let text = try? daemon.endpoint.get("/metrics").text else { return nil }
+        return text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
     }
 
     struct StoreCase: Sendable, CustomTestStringConvertible {
