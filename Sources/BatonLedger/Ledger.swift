@@ -421,9 +421,8 @@ public final class Ledger: Sendable {
 
     static let snapshotFormat = 1
 
-    // Public for the parser fuzzer (Tests/Fuzz), which decodes snapshots as a start does.
-
-    /// `snapshot.json`'s bytes for `state`: one sealed line.
+    /// `snapshot.json`'s bytes for `state`: one sealed line. Public, with `decodeSnapshot`,
+    /// for the parser fuzzer (Tests/Fuzz), which decodes snapshots as a start does.
     public static func encodeSnapshot(_ state: LedgerState) throws(LedgerError) -> [UInt8] {
         let encoder = JSONEncoder()
         encoder.keyEncodingStrategy = .convertToSnakeCase
