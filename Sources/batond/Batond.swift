@@ -45,6 +45,10 @@ struct Batond: AsyncParsableCommand {
     var version = false
 
     mutating func run() async throws {
+        // A write to an output whose reader went away (`batond | logger`, a closed terminal)
+        // fails with EPIPE instead of killing batond: the agents' guard must not die of its
+        // log. Instances get every signal back to its default (CBatonSpawn).
+        signal(SIGPIPE, SIG_IGN)
         if version {
             print("batond \(BatonVersion.current)")
             return

@@ -7,7 +7,7 @@ import Testing
 /// but its own three.
 @Suite("a clean start")
 struct CleanStartTests {
-    @Test func anInstanceGetsTheDocumentedEnvironmentAndOnlyItsThreeDescriptors() throws {
+    @Test func anInstanceGetsTheDocumentedEnvironmentSignalsAndOnlyItsThreeDescriptors() throws {
         let state = TemporaryDirectory("clean-start")
         // A plain program (no shell, which would add PWD), ready by a probe: every variable
         // and descriptor it holds is batond's doing.
@@ -48,6 +48,12 @@ struct CleanStartTests {
 
         let descriptors = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")
         #expect(descriptors.sorted() == ["0", "1", "2"], "\(descriptors.sorted())")
+        // SIGPIPE at its default, though batond itself ignores it; no signal blocked. (glibc
+        // keeps its own real-time signals, 32 and 33, as they were.)
+        let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8).split(separator: "\n")
+        let ignored = status.first { $0.hasPrefix("SigIgn:\t") }.flatMap { UInt64($0.dropFirst(8), radix: 16) }
+        #expect(ignored.map { $0 & (1 << (SIGPIPE - 1)) == 0 } == true, "\(status.filter { $0.hasPrefix("Sig") })")
+        #expect(status.contains("SigBlk:\t0000000000000000"), "\(status.filter { $0.hasPrefix("Sig") })")
         daemon.stop()
     }
 }
