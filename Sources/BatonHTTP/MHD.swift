@@ -286,14 +286,14 @@ public final class HTTPServer: Sendable {
     func remember(_ pending: Pending, limit: ParkLimit?, hold: (_ force: Bool) -> Bool) throws(HTTPError) {
         let displaced: Pending? = try parked.withLock { (parked) throws(HTTPError) -> Pending? in
             var displaced: Pending?
-            var members = limit.map { parked.groups[$0.group, default: []] } ?? []
-            if let limit, members.count >= limit.most {
-                switch limit.overflow {
-                case .refuse: throw HTTPError.tooManyWaiters(limit.group)
-                case .answerOldest: displaced = members.isEmpty ? nil : members.removeFirst()
-                }
-            }
             if let limit {
+                var members = parked.groups[limit.group, default: []]
+                if members.count >= limit.most {
+                    switch limit.overflow {
+                    case .refuse: throw HTTPError.tooManyWaiters(limit.group)
+                    case .answerOldest: displaced = members.isEmpty ? nil : members.removeFirst()
+                    }
+                }
                 // The table's lock inside the parked one: nothing takes them the other way round.
                 var held = hold(displaced != nil)
                 if !held, limit.overflow == .answerOldest, members.isEmpty,
