@@ -29,6 +29,13 @@ public final class BatondProcess {
         try endpoint.get("/v1/agents/\(agent)", token: token).json()["instances"] as? [[String: Any]] ?? []
     }
 
+    /// One sample of batond's `/metrics`: `series` is the family with its labels, as
+    /// printed (`baton_ledger_writable`, `baton_agent_restarts_total{agent="web"}`).
+    public func metric(_ series: String) -> Double? {
+        guard let text = try? endpoint.get("/metrics").text else { return nil }
+        return text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.dropFirst(series.count + 1)) }
+    }
+
     public var token: String {
         ((try? String(contentsOfFile: state.file("operator.token"), encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
     }

@@ -111,10 +111,7 @@ public final class FleetHost {
     public func log() -> [AgentEvent] { AgentEventLog(path: events).events }
 
     /// One unlabelled sample of this batond's `/metrics`.
-    public func metric(_ name: String) -> Double? {
-        guard let text = try? daemon.endpoint.get("/metrics").text else { return nil }
-        return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.dropFirst(name.count + 1)) }
-    }
+    public func metric(_ name: String) -> Double? { daemon.metric(name) }
 
     /// `GET /v1/fleet` through this host.
     public func fleet(timeout: Double = 30) throws -> [String: Any] {

@@ -1,5 +1,4 @@
 import BatonTestSupport
-import Crypto
 import Foundation
 import Glibc
 import Testing
@@ -39,10 +38,6 @@ struct DiskFaultTests {
         return (view?["running"] as? [String: Any])?["version"] as? String
     }
 
-    func records(_ daemon: BatondProcess, kind: String) throws -> [[String: Any]] {
-        let page = try daemon.endpoint.get("/v1/events?since=0&limit=1000", token: daemon.token).json()
-        return (page["records"] as? [[String: Any]] ?? []).filter { $0["kind"] as? String == kind }.compactMap { $0["data"] as? [String: Any] }
-    }
 
     /// What is being served while the disk fails: probes, reads, and the refusal of changes.
     func expectDegraded(_ daemon: BatondProcess, because reason: String) throws {
@@ -97,7 +92,7 @@ struct DiskFaultTests {
             try expectDegraded(daemon, because: reason)
         }
         // A probe write was tried and failed (2 s after the failure): the held answer is still held.
-        try waitUntil(timeout: 30) { (metric(daemon, "baton_ledger_recovery_attempts_total") ?? 0) >= 1 }
+        try waitUntil(timeout: 30) { (daemon.metric("baton_ledger_recovery_attempts_total") ?? 0) >= 1 }
         #expect(held.get() == nil, "acknowledged before its records were durable: \(held.get()?.text ?? "")")
         #expect(!web.log().contains { ["2.0", "3.0"].contains($0.version) }, "an instance started without its record: \(web.log())")
         #expect(!web.log().contains { $0.version == "1.0" && $0.event == "stop-received" }, "\(web.log())")
@@ -112,14 +107,9 @@ struct DiskFaultTests {
         #expect(overlaps(web.log()).isEmpty, "\(web.log())")
         #expect(!web.log().contains { $0.version == "3.0" }, "\(web.log())")
         // The ledger: the acknowledged change once, the refused one not at all.
-        let desired = try records(daemon, kind: "agent.desired").compactMap { $0["version"] as? String }
+        let desired = try ReleasePushTests.records(daemon, kind: "agent.desired").compactMap { $0["version"] as? String }
         #expect(desired.filter { $0 == "2.0" }.count == 1 && !desired.contains("3.0"), "\(desired)")
         #expect(daemon.stop() == 0)
-    }
-
-    func metric(_ daemon: BatondProcess, _ series: String) -> Double? {
-        guard let text = try? daemon.endpoint.get("/metrics").text else { return nil }
-        return text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
     }
 
     struct StoreCase: Sendable, CustomTestStringConvertible {
@@ -148,19 +138,14 @@ struct DiskFaultTests {
         let before = try FileManager.default.contentsOfDirectory(atPath: directory).sorted()
         try faults.set([DiskFaults.Fault(example.call, example.errno, directory + "/")])
 
-        let script = Array("#!/bin/sh\nexec \(Products.path("baton-testagent"))\n".utf8)
-        let digest = SHA256.hash(data: script).map { String(format: "%02x", $0) }.joined()
-        func push() throws -> HTTPResponse {
-            try daemon.endpoint.request("PUT", "/v1/releases/web/2.1?sha256=\(digest)", token: daemon.token,
-                                        headers: ["Content-Type": "application/octet-stream"], body: script)
-        }
+        func push() throws -> HTTPResponse { try ReleasePushTests.push(daemon, "2.1", ReleasePushTests.script) }
         let refused = try push()
         #expect(refused.status == example.status && refused.errorCode == example.code, "\(refused.text)")
         #expect(refused.text.contains(example.says) && refused.text.contains("nothing was kept"), "\(refused.text)")
         #expect(faults.hits.contains { $0.hasPrefix(example.call.rawValue + " ") }, "\(faults.hits)")
         // Nothing half-stored is left, nothing recorded, and everything else is served.
         #expect(try FileManager.default.contentsOfDirectory(atPath: directory).sorted() == before)
-        #expect(try records(daemon, kind: "release.stored").isEmpty)
+        #expect(try ReleasePushTests.records(daemon, kind: "release.stored").isEmpty)
         let listed = try daemon.endpoint.get("/v1/releases/web", token: daemon.token)
         #expect(listed.status == 200 && !listed.text.contains("2.1"), "\(listed.text)")
         #expect(try daemon.endpoint.get("/readyz").status == 200)
@@ -168,7 +153,7 @@ struct DiskFaultTests {
 
         try faults.clear()
         #expect(try push().status == 201)
-        #expect(try records(daemon, kind: "release.stored").count == 1)
+        #expect(try ReleasePushTests.records(daemon, kind: "release.stored").count == 1)
         #expect(daemon.stop() == 0)
     }
 
@@ -184,7 +169,7 @@ struct DiskFaultTests {
         let (daemon, _) = try start(faults, state: state)
         try faults.set([DiskFaults.Fault(example.call, example.errno, daemon.state.file("daemon/"))])
         let binary = try [UInt8](Data(contentsOf: URL(fileURLWithPath: Products.path("batond"))))
-        let digest = SHA256.hash(data: binary).map { String(format: "%02x", $0) }.joined()
+        let digest = ReleasePushTests.sha256(binary)
         let refused = try SelfUpgradeTests.put(binary, digest: digest, to: daemon.endpoint, token: daemon.token)
         #expect(refused.status == example.status && refused.errorCode == example.code, "\(refused.text)")
         #expect(refused.text.contains(example.says) && refused.text.contains("nothing was kept"), "\(refused.text)")

@@ -43,10 +43,6 @@ struct FullDiskTests {
         deinit { _ = try? run(["/bin/umount", "-l", path]) }
     }
 
-    func metric(_ daemon: BatondProcess, _ series: String) -> Double? {
-        guard let text = try? daemon.endpoint.get("/metrics").text else { return nil }
-        return text.split(separator: "\n").first { $0.hasPrefix(series + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
-    }
 
     func agent(_ daemon: BatondProcess, _ name: String) -> [String: Any]? {
         try? daemon.endpoint.get("/v1/agents/\(name)", token: daemon.token).json()
@@ -119,7 +115,7 @@ struct FullDiskTests {
         // decision, stopping_old, was recorded before the disk filled) and keeps it, while
         // `current` does not flip until the commit is recorded.
         try waitUntil(timeout: 30) { instances(daemon, "web").contains { $0["version"] as? String == "1.0" && $0["state"] as? String == "stopped" } }
-        try waitUntil(timeout: 30) { (metric(daemon, #"baton_agent_effects_waiting{agent="web"}"#) ?? 0) >= 1 }
+        try waitUntil(timeout: 30) { (daemon.metric(#"baton_agent_effects_waiting{agent="web"}"#) ?? 0) >= 1 }
         try waitUntil(timeout: 30) { web.log().contains { $0.event == "go" && $0.version == "2.0" } }
         #expect(web.current == "1.0")
 
@@ -133,7 +129,7 @@ struct FullDiskTests {
         #expect(handoff["outcome"] as? String == "committed", "\(handoff)")
         #expect(overlaps(web.log()).isEmpty, "\(web.log())")
         #expect(instances(daemon, "ext").count == registered, "a refused registration left an instance behind")
-        #expect((metric(daemon, "baton_ledger_recoveries_total") ?? 0) >= 1)
+        #expect((daemon.metric("baton_ledger_recoveries_total") ?? 0) >= 1)
 
         // A crash while the disk is full: the agent is not restarted before its exit is recorded.
         disk.fill()
@@ -143,8 +139,8 @@ struct FullDiskTests {
         let crashedID = try #require(working["id"] as? String)
         kill(pid_t(crashed), SIGKILL)
         // Its restart is decided after the backoff, and held back.
-        try waitUntil(timeout: 30) { (metric(daemon, #"baton_agent_restarts_total{agent="web"}"#) ?? 0) >= 1 }
-        #expect((metric(daemon, #"baton_agent_effects_waiting{agent="web"}"#) ?? 0) >= 1)
+        try waitUntil(timeout: 30) { (daemon.metric(#"baton_agent_restarts_total{agent="web"}"#) ?? 0) >= 1 }
+        #expect((daemon.metric(#"baton_agent_effects_waiting{agent="web"}"#) ?? 0) >= 1)
         #expect(!instances(daemon, "web").contains { $0["version"] as? String == "2.0" }, "restarted with the crash unrecorded")
         disk.free()
         try waitUntil(timeout: 30) { (agent(daemon, "web")?["running"] as? [String: Any])?["version"] as? String == "2.0" }
