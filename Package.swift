@@ -165,6 +165,9 @@ let package = Package(
             name: "baton-testagent",
             dependencies: ["BatonAgent", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // Runs a batond the way a service manager does, reaping the instances a killed
+        // batond leaves (the soak's); a C program, so it adds nothing to the build's time.
+        .executableTarget(name: "baton-testreaper", path: "Tests/Reaper"),
         // The example HTTP service agent (examples/http-agent/README.md): listening sockets passed by batond.
         .executableTarget(
             name: "http-agent",

@@ -41,6 +41,30 @@ public struct ProcessProbe: Sendable, CustomStringConvertible {
         if isAlive { Glibc.kill(pid, SIGKILL) }
     }
 
+    /// Waits until the process exits (its pidfd turns readable: exited, reaped or not),
+    /// up to `timeout` seconds; true once it has. False if it could not be watched.
+    public func waitForExit(timeout: Double) -> Bool {
+        guard let pidfdOpen = Self.pidfdOpen else { return false }
+        let fd = pidfdOpen(pid, 0)
+        guard fd >= 0 else { return errno == ESRCH }
+        defer { close(fd) }
+        // Opened, then checked: the pidfd is this process's, not a reused pid's.
+        guard isAlive else { return true }
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let deadline = monotonicNanoseconds() + UInt64(timeout * 1e9)
+        while true {
+            let now = monotonicNanoseconds()
+            guard now < deadline else { return false }
+            let ready = poll(&poller, 1, Int32((deadline - now) / 1_000_000) + 1)
+            if ready > 0 { return true }
+            if ready < 0 && errno != EINTR { return false }
+        }
+    }
+
+    /// pidfd_open(2), which the Glibc module does not declare: glibc 2.36 exports it.
+    private static let pidfdOpen: (@convention(c) (Int32, UInt32) -> Int32)? =
+        dlsym(nil, "pidfd_open").map { unsafeBitCast($0, to: (@convention(c) (Int32, UInt32) -> Int32).self) }
+
     public var description: String { "pid \(pid)" }
 
     /// Fields 3 (state), 4 (parent) and 22 (start time) of `/proc/PID/stat`; the
