@@ -147,22 +147,30 @@ extension Releases {
             case .cancelled: short.withLock { $0 }?.description ?? error.description
             default: error.description
             }
-            return await failed(request, reason: reason)
+            return await failed(request, reason: reason, claim: claim)
         }
         fetches.withLock { $0[key]?.phase = .verifying }
         let announcement = Announcement(agent: request.agent, version: request.version, sha256: request.sha256, signature: nil,
                                         length: nil, irreversible: request.irreversible, by: request.by)
         let provenance = Provenance(source: .fetch, url: request.shown, by: request.by, signedBy: signedBy,
                                     irreversible: request.irreversible)
+        var stored = false
         do throws(ReleaseRefusal) {
-            _ = try await self.store(file, announcement: announcement, provenance: provenance, claim: claim)
-            fetches.withLock { $0[key] = nil }
+            // Done in one step: no one sees the fetch over while it still holds the version.
+            _ = try await self.store(file, announcement: announcement, provenance: provenance, letGo: {
+                fetches.withLock { $0[key] = nil; claim.release() }
+                stored = true
+            })
+        } catch where !stored {
+            await failed(request, reason: error.description, claim: claim)
         } catch {
-            await failed(request, reason: error.description)
+            // Stored and recorded: only reading it back failed (it was deleted meanwhile).
+            logger.warning("a fetched release was stored, then could not be read back",
+                           metadata: ["agent": "\(request.agent)", "version": "\(request.version)", "error": "\(error)"])
         }
     }
 
-    private func failed(_ request: FetchRequest, reason: String) async {
+    private func failed(_ request: FetchRequest, reason: String, claim: Claim) async {
         let reason = request.redacting(reason)
         logger.warning("release fetch failed", metadata: ["agent": "\(request.agent)", "version": "\(request.version)",
                                                           "url": "\(request.shown)", "error": "\(reason)"])
@@ -173,9 +181,12 @@ extension Releases {
         } catch {
             logger.warning("the failed fetch could not be recorded", metadata: ["error": "\(error)"])
         }
+        // Shown failed as the version is let go, in one step (a retry seen failed is
+        // never refused as busy).
         fetches.withLock {
             $0["\(request.agent)/\(request.version)"]?.phase = .failed
             $0["\(request.agent)/\(request.version)"]?.error = reason
+            claim.release()
         }
     }
 

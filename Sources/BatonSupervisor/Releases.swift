@@ -255,12 +255,15 @@ public final class Releases: Sendable {
         case .file(let file):
             let provenance = Provenance(source: .push, by: announcement.by, signedBy: intake.signedBy,
                                         irreversible: announcement.irreversible)
-            return try await store(file, announcement: announcement, provenance: provenance, claim: intake.claim)
+            return try await store(file, announcement: announcement, provenance: provenance, letGo: intake.claim.release)
         }
     }
 
     /// Makes, records and publishes a release from received bytes (push or fetch).
-    func store(_ file: DigestingFile, announcement: Announcement, provenance: Provenance, claim: Claim) async throws(ReleaseRefusal) -> Stored {
+    /// `letGo` lets go of the version once the release is in place (before old ones are
+    /// collected); on a failure, the caller does.
+    func store(_ file: DigestingFile, announcement: Announcement, provenance: Provenance,
+               letGo: () -> Void) async throws(ReleaseRefusal) -> Stored {
         let (agent, version) = (announcement.agent, announcement.version)
         let limits = unpackLimits
         let prepared = try await offload { [store] () throws(ReleaseRefusal) -> PreparedRelease in
@@ -287,7 +290,7 @@ public final class Releases: Sendable {
         }
         logger.info("release stored", metadata: ["agent": "\(agent)", "version": "\(version)", "sha256": "\(prepared.manifest.sha256)",
                                                   "source": "\(provenance.source.rawValue)", "by": "\(provenance.by)"])
-        claim.release()
+        letGo()
         await collect(agent: agent, keeping: version)
         return Stored(view: try view(agent: agent, version: version), created: true)
     }
@@ -326,20 +329,26 @@ public final class Releases: Sendable {
         let current = current(agent, state)
         let inUse = inUse(agent: agent)
         let views = store.releases(agent: agent).map { view(of: $0, agent: agent, state: state, current: current, inUse: inUse) }
-        let stored = Set(views.map(\.version))
-        let fetching = fetches.withLock { $0 }.filter { $0.key.hasPrefix(agent + "/") }.sorted { $0.key < $1.key }
-            .compactMap { key, fetch -> ReleaseView? in
-                let version = String(key.dropFirst(agent.count + 1))
-                return stored.contains(version) ? nil : Self.fetchView(agent: agent, version: version, fetch)
-            }
+        let fetched = fetches.withLock { $0 }.filter { $0.key.hasPrefix(agent + "/") }.sorted { $0.key < $1.key }
+            .map { key, fetch in (version: String(key.dropFirst(agent.count + 1)), fetch: fetch) }
+        // A fetch shows until it is done (see `view`), a failed one only where nothing is stored.
+        let running = Set(fetched.filter { $0.fetch.phase != .failed }.map(\.version))
+        let shown = views.filter { !running.contains($0.version) }
+        let stored = Set(shown.map(\.version))
+        let fetching = fetched.filter { !stored.contains($0.version) }
+            .map { Self.fetchView(agent: agent, version: $0.version, $0.fetch) }
         return ReleaseList(agent: agent, current: current, previous: state?.previous, keepReleases: settings.keepReleases,
-                           releases: views + fetching)
+                           releases: shown + fetching)
     }
 
     public func view(agent: String, version: String) throws(ReleaseRefusal) -> ReleaseView {
         guard agents.contains(agent) else { throw .agentNotFound(agent) }
+        // A fetch shows as fetching until it has let go of the version, even once its
+        // release is in place: whoever sees it stored (or failed) may ask for it again.
+        let fetch = fetches.withLock { $0["\(agent)/\(version)"] }
+        if let fetch, fetch.phase != .failed { return Self.fetchView(agent: agent, version: version, fetch) }
         guard let release = store.release(agent: agent, version: version) else {
-            guard let fetch = fetches.withLock({ $0["\(agent)/\(version)"] }) else { throw .notFound(agent: agent, version: version) }
+            guard let fetch else { throw .notFound(agent: agent, version: version) }
             return Self.fetchView(agent: agent, version: version, fetch)
         }
         let state = ledger.state.agents[agent]

@@ -3,7 +3,8 @@ import Glibc
 
 /// Disk faults for a real batond: Tests/Faults/faultfs.c, compiled once per test run with
 /// the toolchain's C compiler and loaded into batond with LD_PRELOAD, fails write, sync,
-/// rename or symlink calls on chosen paths with a chosen errno, as a failing disk does.
+/// rename or symlink calls on chosen paths with a chosen errno, as a failing disk does, or
+/// stalls them, as a hung one does.
 /// The faults are changed while batond runs (`set`), and every injected failure is
 /// counted (`hits`), so a test waits for a fault to be met instead of sleeping.
 public final class DiskFaults {
@@ -11,17 +12,27 @@ public final class DiskFaults {
 
     public struct Fault: Sendable, CustomStringConvertible {
         public var call: Call
+        /// The errno the call fails with, or `stall`.
         public var errno: Int32
         /// The absolute path (or its start) the fault applies to.
         public var path: String
+        /// `path` only, not what is under it.
+        public var exact: Bool
 
-        public init(_ call: Call, _ errno: Int32, _ path: String) {
+        /// The call waits, as on a hung disk, while the fault is in force; then goes through.
+        public static let stall: Int32 = -1
+
+        public init(_ call: Call, _ errno: Int32, _ path: String, exact: Bool = false) {
             self.call = call
             self.errno = errno
             self.path = path
+            self.exact = exact
         }
 
-        public var description: String { "\(call) fails with \(String(cString: strerror(errno))) under \(path)" }
+        public var description: String {
+            (errno == Self.stall ? "\(call) stalls" : "\(call) fails with \(String(cString: strerror(errno)))")
+                + (exact ? " on \(path)" : " under \(path)")
+        }
     }
 
     /// The C compiler the shim is built with: the system's, else the toolchain's.
@@ -54,7 +65,7 @@ public final class DiskFaults {
 
     /// Replaces the faults in force; none clears them.
     public func set(_ faults: [Fault]) throws {
-        let text = faults.map { "\($0.call.rawValue) \($0.errno) \($0.path)\n" }.joined()
+        let text = faults.map { "\($0.call.rawValue) \($0.errno) \($0.path)\($0.exact ? "$" : "")\n" }.joined()
         // Written whole under another name, then renamed: the shim never reads half a file.
         try text.write(toFile: control, atomically: true, encoding: .utf8)
     }

@@ -12,8 +12,11 @@
 //   sync    fsync(2), fdatasync(2), syncfs(2) on such a file
 //   rename  rename(2), renameat(2), renameat2(2) from or to such a path
 //   symlink symlink(2), symlinkat(2) creating such a path
-// An empty or absent file injects nothing. Each injected failure appends a line to
-// $BATON_FAULTS.hits (`CALL ERRNO PATH`), so a test can wait until a fault was met.
+// ERRNO -1 stalls the call instead, as a hung disk does: it waits while the rule is in
+// force, then goes through. A PATH-PREFIX ending in `$` names that one path (a directory,
+// not the files under it). An empty or absent file injects nothing. Each injected
+// failure or stall appends a line to $BATON_FAULTS.hits (`CALL ERRNO PATH`), so a test
+// can wait until a fault was met.
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -24,12 +27,15 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 enum call { CALL_WRITE, CALL_SYNC, CALL_RENAME, CALL_SYMLINK };
 static const char *const call_names[] = { "write", "sync", "rename", "symlink" };
 
-struct rule { enum call call; int error; char prefix[1024]; };
+enum { STALL = -1 };
+
+struct rule { enum call call; int error; int exact; char prefix[1024]; };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char control[1024];
@@ -86,6 +92,9 @@ static void reload(void) {
             if (strcmp(name, call_names[call]) != 0) continue;
             rules[rule_count].call = call;
             rules[rule_count].error = error;
+            size_t length = strlen(prefix);
+            rules[rule_count].exact = length > 1 && prefix[length - 1] == '$';
+            if (rules[rule_count].exact) prefix[length - 1] = 0;
             strcpy(rules[rule_count].prefix, prefix);
             rule_count++;
         }
@@ -93,16 +102,24 @@ static void reload(void) {
     fclose(file);
 }
 
-// The errno to fail `call` on `path` with, or 0; records the hit.
+// The errno of the first rule in force for `call` on `path`, or 0. Under `lock`.
+static int rule_for(enum call call, const char *path) {
+    reload();
+    for (int index = 0; index < rule_count; index++) {
+        const struct rule *rule = &rules[index];
+        if (rule->call != call) continue;
+        if (rule->exact ? strcmp(path, rule->prefix) == 0 : strncmp(path, rule->prefix, strlen(rule->prefix)) == 0)
+            return rule->error;
+    }
+    return 0;
+}
+
+// The errno to fail `call` on `path` with, or 0; records the hit. A stall returns 0
+// once its rule is no longer in force.
 static int fault(enum call call, const char *path) {
     if (!path || control[0] == 0) return 0;
-    int error = 0;
     pthread_mutex_lock(&lock);
-    reload();
-    for (int index = 0; index < rule_count && !error; index++) {
-        if (rules[index].call == call && strncmp(path, rules[index].prefix, strlen(rules[index].prefix)) == 0)
-            error = rules[index].error;
-    }
+    int error = rule_for(call, path);
     if (error) {
         int fd = open(hits, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
         if (fd >= 0) {
@@ -113,7 +130,15 @@ static int fault(enum call call, const char *path) {
         }
     }
     pthread_mutex_unlock(&lock);
-    return error;
+    if (error != STALL) return error;
+    const struct timespec pause = { 0, 5 * 1000 * 1000 };
+    for (int stalled = STALL; stalled == STALL;) {
+        nanosleep(&pause, NULL);
+        pthread_mutex_lock(&lock);
+        stalled = rule_for(call, path);
+        pthread_mutex_unlock(&lock);
+    }
+    return 0;
 }
 
 // The fault for `call` on the file `fd` is open on (its path from /proc/self/fd).
