@@ -6,7 +6,7 @@ import Glibc
 enum SocketCalls {
     /// A new close-on-exec listening socket on `address`, in blocking mode.
     static func bindAndListen(_ address: SocketAddress, backlog: Int32) throws -> Int32 {
-        guard var (storage, length) = address.sockaddrStorage else {
+        guard case (var storage, let length)? = address.sockaddrStorage else {
             throw BatonAgentError.socket("\(address): not a numeric IPv4 or IPv6 address, or a path too long for a socket")
         }
         if case .unix(let path) = address {

@@ -130,7 +130,7 @@ public struct Listener: Sendable, CustomStringConvertible {
 
     /// Binds `host:port` (IPv4 or IPv6 literal; port 0 picks a free port, read back here).
     public static func tcp(host: String, port: Int, backlog: Int32 = 512) throws(ListenerError) -> Listener {
-        guard var (storage, length) = SocketAddress.tcp(host: host, port: port).sockaddrStorage else {
+        guard case (var storage, let length)? = SocketAddress.tcp(host: host, port: port).sockaddrStorage else {
             throw ListenerError(message: host.contains(":") ? "not an IPv6 address: \(host)" : "not an IPv4 address: \(host)")
         }
         let fd = socket(Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -107,7 +107,7 @@ public final class HTTPLoad: Sendable {
             default: return failed(.badAnswer, detail)
             }
         }
-        guard var (storage, length) = SocketAddress.tcp(host: host, port: port).sockaddrStorage else {
+        guard case (var storage, let length)? = SocketAddress.tcp(host: host, port: port).sockaddrStorage else {
             return failed(.badAnswer, "not a numeric address: \(host)")
         }
         let fd = socket(Int32(storage.ss_family), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)

@@ -149,6 +149,9 @@ public final class TCPProxy: @unchecked Sendable {
         shutdown(listener, Int32(SHUT_RDWR))  // wakes accept(2)
         for pair in cut { pair.cut() }
         for fd in release { shutdown(fd, Int32(SHUT_RDWR)); close(fd) }
+        moving.lock()
+        moving.broadcast()
+        moving.unlock()
     }
 
     private func acceptLoop() {
@@ -239,7 +242,8 @@ public final class TCPProxy: @unchecked Sendable {
 
     private func waitWhileStalled() {
         moving.lock()
-        while isStalled && !isClosed { moving.wait(until: Date().addingTimeInterval(0.1)) }
+        // `release` and `stop` broadcast under `moving`, after the change: none is missed.
+        while isStalled && !isClosed { moving.wait() }
         moving.unlock()
     }
 

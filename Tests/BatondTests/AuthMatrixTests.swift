@@ -155,7 +155,8 @@ struct AuthMatrixTests {
             var bodyFile = "-"
             if let body = request.body {
                 bodyFile = "\(dir)/body-\(index)"
-                FileManager.default.createFile(atPath: bodyFile, contents: Data(body), attributes: [.posixPermissions: 0o644])
+                guard FileManager.default.createFile(atPath: bodyFile, contents: Data(body), attributes: [.posixPermissions: 0o644])
+                else { throw TestFailure("could not write \(bodyFile)") }
             }
             lines.append("\(operation.method) \(request.path) \(request.bodyType ?? "-") \(bodyFile)")
         }

@@ -59,7 +59,7 @@ struct FleetRestartTests {
         try waitUntil(timeout: 30) { (try? other.fleet())?["connected"] as? Bool == true }
         #expect(other.running() == nil, "the restarted host started an agent while the fleet migrates")
         // The fleet proceeds once the migration ends: every host starts 2.0.
-        FileManager.default.createFile(atPath: held.gate, contents: nil)
+        #expect(FileManager.default.createFile(atPath: held.gate, contents: nil))
         try fleet.waitForPhase("done", timeout: 120)
         try waitUntil(timeout: 60) { fleet.hosts.allSatisfy { $0.running() == "2.0" } }
         let stamps = Self.stamps(log)
@@ -83,7 +83,7 @@ struct FleetRestartTests {
         let reason = (restored["rollout"] as? [String: Any])?["reason"] as? String ?? ""
         #expect(reason.contains("outcome is unknown"), "\(reason)")
         try waitUntil(timeout: 60) { fleet.hosts.allSatisfy { $0.running() == "1.0" } }
-        FileManager.default.createFile(atPath: held.gate, contents: nil)
+        #expect(FileManager.default.createFile(atPath: held.gate, contents: nil))
         #expect(Self.stamps(log).filter { $0.0 == "start" }.count == 1, "the migration never ran twice")
         for host in fleet.hosts {
             #expect(!host.log().contains { $0.version == "2.0" && $0.event == "go" }, "\(host.name) never ran 2.0")

@@ -386,7 +386,6 @@ struct ShellAgentTests {
             kill_timeout = "2s"
             env = { SHELL_AGENT_OUT = "\(out)" }
             """)
-        let tests = HandoffIntegrationTests()
         func running(_ version: String) throws {
             try waitUntil(timeout: 30) {
                 let view = try? daemon.endpoint.get("/v1/agents/demo", token: daemon.token).json()
@@ -518,7 +517,6 @@ struct ProbeAgentTests {
             kill_timeout = "1s"
             readiness = { command = ["/bin/sh", "-c", "test -e \(state.path)/ready-$BATON_VERSION"] }
             """)
-        let tests = HandoffIntegrationTests()
         try waitUntil(timeout: 30) {
             let view = try? daemon.endpoint.get("/v1/agents/plain", token: daemon.token).json()
             return (view?["running"] as? [String: Any])?["version"] as? String == "1.0"
