@@ -133,7 +133,7 @@ struct AcceptorTests {
         let heads = Locked<[String]>([])
         let acceptor = BatonAgent.Acceptor([listener]) { connection in
             let head = connection.receive(until: Array("\r\n\r\n".utf8)).map { String(decoding: $0, as: UTF8.self) }
-            heads.set(heads.get() + [head ?? "nil"])
+            heads.update { $0 += [head ?? "nil"] }
             _ = connection.send(Array("ok".utf8))
         }
         try acceptor.start()

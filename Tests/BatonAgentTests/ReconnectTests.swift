@@ -115,7 +115,7 @@ final class Lines: Sendable {
     private let added = DispatchSemaphore(value: 0)
 
     func append(_ line: String) {
-        lines.set(lines.get() + [line])
+        lines.update { $0 += [line] }
         added.signal()
     }
 

@@ -81,7 +81,7 @@ struct EtcdClientTests {
             while !stop.get() {
                 if keptID.get() != 0 {
                     let answer = (try? gateway.json("POST", "/v3/lease/keepalive", #"{"ID": "\#(keptID.get())"}"#).text) ?? "no answer"
-                    answers.set(answers.get() + [answer])
+                    answers.update { $0 += [answer] }
                 }
                 usleep(300_000)
             }

@@ -32,7 +32,7 @@ final class CapacityTests {
                 _ = try request.park(deadline: .seconds(30), limit: ParkLimit(group: "park", most: most, overflow: overflow)) {
                     .json(["answer": "deadline"])
                 }
-                parked.set(parked.get() + 1)
+                parked.update { $0 += 1 }
                 return .parked
             },
         ])
@@ -180,7 +180,7 @@ final class ReservedSlotsTests {
                 _ = try request.park(deadline: .seconds(30), limit: limit) {
                     .json(["answer": "deadline"])
                 }
-                parked.set(parked.get() + 1)
+                parked.update { $0 += 1 }
                 return .parked
             },
             Route(.GET, "/stream", scope: RouteScope("open")) { _ in
@@ -206,7 +206,7 @@ final class ReservedSlotsTests {
         let answered = Locked<[HTTPResponse]>([])
         let waits = (0..<6).map { _ in inBackground { [endpoint] in
             let answer = try rawGet(endpoint, "/park")
-            answered.set(answered.get() + [answer])
+            answered.update { $0 += [answer] }
             return answer
         } }
         try waitUntil(timeout: 30) { self.parked.get() + answered.get().count >= 6 }
@@ -244,7 +244,7 @@ final class ReservedSlotsTests {
         let answered = Locked(0)
         let get = { [endpoint] (path: String) in inBackground {
             let answer = try rawGet(endpoint, path)
-            answered.set(answered.get() + 1)
+            answered.update { $0 += 1 }
             return answer
         } }
         let first = ["a", "a", "b", "b"].map { get("/park?client=\($0)&most=2") }

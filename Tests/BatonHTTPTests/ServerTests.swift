@@ -42,7 +42,7 @@ final class ServerTests {
             Route(.GET, "/park", scope: RouteScope("open")) { request in
                 let milliseconds = Int64(request.query("deadline_ms") ?? "60000") ?? 60000
                 let pending = request.park(deadline: .milliseconds(milliseconds)) { .json(["answer": "deadline"]) }
-                parked.set(parked.get() + [pending])
+                parked.update { $0 += [pending] }
                 return .parked
             },
             Route(.GET, "/throws", scope: RouteScope("open")) { (_) throws(HTTPError) -> Reply in

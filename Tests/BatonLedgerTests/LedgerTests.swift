@@ -82,7 +82,7 @@ struct LedgerTests {
         for index in 0..<count {
             done.enter()
             ledger.append([event(index)]) { result in
-                if case .success(let records) = result { seqs.set(seqs.get() + records.map(\.seq)) }
+                if case .success(let records) = result { seqs.update { $0 += records.map(\.seq) } }
                 done.leave()
             }
         }
@@ -194,7 +194,7 @@ struct LedgerTests {
         let ledger = try Ledger(stateDirectory: state.path, logger: logger)
         defer { ledger.close() }
         let heard = Locked<[UInt64]>([])
-        ledger.observeCommits { heard.set(heard.get() + [$0]) }
+        ledger.observeCommits { seq in heard.update { $0.append(seq) } }
         try append(ledger, [event(0)])
         try append(ledger, [event(1), event(2)])
         #expect(heard.get() == [1, 3])

@@ -114,7 +114,7 @@ extension LedgerTests {
         let warnings = Locked<[(message: Logger.Message, metadata: Logger.Metadata)]>([])
         let recording = Logger(label: "ledger-test") { _ in
             RecordingHandler { level, message, metadata in
-                if level == .warning { warnings.set(warnings.get() + [(message, metadata)]) }
+                if level == .warning { warnings.update { $0 += [(message, metadata)] } }
             }
         }
         let (ledger, state) = try open(journal: damaged, logger: recording)

@@ -44,7 +44,7 @@ public final class ScriptedBatond: Sendable {
                 guard connection >= 0 else { break }  // closed
                 count += 1
                 let request = Self.readRequest(connection)
-                received.set(received.get() + [Received(text: request, nanoseconds: monotonicNanoseconds())])
+                received.update { $0 += [Received(text: request, nanoseconds: monotonicNanoseconds())] }
                 arrived.signal()
                 if case .answer(let status, let body) = script(count, request) {
                     let text = "HTTP/1.1 \(status) X\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"

@@ -68,6 +68,13 @@ public final class Locked<Value>: @unchecked Sendable {
     public init(_ value: Value) { self.value = value }
     public func get() -> Value { lock.lock(); defer { lock.unlock() }; return value }
     public func set(_ newValue: Value) { lock.lock(); value = newValue; lock.unlock() }
+    /// Reads and changes the value in one step (`x.set(x.get() + 1)` from two threads
+    /// loses one of them).
+    @discardableResult
+    public func update<Result>(_ change: (inout Value) -> Result) -> Result {
+        lock.lock(); defer { lock.unlock() }
+        return change(&value)
+    }
 }
 
 /// Work on a plain thread (blocking socket calls must not occupy Swift's small

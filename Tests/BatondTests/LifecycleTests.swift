@@ -10,13 +10,13 @@ struct LifecycleTests {
         let endpoint = daemon.endpoint
         let waiters = 3
         let answered = DispatchSemaphore(value: 0)
-        let statuses = LockedArray<Int>()
+        let statuses = Locked<[Int]>([])
         // Each waiter holds its connection open on a long wait; the metrics gauge tells
         // when all are parked, so SIGTERM lands on parked requests, not racing ones.
         for _ in 0..<waiters {
             Thread {
                 let status = (try? endpoint.get("/v1/events?since=1&wait=60", token: token, timeout: 30))?.status ?? -1
-                statuses.append(status)
+                statuses.update { $0.append(status) }
                 answered.signal()
             }.start()
         }
@@ -28,7 +28,7 @@ struct LifecycleTests {
         for _ in 0..<waiters {
             #expect(answered.wait(timeout: .now() + 20) == .success)
         }
-        #expect(statuses.values == Array(repeating: 200, count: waiters))
+        #expect(statuses.get() == Array(repeating: 200, count: waiters))
         #expect(daemon.waitForExit() == 0)
         #expect(Date().timeIntervalSince(started) < 15)
         #expect(try daemon.notify.wait(for: "STOPPING=1", timeout: 5).isEmpty == false)
@@ -188,12 +188,4 @@ struct LifecycleTests {
         #expect(try Endpoint.unix(path: socketPath).get("/v1/status").status == 200)
         #expect(!FileManager.default.fileExists(atPath: state.file("batond.sock")), "no socket of its own when activated")
     }
-}
-
-final class LockedArray<Element: Sendable>: @unchecked Sendable {
-    // @unchecked: every access goes through `lock`.
-    private let lock = NSLock()
-    private var storage: [Element] = []
-    func append(_ element: Element) { lock.lock(); storage.append(element); lock.unlock() }
-    var values: [Element] { lock.lock(); defer { lock.unlock() }; return storage }
 }
