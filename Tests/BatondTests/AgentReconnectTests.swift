@@ -166,10 +166,11 @@ struct AgentStandInTests {
         try server.waitForRequests(10, timeout: 30)
         let arrivals = server.arrivals
         // The ready report's retries: pauses of 100, 200, 400, 800 ms, each jittered down
-        // to half, plus curl's start (allowed 400 ms).
+        // to half at most. Only the least is checked: how much longer a pause took (curl's
+        // start on a loaded machine) says nothing of the agent.
         for (index, step) in [0.1, 0.2, 0.4, 0.8].enumerated() {
             let gap = Double(arrivals[index + 1].nanoseconds - arrivals[index].nanoseconds) / 1e9
-            #expect(gap >= step / 2 && gap <= step + 0.4, "pause \(index + 1): \(gap) s for a step of \(step) s")
+            #expect(gap >= step / 2, "pause \(index + 1): \(gap) s for a step of \(step) s")
         }
         let polls = arrivals[6...].map { $0.text }
         #expect(polls.allSatisfy { $0.hasPrefix("GET /v1/instances/web.1/signal?seen=go&wait=60 HTTP/1.1\r\n") }, "\(polls)")
