@@ -131,7 +131,7 @@ let package = Package(
             dependencies: ["BatonClient"],
             path: "Tests/BatonTestSupport"
         ),
-        .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),
+        .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore", "BatonTestSupport"]),
         .testTarget(name: "BatonLedgerTests", dependencies: ["BatonLedger", "BatonCore", "BatonTestSupport"]),
         .testTarget(name: "BatonHTTPTests", dependencies: ["BatonHTTP", "BatonWire", "BatonTestSupport"]),
         .testTarget(name: "BatonConfigTests", dependencies: ["BatonConfig", "BatonTestSupport"]),

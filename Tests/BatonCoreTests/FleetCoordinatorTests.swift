@@ -1,4 +1,5 @@
 import BatonCore
+import BatonTestSupport
 import Testing
 
 /// Fixtures for the coordinator's tests: a plan `fleet-2` to 2.0 of agents `api` and

@@ -1,4 +1,5 @@
 @testable import BatonCore
+import BatonTestSupport
 import Testing
 
 @Suite("machine rollout")

@@ -1,18 +1,8 @@
 import BatonCore
+import BatonTestSupport
 import Foundation
 import Testing
 
-/// SplitMix64: a seeded generator, so a failing walk can be replayed from its seed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Supervision and its handoffs under random events: reports out of order, exits at any
 /// time, timers, desired versions, registrations, shutdowns, and batond killed in the

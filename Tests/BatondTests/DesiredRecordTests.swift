@@ -10,15 +10,7 @@ import Testing
 /// desired version that nothing hands over to. The crash-point soak (SoakTests) found it.
 @Suite("desired version and its handoff, one batch", .serialized)
 struct DesiredRecordTests {
-    static let crashPointsWork: Bool = {
-        #if DEBUG
-        true
-        #else
-        false
-        #endif
-    }()
-
-    @Test(.enabled(if: crashPointsWork, "crash points exist only in debug builds"), .timeLimit(.minutes(3)))
+    @Test(.enabled(if: CrashPoints.work, "crash points exist only in debug builds"), .timeLimit(.minutes(3)))
     func killedOnceTheDesiredVersionIsDurableItsHandoffIsTooAndEnds() throws {
         let state = TemporaryDirectory("desired-recorded")
         let agents = TestReleases(state: state)
@@ -26,16 +18,12 @@ struct DesiredRecordTests {
         try agents.add("2.0", [])
         try agents.setCurrent("1.0")
         let config = agents.config(stop: "2s", kill: "1s")
-        let first = try BatondProcess(state: state, configText: config, environment: ["BATON_CRASH_POINT": "desired-recorded"],
-                                      agentsOutlive: true)
-        try waitUntil(timeout: 30) { agents.log().contains { $0.event == "go" && $0.version == "1.0" } }
+        let first = try CrashPoints.start("desired-recorded", agents, state: state, config: config)
         // No answer comes: batond dies once the desired version is durable.
         #expect(throws: (any Error).self) {
             try first.endpoint.json("PUT", "/v1/agents/web/desired", token: first.token, #"{"version":"2.0"}"#)
         }
-        #expect(first.waitForExit(timeout: 60) != nil, "batond did not reach its crash point\n\(first.log)")
-        #expect(first.process.terminationReason == .uncaughtSignal && first.process.terminationStatus == SIGKILL,
-                "batond ended otherwise: \(first.process.terminationReason) \(first.process.terminationStatus)\n\(first.log)")
+        CrashPoints.expectKilled(first)
 
         let second = try BatondProcess(state: state, configText: config)
         defer { second.stop() }

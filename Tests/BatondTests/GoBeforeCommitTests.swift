@@ -11,16 +11,7 @@ import Testing
 /// event files.
 @Suite("go before the commit record", .serialized)
 struct GoBeforeCommitTests {
-    /// The crash points exist only in debug builds, as the tests' batond is by default.
-    static let crashPointsWork: Bool = {
-        #if DEBUG
-        true
-        #else
-        false
-        #endif
-    }()
-
-    @Test(.enabled(if: crashPointsWork, "crash points exist only in debug builds"), .timeLimit(.minutes(3)))
+    @Test(.enabled(if: CrashPoints.work, "crash points exist only in debug builds"), .timeLimit(.minutes(3)))
     func killedBetweenGoAndTheCommitTheSuccessorWorksOnAndTheNextBatondCommits() throws {
         let state = TemporaryDirectory("go-before-commit")
         let agents = TestReleases(state: state)
@@ -28,17 +19,13 @@ struct GoBeforeCommitTests {
         try agents.add("2.0", ["--work-every", "0.02"])
         try agents.setCurrent("1.0")
         let config = agents.config(stop: "2s", kill: "1s")
-        let first = try BatondProcess(state: state, configText: config, environment: ["BATON_CRASH_POINT": "go-before-commit"],
-                                      agentsOutlive: true)
-        try waitUntil(timeout: 30) { agents.log().contains { $0.event == "go" && $0.version == "1.0" } }
+        let first = try CrashPoints.start("go-before-commit", agents, state: state, config: config)
         let old = Int32(try #require(first.instances().first?["pid"] as? Int))
         let answer = try first.endpoint.json("PUT", "/v1/agents/web/desired", token: first.token, #"{"version":"2.0"}"#)
         #expect(answer.status == 202, "\(answer.text)")
 
         // batond kills itself once the successor heard go and asks again with seen=go.
-        #expect(first.waitForExit(timeout: 60) != nil, "batond did not reach its crash point\n\(first.log)")
-        #expect(first.process.terminationReason == .uncaughtSignal && first.process.terminationStatus == SIGKILL,
-                "batond ended otherwise: \(first.process.terminationReason) \(first.process.terminationStatus)\n\(first.log)")
+        CrashPoints.expectKilled(first)
         let killedAt = monotonicNanoseconds()
         let successor = try #require(agents.log().first { $0.event == "go" && $0.version == "2.0" }, "\(agents.log())")
         #expect(agents.log().contains { $0.event == "stopped" && $0.version == "1.0" })
